@@ -1,0 +1,433 @@
+"""The Catalog interface and the records it stores.
+
+The catalog is the filesystem's single source of truth for the namespace
+(dentries), file metadata (inodes), where each file's bytes are (tier +
+location, and an archive copy), the job queue, mount sessions, the history
+of state changes, and objects waiting to be deleted from tiers (garbage).
+
+Every implementation (catalog/sql.py, catalog/mongo.py) passes the shared
+conformance suite in tests/conformance/catalog_suite.py. Methods are
+synchronous and may block; the daemon calls them from worker threads.
+Each method that changes more than one record is atomic: it happens
+entirely or not at all, also against other processes sharing the catalog.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import time
+from dataclasses import dataclass, field, fields, replace
+from typing import Iterable, Iterator
+
+ROOT_INO = 1
+SCHEMA_VERSION = 1
+
+
+def now_ns() -> int:
+    return time.time_ns()
+
+
+class State(str, enum.Enum):
+    """Where a file's bytes are. Directories and symlinks are always ONLINE."""
+
+    ONLINE = "online"        # bytes on an online tier only
+    ARCHIVING = "archiving"  # being copied to an archive tier; readable and writable
+    DUAL = "dual"            # valid copies online and in the archive
+    ARCHIVED = "archived"    # bytes only in the archive (st_blocks is 0)
+    RESTORING = "restoring"  # archived, a restore is running
+    LOST = "lost"            # the archive copy is missing or fails its checksum
+
+    def __str__(self) -> str:  # so f"{state}" prints "online"
+        return self.value
+
+
+#: States in which the online copy is valid and can be read directly.
+READABLE_STATES = frozenset({State.ONLINE, State.ARCHIVING, State.DUAL})
+
+
+class JobKind(str, enum.Enum):
+    RESTORE = "restore"    # archive copy -> online tier
+    ARCHIVE = "archive"    # online copy -> archive tier (then release unless keep_online)
+    RELEASE = "release"    # drop the online copy of a dual file
+    MIGRATE = "migrate"    # online tier -> another online tier
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class JobState(str, enum.Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+#: Lower runs first: restores before everything else (users are waiting).
+JOB_PRIORITY = {JobKind.RESTORE: 0, JobKind.RELEASE: 5, JobKind.MIGRATE: 10, JobKind.ARCHIVE: 20}
+ACTIVE_JOB_STATES = (JobState.PENDING, JobState.RUNNING)
+
+
+@dataclass
+class Inode:
+    """One file, directory or symlink. Field comments are the schema's spec."""
+
+    ino: int                        # inode number; 1 is the root directory
+    mode: int                       # st_mode: file type bits | permission bits
+    uid: int                        # owner uid
+    gid: int                        # owner gid
+    nlink: int = 1                  # dentries pointing here (+1 per subdir and 1 for '.' on dirs); 0 = unlinked, kept while open
+    size: int = 0                   # logical size in bytes (may exceed stored bytes: sparse files)
+    atime_ns: int = 0               # last access (reads/opens; see access tracking)
+    mtime_ns: int = 0               # last content modification
+    ctime_ns: int = 0               # last metadata change
+    crtime_ns: int = 0              # creation time
+    rdev: int = 0                   # device number for device nodes (mknod)
+    target: bytes | None = None     # symlink target; None for non-symlinks
+    state: State = State.ONLINE     # where the bytes are; see State
+    tier: str | None = None         # online tier holding the bytes; None when archived or not a regular file
+    location: str | None = None     # object key on `tier`; None = no object yet (file reads as zeros up to size)
+    archive_tier: str | None = None     # archive tier holding a copy (dual/archived/restoring/lost); else None
+    archive_location: str | None = None  # object key on `archive_tier`
+    checksum: str | None = None     # sha256 hex of the current content; None until finalised (or after a write)
+    data_version: int = 0           # bumped on every content change; moves compare-and-swap on it
+    state_ns: int = 0               # when `state` last changed
+    state_cause: str = ""           # why it last changed: "create", "command archive by uid 1000", "policy rule 'old'"...
+
+    def is_dir(self) -> bool:
+        return (self.mode & 0o170000) == 0o040000
+
+    def is_reg(self) -> bool:
+        return (self.mode & 0o170000) == 0o100000
+
+    def is_symlink(self) -> bool:
+        return (self.mode & 0o170000) == 0o120000
+
+    def copy(self, **changes) -> "Inode":
+        return replace(self, **changes)
+
+
+INODE_FIELDS = tuple(f.name for f in fields(Inode))
+
+
+@dataclass
+class DirEntry:
+    """One name in a directory; `pos` is the stable readdir cookie."""
+
+    pos: int
+    name: bytes
+    inode: Inode
+
+
+@dataclass
+class Job:
+    """A queued request to move bytes. Field comments are the schema's spec."""
+
+    id: int                          # job id, increasing
+    ino: int                         # the file the job acts on
+    kind: JobKind                    # restore / archive / release / migrate
+    state: JobState = JobState.PENDING  # pending -> running -> done | failed | cancelled
+    priority: int = 0                # lower runs first (JOB_PRIORITY)
+    target_tier: str | None = None   # destination tier (archive/migrate/restore)
+    keep_online: bool = False        # archive only: leave the file dual instead of releasing
+    cause: str = ""                  # who or what asked: "command by uid 1000", "policy rule 'cold'"
+    session: str | None = None       # session id of the mount running it (state running)
+    attempts: int = 0                # times it has been started
+    not_before_ns: int = 0           # do not start before this time (retry backoff)
+    last_error: str = ""             # last failure, for `tierfs queue`
+    dst_key: str | None = None       # object key written on the destination (durable so a crash can clean it up)
+    created_ns: int = 0
+    updated_ns: int = 0
+
+
+@dataclass
+class Session:
+    """A mounted daemon using this catalog."""
+
+    id: str                # random id, chosen at mount
+    host: str              # hostname
+    pid: int               # daemon pid on that host
+    mountpoint: str        # where it is mounted
+    started_ns: int        # when it registered
+    heartbeat_ns: int      # last heartbeat; stale sessions are reaped
+    clean: bool = False    # True once it unmounted cleanly
+
+
+@dataclass
+class Event:
+    """One state transition of one file (the file's history)."""
+
+    id: int
+    ino: int
+    time_ns: int
+    from_state: str
+    to_state: str
+    cause: str
+    detail: str = ""
+
+
+@dataclass
+class Garbage:
+    """A tier object that no inode points to any more and must be deleted."""
+
+    id: int
+    tier: str
+    key: str
+    created_ns: int
+    reason: str = ""
+
+
+@dataclass
+class FileQuery:
+    """Filter for candidate/find queries; every field optional (AND).
+
+    Served by indexes on (state, tier, size, atime), so cost grows with
+    the number of matches rather than with the catalog.
+    """
+
+    states: tuple[State, ...] | None = None
+    tier: str | None = None            # online tier
+    archive_tier: str | None = None
+    min_size: int | None = None
+    max_size: int | None = None
+    atime_before_ns: int | None = None
+    crtime_before_ns: int | None = None
+    mtime_before_ns: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+    regular_only: bool = True
+    order_by_atime: bool = False       # oldest access first (watermark runs)
+    limit: int | None = None
+    after_ino: int = 0                 # paging: only inos greater than this (ignored when ordering by atime)
+
+
+@dataclass
+class CatalogStats:
+    """Counts for `tierfs status`."""
+
+    by_state: dict[str, tuple[int, int]] = field(default_factory=dict)     # state -> (files, bytes)
+    by_tier: dict[str, tuple[int, int]] = field(default_factory=dict)      # tier -> (files, bytes), online copies
+    by_archive: dict[str, tuple[int, int]] = field(default_factory=dict)   # archive tier -> (files, bytes)
+    jobs: dict[str, dict[str, int]] = field(default_factory=dict)          # job state -> kind -> count
+
+
+class Catalog(abc.ABC):
+    """Namespace, metadata, locations, jobs, sessions, history and garbage."""
+
+    #: True when several mounts may share this catalog (so cached attributes expire).
+    shared: bool = False
+    #: How many threads may call into the catalog at once.
+    concurrency: int = 1
+    #: Statistic for tests and benchmarks: rows/documents read by candidate queries.
+    rows_read: int = 0
+    #: Statistic for tests and benchmarks: inode access times written.
+    atime_writes: int = 0
+
+    # ---- lifecycle -------------------------------------------------------
+    @abc.abstractmethod
+    def init(self, root_uid: int = 0, root_gid: int = 0, root_mode: int = 0o40755) -> None:
+        """Create the schema if missing (with the root directory), migrate an
+        older one, and refuse a newer one."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    @abc.abstractmethod
+    def schema_version(self) -> int: ...
+
+    # ---- namespace -------------------------------------------------------
+    @abc.abstractmethod
+    def get(self, ino: int) -> Inode:
+        """The inode, or NotFound."""
+
+    @abc.abstractmethod
+    def lookup(self, parent: int, name: bytes) -> Inode:
+        """The inode named `name` in directory `parent`, or NotFound."""
+
+    @abc.abstractmethod
+    def create(self, parent: int, name: bytes, inode: Inode) -> Inode:
+        """Add a new inode (its `ino` is assigned here) under parent/name.
+        Exists if the name is taken. A directory bumps the parent's nlink."""
+
+    @abc.abstractmethod
+    def link(self, ino: int, parent: int, name: bytes, ctime_ns: int) -> Inode:
+        """Add a hard link; returns the inode with its new nlink."""
+
+    @abc.abstractmethod
+    def unlink(self, parent: int, name: bytes, ctime_ns: int) -> Inode:
+        """Remove a non-directory's name; returns the inode with nlink
+        decremented (it stays in the catalog at nlink 0 until purge())."""
+
+    @abc.abstractmethod
+    def rmdir(self, parent: int, name: bytes, ctime_ns: int) -> Inode:
+        """Remove an empty directory's name (NotEmpty otherwise); nlink -> 0."""
+
+    @abc.abstractmethod
+    def rename(self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes,
+               *, noreplace: bool = False, exchange: bool = False,
+               ctime_ns: int = 0) -> Inode | None:
+        """Move a dentry (one record update, no bytes move). Returns the inode
+        that was replaced at the destination (nlink already decremented), or
+        None. EXCHANGE swaps two existing names."""
+
+    @abc.abstractmethod
+    def readdir(self, parent: int, after_pos: int, limit: int) -> list[DirEntry]:
+        """Entries of `parent` with pos > after_pos, in pos order."""
+
+    @abc.abstractmethod
+    def parent_of(self, ino: int) -> int:
+        """The directory containing `ino` (a directory's single parent)."""
+
+    @abc.abstractmethod
+    def path_of(self, ino: int) -> bytes:
+        """One path of `ino` relative to the root, b"" for the root."""
+
+    @abc.abstractmethod
+    def update(self, ino: int, changes: dict, *, expect_version: int | None = None,
+               expect_states: Iterable[State] | None = None) -> Inode:
+        """Set inode fields. With expect_version / expect_states this is a
+        compare-and-swap: VersionConflict when the stored values differ."""
+
+    @abc.abstractmethod
+    def bump_version(self, ino: int, changes: dict) -> Inode:
+        """Atomically increment data_version, clear the checksum, and set
+        `changes` (size, mtime, state...): the content changed."""
+
+    @abc.abstractmethod
+    def purge(self, ino: int) -> Inode | None:
+        """Delete an inode with nlink 0 and its xattrs; its tier objects go to
+        garbage in the same transaction. Returns it, or None if gone/linked."""
+
+    @abc.abstractmethod
+    def unlinked(self) -> list[Inode]:
+        """Inodes with nlink 0 (kept while open; purged at recovery)."""
+
+    @abc.abstractmethod
+    def set_atimes(self, atimes: dict[int, int]) -> None:
+        """Write many access times in one transaction (batched access tracking);
+        an atime never moves backwards here. Increments atime_writes."""
+
+    # ---- xattrs ----------------------------------------------------------
+    @abc.abstractmethod
+    def getxattr(self, ino: int, name: bytes) -> bytes:
+        """The value, or NoAttr."""
+
+    @abc.abstractmethod
+    def setxattr(self, ino: int, name: bytes, value: bytes, *, create: bool = False,
+                 replace: bool = False) -> None: ...
+
+    @abc.abstractmethod
+    def listxattr(self, ino: int) -> list[bytes]: ...
+
+    @abc.abstractmethod
+    def removexattr(self, ino: int, name: bytes) -> None:
+        """NoAttr if absent."""
+
+    # ---- state and moves -------------------------------------------------
+    @abc.abstractmethod
+    def switch(self, ino: int, expect_version: int, expect_states: Iterable[State],
+               changes: dict, garbage: Iterable[tuple[str, str]], event: tuple[str, str],
+               job_id: int | None = None) -> Inode:
+        """The commit point of every move, atomic: if the inode still has
+        `expect_version` and one of `expect_states`, apply `changes`, add the
+        now-unreferenced objects (tier, key) to garbage, record `event`
+        (cause, detail) in the history, and clear the job's dst_key. Else
+        VersionConflict and nothing changes."""
+
+    @abc.abstractmethod
+    def add_event(self, ino: int, from_state: str, to_state: str, cause: str, detail: str = "") -> None: ...
+
+    @abc.abstractmethod
+    def events(self, ino: int, limit: int = 20) -> list[Event]:
+        """Most recent first."""
+
+    # ---- garbage ---------------------------------------------------------
+    @abc.abstractmethod
+    def add_garbage(self, items: Iterable[tuple[str, str]], reason: str = "") -> None: ...
+
+    @abc.abstractmethod
+    def garbage(self, limit: int = 100) -> list[Garbage]: ...
+
+    @abc.abstractmethod
+    def remove_garbage(self, ids: Iterable[int]) -> None: ...
+
+    @abc.abstractmethod
+    def references(self, tier: str, key: str) -> bool:
+        """True when some inode points at (tier, key) online or in the archive."""
+
+    # ---- jobs ------------------------------------------------------------
+    @abc.abstractmethod
+    def enqueue(self, ino: int, kind: JobKind, *, target_tier: str | None = None,
+                keep_online: bool = False, cause: str = "") -> tuple[Job, bool]:
+        """Queue a job unless an active one of the same kind exists for the
+        file (coalescing). Returns (job, created)."""
+
+    @abc.abstractmethod
+    def claim(self, session: str, kinds: Iterable[JobKind] | None = None,
+              busy_tiers: Iterable[str] = ()) -> Job | None:
+        """Atomically take the most urgent runnable pending job (priority,
+        then age) and mark it running by `session`. Jobs whose target_tier
+        is in busy_tiers are skipped (per-tier concurrency)."""
+
+    @abc.abstractmethod
+    def update_job(self, job_id: int, changes: dict) -> None: ...
+
+    @abc.abstractmethod
+    def finish_job(self, job_id: int, state: JobState, error: str = "") -> None: ...
+
+    @abc.abstractmethod
+    def retry_job(self, job_id: int, error: str, delay_s: float) -> None:
+        """Put a running job back to pending with last_error, not before now+delay."""
+
+    @abc.abstractmethod
+    def get_job(self, job_id: int) -> Job: ...
+
+    @abc.abstractmethod
+    def jobs(self, states: Iterable[JobState] | None = None, ino: int | None = None,
+             limit: int = 1000) -> list[Job]: ...
+
+    @abc.abstractmethod
+    def cancel_jobs(self, job_ids: Iterable[int] | None = None, *, kind: JobKind | None = None) -> int:
+        """Cancel pending jobs (by id, or all of a kind); returns the count."""
+
+    # ---- sessions --------------------------------------------------------
+    @abc.abstractmethod
+    def register_session(self, session: Session) -> None: ...
+
+    @abc.abstractmethod
+    def heartbeat(self, session_id: str) -> None: ...
+
+    @abc.abstractmethod
+    def end_session(self, session_id: str, clean: bool = True) -> None: ...
+
+    @abc.abstractmethod
+    def sessions(self) -> list[Session]: ...
+
+    @abc.abstractmethod
+    def reap_sessions(self, older_than_ns: int) -> list[str]:
+        """Sessions whose heartbeat is older than older_than_ns (and not clean)
+        are ended: their running jobs return to pending. Returns their ids."""
+
+    # ---- queries (policy, find, du, status) ------------------------------
+    @abc.abstractmethod
+    def query(self, q: FileQuery) -> Iterator[Inode]:
+        """Inodes matching q, served by indexes; increments rows_read."""
+
+    @abc.abstractmethod
+    def stats(self) -> CatalogStats: ...
+
+    # ---- key/value settings (schema version, leases) ---------------------
+    @abc.abstractmethod
+    def get_meta(self, key: str) -> str | None: ...
+
+    @abc.abstractmethod
+    def set_meta(self, key: str, value: str) -> None: ...
+
+    @abc.abstractmethod
+    def acquire_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        """Take or renew a named lease (e.g. "policy") for ttl_s seconds;
+        False when another live holder has it."""

@@ -1,0 +1,140 @@
+"""The SQL schema of the catalog (SQLite by default, PostgreSQL-ready).
+
+The schema is the specification: every column says what it holds. Times are
+integer nanoseconds since the epoch. Names and symlink targets are bytes,
+because POSIX names are bytes (invalid UTF-8 must round-trip).
+The MongoDB catalog stores the same fields (catalog/mongo.py).
+"""
+
+from sqlalchemy import (Boolean, Column, ForeignKey, Index, Integer, LargeBinary, MetaData,
+                        String, Table, Text, UniqueConstraint)
+from sqlalchemy import BigInteger
+
+metadata = MetaData()
+
+# BigInteger maps to INTEGER on SQLite, so integer primary keys stay rowid aliases.
+Big = BigInteger().with_variant(Integer, "sqlite")
+
+meta = Table(
+    "meta", metadata,
+    Column("key", String(64), primary_key=True, comment="setting name, e.g. 'schema_version'"),
+    Column("value", Text, nullable=False, comment="setting value as text"),
+    comment="catalog-wide settings; 'schema_version' drives migrations",
+)
+
+inodes = Table(
+    "inodes", metadata,
+    Column("ino", Big, primary_key=True, autoincrement=True, comment="inode number; 1 = root directory"),
+    Column("mode", Integer, nullable=False, comment="st_mode: file type bits | permission bits"),
+    Column("uid", Integer, nullable=False, comment="owner uid"),
+    Column("gid", Integer, nullable=False, comment="owner gid"),
+    Column("nlink", Integer, nullable=False, comment="dentries pointing here (+subdirs +1 for dirs); 0 = unlinked but still open"),
+    Column("size", Big, nullable=False, comment="logical size in bytes; may exceed stored bytes (sparse)"),
+    Column("atime_ns", Big, nullable=False, comment="last access (batched by the daemon's access tracking)"),
+    Column("mtime_ns", Big, nullable=False, comment="last content modification"),
+    Column("ctime_ns", Big, nullable=False, comment="last metadata change"),
+    Column("crtime_ns", Big, nullable=False, comment="creation time"),
+    Column("rdev", Big, nullable=False, comment="device number of device nodes, else 0"),
+    Column("target", LargeBinary, nullable=True, comment="symlink target bytes; NULL for non-symlinks"),
+    Column("state", String(16), nullable=False, comment="online|archiving|dual|archived|restoring|lost (catalog/base.py State)"),
+    Column("tier", String(64), nullable=True, comment="online tier holding the bytes; NULL when archived or not a file"),
+    Column("location", String(255), nullable=True, comment="object key on `tier`; NULL = no object (reads as zeros)"),
+    Column("archive_tier", String(64), nullable=True, comment="archive tier holding a copy (dual/archived/restoring/lost)"),
+    Column("archive_location", String(255), nullable=True, comment="object key on `archive_tier`"),
+    Column("checksum", String(64), nullable=True, comment="sha256 hex of the current content; NULL until finalised or after a write"),
+    Column("data_version", Big, nullable=False, comment="bumped on every content change; moves compare-and-swap on it"),
+    Column("state_ns", Big, nullable=False, comment="when `state` last changed"),
+    Column("state_cause", Text, nullable=False, comment="why `state` last changed (command + uid, policy rule, create)"),
+    comment="one row per file, directory or symlink",
+)
+# Candidate queries of the policy engine and `tierfs find` (state + size/atime), per-tier listings.
+Index("ix_inodes_state_atime", inodes.c.state, inodes.c.atime_ns)
+Index("ix_inodes_state_size", inodes.c.state, inodes.c.size)
+Index("ix_inodes_tier", inodes.c.tier, inodes.c.location)
+Index("ix_inodes_archive", inodes.c.archive_tier, inodes.c.archive_location)
+Index("ix_inodes_nlink0", inodes.c.nlink, sqlite_where=inodes.c.nlink == 0,
+      postgresql_where=inodes.c.nlink == 0)
+
+dentries = Table(
+    "dentries", metadata,
+    Column("pos", Big, primary_key=True, autoincrement=True, comment="stable readdir cookie (never reused)"),
+    Column("parent", Big, nullable=False, comment="directory inode containing the name"),
+    Column("name", LargeBinary, nullable=False, comment="file name bytes (no '/' or NUL; <= 255 bytes)"),
+    Column("ino", Big, nullable=False, comment="inode the name points at"),
+    UniqueConstraint("parent", "name", name="uq_dentries_parent_name"),
+    comment="the namespace: (parent, name) -> inode; rename updates one row",
+)
+Index("ix_dentries_ino", dentries.c.ino)
+
+xattrs = Table(
+    "xattrs", metadata,
+    Column("ino", Big, primary_key=True, comment="inode the attribute belongs to"),
+    Column("name", LargeBinary, primary_key=True, comment="full attribute name, e.g. b'user.project'"),
+    Column("value", LargeBinary, nullable=False, comment="attribute value (<= 64 KiB)"),
+    comment="extended attributes (user.* namespace)",
+)
+
+jobs = Table(
+    "jobs", metadata,
+    Column("id", Big, primary_key=True, autoincrement=True, comment="job id"),
+    Column("ino", Big, nullable=False, comment="file the job acts on"),
+    Column("kind", String(16), nullable=False, comment="restore|archive|release|migrate"),
+    Column("state", String(16), nullable=False, comment="pending|running|done|failed|cancelled"),
+    Column("priority", Integer, nullable=False, comment="lower runs first; restores are 0"),
+    Column("target_tier", String(64), nullable=True, comment="destination tier, if the kind has one"),
+    Column("keep_online", Boolean, nullable=False, comment="archive: leave the file dual"),
+    Column("cause", Text, nullable=False, comment="who/what asked (command + uid, policy rule)"),
+    Column("session", String(64), nullable=True, comment="session running it (state running)"),
+    Column("attempts", Integer, nullable=False, comment="times started"),
+    Column("not_before_ns", Big, nullable=False, comment="earliest start (retry backoff)"),
+    Column("last_error", Text, nullable=False, comment="last failure message"),
+    Column("dst_key", String(255), nullable=True, comment="object written on the destination; cleaned up if the move dies"),
+    Column("created_ns", Big, nullable=False, comment="when queued"),
+    Column("updated_ns", Big, nullable=False, comment="last change"),
+    comment="the durable request queue (restore before archive)",
+)
+Index("ix_jobs_runnable", jobs.c.state, jobs.c.priority, jobs.c.id)
+Index("ix_jobs_ino", jobs.c.ino, jobs.c.kind, jobs.c.state)
+
+sessions = Table(
+    "sessions", metadata,
+    Column("id", String(64), primary_key=True, comment="random session id chosen at mount"),
+    Column("host", String(255), nullable=False, comment="hostname of the daemon"),
+    Column("pid", Integer, nullable=False, comment="daemon pid on that host"),
+    Column("mountpoint", Text, nullable=False, comment="mountpoint path"),
+    Column("started_ns", Big, nullable=False, comment="registration time"),
+    Column("heartbeat_ns", Big, nullable=False, comment="last heartbeat; stale sessions get reaped"),
+    Column("clean", Boolean, nullable=False, comment="true once unmounted cleanly"),
+    comment="mounted daemons sharing this catalog",
+)
+
+events = Table(
+    "events", metadata,
+    Column("id", Big, primary_key=True, autoincrement=True, comment="event id"),
+    Column("ino", Big, nullable=False, comment="file"),
+    Column("time_ns", Big, nullable=False, comment="when"),
+    Column("from_state", String(16), nullable=False, comment="state before"),
+    Column("to_state", String(16), nullable=False, comment="state after"),
+    Column("cause", Text, nullable=False, comment="command + uid, policy rule, restore on open..."),
+    Column("detail", Text, nullable=False, comment="tier names, bytes, errors"),
+    comment="history of state transitions",
+)
+Index("ix_events_ino", events.c.ino, events.c.id)
+
+garbage = Table(
+    "garbage", metadata,
+    Column("id", Big, primary_key=True, autoincrement=True, comment="entry id"),
+    Column("tier", String(64), nullable=False, comment="tier holding the object"),
+    Column("key", String(255), nullable=False, comment="object key to delete"),
+    Column("created_ns", Big, nullable=False, comment="when it became unreferenced"),
+    Column("reason", Text, nullable=False, comment="why (unlink, superseded by a move...)"),
+    comment="tier objects no inode references; the daemon deletes them (idempotently)",
+)
+
+leases = Table(
+    "leases", metadata,
+    Column("name", String(64), primary_key=True, comment="lease name, e.g. 'policy'"),
+    Column("holder", String(64), nullable=False, comment="session id holding it"),
+    Column("expires_ns", Big, nullable=False, comment="lease is free after this time"),
+    comment="named leases so one mount at a time runs e.g. policies",
+)

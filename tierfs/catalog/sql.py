@@ -1,0 +1,655 @@
+"""The Catalog on SQLAlchemy Core: SQLite (embedded default) or PostgreSQL.
+
+Atomicity: every public method that writes runs in one transaction. On
+SQLite, write transactions start with BEGIN IMMEDIATE so two processes (the
+daemon and a CLI) never deadlock upgrading a read lock; WAL mode lets
+readers proceed while the daemon writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from typing import Iterable, Iterator
+
+from sqlalchemy import and_, create_engine, event, func, or_, select, update, delete, insert
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from .. import errors
+from . import schema as S
+from .base import (ACTIVE_JOB_STATES, INODE_FIELDS, JOB_PRIORITY, ROOT_INO, SCHEMA_VERSION, Catalog,
+                   CatalogStats, DirEntry, Event, FileQuery, Garbage, Inode, Job, JobKind, JobState,
+                   Session, State, now_ns)
+
+log = logging.getLogger(__name__)
+
+#: Migrations: version -> function(conn) upgrading from version-1.
+MIGRATIONS: dict[int, callable] = {}
+
+
+def _inode(row) -> Inode:
+    m = row._mapping
+    d = {k: m[k] for k in INODE_FIELDS}
+    d["state"] = State(d["state"])
+    return Inode(**d)
+
+
+def _job(row) -> Job:
+    m = dict(row._mapping)
+    m["kind"] = JobKind(m["kind"])
+    m["state"] = JobState(m["state"])
+    return Job(**m)
+
+
+def _inode_values(inode: Inode) -> dict:
+    d = {k: getattr(inode, k) for k in INODE_FIELDS}
+    d["state"] = inode.state.value
+    return d
+
+
+class SqlCatalog(Catalog):
+    """Catalog on a SQL database chosen by URL (sqlite:///path, postgresql://...)."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        kwargs = {}
+        if self.is_sqlite:
+            path = url.split("///", 1)[1] if "///" in url else ""
+            if path and path != ":memory:":
+                d = os.path.dirname(os.path.abspath(path))
+                if not os.path.isdir(d):
+                    raise errors.ConfigError(f"catalog: directory {d} does not exist")
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        else:
+            kwargs["pool_pre_ping"] = True
+        self.engine = create_engine(url, **kwargs)
+        self.concurrency = 1 if self.is_sqlite else 8
+        if self.is_sqlite:
+            @event.listens_for(self.engine, "connect")
+            def _on_connect(dbapi_conn, _rec):
+                dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+                cur = dbapi_conn.cursor()
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA synchronous=NORMAL")
+                cur.execute("PRAGMA busy_timeout=30000")
+                cur.close()
+
+            @event.listens_for(self.engine, "begin")
+            def _on_begin(conn):
+                conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("tierfs_write") else "BEGIN")
+
+    # ---- plumbing ----------------------------------------------------------
+    @contextlib.contextmanager
+    def _tx(self, write: bool = True) -> Iterator[Connection]:
+        try:
+            with self.engine.connect() as conn:
+                conn.info["tierfs_write"] = write
+                try:
+                    with conn.begin():
+                        yield conn
+                finally:
+                    conn.info["tierfs_write"] = False
+        except OperationalError as e:
+            raise errors.CatalogUnavailable(f"catalog {self._safe_url()}: {e.orig}") from e
+
+    def _safe_url(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True)
+
+    def _get(self, c: Connection, ino: int) -> Inode:
+        row = c.execute(select(S.inodes).where(S.inodes.c.ino == ino)).first()
+        if row is None:
+            raise errors.NotFound(f"inode {ino}")
+        return _inode(row)
+
+    def _set(self, c: Connection, ino: int, **values) -> None:
+        if "state" in values and isinstance(values["state"], State):
+            values["state"] = values["state"].value
+        c.execute(update(S.inodes).where(S.inodes.c.ino == ino).values(**values))
+
+    def _dentry(self, c: Connection, parent: int, name: bytes):
+        return c.execute(select(S.dentries).where(
+            S.dentries.c.parent == parent, S.dentries.c.name == name)).first()
+
+    def _has_children(self, c: Connection, ino: int) -> bool:
+        return c.execute(select(S.dentries.c.pos).where(S.dentries.c.parent == ino).limit(1)).first() is not None
+
+    def _event(self, c: Connection, ino: int, frm: str, to: str, cause: str, detail: str = "") -> None:
+        c.execute(insert(S.events).values(ino=ino, time_ns=now_ns(), from_state=str(frm), to_state=str(to),
+                                          cause=cause, detail=detail))
+
+    # ---- lifecycle ---------------------------------------------------------
+    def init(self, root_uid: int = 0, root_gid: int = 0, root_mode: int = 0o40755) -> None:
+        try:
+            S.metadata.create_all(self.engine)
+        except OperationalError as e:
+            raise errors.CatalogUnavailable(f"catalog {self._safe_url()}: {e.orig}") from e
+        with self._tx() as c:
+            row = c.execute(select(S.meta.c.value).where(S.meta.c.key == "schema_version")).first()
+            if row is None:
+                c.execute(insert(S.meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
+            else:
+                version = int(row[0])
+                if version > SCHEMA_VERSION:
+                    raise errors.ConfigError(
+                        f"catalog schema version {version} is newer than this tierfs ({SCHEMA_VERSION}); upgrade tierfs")
+                while version < SCHEMA_VERSION:
+                    version += 1
+                    log.info("migrating catalog schema to version %d", version)
+                    MIGRATIONS[version](c)
+                    c.execute(update(S.meta).where(S.meta.c.key == "schema_version").values(value=str(version)))
+            if c.execute(select(S.inodes.c.ino).where(S.inodes.c.ino == ROOT_INO)).first() is None:
+                t = now_ns()
+                root = Inode(ino=ROOT_INO, mode=root_mode, uid=root_uid, gid=root_gid, nlink=2,
+                             atime_ns=t, mtime_ns=t, ctime_ns=t, crtime_ns=t, state_ns=t, state_cause="mkfs")
+                c.execute(insert(S.inodes).values(**_inode_values(root)))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def schema_version(self) -> int:
+        return int(self.get_meta("schema_version") or 0)
+
+    # ---- namespace ---------------------------------------------------------
+    def get(self, ino: int) -> Inode:
+        with self._tx(write=False) as c:
+            return self._get(c, ino)
+
+    def lookup(self, parent: int, name: bytes) -> Inode:
+        with self._tx(write=False) as c:
+            row = c.execute(select(S.inodes).join(S.dentries, S.dentries.c.ino == S.inodes.c.ino).where(
+                S.dentries.c.parent == parent, S.dentries.c.name == name)).first()
+            if row is None:
+                raise errors.NotFound(f"{name!r} in directory {parent}")
+            return _inode(row)
+
+    def create(self, parent: int, name: bytes, inode: Inode) -> Inode:
+        with self._tx() as c:
+            p = self._get(c, parent)
+            if not p.is_dir():
+                raise errors.NotDir(f"inode {parent} is not a directory")
+            if self._dentry(c, parent, name) is not None:
+                raise errors.Exists(f"{name!r} exists in directory {parent}")
+            values = _inode_values(inode)
+            values.pop("ino")
+            ino = c.execute(insert(S.inodes).values(**values)).inserted_primary_key[0]
+            c.execute(insert(S.dentries).values(parent=parent, name=name, ino=ino))
+            changes = dict(mtime_ns=inode.ctime_ns, ctime_ns=inode.ctime_ns)
+            if inode.is_dir():
+                changes["nlink"] = p.nlink + 1
+            self._set(c, parent, **changes)
+            return inode.copy(ino=ino)
+
+    def link(self, ino: int, parent: int, name: bytes, ctime_ns: int) -> Inode:
+        with self._tx() as c:
+            inode = self._get(c, ino)
+            if inode.is_dir():
+                raise errors.PermissionDenied("hard links to directories are not allowed", err=1)  # EPERM
+            if not self._get(c, parent).is_dir():
+                raise errors.NotDir(f"inode {parent} is not a directory")
+            if self._dentry(c, parent, name) is not None:
+                raise errors.Exists(f"{name!r} exists in directory {parent}")
+            c.execute(insert(S.dentries).values(parent=parent, name=name, ino=ino))
+            self._set(c, ino, nlink=inode.nlink + 1, ctime_ns=ctime_ns)
+            self._set(c, parent, mtime_ns=ctime_ns, ctime_ns=ctime_ns)
+            return inode.copy(nlink=inode.nlink + 1, ctime_ns=ctime_ns)
+
+    def unlink(self, parent: int, name: bytes, ctime_ns: int) -> Inode:
+        with self._tx() as c:
+            d = self._dentry(c, parent, name)
+            if d is None:
+                raise errors.NotFound(f"{name!r} in directory {parent}")
+            inode = self._get(c, d.ino)
+            if inode.is_dir():
+                raise errors.IsDir(f"{name!r} is a directory")
+            c.execute(delete(S.dentries).where(S.dentries.c.pos == d.pos))
+            self._set(c, inode.ino, nlink=inode.nlink - 1, ctime_ns=ctime_ns)
+            self._set(c, parent, mtime_ns=ctime_ns, ctime_ns=ctime_ns)
+            return inode.copy(nlink=inode.nlink - 1, ctime_ns=ctime_ns)
+
+    def rmdir(self, parent: int, name: bytes, ctime_ns: int) -> Inode:
+        with self._tx() as c:
+            d = self._dentry(c, parent, name)
+            if d is None:
+                raise errors.NotFound(f"{name!r} in directory {parent}")
+            inode = self._get(c, d.ino)
+            if not inode.is_dir():
+                raise errors.NotDir(f"{name!r} is not a directory")
+            if self._has_children(c, inode.ino):
+                raise errors.NotEmpty(f"{name!r} is not empty")
+            c.execute(delete(S.dentries).where(S.dentries.c.pos == d.pos))
+            self._set(c, inode.ino, nlink=0, ctime_ns=ctime_ns)
+            p = self._get(c, parent)
+            self._set(c, parent, nlink=p.nlink - 1, mtime_ns=ctime_ns, ctime_ns=ctime_ns)
+            return inode.copy(nlink=0, ctime_ns=ctime_ns)
+
+    def _is_ancestor(self, c: Connection, anc: int, ino: int) -> bool:
+        """True if directory `anc` is `ino` or one of its ancestors."""
+        seen = 0
+        while True:
+            if ino == anc:
+                return True
+            if ino == ROOT_INO or seen > 100000:
+                return False
+            row = c.execute(select(S.dentries.c.parent).where(S.dentries.c.ino == ino).limit(1)).first()
+            if row is None:
+                return False
+            ino = row[0]
+            seen += 1
+
+    def rename(self, old_parent, old_name, new_parent, new_name, *, noreplace=False, exchange=False,
+               ctime_ns=0) -> Inode | None:
+        ctime_ns = ctime_ns or now_ns()
+        with self._tx() as c:
+            src = self._dentry(c, old_parent, old_name)
+            if src is None:
+                raise errors.NotFound(f"{old_name!r} in directory {old_parent}")
+            dst = self._dentry(c, new_parent, new_name)
+            if not self._get(c, new_parent).is_dir():
+                raise errors.NotDir(f"inode {new_parent} is not a directory")
+            src_inode = self._get(c, src.ino)
+            if src_inode.is_dir() and self._is_ancestor(c, src.ino, new_parent):
+                raise errors.Invalid("cannot move a directory into itself")
+            if exchange:
+                if dst is None:
+                    raise errors.NotFound(f"{new_name!r} in directory {new_parent}")
+                dst_inode = self._get(c, dst.ino)
+                if dst_inode.is_dir() and self._is_ancestor(c, dst.ino, old_parent):
+                    raise errors.Invalid("cannot move a directory into itself")
+                c.execute(update(S.dentries).where(S.dentries.c.pos == src.pos).values(ino=dst.ino))
+                c.execute(update(S.dentries).where(S.dentries.c.pos == dst.pos).values(ino=src.ino))
+                if old_parent != new_parent and src_inode.is_dir() != dst_inode.is_dir():
+                    delta = 1 if src_inode.is_dir() else -1
+                    op, np_ = self._get(c, old_parent), self._get(c, new_parent)
+                    self._set(c, old_parent, nlink=op.nlink - delta)
+                    self._set(c, new_parent, nlink=np_.nlink + delta)
+                for ino in {src.ino, dst.ino}:
+                    self._set(c, ino, ctime_ns=ctime_ns)
+                for p in {old_parent, new_parent}:
+                    self._set(c, p, mtime_ns=ctime_ns, ctime_ns=ctime_ns)
+                return None
+            replaced = None
+            if dst is not None:
+                if dst.ino == src.ino:
+                    return None  # same inode (hard links or same name): POSIX says do nothing
+                if noreplace:
+                    raise errors.Exists(f"{new_name!r} exists in directory {new_parent}")
+                dst_inode = self._get(c, dst.ino)
+                if dst_inode.is_dir():
+                    if not src_inode.is_dir():
+                        raise errors.IsDir(f"{new_name!r} is a directory")
+                    if self._has_children(c, dst.ino):
+                        raise errors.NotEmpty(f"{new_name!r} is not empty")
+                    replaced = dst_inode.copy(nlink=0, ctime_ns=ctime_ns)
+                    np_ = self._get(c, new_parent)
+                    self._set(c, new_parent, nlink=np_.nlink - 1)
+                else:
+                    if src_inode.is_dir():
+                        raise errors.NotDir(f"{new_name!r} is not a directory")
+                    replaced = dst_inode.copy(nlink=dst_inode.nlink - 1, ctime_ns=ctime_ns)
+                self._set(c, dst.ino, nlink=replaced.nlink, ctime_ns=ctime_ns)
+                c.execute(delete(S.dentries).where(S.dentries.c.pos == dst.pos))
+            c.execute(update(S.dentries).where(S.dentries.c.pos == src.pos).values(
+                parent=new_parent, name=new_name))
+            if src_inode.is_dir() and old_parent != new_parent:
+                op = self._get(c, old_parent)
+                self._set(c, old_parent, nlink=op.nlink - 1)
+                np_ = self._get(c, new_parent)
+                self._set(c, new_parent, nlink=np_.nlink + 1)
+            self._set(c, src.ino, ctime_ns=ctime_ns)
+            for p in {old_parent, new_parent}:
+                self._set(c, p, mtime_ns=ctime_ns, ctime_ns=ctime_ns)
+            return replaced
+
+    def readdir(self, parent: int, after_pos: int, limit: int) -> list[DirEntry]:
+        with self._tx(write=False) as c:
+            rows = c.execute(
+                select(S.dentries.c.pos, S.dentries.c.name, S.inodes)
+                .join(S.inodes, S.inodes.c.ino == S.dentries.c.ino)
+                .where(S.dentries.c.parent == parent, S.dentries.c.pos > after_pos)
+                .order_by(S.dentries.c.pos).limit(limit)).all()
+            return [DirEntry(pos=r.pos, name=r.name, inode=_inode(r)) for r in rows]
+
+    def parent_of(self, ino: int) -> int:
+        if ino == ROOT_INO:
+            return ROOT_INO
+        with self._tx(write=False) as c:
+            row = c.execute(select(S.dentries.c.parent).where(S.dentries.c.ino == ino).limit(1)).first()
+            if row is None:
+                raise errors.NotFound(f"inode {ino} has no name")
+            return row[0]
+
+    def path_of(self, ino: int) -> bytes:
+        parts = []
+        with self._tx(write=False) as c:
+            while ino != ROOT_INO:
+                row = c.execute(select(S.dentries.c.parent, S.dentries.c.name)
+                                .where(S.dentries.c.ino == ino).limit(1)).first()
+                if row is None:
+                    raise errors.NotFound(f"inode {ino} has no name")
+                parts.append(row.name)
+                ino = row.parent
+        return b"/".join(reversed(parts))
+
+    def _check(self, inode: Inode, expect_version, expect_states) -> None:
+        if expect_version is not None and inode.data_version != expect_version:
+            raise errors.VersionConflict(
+                f"inode {inode.ino}: content version {inode.data_version} != expected {expect_version}")
+        if expect_states is not None and inode.state not in set(expect_states):
+            raise errors.VersionConflict(f"inode {inode.ino}: state {inode.state} not in {list(map(str, expect_states))}")
+
+    def update(self, ino, changes, *, expect_version=None, expect_states=None) -> Inode:
+        with self._tx() as c:
+            inode = self._get(c, ino)
+            self._check(inode, expect_version, expect_states)
+            if changes:
+                self._set(c, ino, **changes)
+            return inode.copy(**changes)
+
+    def bump_version(self, ino: int, changes: dict) -> Inode:
+        with self._tx() as c:
+            inode = self._get(c, ino)
+            changes = dict(changes, data_version=inode.data_version + 1, checksum=None)
+            self._set(c, ino, **changes)
+            return inode.copy(**changes)
+
+    def purge(self, ino: int) -> Inode | None:
+        with self._tx() as c:
+            row = c.execute(select(S.inodes).where(S.inodes.c.ino == ino)).first()
+            if row is None:
+                return None
+            inode = _inode(row)
+            if inode.nlink > 0 or ino == ROOT_INO:
+                return None
+            c.execute(delete(S.inodes).where(S.inodes.c.ino == ino))
+            c.execute(delete(S.xattrs).where(S.xattrs.c.ino == ino))
+            c.execute(update(S.jobs).where(S.jobs.c.ino == ino, S.jobs.c.state == JobState.PENDING.value)
+                      .values(state=JobState.CANCELLED.value, last_error="file deleted", updated_ns=now_ns()))
+            objs = [(t, k) for t, k in ((inode.tier, inode.location), (inode.archive_tier, inode.archive_location))
+                    if t and k]
+            self._add_garbage(c, objs, "file deleted")
+            return inode
+
+    def unlinked(self) -> list[Inode]:
+        with self._tx(write=False) as c:
+            return [_inode(r) for r in c.execute(select(S.inodes).where(S.inodes.c.nlink == 0))]
+
+    def set_atimes(self, atimes: dict[int, int]) -> None:
+        if not atimes:
+            return
+        with self._tx() as c:
+            for ino, t in atimes.items():
+                c.execute(update(S.inodes).where(S.inodes.c.ino == ino, S.inodes.c.atime_ns < t).values(atime_ns=t))
+        self.atime_writes += len(atimes)
+
+    # ---- xattrs ------------------------------------------------------------
+    def getxattr(self, ino: int, name: bytes) -> bytes:
+        with self._tx(write=False) as c:
+            row = c.execute(select(S.xattrs.c.value).where(S.xattrs.c.ino == ino, S.xattrs.c.name == name)).first()
+            if row is None:
+                raise errors.NoAttr(f"no attribute {name!r}")
+            return row[0]
+
+    def setxattr(self, ino, name, value, *, create=False, replace=False) -> None:
+        with self._tx() as c:
+            exists = c.execute(select(S.xattrs.c.ino).where(S.xattrs.c.ino == ino, S.xattrs.c.name == name)).first()
+            if exists and create:
+                raise errors.Exists(f"attribute {name!r} exists")
+            if not exists and replace:
+                raise errors.NoAttr(f"no attribute {name!r}")
+            if exists:
+                c.execute(update(S.xattrs).where(S.xattrs.c.ino == ino, S.xattrs.c.name == name).values(value=value))
+            else:
+                c.execute(insert(S.xattrs).values(ino=ino, name=name, value=value))
+            self._set(c, ino, ctime_ns=now_ns())
+
+    def listxattr(self, ino: int) -> list[bytes]:
+        with self._tx(write=False) as c:
+            return [r[0] for r in c.execute(select(S.xattrs.c.name).where(S.xattrs.c.ino == ino).order_by(S.xattrs.c.name))]
+
+    def removexattr(self, ino: int, name: bytes) -> None:
+        with self._tx() as c:
+            n = c.execute(delete(S.xattrs).where(S.xattrs.c.ino == ino, S.xattrs.c.name == name)).rowcount
+            if not n:
+                raise errors.NoAttr(f"no attribute {name!r}")
+            self._set(c, ino, ctime_ns=now_ns())
+
+    # ---- state and moves ---------------------------------------------------
+    def switch(self, ino, expect_version, expect_states, changes, garbage, event, job_id=None) -> Inode:
+        with self._tx() as c:
+            inode = self._get(c, ino)
+            self._check(inode, expect_version, expect_states)
+            t = now_ns()
+            if "state" in changes and changes["state"] != inode.state:
+                changes = dict(changes, state_ns=t)
+                cause, detail = event
+                changes.setdefault("state_cause", cause)
+                self._event(c, ino, inode.state, changes["state"], cause, detail)
+            self._set(c, ino, **changes)
+            self._add_garbage(c, garbage, event[0])
+            if job_id is not None:
+                c.execute(update(S.jobs).where(S.jobs.c.id == job_id).values(dst_key=None, updated_ns=t))
+            return inode.copy(**changes)
+
+    def add_event(self, ino, from_state, to_state, cause, detail="") -> None:
+        with self._tx() as c:
+            self._event(c, ino, from_state, to_state, cause, detail)
+
+    def events(self, ino: int, limit: int = 20) -> list[Event]:
+        with self._tx(write=False) as c:
+            rows = c.execute(select(S.events).where(S.events.c.ino == ino).order_by(S.events.c.id.desc()).limit(limit))
+            return [Event(**r._mapping) for r in rows]
+
+    # ---- garbage -----------------------------------------------------------
+    def _add_garbage(self, c: Connection, items, reason: str) -> None:
+        rows = [dict(tier=t, key=k, created_ns=now_ns(), reason=reason) for t, k in items if t and k]
+        if rows:
+            c.execute(insert(S.garbage), rows)
+
+    def add_garbage(self, items, reason="") -> None:
+        with self._tx() as c:
+            self._add_garbage(c, items, reason)
+
+    def garbage(self, limit: int = 100) -> list[Garbage]:
+        with self._tx(write=False) as c:
+            return [Garbage(**r._mapping) for r in c.execute(select(S.garbage).order_by(S.garbage.c.id).limit(limit))]
+
+    def remove_garbage(self, ids) -> None:
+        ids = list(ids)
+        if ids:
+            with self._tx() as c:
+                c.execute(delete(S.garbage).where(S.garbage.c.id.in_(ids)))
+
+    def references(self, tier: str, key: str) -> bool:
+        with self._tx(write=False) as c:
+            row = c.execute(select(S.inodes.c.ino).where(or_(
+                and_(S.inodes.c.tier == tier, S.inodes.c.location == key),
+                and_(S.inodes.c.archive_tier == tier, S.inodes.c.archive_location == key))).limit(1)).first()
+            if row is not None:
+                return True
+            row = c.execute(select(S.jobs.c.id).where(
+                S.jobs.c.dst_key == key, S.jobs.c.state.in_([s.value for s in ACTIVE_JOB_STATES])).limit(1)).first()
+            return row is not None
+
+    # ---- jobs --------------------------------------------------------------
+    def enqueue(self, ino, kind, *, target_tier=None, keep_online=False, cause="") -> tuple[Job, bool]:
+        kind = JobKind(kind)
+        with self._tx() as c:
+            row = c.execute(select(S.jobs).where(
+                S.jobs.c.ino == ino, S.jobs.c.kind == kind.value,
+                S.jobs.c.state.in_([s.value for s in ACTIVE_JOB_STATES])).limit(1)).first()
+            if row is not None:
+                return _job(row), False
+            t = now_ns()
+            values = dict(ino=ino, kind=kind.value, state=JobState.PENDING.value, priority=JOB_PRIORITY[kind],
+                          target_tier=target_tier, keep_online=keep_online, cause=cause, session=None,
+                          attempts=0, not_before_ns=0, last_error="", dst_key=None, created_ns=t, updated_ns=t)
+            jid = c.execute(insert(S.jobs).values(**values)).inserted_primary_key[0]
+            values["kind"], values["state"] = kind, JobState.PENDING
+            return Job(id=jid, **values), True
+
+    def claim(self, session, kinds=None, busy_tiers=()) -> Job | None:
+        t = now_ns()
+        with self._tx() as c:
+            q = select(S.jobs).where(S.jobs.c.state == JobState.PENDING.value, S.jobs.c.not_before_ns <= t)
+            if kinds is not None:
+                q = q.where(S.jobs.c.kind.in_([JobKind(k).value for k in kinds]))
+            busy = list(busy_tiers)
+            if busy:
+                q = q.where(or_(S.jobs.c.target_tier.is_(None), S.jobs.c.target_tier.not_in(busy)))
+            row = c.execute(q.order_by(S.jobs.c.priority, S.jobs.c.id).limit(1)).first()
+            if row is None:
+                return None
+            job = _job(row)
+            n = c.execute(update(S.jobs).where(S.jobs.c.id == job.id, S.jobs.c.state == JobState.PENDING.value)
+                          .values(state=JobState.RUNNING.value, session=session, attempts=job.attempts + 1,
+                                  updated_ns=t)).rowcount
+            if n != 1:
+                return None
+            return job.__class__(**{**job.__dict__, "state": JobState.RUNNING, "session": session,
+                                    "attempts": job.attempts + 1, "updated_ns": t})
+
+    def update_job(self, job_id, changes) -> None:
+        with self._tx() as c:
+            c.execute(update(S.jobs).where(S.jobs.c.id == job_id).values(**changes, updated_ns=now_ns()))
+
+    def finish_job(self, job_id, state, error="") -> None:
+        with self._tx() as c:
+            c.execute(update(S.jobs).where(S.jobs.c.id == job_id).values(
+                state=JobState(state).value, session=None, last_error=error, updated_ns=now_ns()))
+
+    def retry_job(self, job_id, error, delay_s) -> None:
+        t = now_ns()
+        with self._tx() as c:
+            c.execute(update(S.jobs).where(S.jobs.c.id == job_id).values(
+                state=JobState.PENDING.value, session=None, last_error=error,
+                not_before_ns=t + int(delay_s * 1e9), updated_ns=t))
+
+    def get_job(self, job_id) -> Job:
+        with self._tx(write=False) as c:
+            row = c.execute(select(S.jobs).where(S.jobs.c.id == job_id)).first()
+            if row is None:
+                raise errors.NotFound(f"job {job_id}")
+            return _job(row)
+
+    def jobs(self, states=None, ino=None, limit=1000) -> list[Job]:
+        q = select(S.jobs)
+        if states is not None:
+            q = q.where(S.jobs.c.state.in_([JobState(s).value for s in states]))
+        if ino is not None:
+            q = q.where(S.jobs.c.ino == ino)
+        with self._tx(write=False) as c:
+            return [_job(r) for r in c.execute(q.order_by(S.jobs.c.priority, S.jobs.c.id).limit(limit))]
+
+    def cancel_jobs(self, job_ids=None, *, kind=None) -> int:
+        q = update(S.jobs).where(S.jobs.c.state == JobState.PENDING.value)
+        if job_ids is not None:
+            q = q.where(S.jobs.c.id.in_(list(job_ids)))
+        if kind is not None:
+            q = q.where(S.jobs.c.kind == JobKind(kind).value)
+        with self._tx() as c:
+            return c.execute(q.values(state=JobState.CANCELLED.value, last_error="cancelled",
+                                      updated_ns=now_ns())).rowcount
+
+    # ---- sessions ----------------------------------------------------------
+    def register_session(self, session: Session) -> None:
+        with self._tx() as c:
+            c.execute(insert(S.sessions).values(**session.__dict__))
+
+    def heartbeat(self, session_id: str) -> None:
+        with self._tx() as c:
+            c.execute(update(S.sessions).where(S.sessions.c.id == session_id).values(heartbeat_ns=now_ns()))
+
+    def end_session(self, session_id: str, clean: bool = True) -> None:
+        with self._tx() as c:
+            c.execute(update(S.sessions).where(S.sessions.c.id == session_id).values(clean=clean, heartbeat_ns=now_ns()))
+            c.execute(update(S.jobs).where(S.jobs.c.session == session_id, S.jobs.c.state == JobState.RUNNING.value)
+                      .values(state=JobState.PENDING.value, session=None, updated_ns=now_ns()))
+            c.execute(delete(S.leases).where(S.leases.c.holder == session_id))
+
+    def sessions(self) -> list[Session]:
+        with self._tx(write=False) as c:
+            return [Session(**r._mapping) for r in c.execute(select(S.sessions).order_by(S.sessions.c.started_ns))]
+
+    def reap_sessions(self, older_than_ns: int) -> list[str]:
+        with self._tx() as c:
+            ids = [r[0] for r in c.execute(select(S.sessions.c.id).where(
+                S.sessions.c.clean.is_(False), S.sessions.c.heartbeat_ns < older_than_ns))]
+            for sid in ids:
+                c.execute(update(S.sessions).where(S.sessions.c.id == sid).values(clean=True))
+                c.execute(update(S.jobs).where(S.jobs.c.session == sid, S.jobs.c.state == JobState.RUNNING.value)
+                          .values(state=JobState.PENDING.value, session=None,
+                                  last_error=f"session {sid} died", updated_ns=now_ns()))
+                c.execute(delete(S.leases).where(S.leases.c.holder == sid))
+            return ids
+
+    # ---- queries -----------------------------------------------------------
+    def query(self, q: FileQuery) -> Iterator[Inode]:
+        i = S.inodes.c
+        conds = [i.nlink > 0]
+        if q.states is not None:
+            conds.append(i.state.in_([State(s).value for s in q.states]))
+        if q.regular_only:
+            conds.append(i.mode.op("&")(0o170000) == 0o100000)
+        for col, val, op in ((i.tier, q.tier, "eq"), (i.archive_tier, q.archive_tier, "eq"),
+                             (i.size, q.min_size, "ge"), (i.size, q.max_size, "le"),
+                             (i.atime_ns, q.atime_before_ns, "lt"), (i.crtime_ns, q.crtime_before_ns, "lt"),
+                             (i.mtime_ns, q.mtime_before_ns, "lt"), (i.uid, q.uid, "eq"), (i.gid, q.gid, "eq")):
+            if val is not None:
+                conds.append({"eq": col == val, "ge": col >= val, "le": col <= val, "lt": col < val}[op])
+        stmt = select(S.inodes).where(*conds)
+        if q.order_by_atime:
+            stmt = stmt.order_by(i.atime_ns, i.ino)
+        else:
+            stmt = stmt.where(i.ino > q.after_ino).order_by(i.ino)
+        if q.limit is not None:
+            stmt = stmt.limit(q.limit)
+        with self._tx(write=False) as c:
+            rows = c.execute(stmt).all()
+        self.rows_read += len(rows)
+        for r in rows:
+            yield _inode(r)
+
+    def stats(self) -> CatalogStats:
+        st = CatalogStats()
+        i = S.inodes.c
+        reg = and_(i.nlink > 0, i.mode.op("&")(0o170000) == 0o100000)
+        with self._tx(write=False) as c:
+            for r in c.execute(select(i.state, func.count(), func.coalesce(func.sum(i.size), 0)).where(reg).group_by(i.state)):
+                st.by_state[r[0]] = (r[1], int(r[2]))
+            for r in c.execute(select(i.tier, func.count(), func.coalesce(func.sum(i.size), 0))
+                               .where(reg, i.tier.is_not(None)).group_by(i.tier)):
+                st.by_tier[r[0]] = (r[1], int(r[2]))
+            for r in c.execute(select(i.archive_tier, func.count(), func.coalesce(func.sum(i.size), 0))
+                               .where(reg, i.archive_tier.is_not(None)).group_by(i.archive_tier)):
+                st.by_archive[r[0]] = (r[1], int(r[2]))
+            for r in c.execute(select(S.jobs.c.state, S.jobs.c.kind, func.count())
+                               .group_by(S.jobs.c.state, S.jobs.c.kind)):
+                st.jobs.setdefault(r[0], {})[r[1]] = r[2]
+        return st
+
+    # ---- meta / leases -----------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        with self._tx(write=False) as c:
+            row = c.execute(select(S.meta.c.value).where(S.meta.c.key == key)).first()
+            return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._tx() as c:
+            if c.execute(update(S.meta).where(S.meta.c.key == key).values(value=value)).rowcount == 0:
+                c.execute(insert(S.meta).values(key=key, value=value))
+
+    def acquire_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        t = now_ns()
+        with self._tx() as c:
+            row = c.execute(select(S.leases).where(S.leases.c.name == name)).first()
+            if row is not None and row.holder != holder and row.expires_ns > t:
+                return False
+            values = dict(holder=holder, expires_ns=t + int(ttl_s * 1e9))
+            if row is None:
+                c.execute(insert(S.leases).values(name=name, **values))
+            else:
+                c.execute(update(S.leases).where(S.leases.c.name == name).values(**values))
+            return True

@@ -1,0 +1,265 @@
+"""The mounted process: FUSE loop, garbage collector, checksummer, heartbeat
+(and, from tierfs/jobs.py, the job workers).
+
+`tierfs mount --foreground` runs `run()` in the calling process; that is
+what systemd starts (Type=notify: READY=1 once the mount is live,
+STOPPING=1 on the way down). Without --foreground the CLI starts this same
+command in a new session and waits on a pipe until it reports "ready" or
+the error that stopped it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+import uuid
+
+import pyfuse3
+import trio
+
+from . import errors, faults, mounts
+from .catalog import open_catalog
+from .catalog.base import Catalog, Session, now_ns
+from .config import Config, prepare_embedded_dirs
+from .fs import FileSystem
+from .fuse_ops import Operations
+
+log = logging.getLogger("tierfs")
+
+HEARTBEAT_S = 5.0
+SESSION_DEAD_S = 30.0
+
+
+def setup_logging(level: str, log_file: str | None = None) -> None:
+    under_systemd = bool(os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"))
+    fmt = "%(levelname)s %(name)s: %(message)s" if under_systemd else \
+        "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(fmt))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("pyfuse3").setLevel(logging.WARNING)
+
+
+def sd_notify(msg: str) -> None:
+    """Tell systemd about our state (Type=notify); a no-op outside systemd."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect(addr)
+            s.sendall(msg.encode())
+    except OSError as e:
+        log.warning("sd_notify %s: %s", msg, e)
+
+
+class Daemon:
+    """Everything one mount runs."""
+
+    def __init__(self, cfg: Config, mountpoint: str, catalog: Catalog | None = None):
+        self.cfg = cfg
+        self.mountpoint = os.path.abspath(mountpoint)
+        self.catalog = catalog
+        self.session_id = uuid.uuid4().hex[:16]
+        self.fs: FileSystem | None = None
+        self.gc_event: trio.Event | None = None
+        self.extensions = []   # objects with async run(nursery-started) hooks (jobs, policy)
+
+    # ---- setup (synchronous: errors here are startup errors) -------------
+    def open(self) -> None:
+        prepare_embedded_dirs(self.cfg)
+        if self.catalog is None:
+            self.catalog = open_catalog(self.cfg.catalog)
+        self.catalog.init(root_uid=os.getuid(), root_gid=os.getgid())
+        tiers = self.cfg.make_tiers()
+        for t in tiers.values():
+            t.check()
+            if hasattr(t, "cleanup_tmp"):
+                t.cleanup_tmp()
+        self._check_previous_sessions()
+        self.catalog.register_session(Session(
+            id=self.session_id, host=socket.gethostname(), pid=os.getpid(), mountpoint=self.mountpoint,
+            started_ns=now_ns(), heartbeat_ns=now_ns()))
+        self.fs = FileSystem(self.cfg, self.catalog, tiers, self.session_id)
+        from . import archive, jobs
+        self.fs.offline = archive.Offline(self.fs, self.cfg)
+        self.extensions.append(jobs.JobRunner(self.fs, self.cfg, self.session_id))
+
+    def _check_previous_sessions(self) -> None:
+        """Warn about (or refuse, per `on_unclean`) a previous daemon on this
+        host and mountpoint that died without unmounting, then recover."""
+        host = socket.gethostname()
+        dead = [s for s in self.catalog.sessions()
+                if not s.clean and s.host == host and not mounts.pid_alive(s.pid)]
+        for s in dead:
+            msg = (f"the previous tierfs daemon (pid {s.pid}, mounted on {s.mountpoint}) did not unmount cleanly; "
+                   "running recovery")
+            if self.cfg.on_unclean == "refuse" and s.mountpoint == self.mountpoint:
+                raise errors.ConfigError(msg.replace("running recovery", "run `tierfs fsck` (on_unclean = refuse)"))
+            log.warning(msg)
+            self.catalog.end_session(s.id, clean=True)
+        live_other = [s for s in self.catalog.sessions() if not s.clean]
+        if not live_other:
+            # Nobody else uses the catalog: unlinked-but-open files of dead mounts can go.
+            for inode in self.catalog.unlinked():
+                self.catalog.purge(inode.ino)
+
+    # ---- background tasks ------------------------------------------------
+    def wake(self) -> None:
+        if self.gc_event is not None:
+            self.gc_event.set()
+        for ext in self.extensions:
+            if hasattr(ext, "wake"):
+                ext.wake()
+
+    async def gc_loop(self) -> None:
+        """Delete tier objects nothing references (after unlink or a move)."""
+        fs = self.fs
+        while True:
+            self.gc_event = trio.Event()
+            try:
+                await self.collect_garbage()
+            except errors.TierfsError as e:
+                log.warning("garbage collection: %s", e)
+            except Exception:  # noqa: BLE001 - keep the loop alive, log the bug
+                log.exception("garbage collection failed")
+            with trio.move_on_after(2.0):
+                await self.gc_event.wait()
+
+    async def collect_garbage(self) -> int:
+        fs = self.fs
+        done = 0
+        while True:
+            items = await fs.cat(fs.catalog.garbage, 200)
+            items = [g for g in items if (g.tier, g.key) not in fs.pinned_keys]
+            if not items:
+                return done
+            removed = []
+            for g in items:
+                tier = fs.tiers.get(g.tier)
+                if tier is None:
+                    continue  # a tier another mount has; it will collect it
+                if await fs.cat(fs.catalog.references, g.tier, g.key):
+                    log.warning("garbage entry %s/%s is still referenced; keeping the object", g.tier, g.key)
+                else:
+                    faults.point("gc.before_delete")
+                    await trio.to_thread.run_sync(tier.delete, g.key)
+                removed.append(g.id)
+            if not removed:
+                return done
+            await fs.cat(fs.catalog.remove_garbage, removed)
+            done += len(removed)
+
+    async def atime_loop(self) -> None:
+        """Batched access tracking: pending atimes reach the catalog here."""
+        offline = self.fs.offline
+        while True:
+            await trio.sleep(min(self.cfg.atime_flush, 5.0))
+            try:
+                await offline.flush_atimes()
+            except errors.TierfsError as e:
+                log.warning("writing access times: %s", e)
+
+    async def checksum_loop(self, receive: trio.MemoryReceiveChannel) -> None:
+        async for ino in receive:
+            try:
+                await self.fs.compute_checksum(ino)
+            except Exception as e:  # noqa: BLE001
+                log.warning("checksum of inode %d: %s", ino, e)
+
+    async def heartbeat_loop(self) -> None:
+        while True:
+            await trio.sleep(HEARTBEAT_S)
+            try:
+                await self.fs.cat(self.catalog.heartbeat, self.session_id)
+                reaped = await self.fs.cat(self.catalog.reap_sessions, now_ns() - int(SESSION_DEAD_S * 1e9))
+                for sid in reaped:
+                    log.warning("reaped dead session %s: its jobs return to the queue", sid)
+                    self.wake()
+            except errors.TierfsError as e:
+                log.warning("heartbeat: %s", e)
+
+    async def signal_loop(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+            async for signum in sigs:
+                log.info("received %s: unmounting", signal.Signals(signum).name)
+                sd_notify("STOPPING=1")
+                pyfuse3.terminate()
+                return
+
+    # ---- main ------------------------------------------------------------
+    def fuse_options(self) -> set[str]:
+        opts = {"fsname=tierfs", "subtype=tierfs", "default_permissions"}
+        if self.cfg.allow_other:
+            opts.add("allow_other")
+        if os.environ.get("TIERFS_NO_AUTO_UNMOUNT") != "1":
+            opts.add("auto_unmount")
+        return opts
+
+    async def _main(self, on_ready) -> None:
+        send, receive = trio.open_memory_channel(10000)
+        self.fs.checksum_queue = send
+        self.fs.on_change = self.wake
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.signal_loop)
+            nursery.start_soon(self.gc_loop)
+            nursery.start_soon(self.checksum_loop, receive)
+            nursery.start_soon(self.heartbeat_loop)
+            nursery.start_soon(self.atime_loop)
+            for ext in self.extensions:
+                nursery.start_soon(ext.run)
+            on_ready()
+            await pyfuse3.main(min_tasks=4, max_tasks=256)
+            log.info("FUSE session ended; flushing")
+            await self.fs.flush_all()
+            try:
+                await self.fs.offline.flush_atimes(force=True)
+            except errors.TierfsError as e:
+                log.error("writing access times at unmount: %s", e)
+            for ext in self.extensions:
+                if hasattr(ext, "stop"):
+                    await ext.stop()
+            nursery.cancel_scope.cancel()
+
+    def run(self, on_ready=lambda: None) -> None:
+        ops = Operations(self.fs, attr_timeout=self.cfg.attr_timeout, entry_timeout=self.cfg.entry_timeout,
+                         xattrs=self.cfg.xattrs)
+        try:
+            pyfuse3.init(ops, self.mountpoint, self.fuse_options())
+        except RuntimeError as e:
+            raise errors.TierfsError(f"cannot mount on {self.mountpoint}: {e}") from e
+        clean = False
+        try:
+            def ready():
+                log.info("tierfs mounted on %s (catalog %s, tiers %s, session %s)", self.mountpoint,
+                         _safe(self.cfg.catalog), ", ".join(f"{n}:{t.kind}" for n, t in self.fs.tiers.items()),
+                         self.session_id)
+                sd_notify("READY=1")
+                on_ready()
+            trio.run(self._main, ready)
+            clean = True
+        finally:
+            try:
+                pyfuse3.close(unmount=True)
+            except Exception as e:  # noqa: BLE001
+                log.warning("closing FUSE session: %s", e)
+            try:
+                self.catalog.end_session(self.session_id, clean=clean)
+            except Exception as e:  # noqa: BLE001
+                log.warning("ending session: %s", e)
+            self.catalog.close()
+            log.info("tierfs unmounted from %s", self.mountpoint)
+
+
+def _safe(url: str) -> str:
+    """A catalog URL without its password, for logs."""
+    import re
+    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)

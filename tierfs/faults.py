@@ -1,0 +1,35 @@
+"""Named fault points in the move protocol, for crash tests.
+
+`point("archive.after_copy")` kills the process with SIGKILL (no cleanup,
+like a power cut) when the environment variable TIERFS_FAULT names that
+point. Nothing happens otherwise; production never sets the variable.
+Every point is listed in POINTS so tests can iterate over all of them.
+"""
+
+import logging
+import os
+import signal
+
+log = logging.getLogger(__name__)
+
+POINTS = (
+    "archive.after_mark",      # state set to archiving, nothing copied
+    "archive.after_copy",      # archive copy written, not verified
+    "archive.after_verify",    # copy verified, catalog not switched
+    "archive.after_switch",    # catalog points at the archive copy; online copy not yet deleted
+    "restore.after_mark",      # state set to restoring
+    "restore.after_copy",      # online copy written, not verified
+    "restore.after_switch",    # catalog points at the new online copy
+    "release.before_switch",   # release decided, catalog unchanged
+    "migrate.after_copy",      # destination written, not verified
+    "migrate.after_switch",    # catalog points at the destination; source not yet deleted
+    "gc.before_delete",        # garbage entry about to be deleted from its tier
+)
+
+
+def point(name: str) -> None:
+    if os.environ.get("TIERFS_FAULT") == name:
+        log.error("fault injection: killing the daemon at %s", name)
+        for h in logging.getLogger().handlers:
+            h.flush()
+        os.kill(os.getpid(), signal.SIGKILL)

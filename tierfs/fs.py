@@ -1,0 +1,634 @@
+"""The filesystem engine: POSIX semantics over the catalog and the tiers.
+
+fuse_ops.py translates pyfuse3 calls into calls on FileSystem and domain
+exceptions into errno; everything with meaning lives here.
+
+Concurrency model (pyfuse3 runs each request as a trio task):
+- Catalog calls block, so they run in worker threads (`self.cat`), limited
+  by a CapacityLimiter sized by the catalog (1 for SQLite).
+- Between two awaits anything can happen, so read-modify-write of one inode
+  holds that inode's trio.Lock (`self.lock(ino)`); moves (jobs) take the
+  same lock for their final compare-and-swap, so an open-for-write and a
+  move's switch never interleave.
+- Reads and writes of a local object use os.pread/os.pwrite on an fd kept
+  in the handle (page-cache fast; this is the throughput path).
+- Inode attributes are cached (`self.cache`). For a catalog used by one
+  mount the cache is authoritative; for a shared catalog entries expire
+  after attr_timeout. Size/mtime of files being written live in the cache
+  and reach the catalog on flush/fsync/release.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import trio
+
+from . import errors
+from .catalog.base import READABLE_STATES, ROOT_INO, Catalog, DirEntry, Inode, State, now_ns
+from .tiers.base import Tier, new_key
+
+log = logging.getLogger(__name__)
+
+NAME_MAX = 255
+XATTR_PREFIX = b"user.tierfs."
+#: read-only virtual attributes answered from the catalog entry
+VIRTUAL_XATTRS = (b"user.tierfs.state", b"user.tierfs.tier", b"user.tierfs.checksum")
+
+
+@dataclass
+class Caller:
+    """Who makes a request (from pyfuse3's RequestContext)."""
+
+    uid: int = 0
+    gid: int = 0
+    pid: int = 0
+    umask: int = 0o022
+
+
+@dataclass
+class Handle:
+    """An open file: the object it reads/writes and whether it wrote."""
+
+    fh: int
+    ino: int
+    flags: int
+    writable: bool
+    tier: Tier | None = None      # tier of the object being read/written
+    key: str | None = None        # object key on that tier
+    fd: int | None = None         # fd of a local object (in-place I/O)
+    dirty: bool = False           # wrote since open (version already bumped)
+
+
+@dataclass
+class Cached:
+    inode: Inode
+    fetched: float                # time.monotonic() when read from the catalog
+
+
+class FileSystem:
+    """POSIX operations over a Catalog and a set of Tiers."""
+
+    def __init__(self, cfg, catalog: Catalog, tiers: dict[str, Tier], session_id: str = "local"):
+        self.cfg = cfg
+        self.catalog = catalog
+        self.tiers = tiers
+        self.session_id = session_id
+        self.cat_limiter = trio.CapacityLimiter(catalog.concurrency)
+        self.cache: dict[int, Cached] = {}
+        self.cache_ttl = cfg.attr_timeout if catalog.shared else float("inf")
+        self.lookups: dict[int, int] = {}      # kernel lookup counts
+        self.opens: dict[int, int] = {}        # open handles per inode
+        self.writers: dict[int, int] = {}      # open writable handles per inode
+        self.handles: dict[int, Handle] = {}
+        self.dirty_attrs: set[int] = set()     # inodes whose cached size/mtime are ahead of the catalog
+        self._locks: dict[int, trio.Lock] = {}
+        self._next_fh = 1
+        self.pinned_keys: dict[tuple[str, str], int] = {}  # objects open handles use (GC waits)
+        self.checksum_queue: trio.MemorySendChannel | None = None  # set by the daemon
+        self.on_change: Callable[[], None] | None = None  # wake the job runner / GC
+        # Hooks filled in by the archive machinery (tierfs/archive.py).
+        self.offline = None
+
+    # ---- plumbing --------------------------------------------------------
+    async def cat(self, fn, *args, **kwargs):
+        """Run a blocking catalog call in a worker thread."""
+        return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=self.cat_limiter)
+
+    def lock(self, ino: int) -> trio.Lock:
+        lk = self._locks.get(ino)
+        if lk is None:
+            lk = self._locks[ino] = trio.Lock()
+        return lk
+
+    def _drop_lock(self, ino: int) -> None:
+        lk = self._locks.get(ino)
+        if lk is not None and not lk.locked() and lk.statistics().tasks_waiting == 0:
+            del self._locks[ino]
+
+    def tier(self, name: str | None) -> Tier:
+        t = self.tiers.get(name) if name else None
+        if t is None:
+            raise errors.TierfsError(f"tier {name!r} is not configured on this mount", err=errno.EIO)
+        return t
+
+    def remember(self, inode: Inode) -> Inode:
+        """Put a fresh catalog copy in the cache, keeping size/mtime being written."""
+        c = self.cache.get(inode.ino)
+        if c is not None and inode.ino in self.dirty_attrs:
+            inode = inode.copy(size=c.inode.size, mtime_ns=c.inode.mtime_ns, ctime_ns=c.inode.ctime_ns)
+        if c is not None and c.inode.atime_ns > inode.atime_ns:
+            inode = inode.copy(atime_ns=c.inode.atime_ns)
+        self.cache[inode.ino] = Cached(inode, time.monotonic())
+        return inode
+
+    async def invalidate(self, ino: int) -> None:
+        """Tell the kernel to drop cached attributes of `ino` (after a move
+        changed st_blocks or state); runs in a thread, as pyfuse3 requires."""
+        if not self.lookups.get(ino):
+            return
+        try:
+            import pyfuse3
+            await trio.to_thread.run_sync(functools.partial(pyfuse3.invalidate_inode, ino, attr_only=True))
+        except Exception as e:  # noqa: BLE001 - not mounted (unit tests) or the kernel forgot it
+            log.debug("invalidate inode %d: %s", ino, e)
+
+    async def get(self, ino: int) -> Inode:
+        c = self.cache.get(ino)
+        if c is not None and (ino in self.dirty_attrs or time.monotonic() - c.fetched < self.cache_ttl):
+            return c.inode
+        return self.remember(await self.cat(self.catalog.get, ino))
+
+    def _evict(self, ino: int) -> None:
+        if not self.lookups.get(ino) and not self.opens.get(ino) and ino not in self.dirty_attrs:
+            self.cache.pop(ino, None)
+            self._drop_lock(ino)
+
+    def _check_name(self, name: bytes) -> None:
+        if len(name) > NAME_MAX:
+            raise errors.TierfsError(f"name of {len(name)} bytes is longer than {NAME_MAX}", err=errno.ENAMETOOLONG)
+        if not name or b"/" in name or b"\0" in name or name in (b".", b".."):
+            raise errors.Invalid(f"invalid name {name!r}")
+
+    def _count_lookup(self, inode: Inode) -> Inode:
+        self.lookups[inode.ino] = self.lookups.get(inode.ino, 0) + 1
+        return self.remember(inode)
+
+    # ---- namespace -------------------------------------------------------
+    async def lookup(self, parent: int, name: bytes) -> Inode:
+        if len(name) > NAME_MAX:
+            raise errors.TierfsError("name too long", err=errno.ENAMETOOLONG)
+        if name == b".":
+            inode = await self.get(parent)
+        elif name == b"..":
+            inode = await self.get(await self.cat(self.catalog.parent_of, parent))
+        else:
+            inode = await self.cat(self.catalog.lookup, parent, name)
+        return self._count_lookup(inode)
+
+    async def forget(self, items: list[tuple[int, int]]) -> None:
+        for ino, n in items:
+            left = self.lookups.get(ino, 0) - n
+            if left > 0:
+                self.lookups[ino] = left
+                continue
+            self.lookups.pop(ino, None)
+            await self._maybe_purge(ino)
+            self._evict(ino)
+
+    async def _maybe_purge(self, ino: int) -> None:
+        """Delete an unlinked inode once nothing references it any more."""
+        c = self.cache.get(ino)
+        if c is None or c.inode.nlink > 0 or self.lookups.get(ino) or self.opens.get(ino):
+            return
+        self.dirty_attrs.discard(ino)
+        purged = await self.cat(self.catalog.purge, ino)
+        self.cache.pop(ino, None)
+        if purged is not None and self.on_change:
+            self.on_change()
+
+    def _new_inode(self, parent: Inode, mode: int, caller: Caller, **kw) -> Inode:
+        t = now_ns()
+        gid = caller.gid
+        if parent.mode & stat.S_ISGID:
+            gid = parent.gid
+            if stat.S_ISDIR(mode):
+                mode |= stat.S_ISGID
+        return Inode(ino=0, mode=mode, uid=caller.uid, gid=gid, nlink=2 if stat.S_ISDIR(mode) else 1,
+                     atime_ns=t, mtime_ns=t, ctime_ns=t, crtime_ns=t, state_ns=t, state_cause="create", **kw)
+
+    async def _create_entry(self, parent_ino: int, name: bytes, inode: Inode) -> Inode:
+        self._check_name(name)
+        async with self.lock(parent_ino):
+            created = await self.cat(self.catalog.create, parent_ino, name, inode)
+            self._touch_parent(parent_ino, created.ctime_ns, dirs=1 if created.is_dir() else 0)
+        return self._count_lookup(created)
+
+    def _touch_parent(self, parent: int, t: int, dirs: int = 0) -> None:
+        c = self.cache.get(parent)
+        if c is not None:
+            c.inode = c.inode.copy(mtime_ns=t, ctime_ns=t, nlink=c.inode.nlink + dirs)
+
+    async def placement(self, parent: Inode, caller: Caller) -> Tier:
+        """The online tier that new files under `parent` go to."""
+        return self.tier(self.cfg.default_tier)
+
+    async def placement_of(self, ino: int, caller: Caller | None = None) -> Tier:
+        """The online tier a new copy of an existing file goes to (restores)."""
+        try:
+            parent = await self.get(await self.cat(self.catalog.parent_of, ino))
+        except errors.NotFound:
+            return self.tier(self.cfg.default_tier)
+        return await self.placement(parent, caller or Caller())
+
+    async def mkdir(self, parent: int, name: bytes, mode: int, caller: Caller) -> Inode:
+        p = await self.get(parent)
+        return await self._create_entry(parent, name, self._new_inode(p, stat.S_IFDIR | (mode & 0o7777), caller))
+
+    async def mknod(self, parent: int, name: bytes, mode: int, rdev: int, caller: Caller) -> Inode:
+        p = await self.get(parent)
+        if stat.S_ISREG(mode):
+            fh, inode = await self.create(parent, name, mode, os.O_WRONLY, caller)
+            await self.release(fh)
+            return inode
+        return await self._create_entry(parent, name, self._new_inode(p, mode, caller, rdev=rdev))
+
+    async def symlink(self, parent: int, name: bytes, target: bytes, caller: Caller) -> Inode:
+        p = await self.get(parent)
+        inode = self._new_inode(p, stat.S_IFLNK | 0o777, caller, target=target, size=len(target))
+        return await self._create_entry(parent, name, inode)
+
+    async def readlink(self, ino: int) -> bytes:
+        inode = await self.get(ino)
+        if not inode.is_symlink():
+            raise errors.Invalid("not a symlink")
+        return inode.target or b""
+
+    async def link(self, ino: int, parent: int, name: bytes) -> Inode:
+        self._check_name(name)
+        async with self.lock(ino):
+            inode = await self.cat(self.catalog.link, ino, parent, name, now_ns())
+            self._touch_parent(parent, inode.ctime_ns)
+            self.cache.pop(ino, None)
+            return self._count_lookup(inode)
+
+    async def unlink(self, parent: int, name: bytes) -> None:
+        async with self.lock(parent):
+            inode = await self.cat(self.catalog.unlink, parent, name, now_ns())
+            self._touch_parent(parent, inode.ctime_ns)
+        self._forget_name(inode)
+        await self._maybe_purge(inode.ino)
+
+    def _forget_name(self, inode: Inode) -> None:
+        """Refresh the cached copy of an inode that just lost a name."""
+        c = self.cache.get(inode.ino)
+        if c is not None:
+            c.inode = c.inode.copy(nlink=inode.nlink, ctime_ns=inode.ctime_ns)
+        elif self.lookups.get(inode.ino) or self.opens.get(inode.ino):
+            self.remember(inode)
+
+    async def rmdir(self, parent: int, name: bytes) -> None:
+        async with self.lock(parent):
+            inode = await self.cat(self.catalog.rmdir, parent, name, now_ns())
+            self._touch_parent(parent, inode.ctime_ns, dirs=-1)
+        self._forget_name(inode)
+        await self._maybe_purge(inode.ino)
+
+    async def rename(self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes,
+                     noreplace: bool = False, exchange: bool = False) -> None:
+        self._check_name(new_name)
+        t = now_ns()
+        replaced = await self.cat(self.catalog.rename, old_parent, old_name, new_parent, new_name,
+                                  noreplace=noreplace, exchange=exchange, ctime_ns=t)
+        # Directory nlinks and times changed in the catalog: drop cached parents.
+        for p in {old_parent, new_parent}:
+            c = self.cache.get(p)
+            if c is not None:
+                self.remember(await self.cat(self.catalog.get, p))
+        if replaced is not None:
+            self._forget_name(replaced)
+            await self._maybe_purge(replaced.ino)
+
+    async def readdir(self, ino: int, after_pos: int, batch: int = 1000) -> list[DirEntry]:
+        return await self.cat(self.catalog.readdir, ino, after_pos, batch)
+
+    def readdir_accepted(self, entry: DirEntry) -> None:
+        """The kernel took an entry (readdirplus): it holds a lookup on it."""
+        self._count_lookup(entry.inode)
+
+    # ---- attributes ------------------------------------------------------
+    async def getattr(self, ino: int) -> Inode:
+        return await self.get(ino)
+
+    async def setattr(self, ino: int, changes: dict, fh: int | None, caller: Caller) -> Inode:
+        """changes: any of mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns."""
+        async with self.lock(ino):
+            inode = await self.get(ino)
+            t = now_ns()
+            if "size" in changes:
+                if not inode.is_reg():
+                    raise errors.IsDir("cannot truncate a non-file") if inode.is_dir() else errors.Invalid("not a file")
+                inode = await self._truncate(inode, changes.pop("size"), caller)
+            if "mode" in changes:
+                changes["mode"] = (inode.mode & ~0o7777) | (changes["mode"] & 0o7777)
+            if "uid" in changes or "gid" in changes:
+                # chown clears setuid/setgid on non-directories (as the kernel's own filesystems do)
+                if not inode.is_dir() and caller.uid != 0:
+                    changes["mode"] = changes.get("mode", inode.mode) & ~(stat.S_ISUID | stat.S_ISGID)
+            if changes:
+                changes.setdefault("ctime_ns", t)
+                persisted = {k: v for k, v in changes.items()}
+                if ino in self.dirty_attrs:
+                    c = self.cache[ino].inode
+                    persisted.setdefault("size", c.size)
+                    persisted.setdefault("mtime_ns", c.mtime_ns)
+                inode = await self.cat(self.catalog.update, ino, persisted)
+                self.dirty_attrs.discard(ino) if not self.writers.get(ino) else None
+                inode = self.remember(inode)
+            return inode
+
+    async def _truncate(self, inode: Inode, size: int, caller: Caller) -> Inode:
+        if size < 0:
+            raise errors.Invalid("negative size")
+        if inode.state not in READABLE_STATES:
+            if size == 0 and self.offline is not None:
+                return await self.offline.drop_archived(inode, caller, "truncate to 0")
+            inode = await self._need_online(inode, os.O_WRONLY, caller)
+        await self._begin_write(inode.ino)
+        inode = self.cache[inode.ino].inode
+        tier = self.tier(inode.tier)
+        path = tier.local_path(inode.location) if inode.location else None
+        if path is None:
+            raise errors.TierfsError(f"tier {tier.name} cannot truncate in place", err=errno.EROFS)
+        try:
+            await trio.to_thread.run_sync(os.truncate, path, size)
+        except OSError as e:
+            raise errors.TierfsError(f"truncate on tier {tier.name}: {e.strerror}", err=e.errno) from e
+        t = now_ns()
+        inode = await self.cat(self.catalog.update, inode.ino, dict(size=size, mtime_ns=t, ctime_ns=t))
+        return self.remember(inode)
+
+    async def statfs(self) -> tuple[int, int, int]:
+        """(block size, total blocks, free blocks) of the default tier."""
+        tier = self.tier(self.cfg.default_tier)
+        usage = await trio.to_thread.run_sync(tier.usage)
+        bs = 4096
+        if usage is None:
+            return bs, 1 << 40, 1 << 40
+        total, free = usage
+        return bs, total // bs, free // bs
+
+    # ---- xattrs ----------------------------------------------------------
+    async def getxattr(self, ino: int, name: bytes, caller: Caller) -> bytes:
+        if not name.startswith(b"user."):
+            raise errors.NoAttr()
+        if name.startswith(XATTR_PREFIX):
+            return await self._virtual_xattr(await self.get(ino), name, caller)
+        return await self.cat(self.catalog.getxattr, ino, name)
+
+    async def _virtual_xattr(self, inode: Inode, name: bytes, caller: Caller) -> bytes:
+        if name == b"user.tierfs.state":
+            return str(inode.state).encode()
+        if name == b"user.tierfs.tier":
+            return (inode.tier or inode.archive_tier or "").encode()
+        if name == b"user.tierfs.checksum":
+            if inode.checksum is None:
+                raise errors.NoAttr("checksum not computed yet")
+            return inode.checksum.encode()
+        if self.offline is not None:
+            return await self.offline.getxattr(inode, name, caller)
+        raise errors.NoAttr()
+
+    async def setxattr(self, ino: int, name: bytes, value: bytes, caller: Caller,
+                       create: bool = False, replace: bool = False) -> None:
+        if not name.startswith(b"user."):
+            raise errors.TierfsError(f"only user.* attributes are supported, not {name!r}", err=errno.EOPNOTSUPP)
+        if name.startswith(XATTR_PREFIX):
+            if self.offline is not None and await self.offline.setxattr(ino, name, value, caller):
+                return
+            raise errors.TierfsError(f"{name.decode(errors='replace')} is read-only", err=errno.EPERM)
+        await self.cat(self.catalog.setxattr, ino, name, value, create=create, replace=replace)
+        self.cache.pop(ino, None) if not (self.lookups.get(ino) or self.opens.get(ino)) else None
+
+    async def listxattr(self, ino: int) -> list[bytes]:
+        return await self.cat(self.catalog.listxattr, ino)
+
+    async def removexattr(self, ino: int, name: bytes) -> None:
+        if name.startswith(XATTR_PREFIX):
+            raise errors.TierfsError(f"{name.decode(errors='replace')} is read-only", err=errno.EPERM)
+        if not name.startswith(b"user."):
+            raise errors.NoAttr()
+        await self.cat(self.catalog.removexattr, ino, name)
+
+    # ---- files -----------------------------------------------------------
+    def _new_fh(self) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        return fh
+
+    async def create(self, parent: int, name: bytes, mode: int, flags: int, caller: Caller) -> tuple[int, Inode]:
+        p = await self.get(parent)
+        tier = await self.placement(p, caller)
+        key = new_key()
+        if tier.local_path(key) is not None:
+            await trio.to_thread.run_sync(tier.create_empty, key)
+        inode = self._new_inode(p, stat.S_IFREG | (mode & 0o7777), caller, tier=tier.name, location=key)
+        try:
+            inode = await self._create_entry(parent, name, inode)
+        except BaseException:
+            await trio.to_thread.run_sync(tier.delete, key)
+            raise
+        fh = await self._open_handle(inode, flags)
+        return fh, inode
+
+    async def open(self, ino: int, flags: int, caller: Caller) -> int:
+        inode = await self.get(ino)
+        if inode.is_dir():
+            raise errors.IsDir()
+        writable = (flags & os.O_ACCMODE) != os.O_RDONLY
+        if inode.state not in READABLE_STATES:
+            if writable and flags & os.O_TRUNC and self.offline is not None:
+                async with self.lock(ino):
+                    inode = await self.offline.drop_archived(inode, caller, "open with O_TRUNC")
+            else:
+                inode = await self._need_online(inode, flags, caller)
+        if self.offline is not None:
+            self.offline.accessed(inode, flags)
+        return await self._open_handle(inode, flags)
+
+    async def _need_online(self, inode: Inode, flags: int, caller: Caller) -> Inode:
+        """Make an offline file readable (restore), or raise TryAgain/EIO."""
+        if self.offline is None:
+            raise errors.TierfsError(f"inode {inode.ino} is {inode.state}", err=errno.EIO)
+        return await self.offline.ensure_online(inode, flags, caller)
+
+    async def _open_handle(self, inode: Inode, flags: int) -> int:
+        writable = (flags & os.O_ACCMODE) != os.O_RDONLY
+        async with self.lock(inode.ino):
+            inode = await self.get(inode.ino)
+            if inode.state not in READABLE_STATES:
+                raise errors.TryAgain(f"inode {inode.ino} went offline while opening")
+            h = Handle(fh=self._new_fh(), ino=inode.ino, flags=flags, writable=writable)
+            if inode.location:
+                h.tier = self.tier(inode.tier)
+                h.key = inode.location
+                path = h.tier.local_path(h.key)
+                if path is None:
+                    if writable:
+                        raise errors.TierfsError(f"tier {h.tier.name} does not support writing in place yet",
+                                                 err=errno.EROFS)
+                else:
+                    try:
+                        h.fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
+                    except OSError as e:
+                        log.error("open %s: object %s on tier %s: %s", inode.ino, h.key, h.tier.name, e.strerror)
+                        raise errors.TierfsError(f"object {h.key} on tier {h.tier.name}: {e.strerror}") from e
+                k = (h.tier.name, h.key)
+                self.pinned_keys[k] = self.pinned_keys.get(k, 0) + 1
+            self.handles[h.fh] = h
+            self.opens[inode.ino] = self.opens.get(inode.ino, 0) + 1
+            if writable:
+                self.writers[inode.ino] = self.writers.get(inode.ino, 0) + 1
+            return h.fh
+
+    def handle(self, fh: int) -> Handle:
+        h = self.handles.get(fh)
+        if h is None:
+            raise errors.TierfsError(f"bad file handle {fh}", err=errno.EBADF)
+        return h
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        h = self.handle(fh)
+        if self.offline is not None and self.offline.track_reads:
+            self.offline.accessed(self.cache[h.ino].inode, os.O_RDONLY)
+        if h.fd is not None:
+            try:
+                return os.pread(h.fd, size, off)
+            except OSError as e:
+                log.error("read inode %d object %s: %s", h.ino, h.key, e.strerror)
+                raise errors.TierfsError(f"read: {e.strerror}", err=e.errno or errno.EIO) from e
+        if h.key is None:  # no object: a sparse file that was never written
+            inode = self.cache[h.ino].inode
+            return b"\0" * max(0, min(size, inode.size - off))
+        return await trio.to_thread.run_sync(h.tier.read, h.key, off, size)
+
+    async def _begin_write(self, ino: int) -> None:
+        """First write of a handle: bump the content version so a concurrent
+        move's compare-and-swap fails, and invalidate a dual file's archive copy.
+        The caller holds lock(ino)."""
+        inode = await self.get(ino)
+        changes: dict = {}
+        if inode.archive_tier and inode.state in (State.DUAL, State.ARCHIVING) and self.offline is not None:
+            inode = await self.offline.dirty_dual(inode)
+        inode = await self.cat(self.catalog.bump_version, ino, changes)
+        self.remember(inode)
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        h = self.handle(fh)
+        if not h.writable:
+            raise errors.TierfsError("file not open for writing", err=errno.EBADF)
+        if not h.dirty:
+            async with self.lock(h.ino):
+                if not h.dirty:
+                    await self._begin_write(h.ino)
+                    h.dirty = True
+        if h.flags & os.O_APPEND:
+            off = self.cache[h.ino].inode.size
+        try:
+            n = os.pwrite(h.fd, buf, off)
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                log.error("write inode %d: tier %s is full", h.ino, h.tier.name)
+                raise errors.NoSpace(f"tier {h.tier.name} is full") from e
+            log.error("write inode %d object %s: %s", h.ino, h.key, e.strerror)
+            raise errors.TierfsError(f"write: {e.strerror}", err=e.errno or errno.EIO) from e
+        c = self.cache[h.ino]
+        t = now_ns()
+        size = max(c.inode.size, off + n)
+        c.inode = c.inode.copy(size=size, mtime_ns=t, ctime_ns=t)
+        self.dirty_attrs.add(h.ino)
+        return n
+
+    async def _persist_attrs(self, ino: int) -> None:
+        if ino not in self.dirty_attrs:
+            return
+        inode = self.cache[ino].inode
+        self.dirty_attrs.discard(ino)
+        try:
+            await self.cat(self.catalog.update, ino, dict(size=inode.size, mtime_ns=inode.mtime_ns,
+                                                          ctime_ns=inode.ctime_ns))
+        except errors.NotFound:
+            pass
+        except BaseException:
+            self.dirty_attrs.add(ino)
+            raise
+
+    async def flush(self, fh: int) -> None:
+        h = self.handle(fh)
+        if h.dirty:
+            await self._persist_attrs(h.ino)
+
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        h = self.handle(fh)
+        if h.fd is not None and h.writable:
+            try:
+                await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, h.fd)
+            except OSError as e:
+                raise errors.TierfsError(f"fsync: {e.strerror}", err=e.errno or errno.EIO) from e
+        await self._persist_attrs(h.ino)
+
+    async def release(self, fh: int) -> None:
+        h = self.handles.pop(fh, None)
+        if h is None:
+            return
+        try:
+            if h.fd is not None:
+                os.close(h.fd)
+            if h.dirty:
+                await self._persist_attrs(h.ino)
+                if self.checksum_queue is not None:
+                    self.checksum_queue.send_nowait(h.ino)
+        finally:
+            if h.key is not None:
+                k = (h.tier.name, h.key)
+                left = self.pinned_keys.get(k, 1) - 1
+                if left:
+                    self.pinned_keys[k] = left
+                else:
+                    self.pinned_keys.pop(k, None)
+            self.opens[h.ino] = self.opens.get(h.ino, 1) - 1
+            if not self.opens[h.ino]:
+                del self.opens[h.ino]
+            if h.writable:
+                self.writers[h.ino] = self.writers.get(h.ino, 1) - 1
+                if not self.writers[h.ino]:
+                    del self.writers[h.ino]
+            await self._maybe_purge(h.ino)
+            self._evict(h.ino)
+
+    async def flush_all(self) -> None:
+        """Write every cached size/mtime to the catalog (unmount)."""
+        for ino in list(self.dirty_attrs):
+            try:
+                await self._persist_attrs(ino)
+            except Exception as e:  # noqa: BLE001 - best effort at shutdown, logged
+                log.error("flushing attributes of inode %d: %s", ino, e)
+
+    # ---- checksums -------------------------------------------------------
+    async def compute_checksum(self, ino: int) -> None:
+        """Record the sha256 of a file's content after it was written, with a
+        compare-and-swap on the content version (a later write wins)."""
+        if self.writers.get(ino):
+            return  # still being written; the last release queues it again
+        try:
+            inode = await self.cat(self.catalog.get, ino)
+        except errors.NotFound:
+            return
+        if inode.checksum or not inode.location or inode.state not in READABLE_STATES:
+            return
+        tier = self.tier(inode.tier)
+        from .tiers.base import sha256_stream
+
+        def digest():
+            with tier.open_reader(inode.location) as r:
+                return sha256_stream(r)
+        try:
+            sha, n = await trio.to_thread.run_sync(digest)
+        except errors.TierfsError as e:
+            log.warning("checksum of inode %d: %s", ino, e)
+            return
+        if n != inode.size:
+            return  # a sparse tail or a concurrent change; the mover computes it later
+        try:
+            async with self.lock(ino):
+                new = await self.cat(self.catalog.update, ino, {"checksum": sha}, expect_version=inode.data_version)
+                self.remember(new)
+        except (errors.VersionConflict, errors.NotFound):
+            pass

@@ -1,0 +1,257 @@
+"""pyfuse3 Operations: a thin translation layer over tierfs.fs.FileSystem.
+
+Converts pyfuse3 arguments to domain calls and Inodes to EntryAttributes,
+counts nothing itself (the engine does), and maps exceptions to errno in one
+place (`_guard`): a TierfsError becomes its errno; any other exception is
+logged with its traceback and answered as EIO, so no handler can kill the
+mount (pyfuse3 would end its main loop on anything but FUSEError).
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+
+import pyfuse3
+import trio
+
+from . import errors
+from .catalog.base import Inode, State
+from .fs import Caller, FileSystem
+
+log = logging.getLogger(__name__)
+
+
+def _guard(fn):
+    @functools.wraps(fn)
+    async def wrapper(self, *args):
+        try:
+            return await fn(self, *args)
+        except pyfuse3.FUSEError:
+            raise
+        except errors.TierfsError as e:
+            if e.errno in (errno.EIO, errno.ENOSPC):
+                log.error("%s: %s", fn.__name__, e)
+            else:
+                log.debug("%s: %s", fn.__name__, e)
+            raise pyfuse3.FUSEError(e.errno) from None
+        except (trio.Cancelled, KeyboardInterrupt):
+            raise
+        except OSError as e:
+            log.error("%s: %s", fn.__name__, e)
+            raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
+        except Exception:  # noqa: BLE001 - the mount must survive any bug
+            log.exception("unexpected error in %s%r; answering EIO", fn.__name__, args[:2])
+            raise pyfuse3.FUSEError(errno.EIO) from None
+    return wrapper
+
+
+def _caller(ctx) -> Caller:
+    if ctx is None:
+        return Caller()
+    return Caller(uid=ctx.uid, gid=ctx.gid, pid=ctx.pid, umask=ctx.umask)
+
+
+class Operations(pyfuse3.Operations):
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, fs: FileSystem, *, attr_timeout: float = 1.0, entry_timeout: float = 1.0,
+                 xattrs: bool = True):
+        super().__init__()
+        self.fs = fs
+        self.attr_timeout = attr_timeout
+        self.entry_timeout = entry_timeout
+        self.xattrs = xattrs
+
+    # ---- conversion ------------------------------------------------------
+    def attrs(self, inode: Inode) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = inode.ino
+        a.generation = 0
+        a.entry_timeout = self.entry_timeout
+        a.attr_timeout = self.attr_timeout
+        a.st_mode = inode.mode
+        a.st_nlink = inode.nlink
+        a.st_uid = inode.uid
+        a.st_gid = inode.gid
+        a.st_rdev = inode.rdev
+        a.st_size = inode.size
+        a.st_blksize = 131072
+        # Offline files occupy no online space (as `du` should show).
+        a.st_blocks = 0 if inode.state in (State.ARCHIVED, State.RESTORING, State.LOST) else (inode.size + 511) // 512
+        a.st_atime_ns = inode.atime_ns
+        a.st_mtime_ns = inode.mtime_ns
+        a.st_ctime_ns = inode.ctime_ns
+        return a
+
+    # ---- namespace -------------------------------------------------------
+    @_guard
+    async def lookup(self, parent_inode, name, ctx=None):
+        try:
+            return self.attrs(await self.fs.lookup(parent_inode, name))
+        except errors.NotFound:
+            # A negative entry the kernel may cache (st_ino 0) saves repeated lookups.
+            a = pyfuse3.EntryAttributes()
+            a.st_ino = 0
+            a.entry_timeout = self.entry_timeout
+            return a
+
+    @_guard
+    async def forget(self, inode_list):
+        await self.fs.forget(list(inode_list))
+
+    @_guard
+    async def getattr(self, inode, ctx=None):
+        return self.attrs(await self.fs.getattr(inode))
+
+    @_guard
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        changes = {}
+        if fields.update_mode:
+            changes["mode"] = attr.st_mode
+        if fields.update_uid:
+            changes["uid"] = attr.st_uid
+        if fields.update_gid:
+            changes["gid"] = attr.st_gid
+        if fields.update_size:
+            changes["size"] = attr.st_size
+        if fields.update_atime:
+            changes["atime_ns"] = attr.st_atime_ns
+        if fields.update_mtime:
+            changes["mtime_ns"] = attr.st_mtime_ns
+        if fields.update_ctime:
+            changes["ctime_ns"] = attr.st_ctime_ns
+        return self.attrs(await self.fs.setattr(inode, changes, fh, _caller(ctx)))
+
+    @_guard
+    async def readlink(self, inode, ctx):
+        return await self.fs.readlink(inode)
+
+    @_guard
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        return self.attrs(await self.fs.mknod(parent_inode, name, mode, rdev, _caller(ctx)))
+
+    @_guard
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        return self.attrs(await self.fs.mkdir(parent_inode, name, mode, _caller(ctx)))
+
+    @_guard
+    async def unlink(self, parent_inode, name, ctx):
+        await self.fs.unlink(parent_inode, name)
+
+    @_guard
+    async def rmdir(self, parent_inode, name, ctx):
+        await self.fs.rmdir(parent_inode, name)
+
+    @_guard
+    async def symlink(self, parent_inode, name, target, ctx):
+        return self.attrs(await self.fs.symlink(parent_inode, name, target, _caller(ctx)))
+
+    @_guard
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        await self.fs.rename(parent_inode_old, name_old, parent_inode_new, name_new,
+                             noreplace=bool(flags & pyfuse3.RENAME_NOREPLACE),
+                             exchange=bool(flags & pyfuse3.RENAME_EXCHANGE))
+
+    @_guard
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        return self.attrs(await self.fs.link(inode, new_parent_inode, new_name))
+
+    # ---- directories -----------------------------------------------------
+    @_guard
+    async def opendir(self, inode, ctx):
+        node = await self.fs.getattr(inode)
+        if not node.is_dir():
+            raise errors.NotDir()
+        return inode
+
+    @_guard
+    async def readdir(self, fh, start_id, token):
+        pos = start_id
+        while True:
+            entries = await self.fs.readdir(fh, pos)
+            if not entries:
+                return
+            for e in entries:
+                if not pyfuse3.readdir_reply(token, e.name, self.attrs(e.inode), e.pos):
+                    return
+                self.fs.readdir_accepted(e)
+                pos = e.pos
+
+    async def releasedir(self, fh):
+        pass
+
+    async def fsyncdir(self, fh, datasync):
+        pass
+
+    @_guard
+    async def statfs(self, ctx):
+        bs, blocks, free = await self.fs.statfs()
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = s.f_frsize = bs
+        s.f_blocks = blocks
+        s.f_bfree = s.f_bavail = free
+        s.f_files = 1 << 32
+        s.f_ffree = s.f_favail = 1 << 31
+        s.f_namemax = 255
+        return s
+
+    # ---- files -----------------------------------------------------------
+    @_guard
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        fh, inode = await self.fs.create(parent_inode, name, mode, flags, _caller(ctx))
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True), self.attrs(inode)
+
+    @_guard
+    async def open(self, inode, flags, ctx):
+        fh = await self.fs.open(inode, flags, _caller(ctx))
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+    @_guard
+    async def read(self, fh, off, size):
+        return await self.fs.read(fh, off, size)
+
+    @_guard
+    async def write(self, fh, off, buf):
+        return await self.fs.write(fh, off, buf)
+
+    @_guard
+    async def flush(self, fh):
+        await self.fs.flush(fh)
+
+    @_guard
+    async def fsync(self, fh, datasync):
+        await self.fs.fsync(fh, datasync)
+
+    @_guard
+    async def release(self, fh):
+        await self.fs.release(fh)
+
+    # ---- xattrs ----------------------------------------------------------
+    def _no_xattrs(self):
+        if not self.xattrs:
+            raise pyfuse3.FUSEError(errno.ENOSYS)  # the kernel stops asking for the rest of the mount
+
+    @_guard
+    async def getxattr(self, inode, name, ctx):
+        self._no_xattrs()
+        return await self.fs.getxattr(inode, name, _caller(ctx))
+
+    @_guard
+    async def setxattr(self, inode, name, value, ctx):
+        self._no_xattrs()
+        await self.fs.setxattr(inode, name, value, _caller(ctx))
+
+    @_guard
+    async def listxattr(self, inode, ctx):
+        self._no_xattrs()
+        return await self.fs.listxattr(inode)
+
+    @_guard
+    async def removexattr(self, inode, name, ctx):
+        self._no_xattrs()
+        await self.fs.removexattr(inode, name)

@@ -1,0 +1,108 @@
+"""Finding, checking and unmounting FUSE mounts (used by the CLI and tests).
+
+os.path.ismount does not see a stale FUSE mount (its stat fails with
+ENOTCONN), so mount state is read from /proc/self/mountinfo.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import re
+import subprocess
+import time
+from dataclasses import dataclass
+
+
+@dataclass
+class MountInfo:
+    mountpoint: str
+    fstype: str      # e.g. "fuse.tierfs"
+    source: str      # e.g. "tierfs"
+    options: str
+
+
+def _unescape(s: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), s)
+
+
+def mounts() -> list[MountInfo]:
+    out = []
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            parts = left.split()
+            rparts = right.split()
+            if len(parts) < 6 or len(rparts) < 2:
+                continue
+            out.append(MountInfo(mountpoint=_unescape(parts[4]), fstype=rparts[0], source=_unescape(rparts[1]),
+                                 options=parts[5] + "," + (rparts[2] if len(rparts) > 2 else "")))
+    return out
+
+
+def find_mount(path: str) -> MountInfo | None:
+    path = os.path.abspath(path)
+    for m in reversed(mounts()):
+        if m.mountpoint == path:
+            return m
+    return None
+
+
+def tierfs_mounts() -> list[MountInfo]:
+    return [m for m in mounts() if m.fstype == "fuse.tierfs" or m.source == "tierfs"]
+
+
+def mount_of(path: str) -> MountInfo | None:
+    """The tierfs mount containing `path` (the deepest one), or None."""
+    path = os.path.abspath(path)
+    best = None
+    for m in tierfs_mounts():
+        mp = m.mountpoint.rstrip("/") or "/"
+        if path == mp or path.startswith(mp + "/") or mp == "/":
+            if best is None or len(mp) > len(best.mountpoint):
+                best = m
+    return best
+
+
+def is_stale(path: str) -> bool:
+    """True when `path` is a mount whose daemon is gone (ENOTCONN)."""
+    try:
+        os.stat(path)
+        return False
+    except OSError as e:
+        return e.errno in (errno.ENOTCONN, errno.ECONNABORTED)
+
+
+def unmount(path: str, lazy: bool = False, timeout: float = 30.0) -> None:
+    """fusermount3 -u (or -uz); raises RuntimeError with its message on failure."""
+    cmd = ["fusermount3", "-u"] + (["-z"] if lazy else []) + [path]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if r.returncode != 0:
+        raise RuntimeError(r.stderr.strip() or f"fusermount3 exited {r.returncode}")
+
+
+def wait_mounted(path: str, timeout: float, mounted: bool = True) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (find_mount(path) is not None) == mounted:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def runtime_key(mountpoint: str) -> str:
+    """A short name for files that belong to one mountpoint (pidfile, log)."""
+    mp = os.path.abspath(mountpoint)
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.basename(mp) or "root") + "-" + \
+        hashlib.sha1(mp.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True

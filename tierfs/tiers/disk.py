@@ -1,0 +1,148 @@
+"""The `disk` tier: objects as files under a directory, keyed by id.
+
+Layout: ROOT/objects/<first 2 hex digits>/<key> (a fan-out so no directory
+grows huge) and ROOT/tmp/ for atomic writes (write, fsync, rename).
+Keys that contain "/" are paths relative to ROOT itself: that is how
+`tierfs import --in-place` points at files that already exist.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import uuid
+from typing import BinaryIO, Iterator
+
+from .. import errors
+from .base import CHUNK, Tier, sha256_stream
+
+
+class DiskTier(Tier):
+    kind = "disk"
+    options = {"path": str}
+
+    def __init__(self, name: str, **opts):
+        super().__init__(name, **opts)
+        self.root = os.path.abspath(os.path.expanduser(opts["path"]))
+        self.objdir = os.path.join(self.root, "objects")
+        self.tmpdir = os.path.join(self.root, "tmp")
+
+    def check(self) -> None:
+        if not os.path.isdir(self.root):
+            raise errors.ConfigError(f"tiers.{self.name}.path: directory {self.root} does not exist")
+        for d in (self.objdir, self.tmpdir):
+            os.makedirs(d, exist_ok=True)
+        if not os.access(self.root, os.W_OK):
+            raise errors.ConfigError(f"tiers.{self.name}.path: directory {self.root} is not writable")
+
+    def _path(self, key: str) -> str:
+        if "/" in key:
+            if key.startswith("/") or ".." in key.split("/"):
+                raise errors.Invalid(f"bad object key {key!r}")
+            return os.path.join(self.root, key)
+        return os.path.join(self.objdir, key[:2], key)
+
+    def local_path(self, key: str) -> str | None:
+        return self._path(key)
+
+    def _oserror(self, e: OSError, key: str, what: str) -> errors.TierfsError:
+        if e.errno == errno.ENOENT:
+            return errors.ObjectMissing(f"tier {self.name}: object {key} is missing")
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return errors.NoSpace(f"tier {self.name}: no space left to {what} {key}")
+        return errors.TierUnavailable(f"tier {self.name}: {what} {key}: {e.strerror}", err=e.errno or errno.EIO)
+
+    def create_empty(self, key: str) -> None:
+        path = self._path(key)
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600))
+        except OSError as e:
+            raise self._oserror(e, key, "create") from e
+
+    def put(self, key: str, src: BinaryIO) -> int:
+        path = self._path(key)
+        tmp = os.path.join(self.tmpdir, f"{os.path.basename(key)}.{uuid.uuid4().hex[:8]}")
+        n = 0
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(tmp, "wb") as f:
+                while True:
+                    b = src.read(CHUNK * 4)
+                    if not b:
+                        break
+                    f.write(b)
+                    n += len(b)
+                f.flush()
+                os.fsync(f.fileno())
+            os.rename(tmp, path)
+            return n
+        except OSError as e:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise self._oserror(e, key, "write") from e
+
+    def open_reader(self, key: str) -> BinaryIO:
+        self.reads += 1
+        try:
+            return open(self._path(key), "rb")
+        except OSError as e:
+            raise self._oserror(e, key, "read") from e
+
+    def verify(self, key: str, sha256: str, size: int) -> bool:
+        try:
+            with open(self._path(key), "rb") as f:
+                got, n = sha256_stream(f)
+        except OSError as e:
+            raise self._oserror(e, key, "verify") from e
+        return got == sha256 and n == size
+
+    def read(self, key: str, offset: int, size: int) -> bytes:
+        self.reads += 1
+        try:
+            fd = os.open(self._path(key), os.O_RDONLY)
+        except OSError as e:
+            raise self._oserror(e, key, "read") from e
+        try:
+            return os.pread(fd, size, offset)
+        finally:
+            os.close(fd)
+
+    def size(self, key: str) -> int | None:
+        try:
+            return os.stat(self._path(key)).st_size
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise self._oserror(e, key, "stat") from e
+
+    def delete(self, key: str) -> None:
+        try:
+            os.unlink(self._path(key))
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise self._oserror(e, key, "delete") from e
+
+    def keys(self) -> Iterator[str]:
+        if not os.path.isdir(self.objdir):
+            return
+        for sub in sorted(os.listdir(self.objdir)):
+            d = os.path.join(self.objdir, sub)
+            if os.path.isdir(d):
+                yield from sorted(os.listdir(d))
+
+    def usage(self) -> tuple[int, int] | None:
+        try:
+            st = os.statvfs(self.root)
+        except OSError:
+            return None
+        return st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
+
+    def cleanup_tmp(self) -> None:
+        """Remove half-written temp files left by a crash."""
+        shutil.rmtree(self.tmpdir, ignore_errors=True)
+        os.makedirs(self.tmpdir, exist_ok=True)

@@ -1,0 +1,33 @@
+"""The `vault` archive tier: a directory (a slower disk, an NFS share, a tape
+staging area) holding archive copies as objects keyed by id.
+
+It stores like the disk tier but is an archive: files whose bytes are only
+here are `archived` and must be restored to an online tier before reading.
+`restore_delay` (seconds) imitates a slow medium: every restore read waits
+that long first, so demos and tests can watch a restore in progress.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import BinaryIO
+
+from .disk import DiskTier
+
+
+class VaultTier(DiskTier):
+    kind = "vault"
+    archive = True
+    options = {"path": str, "restore_delay": (int, float)}
+
+    def __init__(self, name: str, **opts):
+        super().__init__(name, **opts)
+        self.restore_delay = float(opts.get("restore_delay", 0))
+
+    def local_path(self, key: str) -> str | None:
+        return None  # archive copies are never read or written in place
+
+    def open_reader(self, key: str) -> BinaryIO:
+        if self.restore_delay:
+            time.sleep(self.restore_delay)
+        return super().open_reader(key)
