@@ -509,6 +509,10 @@ def queue(config_path, failed, show_all, cancel, cancel_all, retry, as_json):
         cat.close()
 
 
+# Command groups that live in their own modules register here (one line each).
+# from . import cli_admin; cli_admin.register(cli)
+
+
 def main():
     cli(prog_name="tierfs")
 

@@ -1,0 +1,264 @@
+"""Catalog conformance: every backend in CATALOG_BACKENDS must pass these
+(no FUSE; the `catalog` fixture gives a fresh, initialised catalog)."""
+
+import pytest
+
+from tierfs import errors
+from tierfs.catalog.base import (ROOT_INO, SCHEMA_VERSION, FileQuery, Inode, JobKind, JobState, Session, State,
+                                 now_ns)
+
+FILE = 0o100644
+DIR = 0o040755
+
+
+def new(mode=FILE, **kw):
+    t = now_ns()
+    base = dict(atime_ns=t, mtime_ns=t, ctime_ns=t, crtime_ns=t, state_ns=t)
+    return Inode(ino=0, mode=mode, uid=1000, gid=1000, nlink=2 if mode == DIR else 1, **{**base, **kw})
+
+
+def test_root_and_schema_version(catalog):
+    root = catalog.get(ROOT_INO)
+    assert root.is_dir() and root.nlink == 2
+    assert catalog.schema_version() == SCHEMA_VERSION
+    catalog.init()  # idempotent
+    assert catalog.get(ROOT_INO).ino == ROOT_INO
+
+
+def test_create_lookup_readdir(catalog):
+    a = catalog.create(ROOT_INO, b"a", new(size=5, tier="disk", location="k1"))
+    d = catalog.create(ROOT_INO, b"d", new(DIR))
+    assert a.ino != d.ino and a.ino > ROOT_INO
+    assert catalog.lookup(ROOT_INO, b"a").location == "k1"
+    assert catalog.get(ROOT_INO).nlink == 3  # one subdirectory
+    with pytest.raises(errors.Exists):
+        catalog.create(ROOT_INO, b"a", new())
+    with pytest.raises(errors.NotFound):
+        catalog.lookup(ROOT_INO, b"zz")
+    with pytest.raises(errors.NotDir):
+        catalog.create(a.ino, b"x", new())
+    names = [e.name for e in catalog.readdir(ROOT_INO, 0, 100)]
+    assert names == [b"a", b"d"]
+
+
+def test_readdir_paging_is_stable(catalog):
+    for i in range(25):
+        catalog.create(ROOT_INO, f"f{i:02d}".encode(), new())
+    seen, pos = [], 0
+    while True:
+        batch = catalog.readdir(ROOT_INO, pos, 7)
+        if not batch:
+            break
+        seen += [e.name for e in batch]
+        pos = batch[-1].pos
+    assert seen == [f"f{i:02d}".encode() for i in range(25)]
+
+
+def test_binary_and_long_names(catalog):
+    weird = b"bad \xff\xfe utf8 \n newline"
+    long = b"x" * 255
+    catalog.create(ROOT_INO, weird, new())
+    catalog.create(ROOT_INO, long, new())
+    assert catalog.lookup(ROOT_INO, weird).ino
+    assert catalog.lookup(ROOT_INO, long).ino
+
+
+def test_link_unlink_purge_garbage(catalog):
+    a = catalog.create(ROOT_INO, b"a", new(tier="disk", location="obj-a"))
+    d = catalog.create(ROOT_INO, b"d", new(DIR))
+    assert catalog.link(a.ino, d.ino, b"b", now_ns()).nlink == 2
+    assert catalog.unlink(ROOT_INO, b"a", now_ns()).nlink == 1
+    assert catalog.lookup(d.ino, b"b").ino == a.ino
+    assert catalog.purge(a.ino) is None  # still linked
+    assert catalog.unlink(d.ino, b"b", now_ns()).nlink == 0
+    assert [i.ino for i in catalog.unlinked()] == [a.ino]
+    assert catalog.purge(a.ino).ino == a.ino
+    with pytest.raises(errors.NotFound):
+        catalog.get(a.ino)
+    g = catalog.garbage()
+    assert [(x.tier, x.key) for x in g] == [("disk", "obj-a")]
+    catalog.remove_garbage([x.id for x in g])
+    assert catalog.garbage() == []
+
+
+def test_rmdir(catalog):
+    d = catalog.create(ROOT_INO, b"d", new(DIR))
+    catalog.create(d.ino, b"f", new())
+    with pytest.raises(errors.NotEmpty):
+        catalog.rmdir(ROOT_INO, b"d", now_ns())
+    with pytest.raises(errors.NotDir):
+        catalog.rmdir(d.ino, b"f", now_ns())
+    with pytest.raises(errors.IsDir):
+        catalog.unlink(ROOT_INO, b"d", now_ns())
+    catalog.unlink(d.ino, b"f", now_ns())
+    assert catalog.rmdir(ROOT_INO, b"d", now_ns()).nlink == 0
+    assert catalog.get(ROOT_INO).nlink == 2
+
+
+def test_rename_variants(catalog):
+    d1 = catalog.create(ROOT_INO, b"d1", new(DIR))
+    d2 = catalog.create(ROOT_INO, b"d2", new(DIR))
+    a = catalog.create(d1.ino, b"a", new())
+    b = catalog.create(d2.ino, b"b", new())
+    # plain cross-directory move
+    assert catalog.rename(d1.ino, b"a", d2.ino, b"a2") is None
+    assert catalog.lookup(d2.ino, b"a2").ino == a.ino
+    # overwrite returns the replaced inode with nlink decremented
+    replaced = catalog.rename(d2.ino, b"a2", d2.ino, b"b")
+    assert replaced.ino == b.ino and replaced.nlink == 0
+    assert catalog.lookup(d2.ino, b"b").ino == a.ino
+    # noreplace
+    c = catalog.create(d2.ino, b"c", new())
+    with pytest.raises(errors.Exists):
+        catalog.rename(d2.ino, b"c", d2.ino, b"b", noreplace=True)
+    # exchange
+    catalog.rename(d2.ino, b"c", d2.ino, b"b", exchange=True)
+    assert catalog.lookup(d2.ino, b"b").ino == c.ino and catalog.lookup(d2.ino, b"c").ino == a.ino
+    # directories: nlink accounting and loops
+    catalog.rename(ROOT_INO, b"d1", d2.ino, b"d1")
+    assert catalog.get(ROOT_INO).nlink == 3 and catalog.get(d2.ino).nlink == 3
+    with pytest.raises(errors.Invalid):
+        catalog.rename(ROOT_INO, b"d2", d1.ino, b"loop")
+    e = catalog.create(ROOT_INO, b"e", new(DIR))
+    catalog.create(e.ino, b"x", new())
+    with pytest.raises(errors.NotEmpty):
+        catalog.rename(d2.ino, b"d1", ROOT_INO, b"e")
+    with pytest.raises(errors.IsDir):
+        catalog.rename(d2.ino, b"b", ROOT_INO, b"e")
+    with pytest.raises(errors.NotDir):
+        catalog.rename(ROOT_INO, b"e", d2.ino, b"b")
+    assert catalog.path_of(a.ino) == b"d2/c"
+
+
+def test_rename_of_big_directory_is_one_update(catalog):
+    d = catalog.create(ROOT_INO, b"big", new(DIR))
+    for i in range(300):
+        catalog.create(d.ino, b"f%d" % i, new())
+    catalog.rename(ROOT_INO, b"big", ROOT_INO, b"big2")
+    assert catalog.lookup(ROOT_INO, b"big2").ino == d.ino
+    assert len(catalog.readdir(d.ino, 0, 1000)) == 300
+
+
+def test_update_cas_and_bump(catalog):
+    a = catalog.create(ROOT_INO, b"a", new(checksum="x" * 64))
+    b = catalog.bump_version(a.ino, {"size": 10})
+    assert b.data_version == a.data_version + 1 and b.checksum is None and b.size == 10
+    with pytest.raises(errors.VersionConflict):
+        catalog.update(a.ino, {"size": 1}, expect_version=a.data_version)
+    with pytest.raises(errors.VersionConflict):
+        catalog.update(a.ino, {"size": 1}, expect_states=[State.ARCHIVED])
+    assert catalog.update(a.ino, {"size": 3}, expect_version=b.data_version).size == 3
+
+
+def test_switch_is_atomic_compare_and_swap(catalog):
+    a = catalog.create(ROOT_INO, b"a", new(tier="disk", location="k-on"))
+    job, _ = catalog.enqueue(a.ino, JobKind.ARCHIVE, target_tier="vault")
+    catalog.update_job(job.id, {"dst_key": "k-arch"})
+    new_inode = catalog.switch(a.ino, a.data_version, [State.ONLINE],
+                               dict(state=State.ARCHIVED, tier=None, location=None, archive_tier="vault",
+                                    archive_location="k-arch"),
+                               [("disk", "k-on")], ("test", "detail"), job.id)
+    assert new_inode.state == State.ARCHIVED
+    got = catalog.get(a.ino)
+    assert got.state == State.ARCHIVED and got.archive_location == "k-arch" and got.location is None
+    assert catalog.get_job(job.id).dst_key is None
+    assert [(g.tier, g.key) for g in catalog.garbage()] == [("disk", "k-on")]
+    ev = catalog.events(a.ino)
+    assert ev[0].from_state == "online" and ev[0].to_state == "archived" and ev[0].cause == "test"
+    with pytest.raises(errors.VersionConflict):  # stale version: nothing changes
+        catalog.switch(a.ino, a.data_version + 5, [State.ARCHIVED], dict(state=State.ONLINE), [("x", "y")],
+                       ("t", ""))
+    assert catalog.get(a.ino).state == State.ARCHIVED and len(catalog.garbage()) == 1
+    assert catalog.references("vault", "k-arch") and not catalog.references("disk", "k-on")
+
+
+def test_xattrs(catalog):
+    a = catalog.create(ROOT_INO, b"a", new())
+    catalog.setxattr(a.ino, b"user.a", b"1")
+    catalog.setxattr(a.ino, b"user.b", b"\x00" * 65536)
+    assert catalog.getxattr(a.ino, b"user.b") == b"\x00" * 65536
+    with pytest.raises(errors.Exists):
+        catalog.setxattr(a.ino, b"user.a", b"2", create=True)
+    with pytest.raises(errors.NoAttr):
+        catalog.setxattr(a.ino, b"user.c", b"2", replace=True)
+    assert catalog.listxattr(a.ino) == [b"user.a", b"user.b"]
+    catalog.removexattr(a.ino, b"user.a")
+    with pytest.raises(errors.NoAttr):
+        catalog.getxattr(a.ino, b"user.a")
+    with pytest.raises(errors.NoAttr):
+        catalog.removexattr(a.ino, b"user.a")
+
+
+def test_jobs_coalesce_priority_claim(catalog):
+    a = catalog.create(ROOT_INO, b"a", new())
+    b = catalog.create(ROOT_INO, b"b", new())
+    j1, c1 = catalog.enqueue(a.ino, JobKind.ARCHIVE, target_tier="vault", cause="x")
+    j2, c2 = catalog.enqueue(a.ino, JobKind.ARCHIVE, target_tier="vault", cause="y")
+    assert c1 and not c2 and j1.id == j2.id
+    r, _ = catalog.enqueue(b.ino, JobKind.RESTORE)
+    first = catalog.claim("s1")
+    assert first.id == r.id and first.state == JobState.RUNNING and first.attempts == 1  # restores first
+    assert catalog.claim("s1", busy_tiers=["vault"]) is None
+    second = catalog.claim("s2")
+    assert second.id == j1.id
+    assert catalog.claim("s2") is None
+    catalog.retry_job(second.id, "boom", 3600)
+    assert catalog.claim("s2") is None  # not before the delay
+    assert catalog.get_job(second.id).last_error == "boom"
+    catalog.finish_job(first.id, JobState.DONE)
+    assert [j.id for j in catalog.jobs([JobState.DONE])] == [first.id]
+    assert catalog.cancel_jobs(kind=JobKind.ARCHIVE) == 1
+    assert catalog.get_job(j1.id).state == JobState.CANCELLED
+
+
+def test_sessions_reap_returns_jobs(catalog):
+    t = now_ns()
+    catalog.register_session(Session(id="dead", host="h", pid=1, mountpoint="/m", started_ns=t,
+                                     heartbeat_ns=t - 10**11))
+    catalog.register_session(Session(id="live", host="h", pid=2, mountpoint="/m2", started_ns=t, heartbeat_ns=t))
+    a = catalog.create(ROOT_INO, b"a", new())
+    catalog.enqueue(a.ino, JobKind.ARCHIVE, target_tier="vault")
+    job = catalog.claim("dead")
+    assert catalog.acquire_lease("policy", "dead", 3600)
+    assert not catalog.acquire_lease("policy", "live", 60)
+    assert catalog.reap_sessions(t - 10**10) == ["dead"]
+    assert catalog.get_job(job.id).state == JobState.PENDING
+    assert catalog.acquire_lease("policy", "live", 60)
+    catalog.heartbeat("live")
+    catalog.end_session("live")
+    assert {s.id: s.clean for s in catalog.sessions()} == {"dead": True, "live": True}
+
+
+def test_query_and_stats(catalog):
+    old = now_ns() - 100 * 86400 * 10**9
+    for i in range(10):
+        catalog.create(ROOT_INO, b"f%d" % i, new(size=i * 1000, tier="disk", location=f"k{i}", atime_ns=old + i))
+    catalog.create(ROOT_INO, b"dir", new(DIR))
+    catalog.rows_read = 0
+    got = list(catalog.query(FileQuery(states=(State.ONLINE,), min_size=5000, atime_before_ns=now_ns())))
+    assert sorted(i.size for i in got) == [5000, 6000, 7000, 8000, 9000]
+    assert catalog.rows_read == 5
+    ordered = list(catalog.query(FileQuery(order_by_atime=True, limit=3)))
+    assert [i.size for i in ordered] == [0, 1000, 2000]
+    page = list(catalog.query(FileQuery(limit=4)))
+    page2 = list(catalog.query(FileQuery(limit=4, after_ino=page[-1].ino)))
+    assert len(page2) == 4 and page2[0].ino > page[-1].ino
+    st = catalog.stats()
+    assert st.by_state["online"] == (10, 45000)
+    assert st.by_tier["disk"] == (10, 45000)
+
+
+def test_atime_batch_never_goes_back(catalog):
+    a = catalog.create(ROOT_INO, b"a", new(atime_ns=1000))
+    b = catalog.create(ROOT_INO, b"b", new(atime_ns=5000))
+    before = catalog.atime_writes
+    catalog.set_atimes({a.ino: 2000, b.ino: 3000})
+    assert catalog.get(a.ino).atime_ns == 2000 and catalog.get(b.ino).atime_ns == 5000
+    assert catalog.atime_writes - before == 2
+
+
+def test_meta(catalog):
+    assert catalog.get_meta("nope") is None
+    catalog.set_meta("k", "v1")
+    catalog.set_meta("k", "v2")
+    assert catalog.get_meta("k") == "v2"
