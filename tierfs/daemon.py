@@ -88,7 +88,9 @@ class Daemon:
         self.catalog.register_session(Session(
             id=self.session_id, host=socket.gethostname(), pid=os.getpid(), mountpoint=self.mountpoint,
             started_ns=now_ns(), heartbeat_ns=now_ns()))
-        self.fs = FileSystem(self.cfg, self.catalog, tiers, self.session_id)
+        self.fs = FileSystem(self.cfg, self.catalog, tiers, self.session_id,
+                             staging_dir=os.path.join(self.cfg.state_dir, "staging",
+                                                      mounts.runtime_key(self.mountpoint)))
         from . import archive, jobs
         self.fs.offline = archive.Offline(self.fs, self.cfg)
         self.extensions.append(jobs.JobRunner(self.fs, self.cfg, self.session_id))

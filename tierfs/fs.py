@@ -39,8 +39,22 @@ log = logging.getLogger(__name__)
 
 NAME_MAX = 255
 XATTR_PREFIX = b"user.tierfs."
-#: read-only virtual attributes answered from the catalog entry
-VIRTUAL_XATTRS = (b"user.tierfs.state", b"user.tierfs.tier", b"user.tierfs.checksum")
+PLACEMENT_XATTR = b"user.tierfs.placement"
+#: user.tierfs.* attributes stored like any other (tierfs reads them: placement, policies)
+STORED_XATTRS = frozenset({PLACEMENT_XATTR, b"user.tierfs.pin", b"user.tierfs.inactive_for"})
+
+
+def validate_stored_xattr(name: bytes, value: bytes) -> None:
+    """Reject values tierfs could not interpret later (EINVAL at setxattr)."""
+    text = value.decode("utf-8", "replace").strip()
+    if name == b"user.tierfs.pin" and text not in ("0", "1"):
+        raise errors.Invalid("user.tierfs.pin must be 0 or 1")
+    if name == b"user.tierfs.inactive_for":
+        from .units import parse_duration
+        try:
+            parse_duration(text, "user.tierfs.inactive_for")
+        except errors.ConfigError as e:
+            raise errors.Invalid(str(e)) from None
 
 
 @dataclass
@@ -63,7 +77,8 @@ class Handle:
     writable: bool
     tier: Tier | None = None      # tier of the object being read/written
     key: str | None = None        # object key on that tier
-    fd: int | None = None         # fd of a local object (in-place I/O)
+    fd: int | None = None         # fd of a local object, or of the staged copy (in-place I/O)
+    staged: bool = False          # fd is a staged copy (non-local tier; see staging.py)
     dirty: bool = False           # wrote since open (version already bumped)
 
 
@@ -76,7 +91,8 @@ class Cached:
 class FileSystem:
     """POSIX operations over a Catalog and a set of Tiers."""
 
-    def __init__(self, cfg, catalog: Catalog, tiers: dict[str, Tier], session_id: str = "local"):
+    def __init__(self, cfg, catalog: Catalog, tiers: dict[str, Tier], session_id: str = "local",
+                 staging_dir: str | None = None):
         self.cfg = cfg
         self.catalog = catalog
         self.tiers = tiers
@@ -96,6 +112,10 @@ class FileSystem:
         self.on_change: Callable[[], None] | None = None  # wake the job runner / GC
         # Hooks filled in by the archive machinery (tierfs/archive.py).
         self.offline = None
+        from .placement import Placer
+        from .staging import Staging
+        self.placer = Placer(self)
+        self.staging = Staging(self, staging_dir or os.path.join(cfg.state_dir, "staging"))
 
     # ---- plumbing --------------------------------------------------------
     async def cat(self, fn, *args, **kwargs):
@@ -218,7 +238,7 @@ class FileSystem:
 
     async def placement(self, parent: Inode, caller: Caller) -> Tier:
         """The online tier that new files under `parent` go to."""
-        return self.tier(self.cfg.default_tier)
+        return await self.placer.for_new_file(parent, caller)
 
     async def placement_of(self, ino: int, caller: Caller | None = None) -> Tier:
         """The online tier a new copy of an existing file goes to (restores)."""
@@ -287,6 +307,8 @@ class FileSystem:
         t = now_ns()
         replaced = await self.cat(self.catalog.rename, old_parent, old_name, new_parent, new_name,
                                   noreplace=noreplace, exchange=exchange, ctime_ns=t)
+        if old_parent != new_parent:
+            self.placer.forget()  # a moved directory inherits from its new parent
         # Directory nlinks and times changed in the catalog: drop cached parents.
         for p in {old_parent, new_parent}:
             c = self.cache.get(p)
@@ -345,10 +367,11 @@ class FileSystem:
         inode = self.cache[inode.ino].inode
         tier = self.tier(inode.tier)
         path = tier.local_path(inode.location) if inode.location else None
-        if path is None:
-            raise errors.TierfsError(f"tier {tier.name} cannot truncate in place", err=errno.EROFS)
         try:
-            await trio.to_thread.run_sync(os.truncate, path, size)
+            if path is None:
+                await self.staging.truncate(inode, size)
+            else:
+                await trio.to_thread.run_sync(os.truncate, path, size)
         except OSError as e:
             raise errors.TierfsError(f"truncate on tier {tier.name}: {e.strerror}", err=e.errno) from e
         t = now_ns()
@@ -366,10 +389,13 @@ class FileSystem:
         return bs, total // bs, free // bs
 
     # ---- xattrs ----------------------------------------------------------
+    # user.tierfs.* names: READONLY_XATTRS are computed from the catalog entry;
+    # user.tierfs.request is a write-only verb (archive.py); STORED_XATTRS are
+    # ordinary stored attributes that tierfs itself interprets (validated here).
     async def getxattr(self, ino: int, name: bytes, caller: Caller) -> bytes:
         if not name.startswith(b"user."):
             raise errors.NoAttr()
-        if name.startswith(XATTR_PREFIX):
+        if name.startswith(XATTR_PREFIX) and name not in STORED_XATTRS:
             return await self._virtual_xattr(await self.get(ino), name, caller)
         return await self.cat(self.catalog.getxattr, ino, name)
 
@@ -382,6 +408,11 @@ class FileSystem:
             if inode.checksum is None:
                 raise errors.NoAttr("checksum not computed yet")
             return inode.checksum.encode()
+        if name == b"user.tierfs.effective_placement":
+            tier, src = await self.placer.effective(inode.ino if inode.is_dir() else
+                                                    await self.cat(self.catalog.parent_of, inode.ino))
+            where = "/" + (await self.cat(self.catalog.path_of, src)).decode(errors="replace") if src else "default_tier"
+            return f"{tier} {where}".encode()
         if self.offline is not None:
             return await self.offline.getxattr(inode, name, caller)
         raise errors.NoAttr()
@@ -390,22 +421,29 @@ class FileSystem:
                        create: bool = False, replace: bool = False) -> None:
         if not name.startswith(b"user."):
             raise errors.TierfsError(f"only user.* attributes are supported, not {name!r}", err=errno.EOPNOTSUPP)
-        if name.startswith(XATTR_PREFIX):
+        if name.startswith(XATTR_PREFIX) and name not in STORED_XATTRS:
             if self.offline is not None and await self.offline.setxattr(ino, name, value, caller):
                 return
             raise errors.TierfsError(f"{name.decode(errors='replace')} is read-only", err=errno.EPERM)
+        if name == PLACEMENT_XATTR:
+            await self.placer.validate(await self.get(ino), value, caller)
+        elif name in STORED_XATTRS:
+            validate_stored_xattr(name, value)
         await self.cat(self.catalog.setxattr, ino, name, value, create=create, replace=replace)
-        self.cache.pop(ino, None) if not (self.lookups.get(ino) or self.opens.get(ino)) else None
+        if name == PLACEMENT_XATTR:
+            self.placer.forget()
 
     async def listxattr(self, ino: int) -> list[bytes]:
         return await self.cat(self.catalog.listxattr, ino)
 
     async def removexattr(self, ino: int, name: bytes) -> None:
-        if name.startswith(XATTR_PREFIX):
-            raise errors.TierfsError(f"{name.decode(errors='replace')} is read-only", err=errno.EPERM)
         if not name.startswith(b"user."):
             raise errors.NoAttr()
+        if name.startswith(XATTR_PREFIX) and name not in STORED_XATTRS:
+            raise errors.TierfsError(f"{name.decode(errors='replace')} is read-only", err=errno.EPERM)
         await self.cat(self.catalog.removexattr, ino, name)
+        if name == PLACEMENT_XATTR:
+            self.placer.forget()
 
     # ---- files -----------------------------------------------------------
     def _new_fh(self) -> int:
@@ -419,11 +457,14 @@ class FileSystem:
         key = new_key()
         if tier.local_path(key) is not None:
             await trio.to_thread.run_sync(tier.create_empty, key)
+        else:
+            key = None  # remote tiers get an object at the first flush (staging.py)
         inode = self._new_inode(p, stat.S_IFREG | (mode & 0o7777), caller, tier=tier.name, location=key)
         try:
             inode = await self._create_entry(parent, name, inode)
         except BaseException:
-            await trio.to_thread.run_sync(tier.delete, key)
+            if key:
+                await trio.to_thread.run_sync(tier.delete, key)
             raise
         fh = await self._open_handle(inode, flags)
         return fh, inode
@@ -456,20 +497,22 @@ class FileSystem:
             if inode.state not in READABLE_STATES:
                 raise errors.TryAgain(f"inode {inode.ino} went offline while opening")
             h = Handle(fh=self._new_fh(), ino=inode.ino, flags=flags, writable=writable)
-            if inode.location:
-                h.tier = self.tier(inode.tier)
+            tier = self.tier(inode.tier) if inode.tier else None
+            if tier is not None and (not inode.location or tier.local_path(inode.location) is None) and \
+                    (writable or self.staging.get(inode.ino)):
+                c = await self.staging.acquire(inode)
+                h.fd, h.staged, h.tier = c.fd, True, tier
+            elif inode.location:
+                h.tier = tier
                 h.key = inode.location
                 path = h.tier.local_path(h.key)
-                if path is None:
-                    if writable:
-                        raise errors.TierfsError(f"tier {h.tier.name} does not support writing in place yet",
-                                                 err=errno.EROFS)
-                else:
+                if path is not None:
                     try:
                         h.fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
                     except OSError as e:
                         log.error("open %s: object %s on tier %s: %s", inode.ino, h.key, h.tier.name, e.strerror)
                         raise errors.TierfsError(f"object {h.key} on tier {h.tier.name}: {e.strerror}") from e
+            if h.key is not None:
                 k = (h.tier.name, h.key)
                 self.pinned_keys[k] = self.pinned_keys.get(k, 0) + 1
             self.handles[h.fh] = h
@@ -529,6 +572,8 @@ class FileSystem:
                 raise errors.NoSpace(f"tier {h.tier.name} is full") from e
             log.error("write inode %d object %s: %s", h.ino, h.key, e.strerror)
             raise errors.TierfsError(f"write: {e.strerror}", err=e.errno or errno.EIO) from e
+        if h.staged:
+            self.staging.copies[h.ino].dirty = True
         c = self.cache[h.ino]
         t = now_ns()
         size = max(c.inode.size, off + n)
@@ -552,12 +597,16 @@ class FileSystem:
 
     async def flush(self, fh: int) -> None:
         h = self.handle(fh)
+        if h.staged:
+            await self.staging.upload(h.ino)
         if h.dirty:
             await self._persist_attrs(h.ino)
 
     async def fsync(self, fh: int, datasync: bool) -> None:
         h = self.handle(fh)
-        if h.fd is not None and h.writable:
+        if h.staged:
+            await self.staging.upload(h.ino)
+        elif h.fd is not None and h.writable:
             try:
                 await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, h.fd)
             except OSError as e:
@@ -569,7 +618,12 @@ class FileSystem:
         if h is None:
             return
         try:
-            if h.fd is not None:
+            if h.staged:
+                try:
+                    await self.staging.upload(h.ino)
+                finally:
+                    self.staging.release(h.ino)
+            elif h.fd is not None:
                 os.close(h.fd)
             if h.dirty:
                 await self._persist_attrs(h.ino)
