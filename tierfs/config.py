@@ -253,6 +253,9 @@ def parse(raw: dict, path: str | None = None) -> Config:
 
     catalog = values.pop("catalog") or f"sqlite:///{os.path.join(home, 'catalog.db')}"
     state_dir = os.path.abspath(os.path.expanduser(values.pop("state_dir") or os.path.join(home, "state")))
+    for t in tiers.values():
+        if t.kind == "command":
+            t.options.setdefault("staging", os.path.join(state_dir, f"command-{t.name}"))
     policies = raw.get("policy", [])
     if not isinstance(policies, list):
         raise errors.ConfigError("policy: expected [[policy]] tables")

@@ -27,8 +27,20 @@ POINTS = (
 )
 
 
+def bug(handler: str) -> None:
+    """Raise an unexpected exception in FUSE handler `handler` when
+    TIERFS_FAULT is "handler.<name>": proves a bug answers EIO and the
+    mount survives."""
+    if ACTIVE == "handler." + handler:
+        raise RuntimeError(f"injected bug in {handler}")
+
+
+#: the fault point chosen for this process (read once: the check is on hot paths)
+ACTIVE = os.environ.get("TIERFS_FAULT") or None
+
+
 def point(name: str) -> None:
-    if os.environ.get("TIERFS_FAULT") == name:
+    if ACTIVE == name:
         log.error("fault injection: killing the daemon at %s", name)
         for h in logging.getLogger().handlers:
             h.flush()

@@ -17,7 +17,7 @@ import os
 import pyfuse3
 import trio
 
-from . import errors
+from . import errors, faults
 from .catalog.base import Inode, State
 from .fs import Caller, FileSystem
 
@@ -28,6 +28,8 @@ def _guard(fn):
     @functools.wraps(fn)
     async def wrapper(self, *args):
         try:
+            if faults.ACTIVE:
+                faults.bug(fn.__name__)
             return await fn(self, *args)
         except pyfuse3.FUSEError:
             raise

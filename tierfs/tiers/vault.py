@@ -3,8 +3,9 @@ staging area) holding archive copies as objects keyed by id.
 
 It stores like the disk tier but is an archive: files whose bytes are only
 here are `archived` and must be restored to an online tier before reading.
-`restore_delay` (seconds) imitates a slow medium: every restore read waits
-that long first, so demos and tests can watch a restore in progress.
+`restore_delay` and `archive_delay` (seconds) imitate a slow medium: every
+restore read / archive write waits that long first, so demos and tests can
+watch a move in progress.
 """
 
 from __future__ import annotations
@@ -18,14 +19,20 @@ from .disk import DiskTier
 class VaultTier(DiskTier):
     kind = "vault"
     archive = True
-    options = {"path": str, "restore_delay": (int, float)}
+    options = {"path": str, "restore_delay": (int, float), "archive_delay": (int, float)}
 
     def __init__(self, name: str, **opts):
         super().__init__(name, **opts)
         self.restore_delay = float(opts.get("restore_delay", 0))
+        self.archive_delay = float(opts.get("archive_delay", 0))
 
     def local_path(self, key: str) -> str | None:
         return None  # archive copies are never read or written in place
+
+    def put(self, key: str, src: BinaryIO) -> int:
+        if self.archive_delay:
+            time.sleep(self.archive_delay)
+        return super().put(key, src)
 
     def open_reader(self, key: str) -> BinaryIO:
         if self.restore_delay:

@@ -1,0 +1,164 @@
+"""The `command` archive tier: external copytool commands (tape, HSM, anything).
+
+Sites archive to media tierfs knows nothing about by configuring commands,
+run with /bin/sh -c after substituting placeholders (shell-quoted):
+  {key}    the object key (32 hex digits)
+  {path}   archive: the local file holding the bytes to store;
+           restore: the local file the command must write the bytes to
+  {size}   size in bytes (archive only)
+  {sha256} sha256 of the bytes (archive only; a copytool may verify with it)
+Exit status: 0 = done; 75 (EX_TEMPFAIL) = pending: an operator or a slow
+recall must act, keep the request queued and retry later; anything else =
+failed (its stderr is logged and kept as the job's last error).
+
+`archive_command` and `restore_command` are required; `delete_command` is
+optional (without it, deleting an archive copy only forgets it). Each run has
+a `timeout` (seconds, default 3600). Staging files live in `staging`
+(default: state_dir/command-<tier name>). A small manifest there records the
+size and sha256 of each stored key (for fsck and verify).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import shlex
+import subprocess
+from typing import BinaryIO, Iterator
+
+from .. import errors
+from .base import CHUNK, Tier
+
+log = logging.getLogger(__name__)
+
+EX_TEMPFAIL = 75
+
+
+class CommandTier(Tier):
+    kind = "command"
+    archive = True
+    options = {"archive_command": str, "restore_command": str, "delete_command": str, "staging": str,
+               "timeout": (int, float)}
+    required = ("archive_command", "restore_command")
+
+    def __init__(self, name: str, **opts):
+        super().__init__(name, **opts)
+        for k in ("archive_command", "restore_command"):
+            if not opts.get(k):
+                raise errors.ConfigError(f"tiers.{name}.{k}: missing")
+        self.staging = os.path.abspath(os.path.expanduser(opts.get("staging") or f"/tmp/tierfs-command-{name}"))
+        self.timeout = float(opts.get("timeout", 3600))
+        self.manifest = os.path.join(self.staging, "manifest")
+        self.restored = os.path.join(self.staging, "restored")
+
+    def check(self) -> None:
+        for d in (self.staging, self.manifest, self.restored, os.path.join(self.staging, "out")):
+            os.makedirs(d, exist_ok=True)
+
+    def _run(self, which: str, **values) -> int:
+        template = self.opts.get(which)
+        cmd = template.format(**{k: shlex.quote(str(v)) for k, v in values.items()})
+        try:
+            r = subprocess.run(["/bin/sh", "-c", cmd], capture_output=True, text=True, timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            raise errors.TierUnavailable(f"tier {self.name}: {which} timed out after {self.timeout:.0f}s") from None
+        if r.returncode == 0:
+            return 0
+        if r.returncode == EX_TEMPFAIL:
+            raise errors.Pending(f"tier {self.name}: {which} for {values.get('key')} is pending "
+                                 f"(exit 75): {r.stderr.strip()[-300:]}")
+        raise errors.TierfsError(f"tier {self.name}: {which} exited {r.returncode}: {r.stderr.strip()[-300:]}")
+
+    def put(self, key: str, src: BinaryIO) -> int:
+        out = os.path.join(self.staging, "out", key)
+        h = hashlib.sha256()
+        n = 0
+        with open(out, "wb") as f:
+            while True:
+                b = src.read(CHUNK * 4)
+                if not b:
+                    break
+                f.write(b)
+                h.update(b)
+                n += len(b)
+        try:
+            self._run("archive_command", key=key, path=out, size=n, sha256=h.hexdigest())
+        finally:
+            os.unlink(out)
+        with open(os.path.join(self.manifest, key), "w") as f:
+            json.dump({"size": n, "sha256": h.hexdigest()}, f)
+        return n
+
+    def _meta(self, key: str) -> dict | None:
+        try:
+            with open(os.path.join(self.manifest, key)) as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return None
+
+    def verify(self, key: str, sha256: str, size: int) -> bool:
+        """Trusts the copytool's exit 0 and the manifest (no tape read-back)."""
+        m = self._meta(key)
+        return m is not None and m["sha256"] == sha256 and m["size"] == size
+
+    def prepare_restore(self, key: str) -> bool:
+        path = os.path.join(self.restored, key)
+        if os.path.exists(path):
+            return True
+        self.restores += 1
+        tmp = path + ".part"
+        try:
+            self._run("restore_command", key=key, path=tmp)
+        except errors.Pending:
+            return False
+        if not os.path.exists(tmp):
+            raise errors.TierfsError(f"tier {self.name}: restore_command exited 0 but wrote nothing to {tmp}")
+        os.rename(tmp, path)
+        return True
+
+    def open_reader(self, key: str) -> BinaryIO:
+        self.reads += 1
+        path = os.path.join(self.restored, key)
+        if not os.path.exists(path) and not self.prepare_restore(key):
+            raise errors.Pending(f"tier {self.name}: {key} is not restored yet")
+        return _ConsumeOnClose(path)
+
+    def read(self, key: str, offset: int, size: int) -> bytes:
+        with self.open_reader(key) as r:
+            r.seek(offset)
+            return r.read(size)
+
+    def size(self, key: str) -> int | None:
+        m = self._meta(key)
+        return None if m is None else m["size"]
+
+    def delete(self, key: str) -> None:
+        if self.opts.get("delete_command") and self._meta(key) is not None:
+            self._run("delete_command", key=key)
+        for p in (os.path.join(self.manifest, key), os.path.join(self.restored, key)):
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass
+
+    def keys(self) -> Iterator[str]:
+        yield from sorted(os.listdir(self.manifest)) if os.path.isdir(self.manifest) else ()
+
+
+class _ConsumeOnClose(io.FileIO):
+    """A restored staging file, removed once it has been read."""
+
+    def __init__(self, path: str):
+        super().__init__(path, "r")
+        self._path = path
+
+    def close(self) -> None:
+        if not self.closed:
+            super().close()
+            try:
+                os.unlink(self._path)
+            except FileNotFoundError:
+                pass
