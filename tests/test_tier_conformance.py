@@ -28,10 +28,21 @@ def _vault(request, tmp_path):
     return t
 
 
+def _gridfs(request, tmp_path):
+    from tierfs.tiers.gridfs import GridFSTier
+    server = request.getfixturevalue("mongod")
+    import uuid
+    t = GridFSTier("gridfs", url=server.url(f"g{uuid.uuid4().hex[:12]}"), bucket="objs",
+                   chunk_size=64 * 1024)
+    t.check()
+    return t
+
+
 #: kind -> factory(request, tmp_path) -> Tier
 TIER_FACTORIES = {
     "disk": _disk,
     "vault": _vault,
+    "gridfs": _gridfs,
 }
 
 
