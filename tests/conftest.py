@@ -72,6 +72,24 @@ def catalog(catalog_url):
     cat.close()
 
 
+# ---- S3 -------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def moto():
+    """moto's S3 server over HTTP on 127.0.0.1 for the whole session (tests/moto_server.py)."""
+    from tests.moto_server import MotoServer
+    server = MotoServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(moto):
+    """A fresh, empty bucket on the moto server; the server is running again afterwards."""
+    yield moto.new_bucket()
+    if not moto.running:
+        moto.start()
+
+
 # ---- mounts ---------------------------------------------------------------------
 class Mount:
     """A tierfs mounted through the real CLI, in the background."""

@@ -7,6 +7,7 @@ A kind joins by adding a factory to TIER_FACTORIES: a function
 import hashlib
 import io
 import os
+import time
 
 import pytest
 
@@ -38,12 +39,37 @@ def _gridfs(request, tmp_path):
     return t
 
 
+def _s3(request, tmp_path, cls="S3Tier", **extra):
+    """An S3 tier on the session's moto server, a fresh bucket, multipart above 5 MiB."""
+    from tierfs.tiers import s3
+    moto = request.getfixturevalue("moto")
+    t = getattr(s3, cls)(cls, **moto.tier_options(moto.new_bucket(), prefix="conf/", multipart_threshold="5MiB",
+                                                  multipart_chunksize="5MiB", **extra))
+    t.check()
+    return t
+
+
+def _s3_archive(request, tmp_path):
+    return _s3(request, tmp_path, "S3ArchiveTier", storage_class="GLACIER")
+
+
 #: kind -> factory(request, tmp_path) -> Tier
 TIER_FACTORIES = {
     "disk": _disk,
     "vault": _vault,
+    "s3": _s3,
+    "s3-archive": _s3_archive,
     "gridfs": _gridfs,
 }
+
+
+def readable(tier, key, timeout=30.0):
+    """Archive tiers: prepare_restore() until the object may be read."""
+    deadline = time.monotonic() + timeout
+    while not tier.prepare_restore(key):
+        assert time.monotonic() < deadline, f"{tier} did not restore {key} in {timeout}s"
+        time.sleep(0.2)
+    return key
 
 
 @pytest.fixture(params=sorted(TIER_FACTORIES))
@@ -59,6 +85,7 @@ def test_put_read_size_delete(tier):
     assert tier.size(k) is None
     assert tier.put(k, io.BytesIO(data)) == len(data)
     assert tier.size(k) == len(data)
+    readable(tier, k)
     with tier.open_reader(k) as r:
         assert r.read() == data
     assert tier.read(k, 1000, 4096) == data[1000:5096]
@@ -75,6 +102,7 @@ def test_put_replaces_atomically(tier):
     k = new_key()
     tier.put(k, io.BytesIO(b"old"))
     tier.put(k, io.BytesIO(b"new contents"))
+    readable(tier, k)
     with tier.open_reader(k) as r:
         assert r.read() == b"new contents"
 
@@ -83,6 +111,7 @@ def test_empty_object(tier):
     k = new_key()
     tier.put(k, io.BytesIO(b""))
     assert tier.size(k) == 0
+    readable(tier, k)
     with tier.open_reader(k) as r:
         assert r.read() == b""
 
@@ -125,5 +154,6 @@ def test_large_object_streams(tier):
 
     assert tier.put(k, Gen()) == 12 << 20
     assert tier.size(k) == 12 << 20
+    readable(tier, k)
     assert tier.read(k, (5 << 20) + 7, 100) == block[7:107]
     assert tier.prepare_restore(k) in (True, False)

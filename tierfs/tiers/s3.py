@@ -1,0 +1,561 @@
+"""The `s3` and `s3-archive` tiers: objects in an S3 bucket (AWS or an
+S3-compatible store such as MinIO), keyed by id under an optional prefix.
+
+- put() streams: up to `multipart_threshold` bytes go in one PutObject,
+  larger sources in a multipart upload of `multipart_chunksize` parts (the
+  part size doubles every 1000 parts so a stream of unknown length stays
+  under S3's 10,000-part limit). The object appears only when the upload
+  completes, so a reader sees the old object, the new one or none; a failed
+  upload is aborted. Every request carries Content-MD5, and the ETag S3
+  returns is compared with the one computed locally from the same bytes
+  that were hashed with sha256: that is what verify() relies on, so a fresh
+  copy is verified without downloading it again (archive objects cannot be
+  downloaded before a restore anyway).
+- read() is one ranged GET; open_reader() streams and resumes a broken
+  stream with a ranged GET pinned to the object's ETag.
+- Every request has a deadline: botocore's connect/read timeouts bound one
+  attempt, retry_call() bounds the retries (`max_attempts`, `deadline`);
+  botocore's own retries are off so the two do not multiply. A tier that
+  stays unreachable raises TierUnavailable naming the tier and endpoint.
+- `s3-archive` writes GLACIER / DEEP_ARCHIVE / GLACIER_IR objects.
+  prepare_restore() asks S3 for a temporary copy (RestoreObject with
+  `restore_days` and `restore_tier`) and answers False until HEAD's
+  x-amz-restore says it is ready; reads of a still-archived object raise
+  errors.Pending (EAGAIN), never a bare EIO.
+
+boto3 is imported on first use: loading a config that names an s3 tier
+must not pay for it. The client is thread-safe and shared by all threads.
+Credentials come from the config or boto3's chain (environment, profile,
+instance role); they are never logged.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import hashlib
+import io
+import logging
+import threading
+from typing import BinaryIO, Iterator
+
+from .. import errors
+from ..units import parse_duration, parse_size
+from .base import CHUNK, Tier, retry_call, sha256_stream
+
+log = logging.getLogger(__name__)
+
+MIN_PART = 5 * 1024**2          # S3's smallest part (except the last)
+MAX_PART = 5 * 1024**3          # S3's largest part
+MAX_PARTS = 10_000              # S3's limit on parts per upload
+PARTS_PER_DOUBLING = 1000       # part size doubles after this many parts
+SHA_META = "tierfs-sha256"      # user metadata key holding the sha256 of single-part objects
+RECENT_PUTS = 10_000            # how many put() results verify() remembers
+ARCHIVE_CLASSES = ("GLACIER", "DEEP_ARCHIVE")   # need a RestoreObject before GET
+TEMP_CODES = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling",
+              "ThrottlingException", "RequestLimitExceeded", "OperationAborted"}
+
+
+def _code(e) -> str:
+    return str(e.response.get("Error", {}).get("Code", ""))
+
+
+def _status(e) -> int:
+    return int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+
+
+def is_temp_failure(e: BaseException) -> bool:
+    """A failure worth retrying: network trouble, timeouts, throttling, 5xx."""
+    from botocore import exceptions as bx
+    if isinstance(e, bx.ClientError):
+        return _code(e) in TEMP_CODES or _status(e) >= 500 or _status(e) == 429
+    if isinstance(e, (bx.HTTPClientError, bx.ConnectionError, bx.IncompleteReadError, bx.ChecksumError)):
+        return True
+    return isinstance(e, (ConnectionError, TimeoutError))
+
+
+class _Put:
+    """What put() saw: the ETag computed from the bytes and their sha256."""
+    __slots__ = ("etag", "sha256", "size")
+
+    def __init__(self, etag: str, sha256: str, size: int):
+        self.etag, self.sha256, self.size = etag, sha256, size
+
+
+class S3Tier(Tier):
+    kind = "s3"
+    required = ("bucket",)
+    options = {
+        "bucket": str,                   # bucket name (required)
+        "prefix": str,                   # key prefix inside the bucket ("" = bucket root)
+        "endpoint_url": str,             # S3-compatible endpoint; default AWS
+        "region": str,                   # default: boto3's chain, else us-east-1
+        "storage_class": str,            # StorageClass of new objects (STANDARD)
+        "access_key_id": str,            # credentials; default: boto3's chain
+        "secret_access_key": str,
+        "session_token": str,
+        "profile": str,                  # a profile in ~/.aws/config
+        "addressing_style": str,         # auto | path | virtual (path when endpoint_url is set)
+        "multipart_threshold": "size",   # larger objects use multipart upload (16MiB)
+        "multipart_chunksize": "size",   # first part size (8MiB, at least 5MiB)
+        "connect_timeout": "duration",   # one connection attempt (5s)
+        "read_timeout": "duration",      # one socket read (20s)
+        "deadline": "duration",          # all retries of one request (30s)
+        "max_attempts": int,             # attempts per request (4)
+    }
+    default_storage_class = "STANDARD"
+
+    def __init__(self, name: str, **opts):
+        super().__init__(name, **opts)
+
+        def key(k):
+            return f"tiers.{name}.{k}"
+
+        self.bucket = opts.get("bucket")
+        if not isinstance(self.bucket, str) or not self.bucket:
+            raise errors.ConfigError(f"{key('bucket')}: missing (the bucket name)")
+        prefix = str(opts.get("prefix") or "").lstrip("/")
+        self.prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
+        self.endpoint_url = opts.get("endpoint_url") or None
+        self.region = opts.get("region") or None
+        self.storage_class = str(opts.get("storage_class") or self.default_storage_class).upper()
+        self.profile = opts.get("profile") or None
+        self.addressing_style = opts.get("addressing_style") or ("path" if self.endpoint_url else "auto")
+        if self.addressing_style not in ("auto", "path", "virtual"):
+            raise errors.ConfigError(f"{key('addressing_style')}: expected auto, path or virtual")
+        self._creds = {k: opts.get(k) for k in ("access_key_id", "secret_access_key", "session_token")}
+        if bool(self._creds["access_key_id"]) != bool(self._creds["secret_access_key"]):
+            raise errors.ConfigError(f"{key('access_key_id')}: access_key_id and secret_access_key go together")
+        self.threshold = parse_size(opts.get("multipart_threshold", "16MiB"), key("multipart_threshold"))
+        self.chunksize = parse_size(opts.get("multipart_chunksize", "8MiB"), key("multipart_chunksize"))
+        if not MIN_PART <= self.chunksize <= MAX_PART:
+            raise errors.ConfigError(f"{key('multipart_chunksize')}: must be between 5MiB and 5GiB (S3's part sizes)")
+        if self.threshold > MAX_PART:
+            raise errors.ConfigError(f"{key('multipart_threshold')}: at most 5GiB (S3's largest single PUT)")
+        self.connect_timeout = parse_duration(opts.get("connect_timeout", 5), key("connect_timeout"))
+        self.read_timeout = parse_duration(opts.get("read_timeout", 20), key("read_timeout"))
+        self.deadline = parse_duration(opts.get("deadline", 30), key("deadline"))
+        self.max_attempts = opts.get("max_attempts", 4)
+        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int) \
+                or not 1 <= self.max_attempts <= 100:
+            raise errors.ConfigError(f"{key('max_attempts')}: expected an integer from 1 to 100")
+        if min(self.connect_timeout, self.read_timeout, self.deadline) <= 0:
+            raise errors.ConfigError(f"{key('deadline')}: timeouts must be positive")
+        self._client = None
+        self._lock = threading.Lock()
+        self._puts: collections.OrderedDict[str, _Put] = collections.OrderedDict()
+        #: where the tier is, for messages (never includes credentials)
+        self.where = f"{self.endpoint_url or 'AWS S3'} bucket {self.bucket}" + \
+            (f" prefix {self.prefix}" if self.prefix else "")
+
+    def __repr__(self) -> str:
+        return f"<{self.kind} tier {self.name!r} {self.where}>"
+
+    # ---- plumbing ------------------------------------------------------------
+    @property
+    def client(self):
+        """The boto3 S3 client, made on first use (thread-safe)."""
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = self._make_client()
+        return self._client
+
+    def _make_client(self):
+        import boto3
+        from botocore.config import Config
+        from botocore.exceptions import ProfileNotFound
+        kw = {}
+        if self._creds["access_key_id"]:
+            kw = dict(aws_access_key_id=self._creds["access_key_id"],
+                      aws_secret_access_key=self._creds["secret_access_key"],
+                      aws_session_token=self._creds["session_token"] or None)
+        try:
+            session = boto3.session.Session(profile_name=self.profile, **kw)
+        except ProfileNotFound as e:
+            raise errors.ConfigError(f"tiers.{self.name}.profile: {e}") from None
+        region = self.region or session.region_name or "us-east-1"
+        cfg = Config(region_name=region, connect_timeout=self.connect_timeout, read_timeout=self.read_timeout,
+                     retries={"total_max_attempts": 1, "mode": "standard"},  # retry_call retries
+                     max_pool_connections=16, s3={"addressing_style": self.addressing_style})
+        return session.client("s3", endpoint_url=self.endpoint_url, config=cfg)
+
+    def _k(self, key: str) -> str:
+        if not key:
+            raise errors.Invalid("empty object key")
+        return self.prefix + key
+
+    def _call(self, what: str, key: str | None, fn):
+        """Run one request with retries and a deadline; map S3's answers to
+        tierfs errors (ObjectMissing, Pending, TierUnavailable, EIO)."""
+        from botocore import exceptions as bx
+        label = f"tier {self.name} ({self.where}): {what}" + (f" {key}" if key else "")
+        try:
+            return retry_call(fn, what=label, is_temp=is_temp_failure, deadline_s=self.deadline,
+                              max_attempts=self.max_attempts)
+        except bx.ClientError as e:
+            raise self._client_error(e, label, key) from e
+        except (bx.NoCredentialsError, bx.PartialCredentialsError, bx.CredentialRetrievalError) as e:
+            raise errors.TierUnavailable(f"{label}: no usable credentials ({e})") from e
+        except errors.TierUnavailable as e:
+            log.warning("%s", e)
+            raise
+
+    def _client_error(self, e, label: str, key: str | None) -> errors.TierfsError:
+        code, status = _code(e), _status(e)
+        msg = e.response.get("Error", {}).get("Message") or code
+        if code in ("NoSuchKey", "NotFound") or (status == 404 and code != "NoSuchBucket"):
+            return errors.ObjectMissing(f"tier {self.name}: object {key} is missing")
+        if code in ("InvalidObjectState", "ObjectNotInActiveTierError"):
+            return errors.Pending(f"tier {self.name}: object {key} is in an archive storage class "
+                                  "and must be restored before it can be read")
+        if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403") or status == 403:
+            log.error("%s: access denied (%s); check the tier's credentials and bucket policy", label, code)
+            return errors.TierfsError(f"{label}: access denied ({code})")
+        if code == "PreconditionFailed":   # a resumed read found another object under the key
+            return errors.TierfsError(f"tier {self.name}: object {key} changed while being read")
+        if code == "NoSuchBucket":
+            log.error("%s: the bucket does not exist", label)
+            return errors.TierfsError(f"{label}: bucket {self.bucket} does not exist")
+        log.error("%s: %s (%s, HTTP %s)", label, msg, code, status)
+        return errors.TierfsError(f"{label}: {msg} ({code})")
+
+    def _remember(self, key: str, put: _Put | None) -> None:
+        with self._lock:
+            self._puts.pop(key, None)
+            if put is not None:
+                self._puts[key] = put
+                while len(self._puts) > RECENT_PUTS:
+                    self._puts.popitem(last=False)
+
+    def _recent(self, key: str) -> _Put | None:
+        with self._lock:
+            return self._puts.get(key)
+
+    # ---- the Tier interface ----------------------------------------------------
+    def check(self) -> None:
+        from botocore.exceptions import ClientError
+        try:
+            self._call("check bucket", None, lambda: self.client.head_bucket(Bucket=self.bucket))
+        except errors.TierUnavailable:
+            raise
+        except errors.TierfsError as e:
+            cause = e.__cause__
+            if isinstance(cause, ClientError) and _status(cause) == 404:
+                raise errors.ConfigError(f"tiers.{self.name}.bucket: bucket {self.bucket!r} does not exist "
+                                         f"at {self.endpoint_url or 'AWS S3'}") from None
+            raise errors.ConfigError(f"tiers.{self.name}: {e}") from None
+
+    def put(self, key: str, src: BinaryIO) -> int:
+        k = self._k(key)
+        self._remember(key, None)
+        first = _read_full(src, self.threshold + 1)
+        if len(first) <= self.threshold:
+            sha = hashlib.sha256(first).hexdigest()
+            md5 = hashlib.md5(first)
+            resp = self._call("put", key, lambda: self.client.put_object(
+                Bucket=self.bucket, Key=k, Body=first, StorageClass=self.storage_class,
+                ContentMD5=base64.b64encode(md5.digest()).decode(), Metadata={SHA_META: sha}))
+            self._check_etag(key, resp.get("ETag"), md5.hexdigest(), sha, len(first))
+            return len(first)
+        return self._put_multipart(key, k, first, src)
+
+    def _put_multipart(self, key: str, k: str, first: bytes, src: BinaryIO) -> int:
+        up = self._call("start multipart upload of", key, lambda: self.client.create_multipart_upload(
+            Bucket=self.bucket, Key=k, StorageClass=self.storage_class))
+        upload_id = up["UploadId"]
+        sha = hashlib.sha256()
+        digests: list[bytes] = []
+        parts = []
+        total = 0
+        try:
+            for n, data in enumerate(_parts(first, src, self.chunksize), start=1):
+                if n > MAX_PARTS:
+                    raise errors.TierfsError(f"tier {self.name}: object {key} needs more than {MAX_PARTS} parts",
+                                             err=27)  # EFBIG
+                sha.update(data)
+                md5 = hashlib.md5(data).digest()
+                resp = self._call(f"upload part {n} of", key, lambda: self.client.upload_part(
+                    Bucket=self.bucket, Key=k, UploadId=upload_id, PartNumber=n, Body=data,
+                    ContentMD5=base64.b64encode(md5).decode()))
+                digests.append(md5)
+                parts.append({"PartNumber": n, "ETag": resp["ETag"]})
+                total += len(data)
+            resp = self._call("complete multipart upload of", key, lambda: self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=k, UploadId=upload_id, MultipartUpload={"Parts": parts}))
+        except BaseException:
+            try:
+                self._call("abort multipart upload of", key, lambda: self.client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=k, UploadId=upload_id))
+            except Exception as e:  # noqa: BLE001 - the original error matters more
+                log.warning("tier %s: could not abort the upload of %s (%s); a bucket lifecycle rule "
+                            "for incomplete multipart uploads cleans it up", self.name, key, e)
+            raise
+        etag = hashlib.md5(b"".join(digests)).hexdigest() + f"-{len(digests)}"
+        self._check_etag(key, resp.get("ETag"), etag, sha.hexdigest(), total)
+        log.debug("tier %s: %s stored in %d parts, %d bytes", self.name, key, len(parts), total)
+        return total
+
+    def _check_etag(self, key: str, got: str | None, want: str, sha: str, size: int) -> None:
+        """Remember the put when S3's ETag is the one computed here; an ETag
+        that is not an MD5 (SSE-KMS, some S3-compatibles) leaves verify()
+        to read the object back."""
+        got = (got or "").strip('"')
+        if got == want:
+            self._remember(key, _Put(want, sha, size))
+        else:
+            log.info("tier %s: ETag of %s is %r, not the local %r (encrypted bucket or a store with other "
+                     "ETags); verification will read it back", self.name, key, got, want)
+
+    def open_reader(self, key: str) -> BinaryIO:
+        self.reads += 1
+        k = self._k(key)
+        resp = self._call("read", key, lambda: self.client.get_object(Bucket=self.bucket, Key=k))
+        return _ObjectReader(self, key, resp)
+
+    def read(self, key: str, offset: int, size: int) -> bytes:
+        self.reads += 1
+        if size <= 0:
+            return b""
+        k = self._k(key)
+        rng = f"bytes={offset}-{offset + size - 1}"
+
+        def get():
+            from botocore.exceptions import ClientError
+            try:
+                resp = self.client.get_object(Bucket=self.bucket, Key=k, Range=rng)
+            except ClientError as e:
+                if _code(e) == "InvalidRange":   # at or past the end
+                    return b""
+                raise
+            with resp["Body"] as body:
+                return body.read()
+        data = self._call("read range of", key, get)
+        return data[:size]
+
+    def _head(self, key: str) -> dict | None:
+        k = self._k(key)
+        try:
+            return self._call("stat", key, lambda: self.client.head_object(Bucket=self.bucket, Key=k))
+        except errors.ObjectMissing:
+            return None
+
+    def size(self, key: str) -> int | None:
+        head = self._head(key)
+        return None if head is None else int(head["ContentLength"])
+
+    def delete(self, key: str) -> None:
+        k = self._k(key)
+        self._remember(key, None)
+        self._call("delete", key, lambda: self.client.delete_object(Bucket=self.bucket, Key=k))
+
+    def keys(self) -> Iterator[str]:
+        token = None
+        while True:
+            kw = dict(Bucket=self.bucket, Prefix=self.prefix)
+            if token:
+                kw["ContinuationToken"] = token
+            page = self._call("list", None, lambda: self.client.list_objects_v2(**kw))
+            for obj in page.get("Contents", []):
+                yield obj["Key"][len(self.prefix):]
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return
+
+    def verify(self, key: str, sha256: str, size: int) -> bool:
+        head = self._head(key)
+        if head is None or int(head["ContentLength"]) != size:
+            return False
+        seen = self._recent(key)
+        if seen is not None and seen.etag == str(head.get("ETag", "")).strip('"'):
+            # S3 computed this ETag from the bytes it stores; put() computed
+            # the same ETag and the sha256 from the same bytes.
+            return seen.sha256 == sha256 and seen.size == size
+        if not self._readable(head):
+            stored = (head.get("Metadata") or {}).get(SHA_META)
+            if stored:
+                return stored == sha256
+            raise errors.TierfsError(f"tier {self.name}: object {key} cannot be verified before a restore")
+        with self.open_reader(key) as r:
+            got, n = sha256_stream(r)
+        return got == sha256 and n == size
+
+    def _readable(self, head: dict) -> bool:
+        """GET works on this object now (not archived, or restored)."""
+        if head.get("StorageClass", "STANDARD") not in ARCHIVE_CLASSES:
+            return True
+        return 'ongoing-request="false"' in (head.get("Restore") or "")
+
+    def close(self) -> None:
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            try:
+                client.close()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                pass
+
+
+class S3ArchiveTier(S3Tier):
+    """Archive storage classes: a restore (RestoreObject) precedes reads."""
+    kind = "s3-archive"
+    archive = True
+    options = dict(S3Tier.options,
+                   restore_days=int,      # days S3 keeps the restored temporary copy (1)
+                   restore_tier=str)      # Expedited | Standard | Bulk (Standard)
+    default_storage_class = "GLACIER"
+
+    def __init__(self, name: str, **opts):
+        super().__init__(name, **opts)
+        if self.storage_class not in ARCHIVE_CLASSES + ("GLACIER_IR",):
+            raise errors.ConfigError(f"tiers.{name}.storage_class: expected GLACIER, DEEP_ARCHIVE or GLACIER_IR "
+                                     f"for an s3-archive tier, got {self.storage_class!r}")
+        self.restore_days = opts.get("restore_days", 1)
+        if isinstance(self.restore_days, bool) or not isinstance(self.restore_days, int) \
+                or not 1 <= self.restore_days <= 30000:
+            raise errors.ConfigError(f"tiers.{name}.restore_days: expected a number of days from 1 to 30000")
+        tiers = {t.lower(): t for t in ("Expedited", "Standard", "Bulk")}
+        self.restore_tier = tiers.get(str(opts.get("restore_tier", "Standard")).lower())
+        if self.restore_tier is None:
+            raise errors.ConfigError(f"tiers.{name}.restore_tier: expected Expedited, Standard or Bulk")
+        if self.restore_tier == "Expedited" and self.storage_class == "DEEP_ARCHIVE":
+            raise errors.ConfigError(f"tiers.{name}.restore_tier: DEEP_ARCHIVE has no Expedited retrieval")
+
+    def prepare_restore(self, key: str) -> bool:
+        """True when the object can be read now; otherwise make sure a
+        restore is running and answer False (the job polls again later)."""
+        head = self._head(key)
+        if head is None:
+            raise errors.ObjectMissing(f"tier {self.name}: object {key} is missing")
+        if self._readable(head):
+            return True
+        if 'ongoing-request="true"' in (head.get("Restore") or ""):
+            log.debug("tier %s: restore of %s still running", self.name, key)
+            return False
+        self._request_restore(key)
+        head = self._head(key)   # some stores (and moto) restore at once
+        return head is not None and self._readable(head)
+
+    def _request_restore(self, key: str) -> None:
+        from botocore.exceptions import ClientError
+        k = self._k(key)
+
+        def restore():
+            tier = self.restore_tier
+            while True:
+                try:
+                    self.client.restore_object(Bucket=self.bucket, Key=k, RestoreRequest={
+                        "Days": self.restore_days, "GlacierJobParameters": {"Tier": tier}})
+                    return tier
+                except ClientError as e:
+                    if _code(e) == "RestoreAlreadyInProgress":   # 409: asked already, still running
+                        return None
+                    if _code(e) == "GlacierExpeditedRetrievalNotAvailable" and tier == "Expedited":
+                        log.warning("tier %s: no Expedited capacity for %s; asking for a Standard restore",
+                                    self.name, key)
+                        tier = "Standard"
+                        continue
+                    raise
+
+        tier = self._call("request restore of", key, restore)
+        if tier is not None:
+            self.restores += 1
+            log.info("tier %s: restore of %s requested (%s, %d days)", self.name, key, tier, self.restore_days)
+
+
+class _ObjectReader(io.RawIOBase):
+    """The body of a GET as a stream; a connection that breaks mid-way is
+    resumed with a ranged GET pinned to the same ETag (bounded attempts)."""
+
+    def __init__(self, tier: S3Tier, key: str, resp: dict):
+        super().__init__()
+        self.tier, self.key = tier, key
+        self.body = resp["Body"]
+        self.etag = resp.get("ETag")
+        self.length = int(resp.get("ContentLength") or 0)
+        self.pos = 0
+        self.resumes = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        while True:
+            try:
+                data = self.body.read(None if n is None or n < 0 else n)
+            except Exception as e:  # noqa: BLE001 - classified
+                if not is_temp_failure(e) or self.resumes >= self.tier.max_attempts:
+                    if is_temp_failure(e):
+                        raise errors.TierUnavailable(f"tier {self.tier.name} ({self.tier.where}): reading "
+                                                     f"{self.key}: {e}") from e
+                    raise
+                self._resume(e)
+                continue
+            self.pos += len(data)
+            return data
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+    def readinto(self, buf) -> int:
+        data = self.read(len(buf))
+        buf[: len(data)] = data
+        return len(data)
+
+    def _resume(self, why: BaseException) -> None:
+        self.resumes += 1
+        log.info("tier %s: stream of %s broke at byte %d (%s); resuming", self.tier.name, self.key, self.pos, why)
+        try:
+            self.body.close()
+        except Exception:  # noqa: BLE001
+            pass
+        if self.pos >= self.length:
+            self.body = io.BytesIO(b"")
+            return
+        k = self.tier._k(self.key)
+        kw = dict(Bucket=self.tier.bucket, Key=k, Range=f"bytes={self.pos}-")
+        if self.etag:
+            kw["IfMatch"] = self.etag
+        resp = self.tier._call("resume read of", self.key, lambda: self.tier.client.get_object(**kw))
+        self.body = resp["Body"]
+
+    def close(self) -> None:
+        try:
+            self.body.close()
+        finally:
+            super().close()
+
+
+def _read_full(src: BinaryIO, n: int) -> bytes:
+    """Up to n bytes from src (fewer only at its end)."""
+    buf = bytearray()
+    while len(buf) < n:
+        b = src.read(min(n - len(buf), CHUNK * 4))
+        if not b:
+            break
+        buf += b
+    return bytes(buf)
+
+
+def _parts(first: bytes, src: BinaryIO, chunksize: int) -> Iterator[bytes]:
+    """The upload's parts: `first` (already read) then the rest of src, cut
+    into parts of chunksize, doubling every PARTS_PER_DOUBLING parts."""
+    buf = bytearray(first)
+    eof = False
+    n = 0
+    while True:
+        want = min(MAX_PART, chunksize << (n // PARTS_PER_DOUBLING))
+        while len(buf) < want and not eof:
+            b = src.read(min(want - len(buf), CHUNK * 4))
+            if b:
+                buf += b
+            else:
+                eof = True
+        if not buf:
+            return
+        part = bytes(buf[:want])
+        del buf[:want]
+        n += 1
+        yield part
+        if eof and not buf:
+            return
