@@ -25,7 +25,7 @@ from tierfs import mounts
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 #: Catalog backends every catalog-parametrized test runs on.
-CATALOG_BACKENDS = ["sqlite"]  # "mongo" joins when catalog/mongo.py lands
+CATALOG_BACKENDS = ["sqlite", "mongo"]
 
 
 def pytest_configure(config):
