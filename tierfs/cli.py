@@ -189,6 +189,10 @@ def _run_foreground(cfg, mp: str, ready_fd: int | None, log_file: str | None) ->
         log.error("%s", e)
         report(f"error:{client.EXIT_FAILED}: {e}")
         fail(str(e))
+    except Exception as e:  # noqa: BLE001 - a bug: log the traceback, tell the waiting CLI
+        log.exception("tierfs failed to start")
+        report(f"error:{client.EXIT_FAILED}: internal error at startup: {e!r} (see the log)")
+        fail(f"internal error at startup: {e!r}")
     try:
         d.run(on_ready=lambda: report("ready\n"))
     except errors.TierfsError as e:
