@@ -95,6 +95,8 @@ TOP_KEYS: dict[str, tuple[Any, Any]] = {
     "log_level": (_choice("debug", "info", "warning", "error"), "info"),
     "track": (_choice("open", "read"), "open"),  # what counts as an access
     "atime_flush": (_seconds, 60.0),         # access times are written to the catalog this often
+    "heartbeat_interval": (_seconds, 5.0),   # how often a mount records in the catalog that it is alive
+    "session_timeout": (_seconds, 30.0),     # a mount silent this long is dead: others requeue its jobs
 }
 
 

@@ -30,9 +30,6 @@ from .fuse_ops import Operations
 
 log = logging.getLogger("tierfs")
 
-HEARTBEAT_S = 5.0
-SESSION_DEAD_S = 30.0
-
 
 def setup_logging(level: str, log_file: str | None = None) -> None:
     under_systemd = bool(os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"))
@@ -179,10 +176,12 @@ class Daemon:
 
     async def heartbeat_loop(self) -> None:
         while True:
-            await trio.sleep(HEARTBEAT_S)
+            await trio.sleep(self.cfg.heartbeat_interval)
             try:
                 await self.fs.cat(self.catalog.heartbeat, self.session_id)
-                reaped = await self.fs.cat(self.catalog.reap_sessions, now_ns() - int(SESSION_DEAD_S * 1e9))
+                # Never shorter than two heartbeats, so a live mount is not reaped.
+                dead_s = max(self.cfg.session_timeout, 2 * self.cfg.heartbeat_interval)
+                reaped = await self.fs.cat(self.catalog.reap_sessions, now_ns() - int(dead_s * 1e9))
                 for sid in reaped:
                     log.warning("reaped dead session %s: its jobs return to the queue", sid)
                     self.wake()
