@@ -8,7 +8,9 @@ every open connection, so clients see "connection refused", not a server
 that silently stopped answering.
 
 `requests` records every request (method, path, query, Range header,
-status, response bytes) so tests can check what went over the wire.
+status, response bytes) so tests can check what went over the wire, and
+inject() makes matching requests fail (an error status, or a response
+body cut short) to exercise retries against the real HTTP stack.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class MotoServer:
         self.requests: list[dict] = []   # one dict per request (see module doc)
         self._server = None              # moto's ThreadedMotoServer
         self._conns: set[socket.socket] = set()
+        self._faults: list[dict] = []    # see inject()
         self._lock = threading.Lock()
 
     @property
@@ -82,25 +85,56 @@ class MotoServer:
         wsgi.process_request = process_request
         wsgi.shutdown_request = shutdown_request
 
+    def inject(self, method: str, path_contains: str = "", *, query_contains: str = "", status: int = 0,
+               code: str = "InternalError", truncate_after: int | None = None, times: int = 1) -> None:
+        """The next `times` requests with this method whose path and query
+        contain the given strings fail: with `status` and an S3 error `code`,
+        or (truncate_after) by closing the connection after that many bytes
+        of a normal response."""
+        with self._lock:
+            self._faults.append(dict(method=method, path=path_contains, query=query_contains, status=status,
+                                     code=code, truncate=truncate_after, left=times))
+
+    def _fault_for(self, rec: dict) -> dict | None:
+        with self._lock:
+            for f in self._faults:
+                if f["left"] > 0 and f["method"] == rec["method"] and f["path"] in rec["path"] \
+                        and f["query"] in rec["query"]:
+                    f["left"] -= 1
+                    return f
+        return None
+
     def _recording(self, app):
         def wrapped(environ, start_response):
             rec = {"method": environ.get("REQUEST_METHOD"), "path": environ.get("PATH_INFO"),
                    "query": environ.get("QUERY_STRING", ""), "range": environ.get("HTTP_RANGE"),
-                   "status": None, "bytes": 0}
+                   "status": None, "bytes": 0, "fault": None}
+            fault = self._fault_for(rec)
+            with self._lock:
+                self.requests.append(rec)   # now: the client may see the answer before this generator ends
 
             def sr(status, headers, exc_info=None):
                 rec["status"] = int(status.split()[0])
                 return start_response(status, headers, exc_info) if exc_info else start_response(status, headers)
-            body = app(environ, sr)
+            if fault and fault["status"]:
+                rec["fault"] = fault["code"]
+                body = [(f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{fault["code"]}</Code>'
+                         f'<Message>injected by the test</Message></Error>').encode()]
+                sr(f'{fault["status"]} Injected', [("Content-Type", "application/xml"),
+                                                   ("Content-Length", str(len(body[0])))])
+            else:
+                body = app(environ, sr)
             try:
                 for chunk in body:
+                    if fault and fault["truncate"] is not None and rec["bytes"] + len(chunk) > fault["truncate"]:
+                        rec["fault"] = "truncated"
+                        yield chunk[: fault["truncate"] - rec["bytes"]]
+                        raise ConnectionAbortedError("injected: response cut short")
                     rec["bytes"] += len(chunk)
                     yield chunk
             finally:
                 if hasattr(body, "close"):
                     body.close()
-                with self._lock:
-                    self.requests.append(rec)
         return wrapped
 
     # ---- helpers -------------------------------------------------------------

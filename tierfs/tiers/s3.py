@@ -480,9 +480,14 @@ class _ObjectReader(io.RawIOBase):
         return True
 
     def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:   # in pieces, so a broken stream resumes where it broke
+            pieces = []
+            while piece := self.read(CHUNK * 8):
+                pieces.append(piece)
+            return b"".join(pieces)
         while True:
             try:
-                data = self.body.read(None if n is None or n < 0 else n)
+                data = self.body.read(n)
             except Exception as e:  # noqa: BLE001 - classified
                 if not is_temp_failure(e) or self.resumes >= self.tier.max_attempts:
                     if is_temp_failure(e):
