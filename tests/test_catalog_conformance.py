@@ -262,3 +262,31 @@ def test_meta(catalog):
     catalog.set_meta("k", "v1")
     catalog.set_meta("k", "v2")
     assert catalog.get_meta("k") == "v2"
+
+
+def test_bury_keeps_a_tombstone_and_removes_every_name(catalog):
+    d = catalog.create(ROOT_INO, b"d", new(DIR))
+    a = catalog.create(d.ino, b"a", new(size=7, tier="disk", location="obj-a", archive_tier="vault",
+                                        archive_location="arc-a", state=State.DUAL, checksum="ab" * 32))
+    catalog.link(a.ino, ROOT_INO, b"hard", now_ns())
+    catalog.enqueue(a.ino, JobKind.RELEASE, cause="x")
+    with pytest.raises(errors.VersionConflict):
+        catalog.bury(a.ino, "policy rule 'r'", "why", expect_version=a.data_version + 1)
+    assert catalog.lookup(d.ino, b"a").ino == a.ino  # a lost compare-and-swap changes nothing
+    with pytest.raises(errors.Invalid):
+        catalog.bury(d.ino, "policy rule 'r'", "a directory")
+    t = catalog.bury(a.ino, "policy rule 'r' (session s)", "created 400d ago > 365d", expect_version=a.data_version)
+    assert (t.ino, t.path, t.size, t.state, t.tier, t.archive_tier) == (a.ino, b"d/a", 7, "dual", "disk", "vault")
+    assert t.who == "policy rule 'r' (session s)" and t.why == "created 400d ago > 365d" and t.deleted_ns > 0
+    for parent, name in ((d.ino, b"a"), (ROOT_INO, b"hard")):
+        with pytest.raises(errors.NotFound):
+            catalog.lookup(parent, name)
+    assert [e.name for e in catalog.readdir(d.ino, 0, 10)] == []
+    assert catalog.get(a.ino).nlink == 0 and a.ino in [i.ino for i in catalog.unlinked()]
+    assert [j.state for j in catalog.jobs(ino=a.ino)] == [JobState.CANCELLED]
+    assert catalog.events(a.ino, 1)[0].to_state == "deleted"
+    with pytest.raises(errors.NotFound):
+        catalog.bury(a.ino, "again", "no name left")
+    catalog.purge(a.ino)
+    assert sorted((g.tier, g.key) for g in catalog.garbage()) == [("disk", "obj-a"), ("vault", "arc-a")]
+    assert [x.id for x in catalog.tombstones(ino=a.ino)] == [t.id] == [x.id for x in catalog.tombstones()]

@@ -182,6 +182,29 @@ class Garbage:
 
 
 @dataclass
+class Tombstone:
+    """A file removed by a compliance deletion (policy action `delete`): the
+    name is gone and the bytes go with purge(); this record stays."""
+
+    id: int                    # tombstone id, increasing
+    ino: int                   # inode number the file had
+    path: bytes                # its path relative to the root when it was deleted
+    size: int                  # logical size then
+    uid: int                   # owner uid then
+    gid: int                   # owner gid then
+    crtime_ns: int             # creation time
+    mtime_ns: int              # last modification
+    atime_ns: int              # last access
+    state: str                 # state when deleted (online, dual, archived, lost)
+    tier: str | None           # online tier that held its bytes, if any
+    archive_tier: str | None   # archive tier that held a copy, if any
+    checksum: str | None       # sha256 of the content, if known
+    deleted_ns: int            # when it was deleted
+    who: str                   # what deleted it: "policy rule 'retention' (session 1a2b on host h)"
+    why: str                   # why: the values that matched ("created 400d ago > 365d")
+
+
+@dataclass
 class FileQuery:
     """Filter for candidate/find queries; every field optional (AND).
 
@@ -305,6 +328,19 @@ class Catalog(abc.ABC):
     @abc.abstractmethod
     def unlinked(self) -> list[Inode]:
         """Inodes with nlink 0 (kept while open; purged at recovery)."""
+
+    @abc.abstractmethod
+    def bury(self, ino: int, who: str, why: str, *, expect_version: int | None = None) -> Tombstone:
+        """Compliance deletion, atomic: every name of the regular file `ino`
+        goes (nlink -> 0; its bytes go with purge() once nothing has it
+        open), its pending jobs are cancelled, and a Tombstone records what
+        it was, who deleted it, when and why. With expect_version this is a
+        compare-and-swap (VersionConflict if the file was written since).
+        NotFound if it has no name any more; Invalid for a non-file."""
+
+    @abc.abstractmethod
+    def tombstones(self, ino: int | None = None, limit: int = 100) -> list[Tombstone]:
+        """Tombstones, most recent first (of one inode number, or all)."""
 
     @abc.abstractmethod
     def set_atimes(self, atimes: dict[int, int]) -> None:

@@ -52,6 +52,13 @@ fields as catalog/schema.py, with `_id` as the primary key):
             when it became unreferenced; reason.
   leases    _id: lease name ("policy"); holder: session id; expires_ns: the
             lease is free after this time.
+  tombstones _id: tombstone id (counter "tombstone"); ino: inode number the
+            deleted file had; path: its path then (binary); size, uid, gid,
+            crtime_ns, mtime_ns, atime_ns, state, tier, archive_tier,
+            checksum: the file as it was; deleted_ns: when; who: what deleted
+            it (policy rule, session, host); why: the values that matched.
+            Written by compliance deletions (policy action delete), never
+            removed.
 
 Atomicity: methods that change several documents run in one transaction
 (`_txn`: snapshot read concern, majority writes, retried on
@@ -80,7 +87,7 @@ from pymongo.write_concern import WriteConcern
 from .. import errors
 from .base import (ACTIVE_JOB_STATES, INODE_FIELDS, JOB_PRIORITY, ROOT_INO, SCHEMA_VERSION, Catalog,
                    CatalogStats, DirEntry, Event, FileQuery, Garbage, Inode, Job, JobKind, JobState,
-                   Session, State, now_ns)
+                   Session, State, Tombstone, now_ns)
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +176,7 @@ class MongoCatalog(Catalog):
         self.meta, self.counters, self.inodes, self.dentries = d.meta, d.counters, d.inodes, d.dentries
         self.xattrs, self.jobs_c, self.sessions_c, self.events_c = d.xattrs, d.jobs, d.sessions, d.events
         self.garbage_c, self.leases = d.garbage, d.leases
+        self.tombstones_c = d.tombstones
 
     # ---- plumbing ----------------------------------------------------------
     @contextlib.contextmanager
@@ -269,6 +277,7 @@ class MongoCatalog(Catalog):
             self.events_c.create_index([("ino", A), ("_id", A)], name="ino_id")
             self.garbage_c.create_index([("tier", A), ("key", A)], name="tier_key")
             self.sessions_c.create_index([("clean", A), ("heartbeat_ns", A)], name="live")
+            self.tombstones_c.create_index([("ino", A), ("_id", A)], name="ino_id")
             doc = self.meta.find_one({"_id": "schema_version"})
             if doc is None:
                 _insert_ignoring_dup(self.meta, {"_id": "schema_version", "value": str(SCHEMA_VERSION)})
@@ -555,6 +564,50 @@ class MongoCatalog(Catalog):
                               "file deleted")
             return inode
         return self._txn(fn)
+
+    def bury(self, ino: int, who: str, why: str, *, expect_version: int | None = None) -> Tombstone:
+        """Transaction: every dentry of the file removed (the parents' times
+        set), nlink 0, pending jobs cancelled, tombstone + history event."""
+        with self._errors():
+            tid = self._next("tombstone")
+
+        def fn(s):
+            inode = self._get(ino, s)
+            if not inode.is_reg():
+                raise errors.Invalid(f"inode {ino} is not a regular file")
+            self._check(inode, expect_version, None)
+            parts, cur = [], ino
+            while cur != ROOT_INO:
+                d = self.dentries.find_one({"ino": cur}, {"parent": 1, "name": 1}, session=s)
+                if d is None:
+                    raise errors.NotFound(f"inode {cur} has no name")
+                parts.append(d["name"])
+                cur = d["parent"]
+            t = now_ns()
+            for d in list(self.dentries.find({"ino": ino}, {"parent": 1}, session=s)):
+                self.dentries.delete_one({"_id": d["_id"]}, session=s)
+                self._set(d["parent"], s, mtime_ns=t, ctime_ns=t)
+            self._set(ino, s, nlink=0, ctime_ns=t)
+            self.jobs_c.update_many({"ino": ino, "state": JobState.PENDING.value},
+                                    {"$set": {"state": JobState.CANCELLED.value, "last_error": "file deleted",
+                                              "updated_ns": t}}, session=s)
+            values = dict(ino=ino, path=b"/".join(reversed(parts)), size=inode.size, uid=inode.uid,
+                          gid=inode.gid, crtime_ns=inode.crtime_ns, mtime_ns=inode.mtime_ns,
+                          atime_ns=inode.atime_ns, state=inode.state.value, tier=inode.tier,
+                          archive_tier=inode.archive_tier, checksum=inode.checksum, deleted_ns=t, who=who, why=why)
+            self.tombstones_c.insert_one(dict(_id=tid, **values), session=s)
+            self._event(s, ino, inode.state, "deleted", who, why)
+            return Tombstone(id=tid, **values)
+        return self._txn(fn)
+
+    def tombstones(self, ino: int | None = None, limit: int = 100) -> list[Tombstone]:
+        with self._errors():
+            docs = list(self.tombstones_c.find({} if ino is None else {"ino": ino}).sort("_id", -1).limit(limit))
+        out = []
+        for d in docs:
+            d["id"] = d.pop("_id")
+            out.append(Tombstone(**d))
+        return out
 
     def unlinked(self) -> list[Inode]:
         with self._errors():

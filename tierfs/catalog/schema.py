@@ -131,6 +131,28 @@ garbage = Table(
     comment="tier objects no inode references; the daemon deletes them (idempotently)",
 )
 
+tombstones = Table(
+    "tombstones", metadata,
+    Column("id", Big, primary_key=True, autoincrement=True, comment="tombstone id"),
+    Column("ino", Big, nullable=False, comment="inode number the deleted file had"),
+    Column("path", LargeBinary, nullable=False, comment="its path relative to the root when deleted"),
+    Column("size", Big, nullable=False, comment="logical size then"),
+    Column("uid", Integer, nullable=False, comment="owner uid then"),
+    Column("gid", Integer, nullable=False, comment="owner gid then"),
+    Column("crtime_ns", Big, nullable=False, comment="creation time"),
+    Column("mtime_ns", Big, nullable=False, comment="last modification"),
+    Column("atime_ns", Big, nullable=False, comment="last access"),
+    Column("state", String(16), nullable=False, comment="state when deleted (online|dual|archived|lost)"),
+    Column("tier", String(64), nullable=True, comment="online tier that held the bytes, if any"),
+    Column("archive_tier", String(64), nullable=True, comment="archive tier that held a copy, if any"),
+    Column("checksum", String(64), nullable=True, comment="sha256 of the content, if known"),
+    Column("deleted_ns", Big, nullable=False, comment="when it was deleted"),
+    Column("who", Text, nullable=False, comment="what deleted it (policy rule, session, host)"),
+    Column("why", Text, nullable=False, comment="the values that matched (e.g. 'created 400d ago > 365d')"),
+    comment="compliance deletions (policy action delete): the file is gone, this record stays",
+)
+Index("ix_tombstones_ino", tombstones.c.ino, tombstones.c.id)
+
 leases = Table(
     "leases", metadata,
     Column("name", String(64), primary_key=True, comment="lease name, e.g. 'policy'"),

@@ -21,7 +21,7 @@ from .. import errors
 from . import schema as S
 from .base import (ACTIVE_JOB_STATES, INODE_FIELDS, JOB_PRIORITY, ROOT_INO, SCHEMA_VERSION, Catalog,
                    CatalogStats, DirEntry, Event, FileQuery, Garbage, Inode, Job, JobKind, JobState,
-                   Session, State, now_ns)
+                   Session, State, Tombstone, now_ns)
 
 log = logging.getLogger(__name__)
 
@@ -322,15 +322,18 @@ class SqlCatalog(Catalog):
             return row[0]
 
     def path_of(self, ino: int) -> bytes:
-        parts = []
         with self._tx(write=False) as c:
-            while ino != ROOT_INO:
-                row = c.execute(select(S.dentries.c.parent, S.dentries.c.name)
-                                .where(S.dentries.c.ino == ino).limit(1)).first()
-                if row is None:
-                    raise errors.NotFound(f"inode {ino} has no name")
-                parts.append(row.name)
-                ino = row.parent
+            return self._path(c, ino)
+
+    def _path(self, c: Connection, ino: int) -> bytes:
+        parts = []
+        while ino != ROOT_INO:
+            row = c.execute(select(S.dentries.c.parent, S.dentries.c.name)
+                            .where(S.dentries.c.ino == ino).limit(1)).first()
+            if row is None:
+                raise errors.NotFound(f"inode {ino} has no name")
+            parts.append(row.name)
+            ino = row.parent
         return b"/".join(reversed(parts))
 
     def _check(self, inode: Inode, expect_version, expect_states) -> None:
@@ -371,6 +374,35 @@ class SqlCatalog(Catalog):
                     if t and k]
             self._add_garbage(c, objs, "file deleted")
             return inode
+
+    def bury(self, ino: int, who: str, why: str, *, expect_version: int | None = None) -> Tombstone:
+        with self._tx() as c:
+            inode = self._get(c, ino)
+            if not inode.is_reg():
+                raise errors.Invalid(f"inode {ino} is not a regular file")
+            self._check(inode, expect_version, None)
+            path = self._path(c, ino)  # NotFound when it has no name any more
+            t = now_ns()
+            for d in c.execute(select(S.dentries.c.pos, S.dentries.c.parent).where(S.dentries.c.ino == ino)).all():
+                c.execute(delete(S.dentries).where(S.dentries.c.pos == d.pos))
+                self._set(c, d.parent, mtime_ns=t, ctime_ns=t)
+            self._set(c, ino, nlink=0, ctime_ns=t)
+            c.execute(update(S.jobs).where(S.jobs.c.ino == ino, S.jobs.c.state == JobState.PENDING.value)
+                      .values(state=JobState.CANCELLED.value, last_error="file deleted", updated_ns=t))
+            values = dict(ino=ino, path=path, size=inode.size, uid=inode.uid, gid=inode.gid,
+                          crtime_ns=inode.crtime_ns, mtime_ns=inode.mtime_ns, atime_ns=inode.atime_ns,
+                          state=inode.state.value, tier=inode.tier, archive_tier=inode.archive_tier,
+                          checksum=inode.checksum, deleted_ns=t, who=who, why=why)
+            tid = c.execute(insert(S.tombstones).values(**values)).inserted_primary_key[0]
+            self._event(c, ino, inode.state, "deleted", who, why)
+            return Tombstone(id=tid, **values)
+
+    def tombstones(self, ino: int | None = None, limit: int = 100) -> list[Tombstone]:
+        q = select(S.tombstones)
+        if ino is not None:
+            q = q.where(S.tombstones.c.ino == ino)
+        with self._tx(write=False) as c:
+            return [Tombstone(**r._mapping) for r in c.execute(q.order_by(S.tombstones.c.id.desc()).limit(limit))]
 
     def unlinked(self) -> list[Inode]:
         with self._tx(write=False) as c:
