@@ -1,0 +1,203 @@
+"""S3 tiers through a real mount, against moto's HTTP server: migrate
+disk -> s3 -> disk, archive to an s3-archive (GLACIER) tier and restore on
+`cat`, per-directory placement on S3, and the S3 endpoint going down and
+coming back (reads fail with EIO within the deadline, disk files stay
+readable, archive jobs retry and then succeed)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import time
+
+import pytest
+
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.mount
+
+MiB = 1 << 20
+
+
+def s3_config(tmp_path, moto, bucket: str) -> str:
+    os.makedirs(f"{tmp_path}/disk", exist_ok=True)
+    remote = f"""
+        bucket = {json.dumps(bucket)}
+        endpoint_url = {json.dumps(moto.url)}
+        region = "us-east-1"
+        access_key_id = "testing"
+        secret_access_key = "testing"
+        connect_timeout = 1
+        read_timeout = 3
+        deadline = 3
+        max_attempts = 3
+    """
+    return f"""
+        job_retry_delay = 1
+        job_max_attempts = 50
+
+        [tiers.disk]
+        kind = "disk"
+        path = "{tmp_path}/disk"
+
+        [tiers.s3]
+        kind = "s3"
+        prefix = "online/"
+        multipart_threshold = "5MiB"
+        multipart_chunksize = "5MiB"
+        {remote}
+
+        [tiers.glacier]
+        kind = "s3-archive"
+        prefix = "archive/"
+        storage_class = "GLACIER"
+        restore_tier = "Expedited"
+        {remote}
+    """
+
+
+@pytest.fixture
+def s3m(make_mount, tmp_path, moto, s3_bucket):
+    m = make_mount(config=s3_config(tmp_path, moto, s3_bucket))
+    m.bucket = s3_bucket
+    return m
+
+
+def put(m, name: str, size: int) -> bytes:
+    data = os.urandom(size)
+    with open(m.path(name), "wb") as f:
+        f.write(data)
+    return data
+
+
+def info(m, name: str) -> dict:
+    return json.loads(os.getxattr(m.path(name), "user.tierfs.info"))
+
+
+def objects(moto, bucket: str, prefix: str) -> dict:
+    """key (without prefix) -> (size, storage class) of the bucket's objects under prefix."""
+    out = {}
+    for o in moto.client().list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", []):
+        out[o["Key"][len(prefix):]] = (o["Size"], o.get("StorageClass", "STANDARD"))
+    return out
+
+
+def sha_of_cat(m, name: str, timeout: float = 60) -> str:
+    r = subprocess.run(["cat", m.path(name)], capture_output=True, timeout=timeout)
+    assert r.returncode == 0, r.stderr
+    return hashlib.sha256(r.stdout).hexdigest()
+
+
+def test_migrate_disk_s3_disk_keeps_bytes_inode_and_xattrs(s3m, moto):
+    m = s3m
+    data = put(m, "big.bin", 7 * MiB + 3)   # multipart on s3 (threshold 5MiB)
+    small = put(m, "small.bin", 1000)
+    os.setxattr(m.path("big.bin"), "user.note", b"kept")
+    ino = os.stat(m.path("big.bin")).st_ino
+    assert info(m, "big.bin")["tier"] == "disk"
+
+    m.cli("migrate", "--to", "s3", "--wait", "--timeout", "60", m.path("big.bin"), m.path("small.bin"))
+    inf = info(m, "big.bin")
+    assert inf["tier"] == "s3" and inf["state"] == "online"
+    objs = objects(moto, m.bucket, "online/")
+    assert objs[inf["location"]] == (len(data), "STANDARD")
+    assert objs[info(m, "small.bin")["location"]] == (1000, "STANDARD")
+    assert os.stat(m.path("big.bin")).st_ino == ino
+    assert os.getxattr(m.path("big.bin"), "user.note") == b"kept"
+
+    # a 4 KiB read in the middle fetches ranges, not the 7 MiB object
+    n0 = len(moto.requests)
+    with open(m.path("big.bin"), "rb") as f:
+        f.seek(5 * MiB + 11)
+        assert f.read(4096) == data[5 * MiB + 11: 5 * MiB + 11 + 4096]
+    got = [r for r in moto.requests[n0:] if r["method"] == "GET"]
+    assert got and all(r["range"] for r in got)
+    assert sum(r["bytes"] for r in got) < 2 * MiB
+    assert sha_of_cat(m, "big.bin") == hashlib.sha256(data).hexdigest()
+    assert open(m.path("small.bin"), "rb").read() == small
+
+    m.cli("migrate", "--to", "disk", "--wait", "--timeout", "60", m.path("big.bin"))
+    inf = info(m, "big.bin")
+    assert inf["tier"] == "disk" and os.stat(m.path("big.bin")).st_ino == ino
+    assert os.getxattr(m.path("big.bin"), "user.note") == b"kept"
+    assert sha_of_cat(m, "big.bin") == hashlib.sha256(data).hexdigest()
+    # the superseded S3 object is garbage-collected
+    wait_for(lambda: len(objects(moto, m.bucket, "online/")) == 1, timeout=30, what="s3 object collected")
+
+
+def test_archive_to_glacier_then_cat_restores(s3m, moto):
+    m = s3m
+    data = put(m, "cold.bin", 6 * MiB + 5)
+    m.cli("archive", "--to", "glacier", "--wait", "--timeout", "60", m.path("cold.bin"))
+    inf = info(m, "cold.bin")
+    assert inf["state"] == "archived" and inf["archive_tier"] == "glacier"
+    assert inf["checksum"] == hashlib.sha256(data).hexdigest()
+    assert objects(moto, m.bucket, "archive/") == {inf["archive_location"]: (len(data), "GLACIER")}
+    # S3 refuses to serve it as it is
+    with pytest.raises(Exception, match="InvalidObjectState"):
+        moto.client().get_object(Bucket=m.bucket, Key="archive/" + inf["archive_location"])
+
+    moto.set_restore_progress(polls=3)   # the restore needs a few polls of HEAD (job retries)
+    try:
+        n0 = len(moto.requests)
+        t0 = time.monotonic()
+        assert sha_of_cat(m, "cold.bin", timeout=120) == hashlib.sha256(data).hexdigest()
+        took = time.monotonic() - t0
+    finally:
+        moto.set_restore_progress(None)
+    assert m.state("cold.bin") == "dual"
+    assert info(m, "cold.bin")["tier"] == "disk"
+    restores = [r for r in moto.requests[n0:] if r["method"] == "POST" and "restore" in r["query"]]
+    assert len(restores) == 1, restores
+    assert "pending: tier glacier is still recalling" in m.log()   # the job polled HEAD until ready
+    print(f"restore through cat took {took:.1f}s")
+
+
+def test_placement_on_s3_lands_new_files_in_the_bucket(s3m, moto, tmp_path):
+    m = s3m
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    files = {"a.txt": b"alpha\n", "sub/b.bin": os.urandom(300_000), "sub/empty": b""}
+    for rel, b in files.items():
+        (src / rel).write_bytes(b)
+    os.mkdir(m.path("proj"))
+    os.setxattr(m.path("proj"), "user.tierfs.placement", b"s3")
+    m.sh(f"cp -r {src}/. proj/")
+    for rel, b in files.items():
+        assert info(m, f"proj/{rel}")["tier"] == "s3", rel
+        assert open(m.path("proj", rel), "rb").read() == b
+    want = {info(m, f"proj/{rel}")["location"]: (len(b), "STANDARD") for rel, b in files.items() if b}
+    assert objects(moto, m.bucket, "online/") == want   # (an empty file has no object yet)
+
+
+def test_endpoint_down_eio_within_deadline_and_jobs_retry(s3m, moto):
+    m = s3m
+    warm = put(m, "warm.bin", 200_000)
+    cold = put(m, "cold.bin", 300_000)
+    local = put(m, "local.bin", 100_000)
+    later = put(m, "later.bin", 150_000)
+    m.cli("migrate", "--to", "s3", "--wait", "--timeout", "60", m.path("warm.bin"), m.path("cold.bin"))
+    assert open(m.path("warm.bin"), "rb").read() == warm   # S3 reads work (cold.bin stays uncached)
+
+    moto.stop()
+    try:
+        t0 = time.monotonic()
+        r = subprocess.run(["cat", m.path("cold.bin")], capture_output=True, timeout=60)
+        took = time.monotonic() - t0
+        assert r.returncode != 0 and b"Input/output error" in r.stderr, r
+        assert took < 15, f"EIO after {took:.1f}s"
+        assert open(m.path("local.bin"), "rb").read() == local   # the disk tier is unaffected
+        m.cli("archive", "--to", "glacier", m.path("later.bin"))
+        wait_for(lambda: any(j["kind"] == "archive" and j.get("last_error") for j in info(m, "later.bin")["jobs"]),
+                 timeout=30, what="a failed archive attempt")
+        assert info(m, "later.bin")["state"] in ("online", "archiving")
+        assert open(m.path("later.bin"), "rb").read() == later
+    finally:
+        moto.start()
+    wait_for(lambda: info(m, "later.bin")["state"] == "archived", timeout=60, what="archive after the endpoint came back")
+    assert objects(moto, m.bucket, "archive/") == {info(m, "later.bin")["archive_location"]: (len(later), "GLACIER")}
+    assert open(m.path("cold.bin"), "rb").read() == cold
+    assert "testing" not in m.log().replace("TIERFS_TEST", "")   # credentials are never logged
+    print(f"EIO from a down endpoint after {took:.1f}s")
