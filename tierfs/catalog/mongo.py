@@ -62,17 +62,18 @@ fields as catalog/schema.py, with `_id` as the primary key):
 
 Atomicity: methods that change several documents run in one transaction
 (`_txn`: snapshot read concern, majority writes, retried on
-TransientTransactionError and UnknownTransactionCommitResult within the
-deadline); others are single-document atomic updates. Each method's
+TransientTransactionError and UnknownTransactionCommitResult within
+TXN_DEADLINE_S); others are single-document atomic updates. Each method's
 docstring says which. Every call has a deadline (`DEFAULTS` below, unless
-the URL sets them); a catalog that cannot be reached in time raises
-errors.CatalogUnavailable (EIO at the syscall) naming the URL without its
-password.
+the URL sets them: 5 s to find the primary, 10 s per round trip); a catalog
+that cannot be reached in time raises errors.CatalogUnavailable (EIO at the
+syscall) naming the URL without its password.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import logging
 import re
 import time
@@ -80,7 +81,8 @@ from typing import Callable, Iterable, Iterator, TypeVar
 
 import pymongo
 from pymongo import ReturnDocument, UpdateOne
-from pymongo.errors import ConfigurationError, DuplicateKeyError, InvalidURI, PyMongoError
+from pymongo.errors import (BulkWriteError, ConfigurationError, ConnectionFailure, DuplicateKeyError, InvalidURI,
+                            PyMongoError)
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
@@ -98,11 +100,18 @@ DEFAULTS = {
     "serverSelectionTimeoutMS": 5000,   # no reachable primary: give up after this
     "connectTimeoutMS": 3000,           # TCP connect + handshake
     "socketTimeoutMS": 10000,           # one network round trip
-    "timeoutMS": 10000,                 # whole operation, retries included (pymongo CSOT)
 }
+#: Longest a transaction may keep retrying write conflicts (seconds), unless
+#: the URL sets timeoutMS (pymongo's whole-operation deadline). timeoutMS is
+#: not set by default: pymongo then waits that long for server selection
+#: too, so an outage would take the whole deadline to surface as EIO.
+TXN_DEADLINE_S = 10.0
 ACTIVE = [s.value for s in ACTIVE_JOB_STATES]
-#: S_IFMT bits of a regular file (0o100000) and the other type bits that must be clear.
+#: S_IFMT bits of a regular file / a directory, and the other type bits that must be clear.
 REG_SET, REG_CLEAR = 0o100000, 0o070000
+DIR_SET, DIR_CLEAR = 0o040000, 0o130000
+#: Fields count_by() can group on (as in catalog/base.py).
+COUNT_BY_FIELDS = ("state", "tier", "archive_tier", "uid", "gid")
 #: Migrations: version -> function(db) upgrading from version-1.
 MIGRATIONS: dict[int, Callable] = {}
 
@@ -166,7 +175,7 @@ class MongoCatalog(Catalog):
         url_timeout = next((v for k, v in parsed["options"].items() if k.lower() == "timeoutms"), None)
         #: longest one call (a transaction with all its retries) may take, seconds
         #: (parse_uri already converts the URL's timeoutMS to seconds)
-        self.deadline_s = float(url_timeout) if url_timeout else DEFAULTS["timeoutMS"] / 1000
+        self.deadline_s = float(url_timeout) if url_timeout else TXN_DEADLINE_S
         try:
             self.client = pymongo.MongoClient(url, appname="tierfs", **opts)
         except (ConfigurationError, ValueError) as e:
@@ -192,7 +201,8 @@ class MongoCatalog(Catalog):
         the deadline. A TierfsError raised by fn aborts it and propagates."""
         deadline = time.monotonic() + self.deadline_s
         delay = 0.005
-        with self._errors(), pymongo.timeout(self.deadline_s), self.client.start_session() as s:
+        net_failures = 0
+        with self._errors(), self.client.start_session() as s:
             while True:
                 s.start_transaction(read_concern=ReadConcern("snapshot"),
                                     write_concern=WriteConcern("majority"))
@@ -200,7 +210,11 @@ class MongoCatalog(Catalog):
                     result = fn(s)
                 except PyMongoError as e:
                     _abort(s)
-                    if e.has_error_label("TransientTransactionError") and time.monotonic() + delay < deadline:
+                    # A network error is "transient" too (a failover may end it), but
+                    # one retry is enough: each costs a server selection timeout.
+                    net_failures += isinstance(e, ConnectionFailure)
+                    if (e.has_error_label("TransientTransactionError") and net_failures < 2
+                            and time.monotonic() + delay < deadline):
                         time.sleep(delay)
                         delay = min(delay * 2, 0.2)
                         continue
@@ -337,6 +351,44 @@ class MongoCatalog(Catalog):
             self._set(parent, s, inc={"nlink": 1} if inode.is_dir() else None,
                       mtime_ns=inode.ctime_ns, ctime_ns=inode.ctime_ns)
             return inode.copy(ino=ino)
+        return self._txn(fn)
+
+    def create_many(self, entries, ctime_ns: int) -> list[Inode]:
+        """One transaction: every inode and dentry (insert_many) and each
+        parent's times and nlink; all or nothing."""
+        entries = list(entries)
+        if not entries:
+            return []
+        with self._errors():
+            last_ino, last_pos = self._next("ino", len(entries)), self._next("pos", len(entries))
+        first_ino, first_pos = last_ino - len(entries) + 1, last_pos - len(entries) + 1
+        out = [inode.copy(ino=first_ino + i) for i, (_, _, inode) in enumerate(entries)]
+        names: dict[int, list[bytes]] = {}
+        for parent, name, _ in entries:
+            if name in names.setdefault(parent, []):
+                raise errors.Exists(f"{name!r} given twice for directory {parent}")
+            names[parent].append(name)
+
+        def fn(s):
+            for parent, ns in names.items():
+                if not self._get(parent, s).is_dir():
+                    raise errors.NotDir(f"inode {parent} is not a directory")
+                taken = self.dentries.find_one({"parent": parent, "name": {"$in": ns}}, {"name": 1}, session=s)
+                if taken is not None:
+                    raise errors.Exists(f"{taken['name']!r} exists in directory {parent}")
+            try:
+                self.inodes.insert_many([_inode_doc(i) for i in out], session=s)
+                self.dentries.insert_many([{"_id": first_pos + k, "parent": parent, "name": name,
+                                            "ino": out[k].ino} for k, (parent, name, _) in enumerate(entries)],
+                                          session=s)
+            except BulkWriteError as e:
+                if all(w.get("code") == 11000 for w in e.details.get("writeErrors", [])):
+                    raise errors.Exists("a name was created concurrently") from None
+                raise
+            for parent in names:
+                dirs = sum(1 for (p, _, i) in entries if p == parent and i.is_dir())
+                self._set(parent, s, inc={"nlink": dirs} if dirs else None, mtime_ns=ctime_ns, ctime_ns=ctime_ns)
+            return out
         return self._txn(fn)
 
     def link(self, ino: int, parent: int, name: bytes, ctime_ns: int) -> Inode:
@@ -880,7 +932,9 @@ class MongoCatalog(Catalog):
 
     # ---- queries -----------------------------------------------------------
     @staticmethod
-    def _filter(q: FileQuery) -> dict:
+    def _filter(q: FileQuery, paging: bool = True) -> dict:
+        """The inode-field part of q as a MongoDB filter (`under` and
+        `name_glob` are namespace conditions: see _name_rows)."""
         f: dict = {"nlink": {"$gt": 0}}
         if q.states is not None:
             f["state"] = {"$in": [State(x).value for x in q.states]}
@@ -893,21 +947,144 @@ class MongoCatalog(Catalog):
                                 ("gid", q.gid, "$eq")):
             if val is not None:
                 f.setdefault(field_, {})[op] = val
-        if not q.order_by_atime and q.after_ino:
+        if paging and not q.order_by_atime and q.after_ino:
             f["_id"] = {"$gt": q.after_ino}
         return f
 
+    @staticmethod
+    def _by_name(q: FileQuery) -> bool:
+        return getattr(q, "under", None) is not None or getattr(q, "name_glob", None) is not None
+
+    def _subtree_dirs(self, top: int) -> list[int]:
+        """`top` and every directory below it (breadth first, one
+        aggregation per level and 1000 parents)."""
+        dirs, frontier = [top], [top]
+        while frontier:
+            nxt = []
+            for i in range(0, len(frontier), 1000):
+                nxt += [d["ino"] for d in self.dentries.aggregate([
+                    {"$match": {"parent": {"$in": frontier[i:i + 1000]}}},
+                    {"$lookup": {"from": "inodes", "localField": "ino", "foreignField": "_id", "as": "i",
+                                 "pipeline": [{"$project": {"mode": 1}}]}},
+                    {"$match": {"i.mode": {"$bitsAllSet": DIR_SET, "$bitsAllClear": DIR_CLEAR}}},
+                    {"$project": {"ino": 1}}])]
+            dirs += nxt
+            frontier = nxt
+        return dirs
+
+    def _name_rows(self, q: FileQuery) -> Iterator[tuple[int, bytes, dict]]:
+        """(parent, name, inode document) of every name of every inode
+        matching q, `under` and `name_glob` included. Without them the scan
+        starts from the inodes (indexed filter) and joins their names; with
+        them it starts from the names below `under` (or all names) and joins
+        the inodes. Globs are matched here: names are binary."""
+        under, glob = getattr(q, "under", None), getattr(q, "name_glob", None)
+        inode_match = {f"i.{k}": v for k, v in self._filter(q, paging=False).items()}
+        if under is None and glob is None:
+            pipe = [{"$match": self._filter(q, paging=False)},
+                    {"$lookup": {"from": "dentries", "localField": "_id", "foreignField": "ino", "as": "d"}},
+                    {"$unwind": "$d"}]
+            for r in self.inodes.aggregate(pipe):
+                d = r.pop("d")
+                yield d["parent"], d["name"], r
+            return
+        join = [{"$lookup": {"from": "inodes", "localField": "ino", "foreignField": "_id", "as": "i"}},
+                {"$match": inode_match}, {"$unwind": "$i"}]
+        if under is None:
+            batches = [[{"$match": {}}]]
+        else:
+            parents = self._subtree_dirs(under)
+            batches = [[{"$match": {"parent": {"$in": parents[i:i + 1000]}}}] for i in range(0, len(parents), 1000)]
+        for first in batches:
+            for r in self.dentries.aggregate(first + join):
+                if glob is not None and not fnmatch.fnmatchcase(r["name"], glob):
+                    continue
+                yield r["parent"], r["name"], r["i"]
+
     def query(self, q: FileQuery) -> Iterator[Inode]:
-        """Indexed find; rows_read counts the documents returned."""
-        sort = [("atime_ns", 1), ("_id", 1)] if q.order_by_atime else [("_id", 1)]
+        """Indexed find (with `under`/`name_glob`: the names below, joined
+        with their inodes); rows_read counts the documents returned."""
         with self._errors():
-            cur = self.inodes.find(self._filter(q)).sort(sort)
-            if q.limit is not None:
-                cur = cur.limit(q.limit)
-            docs = list(cur)
+            if self._by_name(q):
+                seen = {}
+                for _, _, doc in self._name_rows(q):
+                    seen.setdefault(doc["_id"], doc)
+                docs = [d for d in seen.values() if q.order_by_atime or d["_id"] > q.after_ino]
+                docs.sort(key=(lambda d: (d["atime_ns"], d["_id"])) if q.order_by_atime else (lambda d: d["_id"]))
+                docs = docs[:q.limit] if q.limit is not None else docs
+            else:
+                sort = [("atime_ns", 1), ("_id", 1)] if q.order_by_atime else [("_id", 1)]
+                cur = self.inodes.find(self._filter(q)).sort(sort)
+                if q.limit is not None:
+                    cur = cur.limit(q.limit)
+                docs = list(cur)
         self.rows_read += len(docs)
         for d in docs:
             yield _inode(d)
+
+    def query_names(self, q: FileQuery) -> Iterator[tuple[int, bytes, int]]:
+        """(parent, name, ino) per name; one aggregation (see _name_rows)."""
+        with self._errors():
+            rows = [(p, n, d["_id"]) for p, n, d in self._name_rows(q)]
+        self.rows_read += len(rows)
+        yield from rows
+
+    def paths_of(self, inos: Iterable[int], cache: dict[int, bytes] | None = None) -> dict[int, bytes]:
+        """Names fetched level by level ({ino: {$in: ...}} on the ino index),
+        directories' paths kept in `cache`."""
+        cache = {} if cache is None else cache
+        cache[ROOT_INO] = b""
+        want = set(inos)
+        names: dict[int, tuple[int, bytes]] = {}   # ino -> (parent, name)
+        todo = [i for i in want if i not in cache]
+        with self._errors():
+            for _ in range(10000):
+                if not todo:
+                    break
+                for i in range(0, len(todo), 1000):
+                    for d in self.dentries.find({"ino": {"$in": todo[i:i + 1000]}}, {"ino": 1, "parent": 1, "name": 1}):
+                        names.setdefault(d["ino"], (d["parent"], d["name"]))
+                todo = list({p for p, _ in names.values() if p not in cache and p not in names})
+
+        def resolve(ino: int) -> bytes | None:
+            chain = []
+            while ino not in cache:
+                if ino not in names or len(chain) > 10000:
+                    return None
+                chain.append(ino)
+                ino = names[ino][0]
+            path = cache[ino]
+            for i in reversed(chain):
+                parent, name = names[i]
+                path = path + b"/" + name if path else name
+                if i not in want:
+                    cache[i] = path  # a directory on the way
+            return path
+        out = {}
+        for ino in want:
+            p = cache[ino] if ino in cache else resolve(ino)
+            if p is not None:
+                out[ino] = p
+        return out
+
+    def count_by(self, q: FileQuery, by: str) -> dict:
+        """One $group aggregation over the matching inodes (each once)."""
+        if by not in COUNT_BY_FIELDS:
+            raise errors.Invalid(f"cannot count by {by!r} (one of {', '.join(COUNT_BY_FIELDS)})")
+        out: dict = {}
+        with self._errors():
+            if self._by_name(q):
+                seen = {}
+                for _, _, doc in self._name_rows(q):
+                    seen[doc["_id"]] = doc
+                for d in seen.values():
+                    n, b = out.get(d.get(by), (0, 0))
+                    out[d.get(by)] = (n + 1, b + d["size"])
+                return out
+            for r in self.inodes.aggregate([{"$match": self._filter(q, paging=False)},
+                                            {"$group": {"_id": f"${by}", "n": {"$sum": 1}, "b": {"$sum": "$size"}}}]):
+                out[r["_id"]] = (r["n"], int(r["b"]))
+        return out
 
     def stats(self) -> CatalogStats:
         st = CatalogStats()

@@ -1,0 +1,254 @@
+"""MongoDB catalog beyond the conformance suite: races between several
+catalog clients (as several mounts would be), index use, deadlines and
+error messages. Real mongod (the session `mongod` fixture), no FUSE."""
+
+import threading
+import time
+import uuid
+
+import pytest
+
+from tierfs import errors
+from tierfs.catalog.base import ROOT_INO, FileQuery, Inode, JobKind, JobState, Session, State, now_ns
+from tierfs.catalog.mongo import MongoCatalog
+
+pytestmark = pytest.mark.mongo
+
+FILE, DIR = 0o100644, 0o040755
+
+
+def new(mode=FILE, **kw):
+    t = now_ns()
+    base = dict(uid=1000, gid=1000, nlink=2 if mode == DIR else 1, atime_ns=t, mtime_ns=t, ctime_ns=t,
+                crtime_ns=t, state_ns=t)
+    return Inode(ino=0, mode=mode, **{**base, **kw})
+
+
+@pytest.fixture
+def url(mongod):
+    return mongod.url(f"c{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture
+def cats(url):
+    """Four independent catalog clients on one database (four 'mounts')."""
+    cs = [MongoCatalog(url) for _ in range(4)]
+    for c in cs:
+        c.init()  # concurrent-safe and idempotent
+    yield cs
+    for c in cs:
+        c.close()
+
+
+def run_threads(n, fn):
+    out, errs = [None] * n, []
+
+    def wrap(i):
+        try:
+            out[i] = fn(i)
+        except Exception as e:  # noqa: BLE001 - collected and asserted on
+            errs.append(e)
+    ts = [threading.Thread(target=wrap, args=(i,)) for i in range(n)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(60)
+    return out, errs
+
+
+def test_claim_hands_each_job_to_exactly_one_client(cats):
+    inos = [cats[0].create(ROOT_INO, b"f%d" % i, new()).ino for i in range(40)]
+    for ino in inos:
+        cats[0].enqueue(ino, JobKind.ARCHIVE, target_tier="vault")
+
+    def worker(i):
+        got = []
+        while (job := cats[i % 4].claim(f"s{i}")) is not None:
+            got.append(job.id)
+        return got
+    out, errs = run_threads(8, worker)
+    assert not errs
+    claimed = [j for got in out for j in got]
+    assert len(claimed) == 40 and len(set(claimed)) == 40
+    assert all(j.attempts == 1 and j.state == JobState.RUNNING for j in cats[0].jobs())
+
+
+def test_enqueue_coalesces_across_clients(cats):
+    ino = cats[0].create(ROOT_INO, b"a", new()).ino
+    out, errs = run_threads(8, lambda i: cats[i % 4].enqueue(ino, JobKind.ARCHIVE, target_tier="vault"))
+    assert not errs
+    assert sum(created for _, created in out) == 1
+    assert len({job.id for job, _ in out}) == 1
+    assert len(cats[0].jobs(ino=ino)) == 1
+    # once done, a new request queues a new job
+    job = cats[1].claim("s")
+    cats[1].finish_job(job.id, JobState.DONE)
+    assert cats[2].enqueue(ino, JobKind.ARCHIVE)[1]
+
+
+def test_same_name_created_once_and_parent_nlink_exact(cats):
+    out, errs = run_threads(8, lambda i: cats[i % 4].create(ROOT_INO, b"same", new(DIR)))
+    assert len([o for o in out if o is not None]) == 1
+    assert len(errs) == 7 and all(isinstance(e, errors.Exists) for e in errs)
+    # many distinct mkdirs in one directory: transactions conflict on the parent and retry
+    out, errs = run_threads(8, lambda i: [cats[i % 4].create(ROOT_INO, b"d%d-%d" % (i, k), new(DIR))
+                                          for k in range(5)])
+    assert not errs
+    assert cats[0].get(ROOT_INO).nlink == 2 + 1 + 40
+    assert len(cats[0].readdir(ROOT_INO, 0, 1000)) == 41
+
+
+def test_renames_racing_keep_the_namespace_consistent(cats):
+    a = cats[0].create(ROOT_INO, b"a", new())
+    d = cats[0].create(ROOT_INO, b"d", new(DIR))
+
+    def mover(i):
+        try:
+            cats[i % 4].rename(ROOT_INO, b"a", d.ino, b"a%d" % i)
+            return i
+        except errors.NotFound:
+            return None
+    out, errs = run_threads(6, mover)
+    assert not errs
+    winners = [o for o in out if o is not None]
+    assert len(winners) == 1
+    assert [e.name for e in cats[0].readdir(d.ino, 0, 10)] == [b"a%d" % winners[0]]
+    assert cats[0].get(a.ino).nlink == 1 and cats[0].readdir(ROOT_INO, 0, 10)[0].name == b"d"
+
+
+def test_reap_is_won_by_one_client(cats):
+    t = now_ns()
+    cats[0].register_session(Session(id="dead", host="h", pid=1, mountpoint="/m", started_ns=t,
+                                     heartbeat_ns=t - 10**11))
+    ino = cats[0].create(ROOT_INO, b"a", new()).ino
+    cats[0].enqueue(ino, JobKind.ARCHIVE, target_tier="vault")
+    assert cats[0].claim("dead") is not None
+    out, errs = run_threads(4, lambda i: cats[i].reap_sessions(t - 10**10))
+    assert not errs
+    assert sorted(sum(out, [])) == ["dead"]
+    job = cats[0].jobs()[0]
+    assert job.state == JobState.PENDING and job.session is None and "dead" in job.last_error
+
+
+def test_switch_compare_and_swap_under_race(cats):
+    a = cats[0].create(ROOT_INO, b"a", new(tier="disk", location="k"))
+
+    def sw(i):
+        try:
+            cats[i % 4].switch(a.ino, a.data_version, [State.ONLINE], dict(state=State.ARCHIVING), [], ("t", ""))
+            return True
+        except errors.VersionConflict:
+            return False
+    out, errs = run_threads(6, sw)
+    assert not errs and sum(out) == 1
+    assert len(cats[0].events(a.ino)) == 1
+
+
+def test_names_are_bytes(cats):
+    c = cats[0]
+    name = b"\xff\xfe\x00x"[:2] + b"\x80 not utf8"
+    target = b"/tmp/\xc3\x28 bad"
+    s = c.create(ROOT_INO, name, new(0o120777, target=target))
+    assert c.lookup(ROOT_INO, name).target == target
+    assert c.readdir(ROOT_INO, 0, 10)[0].name == name
+    assert c.path_of(s.ino) == name
+
+
+def _plan(explain) -> str:
+    return repr(explain["queryPlanner"]["winningPlan"])
+
+
+def test_hot_queries_use_indexes(cats):
+    c = cats[0]
+    for i in range(30):
+        ino = c.create(ROOT_INO, b"f%d" % i, new(size=i, tier="disk", location=f"k{i}")).ino
+        c.enqueue(ino, JobKind.ARCHIVE, target_tier="vault")
+    db = c.db
+    plans = {
+        "lookup": db.dentries.find({"parent": ROOT_INO, "name": b"f3"}).explain(),
+        "readdir": db.dentries.find({"parent": ROOT_INO, "_id": {"$gt": 5}}).sort("_id", 1).limit(10).explain(),
+        "claim": db.jobs.find({"state": "pending", "not_before_ns": {"$lte": now_ns()}})
+                   .sort([("priority", 1), ("_id", 1)]).limit(1).explain(),
+        "candidates": db.inodes.find(MongoCatalog._filter(FileQuery(states=(State.ONLINE,), min_size=20)))
+                        .explain(),
+        "references": db.inodes.find({"tier": "disk", "location": "k3"}).explain(),
+        "events": db.events.find({"ino": 5}).sort("_id", -1).limit(20).explain(),
+        "jobs_of_file": db.jobs.find({"ino": 5, "kind": "archive", "state": {"$in": ["pending", "running"]}})
+                          .explain(),
+    }
+    for what, ex in plans.items():
+        plan = _plan(ex)
+        assert "IXSCAN" in plan and "COLLSCAN" not in plan, f"{what} does not use an index: {plan}"
+    c.rows_read = 0
+    assert len(list(c.query(FileQuery(states=(State.ONLINE,), min_size=20)))) == 10
+    assert c.rows_read == 10
+
+
+def test_unreachable_catalog_fails_fast_without_leaking_the_password():
+    from tests.mongod import free_port
+    url = f"mongodb://tierfs:s3cretpw@127.0.0.1:{free_port()}/x?serverSelectionTimeoutMS=1500"
+    c = MongoCatalog(url)
+    t0 = time.monotonic()
+    with pytest.raises(errors.CatalogUnavailable) as ei:
+        c.get(ROOT_INO)
+    took = time.monotonic() - t0
+    c.close()
+    assert took < 5, took
+    msg = str(ei.value)
+    assert "s3cretpw" not in msg and "tierfs:***@127.0.0.1" in msg, msg
+    assert ei.value.errno == 5  # EIO at the syscall
+
+
+def test_default_deadlines_apply():
+    c = MongoCatalog("mongodb://127.0.0.1:1/x")
+    o = c.client.options
+    assert o.server_selection_timeout == 5 and o.pool_options.connect_timeout == 3
+    assert o.pool_options.socket_timeout == 10 and c.deadline_s == 10
+    c.close()
+    c = MongoCatalog("mongodb://127.0.0.1:1/x?timeoutMS=2500&serverSelectionTimeoutMS=700")
+    assert c.client.options.server_selection_timeout == 0.7 and c.deadline_s == 2.5
+    c.close()
+    with pytest.raises(errors.ConfigError):
+        MongoCatalog("mongodb://127.0.0.1:notaport/x")
+
+
+def _tree(c):
+    t = now_ns()
+    d1, d2 = c.create_many([(ROOT_INO, b"d1", new(DIR)), (ROOT_INO, b"d2", new(DIR))], t)
+    sub = c.create(d1.ino, b"sub", new(DIR))
+    files = c.create_many([(d1.ino, b"a.txt", new(size=10, uid=1)), (sub.ino, b"b.txt", new(size=20, uid=2)),
+                           (d2.ino, b"c.bin", new(size=40, uid=1)), (sub.ino, b"\xff.txt", new(size=1, uid=1))], t)
+    c.link(files[0].ino, d2.ino, b"hard.txt", now_ns())
+    return t, d1, d2, sub, files
+
+
+def test_bulk_create_paths_and_counts(cats):
+    """create_many / paths_of / count_by (tierfs import, find, du)."""
+    c = cats[0]
+    t, d1, d2, sub, files = _tree(c)
+    assert c.get(ROOT_INO).nlink == 4 and c.get(d1.ino).mtime_ns == t
+    with pytest.raises(errors.Exists):  # all or nothing
+        c.create_many([(d2.ino, b"new", new()), (d1.ino, b"a.txt", new())], t)
+    with pytest.raises(errors.NotFound):
+        c.lookup(d2.ino, b"new")
+    cache = {}
+    paths = c.paths_of([f.ino for f in files] + [ROOT_INO, 99999], cache)
+    assert paths[files[1].ino] == b"d1/sub/b.txt" and paths[files[2].ino] == b"d2/c.bin"
+    assert paths[ROOT_INO] == b"" and 99999 not in paths and cache[sub.ino] == b"d1/sub"
+    assert c.count_by(FileQuery(), "uid") == {1: (3, 51), 2: (1, 20)}
+    assert sorted(n for _, n, _ in c.query_names(FileQuery(uid=1))) == [b"a.txt", b"c.bin", b"hard.txt", b"\xff.txt"]
+
+
+@pytest.mark.skipif("under" not in FileQuery.__dataclass_fields__, reason="FileQuery has no under/name_glob yet")
+def test_names_under_and_glob(cats):
+    c = cats[0]
+    t, d1, d2, sub, files = _tree(c)
+    rows = sorted(c.query_names(FileQuery(name_glob=b"*.txt")))
+    assert [(p, n) for p, n, _ in rows] == sorted([(d1.ino, b"a.txt"), (sub.ino, b"b.txt"), (d2.ino, b"hard.txt"),
+                                                   (sub.ino, b"\xff.txt")])
+    under = {n for _, n, _ in c.query_names(FileQuery(under=d1.ino))}
+    assert under == {b"a.txt", b"b.txt", b"\xff.txt"}
+    assert {n for _, n, _ in c.query_names(FileQuery(under=d1.ino, regular_only=False))} == under | {b"sub"}
+    assert {i.ino for i in c.query(FileQuery(under=d1.ino, uid=1))} == {files[0].ino, files[3].ino}
+    assert c.count_by(FileQuery(under=sub.ino), "uid") == {1: (1, 1), 2: (1, 20)}
+    assert c.count_by(FileQuery(under=d2.ino), "state") == {"online": (2, 50)}  # the hard link counts once
