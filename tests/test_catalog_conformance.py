@@ -290,3 +290,93 @@ def test_bury_keeps_a_tombstone_and_removes_every_name(catalog):
     catalog.purge(a.ino)
     assert sorted((g.tier, g.key) for g in catalog.garbage()) == [("disk", "obj-a"), ("vault", "arc-a")]
     assert [x.id for x in catalog.tombstones(ino=a.ino)] == [t.id] == [x.id for x in catalog.tombstones()]
+
+
+# ---- bulk registration and find/du queries (tierfs import, find, du) ----------------
+def _tree(catalog):
+    """/a (dir) {x.raw 10, y.txt 20, b (dir) {z.raw 30 archived}} /c (dir) {w.raw 40}; x.raw also /c/x-link."""
+    a = catalog.create(ROOT_INO, b"a", new(DIR))
+    b = catalog.create(a.ino, b"b", new(DIR))
+    c = catalog.create(ROOT_INO, b"c", new(DIR))
+    x = catalog.create(a.ino, b"x.raw", new(size=10, tier="disk", location="kx"))
+    y = catalog.create(a.ino, b"y.txt", new(size=20, tier="disk", location="ky").copy(uid=7))
+    z = catalog.create(b.ino, b"z.raw", new(size=30, state=State.ARCHIVED, archive_tier="vault",
+                                             archive_location="az"))
+    w = catalog.create(c.ino, b"w.raw", new(size=40, tier="disk", location="kw"))
+    catalog.link(x.ino, c.ino, b"x-link", now_ns())
+    return dict(a=a, b=b, c=c, x=x, y=y, z=z, w=w)
+
+
+def test_create_many_is_atomic(catalog):
+    d = catalog.create(ROOT_INO, b"d", new(DIR))
+    t = now_ns()
+    made = catalog.create_many([(d.ino, b"f%d" % k, new(size=k, tier="disk", location=f"sub/f{k}"))
+                                for k in range(300)] + [(d.ino, b"sub", new(DIR))], t)
+    assert len(made) == 301 and len({m.ino for m in made}) == 301
+    assert catalog.lookup(d.ino, b"f7").ino == made[7].ino and catalog.get(made[7].ino).location == "sub/f7"
+    got = catalog.get(d.ino)
+    assert got.nlink == 3 and got.mtime_ns == t  # one subdirectory; the parent's times
+    assert catalog.create(made[-1].ino, b"deep", new()).ino  # the new directory works
+    before = len(catalog.readdir(d.ino, 0, 1000))
+    with pytest.raises(errors.Exists):  # one taken name: nothing of the batch is created
+        catalog.create_many([(d.ino, b"new1", new()), (d.ino, b"f3", new())], now_ns())
+    with pytest.raises(errors.Exists):  # the same name twice in a batch
+        catalog.create_many([(d.ino, b"twice", new()), (d.ino, b"twice", new())], now_ns())
+    with pytest.raises(errors.NotDir):
+        catalog.create_many([(made[0].ino, b"x", new())], now_ns())
+    assert len(catalog.readdir(d.ino, 0, 1000)) == before
+    with pytest.raises(errors.NotFound):
+        catalog.lookup(d.ino, b"new1")
+    assert catalog.create_many([], now_ns()) == []
+
+
+def test_query_names_globs_and_subtrees(catalog):
+    t = _tree(catalog)
+    names = lambda q: sorted((p, n) for p, n, _ in catalog.query_names(q))  # noqa: E731
+    assert names(FileQuery(name_glob=b"*.raw")) == sorted(
+        [(t["a"].ino, b"x.raw"), (t["b"].ino, b"z.raw"), (t["c"].ino, b"w.raw")])
+    # every name of a hard-linked file, each with its own parent
+    assert names(FileQuery(states=(State.ONLINE,), min_size=10, max_size=10)) == sorted(
+        [(t["a"].ino, b"x.raw"), (t["c"].ino, b"x-link")])
+    assert names(FileQuery(under=t["a"].ino)) == sorted(
+        [(t["a"].ino, b"x.raw"), (t["a"].ino, b"y.txt"), (t["b"].ino, b"z.raw")])
+    assert names(FileQuery(under=t["a"].ino, states=(State.ARCHIVED,))) == [(t["b"].ino, b"z.raw")]
+    assert names(FileQuery(under=t["b"].ino, name_glob=b"?.raw")) == [(t["b"].ino, b"z.raw")]
+    assert names(FileQuery(name_glob=b"[!xz]*")) == sorted([(t["a"].ino, b"y.txt"), (t["c"].ino, b"w.raw")])
+    assert names(FileQuery(name_glob=b"*", regular_only=False, under=t["c"].ino)) == sorted(
+        [(t["c"].ino, b"w.raw"), (t["c"].ino, b"x-link")])
+    dirs = names(FileQuery(regular_only=False, under=ROOT_INO, name_glob=b"[abc]"))
+    assert dirs == sorted([(ROOT_INO, b"a"), (t["a"].ino, b"b"), (ROOT_INO, b"c")])
+    odd = catalog.create(t["c"].ino, b"caf\xe9 \xff.raw", new())  # not UTF-8
+    assert (t["c"].ino, b"caf\xe9 \xff.raw", odd.ino) in list(catalog.query_names(FileQuery(name_glob=b"caf*.raw")))
+    # query() takes the same filters, and returns each inode once
+    assert sorted(i.ino for i in catalog.query(FileQuery(name_glob=b"x*"))) == [t["x"].ino]
+    assert sorted(i.ino for i in catalog.query(FileQuery(under=t["c"].ino))) == sorted([t["x"].ino, t["w"].ino,
+                                                                                         odd.ino])
+    assert [i.ino for i in catalog.query(FileQuery(under=t["a"].ino, name_glob=b"*.txt"))] == [t["y"].ino]
+
+
+def test_paths_of_in_bulk_with_a_directory_cache(catalog):
+    t = _tree(catalog)
+    cache: dict = {}
+    got = catalog.paths_of([t["z"].ino, t["y"].ino, t["b"].ino, ROOT_INO, 999999], cache)
+    assert got == {t["z"].ino: b"a/b/z.raw", t["y"].ino: b"a/y.txt", t["b"].ino: b"a/b", ROOT_INO: b""}
+    assert cache[t["a"].ino] == b"a"  # directories on the way are remembered
+    assert all(cache[k] == v for k, v in got.items() if k in cache)
+    assert catalog.paths_of([t["x"].ino])[t["x"].ino] in (b"a/x.raw", b"c/x-link")
+    catalog.rename(ROOT_INO, b"a", ROOT_INO, b"A")
+    assert catalog.paths_of([t["z"].ino]) == {t["z"].ino: b"A/b/z.raw"}  # a fresh cache sees the rename
+
+
+def test_count_by_field_and_subtree(catalog):
+    t = _tree(catalog)
+    assert catalog.count_by(FileQuery(), "state") == {"online": (3, 70), "archived": (1, 30)}
+    assert catalog.count_by(FileQuery(), "tier") == {"disk": (3, 70), None: (1, 30)}
+    assert catalog.count_by(FileQuery(under=t["a"].ino), "archive_tier") == {None: (2, 30), "vault": (1, 30)}
+    assert catalog.count_by(FileQuery(under=t["a"].ino), "uid") == {1000: (2, 40), 7: (1, 20)}
+    # a hard link inside the subtree counts once; one outside still counts the file
+    assert catalog.count_by(FileQuery(under=t["c"].ino), "state") == {"online": (2, 50)}
+    assert catalog.count_by(FileQuery(under=t["b"].ino, states=(State.ONLINE,)), "state") == {}
+    assert catalog.count_by(FileQuery(name_glob=b"*.raw"), "gid") == {1000: (3, 80)}
+    with pytest.raises(errors.Invalid):
+        catalog.count_by(FileQuery(), "mode")

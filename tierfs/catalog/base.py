@@ -18,7 +18,7 @@ import abc
 import enum
 import time
 from dataclasses import dataclass, field, fields, replace
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 ROOT_INO = 1
 SCHEMA_VERSION = 1
@@ -26,6 +26,26 @@ SCHEMA_VERSION = 1
 
 def now_ns() -> int:
     return time.time_ns()
+
+
+def resolve_paths(inos: list[int], names: dict[int, tuple[int, bytes]], cache: dict[int, bytes]) -> dict[int, bytes]:
+    """Paths of `inos` from their (parent, name) links, for paths_of():
+    ancestors (directories) go into `cache`; inodes with no way up are left out."""
+    out = {}
+    for ino in inos:
+        chain, cur = [], ino
+        while cur not in cache and cur in names:
+            chain.append(cur)
+            cur = names[cur][0]
+        if cur not in cache:
+            continue  # no name (unlinked), or an ancestor vanished meanwhile
+        p = cache[cur]
+        for a in reversed(chain):
+            p = names[a][1] if not p else p + b"/" + names[a][1]
+            if a != ino:
+                cache[a] = p
+        out[ino] = p
+    return out
 
 
 class State(str, enum.Enum):
@@ -226,6 +246,12 @@ class FileQuery:
     order_by_atime: bool = False       # oldest access first (watermark runs)
     limit: int | None = None
     after_ino: int = 0                 # paging: only inos greater than this (ignored when ordering by atime)
+    name_glob: bytes | None = None     # one of the file's names matches this shell pattern (* ? [...], case-sensitive)
+    under: int | None = None           # directory inode: only entries below it, at any depth (not itself)
+
+
+#: Fields count_by() can group on (`owner` in the CLI is uid).
+COUNT_BY_FIELDS = ("state", "tier", "archive_tier", "uid", "gid")
 
 
 @dataclass
@@ -275,6 +301,12 @@ class Catalog(abc.ABC):
     def create(self, parent: int, name: bytes, inode: Inode) -> Inode:
         """Add a new inode (its `ino` is assigned here) under parent/name.
         Exists if the name is taken. A directory bumps the parent's nlink."""
+
+    @abc.abstractmethod
+    def create_many(self, entries: Sequence[tuple[int, bytes, Inode]], ctime_ns: int) -> list[Inode]:
+        """create() of every (parent, name, inode), in one transaction (bulk
+        registration by `tierfs import`): all or nothing, Exists/NotDir/NotFound
+        as create(). The parents' mtime/ctime become ctime_ns."""
 
     @abc.abstractmethod
     def link(self, ino: int, parent: int, name: bytes, ctime_ns: int) -> Inode:
@@ -452,6 +484,25 @@ class Catalog(abc.ABC):
     @abc.abstractmethod
     def query(self, q: FileQuery) -> Iterator[Inode]:
         """Inodes matching q, served by indexes; increments rows_read."""
+
+    @abc.abstractmethod
+    def query_names(self, q: FileQuery) -> Iterator[tuple[int, bytes, int]]:
+        """(parent, name, ino) of every name of every inode matching q (a
+        hard-linked file once per name; with name_glob only matching names),
+        in no particular order; limit/after_ino/order_by_atime are ignored.
+        Lean on purpose: `tierfs find` prints a million of these."""
+
+    @abc.abstractmethod
+    def paths_of(self, inos: Iterable[int], cache: dict[int, bytes] | None = None) -> dict[int, bytes]:
+        """One path (relative to the root, b"" for the root) of each inode,
+        resolved in bulk; inodes without a name are left out. `cache` maps
+        directory inodes to their paths: it is used and filled in, so pass
+        the same dict to resolve many batches with few catalog reads."""
+
+    @abc.abstractmethod
+    def count_by(self, q: FileQuery, by: str) -> dict:
+        """{value of field `by` (COUNT_BY_FIELDS): (files, bytes)} over the
+        inodes matching q (each inode once; limit/paging ignored). `tierfs du`."""
 
     @abc.abstractmethod
     def stats(self) -> CatalogStats: ...

@@ -11,17 +11,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
-from sqlalchemy import and_, create_engine, event, func, or_, select, update, delete, insert
+from sqlalchemy import (LargeBinary, Text, and_, cast, create_engine, event, func, literal, or_, select,
+                        update, delete, insert)
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.sql.expression import UnaryExpression
+from sqlalchemy.sql.operators import custom_op
 
 from .. import errors
 from . import schema as S
-from .base import (ACTIVE_JOB_STATES, INODE_FIELDS, JOB_PRIORITY, ROOT_INO, SCHEMA_VERSION, Catalog,
+from .base import (ACTIVE_JOB_STATES, COUNT_BY_FIELDS, INODE_FIELDS, JOB_PRIORITY, ROOT_INO, SCHEMA_VERSION, Catalog,
                    CatalogStats, DirEntry, Event, FileQuery, Garbage, Inode, Job, JobKind, JobState,
-                   Session, State, Tombstone, now_ns)
+                   Session, State, Tombstone, now_ns, resolve_paths)
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +184,39 @@ class SqlCatalog(Catalog):
                 changes["nlink"] = p.nlink + 1
             self._set(c, parent, **changes)
             return inode.copy(ino=ino)
+
+    def create_many(self, entries: Sequence[tuple[int, bytes, Inode]], ctime_ns: int) -> list[Inode]:
+        entries = list(entries)
+        if not entries:
+            return []
+        with self._tx() as c:
+            parents = {p: self._get(c, p) for p in {e[0] for e in entries}}
+            for p in parents.values():
+                if not p.is_dir():
+                    raise errors.NotDir(f"inode {p.ino} is not a directory")
+            rows = []
+            for _, _, inode in entries:
+                values = _inode_values(inode)
+                values.pop("ino")
+                rows.append(values)
+            inos = [r[0] for r in c.execute(insert(S.inodes).returning(S.inodes.c.ino, sort_by_parameter_order=True),
+                                            rows)]
+            for pino in parents:
+                names = [n for p, n, _ in entries if p == pino]
+                for k in range(0, len(names), 500):
+                    row = c.execute(select(S.dentries.c.name).where(
+                        S.dentries.c.parent == pino, S.dentries.c.name.in_(names[k:k + 500])).limit(1)).first()
+                    if row is not None:
+                        raise errors.Exists(f"{row[0]!r} exists in directory {pino}")
+            try:
+                c.execute(insert(S.dentries), [dict(parent=p, name=n, ino=ino)
+                                               for (p, n, _), ino in zip(entries, inos)])
+            except IntegrityError:  # a name twice in the batch, or a concurrent create
+                raise errors.Exists("a name in the batch exists (twice in the batch, or created meanwhile)") from None
+            for pino, p in parents.items():
+                subdirs = sum(1 for e in entries if e[0] == pino and e[2].is_dir())
+                self._set(c, pino, nlink=p.nlink + subdirs, mtime_ns=ctime_ns, ctime_ns=ctime_ns)
+            return [inode.copy(ino=ino) for (_, _, inode), ino in zip(entries, inos)]
 
     def link(self, ino: int, parent: int, name: bytes, ctime_ns: int) -> Inode:
         with self._tx() as c:
@@ -618,11 +654,21 @@ class SqlCatalog(Catalog):
             return ids
 
     # ---- queries -----------------------------------------------------------
-    def query(self, q: FileQuery) -> Iterator[Inode]:
+    #: When more than 1/SCAN_RATIO of the inodes match the state filter, a scan
+    #: in ino order beats the state index (whose matches are in random ino order,
+    #: one random table read each): 1.5 s -> 0.35 s for 250k of 1M on SQLite.
+    SCAN_RATIO = 16
+
+    def _conds(self, c: Connection, q: FileQuery) -> list:
+        """WHERE terms on inodes for q's attribute filters (not names/subtree)."""
         i = S.inodes.c
         conds = [i.nlink > 0]
         if q.states is not None:
-            conds.append(i.state.in_([State(s).value for s in q.states]))
+            states = [State(s).value for s in q.states]
+            col = i.state
+            if self.is_sqlite and not q.order_by_atime and self._unselective(c, states):
+                col = self._noindex(col)
+            conds.append(col.in_(states))
         if q.regular_only:
             conds.append(i.mode.op("&")(0o170000) == 0o100000)
         for col, val, op in ((i.tier, q.tier, "eq"), (i.archive_tier, q.archive_tier, "eq"),
@@ -631,25 +677,117 @@ class SqlCatalog(Catalog):
                              (i.mtime_ns, q.mtime_before_ns, "lt"), (i.uid, q.uid, "eq"), (i.gid, q.gid, "eq")):
             if val is not None:
                 conds.append({"eq": col == val, "ge": col >= val, "le": col <= val, "lt": col < val}[op])
-        stmt = select(S.inodes).where(*conds)
-        if q.order_by_atime:
-            stmt = stmt.order_by(i.atime_ns, i.ino)
-        else:
-            stmt = stmt.where(i.ino > q.after_ino).order_by(i.ino)
-        if q.limit is not None:
-            stmt = stmt.limit(q.limit)
+        return conds
+
+    def _noindex(self, col):
+        """`+col`: the same value, but SQLite will not use an index for it (so it
+        scans in table order instead of one random read per indexed match)."""
+        if not self.is_sqlite:
+            return col
+        return UnaryExpression(col, operator=custom_op("+"), type_=col.type)
+
+    def _unselective(self, c: Connection, states: list[str]) -> bool:
+        """True when over 1/SCAN_RATIO of the inodes are in `states` (counted
+        on the index, stopping at that many; max(ino) estimates the total)."""
+        i = S.inodes.c
+        enough = (c.execute(select(func.max(i.ino))).scalar() or 1) // self.SCAN_RATIO + 1
+        some = select(i.ino).where(i.state.in_(states)).limit(enough).subquery()
+        return (c.execute(select(func.count()).select_from(some)).scalar() or 0) >= enough
+
+    def _subtree(self, root: int):
+        """A recursive CTE of the directory `root` and every directory below it."""
+        d, i = S.dentries.alias("sd"), S.inodes.alias("si")
+        top = select(literal(root).label("ino")).cte("subtree", recursive=True)
+        below = top.alias("st")
+        return top.union_all(select(d.c.ino).select_from(d.join(i, i.c.ino == d.c.ino))
+                             .where(d.c.parent == below.c.ino, i.c.mode.op("&")(0o170000) == 0o040000))
+
+    def _name_cond(self, name_col, pattern: bytes):
+        if self.is_sqlite:  # GLOB compares the name's bytes; fnmatch's [!x] is GLOB's [^x]
+            pat = bytes(pattern).replace(b"[!", b"[^")
+            return cast(name_col, Text).op("GLOB")(cast(literal(pat, LargeBinary), Text))
+        if b"[" in pattern:
+            raise errors.Invalid("name patterns with [...] need the SQLite or MongoDB catalog")
+        like = bytes(pattern).replace(b"\\", b"\\\\").replace(b"%", b"\\%").replace(b"_", b"\\_")
+        return name_col.like(like.replace(b"*", b"%").replace(b"?", b"_"), escape="\\")
+
+    def _name_terms(self, d, q: FileQuery) -> list:
+        """WHERE terms on a dentries table for q's name and subtree filters."""
+        terms = []
+        if q.under is not None:
+            terms.append(d.c.parent.in_(select(self._subtree(q.under).c.ino)))
+        if q.name_glob is not None:
+            terms.append(self._name_cond(d.c.name, q.name_glob))
+        return terms
+
+    def query(self, q: FileQuery) -> Iterator[Inode]:
+        i = S.inodes.c
         with self._tx(write=False) as c:
+            conds = self._conds(c, q)
+            if q.under is not None or q.name_glob is not None:
+                d = S.dentries
+                conds.append(i.ino.in_(select(d.c.ino).where(*self._name_terms(d, q))))
+            stmt = select(S.inodes).where(*conds)
+            if q.order_by_atime:
+                stmt = stmt.order_by(i.atime_ns, i.ino)
+            else:
+                stmt = stmt.where(i.ino > q.after_ino).order_by(i.ino)
+            if q.limit is not None:
+                stmt = stmt.limit(q.limit)
             rows = c.execute(stmt).all()
         self.rows_read += len(rows)
         for r in rows:
             yield _inode(r)
+
+    def query_names(self, q: FileQuery) -> Iterator[tuple[int, bytes, int]]:
+        """Streams (one read transaction stays open until the iterator ends)."""
+        d = S.dentries
+        with self._tx(write=False) as c:
+            stmt = (select(d.c.parent, d.c.name, d.c.ino).select_from(d.join(S.inodes, S.inodes.c.ino == d.c.ino))
+                    .where(*self._conds(c, q), *self._name_terms(d, q)))
+            for part in c.execute(stmt).partitions(20000):
+                self.rows_read += len(part)
+                yield from part
+
+    def paths_of(self, inos: Iterable[int], cache: dict[int, bytes] | None = None) -> dict[int, bytes]:
+        """Level by level: one read of dentries per level and batch of 500."""
+        inos = list(inos)
+        cache = {} if cache is None else cache
+        cache[ROOT_INO] = b""
+        d = S.dentries.c
+        names: dict[int, tuple[int, bytes]] = {}   # ino -> (parent, name)
+        todo = [i for i in dict.fromkeys(inos) if i not in cache]
+        with self._tx(write=False) as c:
+            while todo:
+                for k in range(0, len(todo), 500):
+                    for parent, name, ino in c.execute(select(d.parent, d.name, d.ino)
+                                                       .where(d.ino.in_(todo[k:k + 500]))):
+                        names.setdefault(ino, (parent, name))
+                todo = list(dict.fromkeys(names[i][0] for i in todo if i in names
+                                          if names[i][0] not in cache and names[i][0] not in names))
+        return resolve_paths(inos, names, cache)
+
+    def count_by(self, q: FileQuery, by: str) -> dict:
+        if by not in COUNT_BY_FIELDS:
+            raise errors.Invalid(f"cannot count by {by!r} (one of {', '.join(COUNT_BY_FIELDS)})")
+        i = S.inodes.c
+        col = self._noindex(getattr(i, by))  # every match is read anyway: scan, don't walk an index
+        with self._tx(write=False) as c:
+            conds = self._conds(c, FileQuery(**{**q.__dict__, "order_by_atime": False}))
+            if q.under is not None or q.name_glob is not None:
+                d = S.dentries
+                conds.append(i.ino.in_(select(d.c.ino).where(*self._name_terms(d, q))))
+            rows = c.execute(select(col, func.count(), func.coalesce(func.sum(i.size), 0)).where(*conds).group_by(col))
+            return {r[0]: (r[1], int(r[2])) for r in rows}
 
     def stats(self) -> CatalogStats:
         st = CatalogStats()
         i = S.inodes.c
         reg = and_(i.nlink > 0, i.mode.op("&")(0o170000) == 0o100000)
         with self._tx(write=False) as c:
-            for r in c.execute(select(i.state, func.count(), func.coalesce(func.sum(i.size), 0)).where(reg).group_by(i.state)):
+            state = self._noindex(i.state)  # a scan: walking the state index costs one random read per file
+            for r in c.execute(select(state, func.count(), func.coalesce(func.sum(i.size), 0))
+                               .where(reg).group_by(state)):
                 st.by_state[r[0]] = (r[1], int(r[2]))
             for r in c.execute(select(i.tier, func.count(), func.coalesce(func.sum(i.size), 0))
                                .where(reg, i.tier.is_not(None)).group_by(i.tier)):
