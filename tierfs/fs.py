@@ -352,8 +352,10 @@ class FileSystem:
                     persisted.setdefault("size", c.size)
                     persisted.setdefault("mtime_ns", c.mtime_ns)
                 inode = await self.cat(self.catalog.update, ino, persisted)
-                self.dirty_attrs.discard(ino) if not self.writers.get(ino) else None
-                inode = self.remember(inode)
+                self.dirty_attrs.discard(ino)  # everything cached is in the catalog now
+                if "atime_ns" in changes and self.offline is not None:
+                    self.offline.atimes.pop(ino, None)  # an explicit atime (touch -a) beats earlier accesses
+                self.cache[ino] = Cached(inode, time.monotonic())
             return inode
 
     async def _truncate(self, inode: Inode, size: int, caller: Caller) -> Inode:

@@ -255,7 +255,11 @@ class JobRunner:
             sha, n = await self._copy(src, inode.location, dst, dst_key, expect_sha=inode.checksum,
                                       fault="archive.after_copy")
         except errors.ChecksumMismatch:
-            await self._abandon(job, inode, dst, dst_key, State.ONLINE, "source failed its checksum")
+            changed = await self._changed_since(inode, version)
+            await self._abandon(job, inode, dst, dst_key, State.ONLINE,
+                                "changed during the copy" if changed else "source failed its checksum")
+            if changed:
+                raise Retry("file changed during the copy", BUSY_RETRY_S, count=False) from None
             raise
         except BaseException:
             await self._abandon(job, inode, dst, dst_key, State.ONLINE, "copy failed")
@@ -285,6 +289,14 @@ class JobRunner:
         await self._log_done("archived", inode, src.name, dst.name, n, t0, job.cause)
         if fs.on_change:
             fs.on_change()
+
+    async def _changed_since(self, inode: Inode, version: int) -> bool:
+        """True when the file's content changed after the copy started (so a
+        checksum mismatch is a concurrent write, not corruption)."""
+        try:
+            return (await self.fs.cat(self.fs.catalog.get, inode.ino)).data_version != version
+        except errors.NotFound:
+            return True
 
     async def _abandon(self, job: Job, inode: Inode, dst: Tier, dst_key: str, back: State, why: str) -> None:
         """Undo a failed copy: the destination object goes, the state returns."""
@@ -369,9 +381,11 @@ class JobRunner:
         try:
             sha, n = await self._copy(src, inode.location, dst, dst_key, expect_sha=inode.checksum,
                                       fault="migrate.after_copy")
-        except BaseException:
+        except BaseException as e:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(dst.delete, dst_key)
+            if isinstance(e, errors.ChecksumMismatch) and await self._changed_since(inode, version):
+                raise Retry("file changed during the copy", BUSY_RETRY_S, count=False) from None
             raise
         async with fs.lock(inode.ino):
             if fs.writers.get(inode.ino):

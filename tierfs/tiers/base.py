@@ -108,8 +108,9 @@ class Tier(abc.ABC):
 
     def prepare_restore(self, key: str) -> bool:
         """Archive tiers: make the object readable. True when open_reader()
-        may be called now; False when the restore is pending (an operator or
-        a slow medium must act): the job is retried later. Raises on failure."""
+        may be called now; False (or errors.Pending with a reason) when the
+        restore is pending (an operator or a slow medium must act): the job is
+        retried later. Raises other errors on failure."""
         return True
 
     def close(self) -> None:

@@ -25,6 +25,7 @@ import io
 import json
 import logging
 import os
+import re
 import shlex
 import subprocess
 from typing import BinaryIO, Iterator
@@ -60,7 +61,10 @@ class CommandTier(Tier):
 
     def _run(self, which: str, **values) -> int:
         template = self.opts.get(which)
-        cmd = template.format(**{k: shlex.quote(str(v)) for k, v in values.items()})
+        # Only the documented placeholders are replaced; other braces (shell { ...; }) stay.
+        cmd = re.sub(r"\{(key|path|size|sha256)\}",
+                     lambda m: shlex.quote(str(values[m.group(1)])) if m.group(1) in values else m.group(0),
+                     template)
         try:
             r = subprocess.run(["/bin/sh", "-c", cmd], capture_output=True, text=True, timeout=self.timeout)
         except subprocess.TimeoutExpired:
@@ -110,10 +114,7 @@ class CommandTier(Tier):
             return True
         self.restores += 1
         tmp = path + ".part"
-        try:
-            self._run("restore_command", key=key, path=tmp)
-        except errors.Pending:
-            return False
+        self._run("restore_command", key=key, path=tmp)  # exit 75 raises Pending with the command's reason
         if not os.path.exists(tmp):
             raise errors.TierfsError(f"tier {self.name}: restore_command exited 0 but wrote nothing to {tmp}")
         os.rename(tmp, path)
