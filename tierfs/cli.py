@@ -515,6 +515,7 @@ def queue(config_path, failed, show_all, cancel, cancel_all, retry, as_json):
 
 # Command groups that live in their own modules register here (one line each).
 # from . import cli_admin; cli_admin.register(cli)
+from . import cli_policy; cli_policy.register(cli)  # noqa: E402,E702
 
 
 def main():

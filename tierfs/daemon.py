@@ -72,6 +72,8 @@ class Daemon:
 
     # ---- setup (synchronous: errors here are startup errors) -------------
     def open(self) -> None:
+        from .policy.scheduler import PolicyScheduler  # [[policy]] errors stop the mount before it registers
+        self.extensions.append(PolicyScheduler(lambda: self.fs, self.cfg, self.session_id))
         prepare_embedded_dirs(self.cfg)
         if self.catalog is None:
             self.catalog = open_catalog(self.cfg.catalog)

@@ -1,0 +1,300 @@
+"""Conditions of a rule: an indexed catalog query plus per-candidate checks.
+
+The query (state, size, last access, creation, modification, tier, owner)
+is what the catalog's indexes serve, so a run reads only the candidates.
+Everything the catalog cannot index is checked per candidate, cheapest
+first: path and scope globs, pins (`user.tierfs.pin = 1` on the file or any
+directory above it), xattr matches (inherited from directories), per-
+directory overrides of inactive_for (`user.tierfs.inactive_for`), and
+"already has a queued job". Directory facts are cached for one run.
+
+Each accepted candidate comes with the values that matched, e.g.
+["inactive 120d > 90d", "size 5.2MB >= 1MB"]: what `--dry-run` prints and
+what the job's cause (and so `tierfs state`) says.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import posixpath
+import re
+from dataclasses import dataclass, field
+
+from .. import errors
+from ..catalog.base import ACTIVE_JOB_STATES, ROOT_INO, FileQuery, Inode, State
+from ..units import fmt_duration, fmt_size, parse_duration
+from .rules import Rule
+
+PIN_XATTR = b"user.tierfs.pin"
+OVERRIDE_XATTR = b"user.tierfs.inactive_for"
+#: states a file must be in for each action to apply
+ACTION_STATES = {
+    "archive": (State.ONLINE, State.DUAL),
+    "archive+keep": (State.ONLINE,),
+    "release": (State.DUAL,),
+    "migrate": (State.ONLINE, State.DUAL),
+    "delete": (State.ONLINE, State.DUAL, State.ARCHIVED, State.LOST),
+}
+DIR_CACHE_MAX = 100_000
+NS = 1_000_000_000
+
+
+def size_text(n: int) -> str:
+    """5200000 -> '5.2MB', 5000000 -> '5MB'."""
+    return fmt_size(n).replace(".0", "")
+
+
+def compile_glob(pattern: str) -> re.Pattern:
+    """Shell-style glob: `*` and `?` stay within one path component, `**`
+    crosses them, `[abc]` / `[!abc]` are classes."""
+    out, i = [], 0
+    while i < len(pattern):
+        c = pattern[i]
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+            continue
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+            continue
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[":
+            j = pattern.find("]", i + 2)
+            if j < 0:
+                out.append(re.escape(c))
+            else:
+                body = pattern[i + 1:j]
+                if body.startswith("!"):
+                    body = "^" + body[1:]
+                out.append(f"[{body.replace(chr(92), chr(92) * 2)}]")
+                i = j
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return re.compile("".join(out) + r"\Z", re.S)
+
+
+class Globs:
+    """Patterns with a "/" match the path relative to the mount; without
+    one they match the file name (as in .gitignore)."""
+
+    def __init__(self, patterns: list[str]):
+        self.full = [compile_glob(p) for p in patterns if "/" in p]
+        self.name = [compile_glob(p) for p in patterns if "/" not in p]
+
+    def match(self, rel: str) -> bool:
+        base = rel.rsplit("/", 1)[-1]
+        return any(p.match(rel) for p in self.full) or any(p.match(base) for p in self.name)
+
+
+@dataclass
+class DirFacts:
+    """What one directory contributes to the files below it."""
+
+    ino: int
+    path: str                          # "/a/b" ("" for the root)
+    parent: "DirFacts | None"
+    own: dict[bytes, bytes] = field(default_factory=dict)   # interesting xattrs set on this directory
+
+    def inherited(self, name: bytes) -> tuple[bytes, str] | None:
+        """(value, directory path) of the nearest definition of `name`."""
+        d = self
+        while d is not None:
+            if name in d.own:
+                return d.own[name], d.path or "/"
+            d = d.parent
+        return None
+
+
+def is_pinned(value: bytes | None) -> bool:
+    return value is not None and value.strip().lower() not in (b"", b"0", b"false", b"no", b"off")
+
+
+class Lookups:
+    """Per-run catalog lookups for candidates, with directory facts cached."""
+
+    def __init__(self, cat, catalog, rules: list[Rule]):
+        self.cat = cat
+        self.catalog = catalog
+        self.names = {PIN_XATTR, OVERRIDE_XATTR}
+        for r in rules:
+            self.names.update(r.xattrs)
+        self.dirs: dict[int, DirFacts] = {}
+        self.queries = 0                  # catalog calls made for candidate checks
+
+    async def _call(self, fn, *args):
+        self.queries += 1
+        return await self.cat(fn, *args)
+
+    async def xattrs(self, ino: int) -> dict[bytes, bytes]:
+        """The interesting xattrs of one inode (pin, override, matched names)."""
+        out = {}
+        for n in await self._call(self.catalog.listxattr, ino):
+            if n in self.names:
+                try:
+                    out[n] = await self._call(self.catalog.getxattr, ino, n)
+                except errors.NoAttr:
+                    pass
+        return out
+
+    async def path(self, ino: int) -> str:
+        return "/" + os.fsdecode(await self._call(self.catalog.path_of, ino))
+
+    async def parent(self, ino: int) -> int:
+        return await self._call(self.catalog.parent_of, ino)
+
+    async def dir(self, ino: int, path: str) -> DirFacts:
+        d = self.dirs.get(ino)
+        if d is not None:
+            return d
+        if len(self.dirs) > DIR_CACHE_MAX:
+            self.dirs.clear()
+        parent = None
+        if ino != ROOT_INO:
+            parent = await self.dir(await self.parent(ino), posixpath.dirname(path) if path.count("/") > 1 else "")
+        d = DirFacts(ino=ino, path=path, parent=parent, own=await self.xattrs(ino))
+        self.dirs[ino] = d
+        return d
+
+
+class Matcher:
+    """One rule compiled for one run (at time `now_ns`)."""
+
+    def __init__(self, rule: Rule, now_ns: int):
+        self.rule = rule
+        self.now_ns = now_ns
+        self.paths = Globs(rule.paths) if rule.paths else None
+        self.excludes = Globs(rule.excludes) if rule.excludes else None
+        inactive = rule.inactive_for
+        if inactive is not None and rule.allow_user_override:
+            inactive = min(inactive, rule.min_override)   # users may shorten down to min_override
+        self.query_inactive = inactive
+
+    def states(self) -> tuple[State, ...]:
+        r = self.rule
+        return ACTION_STATES["archive+keep" if r.action == "archive" and r.keep_online else r.action]
+
+    def query(self, *, limit: int, after_ino: int = 0, tier: str | None = None,
+              order_by_atime: bool = False) -> FileQuery:
+        """The indexed part of the rule. `tier` narrows to one online tier (watermark runs)."""
+        r, now = self.rule, self.now_ns
+        q = FileQuery(states=self.states(), min_size=r.min_size, max_size=r.max_size, limit=limit,
+                      after_ino=after_ino, order_by_atime=order_by_atime, regular_only=True)
+        if self.query_inactive is not None:
+            q.atime_before_ns = now - int(self.query_inactive * NS)
+        if r.older_than is not None:
+            q.crtime_before_ns = now - int(r.older_than * NS)
+        if r.modified_age is not None:
+            q.mtime_before_ns = now - int(r.modified_age * NS)
+        elif r.modified_date_ns is not None:
+            q.mtime_before_ns = r.modified_date_ns
+        if r.tier is not None:
+            if r.tier_is_archive:
+                q.archive_tier = r.tier
+            else:
+                q.tier = r.tier
+        if tier is not None:
+            q.tier = tier
+        if r.owners is not None and len(r.owners) == 1:
+            q.uid = r.owners[0]
+        if r.groups is not None and len(r.groups) == 1:
+            q.gid = r.groups[0]
+        return q
+
+    def _field_checks(self, inode: Inode) -> str | None:
+        r = self.rule
+        if r.action == "migrate" and inode.tier == r.to:
+            return "already there"
+        if r.action == "archive" and inode.state == State.DUAL and inode.archive_tier == r.to and r.keep_online:
+            return "already there"
+        if r.owners is not None and inode.uid not in r.owners:
+            return "owner"
+        if r.groups is not None and inode.gid not in r.groups:
+            return "group"
+        return None
+
+    def _reasons(self, inode: Inode, inactive: float | None, override_from: str | None) -> list[str]:
+        r, now, out = self.rule, self.now_ns, []
+        if inactive is not None:
+            note = f" (user.tierfs.inactive_for on {override_from})" if override_from else ""
+            shown = r.text["inactive_for"] if not override_from else fmt_duration(inactive)
+            out.append(f"inactive {fmt_duration((now - inode.atime_ns) / NS)} > {shown}{note}")
+        if r.older_than is not None:
+            out.append(f"created {fmt_duration((now - inode.crtime_ns) / NS)} ago > {r.text['older_than']}")
+        if r.modified_age is not None:
+            out.append(f"modified {fmt_duration((now - inode.mtime_ns) / NS)} ago > {r.text['modified_before']}")
+        elif r.modified_date_ns is not None:
+            day = datetime.datetime.fromtimestamp(inode.mtime_ns / NS).strftime("%Y-%m-%d")
+            out.append(f"modified {day} < {r.text['modified_before']}")
+        if r.min_size is not None:
+            out.append(f"size {size_text(inode.size)} >= {r.text['min_size']}")
+        if r.max_size is not None:
+            out.append(f"size {size_text(inode.size)} <= {r.text['max_size']}")
+        if r.tier is not None:
+            out.append(f"tier {r.tier}")
+        if r.owners is not None:
+            out.append(f"owner {r.text['owner']}")
+        if r.groups is not None:
+            out.append(f"group {r.text['group']}")
+        if r.scope is not None:
+            out.append(f"under {r.text['scope']}")
+        if self.paths is not None:
+            out.append(f"path {r.text['path']}")
+        return out
+
+    async def evaluate(self, inode: Inode, lk: Lookups) -> tuple[str | None, list[str], str, int]:
+        """(skip reason or None, matched values, path, parent directory). Cheapest checks first."""
+        r = self.rule
+        skip = self._field_checks(inode)
+        if skip:
+            return skip, [], "", 0
+        try:
+            path = await lk.path(inode.ino)
+            parent = await lk.parent(inode.ino)
+        except errors.NotFound:
+            return "gone", [], "", 0
+        if r.scope is not None and not (path == r.scope or path.startswith(r.scope + "/")):
+            return "scope", [], path, parent
+        rel = path[1:]
+        if self.paths is not None and not self.paths.match(rel):
+            return "path", [], path, parent
+        if self.excludes is not None and self.excludes.match(rel):
+            return "excluded", [], path, parent
+        d = await lk.dir(parent, posixpath.dirname(path) if path.count("/") > 1 else "")
+        own = await lk.xattrs(inode.ino)
+        pin = own.get(PIN_XATTR)
+        if is_pinned(pin) or (pin is None and is_pinned((d.inherited(PIN_XATTR) or (None,))[0])):
+            return "pinned", [], path, parent
+        matched = []
+        for name, accepted in r.xattrs.items():
+            v = own.get(name)
+            if v is None:
+                found = d.inherited(name)
+                v = found[0] if found else None
+            if v not in accepted:
+                return "xattr", [], path, parent
+            matched.append(f"{name.decode()}={v.decode(errors='replace')}")
+        inactive, override_from = r.inactive_for, None
+        if r.allow_user_override:
+            found = d.inherited(OVERRIDE_XATTR)
+            if found is not None:
+                try:
+                    wanted = parse_duration(found[0].decode(errors="replace").strip(), "user.tierfs.inactive_for")
+                except errors.ConfigError:
+                    wanted = None   # unparsable: the administrator's value applies
+                if wanted is not None:
+                    inactive = max(wanted, r.min_override)
+                    if r.max_override is not None:
+                        inactive = min(inactive, r.max_override)
+                    override_from = found[1]
+            if inode.atime_ns >= self.now_ns - int(inactive * NS):
+                return "override", [], path, parent
+        jobs = await lk._call(lk.catalog.jobs, ACTIVE_JOB_STATES, inode.ino)
+        if jobs:
+            return "queued", [], path, parent
+        return None, self._reasons(inode, inactive, override_from) + matched, path, parent
