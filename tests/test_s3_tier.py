@@ -113,12 +113,35 @@ def test_ranged_read_fetches_only_the_range(moto, make_tier):
     n0 = len(moto.requests)
     assert tier.read(k, 7 * MiB + 5, 4096) == data[7 * MiB + 5: 7 * MiB + 5 + 4096]
     assert tier.read(k, len(data) - 100, 4096) == data[-100:]
-    assert tier.read(k, len(data) + 10, 4096) == b""
+    assert tier.read(k, len(data) + 10, 4096) == b""     # known from the last read: at the end
     got = gets(moto, n0)
     assert [r["range"] for r in got] == [f"bytes={7 * MiB + 5}-{7 * MiB + 5 + 4095}",
-                                         f"bytes={len(data) - 100}-{len(data) + 3995}",
-                                         f"bytes={len(data) + 10}-{len(data) + 4105}"]
+                                         f"bytes={len(data) - 100}-{len(data) + 3995}"]
     assert sum(r["bytes"] for r in got) < 64 * 1024   # a few KiB went over the wire, not 12 MiB
+
+
+def test_sequential_reads_fetch_growing_windows(moto, make_tier):
+    tier = make_tier(multipart_threshold="5MiB", multipart_chunksize="5MiB", readahead="2MiB")
+    data = os.urandom(9 * MiB + 1000)
+    k = new_key()
+    tier.put(k, io.BytesIO(data))
+    n0 = len(moto.requests)
+    step = 128 * 1024
+    out = b"".join(tier.read(k, off, step) for off in range(0, len(data) + step, step))
+    assert out == data
+    sizes = [r["bytes"] for r in gets(moto, n0)]
+    assert sizes[:3] == [512 * 1024, 1 * MiB, 2 * MiB] and max(sizes) == 2 * MiB   # doubling up to readahead
+    assert len(sizes) <= 8 and sum(sizes) == len(data)                             # each byte fetched once
+    n1 = len(moto.requests)
+    for off in (5 * MiB, 1 * MiB, 8 * MiB):   # random reads fetch just what is asked
+        assert tier.read(k, off + 3, 4096) == data[off + 3: off + 3 + 4096]
+    assert [r["bytes"] for r in gets(moto, n1)] == [4096] * 3
+    tier.put(k, io.BytesIO(b"replaced"))      # a put drops the key's window
+    assert tier.read(k, 0, 100) == b"replaced"
+    off_tier = make_tier(readahead=0)
+    n2 = len(moto.requests)
+    assert off_tier.read(k, 0, 4) == b"repl" and off_tier.read(k, 4, 4) == b"aced"
+    assert [r["range"] for r in gets(moto, n2)] == ["bytes=0-3", "bytes=4-7"]
 
 
 def test_stream_resumes_after_a_broken_connection(moto, make_tier):
@@ -172,12 +195,13 @@ def test_missing_object(make_tier):
 # ---- deadlines -------------------------------------------------------------------
 def test_endpoint_down_fails_within_the_deadline(moto, make_tier, caplog):
     tier = make_tier(name="s3down", connect_timeout=1, read_timeout=2, deadline=3, max_attempts=4)
-    k = new_key()
+    k, k2 = new_key(), new_key()
     tier.put(k, io.BytesIO(b"still here"))
-    assert tier.read(k, 0, 5) == b"still"   # a pooled keep-alive connection exists now
+    tier.put(k2, io.BytesIO(b"not read yet"))
+    assert tier.size(k) == 10   # a pooled keep-alive connection exists now
     moto.stop()
     try:
-        for call in (lambda: tier.read(k, 0, 5), lambda: tier.size(k),
+        for call in (lambda: tier.read(k2, 0, 5), lambda: tier.size(k),
                      lambda: tier.put(new_key(), io.BytesIO(b"x")), lambda: list(tier.keys())):
             t0 = time.monotonic()
             with pytest.raises(errors.TierUnavailable) as ei:

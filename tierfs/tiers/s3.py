@@ -11,8 +11,14 @@ S3-compatible store such as MinIO), keyed by id under an optional prefix.
   that were hashed with sha256: that is what verify() relies on, so a fresh
   copy is verified without downloading it again (archive objects cannot be
   downloaded before a restore anyway).
-- read() is one ranged GET; open_reader() streams and resumes a broken
-  stream with a ranged GET pinned to the object's ETag.
+- read() is a ranged GET of just the asked range, except for sequential
+  readers: a read that starts where the previous one of that key ended
+  fetches a growing window (up to `readahead`) kept for the next reads, so
+  cat of a large file costs a few large GETs instead of one per 128 KiB.
+  tierfs never rewrites an object key (new content gets a new key), and
+  put()/delete() in this process drop the key's window, so a window is
+  never stale. open_reader() streams and resumes a broken stream with a
+  ranged GET pinned to the object's ETag.
 - Every request has a deadline: botocore's connect/read timeouts bound one
   attempt, retry_call() bounds the retries (`max_attempts`, `deadline`);
   botocore's own retries are off so the two do not multiply. A tier that
@@ -52,6 +58,7 @@ PARTS_PER_DOUBLING = 1000       # part size doubles after this many parts
 SHA_META = "tierfs-sha256"      # user metadata key holding the sha256 of single-part objects
 RECENT_PUTS = 10_000            # how many put() results verify() remembers
 ARCHIVE_CLASSES = ("GLACIER", "DEEP_ARCHIVE")   # need a RestoreObject before GET
+WINDOWS = 16                    # read-ahead windows kept (one per key, least recently used dropped)
 TEMP_CODES = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling",
               "ThrottlingException", "RequestLimitExceeded", "OperationAborted"}
 
@@ -102,6 +109,7 @@ class S3Tier(Tier):
         "read_timeout": "duration",      # one socket read (20s)
         "deadline": "duration",          # all retries of one request (30s)
         "max_attempts": int,             # attempts per request (4)
+        "readahead": "size",             # largest read-ahead window of sequential reads (4MiB; 0 = off)
     }
     default_storage_class = "STANDARD"
 
@@ -141,8 +149,12 @@ class S3Tier(Tier):
             raise errors.ConfigError(f"{key('max_attempts')}: expected an integer from 1 to 100")
         if min(self.connect_timeout, self.read_timeout, self.deadline) <= 0:
             raise errors.ConfigError(f"{key('deadline')}: timeouts must be positive")
+        self.readahead = parse_size(opts.get("readahead", "4MiB"), key("readahead"))
+        if self.readahead > 64 * 1024**2:
+            raise errors.ConfigError(f"{key('readahead')}: at most 64MiB (it is held in memory per open file)")
         self._client = None
         self._lock = threading.Lock()
+        self._windows = _Windows(self.readahead)
         self._puts: collections.OrderedDict[str, _Put] = collections.OrderedDict()
         #: where the tier is, for messages (never includes credentials)
         self.where = f"{self.endpoint_url or 'AWS S3'} bucket {self.bucket}" + \
@@ -249,6 +261,7 @@ class S3Tier(Tier):
     def put(self, key: str, src: BinaryIO) -> int:
         k = self._k(key)
         self._remember(key, None)
+        self._windows.drop(key)
         first = _read_full(src, self.threshold + 1)
         if len(first) <= self.threshold:
             sha = hashlib.sha256(first).hexdigest()
@@ -317,6 +330,10 @@ class S3Tier(Tier):
         self.reads += 1
         if size <= 0:
             return b""
+        return self._windows.read(key, offset, size, self._get_range)
+
+    def _get_range(self, key: str, offset: int, size: int) -> bytes:
+        """One ranged GET (short or empty at the object's end)."""
         k = self._k(key)
         rng = f"bytes={offset}-{offset + size - 1}"
 
@@ -347,6 +364,7 @@ class S3Tier(Tier):
     def delete(self, key: str) -> None:
         k = self._k(key)
         self._remember(key, None)
+        self._windows.drop(key)
         self._call("delete", key, lambda: self.client.delete_object(Bucket=self.bucket, Key=k))
 
     def keys(self) -> Iterator[str]:
@@ -529,6 +547,114 @@ class _ObjectReader(io.RawIOBase):
             self.body.close()
         finally:
             super().close()
+
+
+class _Fetch:
+    """A GET in flight (or just done) that concurrent reads can wait for."""
+    __slots__ = ("start", "end", "done", "data")
+
+    def __init__(self, start: int, end: int):
+        self.start, self.end = start, end
+        self.done = threading.Event()
+        self.data: bytes | None = None   # set on success
+
+
+class _Window:
+    """The bytes last fetched for one key and how its reader moves."""
+    __slots__ = ("start", "data", "eof", "next_off", "ahead", "fetching")
+
+    def __init__(self):
+        self.start = 0              # object offset of data[0]
+        self.data = b""             # fetched bytes kept for the next reads
+        self.eof = False            # data reaches the object's end
+        self.next_off = 0           # where the next sequential read would start
+        self.ahead = 0              # current read-ahead size (doubles while sequential)
+        self.fetching: list[_Fetch] = []   # GETs in flight
+
+    def covers(self, off: int, size: int) -> bool:
+        return self.start <= off and (off + size <= self.start + len(self.data) or self.eof)
+
+
+class _Windows:
+    """Read-ahead for sequential readers, one window per key (see module doc).
+
+    The kernel sends the reads of one file in parallel (its own read-ahead),
+    so "sequential" means: starting between the previous read's end and
+    one read-ahead beyond the furthest byte fetched or being fetched. A read inside a GET in
+    flight waits for it instead of fetching the same bytes again."""
+
+    def __init__(self, max_ahead: int):
+        self.max_ahead = max_ahead
+        self.lock = threading.Lock()
+        self.by_key: collections.OrderedDict[str, _Window] = collections.OrderedDict()
+
+    def drop(self, key: str) -> None:
+        with self.lock:
+            self.by_key.pop(key, None)
+
+    def _window(self, key: str) -> _Window:
+        w = self.by_key.get(key)
+        if w is None:
+            w = self.by_key[key] = _Window()
+            while len(self.by_key) > WINDOWS:
+                self.by_key.popitem(last=False)
+        self.by_key.move_to_end(key)
+        return w
+
+    def read(self, key: str, off: int, size: int, fetch) -> bytes:
+        if not self.max_ahead:
+            return fetch(key, off, size)
+        with self.lock:
+            w = self._window(key)
+            if w.covers(off, size):
+                w.next_off = max(w.next_off, off + size)
+                return w.data[off - w.start: off - w.start + size]
+            f = next((f for f in w.fetching if f.start <= off < f.end), None)
+            if f is None:
+                frontier = max([w.start + len(w.data)] + [f.end for f in w.fetching])
+                if w.next_off <= off <= max(frontier, w.next_off) + w.ahead:
+                    w.ahead = min(self.max_ahead, max(2 * w.ahead, 4 * size))
+                else:
+                    w.ahead = 0     # a random read: fetch just what was asked
+                # stop where bytes already fetched or in flight begin (no double fetch)
+                above = [x.start for x in w.fetching if x.start > off] + ([w.start] if w.start > off else [])
+                f = _Fetch(off, max(off + size, min([off + w.ahead] + above)))
+                w.fetching.append(f)
+                mine = True
+            else:
+                mine = False
+        if not mine:
+            f.done.wait(60)
+            if f.data is not None and f.start <= off and (off + size <= f.start + len(f.data)
+                                                          or len(f.data) < f.end - f.start):
+                with self.lock:
+                    w.next_off = max(w.next_off, off + size)
+                return f.data[off - f.start: off - f.start + size]
+            return self.read(key, off, size, fetch) if f.data is not None else fetch(key, off, size)
+        try:
+            f.data = fetch(key, off, f.end - off)
+        finally:
+            with self.lock:
+                w.fetching.remove(f)
+            f.done.set()
+        with self.lock:
+            self._keep(w, f)
+            w.next_off = max(w.next_off, off + size)
+        return f.data[:size]
+
+    def _keep(self, w: _Window, f: _Fetch) -> None:
+        """Make f's bytes the window, joined to the old one when they touch
+        (at most 2 x max_ahead bytes kept)."""
+        data, start = f.data, f.start
+        eof = len(data) < f.end - f.start
+        if start == w.start + len(w.data) and w.data:
+            data, start = w.data + data, w.start
+        elif start + len(data) == w.start and not eof:
+            data, eof = data + w.data, w.eof
+        extra = len(data) - 2 * self.max_ahead
+        if extra > 0:
+            data, start = data[extra:], start + extra
+        w.start, w.data, w.eof = start, data, eof
 
 
 def _read_full(src: BinaryIO, n: int) -> bytes:
