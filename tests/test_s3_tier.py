@@ -144,6 +144,35 @@ def test_sequential_reads_fetch_growing_windows(moto, make_tier):
     assert [r["range"] for r in gets(moto, n2)] == ["bytes=0-3", "bytes=4-7"]
 
 
+def test_concurrent_readers_of_one_object_get_the_right_bytes(moto, make_tier):
+    """Like the kernel's parallel read-ahead: many threads, sequential and random, one key."""
+    import random
+    import threading
+    tier = make_tier(multipart_threshold="5MiB", multipart_chunksize="5MiB", readahead="1MiB")
+    data = os.urandom(6 * MiB + 777)
+    k = new_key()
+    tier.put(k, io.BytesIO(data))
+    bad = []
+
+    def reader(seed):
+        rnd = random.Random(seed)
+        off = 0 if seed % 2 else rnd.randrange(len(data))
+        for _ in range(40):
+            size = rnd.choice((4096, 65536, 131072))
+            if seed % 2 == 0 and rnd.random() < 0.3:
+                off = rnd.randrange(len(data) + 10)
+            got = tier.read(k, off, size)
+            if got != data[off:off + size]:
+                bad.append((seed, off, size))
+            off += size
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert bad == []
+
+
 def test_stream_resumes_after_a_broken_connection(moto, make_tier):
     tier = make_tier()
     data = os.urandom(3 * MiB)
