@@ -82,7 +82,7 @@ from typing import Callable, Iterable, Iterator, TypeVar
 import pymongo
 from pymongo import ReturnDocument, UpdateOne
 from pymongo.errors import (BulkWriteError, ConfigurationError, ConnectionFailure, DuplicateKeyError, InvalidURI,
-                            PyMongoError)
+                            PyMongoError, ServerSelectionTimeoutError)
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
@@ -106,6 +106,8 @@ DEFAULTS = {
 #: not set by default: pymongo then waits that long for server selection
 #: too, so an outage would take the whole deadline to surface as EIO.
 TXN_DEADLINE_S = 10.0
+#: Deadline of each call while the last one found no server (see _errors).
+UNREACHABLE_DEADLINE_S = 1.0
 ACTIVE = [s.value for s in ACTIVE_JOB_STATES]
 #: S_IFMT bits of a regular file / a directory, and the other type bits that must be clear.
 REG_SET, REG_CLEAR = 0o100000, 0o070000
@@ -181,6 +183,8 @@ class MongoCatalog(Catalog):
         except (ConfigurationError, ValueError) as e:
             raise errors.ConfigError(f"catalog: {safe_url(url)}: {e}") from None
         self.db = self.client[parsed["database"] or "tierfs"]
+        #: True while the last call found no reachable server (see _errors)
+        self._unreachable = False
         d = self.db
         self.meta, self.counters, self.inodes, self.dentries = d.meta, d.counters, d.inodes, d.dentries
         self.xattrs, self.jobs_c, self.sessions_c, self.events_c = d.xattrs, d.jobs, d.sessions, d.events
@@ -190,11 +194,27 @@ class MongoCatalog(Catalog):
     # ---- plumbing ----------------------------------------------------------
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
-        """Driver failures (network, timeouts, server errors) -> CatalogUnavailable."""
+        """Driver failures (network, timeouts, server errors) -> CatalogUnavailable.
+
+        While the catalog is known to be unreachable (the last call found no
+        server), calls get UNREACHABLE_DEADLINE_S instead of the full server
+        selection timeout: a command making many syscalls during an outage
+        fails in seconds, not minutes. Any answer from the server ends that."""
         try:
-            yield
+            if self._unreachable:
+                with pymongo.timeout(UNREACHABLE_DEADLINE_S):
+                    yield
+            else:
+                yield
+        except errors.TierfsError:
+            self._unreachable = False  # the server answered (NotFound, Exists...)
+            raise
         except PyMongoError as e:
+            if isinstance(e, ServerSelectionTimeoutError):
+                self._unreachable = True
             raise errors.CatalogUnavailable(f"catalog {safe_url(self.url)}: {_short(e)}") from e
+        else:
+            self._unreachable = False
 
     def _txn(self, fn: Callable[[object], T]) -> T:
         """Run fn(session) in a transaction, retried on transient errors until

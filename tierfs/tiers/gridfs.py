@@ -36,8 +36,12 @@ DEADLINE_S = 20.0   # one tier call, retries included
 
 
 def _is_temp(e: BaseException) -> bool:
-    from pymongo.errors import AutoReconnect, ConnectionFailure, ExecutionTimeout, NetworkTimeout, WTimeoutError
-    return isinstance(e, (AutoReconnect, ConnectionFailure, ExecutionTimeout, NetworkTimeout, WTimeoutError))
+    """Worth retrying: a dropped connection or a timeout. Not "no server
+    found": that already waited serverSelectionTimeoutMS."""
+    from pymongo.errors import ConnectionFailure, ExecutionTimeout, ServerSelectionTimeoutError, WTimeoutError
+    if isinstance(e, ServerSelectionTimeoutError):
+        return False
+    return isinstance(e, (ConnectionFailure, ExecutionTimeout, WTimeoutError))
 
 
 class GridFSTier(Tier):
