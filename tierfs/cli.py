@@ -8,6 +8,7 @@ tier unreachable, 8 --wait timed out (tierfs/client.py).
 from __future__ import annotations
 
 import datetime
+import errno
 import json
 import os
 import subprocess
@@ -511,6 +512,46 @@ def queue(config_path, failed, show_all, cancel, cancel_all, retry, as_json):
                        f"{r['path']}{err}")
     finally:
         cat.close()
+
+
+# ---- placement ----------------------------------------------------------------
+@cli.command(context_settings=CONTEXT)
+@click.argument("directory", type=click.Path())
+@click.argument("tier", required=False)
+@click.option("--clear", is_flag=True, help="Remove the directory's own placement (inherit again).")
+def place(directory, tier, clear):
+    """Show or set the tier new files under DIRECTORY go to.
+
+    Without TIER: print the effective placement and where it comes from.
+    With TIER: new files and subdirectories below DIRECTORY go to TIER
+    (inherited until another directory overrides it). Existing files stay
+    where they are (use `tierfs migrate -r --to TIER DIRECTORY`).
+
+    \b
+    Examples:
+      tierfs place ~/tierfs/scratch            # -> "disk (from default_tier)"
+      tierfs place ~/tierfs/results s3
+      tierfs place --clear ~/tierfs/results
+    """
+    client.check_in_mount(directory)
+    try:
+        if clear:
+            try:
+                os.removexattr(directory, "user.tierfs.placement")
+            except OSError as e:
+                if e.errno != errno.ENODATA:
+                    raise
+        elif tier:
+            os.setxattr(directory, "user.tierfs.placement", tier.encode())
+        value = os.getxattr(directory, "user.tierfs.effective_placement").decode()
+    except OSError as e:
+        err = client.os_error(directory, e, "placement")
+        if e.errno == errno.EINVAL and tier:
+            err = CliError(f"{directory}: cannot place on {tier!r}: not an online tier of this mount, "
+                           "or not a directory", client.EXIT_FAILED)
+        raise err from None
+    name, _, source = value.partition(" ")
+    click.echo(f"{directory}: {name} (from {source if source != 'default_tier' else 'default_tier'})")
 
 
 # Command groups that live in their own modules register here (one line each).
