@@ -81,6 +81,20 @@ def is_temp_failure(e: BaseException) -> bool:
     return isinstance(e, (ConnectionError, TimeoutError))
 
 
+def _why(e: BaseException | None) -> str:
+    """A short cause for a temporary failure (botocore's repeat the URL)."""
+    from botocore import exceptions as bx
+    if isinstance(e, bx.EndpointConnectionError) and not isinstance(e, bx.ConnectTimeoutError):
+        return "cannot connect to the endpoint"
+    if isinstance(e, bx.ConnectTimeoutError):
+        return "connecting timed out"
+    if isinstance(e, bx.ReadTimeoutError):
+        return "no answer within read_timeout"
+    if isinstance(e, bx.ClientError):
+        return f"{_code(e)} (HTTP {_status(e)})"
+    return str(e) or type(e).__name__
+
+
 class _Put:
     """What put() saw: the ETag computed from the bytes and their sha256."""
     __slots__ = ("etag", "sha256", "size")
@@ -209,9 +223,8 @@ class S3Tier(Tier):
             raise self._client_error(e, label, key) from e
         except (bx.NoCredentialsError, bx.PartialCredentialsError, bx.CredentialRetrievalError) as e:
             raise errors.TierUnavailable(f"{label}: no usable credentials ({e})") from e
-        except errors.TierUnavailable as e:
-            log.warning("%s", e)
-            raise
+        except errors.TierUnavailable as e:   # the caller logs it (one line per failure)
+            raise errors.TierUnavailable(f"{label}: {_why(e.__cause__)} ({str(e).rsplit('(', 1)[-1]}") from e.__cause__
 
     def _client_error(self, e, label: str, key: str | None) -> errors.TierfsError:
         code, status = _code(e), _status(e)
