@@ -142,8 +142,8 @@ def test_killed_mount_is_reaped_and_its_job_finished(make_mount, url, cat, tmp_p
     wait_for(lambda: any(j.state == JobState.RUNNING and j.session == sess_a for j in cat.jobs(ino=ino)),
              timeout=20, what="A running the archive")
     b = make_mount(config=TOP + tiers(home), catalog_url=url, name="b")
-    a.kill()
     t_kill = time.monotonic()
+    a.kill()
     wait_for(lambda: cat.get(ino).state == State.ARCHIVED, timeout=45, what="B finishing A's archive")
     took = time.monotonic() - t_kill
     [job] = cat.jobs(ino=ino)

@@ -186,7 +186,10 @@ class MongoCatalog(Catalog):
         #: True while the last call found no reachable server (see _errors)
         self._unreachable = False
         d = self.db
-        self.meta, self.counters, self.inodes, self.dentries = d.meta, d.counters, d.inodes, d.dentries
+        self.meta, self.inodes, self.dentries = d.meta, d.inodes, d.dentries
+        # Counter increments need no journal wait of their own: a later write
+        # that uses the number is majority-committed, which implies this one.
+        self.counters = d.get_collection("counters", write_concern=WriteConcern(w=1, j=False))
         self.xattrs, self.jobs_c, self.sessions_c, self.events_c = d.xattrs, d.jobs, d.sessions, d.events
         self.garbage_c, self.leases = d.garbage, d.leases
         self.tombstones_c = d.tombstones
