@@ -1,0 +1,290 @@
+"""Case 3: the catalog at scale, without FUSE.
+
+A synthetic catalog of N files (in N/1000 directories of 1000) is bulk
+loaded straight into the schema (SQL tables / Mongo collections, with the
+catalog modules' own row builders), then we time:
+- policy candidate selection: catalog.query(FileQuery(states=(ONLINE,),
+  min_size=S, atime_before_ns=T)) where exactly 1% of entries match, warm
+  and after dropping the page cache; with catalog.rows_read (rows returned)
+  and the index entries/documents the database examined (SQLite: the range
+  of the index EXPLAIN QUERY PLAN names; MongoDB: explain executionStats);
+- lookup latency: catalog.lookup(parent, name) of random entries, p50/p99.
+
+The data: atime uniform over the last 100 days, size log-uniform 1 KiB..1 GiB,
+state 90% online / 5% dual / 5% archived; candidates are online, older than
+90 days and >= 256 MiB, and non-candidates are drawn until they do not match.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+
+from tierfs.catalog.base import ROOT_INO, FileQuery, Inode, State
+
+from .util import MiB, Timer, drop_caches, percentile
+
+DAY_NS = 86400 * 10**9
+PER_DIR = 1000
+OLD_DAYS = 90
+BIG = 256 * MiB
+
+
+def _entries(n: int, now: int, seed: int = 3):
+    """Yield (dir index, file index, Inode) for n synthetic files; exactly
+    n // 100 match the candidate query."""
+    rng = random.Random(seed)
+    cands = set(rng.sample(range(n), n // 100))
+    old = now - OLD_DAYS * DAY_NS
+    for i in range(n):
+        if i in cands:
+            atime = rng.randrange(now - 100 * DAY_NS, old)
+            size = rng.randrange(BIG, 1 << 30)
+            state = State.ONLINE
+        else:
+            while True:
+                atime = rng.randrange(now - 100 * DAY_NS, now)
+                size = int(2 ** rng.uniform(10, 30))
+                r = rng.random()
+                state = State.ONLINE if r < 0.9 else (State.DUAL if r < 0.95 else State.ARCHIVED)
+                if not (state == State.ONLINE and atime < old and size >= BIG):
+                    break
+        online = state != State.ARCHIVED
+        yield i // PER_DIR, i % PER_DIR, Inode(
+            ino=0, mode=0o100644, uid=1000, gid=1000, nlink=1, size=size, atime_ns=atime, mtime_ns=atime,
+            ctime_ns=atime, crtime_ns=atime, state=state, tier="disk" if online else None,
+            location=f"{i:032x}" if online else None,
+            archive_tier="vault" if state != State.ONLINE else None,
+            archive_location=f"a{i:031x}" if state != State.ONLINE else None,
+            checksum="0" * 64, data_version=1, state_ns=atime, state_cause="bench")
+
+
+def candidate_query(now: int) -> FileQuery:
+    return FileQuery(states=(State.ONLINE,), min_size=BIG, atime_before_ns=now - OLD_DAYS * DAY_NS)
+
+
+def _dir_inode(now: int) -> Inode:
+    return Inode(ino=0, mode=0o40755, uid=0, gid=0, nlink=2, atime_ns=now, mtime_ns=now, ctime_ns=now,
+                 crtime_ns=now, state_ns=now, state_cause="bench")
+
+
+# ---- loaders ----------------------------------------------------------------------
+def load_sql(cat, n: int, now: int) -> None:
+    """Bulk insert into the inodes and dentries tables (one transaction per
+    50k rows), with the SQL module's own row builder."""
+    from sqlalchemy import insert
+    from tierfs.catalog import schema as S
+    from tierfs.catalog.sql import _inode_values
+    ndirs = (n + PER_DIR - 1) // PER_DIR
+    first_dir = ROOT_INO + 1
+    first_file = first_dir + ndirs
+    with cat.engine.begin() as c:
+        rows = []
+        for d in range(ndirs):
+            v = _inode_values(_dir_inode(now))
+            v["ino"] = first_dir + d
+            rows.append(v)
+        c.execute(insert(S.inodes), rows)
+        c.execute(insert(S.dentries), [dict(parent=ROOT_INO, name=b"d%04d" % d, ino=first_dir + d)
+                                       for d in range(ndirs)])
+    batch_i, batch_d = [], []
+
+    def flush():
+        with cat.engine.begin() as c:
+            c.execute(insert(S.inodes), batch_i)
+            c.execute(insert(S.dentries), batch_d)
+        batch_i.clear()
+        batch_d.clear()
+    for k, (d, f, inode) in enumerate(_entries(n, now)):
+        v = _inode_values(inode)
+        v["ino"] = first_file + k
+        batch_i.append(v)
+        batch_d.append(dict(parent=first_dir + d, name=b"f%06d" % f, ino=first_file + k))
+        if len(batch_i) >= 50000:
+            flush()
+    if batch_i:
+        flush()
+    with cat.engine.begin() as c:
+        c.exec_driver_sql("ANALYZE") if cat.is_sqlite else None
+
+
+def load_mongo(cat, n: int, now: int) -> None:
+    """insert_many into the inodes and dentries collections (documents built
+    by the Mongo module's own _inode_doc), then move the counters past them."""
+    from tierfs.catalog.mongo import _inode_doc
+    ndirs = (n + PER_DIR - 1) // PER_DIR
+    first_dir = ROOT_INO + 1
+    first_file = first_dir + ndirs
+    pos0 = 1_000_000_000
+    cat.inodes.insert_many([_inode_doc(_dir_inode(now).copy(ino=first_dir + d)) for d in range(ndirs)],
+                           ordered=False)
+    cat.dentries.insert_many([{"_id": pos0 + d, "parent": ROOT_INO, "name": b"d%04d" % d, "ino": first_dir + d}
+                              for d in range(ndirs)], ordered=False)
+    bi, bd = [], []
+    for k, (d, f, inode) in enumerate(_entries(n, now)):
+        ino = first_file + k
+        bi.append(_inode_doc(inode.copy(ino=ino)))
+        bd.append({"_id": pos0 + ndirs + k, "parent": first_dir + d, "name": b"f%06d" % f, "ino": ino})
+        if len(bi) >= 20000:
+            cat.inodes.insert_many(bi, ordered=False)
+            cat.dentries.insert_many(bd, ordered=False)
+            bi, bd = [], []
+    if bi:
+        cat.inodes.insert_many(bi, ordered=False)
+        cat.dentries.insert_many(bd, ordered=False)
+    cat.counters.update_one({"_id": "ino"}, {"$max": {"seq": first_file + n}}, upsert=True)
+    cat.counters.update_one({"_id": "pos"}, {"$max": {"seq": pos0 + ndirs + n}}, upsert=True)
+
+
+# ---- what the database examined -------------------------------------------------
+def examined_sql(cat, q: FileQuery) -> dict:
+    """The plan SQLite picks for the candidate query (the statement the
+    catalog really ran, captured from the engine) and how many index
+    entries its range holds (what the search walks before filtering)."""
+    from sqlalchemy import event
+    captured = []
+
+    def hook(conn, cursor, statement, parameters, context, executemany):
+        captured.append((statement, parameters))
+    event.listen(cat.engine, "before_cursor_execute", hook)
+    try:
+        sum(1 for _ in cat.query(q))
+    finally:
+        event.remove(cat.engine, "before_cursor_execute", hook)
+    stmt, params = [c for c in captured if "FROM inodes" in c[0]][-1]
+    states = [s.value for s in q.states]
+    marks = ",".join("?" * len(states))
+    with cat.engine.connect() as c:
+        detail = " | ".join(str(r[-1]) for r in c.exec_driver_sql("EXPLAIN QUERY PLAN " + stmt, params).all())
+        count = None
+        if "ix_inodes_state_atime" in detail:
+            count = c.exec_driver_sql(f"SELECT count(*) FROM inodes WHERE state IN ({marks}) AND atime_ns < ?",
+                                      (*states, q.atime_before_ns)).scalar()
+        elif "ix_inodes_state_size" in detail:
+            count = c.exec_driver_sql(f"SELECT count(*) FROM inodes WHERE state IN ({marks}) AND size >= ?",
+                                      (*states, q.min_size)).scalar()
+        elif "SCAN" in detail or "PRIMARY KEY" in detail:
+            count = c.exec_driver_sql("SELECT count(*) FROM inodes").scalar()
+    return {"plan": detail, "examined": count}
+
+
+def examined_mongo(cat, q: FileQuery) -> dict:
+    f = type(cat)._filter(q)
+    sort = [("atime_ns", 1), ("_id", 1)] if q.order_by_atime else [("_id", 1)]
+    ex = cat.inodes.find(f).sort(sort).explain()
+    st = ex.get("executionStats", {})
+    win = ex.get("queryPlanner", {}).get("winningPlan", {})
+
+    def stages(p):
+        out = [p.get("stage", "") + (f"({p['indexName']})" if "indexName" in p else "")]
+        for k in ("inputStage",):
+            if k in p:
+                out += stages(p[k])
+        for s in p.get("inputStages", []):
+            out += stages(s)
+        return out
+    return {"plan": " <- ".join(stages(win.get("queryPlan", win))), "examined": st.get("totalDocsExamined"),
+            "keys_examined": st.get("totalKeysExamined")}
+
+
+# ---- the case ---------------------------------------------------------------------
+def measure(cat, n: int, runs: int, lookups: int, examined, drop_cold=True) -> dict:
+    now = cat._bench_now
+    q = candidate_query(now)
+    out: dict = {"entries": n, "candidates_expected": n // 100}
+    warm, cold, rows = [], [], []
+    for r in range(runs):
+        if drop_cold:
+            drop_caches()
+        before = cat.rows_read
+        with Timer() as t:
+            got = sum(1 for _ in cat.query(q))
+        cold.append(t.s)
+        rows.append(cat.rows_read - before)
+        out["candidates"] = got
+    for r in range(runs):
+        with Timer() as t:
+            sum(1 for _ in cat.query(q))
+        warm.append(t.s)
+    out.update(select_cold=cold, select_warm=warm, rows_read=rows)
+    out.update(examined(cat, q))
+    rng = random.Random(5)
+    ndirs = (n + PER_DIR - 1) // PER_DIR
+    lat = []
+    for _ in range(lookups):
+        d = rng.randrange(ndirs)
+        f = rng.randrange(min(PER_DIR, n - d * PER_DIR))
+        parent = ROOT_INO + 1 + d
+        t0 = time.perf_counter()
+        cat.lookup(parent, b"f%06d" % f)
+        lat.append(time.perf_counter() - t0)
+    lat.sort()
+    out.update(lookups=lookups, lookup_p50=percentile(lat, 50), lookup_p99=percentile(lat, 99),
+               lookup_mean=sum(lat) / len(lat))
+    return out
+
+
+def run_sqlite(workdir: str, n: int, runs: int, lookups: int, log) -> dict:
+    from tierfs.catalog.sql import SqlCatalog
+    path = os.path.join(workdir, "scale-sqlite.db")
+    for p in (path, path + "-wal", path + "-shm"):
+        if os.path.exists(p):
+            os.unlink(p)
+    cat = SqlCatalog(f"sqlite:///{path}")
+    cat.init()
+    cat._bench_now = time.time_ns()
+    with Timer() as t:
+        load_sql(cat, n, cat._bench_now)
+    log(f"  sqlite: loaded {n} entries in {t.s:.1f} s")
+    try:
+        out = measure(cat, n, runs, lookups, examined_sql)
+        out["load_s"] = t.s
+        out["db_bytes"] = os.path.getsize(path)
+        return out
+    finally:
+        cat.close()
+        for p in (path, path + "-wal", path + "-shm"):
+            if os.path.exists(p):
+                os.unlink(p)
+
+
+def mongo_available() -> str | None:
+    """None when the MongoDB catalog and a mongod can be used, else why not."""
+    try:
+        import tierfs.catalog.mongo  # noqa: F401
+    except ImportError as e:
+        return f"n/a (not available: {e})"
+    try:
+        from tests.mongod import mongod_binary
+        mongod_binary()
+    except Exception as e:  # noqa: BLE001 - any reason means no column
+        return f"n/a (no mongod: {e})"
+    return None
+
+
+def run_mongo(workdir: str, n: int, runs: int, lookups: int, log) -> dict:
+    from tests.mongod import MongoServer
+    from tierfs.catalog import open_catalog
+    d = os.path.join(workdir, "mongod")
+    import shutil
+    shutil.rmtree(d, ignore_errors=True)
+    os.makedirs(d)
+    server = MongoServer(d)
+    server.start()
+    try:
+        cat = open_catalog(server.url("bench"))
+        cat.init()
+        cat._bench_now = time.time_ns()
+        with Timer() as t:
+            load_mongo(cat, n, cat._bench_now)
+        log(f"  mongo: loaded {n} entries in {t.s:.1f} s")
+        try:
+            out = measure(cat, n, runs, lookups, examined_mongo)
+            out["load_s"] = t.s
+            return out
+        finally:
+            cat.close()
+    finally:
+        server.stop()
+        shutil.rmtree(d, ignore_errors=True)

@@ -1,0 +1,225 @@
+"""Turning raw run times into the table, the target verdicts and RESULTS.md.
+
+Every ratio is speed relative to native: 1.00x = as fast as the native
+filesystem, 0.50x = half the throughput / twice the time."""
+
+from __future__ import annotations
+
+from .util import MiB, median
+
+# (case, metric, label, kind): kind "rate" = bytes / median seconds, "time" = median seconds
+FS_ROWS = [
+    ("io", "read_cold", "seq read 1 file, cold", "rate"),
+    ("io", "read_cached", "seq read, cached", "rate"),
+    ("io", "write", "seq write + fsync", "rate"),
+    ("meta", "ls_cold", "ls -l N files, cold", "time"),
+    ("meta", "ls_warm", "ls -l N files, warm", "time"),
+    ("meta", "stat_warm", "N x stat, warm", "time"),
+    ("meta", "create", "create N x 4 KiB files", "time"),
+    ("meta", "rm", "rm -r N files", "time"),
+    ("meta", "untar", "untar source tree", "time"),
+]
+
+
+def fs_value(results: dict, case: str, system: str, metric: str, kind: str):
+    """The median figure: MB/s for rates, seconds for times (None if not run)."""
+    r = results.get("cases", {}).get(case, {}).get(system)
+    if not r or metric not in r.get("runs", {}):
+        return None
+    m = median(r["runs"][metric])
+    if m is None:
+        return None
+    if kind == "rate":
+        return r["bytes"] / m / 1e6 if m > 0 else None
+    return m
+
+
+def speed_ratio(v, native, kind: str):
+    if v is None or native is None or v == 0 or native == 0:
+        return None
+    return v / native if kind == "rate" else native / v
+
+
+def _fmt(v, kind: str) -> str:
+    if v is None:
+        return "-"
+    if kind == "rate":
+        return f"{v:,.0f} MB/s"
+    return f"{v:.3f} s" if v < 10 else f"{v:.1f} s"
+
+
+def fs_table(results: dict, systems: list[str]) -> str:
+    p = results["params"]
+    head = "| case | " + " | ".join(systems) + " |"
+    lines = [head, "|" + "---|" * (len(systems) + 1)]
+    for case, metric, label, kind in FS_ROWS:
+        native = fs_value(results, case, "native", metric, kind)
+        cells = []
+        for s in systems:
+            v = fs_value(results, case, s, metric, kind)
+            r = speed_ratio(v, native, kind)
+            cells.append(_fmt(v, kind) + (f" ({r:.2f}x)" if r is not None and s != "native" else ""))
+        if any(c != "-" for c in cells):
+            label = label.replace("N", f"{p['nfiles']:,}").replace("1 file", f"{p['file_mib']} MiB")
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def catalog_table(results: dict) -> str:
+    c = results.get("cases", {}).get("catalog", {})
+    cols = ["sqlite", "mongo"]
+    rows = [("entries", lambda r: f"{r['entries']:,}"),
+            ("candidates (1%)", lambda r: f"{r['candidates']:,}"),
+            ("policy selection, warm", lambda r: f"{median(r['select_warm']):.3f} s"),
+            ("policy selection, cold cache", lambda r: f"{median(r['select_cold']):.3f} s"),
+            ("rows_read (catalog counter)", lambda r: f"{median(r['rows_read']):,.0f}"),
+            ("entries the database examined", lambda r: "-" if r.get("examined") is None else f"{r['examined']:,}"),
+            ("query plan", lambda r: f"`{r.get('plan', '')}`"),
+            ("lookup p50", lambda r: f"{r['lookup_p50'] * 1e6:,.0f} µs"),
+            ("lookup p99", lambda r: f"{r['lookup_p99'] * 1e6:,.0f} µs"),
+            ("bulk load", lambda r: f"{r['load_s']:.0f} s")]
+    lines = ["| catalog scale | SQLite | MongoDB |", "|---|---|---|"]
+    for label, f in rows:
+        cells = []
+        for col in cols:
+            r = c.get(col)
+            if isinstance(r, str):
+                cells.append(r)
+            elif r is None:
+                cells.append("not run")
+            else:
+                try:
+                    cells.append(f(r))
+                except (KeyError, TypeError):
+                    cells.append("-")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def tierfs_table(results: dict) -> str:
+    cases = results.get("cases", {})
+    lines = ["| tierfs only | figure |", "|---|---|"]
+    a = cases.get("access")
+    if a:
+        t, nt = median(a["time"]), median(a.get("native_time") or [])
+        ratio = f" ({nt / t:.2f}x native {nt:.2f} s)" if nt else ""
+        lines += [f"| {a['reads_per_run']:,} x open+read+close of one cached file | {t:.2f} s{ratio} |",
+                  f"| catalog atime writes for it (atime_flush {a['atime_flush_s']:.0f} s) | {a['atime_writes']} over "
+                  f"{a['flush_intervals']} flush intervals = {a['writes_per_file_per_interval']:.2f} per file per interval |"]
+    ar = cases.get("archive")
+    if ar:
+        mb = ar["files"] * ar["file_bytes"] / 1e6
+        arc, res = median(ar["archive"]), median(ar["restore"])
+        lines += [f"| archive -r --wait {ar['files']:,} x {ar['file_bytes'] / 1e6:g} MB to vault | {arc:.1f} s "
+                  f"({mb / arc:.0f} MB/s, {ar['files'] / arc:.0f} files/s) |",
+                  f"| restore -r --wait of them | {res:.1f} s ({mb / res:.0f} MB/s, {ar['files'] / res:.0f} files/s) |",
+                  f"| {ar['openers']} concurrent openers of one archived 8 MiB file | all done in "
+                  f"{median(ar['open_wait']):.2f} s; vault reads per run {ar['vault_reads']} |"]
+    return "\n".join(lines)
+
+
+# ---- targets ------------------------------------------------------------------------
+def targets(results: dict) -> list[dict]:
+    """Each target of issue 8 with its figures and met / missed / not run."""
+    out = []
+
+    def v(case, system, metric, kind):
+        return fs_value(results, case, system, metric, kind)
+
+    def add(name, ok, figures):
+        out.append({"target": name, "status": "not run" if ok is None else ("met" if ok else "missed"),
+                    "figures": figures})
+
+    nat = v("io", "native", "read_cold", "rate")
+    t = v("io", "tierfs", "read_cold", "rate")
+    peers = {s: v("io", s, "read_cold", "rate") for s in ("mergerfs", "rclone-off", "rclone-full")}
+    peers = {k: x for k, x in peers.items() if x}
+    best = max(peers.values()) if peers else None
+    ok = None if None in (nat, t) else (t >= 0.6 * nat and (best is None or t >= best))
+    add("seq read cold >= 0.6x native and >= best of mergerfs/rclone", ok,
+        _figs(tierfs=t, native=nat, **peers, unit="MB/s"))
+    nat, t = v("io", "native", "read_cached", "rate"), v("io", "tierfs", "read_cached", "rate")
+    add("cached re-read >= 0.9x native", None if None in (nat, t) else t >= 0.9 * nat,
+        _figs(tierfs=t, native=nat, unit="MB/s"))
+    nat, t, m = (v("io", s, "write", "rate") for s in ("native", "tierfs", "mergerfs"))
+    add("seq write >= 0.5x native and >= mergerfs default",
+        None if None in (nat, t) else (t >= 0.5 * nat and (m is None or t >= m)),
+        _figs(tierfs=t, native=nat, mergerfs=m, unit="MB/s"))
+    t, m = v("meta", "tierfs", "ls_warm", "time"), v("meta", "mergerfs", "ls_warm", "time")
+    add("ls -l 10k warm no slower than mergerfs (xattrs on)", None if None in (t, m) else t <= m,
+        _figs(tierfs=t, mergerfs=m, unit="s"))
+    t = v("meta", "tierfs-noxattr", "ls_warm", "time")
+    add("ls -l 10k warm < 0.5 s with xattrs = false", None if t is None else t < 0.5,
+        _figs(**{"tierfs-noxattr": t}, unit="s"))
+    nat, t = v("meta", "native", "stat_warm", "time"), v("meta", "tierfs", "stat_warm", "time")
+    add("10k stat warm <= 2x native", None if None in (nat, t) else t <= 2 * nat, _figs(tierfs=t, native=nat, unit="s"))
+    t, m = v("meta", "tierfs", "create", "time"), v("meta", "mergerfs", "create", "time")
+    add("10k small-file create <= 3x mergerfs", None if None in (t, m) else t <= 3 * m,
+        _figs(tierfs=t, mergerfs=m, unit="s"))
+    c = results.get("cases", {}).get("catalog", {})
+    for col, label in (("sqlite", "SQLite"), ("mongo", "MongoDB")):
+        r = c.get(col)
+        if not isinstance(r, dict):
+            add(f"policy selection on {label}: < 2 s, rows read proportional to candidates", None, r or "not run")
+            continue
+        sel = max(median(r["select_warm"]), median(r["select_cold"]))
+        rows = median(r["rows_read"])
+        ex = r.get("examined")
+        prop = rows <= 2 * r["candidates"] and (ex is None or ex <= 10 * r["candidates"])
+        add(f"policy selection on {label}: < 2 s, rows read proportional to candidates",
+            sel < 2 and prop, f"{sel:.2f} s (worst of warm/cold) on {r['entries']:,} entries; rows_read {rows:,.0f} "
+            f"for {r['candidates']:,} candidates; examined {ex if ex is None else format(ex, ',')} "
+            f"(plan: {r.get('plan')})")
+    a = results.get("cases", {}).get("access")
+    add("access tracking < 1 catalog write per file per flush interval",
+        None if not a else a["writes_per_file_per_interval"] < 1 or a["atime_writes"] <= 1,
+        "not run" if not a else f"{a['atime_writes']} writes in {a['flush_intervals']} intervals of "
+        f"{a['atime_flush_s']:.0f} s for {a['reads_per_run'] * len(a['time']):,} opens of one file")
+    ar = results.get("cases", {}).get("archive")
+    add("10 concurrent openers of one archived file: 1 vault read",
+        None if not ar else all(x == 1 for x in ar["vault_reads"]),
+        "not run" if not ar else f"vault reads per run {ar['vault_reads']}")
+    return out
+
+
+def _figs(unit: str, **kw) -> str:
+    return ", ".join(f"{k} {x:,.3f} {unit}" if unit == "s" else f"{k} {x:,.0f} {unit}"
+                     for k, x in kw.items() if x is not None)
+
+
+def targets_table(results: dict) -> str:
+    lines = ["| target | verdict | figures |", "|---|---|---|"]
+    for t in results.get("targets", []):
+        mark = {"met": "met", "missed": "**missed**"}.get(t["status"], t["status"])
+        lines.append(f"| {t['target']} | {mark} | {t['figures']} |")
+    return "\n".join(lines)
+
+
+def render(results: dict, systems: list[str]) -> str:
+    """The whole report as Markdown (what the command prints and RESULTS.md holds)."""
+    m = results["meta"]
+    mach = m["machine"]
+    disk = m.get("disk", {})
+    p = results["params"]
+    loads = [x["load"][0] for x in m.get("load_log", [])]
+    out = [f"Run {m['date']} on {mach.get('nproc')} cores ({mach.get('cpu', '?')}), {mach.get('memory_gib')} GiB, "
+           f"kernel {mach.get('kernel')}, {mach.get('os', '')}; disk {disk.get('source')} {disk.get('fstype')} "
+           f"({disk.get('model', '')}, {disk.get('size_gib', '?')} GiB, {disk.get('options', '')}).",
+           f"Load average at start {m['load_start']}, end {m['load_end']}"
+           + (f", 1-min range during the run {min(loads):.2f}-{max(loads):.2f}" if loads else "") + ".",
+           f"Median of {p['runs']} runs; file {p['file_mib']} MiB; N = {p['nfiles']:,}; "
+           f"tree {p.get('tree', {}).get('files', '?')} files; page cache dropped before cold runs: "
+           f"{'yes' if not m.get('drop_caches_error') else m['drop_caches_error']}.",
+           "Ratios are speed relative to native (0.50x = half the throughput or twice the time).", ""]
+    out += [fs_table(results, systems), ""]
+    if "catalog" in results.get("cases", {}):
+        out += [catalog_table(results), ""]
+    if results.get("cases", {}).get("access") or results.get("cases", {}).get("archive"):
+        out += [tierfs_table(results), ""]
+    out += ["Targets:", "", targets_table(results), ""]
+    notes = results.get("notes", {})
+    if notes:
+        out.append("Systems:")
+        for s, n in notes.items():
+            out.append(f"- {s}: " + ", ".join(f"{k}={v}" for k, v in n.items()))
+    return "\n".join(out) + "\n"

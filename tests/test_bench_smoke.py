@@ -1,0 +1,42 @@
+"""The benchmark command runs end to end on tiny sizes and produces its
+table and JSON (no timing is asserted: benchmarks are not tests)."""
+
+import json
+import os
+import subprocess
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+pytestmark = pytest.mark.mount
+
+
+def test_bench_runs_on_tiny_sizes(tmp_path):
+    out = tmp_path / "bench.json"
+    r = subprocess.run([os.path.join(ROOT, "bench", "run"), "--tiny", "--json", str(out),
+                        "--workdir", str(tmp_path / "work")],
+                       capture_output=True, text=True, timeout=280, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    assert "| case | native | tierfs |" in r.stdout, r.stdout
+    assert "| catalog scale | SQLite | MongoDB |" in r.stdout
+    assert "Targets:" in r.stdout
+    res = json.loads(out.read_text())
+    assert not [e for e in res["meta"]["errors"] if "skipped" not in e], res["meta"]["errors"]
+    for case in ("io", "meta"):
+        for system in ("native", "tierfs"):
+            runs = res["cases"][case][system]["runs"]
+            assert runs and all(len(v) == 1 and v[0] > 0 for v in runs.values()), (case, system, runs)
+    assert res["cases"]["meta"]["tierfs-noxattr"]["runs"]["ls_warm"]
+    sql = res["cases"]["catalog"]["sqlite"]
+    assert sql["candidates"] == sql["candidates_expected"] == 20, sql
+    assert sql["rows_read"] == [20]
+    mongo = res["cases"]["catalog"]["mongo"]
+    assert isinstance(mongo, str) and mongo.startswith("n/a") or mongo["candidates"] == 20, mongo
+    assert res["cases"]["access"]["atime_writes"] >= 1
+    assert res["cases"]["archive"]["vault_reads"] == [1], res["cases"]["archive"]
+    assert {t["status"] for t in res["targets"]} <= {"met", "missed", "not run"}
+    assert res["meta"]["load_start"] and res["meta"]["machine"]["nproc"]
+    # every mount the bench made is gone
+    with open("/proc/self/mountinfo") as f:
+        assert str(tmp_path) not in f.read()
