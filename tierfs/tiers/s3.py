@@ -141,6 +141,9 @@ class S3Tier(Tier):
         self.endpoint_url = opts.get("endpoint_url") or None
         self.region = opts.get("region") or None
         self.storage_class = str(opts.get("storage_class") or self.default_storage_class).upper()
+        if not self.archive and self.storage_class in ARCHIVE_CLASSES:
+            raise errors.ConfigError(f"{key('storage_class')}: {self.storage_class} objects cannot be read without "
+                                     "a restore; use kind = \"s3-archive\" for them")
         self.profile = opts.get("profile") or None
         self.addressing_style = opts.get("addressing_style") or ("path" if self.endpoint_url else "auto")
         if self.addressing_style not in ("auto", "path", "virtual"):
