@@ -96,6 +96,22 @@ def test_failed_multipart_upload_is_aborted(moto, s3_bucket, make_tier):
     assert list(tier.keys()) == []
 
 
+def test_lost_answer_to_complete_multipart_upload(moto, s3_bucket, make_tier):
+    """S3 completed the upload but the answer was lost: the retry gets
+    NoSuchUpload, and the put still succeeds because the object is ours."""
+    tier = make_tier(multipart_threshold="5MiB", multipart_chunksize="5MiB")
+    data = os.urandom(6 * MiB)
+    k = new_key()
+    n0 = len(moto.requests)
+    moto.inject("POST", k, query_contains="uploadId=", truncate_after=10)   # done, answer cut
+    moto.inject("POST", k, query_contains="uploadId=", status=404, code="NoSuchUpload")   # as AWS may answer
+    assert tier.put(k, io.BytesIO(data)) == len(data)
+    completes = [r for r in moto.requests[n0:] if r["method"] == "POST" and "uploadId=" in r["query"]]
+    assert [r["fault"] for r in completes] == ["truncated", "NoSuchUpload"]
+    assert tier.verify(k, hashlib.sha256(data).hexdigest(), len(data))
+    assert moto.client().get_object(Bucket=s3_bucket, Key=k)["Body"].read() == data
+
+
 def test_part_size_doubles_to_stay_under_the_part_limit():
     data = b"x" * (1000 * 10 + 3 * 20 + 5)
     src = io.BytesIO(data)

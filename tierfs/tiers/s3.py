@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import errno
 import hashlib
 import io
 import logging
@@ -301,7 +302,7 @@ class S3Tier(Tier):
             for n, data in enumerate(_parts(first, src, self.chunksize), start=1):
                 if n > MAX_PARTS:
                     raise errors.TierfsError(f"tier {self.name}: object {key} needs more than {MAX_PARTS} parts",
-                                             err=27)  # EFBIG
+                                             err=errno.EFBIG)
                 sha.update(data)
                 md5 = hashlib.md5(data).digest()
                 resp = self._call(f"upload part {n} of", key, lambda: self.client.upload_part(
@@ -310,8 +311,16 @@ class S3Tier(Tier):
                 digests.append(md5)
                 parts.append({"PartNumber": n, "ETag": resp["ETag"]})
                 total += len(data)
-            resp = self._call("complete multipart upload of", key, lambda: self.client.complete_multipart_upload(
-                Bucket=self.bucket, Key=k, UploadId=upload_id, MultipartUpload={"Parts": parts}))
+            etag = hashlib.md5(b"".join(digests)).hexdigest() + f"-{len(digests)}"
+            try:
+                resp = self._call("complete multipart upload of", key, lambda: self.client.complete_multipart_upload(
+                    Bucket=self.bucket, Key=k, UploadId=upload_id, MultipartUpload={"Parts": parts}))
+            except errors.ObjectMissing:
+                # NoSuchUpload: a retry after an answer that got lost; done if the object is ours
+                head = self._head(key)
+                if head is None or str(head.get("ETag", "")).strip('"') != etag:
+                    raise
+                resp = head
         except BaseException:
             try:
                 self._call("abort multipart upload of", key, lambda: self.client.abort_multipart_upload(
@@ -320,7 +329,6 @@ class S3Tier(Tier):
                 log.warning("tier %s: could not abort the upload of %s (%s); a bucket lifecycle rule "
                             "for incomplete multipart uploads cleans it up", self.name, key, e)
             raise
-        etag = hashlib.md5(b"".join(digests)).hexdigest() + f"-{len(digests)}"
         self._check_etag(key, resp.get("ETag"), etag, sha.hexdigest(), total)
         log.debug("tier %s: %s stored in %d parts, %d bytes", self.name, key, len(parts), total)
         return total
