@@ -92,6 +92,14 @@ def sha_of_cat(m, name: str, timeout: float = 60) -> str:
     return hashlib.sha256(r.stdout).hexdigest()
 
 
+def sha_direct(m, name: str) -> str:
+    """sha256 of the file read with O_DIRECT: from the tier, not the kernel's page cache."""
+    r = subprocess.run(["dd", f"if={m.path(name)}", "iflag=direct", "bs=1M", "status=none"], capture_output=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    return hashlib.sha256(r.stdout).hexdigest()
+
+
 def test_migrate_disk_s3_disk_keeps_bytes_inode_and_xattrs(s3m, moto):
     m = s3m
     data = put(m, "big.bin", 7 * MiB + 3)   # multipart on s3 (threshold 5MiB)
@@ -117,14 +125,14 @@ def test_migrate_disk_s3_disk_keeps_bytes_inode_and_xattrs(s3m, moto):
     got = [r for r in moto.requests[n0:] if r["method"] == "GET"]
     assert got and all(r["range"] for r in got)
     assert sum(r["bytes"] for r in got) < 2 * MiB
-    assert sha_of_cat(m, "big.bin") == hashlib.sha256(data).hexdigest()
+    assert sha_direct(m, "big.bin") == hashlib.sha256(data).hexdigest()
     assert open(m.path("small.bin"), "rb").read() == small
 
     m.cli("migrate", "--to", "disk", "--wait", "--timeout", "60", m.path("big.bin"))
     inf = info(m, "big.bin")
     assert inf["tier"] == "disk" and os.stat(m.path("big.bin")).st_ino == ino
     assert os.getxattr(m.path("big.bin"), "user.note") == b"kept"
-    assert sha_of_cat(m, "big.bin") == hashlib.sha256(data).hexdigest()
+    assert sha_direct(m, "big.bin") == hashlib.sha256(data).hexdigest()
     # the superseded S3 object is garbage-collected
     wait_for(lambda: len(objects(moto, m.bucket, "online/")) == 1, timeout=30, what="s3 object collected")
 
@@ -203,3 +211,30 @@ def test_endpoint_down_eio_within_deadline_and_jobs_retry(s3m, moto):
     assert open(m.path("cold.bin"), "rb").read() == cold
     assert "testing-secret" not in m.log()   # credentials are never logged
     print(f"EIO from a down endpoint after {took:.1f}s")
+
+
+@pytest.mark.mongo
+def test_migrate_through_disk_s3_gridfs_disk(make_mount, tmp_path, moto, s3_bucket, mongod):
+    """Bytes move between every online kind; path, inode and xattrs stay."""
+    import uuid
+    cfg = s3_config(tmp_path, moto, s3_bucket) + f"""
+        [tiers.gfs]
+        kind = "gridfs"
+        url = "{mongod.url(f"g{uuid.uuid4().hex[:12]}")}"
+    """
+    m = make_mount(config=cfg, env=AWS_ENV)
+    os.mkdir(m.path("d"))
+    data = put(m, "d/f.bin", 3 * MiB + 17)
+    os.setxattr(m.path("d/f.bin"), "user.note", b"travels")
+    ino = os.stat(m.path("d/f.bin")).st_ino
+    for to in ("s3", "gfs", "disk"):
+        m.cli("migrate", "--to", to, "--wait", "--timeout", "60", m.path("d/f.bin"))
+        inf = info(m, "d/f.bin")
+        assert inf["tier"] == to and inf["checksum"] == hashlib.sha256(data).hexdigest()
+        assert os.stat(m.path("d/f.bin")).st_ino == ino
+        assert os.getxattr(m.path("d/f.bin"), "user.note") == b"travels"
+        n0 = len(moto.requests)
+        assert sha_direct(m, "d/f.bin") == hashlib.sha256(data).hexdigest()
+        s3_bytes = sum(r["bytes"] for r in moto.requests[n0:] if r["method"] == "GET")
+        assert (s3_bytes >= len(data)) == (to == "s3"), (to, s3_bytes)   # read from the tier it is on
+    wait_for(lambda: objects(moto, s3_bucket, "online/") == {}, timeout=30, what="s3 copy collected")
