@@ -290,7 +290,10 @@ class Engine:
                  (r.tier is None or (r.tier == tier and not r.tier_is_archive))]
         report = Report(dry_run=dry_run, trigger=trigger or f"watermark {tier}", now_ns=self.clock.now_ns())
         lk = Lookups(self.cat, self.catalog, rules)
-        streams = [_AtimeStream(self, Matcher(r, report.now_ns), tier) for r in rules]
+        streams = []
+        for r in rules:
+            m = Matcher(r, report.now_ns, tier)
+            streams += [_AtimeStream(self, m, state) for state in m.states()]
         stats = {r.name: RuleStats(r.name) for r in rules}
         report.rules = list(stats.values())
         heap = []
@@ -333,14 +336,14 @@ class Engine:
 
 
 class _AtimeStream:
-    """A rule's candidates on one tier, least recently accessed first.
+    """A rule's candidates in one state on one tier, least recently accessed first.
 
     FileQuery has no (atime, ino) cursor, so pages are re-queried with a
     doubling limit, skipping what was already seen: the rows read stay
     within twice the candidates consumed."""
 
-    def __init__(self, engine: Engine, m: Matcher, tier: str):
-        self.engine, self.m, self.tier = engine, m, tier
+    def __init__(self, engine: Engine, m: Matcher, state):
+        self.engine, self.m, self.state = engine, m, state
         self.limit = engine.page
         self.buf: deque[Inode] = deque()
         self.seen: set[int] = set()
@@ -350,7 +353,7 @@ class _AtimeStream:
         while not self.buf:
             if self.exhausted:
                 return None
-            rows = await self.engine._query(self.m.query(limit=self.limit, tier=self.tier, order_by_atime=True))
+            rows = await self.engine._query(self.m.query(limit=self.limit, state=self.state))
             self.buf = deque(i for i in rows if i.ino not in self.seen)
             self.seen.update(i.ino for i in self.buf)
             self.exhausted = len(rows) < self.limit
