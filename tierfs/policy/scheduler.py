@@ -99,6 +99,9 @@ class PolicyScheduler:
         #: session is reaped, so a long TTL does not delay a takeover)
         self.tick_s = TICK_S if self.watermarks else IDLE_TICK_S
         self.lease_ttl = float(getattr(cfg, "session_timeout", 30.0)) + 2 * self.tick_s
+        #: without the lease: how soon to try again (a rule's interval if shorter, so a freed lease
+        #: is taken within one interval)
+        self.retry_s = min([self.tick_s] + [r.interval for r in self.rules if r.interval and r.enabled])
         self.leader = False
         self.started = 0.0
         self.last_run: dict[str, float] = {}
@@ -183,7 +186,7 @@ class PolicyScheduler:
         """One round: lease, due interval rules, watermarks. Returns the
         seconds until the next round is needed."""
         if not await self.renew():
-            return self.tick_s
+            return self.retry_s
         await self.sweep_buried()
         now = self.clock.now()
         next_at = now + self.tick_s
