@@ -254,6 +254,7 @@ def test_endpoint_down_fails_within_the_deadline(moto, make_tier, caplog):
             assert took < 10, f"took {took:.1f}s"
             assert ei.value.errno == errno.EIO
             assert "s3down" in str(ei.value) and moto.url in str(ei.value)
+            assert "cannot connect to the endpoint (gave up after" in str(ei.value)
     finally:
         moto.start()
     assert tier.read(k, 0, 10) == b"still here"   # same port, same bucket: works again
@@ -271,7 +272,7 @@ def test_silent_endpoint_fails_within_the_deadline(tmp_path):
                       access_key_id="testing", secret_access_key="testing", connect_timeout=1, read_timeout=1,
                       deadline=2, max_attempts=3)
         t0 = time.monotonic()
-        with pytest.raises(errors.TierUnavailable, match="silent"):
+        with pytest.raises(errors.TierUnavailable, match="silent.*no answer within read_timeout"):
             tier.read(new_key(), 0, 4096)
         assert time.monotonic() - t0 < 10
         tier.close()

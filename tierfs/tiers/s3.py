@@ -82,6 +82,10 @@ def is_temp_failure(e: BaseException) -> bool:
     return isinstance(e, (ConnectionError, TimeoutError))
 
 
+class _Temporary(Exception):
+    """A temporary failure, with a short cause, inside S3Tier._call's retries."""
+
+
 def _why(e: BaseException | None) -> str:
     """A short cause for a temporary failure (botocore's repeat the URL)."""
     from botocore import exceptions as bx
@@ -220,15 +224,22 @@ class S3Tier(Tier):
         tierfs errors (ObjectMissing, Pending, TierUnavailable, EIO)."""
         from botocore import exceptions as bx
         label = f"tier {self.name} ({self.where}): {what}" + (f" {key}" if key else "")
+
+        def attempt():
+            try:
+                return fn()
+            except Exception as e:
+                if is_temp_failure(e):
+                    raise _Temporary(_why(e)) from e
+                raise
+        # Callers log what this raises: no log line here, one per failure.
         try:
-            return retry_call(fn, what=label, is_temp=is_temp_failure, deadline_s=self.deadline,
-                              max_attempts=self.max_attempts)
+            return retry_call(attempt, what=label, is_temp=lambda e: isinstance(e, _Temporary),
+                              deadline_s=self.deadline, max_attempts=self.max_attempts)
         except bx.ClientError as e:
             raise self._client_error(e, label, key) from e
         except (bx.NoCredentialsError, bx.PartialCredentialsError, bx.CredentialRetrievalError) as e:
             raise errors.TierUnavailable(f"{label}: no usable credentials ({e})") from e
-        except errors.TierUnavailable as e:   # the caller logs it (one line per failure)
-            raise errors.TierUnavailable(f"{label}: {_why(e.__cause__)} ({str(e).rsplit('(', 1)[-1]}") from e.__cause__
 
     def _client_error(self, e, label: str, key: str | None) -> errors.TierfsError:
         code, status = _code(e), _status(e)
@@ -239,15 +250,13 @@ class S3Tier(Tier):
             return errors.Pending(f"tier {self.name}: object {key} is in an archive storage class "
                                   "and must be restored before it can be read")
         if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403") or status == 403:
-            log.error("%s: access denied (%s); check the tier's credentials and bucket policy", label, code)
-            return errors.TierfsError(f"{label}: access denied ({code})")
+            return errors.TierfsError(f"{label}: access denied ({code}); check the tier's credentials "
+                                      "and the bucket policy")
         if code == "PreconditionFailed":   # a resumed read found another object under the key
             return errors.TierfsError(f"tier {self.name}: object {key} changed while being read")
         if code == "NoSuchBucket":
-            log.error("%s: the bucket does not exist", label)
             return errors.TierfsError(f"{label}: bucket {self.bucket} does not exist")
-        log.error("%s: %s (%s, HTTP %s)", label, msg, code, status)
-        return errors.TierfsError(f"{label}: {msg} ({code})")
+        return errors.TierfsError(f"{label}: {msg} ({code}, HTTP {status})")
 
     def _remember(self, key: str, put: _Put | None) -> None:
         with self._lock:
@@ -531,11 +540,11 @@ class _ObjectReader(io.RawIOBase):
             try:
                 data = self.body.read(n)
             except Exception as e:  # noqa: BLE001 - classified
-                if not is_temp_failure(e) or self.resumes >= self.tier.max_attempts:
-                    if is_temp_failure(e):
-                        raise errors.TierUnavailable(f"tier {self.tier.name} ({self.tier.where}): reading "
-                                                     f"{self.key}: {e}") from e
+                if not is_temp_failure(e):
                     raise
+                if self.resumes >= self.tier.max_attempts:
+                    raise errors.TierUnavailable(f"tier {self.tier.name} ({self.tier.where}): reading {self.key}: "
+                                                 f"{_why(e)} (gave up after {self.resumes} resumes)") from e
                 self._resume(e)
                 continue
             self.pos += len(data)
