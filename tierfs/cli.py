@@ -555,7 +555,7 @@ def place(directory, tier, clear):
 
 
 # Command groups that live in their own modules register here (one line each).
-# from . import cli_admin; cli_admin.register(cli)
+from . import cli_admin; cli_admin.register(cli)  # noqa: E402,E702
 from . import cli_policy; cli_policy.register(cli)  # noqa: E402,E702
 from . import cli_fsck; cli_fsck.register(cli)  # noqa: E402,E702
 

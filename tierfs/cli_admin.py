@@ -1,0 +1,769 @@
+"""Operator commands that read the catalog: `tierfs status`, `find`, `du`,
+and `import` (which writes it).
+
+Which catalog: these commands take a mount (or a path inside one) and use
+the configuration that mount's daemon runs with, read from the daemon's
+command line (`tierfs mount MNT --foreground [--config FILE] [-o K=V]`),
+environment ($TIERFS_CONFIG, $TIERFS_HOME) and working directory in
+/proc/PID. --config overrides that; when no daemon process is visible
+(another user's mount), the usual lookup applies ($TIERFS_CONFIG,
+/etc/tierfs/tierfs.toml, the embedded default). Either way the catalog must
+list the mount's session (from its user.tierfs.stats attribute), or the
+command stops with exit code 6 instead of answering from the wrong catalog.
+
+Exit codes (tierfs/client.py): 3 not in a running tierfs mount, 4 no such
+file, 6 configuration, 7 catalog unreachable, 1 other failures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import grp
+import json
+import os
+import pwd
+import re
+import stat
+import sys
+import time
+from dataclasses import dataclass
+
+import click
+
+from . import client, config as config_mod, errors, mounts
+from .catalog.base import ROOT_INO, FileQuery, State
+from .client import CliError
+from .units import fmt_duration, fmt_size, parse_duration, parse_size
+
+CONTEXT = dict(help_option_names=["-h", "--help"], max_content_width=100)
+_config_opt = click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False),
+                           help="TOML config (default: the one the mount's daemon runs with).")
+
+
+# ---- which config and catalog ------------------------------------------------
+@dataclass
+class Target:
+    """A mount (or a path inside one) and the configuration it runs with."""
+
+    mountpoint: str | None       # None: --config without a mount
+    cfg: config_mod.Config
+    how: str                     # where the config came from
+    pid: int | None = None       # the daemon, when visible
+    session: str | None = None   # its catalog session (user.tierfs.stats)
+
+
+def safe_url(url: str) -> str:
+    """A catalog URL without its password."""
+    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
+
+
+@contextlib.contextmanager
+def _environ(values: dict[str, str | None]):
+    old = {k: os.environ.get(k) for k in values}
+    try:
+        for k, v in values.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _proc_args(pid: str) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    if b"tierfs" not in raw or b"mount" not in raw:
+        return None
+    return [os.fsdecode(a) for a in raw.split(b"\0")[:-1]]
+
+
+def daemon_config(mp: str) -> tuple[config_mod.Config, str, int] | None:
+    """(config, how it was found, pid) of the daemon serving mountpoint `mp`,
+    from /proc/PID/{cmdline,environ,cwd}; None when no such process is visible."""
+    from .cli import _parse_overrides, cli as root
+    mount_cmd = root.commands["mount"]
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or (args := _proc_args(pid)) is None or "mount" not in args:
+            continue
+        try:
+            ctx = mount_cmd.make_context("mount", args[args.index("mount") + 1:], resilient_parsing=True)
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+        except (click.ClickException, OSError, ValueError):
+            continue
+        p = ctx.params
+        if not p.get("foreground") or not p.get("mountpoint"):
+            continue
+        if os.path.abspath(os.path.join(cwd, os.path.expanduser(p["mountpoint"]))) != mp:
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+        except OSError:
+            return None  # another user's daemon: fall back to the usual lookup
+        denv = {k: os.fsdecode(env[k.encode()]) if k.encode() in env else None
+                for k in ("TIERFS_HOME", "TIERFS_CONFIG")}
+        for k, v in denv.items():
+            if v:
+                denv[k] = os.path.join(cwd, os.path.expanduser(v))
+        conf = p.get("config_path")
+        if conf:
+            conf = os.path.join(cwd, os.path.expanduser(conf))
+        with _environ(denv):
+            cfg = config_mod.load(conf, _parse_overrides(p.get("options") or ()))
+        return cfg, f"daemon pid {pid}: " + (cfg.path or "embedded default"), int(pid)
+    return None
+
+
+def target_of(mp: str, config_path: str | None) -> Target:
+    """The Target of a running mountpoint (see the module doc)."""
+    found = None if config_path else daemon_config(mp)
+    if found is not None:
+        cfg, how, pid = found
+    else:
+        cfg = config_mod.load(config_path)
+        how, pid = ("--config " if config_path else "default lookup: ") + (cfg.path or "embedded default"), None
+    session = None
+    try:
+        session = json.loads(os.getxattr(mp, "user.tierfs.stats")).get("session")
+    except (OSError, ValueError):
+        pass  # xattrs = false: nothing to check against
+    return Target(mp, cfg, how, pid, session)
+
+
+def mount_of(path: str) -> mounts.MountInfo:
+    """The running tierfs mount containing `path` (CliError otherwise)."""
+    return client.check_in_mount(os.path.abspath(os.path.expanduser(path)))
+
+
+def open_catalog(t: Target):
+    """Open the target's catalog, checking it is the one the mount uses."""
+    from .catalog import open_catalog as _open
+    url = t.cfg.catalog
+    if url.startswith("sqlite:///") and not os.path.exists(url[len("sqlite:///"):]):
+        raise CliError(f"catalog {url} does not exist (config: {t.how})", client.EXIT_CONFIG)
+    cat = _open(url)
+    if t.session is not None:
+        try:
+            live = {s.id for s in cat.sessions() if not s.clean}
+        except errors.TierfsError:
+            cat.close()
+            raise
+        if t.session not in live:
+            cat.close()
+            raise CliError(f"{t.mountpoint}: catalog {safe_url(url)} (config: {t.how}) is not the one this mount "
+                           f"uses (no live session {t.session}); pass the mount's config with --config",
+                           client.EXIT_CONFIG)
+    return cat
+
+
+@dataclass
+class Place:
+    """A path inside a mount, resolved to its catalog inode."""
+
+    target: Target
+    path: str            # absolute path as given
+    rel: str             # path relative to the mountpoint ("" = the mount's root)
+    ino: int
+    is_dir: bool
+
+
+def place_of(path: str, config_path: str | None) -> Place:
+    m = mount_of(path)
+    ap = os.path.abspath(os.path.expanduser(path))
+    try:
+        st = os.stat(ap)
+    except OSError as e:
+        raise client.os_error(path, e) from None
+    t = target_of(m.mountpoint, config_path)
+    rel = os.path.relpath(ap, m.mountpoint)
+    return Place(t, ap, "" if rel == "." else rel, st.st_ino, stat.S_ISDIR(st.st_mode))
+
+
+# ---- formatting helpers --------------------------------------------------------
+def _ts(t: float | None) -> str:
+    if not t:
+        return "never"
+    return datetime.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _user(uid) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except (KeyError, TypeError):
+        return str(uid)
+
+
+def _uid_of(name: str) -> int:
+    if name.isdigit():
+        return int(name)
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except KeyError:
+        raise CliError(f"no such user: {name}", client.EXIT_USAGE) from None
+
+
+def _gid_of(name: str) -> int:
+    if name.isdigit():
+        return int(name)
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise CliError(f"no such group: {name}", client.EXIT_USAGE) from None
+
+
+def _size_or_bytes(n: int, exact: bool) -> str:
+    return str(n) if exact else fmt_size(n)
+
+
+# ---- status --------------------------------------------------------------------
+def _policy_status(cfg, cat) -> dict:
+    if not cfg.policies:
+        return {"configured": False, "rules": []}
+    try:
+        from .policy.rules import parse_rules
+        rules = parse_rules(cfg)
+    except (ImportError, errors.TierfsError) as e:
+        return {"configured": True, "error": str(e), "rules": []}
+    out = []
+    for r in rules:
+        raw = cat.get_meta("policy.last_run." + r.name)
+        last = float(raw) if raw else None
+        nxt = None
+        if r.enabled and r.interval is not None:
+            nxt = (last + r.interval) if last else None
+        out.append(dict(name=r.name, action=r.action, enabled=r.enabled, interval_s=r.interval,
+                        watermark=r.watermark, last_run=last, next_run=nxt))
+    return {"configured": True, "rules": out}
+
+
+def _status_of(cfg, cat, targets: list[Target]) -> dict:
+    st = cat.stats()
+    tiers = {}
+    for name, tc in cfg.tiers.items():
+        from .tiers import tier_class
+        cls = tier_class(tc.kind)
+        files, nbytes = (st.by_archive if cls.archive else st.by_tier).get(name, (0, 0))
+        usage = None
+        try:
+            u = cls(name, **tc.options).usage()
+            if u is not None:
+                usage = {"total": u[0], "free": u[1], "used_fraction": round(1 - u[1] / u[0], 4) if u[0] else None}
+        except Exception as e:  # noqa: BLE001 - a tier we cannot measure is reported, not fatal
+            usage = {"error": str(e)}
+        tiers[name] = dict(kind=tc.kind, role="archive" if cls.archive else "online",
+                           default=name in (cfg.default_tier, cfg.default_archive), files=files, bytes=nbytes,
+                           usage=usage, high_watermark=tc.options.get("high_watermark"),
+                           low_watermark=tc.options.get("low_watermark"))
+    now = time.time_ns()
+    sessions = [dict(id=s.id, host=s.host, pid=s.pid, mountpoint=s.mountpoint,
+                     heartbeat_age_s=round((now - s.heartbeat_ns) / 1e9, 1))
+                for s in cat.sessions() if not s.clean]
+    jobs: dict = {}
+    for jstate, kinds in st.jobs.items():
+        if jstate in ("pending", "running", "failed"):
+            for kind, n in kinds.items():
+                jobs.setdefault(kind, {"pending": 0, "running": 0, "failed": 0})[jstate] = n
+    return dict(catalog=safe_url(cfg.catalog),
+                mounts=[dict(mountpoint=t.mountpoint, pid=t.pid, session=t.session, config=t.how)
+                        for t in targets if t.mountpoint],
+                sessions=sessions, tiers=tiers,
+                states={k: {"files": v[0], "bytes": v[1]} for k, v in sorted(st.by_state.items())},
+                jobs=jobs, policies=_policy_status(cfg, cat))
+
+
+def _print_status(s: dict) -> None:
+    out = click.echo
+    out(f"catalog   {s['catalog']}")
+    for m in s["mounts"]:
+        pid = f"pid {m['pid']}, " if m["pid"] else ""
+        out(f"mount     {m['mountpoint']}  ({pid}session {m['session'] or '?'}; config from {m['config']})")
+    others = [x for x in s["sessions"] if x["id"] not in {m["session"] for m in s["mounts"]}]
+    for x in others:
+        out(f"          also mounted on {x['host']}:{x['mountpoint']} (pid {x['pid']}, "
+            f"heartbeat {x['heartbeat_age_s']:.0f}s ago)")
+    out("")
+    out(f"{'TIER':12} {'KIND':10} {'ROLE':8} {'FILES':>9} {'BYTES':>9} {'CAPACITY':>9} {'USED':>6}  WATERMARKS")
+    for name, t in s["tiers"].items():
+        u = t["usage"] or {}
+        cap = fmt_size(u["total"]) if "total" in u else "-"
+        used = f"{u['used_fraction'] * 100:.0f}%" if u.get("used_fraction") is not None else "-"
+        wm = (f"{t['high_watermark'] * 100:.0f}% / {t['low_watermark'] * 100:.0f}%"
+              if t["high_watermark"] is not None else "-")
+        role = t["role"] + ("*" if t["default"] else "")
+        out(f"{name:12} {t['kind']:10} {role:8} {t['files']:>9} {fmt_size(t['bytes']):>9} {cap:>9} {used:>6}  {wm}")
+    out("          (* = default for new files / for archiving)")
+    out("")
+    out(f"{'STATE':12} {'FILES':>9} {'BYTES':>9}")
+    for k, v in s["states"].items():
+        out(f"{k:12} {v['files']:>9} {fmt_size(v['bytes']):>9}")
+    if not s["states"]:
+        out("(no files)")
+    out("")
+    if s["jobs"]:
+        out(f"{'JOBS':12} {'PENDING':>9} {'RUNNING':>9} {'FAILED':>9}")
+        for kind, v in sorted(s["jobs"].items()):
+            out(f"{kind:12} {v['pending']:>9} {v['running']:>9} {v['failed']:>9}")
+    else:
+        out("jobs      none pending, running or failed")
+    out("")
+    p = s["policies"]
+    if not p["configured"]:
+        out("policies  no policies configured")
+    elif p.get("error"):
+        out(f"policies  configuration error: {p['error']}")
+    for r in p["rules"]:
+        trig = f"every {fmt_duration(r['interval_s'])}" if r["interval_s"] else (
+            "on watermarks" if r["watermark"] else "manual runs only")
+        nxt = ""
+        if r["interval_s"] and r["enabled"]:
+            nxt = f", next {_ts(r['next_run'])}" if r["next_run"] else ", next: soon after a mount starts"
+        out(f"policy    {r['name']}: {r['action']} ({trig}{'' if r['enabled'] else ', disabled'}); "
+            f"last run {_ts(r['last_run'])}{nxt}")
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("mount", required=False, type=click.Path())
+@_config_opt
+@click.option("--json", "as_json", is_flag=True, help="JSON output (a list: one object per catalog).")
+def status(mount, config_path, as_json):
+    """Overview of tierfs mounts: catalog, tiers (files, bytes, capacity,
+    watermarks), files by state, the job queue, and policy runs.
+
+    Without MOUNT: every running tierfs mount (grouped by catalog); with
+    only --config: that catalog, mounted or not.
+
+    \b
+    Examples:
+      tierfs status
+      tierfs status ~/tierfs
+      tierfs status --json /mnt/lab | jq '.[0].jobs'
+      tierfs status -c /etc/tierfs/lab.toml
+    """
+    if mount is not None:
+        targets = [target_of(mount_of(mount).mountpoint, config_path)]
+    else:
+        targets = []
+        for m in mounts.tierfs_mounts():
+            if mounts.is_stale(m.mountpoint):
+                click.echo(f"tierfs: {m.mountpoint}: not running (its daemon died); "
+                           f"`tierfs mount {m.mountpoint}` recovers it", err=True)
+                continue
+            targets.append(target_of(m.mountpoint, config_path))
+        if not targets:
+            if not config_path:
+                raise CliError("no tierfs mount is running (name a config with --config to inspect its catalog)",
+                               client.EXIT_NOT_TIERFS)
+            cfg = config_mod.load(config_path)
+            targets = [Target(None, cfg, f"--config {cfg.path}")]
+    groups: dict[str, list[Target]] = {}
+    for t in targets:
+        groups.setdefault(t.cfg.catalog, []).append(t)
+    result = []
+    for ts in groups.values():
+        cat = open_catalog(ts[0])
+        try:
+            for t in ts[1:]:
+                if t.session and t.session not in {s.id for s in cat.sessions()}:
+                    raise CliError(f"{t.mountpoint}: not in catalog {safe_url(t.cfg.catalog)}", client.EXIT_CONFIG)
+            result.append(_status_of(ts[0].cfg, cat, ts))
+        finally:
+            cat.close()
+    if as_json:
+        click.echo(json.dumps(result, indent=1))
+        return
+    for i, s in enumerate(result):
+        if i:
+            click.echo("\n" + "=" * 60 + "\n")
+        _print_status(s)
+
+
+# ---- find ------------------------------------------------------------------------
+def _size_range(specs: tuple[str, ...]) -> tuple[int | None, int | None]:
+    """find-style sizes: +N (more than), -N (less than), N (exactly); units as
+    in the config (1M = 10^6 bytes, 1MiB = 2^20)."""
+    lo = hi = None
+    for spec in specs:
+        sign, num = (spec[0], spec[1:]) if spec[:1] in "+-" else ("", spec)
+        try:
+            n = parse_size(num, "--size")
+        except errors.ConfigError as e:
+            raise CliError(str(e), client.EXIT_USAGE) from None
+        if sign == "+":
+            lo = max(lo or 0, n + 1)
+        elif sign == "-":
+            hi = n - 1 if hi is None else min(hi, n - 1)
+        else:
+            lo, hi = max(lo or 0, n), n if hi is None else min(hi, n)
+    return lo, hi
+
+
+def _ago(spec: str | None, opt: str) -> int | None:
+    if spec is None:
+        return None
+    try:
+        return time.time_ns() - int(parse_duration(spec, opt) * 1e9)
+    except errors.ConfigError as e:
+        raise CliError(str(e), client.EXIT_USAGE) from None
+
+
+def _query(p: Place, states, tier, inactive, older, sizes, owner, group, name, ftype) -> FileQuery:
+    cfg = p.target.cfg
+    tier_is_archive = False
+    if tier is not None:
+        if tier not in cfg.tiers:
+            raise CliError(f"--tier: no tier named {tier!r} (tiers: {', '.join(cfg.tiers)})", client.EXIT_USAGE)
+        from .tiers import tier_class
+        tier_is_archive = tier_class(cfg.tiers[tier].kind).archive
+    lo, hi = _size_range(sizes)
+    under = None
+    if p.rel or not p.is_dir:
+        under = p.ino if p.is_dir else None
+    return FileQuery(states=tuple(State(s) for s in states) or None,
+                     tier=tier if tier and not tier_is_archive else None,
+                     archive_tier=tier if tier_is_archive else None,
+                     min_size=lo, max_size=hi, atime_before_ns=_ago(inactive, "--inactive"),
+                     crtime_before_ns=_ago(older, "--older"),
+                     uid=_uid_of(owner) if owner else None, gid=_gid_of(group) if group else None,
+                     regular_only=(ftype == "f"), name_glob=os.fsencode(name) if name else None, under=under)
+
+
+STATES = [s.value for s in State]
+
+
+def _find_opts(f):
+    for o in reversed([
+        click.option("--state", "states", multiple=True, type=click.Choice(STATES),
+                     help="Files in this state (repeat for several)."),
+        click.option("--tier", help="Files with a copy on this tier (online or archive)."),
+        click.option("--inactive", metavar="AGE", help="Not accessed for AGE (90d, 12h, 1y)."),
+        click.option("--older", metavar="AGE", help="Created more than AGE ago."),
+        click.option("--size", "sizes", multiple=True, metavar="[+-]N",
+                     help="Bigger than +N, smaller than -N, or exactly N bytes (1M = 10^6, 1MiB = 2^20)."),
+        click.option("--owner", "-u", metavar="USER", help="Owned by USER (name or uid)."),
+        click.option("--group", "-g", metavar="GROUP", help="Group GROUP (name or gid)."),
+        click.option("--name", metavar="GLOB", help="A name matching the shell pattern (quote it)."),
+        click.option("--type", "ftype", type=click.Choice(["f", "any"]), default="f", show_default=True,
+                     help="f: regular files; any: also directories and symlinks."),
+        _config_opt,
+    ]):
+        f = o(f)
+    return f
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("path", required=False, default=".", type=click.Path())
+@_find_opts
+@click.option("--absolute", "-a", is_flag=True, help="Print absolute paths (mountpoint included).")
+@click.option("--print0", "-0", is_flag=True, help="End each path with NUL instead of newline (xargs -0).")
+@click.option("--json", "as_json", is_flag=True, help="A JSON list: path, state, tiers, size, owner, times.")
+@click.option("--count", is_flag=True, help="Print only the number of matches.")
+def find(path, states, tier, inactive, older, sizes, owner, group, name, ftype, config_path, absolute, print0,
+         as_json, count):
+    """Find files under PATH (default: .) from the catalog: indexed queries,
+    no walk of the mount, so a million-file tree answers in about a second.
+
+    Paths are printed relative to the mount's root, starting with "/"
+    (as rbh-find does); -a prints absolute paths. A hard-linked file is
+    printed once per name. Conditions combine with AND.
+
+    \b
+    Examples:
+      tierfs find ~/tierfs --state archived
+      tierfs find /mnt/lab/proj --tier vault --inactive 90d --size +1G
+      tierfs find /mnt/lab --owner alice --name '*.raw' --older 1y
+      tierfs find -a -0 /mnt/lab --state dual | xargs -0 tierfs release
+      tierfs find --json --state lost /mnt/lab
+    """
+    p = place_of(path, config_path)
+    q = _query(p, states, tier, inactive, older, sizes, owner, group, name, ftype)
+    mp = p.target.mountpoint
+    only = None if p.is_dir else p.ino
+    if not p.is_dir:
+        q.under = _parent_ino(p)
+    cat = open_catalog(p.target)
+    try:
+        if count:
+            n = sum(1 for _, _, ino in cat.query_names(q) if only is None or ino == only)
+            click.echo(str(n))
+        elif as_json:
+            _find_json(cat, q, mp, absolute, only)
+        else:
+            _find_print(cat, q, mp, absolute, b"\0" if print0 else b"\n", only)
+    finally:
+        cat.close()
+
+
+def _parent_ino(p: Place) -> int:
+    parent = os.path.dirname(p.path)
+    return ROOT_INO if os.path.samefile(parent, p.target.mountpoint) else os.stat(parent).st_ino
+
+
+def _paths(cat, rows, cache) -> list[tuple[bytes, int]]:
+    dirs = cat.paths_of({parent for parent, _, _ in rows if parent not in cache}, cache)
+    cache.update(dirs)
+    return [((cache[parent] + b"/" + name) if cache[parent] else name, ino) for parent, name, ino in rows
+            if parent in cache]
+
+
+def _find_print(cat, q, mp, absolute, end: bytes, only) -> None:
+    prefix = os.fsencode(mp.rstrip("/")) + b"/" if absolute else b"/"
+    out = sys.stdout.buffer
+    cache: dict[int, bytes] = {}
+    rows = []
+
+    def flush():
+        out.write(b"".join(prefix + path + end for path, ino in _paths(cat, rows, cache)
+                           if only is None or ino == only))
+        rows.clear()
+    for row in cat.query_names(q):
+        rows.append(row)
+        if len(rows) >= 50000:
+            flush()
+    flush()
+    out.flush()
+
+
+def _find_json(cat, q, mp, absolute, only) -> None:
+    inodes = {i.ino: i for i in cat.query(q)}
+    rows = [r for r in cat.query_names(q) if r[2] in inodes and (only is None or r[2] == only)]
+    prefix = mp.rstrip("/") + "/" if absolute else "/"
+    out = []
+    for path, ino in _paths(cat, rows, {}):
+        i = inodes[ino]
+        out.append(dict(path=prefix + os.fsdecode(path), ino=ino, state=str(i.state), tier=i.tier,
+                        archive_tier=i.archive_tier, size=i.size, uid=i.uid, gid=i.gid, owner=_user(i.uid),
+                        mode=oct(i.mode), atime_ns=i.atime_ns, mtime_ns=i.mtime_ns, crtime_ns=i.crtime_ns,
+                        checksum=i.checksum))
+    click.echo(json.dumps(out, indent=1))
+
+
+# ---- du ----------------------------------------------------------------------------
+@click.command(context_settings=CONTEXT)
+@click.argument("path", required=False, default=".", type=click.Path())
+@click.option("--by", "by", type=click.Choice(["tier", "state", "owner"]),
+              help="One breakdown only (default: by state and by tier).")
+@_config_opt
+@click.option("--bytes", "-b", "exact", is_flag=True, help="Exact byte counts.")
+@click.option("--json", "as_json", is_flag=True, help="JSON output.")
+def du(path, by, config_path, exact, as_json):
+    """Files and bytes under PATH (default: .) by state, tier or owner, from
+    the catalog (no walk of the mount). Bytes are logical file sizes; a
+    file with copies on two tiers counts on both.
+
+    \b
+    Examples:
+      tierfs du ~/tierfs
+      tierfs du --by owner /mnt/lab/projects
+      tierfs du --by tier --json /mnt/lab
+    """
+    p = place_of(path, config_path)
+    if not p.is_dir:
+        raise CliError(f"{path}: not a directory", client.EXIT_FAILED)
+    q = FileQuery(under=p.ino if p.rel else None)
+    cat = open_catalog(p.target)
+    try:
+        by_state = cat.count_by(q, "state") if by in (None, "state") else None
+        by_tier = None
+        if by in (None, "tier"):
+            by_tier = {}
+            for field_, role in (("tier", "online"), ("archive_tier", "archive")):
+                for name, (n, b) in cat.count_by(q, field_).items():
+                    if name is not None:
+                        by_tier[name] = {"role": role, "files": n, "bytes": b}
+        by_owner = ({_user(uid): {"uid": uid, "files": n, "bytes": b} for uid, (n, b) in cat.count_by(q, "uid").items()}
+                    if by == "owner" else None)
+        total = cat.count_by(q, "gid") if by_state is None else by_state
+    finally:
+        cat.close()
+    files = sum(v[0] for v in total.values())
+    nbytes = sum(v[1] for v in total.values())
+    res = {"path": p.path, "files": files, "bytes": nbytes}
+    if by_state is not None:
+        res["by_state"] = {k: {"files": v[0], "bytes": v[1]} for k, v in sorted(by_state.items())}
+    if by_tier is not None:
+        res["by_tier"] = by_tier
+    if by_owner is not None:
+        res["by_owner"] = by_owner
+    if as_json:
+        click.echo(json.dumps(res, indent=1))
+        return
+    size = lambda n: _size_or_bytes(n, exact)  # noqa: E731
+    for title, key in (("STATE", "by_state"), ("TIER", "by_tier"), ("OWNER", "by_owner")):
+        if key not in res:
+            continue
+        click.echo(f"{title:14} {'FILES':>10} {'BYTES':>12}")
+        for k, v in sorted(res[key].items()):
+            label = f"{k} ({v['role']})" if key == "by_tier" else k
+            click.echo(f"{label:14} {v['files']:>10} {size(v['bytes']):>12}")
+        click.echo("")
+    click.echo(f"{'total':14} {files:>10} {size(nbytes):>12}  {p.path}")
+
+
+# ---- import ----------------------------------------------------------------------
+def _inplace_tier(cfg, src: str, name: str | None) -> tuple[str, str]:
+    """(tier name, its root) of the disk tier that holds SRC in place."""
+    def root(tc) -> str:
+        return os.path.realpath(os.path.expanduser(tc.options["path"]))
+
+    def holds(tc) -> bool:
+        r = root(tc)
+        return src == r or src.startswith(r.rstrip("/") + "/")
+    if name is not None:
+        tc = cfg.tiers.get(name)
+        if tc is None:
+            raise CliError(f"--tier: no tier named {name!r} (tiers: {', '.join(cfg.tiers)})", client.EXIT_CONFIG)
+        if tc.kind != "disk":
+            raise CliError(f"--tier {name}: --in-place needs a tier of kind \"disk\", not {tc.kind!r}",
+                           client.EXIT_CONFIG)
+        if not holds(tc):
+            raise CliError(f"--tier {name}: its path {root(tc)} does not contain {src}", client.EXIT_CONFIG)
+        return name, root(tc)
+    found = sorted((len(root(tc)), n) for n, tc in cfg.tiers.items() if tc.kind == "disk" and holds(tc))
+    if not found:
+        raise CliError(f"no disk tier has {src} under its path; add one to the mount's config and remount, e.g.\n"
+                       f"  [tiers.data]\n  kind = \"disk\"\n  path = \"{src}\"", client.EXIT_CONFIG)
+    n = found[-1][1]
+    return n, root(cfg.tiers[n])
+
+
+def _progress_bar(total_files: int, total_bytes: int, verb: str):
+    done = {"files": 0}
+    bar = click.progressbar(length=max(total_bytes, 1), label=verb, file=sys.stderr, width=30,
+                            item_show_func=lambda _: f"{done['files']}/{total_files} files")
+
+    def progress(files: int, nbytes: int) -> None:
+        done["files"] += files
+        bar.update(nbytes if total_bytes else 0, current_item=done["files"])
+    return bar, progress
+
+
+@click.command("import", context_settings=CONTEXT)
+@click.argument("src", type=click.Path(file_okay=False))
+@click.argument("dest", type=click.Path())
+@click.option("--in-place", "mode", flag_value="in-place",
+              help="Register the files where they are (no copy): SRC must be under a disk tier's path.")
+@click.option("--copy", "mode", flag_value="copy", default=True, help="Copy the files in through the mount (default).")
+@click.option("--tier", metavar="TIER", help="In place: the disk tier holding SRC (default: the one whose path "
+              "contains it). Copy: migrate/archive each file to TIER after copying.")
+@click.option("--defer-checksums", is_flag=True, help="Do not read the files for checksums now "
+              "(in place: a later run without this option computes the missing ones).")
+@click.option("--batch", default=1000, show_default=True, help="In place: entries per catalog transaction.")
+@_config_opt
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def import_cmd(src, dest, mode, tier, defer_checksums, batch, config_path, as_json):
+    """Bring an existing directory tree SRC into the mounted tierfs as DEST
+    (SRC/x appears as DEST/x; DEST is created if missing).
+
+    
+    --copy (default) copies through the mount, like cp -a.
+    --in-place writes catalog entries pointing at the files where they are,
+    without copying a byte: SRC must be the path of a `disk` tier of the
+    mount's config, or under it. The files then belong to tierfs: writes,
+    archiving and deleting through the mount act on them, and DELETING AN
+    IMPORTED FILE THROUGH THE MOUNT DELETES THE SOURCE FILE. Do not change
+    them behind tierfs's back afterwards.
+
+    Interrupted? Run the same command again: what is already there is
+    skipped. A progress bar shows on a terminal; a summary ends the run.
+
+    
+    Examples:
+      tierfs import ~/old-results ~/tierfs/results
+      tierfs import --in-place /data/run42 /mnt/lab/run42     # [tiers.data] path = "/data"
+      tierfs import --in-place --defer-checksums /data/big /mnt/lab/big
+      tierfs import --copy --tier vault ~/scans /mnt/lab/scans
+    """
+    from . import importer
+    srcp = os.path.realpath(os.path.expanduser(src))
+    if not os.path.isdir(srcp):
+        raise CliError(f"{src}: no such directory", client.EXIT_NOT_FOUND)
+    if mounts.mount_of(srcp) is not None:
+        raise CliError(f"{src}: is inside a tierfs mount; import from outside it", client.EXIT_USAGE)
+    destp = os.path.abspath(os.path.expanduser(dest))
+    m = mount_of(os.path.dirname(destp) if not os.path.lexists(destp) else destp)
+    if destp == srcp or destp.startswith(srcp.rstrip("/") + "/") or m.mountpoint.startswith(srcp.rstrip("/") + "/"):
+        raise CliError(f"{dest}: the mount is inside {src}", client.EXIT_USAGE)
+    t = target_of(m.mountpoint, config_path)
+    if mode == "in-place":
+        tier_name, root = _inplace_tier(t.cfg, srcp, tier)
+        cat = open_catalog(t)
+    try:
+        if not os.path.lexists(destp):
+            os.mkdir(destp)
+        st = os.stat(destp)
+    except OSError as e:
+        raise client.os_error(dest, e) from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise CliError(f"{dest}: not a directory", client.EXIT_FAILED)
+    if not os.access(destp, os.W_OK):
+        raise CliError(f"{dest}: permission denied", client.EXIT_PERMISSION)
+    files, nbytes = importer.scan(srcp, lambda p: False)
+    bar, progress = _progress_bar(files, nbytes, f"import {mode}")
+    with bar:
+        if mode == "in-place":
+            try:
+                job = importer.InPlaceImport(cat, src=srcp, dest_ino=st.st_ino, tier=tier_name, tier_root=root,
+                                             checksums=not defer_checksums, batch=batch, progress=progress,
+                                             cause=f"import in place from {srcp} by uid {os.getuid()}")
+                summary = job.run()
+            finally:
+                cat.close()
+            try:
+                os.utime(destp)  # through the mount: the daemon re-reads DEST (new entries, link count)
+            except OSError:
+                pass
+        else:
+            tier_is_archive = False
+            if tier is not None:
+                if tier not in t.cfg.tiers:
+                    raise CliError(f"--tier: no tier named {tier!r} (tiers: {', '.join(t.cfg.tiers)})",
+                                   client.EXIT_USAGE)
+                from .tiers import tier_class
+                tier_is_archive = tier_class(t.cfg.tiers[tier].kind).archive
+            summary = importer.CopyImport(src=srcp, dest=destp, checksums=not defer_checksums, tier=tier,
+                                          tier_is_archive=tier_is_archive, progress=progress).run()
+    _print_summary(summary, srcp, destp, tier_name if mode == "in-place" else tier, as_json)
+    if summary.errors:
+        sys.exit(client.EXIT_FAILED)
+
+
+def _print_summary(s, src: str, dest: str, tier: str | None, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(dict(s.as_dict(), src=src, dest=dest, tier=tier), indent=1))
+        return
+    how = f"registered in place on tier {tier}" if s.mode == "in-place" else "copied"
+    rate = f" ({s.files / s.seconds:.0f} files/s)" if s.seconds > 0 and s.files else ""
+    click.echo(f"import {src} -> {dest}: {s.files} files ({fmt_size(s.bytes)}), {s.dirs} directories, "
+               f"{s.symlinks} symlinks, {s.hardlinks} hard links {how} in {s.seconds:.1f}s{rate}")
+    if s.skipped:
+        click.echo(f"  {s.skipped} entries ({fmt_size(s.skipped_bytes)}) were already there (an earlier run): skipped")
+    if s.checksums or s.checksums_deferred:
+        later = " (run again without --defer-checksums to compute them)" if s.mode == "in-place" else \
+            " (the daemon records them)"
+        click.echo(f"  checksums: {s.checksums} {'computed' if s.mode == 'in-place' else 'verified'}"
+                   + (f", {s.checksums_deferred} deferred{later}" if s.checksums_deferred else ""))
+    if s.queued:
+        click.echo(f"  {s.queued} files queued to move to tier {tier} (see `tierfs queue`)")
+    if s.ignored:
+        click.echo(f"  {s.ignored} entries ignored (sockets, FIFOs, devices, other file systems)")
+    for e in s.errors[:20]:
+        click.echo(f"tierfs: {e}", err=True)
+    if len(s.errors) > 20:
+        click.echo(f"tierfs: ... and {len(s.errors) - 20} more errors", err=True)
+    if s.errors:
+        click.echo(f"  {len(s.errors)} errors; run the same command again to retry what failed")
+
+
+def register(cli) -> None:
+    for cmd in (status, find, du, import_cmd):
+        cli.add_command(cmd)
