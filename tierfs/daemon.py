@@ -80,7 +80,11 @@ class Daemon:
         self.catalog.init(root_uid=os.getuid(), root_gid=os.getgid())
         tiers = self.cfg.make_tiers()
         for t in tiers.values():
-            t.check()
+            try:
+                t.check()
+            except errors.TierUnavailable as e:
+                # A remote tier that is down must not keep the other tiers' files from being used.
+                log.warning("tier %s is unreachable at mount (%s); its files give EIO until it is back", t.name, e)
             if hasattr(t, "cleanup_tmp"):
                 t.cleanup_tmp()
         self._check_previous_sessions()
