@@ -46,6 +46,17 @@ class Retry(Exception):
         self.count = count  # counts towards job_max_attempts
 
 
+def remember_move(fs, new: Inode) -> Inode:
+    """Cache the catalog's copy of a file a move read or switched, keeping the
+    cached size and times: moves never change them, and the copy may predate a
+    size this mount wrote and is persisting right now (remembering it as is
+    made the kernel see the old size: reads stopped short, found by fsx)."""
+    c = fs.cache.get(new.ino)
+    if c is not None:
+        new = new.copy(size=c.inode.size, mtime_ns=c.inode.mtime_ns, ctime_ns=c.inode.ctime_ns)
+    return fs.remember(new)
+
+
 async def release_now(fs, inode: Inode, cause: str) -> Inode:
     """Drop the online copy of a dual file (instant: one catalog switch)."""
     async with fs.lock(inode.ino):
@@ -58,7 +69,7 @@ async def release_now(fs, inode: Inode, cause: str) -> Inode:
         new = await fs.cat(fs.catalog.switch, inode.ino, inode.data_version, [State.DUAL],
                            dict(state=State.ARCHIVED, tier=None, location=None),
                            [(inode.tier, inode.location)], (cause, f"online copy on {inode.tier} released"))
-        fs.remember(new)
+        remember_move(fs, new)
     await fs.invalidate(inode.ino)
     log.info("released inode %d: online copy on %s dropped, archive copy on %s (%s)",
              inode.ino, inode.tier, inode.archive_tier, cause)
@@ -171,7 +182,7 @@ class JobRunner:
     async def execute(self, job: Job) -> None:
         fs = self.fs
         try:
-            inode = fs.remember(await fs.cat(fs.catalog.get, job.ino))
+            inode = remember_move(fs, await fs.cat(fs.catalog.get, job.ino))
         except errors.NotFound:
             return  # the file was deleted; nothing to move
         await self._cleanup_previous_attempt(job, inode)
@@ -229,7 +240,7 @@ class JobRunner:
                 raise Retry(f"file is {inode.state}", 0, count=False)
             new = await fs.cat(fs.catalog.switch, inode.ino, inode.data_version, [inode.state],
                                dict(state=to_state), [], (cause, detail))
-            return fs.remember(new)
+            return remember_move(fs, new)
 
     async def archive(self, job: Job, inode: Inode) -> None:
         fs = self.fs
@@ -283,7 +294,7 @@ class JobRunner:
             except errors.VersionConflict:
                 await self._abandon(job, inode, dst, dst_key, State.ONLINE, "changed during the copy")
                 raise Retry("file changed during the copy", BUSY_RETRY_S, count=False)
-            fs.remember(new)
+            remember_move(fs, new)
         await fs.invalidate(inode.ino)
         faults.point("archive.after_switch")
         await self._log_done("archived", inode, src.name, dst.name, n, t0, job.cause)
@@ -313,7 +324,7 @@ class JobRunner:
                 if mid == State.ARCHIVING:
                     back = State.DUAL if cur.archive_tier else State.ONLINE
                 if cur.state == mid:
-                    fs.remember(await fs.cat(fs.catalog.switch, inode.ino, cur.data_version, [mid],
+                    remember_move(fs, await fs.cat(fs.catalog.switch, inode.ino, cur.data_version, [mid],
                                              dict(state=back), [], (job.cause, why)))
             except errors.TierfsError:
                 pass
@@ -344,7 +355,7 @@ class JobRunner:
             await trio.to_thread.run_sync(dst.delete, dst_key)
             await fs.cat(fs.catalog.switch, inode.ino, inode.data_version, [State.RESTORING],
                          dict(state=State.LOST), [], ("restore", str(e)))
-            fs.remember(await fs.cat(fs.catalog.get, inode.ino))
+            remember_move(fs, await fs.cat(fs.catalog.get, inode.ino))
             log.error("inode %d is lost: %s", inode.ino, e)
             raise
         except BaseException:
@@ -360,7 +371,7 @@ class JobRunner:
                 # Truncated (O_TRUNC) or deleted while restoring: this copy is not needed.
                 await trio.to_thread.run_sync(dst.delete, dst_key)
                 return
-            fs.remember(new)
+            remember_move(fs, new)
         await fs.invalidate(inode.ino)
         faults.point("restore.after_switch")
         await self._log_done("restored", inode, src.name, dst.name, n, t0, job.cause)
@@ -399,7 +410,7 @@ class JobRunner:
             except errors.VersionConflict:
                 await trio.to_thread.run_sync(dst.delete, dst_key)
                 raise Retry("file changed during the copy", BUSY_RETRY_S, count=False)
-            fs.remember(new)
+            remember_move(fs, new)
         faults.point("migrate.after_switch")
         await self._log_done("migrated", inode, src.name, dst.name, n, t0, job.cause)
         if fs.on_change:
