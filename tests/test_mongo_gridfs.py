@@ -121,3 +121,87 @@ def test_config_validation(tmp_path):
         parse({"kind": "gridfs", "url": "mongodb://h/db", "buckets": "x"})
     with pytest.raises(errors.ConfigError, match="chunk_size"):
         parse({"kind": "gridfs", "url": "mongodb://h/db", "chunk_size": 10}).make_tiers()
+
+
+@pytest.mark.mount
+def test_mount_on_mongo_with_gridfs_default_tier(make_mount, mongod, tmp_path):
+    """The done-when configuration: catalog and bytes both in MongoDB, driven by shell tools."""
+    url = mongod.url(f"m{uuid.uuid4().hex[:12]}")
+    os.makedirs(f"{tmp_path}/home/vault", exist_ok=True)
+    m = make_mount(catalog_url=url, config=f"""
+        default_tier = "gridfs"
+        [tiers.gridfs]
+        kind = "gridfs"
+        url = "{url}"
+        bucket = "bytes"
+        [tiers.vault]
+        kind = "vault"
+        path = "{tmp_path}/home/vault"
+    """)
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.bin").write_bytes(os.urandom(700_000))
+    (src / "sub" / "b.txt").write_text("hello\n" * 1000)
+    (src / "empty").write_bytes(b"")
+    m.sh(f"cp -a {src} tree && diff -r {src} tree")
+    m.sh("printf 'more' >> tree/sub/b.txt && dd if=/dev/urandom of=tree/c bs=64k count=40 status=none conv=fsync "
+         "&& truncate -s 100 tree/a.bin && mv tree/sub tree/sub2 && ln tree/c tree/c2")
+    assert os.path.getsize(m.path("tree", "a.bin")) == 100
+    assert open(m.path("tree", "a.bin"), "rb").read() == (src / "a.bin").read_bytes()[:100]
+    assert open(m.path("tree", "sub2", "b.txt")).read() == "hello\n" * 1000 + "more"
+    c = open(m.path("tree", "c"), "rb").read()
+    assert len(c) == 40 * 65536 and open(m.path("tree", "c2"), "rb").read() == c
+    assert os.getxattr(m.path("tree", "c"), "user.tierfs.tier") == b"gridfs"
+    m.cli("archive", "--wait", "--timeout", "60", m.path("tree", "c"))
+    assert m.state("tree/c") == "archived"
+    assert open(m.path("tree", "c"), "rb").read() == c  # restored from the vault into GridFS
+    assert m.state("tree/c") == "dual"
+    t = GridFSTier("g", url=url, bucket="bytes")
+    try:
+        # every file's bytes are in GridFS (no disk tier at all); superseded revisions get collected
+        want = 3  # a.bin, b.txt, c (restored copy); the empty file has no object
+        assert wait_for_count(lambda: len(list(t.keys())), want) == want
+    finally:
+        t.close()
+    m.sh("rm -r tree")
+    t = GridFSTier("g", url=url, bucket="bytes")
+    try:
+        assert wait_for_count(lambda: len(list(t.keys())), 0) == 0
+    finally:
+        t.close()
+
+
+def wait_for_count(fn, want, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while (n := fn()) != want and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return n
+
+
+@pytest.mark.mount
+@pytest.mark.xfail(strict=True, reason="jobs.py copies from inode.location, which is None for a file never "
+                                       "written on a remote tier: 'tier gridfs: object None is missing'")
+def test_archive_of_empty_file_on_gridfs(make_mount, mongod, tmp_path):
+    url = mongod.url(f"m{uuid.uuid4().hex[:12]}")
+    os.makedirs(f"{tmp_path}/home/vault", exist_ok=True)
+    m = make_mount(catalog_url=url, config=f"""
+        [tiers.gridfs]
+        kind = "gridfs"
+        url = "{url}"
+        [tiers.vault]
+        kind = "vault"
+        path = "{tmp_path}/home/vault"
+    """)
+    m.sh("touch empty")
+    m.cli("archive", m.path("empty"))
+    from tierfs.catalog.base import ACTIVE_JOB_STATES
+    from tierfs.catalog.mongo import MongoCatalog
+    cat = MongoCatalog(url)
+    try:
+        ino = os.stat(m.path("empty")).st_ino
+        deadline = time.monotonic() + 20
+        while any(j.state in ACTIVE_JOB_STATES for j in cat.jobs(ino=ino)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert cat.get(ino).state.value == "archived", cat.jobs(ino=ino)
+    finally:
+        cat.close()
