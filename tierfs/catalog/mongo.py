@@ -60,6 +60,10 @@ fields as catalog/schema.py, with `_id` as the primary key):
             Written by compliance deletions (policy action delete), never
             removed.
 
+Code: this module holds the client, the namespace and every atomic change;
+catalog/mongo_jobs.py (jobs, sessions, leases) and catalog/mongo_query.py
+(policy/find/du queries, stats) are mixins of MongoCatalog.
+
 Atomicity: methods that change several documents run in one transaction
 (`_txn`: snapshot read concern, majority writes, retried on
 TransientTransactionError and UnknownTransactionCommitResult within
@@ -73,11 +77,10 @@ syscall) naming the URL without its password.
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import logging
 import re
 import time
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 import pymongo
 from pymongo import ReturnDocument, UpdateOne
@@ -87,9 +90,10 @@ from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
 from .. import errors
-from .base import (ACTIVE_JOB_STATES, INODE_FIELDS, JOB_PRIORITY, ROOT_INO, SCHEMA_VERSION, Catalog,
-                   CatalogStats, DirEntry, Event, FileQuery, Garbage, Inode, Job, JobKind, JobState,
-                   Session, State, Tombstone, now_ns)
+from .base import (INODE_FIELDS, ROOT_INO, SCHEMA_VERSION, Catalog, DirEntry, Event, Garbage, Inode, JobState,
+                   State, Tombstone, now_ns)
+from .mongo_jobs import ACTIVE, MongoJobs
+from .mongo_query import MongoQueries, inode_of as _inode
 
 log = logging.getLogger(__name__)
 
@@ -108,12 +112,6 @@ DEFAULTS = {
 TXN_DEADLINE_S = 10.0
 #: Deadline of each call while the last one found no server (see _errors).
 UNREACHABLE_DEADLINE_S = 1.0
-ACTIVE = [s.value for s in ACTIVE_JOB_STATES]
-#: S_IFMT bits of a regular file / a directory, and the other type bits that must be clear.
-REG_SET, REG_CLEAR = 0o100000, 0o070000
-DIR_SET, DIR_CLEAR = 0o040000, 0o130000
-#: Fields count_by() can group on (as in catalog/base.py).
-COUNT_BY_FIELDS = ("state", "tier", "archive_tier", "uid", "gid")
 #: Migrations: version -> function(db) upgrading from version-1.
 MIGRATIONS: dict[int, Callable] = {}
 
@@ -121,12 +119,6 @@ MIGRATIONS: dict[int, Callable] = {}
 def safe_url(url: str) -> str:
     """The URL without its password, for messages and logs."""
     return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
-
-
-def _inode(doc: dict) -> Inode:
-    d = {k: doc.get(k) for k in INODE_FIELDS if k != "ino"}
-    d["state"] = State(d["state"])
-    return Inode(ino=doc["_id"], **d)
 
 
 def _inode_doc(inode: Inode) -> dict:
@@ -146,21 +138,7 @@ def _values(changes: dict) -> dict:
     return out
 
 
-def _job(doc: dict) -> Job:
-    d = dict(doc)
-    d["id"] = d.pop("_id")
-    d["kind"] = JobKind(d["kind"])
-    d["state"] = JobState(d["state"])
-    return Job(**d)
-
-
-def _session(doc: dict) -> Session:
-    d = dict(doc)
-    d["id"] = d.pop("_id")
-    return Session(**d)
-
-
-class MongoCatalog(Catalog):
+class MongoCatalog(MongoJobs, MongoQueries, Catalog):
     """Catalog in a MongoDB database chosen by URL (mongodb://host/db?replicaSet=rs0)."""
 
     shared = True
@@ -168,6 +146,7 @@ class MongoCatalog(Catalog):
 
     def __init__(self, url: str):
         self.url = url
+        self.safe_url = safe_url(url)
         try:
             parsed = pymongo.uri_parser.parse_uri(url)
         except (InvalidURI, ConfigurationError, ValueError) as e:
@@ -807,347 +786,6 @@ class MongoCatalog(Catalog):
                                              {"archive_tier": tier, "archive_location": key}]}, {"_id": 1}):
                 return True
             return self.jobs_c.find_one({"dst_key": key, "state": {"$in": ACTIVE}}, {"_id": 1}) is not None
-
-    # ---- jobs --------------------------------------------------------------
-    def enqueue(self, ino, kind, *, target_tier=None, keep_online=False, cause="") -> tuple[Job, bool]:
-        """Single-document insert; the partial unique index "one_active"
-        (ino, kind while pending/running) makes coalescing atomic: when two
-        mounts queue the same job at once, one insert fails and returns the
-        other's job."""
-        kind = JobKind(kind)
-        with self._errors():
-            for _ in range(10):
-                doc = self.jobs_c.find_one({"ino": ino, "kind": kind.value, "state": {"$in": ACTIVE}})
-                if doc is not None:
-                    return _job(doc), False
-                t = now_ns()
-                values = dict(_id=self._next("job"), ino=ino, kind=kind.value, state=JobState.PENDING.value,
-                              priority=JOB_PRIORITY[kind], target_tier=target_tier, keep_online=keep_online,
-                              cause=cause, session=None, attempts=0, not_before_ns=0, last_error="", dst_key=None,
-                              created_ns=t, updated_ns=t)
-                try:
-                    self.jobs_c.insert_one(values)
-                except DuplicateKeyError:
-                    continue  # another mount queued it just now: return theirs
-                return _job(values), True
-        raise errors.CatalogUnavailable(f"catalog {safe_url(self.url)}: enqueue of inode {ino} kept racing")
-
-    def claim(self, session, kinds=None, busy_tiers=()) -> Job | None:
-        """Single-document atomic find_one_and_update (pending -> running):
-        two mounts never get the same job."""
-        t = now_ns()
-        filt: dict = {"state": JobState.PENDING.value, "not_before_ns": {"$lte": t}}
-        if kinds is not None:
-            filt["kind"] = {"$in": [JobKind(k).value for k in kinds]}
-        busy = list(busy_tiers)
-        if busy:
-            filt["target_tier"] = {"$nin": busy}  # also matches null (no target)
-        with self._errors():
-            doc = self.jobs_c.find_one_and_update(
-                filt, {"$set": {"state": JobState.RUNNING.value, "session": session, "updated_ns": t},
-                       "$inc": {"attempts": 1}},
-                sort=[("priority", 1), ("_id", 1)], return_document=ReturnDocument.AFTER)
-        return _job(doc) if doc else None
-
-    def update_job(self, job_id, changes) -> None:
-        """Single-document update."""
-        changes = {k: (v.value if isinstance(v, (JobKind, JobState)) else v) for k, v in changes.items()}
-        with self._errors():
-            self.jobs_c.update_one({"_id": job_id}, {"$set": dict(changes, updated_ns=now_ns())})
-
-    def finish_job(self, job_id, state, error="") -> None:
-        """Single-document update."""
-        with self._errors():
-            self.jobs_c.update_one({"_id": job_id}, {"$set": {
-                "state": JobState(state).value, "session": None, "last_error": error, "updated_ns": now_ns()}})
-
-    def retry_job(self, job_id, error, delay_s) -> None:
-        """Single-document update (back to pending, not before now + delay)."""
-        t = now_ns()
-        with self._errors():
-            try:
-                self.jobs_c.update_one({"_id": job_id}, {"$set": {
-                    "state": JobState.PENDING.value, "session": None, "last_error": error,
-                    "not_before_ns": t + int(delay_s * 1e9), "updated_ns": t}})
-            except DuplicateKeyError:
-                # An operator retried a failed job while a new one is active: that one covers it.
-                raise errors.Exists(f"job {job_id}: another job for the same file is already queued") from None
-
-    def get_job(self, job_id) -> Job:
-        with self._errors():
-            doc = self.jobs_c.find_one({"_id": job_id})
-        if doc is None:
-            raise errors.NotFound(f"job {job_id}")
-        return _job(doc)
-
-    def jobs(self, states=None, ino=None, limit=1000) -> list[Job]:
-        filt: dict = {}
-        if states is not None:
-            filt["state"] = {"$in": [JobState(x).value for x in states]}
-        if ino is not None:
-            filt["ino"] = ino
-        with self._errors():
-            return [_job(d) for d in self.jobs_c.find(filt).sort([("priority", 1), ("_id", 1)]).limit(limit)]
-
-    def cancel_jobs(self, job_ids=None, *, kind=None) -> int:
-        """One update_many; each job changes atomically (pending only)."""
-        filt: dict = {"state": JobState.PENDING.value}
-        if job_ids is not None:
-            filt["_id"] = {"$in": list(job_ids)}
-        if kind is not None:
-            filt["kind"] = JobKind(kind).value
-        with self._errors():
-            return self.jobs_c.update_many(filt, {"$set": {"state": JobState.CANCELLED.value,
-                                                           "last_error": "cancelled",
-                                                           "updated_ns": now_ns()}}).modified_count
-
-    # ---- sessions ----------------------------------------------------------
-    def register_session(self, session: Session) -> None:
-        d = dict(session.__dict__)
-        d["_id"] = d.pop("id")
-        with self._errors():
-            self.sessions_c.insert_one(d)
-
-    def heartbeat(self, session_id: str) -> None:
-        """Single-document update."""
-        with self._errors():
-            self.sessions_c.update_one({"_id": session_id}, {"$set": {"heartbeat_ns": now_ns()}})
-
-    def _release_session(self, s, sid: str, error: str = "") -> None:
-        """Its running jobs back to pending and its leases freed (in the caller's transaction)."""
-        t = now_ns()
-        upd = {"state": JobState.PENDING.value, "session": None, "updated_ns": t}
-        if error:
-            upd["last_error"] = error
-        self.jobs_c.update_many({"session": sid, "state": JobState.RUNNING.value}, {"$set": upd}, session=s)
-        self.leases.delete_many({"holder": sid}, session=s)
-
-    def end_session(self, session_id: str, clean: bool = True) -> None:
-        """Transaction: session marked + its jobs requeued + its leases freed."""
-        def fn(s):
-            self.sessions_c.update_one({"_id": session_id}, {"$set": {"clean": clean, "heartbeat_ns": now_ns()}},
-                                       session=s)
-            self._release_session(s, session_id)
-        self._txn(fn)
-
-    def sessions(self) -> list[Session]:
-        with self._errors():
-            return [_session(d) for d in self.sessions_c.find().sort("started_ns", 1)]
-
-    def reap_sessions(self, older_than_ns: int) -> list[str]:
-        """One transaction per stale session: marked clean (only one mount
-        wins it), its running jobs back to pending, its leases freed."""
-        with self._errors():
-            stale = [d["_id"] for d in self.sessions_c.find(
-                {"clean": False, "heartbeat_ns": {"$lt": older_than_ns}}, {"_id": 1})]
-        reaped = []
-        for sid in stale:
-            def fn(s, sid=sid):
-                r = self.sessions_c.update_one({"_id": sid, "clean": False, "heartbeat_ns": {"$lt": older_than_ns}},
-                                               {"$set": {"clean": True}}, session=s)
-                if r.modified_count != 1:
-                    return False
-                self._release_session(s, sid, f"session {sid} died")
-                return True
-            if self._txn(fn):
-                reaped.append(sid)
-        return reaped
-
-    # ---- queries -----------------------------------------------------------
-    @staticmethod
-    def _filter(q: FileQuery, paging: bool = True) -> dict:
-        """The inode-field part of q as a MongoDB filter (`under` and
-        `name_glob` are namespace conditions: see _name_rows)."""
-        f: dict = {"nlink": {"$gt": 0}}
-        if q.states is not None:
-            f["state"] = {"$in": [State(x).value for x in q.states]}
-        if q.regular_only:
-            f["mode"] = {"$bitsAllSet": REG_SET, "$bitsAllClear": REG_CLEAR}
-        for field_, val, op in (("tier", q.tier, "$eq"), ("archive_tier", q.archive_tier, "$eq"),
-                                ("size", q.min_size, "$gte"), ("size", q.max_size, "$lte"),
-                                ("atime_ns", q.atime_before_ns, "$lt"), ("crtime_ns", q.crtime_before_ns, "$lt"),
-                                ("mtime_ns", q.mtime_before_ns, "$lt"), ("uid", q.uid, "$eq"),
-                                ("gid", q.gid, "$eq")):
-            if val is not None:
-                f.setdefault(field_, {})[op] = val
-        if paging and not q.order_by_atime and q.after_ino:
-            f["_id"] = {"$gt": q.after_ino}
-        return f
-
-    @staticmethod
-    def _by_name(q: FileQuery) -> bool:
-        return getattr(q, "under", None) is not None or getattr(q, "name_glob", None) is not None
-
-    def _subtree_dirs(self, top: int) -> list[int]:
-        """`top` and every directory below it (breadth first, one
-        aggregation per level and 1000 parents)."""
-        dirs, frontier = [top], [top]
-        while frontier:
-            nxt = []
-            for i in range(0, len(frontier), 1000):
-                nxt += [d["ino"] for d in self.dentries.aggregate([
-                    {"$match": {"parent": {"$in": frontier[i:i + 1000]}}},
-                    {"$lookup": {"from": "inodes", "localField": "ino", "foreignField": "_id", "as": "i",
-                                 "pipeline": [{"$project": {"mode": 1}}]}},
-                    {"$match": {"i.mode": {"$bitsAllSet": DIR_SET, "$bitsAllClear": DIR_CLEAR}}},
-                    {"$project": {"ino": 1}}])]
-            dirs += nxt
-            frontier = nxt
-        return dirs
-
-    def _name_rows(self, q: FileQuery) -> Iterator[tuple[int, bytes, dict]]:
-        """(parent, name, inode document) of every name of every inode
-        matching q, `under` and `name_glob` included. Without them the scan
-        starts from the inodes (indexed filter) and joins their names; with
-        them it starts from the names below `under` (or all names) and joins
-        the inodes. Globs are matched here: names are binary."""
-        under, glob = getattr(q, "under", None), getattr(q, "name_glob", None)
-        inode_match = {f"i.{k}": v for k, v in self._filter(q, paging=False).items()}
-        if under is None and glob is None:
-            pipe = [{"$match": self._filter(q, paging=False)},
-                    {"$lookup": {"from": "dentries", "localField": "_id", "foreignField": "ino", "as": "d"}},
-                    {"$unwind": "$d"}]
-            for r in self.inodes.aggregate(pipe):
-                d = r.pop("d")
-                yield d["parent"], d["name"], r
-            return
-        join = [{"$lookup": {"from": "inodes", "localField": "ino", "foreignField": "_id", "as": "i"}},
-                {"$match": inode_match}, {"$unwind": "$i"}]
-        if under is None:
-            batches = [[{"$match": {}}]]
-        else:
-            parents = self._subtree_dirs(under)
-            batches = [[{"$match": {"parent": {"$in": parents[i:i + 1000]}}}] for i in range(0, len(parents), 1000)]
-        for first in batches:
-            for r in self.dentries.aggregate(first + join):
-                if glob is not None and not fnmatch.fnmatchcase(r["name"], glob):
-                    continue
-                yield r["parent"], r["name"], r["i"]
-
-    def query(self, q: FileQuery) -> Iterator[Inode]:
-        """Indexed find (with `under`/`name_glob`: the names below, joined
-        with their inodes); rows_read counts the documents returned."""
-        with self._errors():
-            if self._by_name(q):
-                seen = {}
-                for _, _, doc in self._name_rows(q):
-                    seen.setdefault(doc["_id"], doc)
-                docs = [d for d in seen.values() if q.order_by_atime or d["_id"] > q.after_ino]
-                docs.sort(key=(lambda d: (d["atime_ns"], d["_id"])) if q.order_by_atime else (lambda d: d["_id"]))
-                docs = docs[:q.limit] if q.limit is not None else docs
-            else:
-                sort = [("atime_ns", 1), ("_id", 1)] if q.order_by_atime else [("_id", 1)]
-                cur = self.inodes.find(self._filter(q)).sort(sort)
-                if q.limit is not None:
-                    cur = cur.limit(q.limit)
-                docs = list(cur)
-        self.rows_read += len(docs)
-        for d in docs:
-            yield _inode(d)
-
-    def query_names(self, q: FileQuery) -> Iterator[tuple[int, bytes, int]]:
-        """(parent, name, ino) per name; one aggregation (see _name_rows)."""
-        with self._errors():
-            rows = [(p, n, d["_id"]) for p, n, d in self._name_rows(q)]
-        self.rows_read += len(rows)
-        yield from rows
-
-    def paths_of(self, inos: Iterable[int], cache: dict[int, bytes] | None = None) -> dict[int, bytes]:
-        """Names fetched level by level ({ino: {$in: ...}} on the ino index),
-        directories' paths kept in `cache`."""
-        cache = {} if cache is None else cache
-        cache[ROOT_INO] = b""
-        want = set(inos)
-        names: dict[int, tuple[int, bytes]] = {}   # ino -> (parent, name)
-        todo = [i for i in want if i not in cache]
-        with self._errors():
-            for _ in range(10000):
-                if not todo:
-                    break
-                for i in range(0, len(todo), 1000):
-                    for d in self.dentries.find({"ino": {"$in": todo[i:i + 1000]}}, {"ino": 1, "parent": 1, "name": 1}):
-                        names.setdefault(d["ino"], (d["parent"], d["name"]))
-                todo = list({p for p, _ in names.values() if p not in cache and p not in names})
-
-        def resolve(ino: int) -> bytes | None:
-            chain = []
-            while ino not in cache:
-                if ino not in names or len(chain) > 10000:
-                    return None
-                chain.append(ino)
-                ino = names[ino][0]
-            path = cache[ino]
-            for i in reversed(chain):
-                parent, name = names[i]
-                path = path + b"/" + name if path else name
-                if i not in want:
-                    cache[i] = path  # a directory on the way
-            return path
-        out = {}
-        for ino in want:
-            p = cache[ino] if ino in cache else resolve(ino)
-            if p is not None:
-                out[ino] = p
-        return out
-
-    def count_by(self, q: FileQuery, by: str) -> dict:
-        """One $group aggregation over the matching inodes (each once)."""
-        if by not in COUNT_BY_FIELDS:
-            raise errors.Invalid(f"cannot count by {by!r} (one of {', '.join(COUNT_BY_FIELDS)})")
-        out: dict = {}
-        with self._errors():
-            if self._by_name(q):
-                seen = {}
-                for _, _, doc in self._name_rows(q):
-                    seen[doc["_id"]] = doc
-                for d in seen.values():
-                    n, b = out.get(d.get(by), (0, 0))
-                    out[d.get(by)] = (n + 1, b + d["size"])
-                return out
-            for r in self.inodes.aggregate([{"$match": self._filter(q, paging=False)},
-                                            {"$group": {"_id": f"${by}", "n": {"$sum": 1}, "b": {"$sum": "$size"}}}]):
-                out[r["_id"]] = (r["n"], int(r["b"]))
-        return out
-
-    def stats(self) -> CatalogStats:
-        st = CatalogStats()
-        reg = {"nlink": {"$gt": 0}, "mode": {"$bitsAllSet": REG_SET, "$bitsAllClear": REG_CLEAR}}
-        grp = {"n": {"$sum": 1}, "b": {"$sum": "$size"}}
-        with self._errors():
-            for field_, out in (("state", st.by_state), ("tier", st.by_tier), ("archive_tier", st.by_archive)):
-                match = dict(reg)
-                if field_ != "state":
-                    match[field_] = {"$ne": None}
-                for r in self.inodes.aggregate([{"$match": match}, {"$group": {"_id": f"${field_}", **grp}}]):
-                    out[r["_id"]] = (r["n"], int(r["b"]))
-            for r in self.jobs_c.aggregate([{"$group": {"_id": {"s": "$state", "k": "$kind"}, "n": {"$sum": 1}}}]):
-                st.jobs.setdefault(r["_id"]["s"], {})[r["_id"]["k"]] = r["n"]
-        return st
-
-    # ---- meta / leases -----------------------------------------------------
-    def get_meta(self, key: str) -> str | None:
-        with self._errors():
-            d = self.meta.find_one({"_id": key})
-        return d["value"] if d else None
-
-    def set_meta(self, key: str, value: str) -> None:
-        """Single-document upsert."""
-        with self._errors():
-            self.meta.update_one({"_id": key}, {"$set": {"value": value}}, upsert=True)
-
-    def acquire_lease(self, name: str, holder: str, ttl_s: float) -> bool:
-        """Single-document upsert whose filter matches only a lease that is
-        ours or expired; a live lease of another holder makes the upsert's
-        insert fail on _id, so exactly one contender wins."""
-        t = now_ns()
-        with self._errors():
-            try:
-                self.leases.update_one({"_id": name, "$or": [{"holder": holder}, {"expires_ns": {"$lte": t}}]},
-                                       {"$set": {"holder": holder, "expires_ns": t + int(ttl_s * 1e9)}}, upsert=True)
-            except DuplicateKeyError:
-                return False
-        return True
-
 
 def _abort(s) -> None:
     try:

@@ -1,0 +1,201 @@
+"""The job queue, mount sessions, settings and leases of the MongoDB
+catalog: a mixin of catalog/mongo.py's MongoCatalog, which supplies the
+collections, `_errors` and `_txn`. Each method's docstring says whether it
+is a single-document atomic update or a transaction.
+"""
+
+from __future__ import annotations
+
+from pymongo import ReturnDocument
+from pymongo.errors import DuplicateKeyError
+
+from .. import errors
+from .base import ACTIVE_JOB_STATES, JOB_PRIORITY, Job, JobKind, JobState, Session, now_ns
+
+ACTIVE = [s.value for s in ACTIVE_JOB_STATES]
+
+
+def job_of(doc: dict) -> Job:
+    d = dict(doc)
+    d["id"] = d.pop("_id")
+    d["kind"] = JobKind(d["kind"])
+    d["state"] = JobState(d["state"])
+    return Job(**d)
+
+
+def session_of(doc: dict) -> Session:
+    d = dict(doc)
+    d["id"] = d.pop("_id")
+    return Session(**d)
+
+
+class MongoJobs:
+    """enqueue / claim / ... / sessions / reap / meta / leases."""
+
+    def enqueue(self, ino, kind, *, target_tier=None, keep_online=False, cause="") -> tuple[Job, bool]:
+        """Single-document insert; the partial unique index "one_active"
+        (ino, kind while pending/running) makes coalescing atomic: when two
+        mounts queue the same job at once, one insert fails and returns the
+        other's job."""
+        kind = JobKind(kind)
+        with self._errors():
+            for _ in range(10):
+                doc = self.jobs_c.find_one({"ino": ino, "kind": kind.value, "state": {"$in": ACTIVE}})
+                if doc is not None:
+                    return job_of(doc), False
+                t = now_ns()
+                values = dict(_id=self._next("job"), ino=ino, kind=kind.value, state=JobState.PENDING.value,
+                              priority=JOB_PRIORITY[kind], target_tier=target_tier, keep_online=keep_online,
+                              cause=cause, session=None, attempts=0, not_before_ns=0, last_error="", dst_key=None,
+                              created_ns=t, updated_ns=t)
+                try:
+                    self.jobs_c.insert_one(values)
+                except DuplicateKeyError:
+                    continue  # another mount queued it just now: return theirs
+                return job_of(values), True
+        raise errors.CatalogUnavailable(f"catalog {self.safe_url}: enqueue of inode {ino} kept racing")
+
+    def claim(self, session, kinds=None, busy_tiers=()) -> Job | None:
+        """Single-document atomic find_one_and_update (pending -> running):
+        two mounts never get the same job."""
+        t = now_ns()
+        filt: dict = {"state": JobState.PENDING.value, "not_before_ns": {"$lte": t}}
+        if kinds is not None:
+            filt["kind"] = {"$in": [JobKind(k).value for k in kinds]}
+        busy = list(busy_tiers)
+        if busy:
+            filt["target_tier"] = {"$nin": busy}  # also matches null (no target)
+        with self._errors():
+            doc = self.jobs_c.find_one_and_update(
+                filt, {"$set": {"state": JobState.RUNNING.value, "session": session, "updated_ns": t},
+                       "$inc": {"attempts": 1}},
+                sort=[("priority", 1), ("_id", 1)], return_document=ReturnDocument.AFTER)
+        return job_of(doc) if doc else None
+
+    def update_job(self, job_id, changes) -> None:
+        """Single-document update."""
+        changes = {k: (v.value if isinstance(v, (JobKind, JobState)) else v) for k, v in changes.items()}
+        with self._errors():
+            self.jobs_c.update_one({"_id": job_id}, {"$set": dict(changes, updated_ns=now_ns())})
+
+    def finish_job(self, job_id, state, error="") -> None:
+        """Single-document update."""
+        with self._errors():
+            self.jobs_c.update_one({"_id": job_id}, {"$set": {
+                "state": JobState(state).value, "session": None, "last_error": error, "updated_ns": now_ns()}})
+
+    def retry_job(self, job_id, error, delay_s) -> None:
+        """Single-document update (back to pending, not before now + delay)."""
+        t = now_ns()
+        with self._errors():
+            try:
+                self.jobs_c.update_one({"_id": job_id}, {"$set": {
+                    "state": JobState.PENDING.value, "session": None, "last_error": error,
+                    "not_before_ns": t + int(delay_s * 1e9), "updated_ns": t}})
+            except DuplicateKeyError:
+                # An operator retried a failed job while a new one is active: that one covers it.
+                raise errors.Exists(f"job {job_id}: another job for the same file is already queued") from None
+
+    def get_job(self, job_id) -> Job:
+        with self._errors():
+            doc = self.jobs_c.find_one({"_id": job_id})
+        if doc is None:
+            raise errors.NotFound(f"job {job_id}")
+        return job_of(doc)
+
+    def jobs(self, states=None, ino=None, limit=1000) -> list[Job]:
+        filt: dict = {}
+        if states is not None:
+            filt["state"] = {"$in": [JobState(x).value for x in states]}
+        if ino is not None:
+            filt["ino"] = ino
+        with self._errors():
+            return [job_of(d) for d in self.jobs_c.find(filt).sort([("priority", 1), ("_id", 1)]).limit(limit)]
+
+    def cancel_jobs(self, job_ids=None, *, kind=None) -> int:
+        """One update_many; each job changes atomically (pending only)."""
+        filt: dict = {"state": JobState.PENDING.value}
+        if job_ids is not None:
+            filt["_id"] = {"$in": list(job_ids)}
+        if kind is not None:
+            filt["kind"] = JobKind(kind).value
+        with self._errors():
+            return self.jobs_c.update_many(filt, {"$set": {"state": JobState.CANCELLED.value,
+                                                           "last_error": "cancelled",
+                                                           "updated_ns": now_ns()}}).modified_count
+
+    # ---- sessions ----------------------------------------------------------
+    def register_session(self, session: Session) -> None:
+        d = dict(session.__dict__)
+        d["_id"] = d.pop("id")
+        with self._errors():
+            self.sessions_c.insert_one(d)
+
+    def heartbeat(self, session_id: str) -> None:
+        """Single-document update."""
+        with self._errors():
+            self.sessions_c.update_one({"_id": session_id}, {"$set": {"heartbeat_ns": now_ns()}})
+
+    def _release_session(self, s, sid: str, error: str = "") -> None:
+        """Its running jobs back to pending and its leases freed (in the caller's transaction)."""
+        t = now_ns()
+        upd = {"state": JobState.PENDING.value, "session": None, "updated_ns": t}
+        if error:
+            upd["last_error"] = error
+        self.jobs_c.update_many({"session": sid, "state": JobState.RUNNING.value}, {"$set": upd}, session=s)
+        self.leases.delete_many({"holder": sid}, session=s)
+
+    def end_session(self, session_id: str, clean: bool = True) -> None:
+        """Transaction: session marked + its jobs requeued + its leases freed."""
+        def fn(s):
+            self.sessions_c.update_one({"_id": session_id}, {"$set": {"clean": clean, "heartbeat_ns": now_ns()}},
+                                       session=s)
+            self._release_session(s, session_id)
+        self._txn(fn)
+
+    def sessions(self) -> list[Session]:
+        with self._errors():
+            return [session_of(d) for d in self.sessions_c.find().sort("started_ns", 1)]
+
+    def reap_sessions(self, older_than_ns: int) -> list[str]:
+        """One transaction per stale session: marked clean (only one mount
+        wins it), its running jobs back to pending, its leases freed."""
+        with self._errors():
+            stale = [d["_id"] for d in self.sessions_c.find(
+                {"clean": False, "heartbeat_ns": {"$lt": older_than_ns}}, {"_id": 1})]
+        reaped = []
+        for sid in stale:
+            def fn(s, sid=sid):
+                r = self.sessions_c.update_one({"_id": sid, "clean": False, "heartbeat_ns": {"$lt": older_than_ns}},
+                                               {"$set": {"clean": True}}, session=s)
+                if r.modified_count != 1:
+                    return False
+                self._release_session(s, sid, f"session {sid} died")
+                return True
+            if self._txn(fn):
+                reaped.append(sid)
+        return reaped
+
+    # ---- meta / leases -----------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        with self._errors():
+            d = self.meta.find_one({"_id": key})
+        return d["value"] if d else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Single-document upsert."""
+        with self._errors():
+            self.meta.update_one({"_id": key}, {"$set": {"value": value}}, upsert=True)
+
+    def acquire_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        """Single-document upsert whose filter matches only a lease that is
+        ours or expired; a live lease of another holder makes the upsert's
+        insert fail on _id, so exactly one contender wins."""
+        t = now_ns()
+        with self._errors():
+            try:
+                self.leases.update_one({"_id": name, "$or": [{"holder": holder}, {"expires_ns": {"$lte": t}}]},
+                                       {"$set": {"holder": holder, "expires_ns": t + int(ttl_s * 1e9)}}, upsert=True)
+            except DuplicateKeyError:
+                return False
+        return True

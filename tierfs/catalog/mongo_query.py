@@ -1,0 +1,200 @@
+"""Read-side queries of the MongoDB catalog (policy candidates, `tierfs
+find`, `du`, `status`): a mixin of catalog/mongo.py's MongoCatalog, which
+supplies the collections and `_errors`. Kept apart so mongo.py stays about
+the namespace and its atomic changes.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Iterable, Iterator
+
+from .. import errors
+from .base import INODE_FIELDS, ROOT_INO, CatalogStats, FileQuery, Inode, State
+
+#: S_IFMT bits of a regular file / a directory, and the other type bits that must be clear.
+REG_SET, REG_CLEAR = 0o100000, 0o070000
+DIR_SET, DIR_CLEAR = 0o040000, 0o130000
+#: Fields count_by() can group on (as in catalog/base.py).
+COUNT_BY_FIELDS = ("state", "tier", "archive_tier", "uid", "gid")
+
+
+def inode_of(doc: dict) -> Inode:
+    """An Inode from its stored document (`_id` is the inode number)."""
+    d = {k: doc.get(k) for k in INODE_FIELDS if k != "ino"}
+    d["state"] = State(d["state"])
+    return Inode(ino=doc["_id"], **d)
+
+
+class MongoQueries:
+    """query / query_names / paths_of / count_by / stats on the inodes and dentries collections."""
+
+    @staticmethod
+    def _filter(q: FileQuery, paging: bool = True) -> dict:
+        """The inode-field part of q as a MongoDB filter (`under` and
+        `name_glob` are namespace conditions: see _name_rows)."""
+        f: dict = {"nlink": {"$gt": 0}}
+        if q.states is not None:
+            f["state"] = {"$in": [State(x).value for x in q.states]}
+        if q.regular_only:
+            f["mode"] = {"$bitsAllSet": REG_SET, "$bitsAllClear": REG_CLEAR}
+        for field_, val, op in (("tier", q.tier, "$eq"), ("archive_tier", q.archive_tier, "$eq"),
+                                ("size", q.min_size, "$gte"), ("size", q.max_size, "$lte"),
+                                ("atime_ns", q.atime_before_ns, "$lt"), ("crtime_ns", q.crtime_before_ns, "$lt"),
+                                ("mtime_ns", q.mtime_before_ns, "$lt"), ("uid", q.uid, "$eq"),
+                                ("gid", q.gid, "$eq")):
+            if val is not None:
+                f.setdefault(field_, {})[op] = val
+        if paging and not q.order_by_atime and q.after_ino:
+            f["_id"] = {"$gt": q.after_ino}
+        return f
+
+    @staticmethod
+    def _by_name(q: FileQuery) -> bool:
+        return getattr(q, "under", None) is not None or getattr(q, "name_glob", None) is not None
+
+    def _subtree_dirs(self, top: int) -> list[int]:
+        """`top` and every directory below it (breadth first, one
+        aggregation per level and 1000 parents)."""
+        dirs, frontier = [top], [top]
+        while frontier:
+            nxt = []
+            for i in range(0, len(frontier), 1000):
+                nxt += [d["ino"] for d in self.dentries.aggregate([
+                    {"$match": {"parent": {"$in": frontier[i:i + 1000]}}},
+                    {"$lookup": {"from": "inodes", "localField": "ino", "foreignField": "_id", "as": "i",
+                                 "pipeline": [{"$project": {"mode": 1}}]}},
+                    {"$match": {"i.mode": {"$bitsAllSet": DIR_SET, "$bitsAllClear": DIR_CLEAR}}},
+                    {"$project": {"ino": 1}}])]
+            dirs += nxt
+            frontier = nxt
+        return dirs
+
+    def _name_rows(self, q: FileQuery) -> Iterator[tuple[int, bytes, dict]]:
+        """(parent, name, inode document) of every name of every inode
+        matching q, `under` and `name_glob` included. Without them the scan
+        starts from the inodes (indexed filter) and joins their names; with
+        them it starts from the names below `under` (or all names) and joins
+        the inodes. Globs are matched here: names are binary."""
+        under, glob = getattr(q, "under", None), getattr(q, "name_glob", None)
+        inode_match = {f"i.{k}": v for k, v in self._filter(q, paging=False).items()}
+        if under is None and glob is None:
+            pipe = [{"$match": self._filter(q, paging=False)},
+                    {"$lookup": {"from": "dentries", "localField": "_id", "foreignField": "ino", "as": "d"}},
+                    {"$unwind": "$d"}]
+            for r in self.inodes.aggregate(pipe):
+                d = r.pop("d")
+                yield d["parent"], d["name"], r
+            return
+        join = [{"$lookup": {"from": "inodes", "localField": "ino", "foreignField": "_id", "as": "i"}},
+                {"$match": inode_match}, {"$unwind": "$i"}]
+        if under is None:
+            batches = [[{"$match": {}}]]
+        else:
+            parents = self._subtree_dirs(under)
+            batches = [[{"$match": {"parent": {"$in": parents[i:i + 1000]}}}] for i in range(0, len(parents), 1000)]
+        for first in batches:
+            for r in self.dentries.aggregate(first + join):
+                if glob is not None and not fnmatch.fnmatchcase(r["name"], glob):
+                    continue
+                yield r["parent"], r["name"], r["i"]
+
+    def query(self, q: FileQuery) -> Iterator[Inode]:
+        """Indexed find (with `under`/`name_glob`: the names below, joined
+        with their inodes); rows_read counts the documents returned."""
+        with self._errors():
+            if self._by_name(q):
+                seen = {}
+                for _, _, doc in self._name_rows(q):
+                    seen.setdefault(doc["_id"], doc)
+                docs = [d for d in seen.values() if q.order_by_atime or d["_id"] > q.after_ino]
+                docs.sort(key=(lambda d: (d["atime_ns"], d["_id"])) if q.order_by_atime else (lambda d: d["_id"]))
+                docs = docs[:q.limit] if q.limit is not None else docs
+            else:
+                sort = [("atime_ns", 1), ("_id", 1)] if q.order_by_atime else [("_id", 1)]
+                cur = self.inodes.find(self._filter(q)).sort(sort)
+                if q.limit is not None:
+                    cur = cur.limit(q.limit)
+                docs = list(cur)
+        self.rows_read += len(docs)
+        for d in docs:
+            yield inode_of(d)
+
+    def query_names(self, q: FileQuery) -> Iterator[tuple[int, bytes, int]]:
+        """(parent, name, ino) per name; one aggregation (see _name_rows)."""
+        with self._errors():
+            rows = [(p, n, d["_id"]) for p, n, d in self._name_rows(q)]
+        self.rows_read += len(rows)
+        yield from rows
+
+    def paths_of(self, inos: Iterable[int], cache: dict[int, bytes] | None = None) -> dict[int, bytes]:
+        """Names fetched level by level ({ino: {$in: ...}} on the ino index),
+        directories' paths kept in `cache`."""
+        cache = {} if cache is None else cache
+        cache[ROOT_INO] = b""
+        want = set(inos)
+        names: dict[int, tuple[int, bytes]] = {}   # ino -> (parent, name)
+        todo = [i for i in want if i not in cache]
+        with self._errors():
+            for _ in range(10000):
+                if not todo:
+                    break
+                for i in range(0, len(todo), 1000):
+                    for d in self.dentries.find({"ino": {"$in": todo[i:i + 1000]}}, {"ino": 1, "parent": 1, "name": 1}):
+                        names.setdefault(d["ino"], (d["parent"], d["name"]))
+                todo = list({p for p, _ in names.values() if p not in cache and p not in names})
+
+        def resolve(ino: int) -> bytes | None:
+            chain = []
+            while ino not in cache:
+                if ino not in names or len(chain) > 10000:
+                    return None
+                chain.append(ino)
+                ino = names[ino][0]
+            path = cache[ino]
+            for i in reversed(chain):
+                parent, name = names[i]
+                path = path + b"/" + name if path else name
+                if i not in want:
+                    cache[i] = path  # a directory on the way
+            return path
+        out = {}
+        for ino in want:
+            p = cache[ino] if ino in cache else resolve(ino)
+            if p is not None:
+                out[ino] = p
+        return out
+
+    def count_by(self, q: FileQuery, by: str) -> dict:
+        """One $group aggregation over the matching inodes (each once)."""
+        if by not in COUNT_BY_FIELDS:
+            raise errors.Invalid(f"cannot count by {by!r} (one of {', '.join(COUNT_BY_FIELDS)})")
+        out: dict = {}
+        with self._errors():
+            if self._by_name(q):
+                seen = {}
+                for _, _, doc in self._name_rows(q):
+                    seen[doc["_id"]] = doc
+                for d in seen.values():
+                    n, b = out.get(d.get(by), (0, 0))
+                    out[d.get(by)] = (n + 1, b + d["size"])
+                return out
+            for r in self.inodes.aggregate([{"$match": self._filter(q, paging=False)},
+                                            {"$group": {"_id": f"${by}", "n": {"$sum": 1}, "b": {"$sum": "$size"}}}]):
+                out[r["_id"]] = (r["n"], int(r["b"]))
+        return out
+
+    def stats(self) -> CatalogStats:
+        st = CatalogStats()
+        reg = {"nlink": {"$gt": 0}, "mode": {"$bitsAllSet": REG_SET, "$bitsAllClear": REG_CLEAR}}
+        grp = {"n": {"$sum": 1}, "b": {"$sum": "$size"}}
+        with self._errors():
+            for field_, out in (("state", st.by_state), ("tier", st.by_tier), ("archive_tier", st.by_archive)):
+                match = dict(reg)
+                if field_ != "state":
+                    match[field_] = {"$ne": None}
+                for r in self.inodes.aggregate([{"$match": match}, {"$group": {"_id": f"${field_}", **grp}}]):
+                    out[r["_id"]] = (r["n"], int(r["b"]))
+            for r in self.jobs_c.aggregate([{"$group": {"_id": {"s": "$state", "k": "$kind"}, "n": {"$sum": 1}}}]):
+                st.jobs.setdefault(r["_id"]["s"], {})[r["_id"]["k"]] = r["n"]
+        return st
