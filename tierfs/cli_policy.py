@@ -116,6 +116,7 @@ def run(config_path, dry_run, names, as_json):
             click.echo(prefix + a.line())
         report = trio.run(functools.partial(engine.run, list(names) or None, dry_run=dry_run, collect=as_json,
                                             on_action=None if as_json else show))
+        live = any(not s.clean for s in cat.sessions())
     finally:
         cat.close()
     if as_json:
@@ -127,6 +128,9 @@ def run(config_path, dry_run, names, as_json):
                        f"{size_text(st.bytes)}" + (f"; skipped: {skipped}" if skipped else "")
                        + (f"; stopped: {st.stopped}" if st.stopped else ""))
         click.echo(("dry run: " if dry_run else "") + report.summary())
+        queued = sum(st.applied.get("queued", 0) for st in report.rules)
+        if queued and not live:
+            click.echo(f"{queued} job(s) queued; no mount of this catalog is running: they run when one mounts it")
     errors_seen = sum(st.applied.get("error", 0) for st in report.rules)
     if errors_seen:
         click.echo(f"tierfs: {errors_seen} action(s) failed (see above)", err=True)

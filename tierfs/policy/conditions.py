@@ -115,8 +115,24 @@ def is_pinned(value: bytes | None) -> bool:
     return value is not None and value.strip().lower() not in (b"", b"0", b"false", b"no", b"off")
 
 
+@dataclass
+class Facts:
+    """What the catalog says about one candidate beyond its inode."""
+
+    path: str                          # "/a/b/file"
+    parent: int                        # directory holding that name
+    skip: str | None = None            # set when the path alone excludes it (scope, globs)
+    dir: DirFacts | None = None
+    own: dict[bytes, bytes] = field(default_factory=dict)   # interesting xattrs of the file
+    queued: bool = False               # an active job exists for it
+
+
 class Lookups:
-    """Per-run catalog lookups for candidates, with directory facts cached."""
+    """Per-run catalog lookups for candidates, with directory facts cached.
+
+    All lookups of one candidate happen in one worker-thread call (thread
+    hops cost more than the indexed reads themselves); directories are read
+    once per run."""
 
     def __init__(self, cat, catalog, rules: list[Rule]):
         self.cat = cat
@@ -125,41 +141,51 @@ class Lookups:
         for r in rules:
             self.names.update(r.xattrs)
         self.dirs: dict[int, DirFacts] = {}
-        self.queries = 0                  # catalog calls made for candidate checks
 
-    async def _call(self, fn, *args):
-        self.queries += 1
-        return await self.cat(fn, *args)
+    async def facts(self, ino: int, path_check) -> Facts | None:
+        """None when the file has no name any more; path_check(path) -> skip reason or None."""
+        return await self.cat(self._facts, ino, path_check)
 
-    async def xattrs(self, ino: int) -> dict[bytes, bytes]:
-        """The interesting xattrs of one inode (pin, override, matched names)."""
+    def _facts(self, ino: int, path_check) -> Facts | None:
+        c = self.catalog
+        try:
+            path = "/" + os.fsdecode(c.path_of(ino))
+            f = Facts(path=path, parent=c.parent_of(ino))
+        except errors.NotFound:
+            return None
+        f.skip = path_check(path)
+        if f.skip:
+            return f
+        f.dir = self._dir(f.parent, _dirname(path))
+        f.own = self._xattrs(ino)
+        f.queued = bool(c.jobs(ACTIVE_JOB_STATES, ino, 1))
+        return f
+
+    def _xattrs(self, ino: int) -> dict[bytes, bytes]:
         out = {}
-        for n in await self._call(self.catalog.listxattr, ino):
+        for n in self.catalog.listxattr(ino):
             if n in self.names:
                 try:
-                    out[n] = await self._call(self.catalog.getxattr, ino, n)
+                    out[n] = self.catalog.getxattr(ino, n)
                 except errors.NoAttr:
                     pass
         return out
 
-    async def path(self, ino: int) -> str:
-        return "/" + os.fsdecode(await self._call(self.catalog.path_of, ino))
-
-    async def parent(self, ino: int) -> int:
-        return await self._call(self.catalog.parent_of, ino)
-
-    async def dir(self, ino: int, path: str) -> DirFacts:
+    def _dir(self, ino: int, path: str) -> DirFacts:
         d = self.dirs.get(ino)
         if d is not None:
             return d
         if len(self.dirs) > DIR_CACHE_MAX:
             self.dirs.clear()
-        parent = None
-        if ino != ROOT_INO:
-            parent = await self.dir(await self.parent(ino), posixpath.dirname(path) if path.count("/") > 1 else "")
-        d = DirFacts(ino=ino, path=path, parent=parent, own=await self.xattrs(ino))
+        parent = None if ino == ROOT_INO else self._dir(self.catalog.parent_of(ino), _dirname(path))
+        d = DirFacts(ino=ino, path=path, parent=parent, own=self._xattrs(ino))
         self.dirs[ino] = d
         return d
+
+
+def _dirname(path: str) -> str:
+    """"/a/b" -> "/a"; "/a" -> "" (the root)."""
+    return posixpath.dirname(path) if path.count("/") > 1 else ""
 
 
 class Matcher:
@@ -271,26 +297,29 @@ class Matcher:
             out.append(f"path {r.text['path']}")
         return out
 
+    def _path_check(self, path: str) -> str | None:
+        r = self.rule
+        if r.scope is not None and not (path == r.scope or path.startswith(r.scope + "/")):
+            return "scope"
+        rel = path[1:]
+        if self.paths is not None and not self.paths.match(rel):
+            return "path"
+        if self.excludes is not None and self.excludes.match(rel):
+            return "excluded"
+        return None
+
     async def evaluate(self, inode: Inode, lk: Lookups) -> tuple[str | None, list[str], str, int]:
         """(skip reason or None, matched values, path, parent directory). Cheapest checks first."""
         r = self.rule
         skip = self._field_checks(inode)
         if skip:
             return skip, [], "", 0
-        try:
-            path = await lk.path(inode.ino)
-            parent = await lk.parent(inode.ino)
-        except errors.NotFound:
+        f = await lk.facts(inode.ino, self._path_check)
+        if f is None:
             return "gone", [], "", 0
-        if r.scope is not None and not (path == r.scope or path.startswith(r.scope + "/")):
-            return "scope", [], path, parent
-        rel = path[1:]
-        if self.paths is not None and not self.paths.match(rel):
-            return "path", [], path, parent
-        if self.excludes is not None and self.excludes.match(rel):
-            return "excluded", [], path, parent
-        d = await lk.dir(parent, posixpath.dirname(path) if path.count("/") > 1 else "")
-        own = await lk.xattrs(inode.ino)
+        path, parent, d, own = f.path, f.parent, f.dir, f.own
+        if f.skip:
+            return f.skip, [], path, parent
         pin = own.get(PIN_XATTR)
         if is_pinned(pin) or (pin is None and is_pinned((d.inherited(PIN_XATTR) or (None,))[0])):
             return "pinned", [], path, parent
@@ -318,7 +347,6 @@ class Matcher:
                     override_from = found[1]
             if inode.atime_ns >= self.now_ns - int(inactive * NS):
                 return "override", [], path, parent
-        jobs = await lk._call(lk.catalog.jobs, ACTIVE_JOB_STATES, inode.ino)
-        if jobs:
+        if f.queued:
             return "queued", [], path, parent
         return None, self._reasons(inode, inactive, override_from) + matched, path, parent
