@@ -7,7 +7,6 @@ run on a catalog of 100,000 entries."""
 from __future__ import annotations
 
 import functools
-import os
 import time
 
 import pytest
