@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 import textwrap
 
 import pytest
@@ -90,6 +91,7 @@ def test_in_place_import_of_10000_files_copies_nothing(make_mount, tmp_path):
     r = m.cli("import", "--in-place", str(src), m.path("run42"), timeout=600)
     assert "10000 files" in r.stdout and "1 hard links" in r.stdout and "1 symlinks" in r.stdout, r.stdout
     assert "registered in place on tier volume" in r.stdout and "checksums: 10000 computed" in r.stdout
+    sys.stderr.write("\n" + r.stdout)
     # not a byte copied: the same source inodes and mtimes, no object on any tier
     assert snapshot(src) == before
     assert objects(vol) == [] and objects(m.home + "/disk") == disk_objects

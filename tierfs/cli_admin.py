@@ -336,8 +336,11 @@ def _print_status(s: dict) -> None:
 @_config_opt
 @click.option("--json", "as_json", is_flag=True, help="JSON output (a list: one object per catalog).")
 def status(mount, config_path, as_json):
-    """Overview of tierfs mounts: catalog, tiers (files, bytes, capacity,
-    watermarks), files by state, the job queue, and policy runs.
+    """Overview: catalog, tiers, files by state, job queue, policy runs.
+
+    For each mount: its catalog, each tier (kind, files, bytes, capacity,
+    use, watermarks), files and bytes by state, pending/running/failed jobs
+    by kind, and the last and next run of each policy.
 
     Without MOUNT: every running tierfs mount (grouped by catalog); with
     only --config: that catalog, mounted or not.
@@ -349,17 +352,21 @@ def status(mount, config_path, as_json):
       tierfs status --json /mnt/lab | jq '.[0].jobs'
       tierfs status -c /etc/tierfs/lab.toml
     """
+    problems: list[str] = []   # mounts that cannot be shown (without MOUNT: the others still are)
     if mount is not None:
         targets = [target_of(mount_of(mount).mountpoint, config_path)]
     else:
         targets = []
         for m in mounts.tierfs_mounts():
             if mounts.is_stale(m.mountpoint):
-                click.echo(f"tierfs: {m.mountpoint}: not running (its daemon died); "
-                           f"`tierfs mount {m.mountpoint}` recovers it", err=True)
+                problems.append(f"{m.mountpoint}: not running (its daemon died); "
+                                f"`tierfs mount {m.mountpoint}` recovers it")
                 continue
-            targets.append(target_of(m.mountpoint, config_path))
-        if not targets:
+            try:
+                targets.append(target_of(m.mountpoint, config_path))
+            except errors.TierfsError as e:
+                problems.append(f"{m.mountpoint}: configuration: {e}")
+        if not targets and not problems:
             if not config_path:
                 raise CliError("no tierfs mount is running (name a config with --config to inspect its catalog)",
                                client.EXIT_NOT_TIERFS)
@@ -370,21 +377,31 @@ def status(mount, config_path, as_json):
         groups.setdefault(t.cfg.catalog, []).append(t)
     result = []
     for ts in groups.values():
-        cat = open_catalog(ts[0])
         try:
-            for t in ts[1:]:
-                if t.session and t.session not in {s.id for s in cat.sessions()}:
-                    raise CliError(f"{t.mountpoint}: not in catalog {safe_url(t.cfg.catalog)}", client.EXIT_CONFIG)
-            result.append(_status_of(ts[0].cfg, cat, ts))
-        finally:
-            cat.close()
+            cat = open_catalog(ts[0])
+            try:
+                for t in ts[1:]:
+                    if t.session and t.session not in {s.id for s in cat.sessions()}:
+                        raise CliError(f"{t.mountpoint}: not in catalog {safe_url(t.cfg.catalog)}",
+                                       client.EXIT_CONFIG)
+                result.append(_status_of(ts[0].cfg, cat, ts))
+            finally:
+                cat.close()
+        except (CliError, errors.TierfsError) as e:
+            if mount is not None:
+                raise
+            problems.append(f"{', '.join(t.mountpoint or '-' for t in ts)}: {e}")
     if as_json:
         click.echo(json.dumps(result, indent=1))
-        return
-    for i, s in enumerate(result):
-        if i:
-            click.echo("\n" + "=" * 60 + "\n")
-        _print_status(s)
+    else:
+        for i, s in enumerate(result):
+            if i:
+                click.echo("\n" + "=" * 60 + "\n")
+            _print_status(s)
+    for p in problems:
+        click.echo(f"tierfs: {p}", err=True)
+    if problems:
+        sys.exit(client.EXIT_NOT_TIERFS if not result else client.EXIT_FAILED)
 
 
 # ---- find ------------------------------------------------------------------------
@@ -444,7 +461,7 @@ def _find_opts(f):
     for o in reversed([
         click.option("--state", "states", multiple=True, type=click.Choice(STATES),
                      help="Files in this state (repeat for several)."),
-        click.option("--tier", help="Files with a copy on this tier (online or archive)."),
+        click.option("--tier", metavar="TIER", help="Files with a copy on this tier (online or archive)."),
         click.option("--inactive", metavar="AGE", help="Not accessed for AGE (90d, 12h, 1y)."),
         click.option("--older", metavar="AGE", help="Created more than AGE ago."),
         click.option("--size", "sizes", multiple=True, metavar="[+-]N",
@@ -469,8 +486,10 @@ def _find_opts(f):
 @click.option("--count", is_flag=True, help="Print only the number of matches.")
 def find(path, states, tier, inactive, older, sizes, owner, group, name, ftype, config_path, absolute, print0,
          as_json, count):
-    """Find files under PATH (default: .) from the catalog: indexed queries,
-    no walk of the mount, so a million-file tree answers in about a second.
+    """Find files by state, tier, age, size, owner or name.
+
+    Answers from indexed catalog queries under PATH (default: .), without
+    walking the mount: a million-file catalog answers in about a second.
 
     Paths are printed relative to the mount's root, starting with "/"
     (as rbh-find does); -a prints absolute paths. A hard-linked file is
@@ -556,9 +575,11 @@ def _find_json(cat, q, mp, absolute, only) -> None:
 @click.option("--bytes", "-b", "exact", is_flag=True, help="Exact byte counts.")
 @click.option("--json", "as_json", is_flag=True, help="JSON output.")
 def du(path, by, config_path, exact, as_json):
-    """Files and bytes under PATH (default: .) by state, tier or owner, from
-    the catalog (no walk of the mount). Bytes are logical file sizes; a
-    file with copies on two tiers counts on both.
+    """Files and bytes under a directory by state, tier or owner.
+
+    Counted in the catalog under PATH (default: .), without walking the
+    mount. Bytes are logical file sizes; a file with copies on two tiers
+    counts on both.
 
     \b
     Examples:
@@ -637,6 +658,9 @@ def _inplace_tier(cfg, src: str, name: str | None) -> tuple[str, str]:
 
 
 def _progress_bar(total_files: int, total_bytes: int, verb: str):
+    """A progress bar on stderr by bytes, when stderr is a terminal."""
+    if not sys.stderr.isatty():
+        return contextlib.nullcontext(), lambda files, nbytes: None
     done = {"files": 0}
     bar = click.progressbar(length=max(total_bytes, 1), label=verb, file=sys.stderr, width=30,
                             item_show_func=lambda _: f"{done['files']}/{total_files} files")
@@ -661,8 +685,10 @@ def _progress_bar(total_files: int, total_bytes: int, verb: str):
 @_config_opt
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def import_cmd(src, dest, mode, tier, defer_checksums, batch, config_path, as_json):
-    """Bring an existing directory tree SRC into the mounted tierfs as DEST
-    (SRC/x appears as DEST/x; DEST is created if missing).
+    """Bring an existing directory tree in (in place or by copy).
+
+    SRC/x appears as DEST/x (DEST, inside a running mount, is created if
+    missing).
 
     
     --copy (default) copies through the mount, like cp -a.
@@ -707,7 +733,7 @@ def import_cmd(src, dest, mode, tier, defer_checksums, batch, config_path, as_js
         raise CliError(f"{dest}: not a directory", client.EXIT_FAILED)
     if not os.access(destp, os.W_OK):
         raise CliError(f"{dest}: permission denied", client.EXIT_PERMISSION)
-    files, nbytes = importer.scan(srcp, lambda p: False)
+    files, nbytes = importer.scan(srcp, lambda p: False) if sys.stderr.isatty() else (0, 0)
     bar, progress = _progress_bar(files, nbytes, f"import {mode}")
     with bar:
         if mode == "in-place":
@@ -718,10 +744,16 @@ def import_cmd(src, dest, mode, tier, defer_checksums, batch, config_path, as_js
                 summary = job.run()
             finally:
                 cat.close()
-            try:
-                os.utime(destp)  # through the mount: the daemon re-reads DEST (new entries, link count)
-            except OSError:
-                pass
+            # Through the mount, so the daemon re-reads what it may have cached: DEST (new entries, link
+            # count) and what an earlier run registered and this one changed.
+            for rel, atime, mtime in [(".", None, None)] + job.touched():
+                try:
+                    if atime is None:
+                        os.utime(destp)
+                    else:
+                        os.utime(os.path.join(destp, rel), ns=(atime, mtime), follow_symlinks=False)
+                except OSError:
+                    pass  # not the owner: the mount shows the change once it forgets the entry
         else:
             tier_is_archive = False
             if tier is not None:

@@ -196,6 +196,9 @@ class InPlaceImport:
         self.created_dirs: list[tuple[str, int]] = []    # (source path, inode) of directories just created
         self.links: dict[tuple[int, int], int | None] = {}  # hard-linked source file -> its inode (None: pending)
         self.dir_times: list[tuple[int, os.stat_result]] = []   # directories whose times are set at the end
+        # Entries that existed before this run and were changed in the catalog (a checksum filled in, a
+        # directory's times or link count): a daemon caching them must re-read them (see `touched`).
+        self.changed: list[tuple[str, os.stat_result]] = []     # (source path, its stat)
 
     # ---- the walk --------------------------------------------------------
     def run(self) -> Summary:
@@ -236,6 +239,7 @@ class InPlaceImport:
                 elif old.is_dir():
                     subdirs.append((p, old.ino))
                     self.dir_times.append((old.ino, st))
+                    self.changed.append((p, st))
                 else:
                     self.summary.errors.append(f"{p}: a non-directory of that name is already there; skipped")
             elif old is not None:
@@ -293,6 +297,13 @@ class InPlaceImport:
         self.summary.bytes += st.st_size
         self.progress(1, st.st_size)
 
+    def touched(self) -> list[tuple[str, int, int]]:
+        """(path relative to SRC, atime_ns, mtime_ns) of the entries that existed
+        before this run and changed in the catalog. A daemon whose catalog is
+        not shared caches attributes for good: setting these times through
+        the mount (os.utime) makes it re-read each one from the catalog."""
+        return [(os.path.relpath(p, self.src), st.st_atime_ns, st.st_mtime_ns) for p, st in self.changed]
+
     def _checksum(self, path: str) -> tuple[str, os.stat_result]:
         try:
             return sha256_file(path)
@@ -319,6 +330,7 @@ class InPlaceImport:
                     raise errors.Invalid(f"size {st2.st_size} differs from the registered {old.size}")
                 self.cat.update(old.ino, {"checksum": sha}, expect_version=old.data_version)
                 self.summary.checksums += 1
+                self.changed.append((path, st))
             except (OSError, errors.TierfsError) as e:
                 self.walk.error(path, e)
         self.progress(1, st.st_size)
