@@ -40,7 +40,9 @@ def timed(cmd: str, mnt: str) -> tuple[subprocess.CompletedProcess, float]:
 
 def test_catalog_outage_gives_eio_and_the_mount_recovers(make_mount, server, tmp_path):
     url = server.url("outage")
-    m = make_mount(config="heartbeat_interval = 1\n", catalog_url=url)
+    cfg = "heartbeat_interval = 1\nsession_timeout = 4\n"
+    m = make_mount(config=cfg, catalog_url=url)
+    other = make_mount(config=cfg, catalog_url=url, name="other")  # a second mount, idle
     m.sh("mkdir d && printf before > d/f && printf keep > g")
     time.sleep(1.5)  # let the kernel's and the engine's caches expire: every op below needs the catalog
     server.stop()
@@ -73,4 +75,16 @@ def test_catalog_outage_gives_eio_and_the_mount_recovers(make_mount, server, tmp
     assert open(m.path("d", "new2")).read() == "after" and open(m.path("h")).read() == "keep"
     assert sorted(os.listdir(m.mnt)) == ["d", "h", "z"]
     assert not os.path.exists(m.path("d", "new"))  # the create that failed left nothing
+    # The outage was longer than session_timeout for both mounts: neither may
+    # reap the other afterwards (both were alive; their heartbeats just failed).
+    time.sleep(6)
+    from tierfs.catalog.mongo import MongoCatalog
+    cat = MongoCatalog(url)
+    try:
+        assert [s.clean for s in cat.sessions()] == [False, False]
+    finally:
+        cat.close()
+    assert "reaped dead session" not in m.log()
+    assert open(other.path("d", "new2")).read() == "after"
     m.stop()
+    other.stop()

@@ -181,17 +181,26 @@ class Daemon:
                 log.warning("checksum of inode %d: %s", ino, e)
 
     async def heartbeat_loop(self) -> None:
+        """Renew our session; reap sessions silent for session_timeout. We
+        reap only after reaching the catalog for a whole timeout ourselves:
+        after a catalog outage every heartbeat is stale, and live mounts need
+        that long to renew theirs."""
+        # Never shorter than two heartbeats, so a live mount is not reaped.
+        dead_s = max(self.cfg.session_timeout, 2 * self.cfg.heartbeat_interval)
+        reachable_since: float | None = time.monotonic()  # open() just used the catalog
         while True:
             await trio.sleep(self.cfg.heartbeat_interval)
             try:
                 await self.fs.cat(self.catalog.heartbeat, self.session_id)
-                # Never shorter than two heartbeats, so a live mount is not reaped.
-                dead_s = max(self.cfg.session_timeout, 2 * self.cfg.heartbeat_interval)
+                reachable_since = reachable_since or time.monotonic()
+                if time.monotonic() - reachable_since < dead_s:
+                    continue
                 reaped = await self.fs.cat(self.catalog.reap_sessions, now_ns() - int(dead_s * 1e9))
                 for sid in reaped:
                     log.warning("reaped dead session %s: its jobs return to the queue", sid)
                     self.wake()
             except errors.TierfsError as e:
+                reachable_since = None
                 log.warning("heartbeat: %s", e)
 
     async def signal_loop(self) -> None:
