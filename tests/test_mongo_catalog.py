@@ -2,6 +2,8 @@
 catalog clients (as several mounts would be), index use, deadlines and
 error messages. Real mongod (the session `mongod` fixture), no FUSE."""
 
+import os
+import signal
 import threading
 import time
 import uuid
@@ -256,3 +258,29 @@ def test_names_under_and_glob(cats):
     assert {i.ino for i in c.query(FileQuery(under=d1.ino, uid=1))} == {files[0].ino, files[3].ino}
     assert c.count_by(FileQuery(under=sub.ino), "uid") == {1: (1, 1), 2: (1, 20)}
     assert c.count_by(FileQuery(under=d2.ino), "state") == {"online": (2, 50)}  # the hard link counts once
+
+
+def test_standalone_server_is_refused_with_a_clear_message(tmp_path):
+    """Transactions need a replica set: a standalone mongod is a configuration error, said at mount."""
+    import subprocess
+    from tests.mongod import free_port, mongod_binary
+    port = free_port()
+    os.makedirs(tmp_path / "db")
+    subprocess.run([mongod_binary(), "--bind_ip", "127.0.0.1", "--port", str(port), "--dbpath", str(tmp_path / "db"),
+                    "--wiredTigerCacheSizeGB", "0.25", "--fork", "--logpath", str(tmp_path / "log"),
+                    "--pidfilepath", str(tmp_path / "pid")], check=True, capture_output=True, timeout=60)
+    pid = int((tmp_path / "pid").read_text())
+    try:
+        c = MongoCatalog(f"mongodb://127.0.0.1:{port}/x")
+        with pytest.raises(errors.ConfigError, match="standalone.*replica set"):
+            c.init()
+        c.close()
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)

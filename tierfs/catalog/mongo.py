@@ -274,6 +274,12 @@ class MongoCatalog(MongoJobs, MongoQueries, Catalog):
         Safe to run from several mounts at once (duplicate inserts are ignored)."""
         A = pymongo.ASCENDING
         with self._errors():
+            hello = self.client.admin.command("hello")
+            if not hello.get("setName") and hello.get("msg") != "isdbgrid":
+                raise errors.ConfigError(
+                    f"catalog {self.safe_url}: this MongoDB server is standalone; tierfs needs a replica set "
+                    "(a single node is enough: start mongod with --replSet rs0, run rs.initiate(), and add "
+                    "?replicaSet=rs0 to the URL) or a sharded cluster, for transactions")
             self.dentries.create_index([("parent", A), ("name", A)], unique=True, name="parent_name")
             self.dentries.create_index([("parent", A), ("_id", A)], name="parent_pos")      # readdir
             self.dentries.create_index([("ino", A)], name="ino")                             # parent_of, path_of
