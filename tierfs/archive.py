@@ -101,6 +101,8 @@ class Offline:
 
     # ---- access tracking -------------------------------------------------
     def accessed(self, inode: Inode, flags: int) -> None:
+        if flags & os.O_ACCMODE == os.O_WRONLY:
+            return  # only reading counts as an access (a write updates mtime instead)
         t = now_ns()
         c = self.fs.cache.get(inode.ino)
         if c is not None and t - c.inode.atime_ns > 1_000_000:

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 NAME_MAX = 255
 XATTR_PREFIX = b"user.tierfs."
 PLACEMENT_XATTR = b"user.tierfs.placement"
+OVERRIDE_XATTR = b"user.tierfs.inactive_for"
 #: user.tierfs.* attributes stored like any other (tierfs reads them: placement, policies)
 STORED_XATTRS = frozenset({PLACEMENT_XATTR, b"user.tierfs.pin", b"user.tierfs.inactive_for"})
 
@@ -431,6 +432,8 @@ class FileSystem:
             await self.placer.validate(await self.get(ino), value, caller)
         elif name in STORED_XATTRS:
             validate_stored_xattr(name, value)
+            if name == OVERRIDE_XATTR:
+                self._check_override(await self.get(ino), caller)
         await self.cat(self.catalog.setxattr, ino, name, value, create=create, replace=replace)
         if name == PLACEMENT_XATTR:
             self.placer.forget()
@@ -438,11 +441,20 @@ class FileSystem:
     async def listxattr(self, ino: int) -> list[bytes]:
         return await self.cat(self.catalog.listxattr, ino)
 
-    async def removexattr(self, ino: int, name: bytes) -> None:
+    def _check_override(self, inode: Inode, caller: Caller) -> None:
+        """Only a directory's owner (or root) sets its policy lifetime."""
+        if not inode.is_dir():
+            raise errors.Invalid("user.tierfs.inactive_for applies to directories")
+        if caller.uid not in (0, inode.uid):
+            raise errors.PermissionDenied("only the directory's owner may set user.tierfs.inactive_for", err=errno.EPERM)
+
+    async def removexattr(self, ino: int, name: bytes, caller: Caller | None = None) -> None:
         if not name.startswith(b"user."):
             raise errors.NoAttr()
         if name.startswith(XATTR_PREFIX) and name not in STORED_XATTRS:
             raise errors.TierfsError(f"{name.decode(errors='replace')} is read-only", err=errno.EPERM)
+        if name == OVERRIDE_XATTR:
+            self._check_override(await self.get(ino), caller or Caller())
         await self.cat(self.catalog.removexattr, ino, name)
         if name == PLACEMENT_XATTR:
             self.placer.forget()

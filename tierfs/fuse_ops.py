@@ -256,4 +256,4 @@ class Operations(pyfuse3.Operations):
     @_guard
     async def removexattr(self, inode, name, ctx):
         self._no_xattrs()
-        await self.fs.removexattr(inode, name)
+        await self.fs.removexattr(inode, name, _caller(ctx))

@@ -666,7 +666,9 @@ class SqlCatalog(Catalog):
         if q.states is not None:
             states = [State(s).value for s in q.states]
             col = i.state
-            if self.is_sqlite and not q.order_by_atime and self._unselective(c, states):
+            # (state, atime) and (state, size) lead to few rows when a range is given (policy candidates)
+            ranged = any(v is not None for v in (q.atime_before_ns, q.min_size, q.max_size))
+            if self.is_sqlite and not q.order_by_atime and not ranged and self._unselective(c, states):
                 col = self._noindex(col)
             conds.append(col.in_(states))
         if q.regular_only:
