@@ -294,6 +294,9 @@ class JobRunner:
             except errors.VersionConflict:
                 await self._abandon(job, inode, dst, dst_key, State.ONLINE, "changed during the copy")
                 raise Retry("file changed during the copy", BUSY_RETRY_S, count=False)
+            except errors.NotFound:  # deleted (and purged) during the copy: nothing to archive
+                await self._abandon(job, inode, dst, dst_key, State.ONLINE, "deleted during the copy")
+                return
             remember_move(fs, new)
         await fs.invalidate(inode.ino)
         faults.point("archive.after_switch")
@@ -367,7 +370,7 @@ class JobRunner:
                                    dict(state=State.DUAL, tier=dst.name, location=dst_key, checksum=sha,
                                         atime_ns=now_ns()),
                                    [], (job.cause, f"{src.name} -> {dst.name}, {n} bytes"), job.id)
-            except errors.VersionConflict:
+            except (errors.VersionConflict, errors.NotFound):
                 # Truncated (O_TRUNC) or deleted while restoring: this copy is not needed.
                 await trio.to_thread.run_sync(dst.delete, dst_key)
                 return
@@ -410,6 +413,9 @@ class JobRunner:
             except errors.VersionConflict:
                 await trio.to_thread.run_sync(dst.delete, dst_key)
                 raise Retry("file changed during the copy", BUSY_RETRY_S, count=False)
+            except errors.NotFound:  # deleted (and purged) during the copy: nothing to migrate
+                await trio.to_thread.run_sync(dst.delete, dst_key)
+                return
             remember_move(fs, new)
         faults.point("migrate.after_switch")
         await self._log_done("migrated", inode, src.name, dst.name, n, t0, job.cause)
