@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -80,8 +81,8 @@ def same_trees(a, b) -> None:
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
 
 
-def test_in_place_import_of_10000_files_copies_nothing(make_mount, tmp_path):
-    m, vol = volume_mount(make_mount, tmp_path)
+def test_in_place_import_of_10000_files_copies_nothing(make_mount, tmp_path, catalog_url):
+    m, vol = volume_mount(make_mount, tmp_path, catalog_url)
     src = vol / "run42"
     before = make_tree(src, 100, 100)
     assert len(before) == 10_001  # + the second name of the hard link
@@ -133,20 +134,29 @@ def test_in_place_import_resumes_after_an_interruption(make_mount, tmp_path, cat
     cat.close()
     partial = int(m.cli("find", "--count", m.path("data")).stdout)
     assert 100 <= partial < 600
+    # Open handles: the kernel asks the daemon about them without a lookup, i.e. from its cache.
+    top00 = os.open(m.path("data", "top00"), os.O_RDONLY)
+    f0010 = os.open(m.path("data", "top00", "sub3", "f0010.dat"), os.O_RDONLY)
+    assert len(os.listdir(top00)) == 10
+    (src / "top00" / "new").mkdir()  # and new data arrived in the source meanwhile
+    (src / "top00" / "new" / "late.dat").write_bytes(b"late")
     # the same command again: the rest, nothing twice; then the deferred checksums
     r = m.cli("import", "--in-place", "--defer-checksums", "--json", str(src), m.path("data"))
     s = json.loads(r.stdout)
-    assert s["files"] + s["hardlinks"] == 601 - partial and s["errors"] == [], s
+    assert s["files"] + s["hardlinks"] == 602 - partial and s["errors"] == [], s
     assert s["checksums_deferred"] == s["files"]
-    assert int(m.cli("find", "--count", m.path("data")).stdout) == 601
+    assert int(m.cli("find", "--count", m.path("data")).stdout) == 602
     same_trees(src, m.path("data"))
-    assert json.loads(os.getxattr(m.path("data", "top00", "sub3", "f0010.dat"), "user.tierfs.info"))["checksum"] \
-        is None
+    time.sleep(1.1)  # the kernel's attribute cache (attr_timeout)
+    st = os.fstat(top00)  # the cached directory: a new subdirectory, the source's times
+    assert st.st_nlink == 13 and st.st_mtime_ns == os.stat(src / "top00").st_mtime_ns
+    assert json.loads(os.getxattr(f0010, "user.tierfs.info"))["checksum"] is None
     s = json.loads(m.cli("import", "--in-place", "--json", str(src), m.path("data")).stdout)
-    assert s["files"] == 0 and s["checksums"] == 600 and s["errors"] == []
+    assert s["files"] == 0 and s["checksums"] == 601 and s["errors"] == []
     data = (src / "top00" / "sub3" / "f0010.dat").read_bytes()
-    assert os.getxattr(m.path("data", "top00", "sub3", "f0010.dat"), "user.tierfs.checksum").decode() == \
-        hashlib.sha256(data).hexdigest()
+    assert os.getxattr(f0010, "user.tierfs.checksum").decode() == hashlib.sha256(data).hexdigest()
+    os.close(f0010)
+    os.close(top00)
 
 
 def test_imported_files_are_tierfs_files(make_mount, tmp_path):

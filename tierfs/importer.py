@@ -199,6 +199,8 @@ class InPlaceImport:
         # Entries that existed before this run and were changed in the catalog (a checksum filled in, a
         # directory's times or link count): a daemon caching them must re-read them (see `touched`).
         self.changed: list[tuple[str, os.stat_result]] = []     # (source path, its stat)
+        self.old_dirs: dict[int, tuple[str, os.stat_result, Inode]] = {}  # directories an earlier run made
+        self.grew: set[int] = set()                              # directories that got new entries
 
     # ---- the walk --------------------------------------------------------
     def run(self) -> Summary:
@@ -208,6 +210,10 @@ class InPlaceImport:
             path, ino = stack.pop()
             stack.extend(reversed(self._directory(path, ino)))
         self._flush()
+        for ino, (p, st, old) in self.old_dirs.items():
+            if ino in self.grew or (old.atime_ns, old.mtime_ns) != (st.st_atime_ns, st.st_mtime_ns):
+                self.dir_times.append((ino, st))
+                self.changed.append((p, st))
         for ino, st in self.dir_times:
             self.cat.update(ino, dict(atime_ns=st.st_atime_ns, mtime_ns=st.st_mtime_ns))
         self.summary.seconds = time.monotonic() - t0
@@ -238,8 +244,7 @@ class InPlaceImport:
                     new_dirs = True
                 elif old.is_dir():
                     subdirs.append((p, old.ino))
-                    self.dir_times.append((old.ino, st))
-                    self.changed.append((p, st))
+                    self.old_dirs[old.ino] = (p, st, old)
                 else:
                     self.summary.errors.append(f"{p}: a non-directory of that name is already there; skipped")
             elif old is not None:
@@ -273,6 +278,7 @@ class InPlaceImport:
                 self._flush()
             try:
                 self.cat.link(self.links[ident], parent, name, now_ns())
+                self.grew.add(parent)
                 self.summary.hardlinks += 1
             except errors.TierfsError as e:
                 self.walk.error(path, e)
@@ -375,6 +381,7 @@ class InPlaceImport:
         if not self.pending:
             return
         batch, self.pending = self.pending, []
+        self.grew.update(p for p, _, _, _ in batch)
         try:
             created = self.cat.create_many([(p, n, i) for p, n, i, _ in batch], now_ns())
         except errors.Exists:  # a name was created through the mount meanwhile: one by one
