@@ -249,13 +249,17 @@ def _policy_status(cfg, cat) -> dict:
 def _status_of(cfg, cat, targets: list[Target]) -> dict:
     st = cat.stats()
     tiers = {}
+    from .tiers import tier_class
     for name, tc in cfg.tiers.items():
-        from .tiers import tier_class
         cls = tier_class(tc.kind)
         files, nbytes = (st.by_archive if cls.archive else st.by_tier).get(name, (0, 0))
         usage = None
         try:
-            u = cls(name, **tc.options).usage()
+            tier = cls(name, **tc.options)
+            try:
+                u = tier.usage()
+            finally:
+                tier.close()
             if u is not None:
                 usage = {"total": u[0], "free": u[1], "used_fraction": round(1 - u[1] / u[0], 4) if u[0] else None}
         except Exception as e:  # noqa: BLE001 - a tier we cannot measure is reported, not fatal
