@@ -245,3 +245,21 @@ def test_import_errors(make_mount, tmp_path):
     assert os.listdir(m.path("odd")) == ["ok.txt"]
     r = m.cli("import", str(src), m.path("odd2"))  # by copy it works
     assert sorted(os.listdir(os.fsencode(m.path("odd2")))) == [b"bad\xff.txt", b"ok.txt"]
+
+
+@pytest.mark.xfail(strict=True, reason="needs daemon.collect_garbage to keep in-place keys (containing '/') unless "
+                                       "the garbage reason is 'file deleted' (asked of the lead)")
+def test_release_or_migrate_never_deletes_an_imported_source(make_mount, tmp_path):
+    m, vol = volume_mount(make_mount, tmp_path)
+    src = vol / "keep"
+    src.mkdir()
+    (src / "a.bin").write_bytes(os.urandom(10_000))
+    (src / "b.bin").write_bytes(os.urandom(10_000))
+    m.cli("import", "--in-place", str(src), m.path("keep"))
+    m.cli("archive", "--wait", "--timeout", "60", m.path("keep", "a.bin"))  # archive, then release
+    m.cli("migrate", "--wait", "--timeout", "60", "--to", "disk", m.path("keep", "b.bin"))
+    assert m.state("keep/a.bin") == "archived"
+    deadline = time.monotonic() + 5  # the garbage collector runs every 2 s
+    while time.monotonic() < deadline:
+        assert (src / "a.bin").exists() and (src / "b.bin").exists()
+        time.sleep(0.2)
