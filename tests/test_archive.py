@@ -308,7 +308,7 @@ def test_command_tier_pending_restore(make_mount, tmp_path):
         open(m.path("t.bin"), "rb")
     time.sleep(3)
     assert m.state("t.bin") in ("restoring", "archived")
-    q = json.loads(m.cli("queue", "--json", "--config", m.config_path).stdout)
+    q = json.loads(m.cli("queue", "--json", m.mnt).stdout)
     assert [j["kind"] for j in q] == ["restore"] and "please mount the tape" in q[0]["last_error"]
     flag.write_text("ok")
     wait_for(lambda: m.state("t.bin") == "dual", timeout=30, what="restore after the operator acted")

@@ -247,8 +247,6 @@ def test_import_errors(make_mount, tmp_path):
     assert sorted(os.listdir(os.fsencode(m.path("odd2")))) == [b"bad\xff.txt", b"ok.txt"]
 
 
-@pytest.mark.xfail(strict=True, reason="needs daemon.collect_garbage to keep in-place keys (containing '/') unless "
-                                       "the garbage reason is 'file deleted' (asked of the lead)")
 def test_release_or_migrate_never_deletes_an_imported_source(make_mount, tmp_path):
     m, vol = volume_mount(make_mount, tmp_path)
     src = vol / "keep"

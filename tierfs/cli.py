@@ -350,7 +350,7 @@ def _wait(verb: str, files: list[str], opts: dict, timeout: float) -> None:
     failed = []
     deadline = time.monotonic() + timeout
     with click.progressbar(length=len(files), label=f"waiting for {verb}", file=sys.stderr,
-                           show_pos=True) as bar:
+                           show_pos=True, hidden=not sys.stderr.isatty()) as bar:
         while pending and time.monotonic() < deadline:
             for f in sorted(pending):
                 try:
@@ -362,9 +362,7 @@ def _wait(verb: str, files: list[str], opts: dict, timeout: float) -> None:
                 if target(inf, opts):
                     pending.discard(f)
                     bar.update(1)
-                elif inf["state"] == "lost" or any(j["state"] == "failed" and j["kind"] == verb
-                                                   and j["created_ns"] >= inf.get("state_ns", 0)
-                                                   for j in inf.get("jobs", [])[:1]):
+                elif inf["state"] == "lost" or _gave_up(inf, verb):
                     failed.append((f, inf))
                     pending.discard(f)
                     bar.update(1)
@@ -378,6 +376,13 @@ def _wait(verb: str, files: list[str], opts: dict, timeout: float) -> None:
              client.EXIT_TIMEOUT)
     if failed:
         sys.exit(client.EXIT_FAILED)
+
+
+def _gave_up(inf: dict, verb: str) -> bool:
+    """The newest job of this kind for the file failed or was cancelled."""
+    mine = [j for j in inf.get("jobs", []) if j["kind"] == verb]
+    newest = max(mine, key=lambda j: j["id"], default=None)
+    return newest is not None and newest["state"] in ("failed", "cancelled")
 
 
 _wait_opts = [
@@ -455,6 +460,7 @@ def migrate(paths, recursive, wait, timeout, to):
 
 # ---- queue (reads the catalog) ------------------------------------------------
 @cli.command(context_settings=CONTEXT)
+@click.argument("mount_path", required=False, type=click.Path())
 @click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False), help="TOML config.")
 @click.option("--failed", is_flag=True, help="Only failed jobs.")
 @click.option("--all", "show_all", is_flag=True, help="Also done and cancelled jobs.")
@@ -463,19 +469,20 @@ def migrate(paths, recursive, wait, timeout, to):
               help="Cancel every pending job of a kind (a mass restore started by mistake).")
 @click.option("--retry", "retry", type=int, multiple=True, metavar="ID", help="Queue a failed job again.")
 @click.option("--json", "as_json", is_flag=True, help="JSON output.")
-def queue(config_path, failed, show_all, cancel, cancel_all, retry, as_json):
+def queue(mount_path, config_path, failed, show_all, cancel, cancel_all, retry, as_json):
     """List pending, running and failed jobs (from the catalog).
+
+    MOUNT_PATH (a mount or a path in it) selects the catalog that mount
+    uses; without it, --config or the usual config lookup does.
 
     \b
     Examples:
-      tierfs queue
-      tierfs queue --failed
-      tierfs queue --cancel-all restore
+      tierfs queue ~/tierfs
+      tierfs queue --failed ~/tierfs
+      tierfs queue --cancel-all restore ~/tierfs
     """
-    from .catalog import open_catalog
     from .catalog.base import JobState
-    cfg = load_config(config_path)
-    cat = open_catalog(cfg.catalog)
+    cat = _catalog_for(mount_path, config_path)
     try:
         if cancel or cancel_all:
             n = cat.cancel_jobs(list(cancel) if cancel else None, kind=cancel_all)
@@ -483,6 +490,12 @@ def queue(config_path, failed, show_all, cancel, cancel_all, retry, as_json):
             return
         if retry:
             for jid in retry:
+                try:
+                    job = cat.get_job(jid)
+                except errors.NotFound:
+                    raise CliError(f"no job {jid}", client.EXIT_NOT_FOUND) from None
+                if job.state != JobState.FAILED:
+                    raise CliError(f"job {jid} is {job.state}; only failed jobs can be retried")
                 cat.retry_job(jid, "retried by operator", 0)
             click.echo(f"queued {len(retry)} job(s) again")
             return
@@ -558,6 +571,16 @@ def place(directory, tier, clear):
 from . import cli_admin; cli_admin.register(cli)  # noqa: E402,E702
 from . import cli_policy; cli_policy.register(cli)  # noqa: E402,E702
 from . import cli_fsck; cli_fsck.register(cli)  # noqa: E402,E702
+
+
+def _catalog_for(mount_path: str | None, config_path: str | None):
+    """The catalog of the mount containing mount_path, else of the config."""
+    from .catalog import open_catalog
+    if mount_path:
+        from . import cli_admin
+        mp = cli_admin.mount_of(mount_path).mountpoint
+        return cli_admin.open_catalog(cli_admin.target_of(mp, config_path))
+    return open_catalog(load_config(config_path).catalog)
 
 
 def main():

@@ -154,6 +154,10 @@ class Daemon:
                     continue  # a tier another mount has; it will collect it
                 if await fs.cat(fs.catalog.references, g.tier, g.key):
                     log.warning("garbage entry %s/%s is still referenced; keeping the object", g.tier, g.key)
+                elif "/" in g.key and g.reason != "file deleted":
+                    # The original of an imported file (tierfs import --in-place): moving the file's bytes
+                    # elsewhere never deletes the user's own file; only deleting the file through tierfs does.
+                    log.info("keeping %s/%s, the original of an imported file (%s)", g.tier, g.key, g.reason)
                 else:
                     faults.point("gc.before_delete")
                     await trio.to_thread.run_sync(tier.delete, g.key)

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import uuid
 from typing import BinaryIO, Iterator
 
 from .. import errors
 from .base import CHUNK, Tier, sha256_stream
+
+TMP_PREFIX = ".tierfs-put-"   # temp files of atomic puts (cleanup_tmp removes only these)
 
 
 class DiskTier(Tier):
@@ -63,7 +64,7 @@ class DiskTier(Tier):
 
     def put(self, key: str, src: BinaryIO) -> int:
         path = self._path(key)
-        tmp = os.path.join(self.tmpdir, f"{os.path.basename(key)}.{uuid.uuid4().hex[:8]}")
+        tmp = os.path.join(self.tmpdir, f"{TMP_PREFIX}{os.path.basename(key)}.{uuid.uuid4().hex[:8]}")
         n = 0
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -143,6 +144,15 @@ class DiskTier(Tier):
         return st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
 
     def cleanup_tmp(self) -> None:
-        """Remove half-written temp files left by a crash."""
-        shutil.rmtree(self.tmpdir, ignore_errors=True)
-        os.makedirs(self.tmpdir, exist_ok=True)
+        """Remove half-written temp files left by a crash (only ours: an
+        in-place tier's root may hold a user folder named tmp)."""
+        try:
+            names = os.listdir(self.tmpdir)
+        except OSError:
+            return
+        for n in names:
+            if n.startswith(TMP_PREFIX):
+                try:
+                    os.unlink(os.path.join(self.tmpdir, n))
+                except OSError:
+                    pass
