@@ -317,3 +317,16 @@ def test_command_tier_pending_restore(make_mount, tmp_path):
     with open(m.path("t.bin"), "ab") as f:
         f.write(b"more")
     wait_for(lambda: os.listdir(store) == [], timeout=30, what="stale tape copy deleted")
+
+
+def test_truncate_to_nonzero_restores_first(mount):
+    """Regression: truncate held the inode lock while waiting for the restore,
+    which needs that lock (a deadlock until block_timeout)."""
+    m = mount
+    data = put(m, "tr.bin", 100_000)
+    archive(m, "tr.bin")
+    t0 = time.monotonic()
+    os.truncate(m.path("tr.bin"), 1000)
+    assert time.monotonic() - t0 < 20
+    assert open(m.path("tr.bin"), "rb").read() == data[:1000]
+    assert m.state("tr.bin") == "online"

@@ -332,6 +332,11 @@ class FileSystem:
 
     async def setattr(self, ino: int, changes: dict, fh: int | None, caller: Caller) -> Inode:
         """changes: any of mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns."""
+        if changes.get("size"):
+            inode = await self.get(ino)
+            if inode.is_reg() and inode.state not in READABLE_STATES:
+                # Restore first, without holding the inode lock (the restore job needs it).
+                await self._need_online(inode, os.O_WRONLY, caller)
         async with self.lock(ino):
             inode = await self.get(ino)
             t = now_ns()
@@ -365,7 +370,8 @@ class FileSystem:
         if inode.state not in READABLE_STATES:
             if size == 0 and self.offline is not None:
                 return await self.offline.drop_archived(inode, caller, "truncate to 0")
-            inode = await self._need_online(inode, os.O_WRONLY, caller)
+            # setattr restored it before taking the lock; it went offline again meanwhile
+            raise errors.TryAgain(f"inode {inode.ino} went offline while truncating")
         await self._begin_write(inode.ino)
         inode = self.cache[inode.ino].inode
         tier = self.tier(inode.tier)
