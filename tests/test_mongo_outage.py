@@ -86,5 +86,3 @@ def test_catalog_outage_gives_eio_and_the_mount_recovers(make_mount, server, tmp
         cat.close()
     assert "reaped dead session" not in m.log()
     assert open(other.path("d", "new2")).read() == "after"
-    m.stop()
-    other.stop()
