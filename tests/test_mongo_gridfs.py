@@ -179,8 +179,6 @@ def wait_for_count(fn, want, timeout=20.0):
 
 
 @pytest.mark.mount
-@pytest.mark.xfail(strict=True, reason="jobs.py copies from inode.location, which is None for a file never "
-                                       "written on a remote tier: 'tier gridfs: object None is missing'")
 def test_archive_of_empty_file_on_gridfs(make_mount, mongod, tmp_path):
     url = mongod.url(f"m{uuid.uuid4().hex[:12]}")
     os.makedirs(f"{tmp_path}/home/vault", exist_ok=True)

@@ -41,6 +41,8 @@ def setup_logging(level: str, log_file: str | None = None) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("pyfuse3").setLevel(logging.WARNING)
+    for noisy in ("pymongo", "botocore", "boto3", "s3transfer", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)  # they log every request at debug
 
 
 def sd_notify(msg: str) -> None:

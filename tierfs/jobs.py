@@ -21,6 +21,7 @@ Restores run before everything else (priority 0); at most
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 
@@ -218,7 +219,8 @@ class JobRunner:
                     fault: str) -> tuple[str, int]:
         """Copy with hashing, then verify the destination. Returns (sha256, bytes)."""
         def copy():
-            with src.open_reader(src_key) as r:
+            # A file never written on a remote tier has no object yet: its content is empty.
+            with (io.BytesIO(b"") if src_key is None else src.open_reader(src_key)) as r:
                 h = HashingReader(r)
                 dst.put(dst_key, h)
                 return h.hexdigest(), h.nbytes

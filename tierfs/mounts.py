@@ -99,10 +99,15 @@ def runtime_key(mountpoint: str) -> str:
 
 
 def pid_alive(pid: int) -> bool:
+    """True while the process runs (a zombie, exited but not yet reaped, is not alive)."""
     try:
         os.kill(pid, 0)
-        return True
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
