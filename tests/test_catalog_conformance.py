@@ -380,3 +380,31 @@ def test_count_by_field_and_subtree(catalog):
     assert catalog.count_by(FileQuery(name_glob=b"*.raw"), "gid") == {1000: (3, 80)}
     with pytest.raises(errors.Invalid):
         catalog.count_by(FileQuery(), "mode")
+
+
+def test_open_files_registry(catalog):
+    """set_open: a move never switches a file another session writes, and an
+    unlinked file stays while any session has it open."""
+    a = catalog.create(ROOT_INO, b"a", new(tier="disk", location="k"))
+    assert catalog.set_open(a.ino, "A", True, True).ino == a.ino
+    with pytest.raises(errors.VersionConflict):
+        catalog.switch(a.ino, a.data_version, [State.ONLINE], dict(state=State.ARCHIVING), [], ("t", ""),
+                       no_writers_except="B")
+    # the writer itself, or a switch that does not ask, is not refused
+    catalog.switch(a.ino, a.data_version, [State.ONLINE], dict(state=State.ONLINE), [], ("t", ""),
+                   no_writers_except="A")
+    catalog.set_open(a.ino, "A", True, False)  # still open, no longer writing
+    catalog.switch(a.ino, a.data_version, [State.ONLINE], dict(state=State.ARCHIVING), [], ("t", ""),
+                   no_writers_except="B")
+    catalog.unlink(ROOT_INO, b"a", now_ns())
+    assert catalog.purge(a.ino) is None  # session A still has it open
+    catalog.set_open(a.ino, "A", False, False)
+    assert catalog.purge(a.ino).ino == a.ino
+    # records of a reaped session go with it
+    t = now_ns()
+    b = catalog.create(ROOT_INO, b"b", new())
+    catalog.register_session(Session(id="dead", host="h", pid=1, mountpoint="/m", started_ns=t, heartbeat_ns=0))
+    catalog.set_open(b.ino, "dead", True, True)
+    catalog.reap_sessions(t)
+    catalog.switch(b.ino, b.data_version, [State.ONLINE], dict(state=State.ARCHIVING), [], ("t", ""),
+                   no_writers_except="live")

@@ -219,7 +219,7 @@ def test_killed_daemon_leaves_no_stale_mount(make_mount, tmp_path):
     m.kill()
     from tierfs import mounts
     # auto_unmount removes the mount; if a stale one is left, `tierfs mount` must clean it with a message
-    stale = mounts.find_mount(m.mnt) is not None
+    stale = not mounts.wait_mounted(m.mnt, 5, mounted=False)  # auto_unmount acts asynchronously
     m.write_config()
     r = m.cli("mount", m.mnt, "--config", m.config_path)
     assert mounts.wait_mounted(m.mnt, 10)

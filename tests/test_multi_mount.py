@@ -179,3 +179,43 @@ def test_gridfs_object_written_by_one_mount_read_through_the_other(make_mount, u
     finally:
         t.close()
     wait_for(lambda: not glob.glob(f"{home}/disk/objects/*/*"), timeout=20, what="disk copy garbage-collected")
+
+
+def test_move_waits_for_a_writer_on_the_other_mount(make_mount, url, tmp_path):
+    """A has the file open for writing; an archive queued through B must not
+    switch it underneath (the writes would be lost). Once A closes, the archive
+    runs and carries every byte."""
+    home = str(tmp_path / "home")
+    a = make_mount(config=TOP + "job_retry_delay = 1\n" + tiers(home), catalog_url=url, name="a")
+    b = make_mount(config=TOP + "job_retry_delay = 1\n" + tiers(home), catalog_url=url, name="b")
+    f = open(a.path("w.bin"), "wb")
+    f.write(b"x" * 100_000)
+    f.flush()
+    seen_within(lambda: os.path.exists(b.path("w.bin")), "file created through A")
+    b.cli("archive", b.path("w.bin"))
+    time.sleep(4)
+    assert b.state("w.bin") == "online"
+    f.write(b"y" * 100_000)
+    f.close()
+    expected = b"x" * 100_000 + b"y" * 100_000
+    wait_for(lambda: b.state("w.bin") == "archived", timeout=60, what="archive after A closed")
+    time.sleep(1.5)
+    assert open(b.path("w.bin"), "rb").read() == expected
+    assert hashlib.sha256(open(a.path("w.bin"), "rb").read()).hexdigest() == hashlib.sha256(expected).hexdigest()
+
+
+def test_unlinked_file_open_on_the_other_mount_stays_readable(make_mount, url, tmp_path):
+    home = str(tmp_path / "home")
+    a = make_mount(config=TOP + tiers(home), catalog_url=url, name="a")
+    b = make_mount(config=TOP + tiers(home), catalog_url=url, name="b")
+    data = os.urandom(300_000)
+    with open(a.path("u.bin"), "wb") as f:
+        f.write(data)
+    seen_within(lambda: os.path.exists(b.path("u.bin")), "file created through A")
+    with open(b.path("u.bin"), "rb") as held:
+        os.unlink(a.path("u.bin"))
+        time.sleep(3)  # A forgets the name; its GC must not delete the object B reads
+        assert held.read() == data
+        assert os.fstat(held.fileno()).st_size == len(data)
+    # after B closes it, the object goes
+    wait_for(lambda: not glob.glob(f"{home}/disk/objects/*/*"), timeout=30, what="object collected after close")

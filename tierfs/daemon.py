@@ -205,9 +205,19 @@ class Daemon:
                 for sid in reaped:
                     log.warning("reaped dead session %s: its jobs return to the queue", sid)
                     self.wake()
+                if reaped:
+                    await self.purge_unlinked()
             except errors.TierfsError as e:
                 reachable_since = None
                 log.warning("heartbeat: %s", e)
+
+    async def purge_unlinked(self) -> None:
+        """Unlinked files nobody has open any more (a dead mount held them) go."""
+        fs = self.fs
+        for inode in await fs.cat(self.catalog.unlinked):
+            if not fs.opens.get(inode.ino) and not fs.lookups.get(inode.ino):
+                if await fs.cat(self.catalog.purge, inode.ino) is not None:
+                    self.wake()
 
     async def signal_loop(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:

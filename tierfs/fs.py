@@ -204,10 +204,26 @@ class FileSystem:
             await self._maybe_purge(ino)
             self._evict(ino)
 
-    async def _maybe_purge(self, ino: int) -> None:
-        """Delete an unlinked inode once nothing references it any more."""
+    async def _maybe_purge(self, ino: int, refresh: bool = False) -> None:
+        """Delete an unlinked inode once nothing here references it any more.
+        An unlinked regular file goes at its last close (the kernel's lookup
+        count only matters for directories, which may be a cwd); with a shared
+        catalog `refresh` re-reads nlink (another mount may have unlinked it)
+        and the catalog keeps it while another mount has it open."""
+        if self.opens.get(ino):
+            return
         c = self.cache.get(ino)
-        if c is None or c.inode.nlink > 0 or self.lookups.get(ino) or self.opens.get(ino):
+        if refresh and self.catalog.shared:
+            try:
+                inode = self.remember(await self.cat(self.catalog.get, ino))
+            except errors.NotFound:
+                self.cache.pop(ino, None)
+                return
+        elif c is None:
+            return
+        else:
+            inode = c.inode
+        if inode.nlink > 0 or (self.lookups.get(ino) and not inode.is_reg()):
             return
         self.dirty_attrs.discard(ino)
         purged = await self.cat(self.catalog.purge, ino)
@@ -513,33 +529,70 @@ class FileSystem:
     async def _open_handle(self, inode: Inode, flags: int) -> int:
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY
         async with self.lock(inode.ino):
-            inode = await self.get(inode.ino)
-            if inode.state not in READABLE_STATES:
-                raise errors.TryAgain(f"inode {inode.ino} went offline while opening")
-            h = Handle(fh=self._new_fh(), ino=inode.ino, flags=flags, writable=writable)
-            tier = self.tier(inode.tier) if inode.tier else None
-            if tier is not None and (not inode.location or tier.local_path(inode.location) is None) and \
-                    (writable or self.staging.get(inode.ino)):
-                c = await self.staging.acquire(inode)
-                h.fd, h.staged, h.tier = c.fd, True, tier
-            elif inode.location:
-                h.tier = tier
-                h.key = inode.location
-                path = h.tier.local_path(h.key)
-                if path is not None:
-                    try:
-                        h.fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
-                    except OSError as e:
-                        log.error("open %s: object %s on tier %s: %s", inode.ino, h.key, h.tier.name, e.strerror)
-                        raise errors.TierfsError(f"object {h.key} on tier {h.tier.name}: {e.strerror}") from e
-            if h.key is not None:
-                k = (h.tier.name, h.key)
-                self.pinned_keys[k] = self.pinned_keys.get(k, 0) + 1
-            self.handles[h.fh] = h
-            self.opens[inode.ino] = self.opens.get(inode.ino, 0) + 1
+            ino = inode.ino
+            self.opens[ino] = self.opens.get(ino, 0) + 1
             if writable:
-                self.writers[inode.ino] = self.writers.get(inode.ino, 0) + 1
-            return h.fh
+                self.writers[ino] = self.writers.get(ino, 0) + 1
+            try:
+                fresh = await self._publish_open(ino, first=self.opens[ino] == 1 or
+                                                 (writable and self.writers[ino] == 1))
+                inode = fresh or await self.get(ino)
+                if inode.state not in READABLE_STATES:
+                    raise errors.TryAgain(f"inode {ino} went offline while opening")
+                return await self._attach_handle(inode, flags, writable)
+            except BaseException:
+                await self._drop_open(ino, writable)
+                raise
+
+    async def _publish_open(self, ino: int, first: bool) -> Inode | None:
+        """Shared catalogs: tell the other mounts this file is open here (and
+        whether for writing); returns the inode as of that moment."""
+        if not self.catalog.shared or not first:
+            return None
+        return self.remember(await self.cat(self.catalog.set_open, ino, self.session_id,
+                                            bool(self.opens.get(ino)), bool(self.writers.get(ino))))
+
+    async def _drop_open(self, ino: int, writable: bool) -> None:
+        """Undo the counts of one handle (and the catalog record when they reach 0)."""
+        self.opens[ino] = self.opens.get(ino, 1) - 1
+        last_open = not self.opens[ino]
+        if last_open:
+            del self.opens[ino]
+        last_writer = False
+        if writable:
+            self.writers[ino] = self.writers.get(ino, 1) - 1
+            last_writer = not self.writers[ino]
+            if last_writer:
+                del self.writers[ino]
+        if self.catalog.shared and (last_open or last_writer):
+            try:
+                await self.cat(self.catalog.set_open, ino, self.session_id, not last_open, False)
+            except errors.NotFound:
+                pass
+
+    async def _attach_handle(self, inode: Inode, flags: int, writable: bool) -> int:
+        """Open the object (or staged copy) of a readable file; the caller holds the lock."""
+        h = Handle(fh=self._new_fh(), ino=inode.ino, flags=flags, writable=writable)
+        tier = self.tier(inode.tier) if inode.tier else None
+        if tier is not None and (not inode.location or tier.local_path(inode.location) is None) and \
+                (writable or self.staging.get(inode.ino)):
+            c = await self.staging.acquire(inode)
+            h.fd, h.staged, h.tier = c.fd, True, tier
+        elif inode.location:
+            h.tier = tier
+            h.key = inode.location
+            path = h.tier.local_path(h.key)
+            if path is not None:
+                try:
+                    h.fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
+                except OSError as e:
+                    log.error("open %s: object %s on tier %s: %s", inode.ino, h.key, h.tier.name, e.strerror)
+                    raise errors.TierfsError(f"object {h.key} on tier {h.tier.name}: {e.strerror}") from e
+        if h.key is not None:
+            k = (h.tier.name, h.key)
+            self.pinned_keys[k] = self.pinned_keys.get(k, 0) + 1
+        self.handles[h.fh] = h
+        return h.fh
 
     def handle(self, fh: int) -> Handle:
         h = self.handles.get(fh)
@@ -657,14 +710,8 @@ class FileSystem:
                     self.pinned_keys[k] = left
                 else:
                     self.pinned_keys.pop(k, None)
-            self.opens[h.ino] = self.opens.get(h.ino, 1) - 1
-            if not self.opens[h.ino]:
-                del self.opens[h.ino]
-            if h.writable:
-                self.writers[h.ino] = self.writers.get(h.ino, 1) - 1
-                if not self.writers[h.ino]:
-                    del self.writers[h.ino]
-            await self._maybe_purge(h.ino)
+            await self._drop_open(h.ino, h.writable)
+            await self._maybe_purge(h.ino, refresh=True)
             self._evict(h.ino)
 
     async def flush_all(self) -> None:

@@ -69,7 +69,8 @@ async def release_now(fs, inode: Inode, cause: str) -> Inode:
         faults.point("release.before_switch")
         new = await fs.cat(fs.catalog.switch, inode.ino, inode.data_version, [State.DUAL],
                            dict(state=State.ARCHIVED, tier=None, location=None),
-                           [(inode.tier, inode.location)], (cause, f"online copy on {inode.tier} released"))
+                           [(inode.tier, inode.location)], (cause, f"online copy on {inode.tier} released"),
+                           no_writers_except=fs.session_id)
         remember_move(fs, new)
     await fs.invalidate(inode.ino)
     log.info("released inode %d: online copy on %s dropped, archive copy on %s (%s)",
@@ -240,8 +241,11 @@ class JobRunner:
             inode = await fs.get(inode.ino)
             if inode.state not in from_states:
                 raise Retry(f"file is {inode.state}", 0, count=False)
-            new = await fs.cat(fs.catalog.switch, inode.ino, inode.data_version, [inode.state],
-                               dict(state=to_state), [], (cause, detail))
+            try:
+                new = await fs.cat(fs.catalog.switch, inode.ino, inode.data_version, [inode.state],
+                                   dict(state=to_state), [], (cause, detail), no_writers_except=fs.session_id)
+            except errors.VersionConflict as e:
+                raise Retry(str(e), BUSY_RETRY_S, count=False) from None  # changed, or written on another mount
             return remember_move(fs, new)
 
     async def archive(self, job: Job, inode: Inode) -> None:
@@ -292,7 +296,8 @@ class JobRunner:
                 raise Retry("file was opened for writing during the copy", BUSY_RETRY_S, count=False)
             try:
                 new = await fs.cat(fs.catalog.switch, inode.ino, version, [State.ARCHIVING], changes, garbage,
-                                   (job.cause, f"{src.name} -> {dst.name}, {n} bytes"), job.id)
+                                   (job.cause, f"{src.name} -> {dst.name}, {n} bytes"), job.id,
+                                   no_writers_except=fs.session_id)
             except errors.VersionConflict:
                 await self._abandon(job, inode, dst, dst_key, State.ONLINE, "changed during the copy")
                 raise Retry("file changed during the copy", BUSY_RETRY_S, count=False)
@@ -411,7 +416,7 @@ class JobRunner:
                 new = await fs.cat(fs.catalog.switch, inode.ino, version, [inode.state],
                                    dict(tier=dst.name, location=dst_key, checksum=sha),
                                    [(src.name, inode.location)], (job.cause, f"{src.name} -> {dst.name}, {n} bytes"),
-                                   job.id)
+                                   job.id, no_writers_except=fs.session_id)
             except errors.VersionConflict:
                 await trio.to_thread.run_sync(dst.delete, dst_key)
                 raise Retry("file changed during the copy", BUSY_RETRY_S, count=False)

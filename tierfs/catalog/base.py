@@ -355,7 +355,8 @@ class Catalog(abc.ABC):
     @abc.abstractmethod
     def purge(self, ino: int) -> Inode | None:
         """Delete an inode with nlink 0 and its xattrs; its tier objects go to
-        garbage in the same transaction. Returns it, or None if gone/linked."""
+        garbage in the same transaction. Returns it, or None if gone, linked,
+        or still open in some session (set_open)."""
 
     @abc.abstractmethod
     def unlinked(self) -> list[Inode]:
@@ -399,12 +400,22 @@ class Catalog(abc.ABC):
     @abc.abstractmethod
     def switch(self, ino: int, expect_version: int, expect_states: Iterable[State],
                changes: dict, garbage: Iterable[tuple[str, str]], event: tuple[str, str],
-               job_id: int | None = None) -> Inode:
+               job_id: int | None = None, *, no_writers_except: str | None = None) -> Inode:
         """The commit point of every move, atomic: if the inode still has
-        `expect_version` and one of `expect_states`, apply `changes`, add the
-        now-unreferenced objects (tier, key) to garbage, record `event`
-        (cause, detail) in the history, and clear the job's dst_key. Else
-        VersionConflict and nothing changes."""
+        `expect_version` and one of `expect_states` (and, with
+        no_writers_except, no other session has it open for writing: see
+        set_open), apply `changes`, add the now-unreferenced objects
+        (tier, key) to garbage, record `event` (cause, detail) in the history,
+        and clear the job's dst_key. Else VersionConflict and nothing changes."""
+
+    @abc.abstractmethod
+    def set_open(self, ino: int, session: str, reading: bool, writing: bool) -> Inode:
+        """Record that `session` has `ino` open (reading: any handle; writing: a
+        writable one); both False removes the record. Mounts sharing a catalog
+        use it so a move never switches a file another mount is writing, and an
+        unlinked file stays while any mount has it open (purge() waits). It
+        writes the inode too, so it serialises with switch(); the returned
+        inode is as of that moment. Dead sessions' records go when reaped."""
 
     @abc.abstractmethod
     def add_event(self, ino: int, from_state: str, to_state: str, cause: str, detail: str = "") -> None: ...

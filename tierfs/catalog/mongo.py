@@ -28,7 +28,9 @@ fields as catalog/schema.py, with `_id` as the primary key):
             archived, restoring, lost), else null; checksum: sha256 hex of the
             content, null until finalised or after a write; data_version:
             bumped on every content change (moves compare-and-swap on it);
-            state_ns: when `state` last changed; state_cause: why.
+            state_ns: when `state` last changed; state_cause: why; open_gen:
+            bumped by set_open only so that it conflicts with a concurrent
+            switch() transaction (not part of the Inode record).
   dentries  _id: pos, the stable readdir cookie (a counter, never reused);
             parent: directory inode; name: file name (BSON binary: POSIX names
             are bytes, invalid UTF-8 round-trips); ino: inode it points at.
@@ -52,6 +54,9 @@ fields as catalog/schema.py, with `_id` as the primary key):
             when it became unreferenced; reason.
   leases    _id: lease name ("policy"); holder: session id; expires_ns: the
             lease is free after this time.
+  open_files _id: "ino:session"; ino; session: the mount holding the file
+            open; writing: true while it has a writable handle (moves skip
+            such files; purge waits until no mount has the file open).
   tombstones _id: tombstone id (counter "tombstone"); ino: inode number the
             deleted file had; path: its path then (binary); size, uid, gid,
             crtime_ns, mtime_ns, atime_ns, state, tier, archive_tier,
@@ -172,6 +177,7 @@ class MongoCatalog(MongoJobs, MongoQueries, Catalog):
         self.xattrs, self.jobs_c, self.sessions_c, self.events_c = d.xattrs, d.jobs, d.sessions, d.events
         self.garbage_c, self.leases = d.garbage, d.leases
         self.tombstones_c = d.tombstones
+        self.open_files = d.open_files
 
     # ---- plumbing ----------------------------------------------------------
     @contextlib.contextmanager
@@ -300,6 +306,8 @@ class MongoCatalog(MongoJobs, MongoQueries, Catalog):
             self.garbage_c.create_index([("tier", A), ("key", A)], name="tier_key")
             self.sessions_c.create_index([("clean", A), ("heartbeat_ns", A)], name="live")
             self.tombstones_c.create_index([("ino", A), ("_id", A)], name="ino_id")
+            self.open_files.create_index([("ino", A), ("writing", A)], name="ino_writing")   # switch, purge
+            self.open_files.create_index([("session", A)], name="session")                   # reaping
             doc = self.meta.find_one({"_id": "schema_version"})
             if doc is None:
                 _insert_ignoring_dup(self.meta, {"_id": "schema_version", "value": str(SCHEMA_VERSION)})
@@ -615,6 +623,8 @@ class MongoCatalog(MongoJobs, MongoQueries, Catalog):
             inode = _inode(doc)
             if inode.nlink > 0 or ino == ROOT_INO:
                 return None
+            if self.open_files.find_one({"ino": ino}, {"_id": 1}, session=s) is not None:
+                return None  # another mount still has it open; the last one to close purges it
             self.inodes.delete_one({"_id": ino}, session=s)
             self.xattrs.delete_many({"ino": ino}, session=s)
             self.jobs_c.update_many({"ino": ino, "state": JobState.PENDING.value},
@@ -721,15 +731,23 @@ class MongoCatalog(MongoJobs, MongoQueries, Catalog):
             self._set(ino, None, ctime_ns=now_ns())
 
     # ---- state and moves ---------------------------------------------------
-    def switch(self, ino, expect_version, expect_states, changes, garbage, event, job_id=None) -> Inode:
-        """Transaction: compare-and-swap on (data_version, state) + garbage +
-        history event + the job's dst_key cleared."""
+    def switch(self, ino, expect_version, expect_states, changes, garbage, event, job_id=None, *,
+               no_writers_except=None) -> Inode:
+        """Transaction: compare-and-swap on (data_version, state) and, with
+        no_writers_except, on no other session writing (open_files) +
+        garbage + history event + the job's dst_key cleared."""
         expect_states = list(expect_states)
         garbage = list(garbage)
 
         def fn(s):
             inode = self._get(ino, s)
             self._check(inode, expect_version, expect_states)
+            if no_writers_except is not None:
+                w = self.open_files.find_one({"ino": ino, "writing": True, "session": {"$ne": no_writers_except}},
+                                             session=s)
+                if w is not None:
+                    raise errors.VersionConflict(
+                        f"inode {ino} is open for writing on another mount (session {w['session']})")
             t = now_ns()
             ch = dict(changes)
             if "state" in ch and ch["state"] != inode.state:
@@ -742,6 +760,22 @@ class MongoCatalog(MongoJobs, MongoQueries, Catalog):
             if job_id is not None:
                 self.jobs_c.update_one({"_id": job_id}, {"$set": {"dst_key": None, "updated_ns": t}}, session=s)
             return inode.copy(**ch)
+        return self._txn(fn)
+
+    def set_open(self, ino, session, reading, writing) -> Inode:
+        """Transaction: the (ino, session) record upserted or deleted, and the
+        inode document written ($inc open_gen) so a concurrent switch()
+        transaction conflicts and retries instead of missing a new writer."""
+        def fn(s):
+            inode = self._get(ino, s)
+            key = f"{ino}:{session}"
+            if reading or writing:
+                self.open_files.replace_one({"_id": key}, {"_id": key, "ino": ino, "session": session,
+                                                           "writing": bool(writing)}, upsert=True, session=s)
+            else:
+                self.open_files.delete_one({"_id": key}, session=s)
+            self.inodes.update_one({"_id": ino}, {"$inc": {"open_gen": 1}}, session=s)
+            return inode
         return self._txn(fn)
 
     def add_event(self, ino, from_state, to_state, cause, detail="") -> None:

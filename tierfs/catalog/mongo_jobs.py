@@ -144,6 +144,7 @@ class MongoJobs:
             upd["last_error"] = error
         self.jobs_c.update_many({"session": sid, "state": JobState.RUNNING.value}, {"$set": upd}, session=s)
         self.leases.delete_many({"holder": sid}, session=s)
+        self.open_files.delete_many({"session": sid}, session=s)
 
     def end_session(self, session_id: str, clean: bool = True) -> None:
         """Transaction: session marked + its jobs requeued + its leases freed."""

@@ -153,6 +153,15 @@ tombstones = Table(
 )
 Index("ix_tombstones_ino", tombstones.c.ino, tombstones.c.id)
 
+open_files = Table(
+    "open_files", metadata,
+    Column("ino", Big, primary_key=True, comment="inode some mount has open"),
+    Column("session", String(64), primary_key=True, comment="session (mount) holding it open"),
+    Column("writing", Boolean, nullable=False, comment="true while that mount has a writable handle on it"),
+    comment="files open per mount when mounts share the catalog: moves skip files written elsewhere; "
+            "unlinked files stay until no mount has them open",
+)
+
 leases = Table(
     "leases", metadata,
     Column("name", String(64), primary_key=True, comment="lease name, e.g. 'policy'"),

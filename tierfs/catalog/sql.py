@@ -402,6 +402,8 @@ class SqlCatalog(Catalog):
             inode = _inode(row)
             if inode.nlink > 0 or ino == ROOT_INO:
                 return None
+            if c.execute(select(S.open_files.c.session).where(S.open_files.c.ino == ino).limit(1)).first():
+                return None  # another mount still has it open; the last one to close purges it
             c.execute(delete(S.inodes).where(S.inodes.c.ino == ino))
             c.execute(delete(S.xattrs).where(S.xattrs.c.ino == ino))
             c.execute(update(S.jobs).where(S.jobs.c.ino == ino, S.jobs.c.state == JobState.PENDING.value)
@@ -485,10 +487,13 @@ class SqlCatalog(Catalog):
             self._set(c, ino, ctime_ns=now_ns())
 
     # ---- state and moves ---------------------------------------------------
-    def switch(self, ino, expect_version, expect_states, changes, garbage, event, job_id=None) -> Inode:
+    def switch(self, ino, expect_version, expect_states, changes, garbage, event, job_id=None, *,
+               no_writers_except=None) -> Inode:
         with self._tx() as c:
             inode = self._get(c, ino)
             self._check(inode, expect_version, expect_states)
+            if no_writers_except is not None:
+                self._check_no_writers(c, ino, no_writers_except)
             t = now_ns()
             if "state" in changes and changes["state"] != inode.state:
                 changes = dict(changes, state_ns=t)
@@ -500,6 +505,23 @@ class SqlCatalog(Catalog):
             if job_id is not None:
                 c.execute(update(S.jobs).where(S.jobs.c.id == job_id).values(dst_key=None, updated_ns=t))
             return inode.copy(**changes)
+
+    def _check_no_writers(self, c: Connection, ino: int, session: str) -> None:
+        o = S.open_files.c
+        row = c.execute(select(o.session).where(o.ino == ino, o.writing.is_(True), o.session != session)
+                        .limit(1)).first()
+        if row is not None:
+            raise errors.VersionConflict(f"inode {ino} is open for writing on another mount (session {row[0]})")
+
+    def set_open(self, ino, session, reading, writing) -> Inode:
+        o = S.open_files.c
+        with self._tx() as c:
+            inode = self._get(c, ino)
+            c.execute(delete(S.open_files).where(o.ino == ino, o.session == session))
+            if reading or writing:
+                c.execute(insert(S.open_files).values(ino=ino, session=session, writing=bool(writing)))
+            self._set(c, ino, ctime_ns=inode.ctime_ns)  # a write on the inode row: serialises with switch()
+            return inode
 
     def add_event(self, ino, from_state, to_state, cause, detail="") -> None:
         with self._tx() as c:
@@ -636,6 +658,7 @@ class SqlCatalog(Catalog):
             c.execute(update(S.jobs).where(S.jobs.c.session == session_id, S.jobs.c.state == JobState.RUNNING.value)
                       .values(state=JobState.PENDING.value, session=None, updated_ns=now_ns()))
             c.execute(delete(S.leases).where(S.leases.c.holder == session_id))
+            c.execute(delete(S.open_files).where(S.open_files.c.session == session_id))
 
     def sessions(self) -> list[Session]:
         with self._tx(write=False) as c:
@@ -651,6 +674,7 @@ class SqlCatalog(Catalog):
                           .values(state=JobState.PENDING.value, session=None,
                                   last_error=f"session {sid} died", updated_ns=now_ns()))
                 c.execute(delete(S.leases).where(S.leases.c.holder == sid))
+                c.execute(delete(S.open_files).where(S.open_files.c.session == sid))
             return ids
 
     # ---- queries -----------------------------------------------------------
