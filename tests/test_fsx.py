@@ -276,9 +276,6 @@ def test_fsx(mk, catalog_url, tmp_path):
     assert code == 0 and not errors_of(out), out
 
 
-@pytest.mark.xfail(strict=True, reason="BUG fs.py open(): O_TRUNC on an online file is ignored (libfuse3 enables "
-                   "atomic_o_trunc, so the kernel leaves truncation to open()); rewriting a file with fewer bytes "
-                   "keeps the old size and returns the old tail")
 def test_open_o_trunc_truncates(mk, tmp_path):
     m = mk(config=_config(tmp_path))
     write(m.path("f"), b"x" * 17496)
@@ -290,9 +287,6 @@ def test_open_o_trunc_truncates(mk, tmp_path):
         assert f.read() == new
 
 
-@pytest.mark.xfail(strict=True, reason="BUG fs.py open(): an open that races with an archive's switch gets EAGAIN "
-                   "('went offline while opening') instead of restoring the file; 20-40% of opens right after "
-                   "an archive request")
 def test_open_racing_archive_switch(mk, tmp_path):
     m = mk(config=_config(tmp_path))
     eagain = 0
@@ -309,9 +303,6 @@ def test_open_racing_archive_switch(mk, tmp_path):
     assert eagain == 0, f"{eagain} of 60 opens failed with EAGAIN"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG fs.py setattr(): truncating an archived file to a non-zero size waits "
-                   "for the restore while holding the inode lock that the restore job needs: EAGAIN after "
-                   "block_timeout, then the restore runs")
 def test_truncate_archived_file(mk, tmp_path):
     m = mk(config=_config(tmp_path, "block_timeout = 5\n"))
     data = os.urandom(20000)

@@ -100,8 +100,6 @@ def bound_vault(kmounts, tmp_path):
     return V()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG tiers/disk.py: an unmounted vault directory makes every object "
-                   "'missing' (ENOENT -> ObjectMissing), so a restore marks the file LOST instead of retrying")
 def test_restore_while_vault_unmounted(mk, bound_vault, tmp_path):
     home = home_of(tmp_path)
     m = mk(config="job_retry_delay = 1\njob_max_attempts = 1000\nblock_timeout = 3\n" + tiers_config(home))
@@ -120,8 +118,6 @@ def test_restore_while_vault_unmounted(mk, bound_vault, tmp_path):
     assert sha(m.path("f")) == digest
 
 
-@pytest.mark.xfail(strict=True, reason="BUG tiers/disk.py: writing to an unmounted vault directory fails with "
-                   "ObjectMissing (tmp/ is gone), which fails the archive job permanently instead of retrying")
 def test_archive_while_vault_unmounted(mk, bound_vault, tmp_path):
     home = home_of(tmp_path)
     m = mk(config="job_retry_delay = 1\njob_max_attempts = 1000\n" + tiers_config(home))

@@ -58,6 +58,10 @@ def validate_stored_xattr(name: bytes, value: bytes) -> None:
             raise errors.Invalid(str(e)) from None
 
 
+class WentOffline(errors.TryAgain):
+    """A move archived the file between open()'s check and the handle: retry."""
+
+
 @dataclass
 class Caller:
     """Who makes a request (from pyfuse3's RequestContext)."""
@@ -506,19 +510,32 @@ class FileSystem:
         return fh, inode
 
     async def open(self, ino: int, flags: int, caller: Caller) -> int:
-        inode = await self.get(ino)
-        if inode.is_dir():
-            raise errors.IsDir()
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY
-        if inode.state not in READABLE_STATES:
-            if writable and flags & os.O_TRUNC and self.offline is not None:
-                async with self.lock(ino):
-                    inode = await self.offline.drop_archived(inode, caller, "open with O_TRUNC")
-            else:
-                inode = await self._need_online(inode, flags, caller)
-        if self.offline is not None:
-            self.offline.accessed(inode, flags)
-        return await self._open_handle(inode, flags)
+        for _ in range(5):  # a move may take the file offline between the check and the open
+            inode = await self.get(ino)
+            if inode.is_dir():
+                raise errors.IsDir()
+            if inode.state not in READABLE_STATES:
+                if writable and flags & os.O_TRUNC and self.offline is not None:
+                    async with self.lock(ino):
+                        inode = await self.offline.drop_archived(inode, caller, "open with O_TRUNC")
+                else:
+                    inode = await self._need_online(inode, flags, caller)
+            if self.offline is not None:
+                self.offline.accessed(inode, flags)
+            try:
+                fh = await self._open_handle(inode, flags)
+            except WentOffline:
+                continue
+            if writable and flags & os.O_TRUNC and inode.size:
+                # libfuse enables atomic_o_trunc: the kernel leaves O_TRUNC to us
+                try:
+                    await self.setattr(ino, {"size": 0}, fh, caller)
+                except BaseException:
+                    await self.release(fh)
+                    raise
+            return fh
+        raise errors.TryAgain(f"inode {ino} keeps going offline while opening")
 
     async def _need_online(self, inode: Inode, flags: int, caller: Caller) -> Inode:
         """Make an offline file readable (restore), or raise TryAgain/EIO."""
@@ -538,7 +555,7 @@ class FileSystem:
                                                  (writable and self.writers[ino] == 1))
                 inode = fresh or await self.get(ino)
                 if inode.state not in READABLE_STATES:
-                    raise errors.TryAgain(f"inode {ino} went offline while opening")
+                    raise WentOffline(f"inode {ino} went offline while opening")
                 return await self._attach_handle(inode, flags, writable)
             except BaseException:
                 await self._drop_open(ino, writable)

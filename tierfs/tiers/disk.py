@@ -48,14 +48,26 @@ class DiskTier(Tier):
         return self._path(key)
 
     def _oserror(self, e: OSError, key: str, what: str) -> errors.TierfsError:
+        if e.errno == errno.ENOENT and not os.path.isdir(self.objdir):
+            # The whole tier is away (an unmounted NFS share or disk), not one object: temporary.
+            return errors.TierUnavailable(f"tier {self.name}: directory {self.root} is not available "
+                                          f"({self.objdir} is missing; unmounted?)")
         if e.errno == errno.ENOENT:
             return errors.ObjectMissing(f"tier {self.name}: object {key} is missing")
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             return errors.NoSpace(f"tier {self.name}: no space left to {what} {key}")
         return errors.TierUnavailable(f"tier {self.name}: {what} {key}: {e.strerror}", err=e.errno or errno.EIO)
 
+    def _available(self) -> None:
+        """Refuse to write into a tier directory that is not there (an unmounted
+        share shows an empty mountpoint: never recreate our layout inside it)."""
+        if not os.path.isdir(self.objdir) or not os.path.isdir(self.tmpdir):
+            raise errors.TierUnavailable(f"tier {self.name}: directory {self.root} is not available "
+                                         f"({self.objdir} or {self.tmpdir} is missing; unmounted?)")
+
     def create_empty(self, key: str) -> None:
         path = self._path(key)
+        self._available()
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600))
@@ -66,6 +78,7 @@ class DiskTier(Tier):
         path = self._path(key)
         tmp = os.path.join(self.tmpdir, f"{TMP_PREFIX}{os.path.basename(key)}.{uuid.uuid4().hex[:8]}")
         n = 0
+        self._available()
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(tmp, "wb") as f:
