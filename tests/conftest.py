@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -138,7 +139,7 @@ class Mount:
         cmd = [sys.executable, "-m", "tierfs.cli", *args]
         kw = {}
         if user is not None:
-            kw.update(user=user, group=user)
+            kw.update(user=user, group=pwd.getpwnam(user).pw_gid, extra_groups=[])
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=dict(self.env, **(env or {})),
                            input=input, cwd=ROOT, **kw)
         if check and r.returncode != 0:
@@ -219,7 +220,7 @@ class Mount:
     def sh(self, script: str, check: bool = True, timeout: float = 300, user=None) -> subprocess.CompletedProcess:
         kw = {}
         if user is not None:
-            kw.update(user=user, group=user)
+            kw.update(user=user, group=pwd.getpwnam(user).pw_gid, extra_groups=[])
         r = subprocess.run(["bash", "-ec", script], capture_output=True, text=True, cwd=self.mnt,
                            timeout=timeout, **kw)
         if check and r.returncode != 0:
