@@ -264,6 +264,9 @@ class JobRunner:
         if inode.state != State.ARCHIVING:
             inode = await self._mark(inode, (State.ONLINE, State.DUAL), State.ARCHIVING, job.cause,
                                      f"to {dst.name}")
+        else:  # a re-run after a crash: read the version under the lock too (see migrate)
+            async with fs.lock(inode.ino):
+                inode = remember_move(fs, await fs.cat(fs.catalog.get, inode.ino))
         faults.point("archive.after_mark")
         version = inode.data_version
         dst_key = new_key()
@@ -388,6 +391,11 @@ class JobRunner:
 
     async def migrate(self, job: Job, inode: Inode) -> None:
         fs = self.fs
+        # Read the version under the inode lock, as archive's _mark does: a truncate bumps the
+        # version before it shrinks the object (both under the lock), so a version read in
+        # between let the copy take the old bytes and the switch succeed (fsx, under load).
+        async with fs.lock(inode.ino):
+            inode = remember_move(fs, await fs.cat(fs.catalog.get, inode.ino))
         if inode.state not in READABLE_STATES:
             raise errors.Invalid(f"inode {inode.ino} is {inode.state}; restore it before migrating")
         if inode.tier == job.target_tier:
