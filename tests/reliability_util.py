@@ -98,6 +98,19 @@ def start(m) -> None:
     track(m.pid)
 
 
+def stop(m) -> None:
+    """Unmount cleanly; a mount briefly busy (a process of another test walking into
+    it) is retried rather than failed."""
+    for attempt in range(5):
+        try:
+            m.stop()
+            return
+        except AssertionError as e:
+            if "busy" not in str(e) or attempt == 4:
+                raise
+            time.sleep(1)
+
+
 def wait_dead(m, timeout: float = 30.0) -> None:
     """The daemon is dead and its mount gone or stale. fusermount3's auto_unmount
     usually removes it at once, but can lose a race with the dying daemon
@@ -109,6 +122,10 @@ def wait_dead(m, timeout: float = 30.0) -> None:
         wait_for(lambda: mounts.find_mount(m.mnt) is None, 3, what="auto_unmount")
     except AssertionError:
         assert mounts.is_stale(m.mnt), f"{m.mnt} is still mounted and answering after its daemon died"
+        # tests/conftest.py's Mount() cannot be built on a stale mountpoint (makedirs: EEXIST), so
+        # detach it here; test_faults.test_remount_over_stale_mount covers `tierfs mount` doing it.
+        subprocess.run(["fusermount3", "-uz", m.mnt], capture_output=True, timeout=30)
+        wait_for(lambda: mounts.find_mount(m.mnt) is None, 10, what="the stale mount to go")
 
 
 # ---- data -------------------------------------------------------------------------------

@@ -16,8 +16,8 @@ import uuid
 import pytest
 
 from tests.conftest import wait_for
-from tests.reliability_util import (CatalogView, errors_of, fsck, home_of, mk, sha, start, tiers_config,  # noqa: F401
-                                    track, wait_dead, wait_idle, write)
+from tests.reliability_util import (CatalogView, errors_of, fsck, home_of, mk, sha, start, stop,  # noqa: F401
+                                    tiers_config, track, wait_dead, wait_idle, write)
 from tierfs import fsck as F
 from tierfs.catalog.base import JobKind, Session, State, now_ns
 
@@ -55,7 +55,7 @@ def populated(mk, catalog_url, tmp_path):
     m.cli("archive", "--keep-online", "--wait", "--timeout", "60", *[m.path("d", n) for n in dual])
     m.cli("archive", "--wait", "--timeout", "60", m.path("d/archived-lose"))
     wait_idle(catalog_url)
-    m.stop()
+    stop(m)
     return m, home, data
 
 
@@ -172,7 +172,7 @@ def test_seeded_corruption_found_and_repaired(populated, catalog_url, mk):
     assert not os.path.exists(m2.path("d/ghost"))
     assert sorted(os.listdir(m2.path("d"))).count("ghost") == 0
     wait_idle(catalog_url)  # the requeued archive of online2 runs
-    m2.stop()
+    stop(m2)
     code, out = fsck(m.config_path, "--verify-data")
     assert code == 0 and not errors_of(out), out
 
@@ -205,7 +205,7 @@ def test_verify_data_finds_flipped_bytes(populated, catalog_url, mk):
     assert sha(m2.path("d/dual-flip-online")) == data["dual-flip-online"]   # restored from the good copy
     assert sha(m2.path("d/dual-flip-archive")) == data["dual-flip-archive"]
     wait_idle(catalog_url)
-    m2.stop()
+    stop(m2)
     code, out = fsck(m.config_path, "--verify-data")
     assert code == 0 and not errors_of(out), out
 
@@ -249,7 +249,7 @@ def test_live_mount_is_checked_read_only(mk, catalog_url, tmp_path):
     assert r.returncode == 1 and "unmount it" in r.stderr, r.stderr
     assert os.path.exists(_obj(home, "disk", orphan))
     assert sha(m.path("a")) == digest
-    m.stop()
+    stop(m)
     r = m.cli("fsck", "--repair", "-c", m.config_path, check=False)
     assert r.returncode == 0 and "repaired: deleted" in r.stdout, r.stdout + r.stderr
     assert not os.path.exists(_obj(home, "disk", orphan))
@@ -281,7 +281,7 @@ def test_mount_after_unclean_stop(mode, mk, catalog_url, tmp_path):
         track(m2.pid)
         assert "did not unmount cleanly" in m2.log()
         assert sha(m2.path("a")) == digest
-        m2.stop()
+        stop(m2)
         return
     assert r.returncode != 0
     line = r.stderr.strip().splitlines()[-1]
@@ -293,7 +293,7 @@ def test_mount_after_unclean_stop(mode, mk, catalog_url, tmp_path):
     assert code == 0, out
     start(m2)
     assert sha(m2.path("a")) == digest
-    m2.stop()
+    stop(m2)
 
 
 def test_lost_file_reads_eio(populated, catalog_url, mk):

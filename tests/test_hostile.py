@@ -16,7 +16,8 @@ import time
 import pytest
 
 from tests.conftest import ROOT, wait_for
-from tests.reliability_util import errors_of, fsck, home_of, mk, sha, tiers_config, wait_idle, write  # noqa: F401
+from tests.reliability_util import (errors_of, fsck, home_of, mk, sha, stop, tiers_config,  # noqa: F401
+                                    wait_idle, write)
 from tierfs import mounts
 
 REQ = "user.tierfs.request"
@@ -52,7 +53,7 @@ def test_odd_names_round_trip_through_moves(mk, tmp_path):
         os.rename(p, p[:-1] + b"~" if len(name) == 255 else p + b".renamed")
     out = subprocess.run(["find", ".", "-type", "f", "-print0"], capture_output=True, cwd=base).stdout
     assert len(out.split(b"\0")) - 1 == len(ODD_NAMES)
-    m.stop()
+    stop(m)
     code, js = fsck(m.config_path, "--verify-data")
     assert code == 0, js
 
@@ -91,7 +92,7 @@ def test_deep_tree(mk, tmp_path):
     subprocess.run(["rm", "-rf", m.path("e")], check=True, timeout=120)
     assert os.listdir(m.mnt) == []
     wait_idle(m.catalog_url)
-    m.stop()
+    stop(m)
     code, js = fsck(m.config_path)
     assert code == 0 and not errors_of(js), js
 
@@ -262,7 +263,7 @@ def test_restore_refused_when_unarchive_disallowed(mk, tmp_path):
     m = mk(config=cfg)
     digest = write(m.path("f"), b"retained")
     m.cli("archive", "--wait", "--timeout", "60", m.path("f"))
-    m.stop()
+    stop(m)
     m2 = mk(config="allow_unarchive = false\n" + cfg)
     r = m2.cli("restore", m2.path("f"), check=False)
     assert r.returncode == 5 and "Permission denied" in r.stderr, r.stderr
@@ -271,7 +272,7 @@ def test_restore_refused_when_unarchive_disallowed(mk, tmp_path):
     assert ei.value.errno == errno.EACCES
     assert "allow_unarchive = false" in m2.log()
     assert m2.state("f") == "archived"
-    m2.stop()
+    stop(m2)
     m3 = mk(config=cfg)
     assert sha(m3.path("f")) == __import__("hashlib").sha256(b"retained").hexdigest() == digest
 

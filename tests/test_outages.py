@@ -18,8 +18,8 @@ import time
 import pytest
 
 from tests.conftest import wait_for
-from tests.reliability_util import (CatalogView, errors_of, fsck, home_of, mk, sha, tiers_config,  # noqa: F401
-                                    wait_idle, write)
+from tests.reliability_util import (CatalogView, errors_of, fsck, home_of, mk, sha, stop,  # noqa: F401
+                                    tiers_config, wait_idle, write)
 from tierfs import mounts
 
 
@@ -76,7 +76,7 @@ def test_vault_read_only_then_writable(mk, kmounts, tmp_path):
     wait_for(lambda: m.state("f") == "archived", 30, what="the archive to complete once writable")
     assert sha(m.path("f")) == digest
     wait_idle(m.catalog_url)
-    m.stop()
+    stop(m)
     code, out = fsck(m.config_path, "--verify-data")
     assert code == 0 and not errors_of(out), out
 
@@ -101,6 +101,9 @@ def bound_vault(kmounts, tmp_path):
 
 
 def test_restore_while_vault_unmounted(mk, bound_vault, tmp_path):
+    """Regression (was: every object 'missing', the file marked lost): the opener gets
+    EAGAIN/EIO within block_timeout, the file stays archived, the restore completes
+    once the archive is back."""
     home = home_of(tmp_path)
     m = mk(config="job_retry_delay = 1\njob_max_attempts = 1000\nblock_timeout = 3\n" + tiers_config(home))
     digest = write(m.path("f"), os.urandom(200_000))
@@ -119,6 +122,8 @@ def test_restore_while_vault_unmounted(mk, bound_vault, tmp_path):
 
 
 def test_archive_while_vault_unmounted(mk, bound_vault, tmp_path):
+    """Regression (was: the job failed at once with 'object missing'): retried until the
+    archive is back, nothing created inside the empty mountpoint."""
     home = home_of(tmp_path)
     m = mk(config="job_retry_delay = 1\njob_max_attempts = 1000\n" + tiers_config(home))
     digest = write(m.path("f"), os.urandom(100_000))
@@ -126,6 +131,7 @@ def test_archive_while_vault_unmounted(mk, bound_vault, tmp_path):
     r = m.cli("archive", "--wait", "--timeout", "4", m.path("f"), check=False)
     assert r.returncode == 8, r.stderr + r.stdout  # still queued, not failed
     assert sha(m.path("f")) == digest
+    assert os.listdir(f"{home}/vault") == [], "the tier's layout must not be recreated in the empty mountpoint"
     bound_vault.back()
     wait_for(lambda: m.state("f") == "archived", 30, what="the archive once the vault is back")
     assert sha(m.path("f")) == digest
@@ -137,7 +143,7 @@ def test_vault_unmounted_fsck_leaves_files_alone(mk, bound_vault, tmp_path):
     m = mk(config=tiers_config(home))
     digest = write(m.path("f"), os.urandom(50_000))
     m.cli("archive", "--wait", "--timeout", "60", m.path("f"))
-    m.stop()
+    stop(m)
     bound_vault.away()
     code, out = fsck(m.config_path, "--repair")
     assert code == 1
@@ -183,7 +189,7 @@ def test_disk_full_enospc_then_recovers(mk, small_disk, tmp_path):
     assert sha(m.path("again")) == again
     st = os.statvfs(m.mnt)
     assert st.f_blocks * st.f_frsize <= 8 * 1024 * 1024, "statfs reports the small tier"
-    m.stop()
+    stop(m)
     code, out = fsck(m.config_path, "--verify-data")
     assert code == 0 and not errors_of(out), out
 
@@ -209,6 +215,6 @@ def test_restore_into_full_disk_waits_bounded_then_recovers(mk, small_disk, tmp_
     wait_for(lambda: m.state("f") == "dual", 30, what="the restore once space returns")
     assert sha(m.path("f")) == digest
     wait_idle(m.catalog_url)
-    m.stop()
+    stop(m)
     code, out = fsck(m.config_path, "--verify-data")
     assert code == 0 and not errors_of(out), out
