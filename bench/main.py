@@ -52,6 +52,8 @@ def parse_args(argv):
     p.add_argument("--results-md", action="store_true", help="also write bench/RESULTS.md")
     p.add_argument("--tierfs-option", action="append", default=[], metavar="KEY=VALUE",
                    help="extra -o option for every tierfs mount (experiments)")
+    p.add_argument("--tierfs-read-ahead-kb", type=int, metavar="KB",
+                   help="set the tierfs mounts' read_ahead_kb (/sys/class/bdi) after mounting (experiments)")
     for k in PRESETS["full"]:
         if k != "runs":
             p.add_argument("--" + k.replace("_", "-"), type=int, help=f"override {k}")
@@ -67,6 +69,7 @@ class Bench:
             if getattr(args, k, None) is not None:
                 self.p[k] = getattr(args, k)
         self.p["tierfs_options"] = dict(o.split("=", 1) for o in args.tierfs_option)
+        self.p["tierfs_read_ahead_kb"] = args.tierfs_read_ahead_kb
         self.cases = [c for c in args.cases.split(",") if c]
         self.systems = [s for s in args.systems.split(",") if s]
         self.workdir = os.path.abspath(args.workdir)
@@ -85,6 +88,7 @@ class Bench:
         s = systems.make(name, self.workdir)
         if isinstance(s, systems.Tierfs):
             s.options.update(self.p["tierfs_options"])
+            s.set_read_ahead_kb = self.args.tierfs_read_ahead_kb
         return s
 
     def profiled(self, s, case: str):

@@ -28,7 +28,7 @@ class Profiler:
         if exe is None:
             raise RuntimeError("py-spy is not installed (./bench/run --profile installs it)")
         self.proc = subprocess.Popen([exe, "record", "-p", str(self.pid), "-r", str(self.rate), "--format", "raw",
-                                      "-o", self.path, "--subprocesses"],
+                                      "-o", self.path, "--gil"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         return self
 
@@ -49,10 +49,26 @@ def _frame(f: str) -> str:
     return f"{name} ({os.path.basename(where.split(':')[0])})" if where else name
 
 
+#: frames every sample of the daemon shares
+BOILERPLATE = ("main ", "mount ", "run ", "<module> ", "Daemon.run ", "_run_foreground ", "Group.invoke ", "Daemon._main ")
+
+
+def _package(f: str) -> str | None:
+    """The library a frame belongs to (sqlalchemy, trio, pyfuse3, ...), or
+    the tierfs module; None for the interpreter's own start-up frames."""
+    where = "/" + f.partition(" (")[2]
+    if "/_pyfuse3.py" in where or "/pyfuse3" in where:
+        return "pyfuse3"
+    for pkg in ("sqlalchemy", "trio", "pymongo", "tierfs/catalog", "tierfs/tiers", "tierfs"):
+        if f"/{pkg}/" in where:
+            return pkg
+    return None
+
+
 def summarize(path: str, top: int = 15) -> dict:
     """{'samples': n, 'self': [(frame, share)], 'inclusive': [(frame, share)]}
     from py-spy's raw output (one 'frame;frame;... count' line per stack)."""
-    own, incl = collections.Counter(), collections.Counter()
+    own, incl, pkgs = collections.Counter(), collections.Counter(), collections.Counter()
     total = 0
     if not os.path.exists(path):
         return {"samples": 0, "self": [], "inclusive": []}
@@ -62,13 +78,17 @@ def summarize(path: str, top: int = 15) -> dict:
             if not n.isdigit():
                 continue
             n = int(n)
-            frames = [_frame(x) for x in stack.split(";") if x and not x.startswith("process ")
-                      and not x.startswith("thread ")]
-            if not frames:
+            raw = [x for x in stack.split(";") if x and not x.startswith("process ") and not x.startswith("thread ")]
+            if not raw:
                 continue
+            frames = [_frame(x) for x in raw]
             total += n
             own[frames[-1]] += n
-            for fr in set(frames):
-                incl[fr] += n
+            # inclusive time of tierfs functions only (the callers everything shares say nothing)
+            for fr, r in set(zip(frames, raw)):
+                if (_package(r) or "").startswith("tierfs") and not fr.startswith(BOILERPLATE):
+                    incl[fr] += n
+            leaf_pkg = next((p for p in map(_package, reversed(raw)) if p), "other")
+            pkgs[leaf_pkg] += n
     share = (lambda c: [(k, round(v / total, 3)) for k, v in c.most_common(top)]) if total else (lambda c: [])
-    return {"samples": total, "self": share(own), "inclusive": share(incl)}
+    return {"samples": total, "self": share(own), "inclusive": share(incl), "by_package": share(pkgs)}

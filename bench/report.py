@@ -12,6 +12,7 @@ FS_ROWS = [
     ("io", "read_cold", "seq read 1 file, cold", "rate"),
     ("io", "read_cached", "seq read, cached", "rate"),
     ("io", "write", "seq write + fsync", "rate"),
+    ("io", "background_after_write", "background work after the write", "time"),
     ("meta", "ls_cold", "ls -l N files, cold", "time"),
     ("meta", "ls_warm", "ls -l N files, warm", "time"),
     ("meta", "stat_warm", "N x stat, warm", "time"),

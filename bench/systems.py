@@ -82,12 +82,19 @@ def bdi_read_ahead(path: str) -> int | None:
         return None
 
 
+def set_bdi_read_ahead(path: str, kb: int) -> None:
+    dev = os.stat(path).st_dev
+    with open(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb", "w") as f:
+        f.write(str(kb))
+
+
 class System:
     """A filesystem under test. Subclasses set `name` and implement start/stop."""
 
     name = "?"
     fuse = True
     catalog: str | None = None
+    set_read_ahead_kb: int | None = None   # experiments: raise the mount's read-ahead after mounting
 
     def __init__(self, workdir: str):
         self.base = os.path.join(workdir, self.name)
@@ -110,6 +117,8 @@ class System:
             self.cleanup()
             raise
         if self.fuse:
+            if self.set_read_ahead_kb:
+                set_bdi_read_ahead(self.mnt, self.set_read_ahead_kb)
             self.notes["read_ahead_kb"] = bdi_read_ahead(self.mnt)
         return self
 
@@ -122,6 +131,11 @@ class System:
 
     def start(self) -> None:
         raise NotImplementedError
+
+    def quiesce(self, path: str) -> float:
+        """Wait until the system's background work on a file just written is
+        done; returns the seconds waited."""
+        return 0.0
 
     def stop(self) -> None:
         self._unmount()
@@ -240,6 +254,15 @@ class Tierfs(System):
             self.cli("umount", self.mnt, check=False, timeout=120)
         if self.pid:
             wait_exit(self.pid, 60)
+
+    def quiesce(self, path: str, timeout: float = 600) -> float:
+        """Until the file's checksum is recorded (the daemon computes it after the last writer closes)."""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            if json.loads(os.getxattr(path, "user.tierfs.info")).get("checksum"):
+                break
+            time.sleep(0.2)
+        return time.monotonic() - t0
 
     def variant_options(self):
         return dict(self.options)
