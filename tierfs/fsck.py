@@ -448,6 +448,7 @@ class Fsck:
         return fresh
 
     def check_online_objects(self) -> None:
+        unsummed: list[tuple[Inode, Tier]] = []   # verified to exist, but no sha256 recorded yet
         for inode in self.files():
             if inode.state not in READABLE_STATES or not inode.location:
                 continue
@@ -462,11 +463,13 @@ class Fsck:
                 self.report("online", self.path(inode.ino), problem, severity="info")
             if ok:
                 if inode.checksum is None and self.verify_data and inode.state == State.ONLINE:
-                    self._record_checksum(inode, tier)
+                    unsummed.append((inode, tier))
                 continue
             if self._recheck(inode, ("tier", "location", "size")) is None:
                 continue
             self.report("online", self.path(inode.ino), problem, *self._online_fix(inode, tier, problem))
+        if unsummed:
+            self._record_checksums(unsummed)
 
     def _online_fix(self, inode: Inode, tier: Tier, problem: str):
         """(fix, no_fix) for a missing or wrong online copy."""
@@ -488,15 +491,23 @@ class Fsck:
                              f"size set to the object's {size} bytes")[1]), ""
         return None, "the only copy does not match its checksum: check it by hand"
 
-    def _record_checksum(self, inode: Inode, tier: Tier) -> None:
+    def _record_checksums(self, files: list[tuple[Inode, Tier]]) -> None:
+        """Files written before a crash have no checksum (the daemon computes it after
+        the last close); with repair, compute and record them (compare-and-swap)."""
         def fix():
-            with tier.open_reader(inode.location) as r:
-                sha, n = sha256_stream(r)
-            if n != inode.size:
-                raise errors.TierfsError("size changed while reading")
-            self.catalog.update(inode.ino, {"checksum": sha}, expect_version=inode.data_version)
-            return "checksum recorded"
-        self.report("online", self.path(inode.ino), "no checksum recorded", fix, severity="info")
+            done = 0
+            for inode, tier in files:
+                with tier.open_reader(inode.location) as r:
+                    sha, n = sha256_stream(r)
+                if n == inode.size:
+                    try:
+                        self.catalog.update(inode.ino, {"checksum": sha}, expect_version=inode.data_version)
+                        done += 1
+                    except errors.VersionConflict:
+                        pass
+            return f"{done} checksum(s) recorded"
+        where = self.path(files[0][0].ino) + (f" and {len(files) - 1} more" if len(files) > 1 else "")
+        self.report("online", where, f"{len(files)} file(s) have no checksum recorded", fix, severity="info")
 
     def check_archive_objects(self) -> None:
         for inode in self.files():
