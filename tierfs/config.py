@@ -81,8 +81,8 @@ TOP_KEYS: dict[str, tuple[Any, Any]] = {
     "default_archive": (_str, None),         # archive tier for `tierfs archive`; default: first archive tier
     "restore_mode": (_choice("block", "error"), "block"),  # opening an archived file waits, or fails with EAGAIN
     "block_timeout": (_seconds, 300.0),      # block mode: longest wait in open() before EAGAIN
-    "attr_timeout": (_seconds, 1.0),         # kernel attribute cache timeout
-    "entry_timeout": (_seconds, 1.0),        # kernel name cache timeout
+    "attr_timeout": (_seconds, None),        # kernel attribute cache timeout; default 1 s on a shared catalog, else 30 s
+    "entry_timeout": (_seconds, None),       # kernel name cache timeout; same default
     "xattrs": (_bool, True),                 # false: no xattr support at all (faster `ls -l`)
     "allow_other": (_bool, False),           # let users other than the mounter use the mount
     "allow_unarchive": (_bool, True),        # false: restores are refused (retention), EACCES

@@ -30,6 +30,10 @@ from .fuse_ops import Operations
 
 log = logging.getLogger("tierfs")
 
+#: default kernel attr/entry cache timeouts (config attr_timeout / entry_timeout unset)
+SHARED_KERNEL_CACHE_S = 1.0
+UNSHARED_KERNEL_CACHE_S = 30.0
+
 
 def setup_logging(level: str, log_file: str | None = None) -> None:
     under_systemd = bool(os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"))
@@ -93,6 +97,11 @@ class Daemon:
         self.catalog.register_session(Session(
             id=self.session_id, host=socket.gethostname(), pid=os.getpid(), mountpoint=self.mountpoint,
             started_ns=now_ns(), heartbeat_ns=now_ns()))
+        for key in ("attr_timeout", "entry_timeout"):
+            if self.cfg.values.get(key) is None:
+                # A catalog only this mount uses changes only through this kernel (moves invalidate
+                # what they change), so the kernel may cache names and attributes much longer.
+                self.cfg.values[key] = SHARED_KERNEL_CACHE_S if self.catalog.shared else UNSHARED_KERNEL_CACHE_S
         self.fs = FileSystem(self.cfg, self.catalog, tiers, self.session_id,
                              staging_dir=os.path.join(self.cfg.state_dir, "staging",
                                                       mounts.runtime_key(self.mountpoint)))

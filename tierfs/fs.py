@@ -84,7 +84,8 @@ class Handle:
     key: str | None = None        # object key on that tier
     fd: int | None = None         # fd of a local object, or of the staged copy (in-place I/O)
     staged: bool = False          # fd is a staged copy (non-local tier; see staging.py)
-    dirty: bool = False           # wrote since open (version already bumped)
+    dirty: bool = False           # wrote since open (version already bumped, or bump_pending)
+    bump_pending: bool = False    # the version bump of this handle's writes rides on its next persist
 
 
 @dataclass
@@ -632,6 +633,15 @@ class FileSystem:
             return b"\0" * max(0, min(size, inode.size - off))
         return await trio.to_thread.run_sync(h.tier.read, h.key, off, size)
 
+    def _can_defer_bump(self, h: Handle, inode: Inode) -> bool:
+        """True when the first write of a handle need not bump the version
+        before the bytes change: an in-place write, nobody else shares the
+        catalog, no checksum to clear and no archive copy to invalidate (a
+        new file). Movers of this mount never switch a file open for writing,
+        and the bump still happens before the handle closes (_persist_attrs)."""
+        return (not self.catalog.shared and not h.staged and h.fd is not None and inode.state == State.ONLINE
+                and inode.checksum is None and not inode.archive_tier)
+
     async def _begin_write(self, ino: int) -> None:
         """First write of a handle: bump the content version so a concurrent
         move's compare-and-swap fails, and invalidate a dual file's archive copy.
@@ -650,7 +660,10 @@ class FileSystem:
         if not h.dirty:
             async with self.lock(h.ino):
                 if not h.dirty:
-                    await self._begin_write(h.ino)
+                    if self._can_defer_bump(h, await self.get(h.ino)):
+                        h.bump_pending = True
+                    else:
+                        await self._begin_write(h.ino)
                     h.dirty = True
         if h.flags & os.O_APPEND:
             off = self.cache[h.ino].inode.size
@@ -671,14 +684,21 @@ class FileSystem:
         self.dirty_attrs.add(h.ino)
         return n
 
-    async def _persist_attrs(self, ino: int) -> None:
-        if ino not in self.dirty_attrs:
+    async def _persist_attrs(self, ino: int, h: Handle | None = None) -> None:
+        """Write cached size/mtime to the catalog; for a handle whose version
+        bump is pending, bump the version in the same transaction."""
+        bump = h is not None and h.bump_pending
+        if ino not in self.dirty_attrs and not bump:
             return
         inode = self.cache[ino].inode
         self.dirty_attrs.discard(ino)
+        values = dict(size=inode.size, mtime_ns=inode.mtime_ns, ctime_ns=inode.ctime_ns)
         try:
-            await self.cat(self.catalog.update, ino, dict(size=inode.size, mtime_ns=inode.mtime_ns,
-                                                          ctime_ns=inode.ctime_ns))
+            if bump:
+                self.remember(await self.cat(self.catalog.bump_version, ino, values))
+                h.bump_pending = False
+            else:
+                await self.cat(self.catalog.update, ino, values)
         except errors.NotFound:
             pass
         except BaseException:
@@ -690,7 +710,7 @@ class FileSystem:
         if h.staged:
             await self.staging.upload(h.ino)
         if h.dirty:
-            await self._persist_attrs(h.ino)
+            await self._persist_attrs(h.ino, h)
 
     async def fsync(self, fh: int, datasync: bool) -> None:
         h = self.handle(fh)
@@ -701,7 +721,7 @@ class FileSystem:
                 await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, h.fd)
             except OSError as e:
                 raise errors.TierfsError(f"fsync: {e.strerror}", err=e.errno or errno.EIO) from e
-        await self._persist_attrs(h.ino)
+        await self._persist_attrs(h.ino, h)
 
     async def release(self, fh: int) -> None:
         h = self.handles.pop(fh, None)
@@ -716,7 +736,7 @@ class FileSystem:
             elif h.fd is not None:
                 os.close(h.fd)
             if h.dirty:
-                await self._persist_attrs(h.ino)
+                await self._persist_attrs(h.ino, h)
                 if self.checksum_queue is not None:
                     self.checksum_queue.send_nowait(h.ino)
         finally:
@@ -746,7 +766,8 @@ class FileSystem:
         if self.writers.get(ino):
             return  # still being written; the last release queues it again
         try:
-            inode = await self.cat(self.catalog.get, ino)
+            # The cache is authoritative for an unshared catalog: no catalog read.
+            inode = await (self.get(ino) if not self.catalog.shared else self.cat(self.catalog.get, ino))
         except errors.NotFound:
             return
         if inode.checksum or not inode.location or inode.state not in READABLE_STATES:

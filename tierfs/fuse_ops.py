@@ -238,9 +238,18 @@ class Operations(pyfuse3.Operations):
         if not self.xattrs:
             raise pyfuse3.FUSEError(errno.ENOSYS)  # the kernel stops asking for the rest of the mount
 
-    @_guard
     async def getxattr(self, inode, name, ctx):
-        self._no_xattrs()
+        # Fast path, no catalog and no exception machinery: `ls -l` asks for
+        # security.selinux and system.posix_acl_access of every file, and
+        # every write() for security.capability; only user.* exist here.
+        if not self.xattrs:
+            raise pyfuse3.FUSEError(errno.ENOSYS)
+        if not name.startswith(b"user."):
+            raise pyfuse3.FUSEError(errno.ENODATA)
+        return await self._getxattr(inode, name, ctx)
+
+    @_guard
+    async def _getxattr(self, inode, name, ctx):
         return await self.fs.getxattr(inode, name, _caller(ctx))
 
     @_guard

@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sqlite3
+import threading
 from typing import Iterable, Iterator, Sequence
 
 from sqlalchemy import (LargeBinary, Text, and_, cast, create_engine, event, func, literal, or_, select,
@@ -52,6 +54,51 @@ def _inode_values(inode: Inode) -> dict:
     return d
 
 
+_INODE_COLS = ", ".join(INODE_FIELDS)
+_GET_SQL = f"SELECT {_INODE_COLS} FROM inodes WHERE ino = ?"
+_DENTRY_SQL = "SELECT pos, ino FROM dentries WHERE parent = ? AND name = ?"
+_INSERT_FIELDS = tuple(f for f in INODE_FIELDS if f != "ino")
+_INSERT_INODE_SQL = f"INSERT INTO inodes ({', '.join(_INSERT_FIELDS)}) VALUES ({', '.join('?' * len(_INSERT_FIELDS))})"
+_LOOKUP_SQL = (f"SELECT {', '.join('i.' + f for f in INODE_FIELDS)} FROM dentries d JOIN inodes i ON i.ino = d.ino "
+               "WHERE d.parent = ? AND d.name = ?")
+
+
+def _inode_row(row) -> Inode:
+    d = dict(zip(INODE_FIELDS, row))
+    d["state"] = State(d["state"])
+    return Inode(**d)
+
+
+class _FastSqlite:
+    """The hottest calls (get, lookup, update, bump_version) on SQLite
+    without SQLAlchemy: one DBAPI connection with the same pragmas, its
+    statements prepared once (sqlite3's statement cache). SQLAlchemy costs
+    ~0.3-0.5 ms of CPU per transaction here; these take ~30 us. A lock
+    serialises threads on the connection; transactions are explicit."""
+
+    def __init__(self, path: str):
+        self.conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False,
+                                    cached_statements=64)
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.execute("PRAGMA busy_timeout=30000")
+        self.lock = threading.Lock()
+
+    def one(self, sql: str, args: tuple):
+        with self.lock:
+            return self.conn.execute(sql, args).fetchone()
+
+    @contextlib.contextmanager
+    def write(self):
+        with self.lock:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
+
+
 class SqlCatalog(Catalog):
     """Catalog on a SQL database chosen by URL (sqlite:///path, postgresql://...)."""
 
@@ -70,6 +117,8 @@ class SqlCatalog(Catalog):
             kwargs["pool_pre_ping"] = True
         self.engine = create_engine(url, **kwargs)
         self.concurrency = 1 if self.is_sqlite else 8
+        self._fast_path = path if self.is_sqlite and path and path != ":memory:" else None
+        self._fast: _FastSqlite | None = None
         if self.is_sqlite:
             @event.listens_for(self.engine, "connect")
             def _on_connect(dbapi_conn, _rec):
@@ -150,17 +199,53 @@ class SqlCatalog(Catalog):
                 c.execute(insert(S.inodes).values(**_inode_values(root)))
 
     def close(self) -> None:
+        if self._fast is not None:
+            self._fast.conn.close()
+            self._fast = None
         self.engine.dispose()
+
+    def _fastpath(self) -> _FastSqlite | None:
+        if self._fast is None and self._fast_path is not None:
+            self._fast = _FastSqlite(self._fast_path)
+        return self._fast
+
+    @contextlib.contextmanager
+    def _fast_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.OperationalError as e:
+            raise errors.CatalogUnavailable(f"catalog {self._safe_url()}: {e}") from e
+
+    def _fast_set(self, conn, ino: int, changes: dict) -> None:
+        cols = [k for k in changes if k in INODE_FIELDS and k != "ino"]
+        if len(cols) != len(changes):
+            raise errors.Invalid(f"cannot set inode fields {sorted(set(changes) - set(cols))}")
+        vals = [v.value if isinstance(v, State) else v for v in changes.values()]
+        conn.execute(f"UPDATE inodes SET {', '.join(c + ' = ?' for c in cols)} WHERE ino = ?", (*vals, ino))
 
     def schema_version(self) -> int:
         return int(self.get_meta("schema_version") or 0)
 
     # ---- namespace ---------------------------------------------------------
     def get(self, ino: int) -> Inode:
+        f = self._fastpath()
+        if f is not None:
+            with self._fast_errors():
+                row = f.one(_GET_SQL, (ino,))
+            if row is None:
+                raise errors.NotFound(f"inode {ino}")
+            return _inode_row(row)
         with self._tx(write=False) as c:
             return self._get(c, ino)
 
     def lookup(self, parent: int, name: bytes) -> Inode:
+        f = self._fastpath()
+        if f is not None:
+            with self._fast_errors():
+                row = f.one(_LOOKUP_SQL, (parent, name))
+            if row is None:
+                raise errors.NotFound(f"{name!r} in directory {parent}")
+            return _inode_row(row)
         with self._tx(write=False) as c:
             row = c.execute(select(S.inodes).join(S.dentries, S.dentries.c.ino == S.inodes.c.ino).where(
                 S.dentries.c.parent == parent, S.dentries.c.name == name)).first()
@@ -169,6 +254,26 @@ class SqlCatalog(Catalog):
             return _inode(row)
 
     def create(self, parent: int, name: bytes, inode: Inode) -> Inode:
+        f = self._fastpath()
+        if f is not None:
+            with self._fast_errors(), f.write() as conn:
+                row = conn.execute(_GET_SQL, (parent,)).fetchone()
+                if row is None:
+                    raise errors.NotFound(f"inode {parent}")
+                p = _inode_row(row)
+                if not p.is_dir():
+                    raise errors.NotDir(f"inode {parent} is not a directory")
+                if conn.execute(_DENTRY_SQL, (parent, name)).fetchone() is not None:
+                    raise errors.Exists(f"{name!r} exists in directory {parent}")
+                values = _inode_values(inode)
+                values.pop("ino")
+                ino = conn.execute(_INSERT_INODE_SQL, tuple(values[k] for k in _INSERT_FIELDS)).lastrowid
+                conn.execute("INSERT INTO dentries (parent, name, ino) VALUES (?, ?, ?)", (parent, name, ino))
+                changes = dict(mtime_ns=inode.ctime_ns, ctime_ns=inode.ctime_ns)
+                if inode.is_dir():
+                    changes["nlink"] = p.nlink + 1
+                self._fast_set(conn, parent, changes)
+                return inode.copy(ino=ino)
         with self._tx() as c:
             p = self._get(c, parent)
             if not p.is_dir():
@@ -233,6 +338,22 @@ class SqlCatalog(Catalog):
             return inode.copy(nlink=inode.nlink + 1, ctime_ns=ctime_ns)
 
     def unlink(self, parent: int, name: bytes, ctime_ns: int) -> Inode:
+        f = self._fastpath()
+        if f is not None:
+            with self._fast_errors(), f.write() as conn:
+                d = conn.execute(_DENTRY_SQL, (parent, name)).fetchone()
+                if d is None:
+                    raise errors.NotFound(f"{name!r} in directory {parent}")
+                row = conn.execute(_GET_SQL, (d[1],)).fetchone()
+                if row is None:
+                    raise errors.NotFound(f"inode {d[1]}")
+                inode = _inode_row(row)
+                if inode.is_dir():
+                    raise errors.IsDir(f"{name!r} is a directory")
+                conn.execute("DELETE FROM dentries WHERE pos = ?", (d[0],))
+                self._fast_set(conn, inode.ino, dict(nlink=inode.nlink - 1, ctime_ns=ctime_ns))
+                self._fast_set(conn, parent, dict(mtime_ns=ctime_ns, ctime_ns=ctime_ns))
+                return inode.copy(nlink=inode.nlink - 1, ctime_ns=ctime_ns)
         with self._tx() as c:
             d = self._dentry(c, parent, name)
             if d is None:
@@ -380,6 +501,17 @@ class SqlCatalog(Catalog):
             raise errors.VersionConflict(f"inode {inode.ino}: state {inode.state} not in {list(map(str, expect_states))}")
 
     def update(self, ino, changes, *, expect_version=None, expect_states=None) -> Inode:
+        f = self._fastpath()
+        if f is not None:
+            with self._fast_errors(), f.write() as conn:
+                row = conn.execute(_GET_SQL, (ino,)).fetchone()
+                if row is None:
+                    raise errors.NotFound(f"inode {ino}")
+                inode = _inode_row(row)
+                self._check(inode, expect_version, expect_states)
+                if changes:
+                    self._fast_set(conn, ino, changes)
+                return inode.copy(**changes)
         with self._tx() as c:
             inode = self._get(c, ino)
             self._check(inode, expect_version, expect_states)
@@ -388,6 +520,16 @@ class SqlCatalog(Catalog):
             return inode.copy(**changes)
 
     def bump_version(self, ino: int, changes: dict) -> Inode:
+        f = self._fastpath()
+        if f is not None:
+            with self._fast_errors(), f.write() as conn:
+                row = conn.execute(_GET_SQL, (ino,)).fetchone()
+                if row is None:
+                    raise errors.NotFound(f"inode {ino}")
+                inode = _inode_row(row)
+                changes = dict(changes, data_version=inode.data_version + 1, checksum=None)
+                self._fast_set(conn, ino, changes)
+                return inode.copy(**changes)
         with self._tx() as c:
             inode = self._get(c, ino)
             changes = dict(changes, data_version=inode.data_version + 1, checksum=None)
@@ -395,6 +537,27 @@ class SqlCatalog(Catalog):
             return inode.copy(**changes)
 
     def purge(self, ino: int) -> Inode | None:
+        f = self._fastpath()
+        if f is not None:
+            with self._fast_errors(), f.write() as conn:
+                row = conn.execute(_GET_SQL, (ino,)).fetchone()
+                if row is None:
+                    return None
+                inode = _inode_row(row)
+                if inode.nlink > 0 or ino == ROOT_INO:
+                    return None
+                if conn.execute("SELECT 1 FROM open_files WHERE ino = ? LIMIT 1", (ino,)).fetchone():
+                    return None  # another mount still has it open; the last one to close purges it
+                t = now_ns()
+                conn.execute("DELETE FROM inodes WHERE ino = ?", (ino,))
+                conn.execute("DELETE FROM xattrs WHERE ino = ?", (ino,))
+                conn.execute("UPDATE jobs SET state = ?, last_error = ?, updated_ns = ? WHERE ino = ? AND state = ?",
+                             (JobState.CANCELLED.value, "file deleted", t, ino, JobState.PENDING.value))
+                for tier, key in ((inode.tier, inode.location), (inode.archive_tier, inode.archive_location)):
+                    if tier and key:
+                        conn.execute("INSERT INTO garbage (tier, key, created_ns, reason) VALUES (?, ?, ?, ?)",
+                                     (tier, key, t, "file deleted"))
+                return inode
         with self._tx() as c:
             row = c.execute(select(S.inodes).where(S.inodes.c.ino == ino)).first()
             if row is None:
@@ -553,6 +716,16 @@ class SqlCatalog(Catalog):
                 c.execute(delete(S.garbage).where(S.garbage.c.id.in_(ids)))
 
     def references(self, tier: str, key: str) -> bool:
+        f = self._fastpath()
+        if f is not None:
+            with self._fast_errors():
+                if f.one("SELECT ino FROM inodes WHERE tier = ? AND location = ? UNION ALL "
+                         "SELECT ino FROM inodes WHERE archive_tier = ? AND archive_location = ? LIMIT 1",
+                         (tier, key, tier, key)) is not None:
+                    return True
+                states = [s.value for s in ACTIVE_JOB_STATES]
+                return f.one(f"SELECT id FROM jobs WHERE dst_key = ? AND state IN ({', '.join('?' * len(states))}) "
+                             "LIMIT 1", (key, *states)) is not None
         with self._tx(write=False) as c:
             row = c.execute(select(S.inodes.c.ino).where(or_(
                 and_(S.inodes.c.tier == tier, S.inodes.c.location == key),
@@ -756,6 +929,11 @@ class SqlCatalog(Catalog):
             stmt = select(S.inodes).where(*conds)
             if q.order_by_atime:
                 stmt = stmt.order_by(i.atime_ns, i.ino)
+            elif q.limit is None and self.is_sqlite:
+                # All matches are wanted: `ino + 0` stops SQLite (with ANALYZE statistics) from
+                # walking the whole primary key to save a sort; the state/atime/size indexes find
+                # the candidates and SQLite sorts just those.
+                stmt = stmt.where(i.ino + 0 > q.after_ino).order_by(i.ino + 0)
             else:
                 stmt = stmt.where(i.ino > q.after_ino).order_by(i.ino)
             if q.limit is not None:
