@@ -26,7 +26,8 @@ def test_bench_runs_on_tiny_sizes(tmp_path):
     for case in ("io", "meta"):
         for system in ("native", "tierfs"):
             runs = res["cases"][case][system]["runs"]
-            assert runs and all(len(v) == 1 and v[0] > 0 for v in runs.values()), (case, system, runs)
+            assert runs and all(len(v) == 1 and v[0] > 0 for k, v in runs.items()
+                                if k != "background_after_write"), (case, system, runs)
     assert res["cases"]["meta"]["tierfs-noxattr"]["runs"]["ls_warm"]
     sql = res["cases"]["catalog"]["sqlite"]
     assert sql["candidates"] == sql["candidates_expected"] == 20, sql
