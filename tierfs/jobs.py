@@ -421,8 +421,11 @@ class JobRunner:
                 await trio.to_thread.run_sync(dst.delete, dst_key)
                 raise Retry("file was opened for writing during the copy", BUSY_RETRY_S, count=False)
             try:
+                # The version moves on with the location: a concurrent archive of the same file
+                # (which copied from the old location) must fail its compare-and-swap, or it would
+                # switch to its own copy and strand this one on the destination tier.
                 new = await fs.cat(fs.catalog.switch, inode.ino, version, [inode.state],
-                                   dict(tier=dst.name, location=dst_key, checksum=sha),
+                                   dict(tier=dst.name, location=dst_key, checksum=sha, data_version=version + 1),
                                    [(src.name, inode.location)], (job.cause, f"{src.name} -> {dst.name}, {n} bytes"),
                                    job.id, no_writers_except=fs.session_id)
             except errors.VersionConflict:

@@ -66,9 +66,11 @@ def mount_of(path: str) -> MountInfo | None:
 
 
 def is_stale(path: str) -> bool:
-    """True when `path` is a mount whose daemon is gone (ENOTCONN)."""
+    """True when `path` is a mount whose daemon is gone (ENOTCONN). statvfs,
+    not stat: the kernel answers stat from cached attributes (up to
+    attr_timeout) even after the daemon died, but always asks for statfs."""
     try:
-        os.stat(path)
+        os.statvfs(path)
         return False
     except OSError as e:
         return e.errno in (errno.ENOTCONN, errno.ECONNABORTED)
