@@ -106,7 +106,10 @@ class Mount:
         self.env = dict(os.environ, TIERFS_HOME=self.home, **(env or {}))
         self.env.pop("TIERFS_CONFIG", None)
         self.pid: int | None = None
-        os.makedirs(self.mnt, exist_ok=True)
+        try:
+            os.makedirs(self.mnt, exist_ok=True)
+        except FileExistsError:
+            pass  # a stale mount left by a killed daemon: `tierfs mount` cleans it up
         os.makedirs(self.home, exist_ok=True)
 
     # config ----------------------------------------------------------------

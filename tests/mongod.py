@@ -74,11 +74,10 @@ class MongoServer:
         except ProcessLookupError:
             self.pid = None
             return
+        from tierfs.mounts import pid_alive
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            try:
-                os.kill(self.pid, 0)
-            except ProcessLookupError:
+            if not pid_alive(self.pid):  # a zombie (exited, not yet reaped) counts as gone
                 self.pid = None
                 return
             time.sleep(0.1)

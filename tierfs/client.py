@@ -102,3 +102,13 @@ def request(path: str, verb: str) -> None:
 
 def state(path: str) -> str:
     return os.getxattr(path, "user.tierfs.state", follow_symlinks=False).decode()
+
+
+def restore_by_open(path: str) -> None:
+    """Queue a restore as a reader: a non-blocking open of an archived file
+    queues its restore and fails with EAGAIN (DMAPI style); a user with read
+    but not write permission cannot set the request xattr."""
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
+    except BlockingIOError:
+        pass

@@ -353,6 +353,14 @@ class FileSystem:
 
     async def setattr(self, ino: int, changes: dict, fh: int | None, caller: Caller) -> Inode:
         """changes: any of mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns."""
+        for attempt in range(5):
+            try:
+                return await self._setattr(ino, dict(changes), fh, caller)
+            except WentOffline:
+                continue  # archived again between the restore and the lock: restore again
+        raise errors.TryAgain(f"inode {ino} keeps going offline while truncating")
+
+    async def _setattr(self, ino: int, changes: dict, fh: int | None, caller: Caller) -> Inode:
         if changes.get("size"):
             inode = await self.get(ino)
             if inode.is_reg() and inode.state not in READABLE_STATES:
@@ -392,7 +400,7 @@ class FileSystem:
             if size == 0 and self.offline is not None:
                 return await self.offline.drop_archived(inode, caller, "truncate to 0")
             # setattr restored it before taking the lock; it went offline again meanwhile
-            raise errors.TryAgain(f"inode {inode.ino} went offline while truncating")
+            raise WentOffline(f"inode {inode.ino} went offline while truncating")
         await self._begin_write(inode.ino)
         inode = self.cache[inode.ino].inode
         tier = self.tier(inode.tier)
