@@ -201,6 +201,10 @@ class Bench:
         json_path = self.args.json_path or os.path.join(self.outdir, f"bench-{stamp}.json")
         m = self.results["meta"]
         m["disk"] = disk_of(self.workdir)
+        git = lambda *a: __import__("subprocess").run(["git", "-C", os.path.dirname(BENCH), *a],  # noqa: E731
+                                                      capture_output=True, text=True).stdout.strip()
+        m["code"] = git("rev-parse", "--short", "HEAD") + (" + uncommitted changes" if git("status", "--porcelain",
+                                                                                          "--", "tierfs") else "")
         m["workdir"] = self.workdir
         if not drop_caches():
             m["drop_caches_error"] = drop_error()

@@ -206,6 +206,7 @@ def render(results: dict, systems: list[str]) -> str:
     out = [f"Run {m['date']} on {mach.get('nproc')} cores ({mach.get('cpu', '?')}), {mach.get('memory_gib')} GiB, "
            f"kernel {mach.get('kernel')}, {mach.get('os', '')}; disk {disk.get('source')} {disk.get('fstype')} "
            f"({disk.get('model', '')}, {disk.get('size_gib', '?')} GiB, {disk.get('options', '')}).",
+           f"tierfs code: {m.get('code', '?')}. "
            f"Load average at start {m['load_start']}, end {m['load_end']}"
            + (f", 1-min range during the run {min(loads):.2f}-{max(loads):.2f}" if loads else "") + ".",
            f"Median of {p['runs']} runs; file {p['file_mib']} MiB; N = {p['nfiles']:,}; "
