@@ -17,46 +17,12 @@ import sys
 import textwrap
 import time
 
+from tierfs.mounts import find_mount, pid_alive, wait_mounted
+
 from .util import rmtree, sh
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV_BIN = os.path.join(ROOT, ".venv", "bin")
-
-
-def find_mount(path: str) -> str | None:
-    """The fstype of the mount at `path` (from /proc/self/mountinfo), or None."""
-    path = os.path.abspath(path)
-    found = None
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            parts = left.split()
-            if len(parts) > 4 and parts[4] == path:
-                found = right.split()[0]
-    return found
-
-
-def wait_mounted(path: str, timeout: float, mounted: bool = True) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if (find_mount(path) is not None) == mounted:
-            return True
-        time.sleep(0.05)
-    return False
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child is dead for our purposes
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def wait_exit(pid: int, timeout: float) -> bool:

@@ -69,6 +69,14 @@ def _inode_row(row) -> Inode:
     return Inode(**d)
 
 
+def _fast_get(conn, ino: int) -> Inode:
+    """The inode on the fast-path connection, or NotFound."""
+    row = conn.execute(_GET_SQL, (ino,)).fetchone()
+    if row is None:
+        raise errors.NotFound(f"inode {ino}")
+    return _inode_row(row)
+
+
 class _FastSqlite:
     """The hottest calls (get, lookup, update, bump_version) on SQLite
     without SQLAlchemy: one DBAPI connection with the same pragmas, its
@@ -257,10 +265,7 @@ class SqlCatalog(Catalog):
         f = self._fastpath()
         if f is not None:
             with self._fast_errors(), f.write() as conn:
-                row = conn.execute(_GET_SQL, (parent,)).fetchone()
-                if row is None:
-                    raise errors.NotFound(f"inode {parent}")
-                p = _inode_row(row)
+                p = _fast_get(conn, parent)
                 if not p.is_dir():
                     raise errors.NotDir(f"inode {parent} is not a directory")
                 if conn.execute(_DENTRY_SQL, (parent, name)).fetchone() is not None:
@@ -344,10 +349,7 @@ class SqlCatalog(Catalog):
                 d = conn.execute(_DENTRY_SQL, (parent, name)).fetchone()
                 if d is None:
                     raise errors.NotFound(f"{name!r} in directory {parent}")
-                row = conn.execute(_GET_SQL, (d[1],)).fetchone()
-                if row is None:
-                    raise errors.NotFound(f"inode {d[1]}")
-                inode = _inode_row(row)
+                inode = _fast_get(conn, d[1])
                 if inode.is_dir():
                     raise errors.IsDir(f"{name!r} is a directory")
                 conn.execute("DELETE FROM dentries WHERE pos = ?", (d[0],))
@@ -504,10 +506,7 @@ class SqlCatalog(Catalog):
         f = self._fastpath()
         if f is not None:
             with self._fast_errors(), f.write() as conn:
-                row = conn.execute(_GET_SQL, (ino,)).fetchone()
-                if row is None:
-                    raise errors.NotFound(f"inode {ino}")
-                inode = _inode_row(row)
+                inode = _fast_get(conn, ino)
                 self._check(inode, expect_version, expect_states)
                 if changes:
                     self._fast_set(conn, ino, changes)
@@ -523,10 +522,7 @@ class SqlCatalog(Catalog):
         f = self._fastpath()
         if f is not None:
             with self._fast_errors(), f.write() as conn:
-                row = conn.execute(_GET_SQL, (ino,)).fetchone()
-                if row is None:
-                    raise errors.NotFound(f"inode {ino}")
-                inode = _inode_row(row)
+                inode = _fast_get(conn, ino)
                 changes = dict(changes, data_version=inode.data_version + 1, checksum=None)
                 self._fast_set(conn, ino, changes)
                 return inode.copy(**changes)
