@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import pwd
-import shutil
 import signal
 import subprocess
 import sys
@@ -279,6 +278,21 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
     setattr(item, "rep_" + rep.when, rep)
+
+
+def put_file(m: "Mount", rel: str, size: int) -> bytes:
+    """Write `size` random bytes to rel inside the mount (parents created); returns them."""
+    data = os.urandom(size)
+    os.makedirs(os.path.dirname(m.path(rel)), exist_ok=True)
+    with open(m.path(rel), "wb") as f:
+        f.write(data)
+    return data
+
+
+def file_info(m: "Mount", rel: str) -> dict:
+    """The catalog entry, history and jobs of a file (the user.tierfs.info xattr)."""
+    import json
+    return json.loads(os.getxattr(m.path(rel), "user.tierfs.info"))
 
 
 def wait_for(pred, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):

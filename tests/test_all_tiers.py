@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from tests.conftest import wait_for
+from tests.conftest import file_info as info, wait_for
 
 pytestmark = [pytest.mark.mount, pytest.mark.mongo]
 
@@ -58,9 +58,6 @@ def config(tmp_path, moto, bucket_a, bucket_b, mongo_url) -> str:
         {s3(bucket_a)}
     """
 
-
-def info(m, rel):
-    return json.loads(os.getxattr(m.path(rel), "user.tierfs.info"))
 
 
 def test_every_tier_kind_in_one_mount(make_mount, tmp_path, moto, mongod):

@@ -13,20 +13,11 @@ import time
 
 import pytest
 
-from tests.conftest import wait_for
+from tests.conftest import file_info as info, put_file as put, wait_for
 
 pytestmark = pytest.mark.mount
 
 
-def put(m, name: str, size: int) -> bytes:
-    data = os.urandom(size)
-    with open(m.path(name), "wb") as f:
-        f.write(data)
-    return data
-
-
-def info(m, name: str) -> dict:
-    return json.loads(os.getxattr(m.path(name), "user.tierfs.info"))
 
 
 def archive(m, *names, extra=()):

@@ -17,17 +17,12 @@ import time
 import pytest
 
 from tierfs import mounts
-from tests.conftest import Mount, wait_for
+from tests.conftest import put_file as put, Mount, wait_for
 
 pytestmark = pytest.mark.mount
 
 DAY_NS = 86400 * 10**9
 
-
-def put(m, rel: str, size: int) -> None:
-    os.makedirs(os.path.dirname(m.path(rel)), exist_ok=True)
-    with open(m.path(rel), "wb") as f:
-        f.write(os.urandom(size))
 
 
 def lines(out: str) -> list[str]:
