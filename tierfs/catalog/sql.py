@@ -127,6 +127,9 @@ class SqlCatalog(Catalog):
         self.concurrency = 1 if self.is_sqlite else 8
         self._fast_path = path if self.is_sqlite and path and path != ":memory:" else None
         self._fast: _FastSqlite | None = None
+        if self._fast_path is not None:  # the calls on the DBAPI fast path
+            self.inline_calls = frozenset({"get", "lookup", "create", "update", "bump_version", "unlink",
+                                           "purge", "references"})
         if self.is_sqlite:
             @event.listens_for(self.engine, "connect")
             def _on_connect(dbapi_conn, _rec):
