@@ -319,6 +319,7 @@ class Offline:
             "open_files": len(fs.handles),
             "restore_waiters": self.waiters,
             "pending_atimes": len(self.atimes),
+            "requests": dict(fs.requests),
         }
 
     async def info(self, inode: Inode) -> dict:

@@ -25,8 +25,11 @@ log = logging.getLogger(__name__)
 
 
 def _guard(fn):
+    name = fn.__name__.lstrip("_")
+
     @functools.wraps(fn)
     async def wrapper(self, *args):
+        self.fs.requests[name] += 1
         try:
             if faults.ACTIVE:
                 faults.bug(fn.__name__)
@@ -241,11 +244,14 @@ class Operations(pyfuse3.Operations):
     async def getxattr(self, inode, name, ctx):
         # Fast path, no catalog and no exception machinery: `ls -l` asks for
         # security.selinux and system.posix_acl_access of every file, and
-        # every write() for security.capability; only user.* exist here.
+        # every write() for security.capability. Only user.* exist here, so
+        # other namespaces are "not supported" (as setxattr says), not merely
+        # absent: ls caches that answer per filesystem and stops asking.
         if not self.xattrs:
             raise pyfuse3.FUSEError(errno.ENOSYS)
         if not name.startswith(b"user."):
-            raise pyfuse3.FUSEError(errno.ENODATA)
+            self.fs.requests["getxattr"] += 1
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         return await self._getxattr(inode, name, ctx)
 
     @_guard

@@ -66,11 +66,17 @@ class DiskTier(Tier):
                                          f"({self.objdir} or {self.tmpdir} is missing; unmounted?)")
 
     def create_empty(self, key: str) -> None:
+        """An empty object (a new file's). Its fan-out directory usually
+        exists: one open(); the checks and makedirs only when it does not."""
         path = self._path(key)
-        self._available()
+        flags = os.O_CREAT | os.O_WRONLY | os.O_EXCL
         try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600))
+            try:
+                os.close(os.open(path, flags, 0o600))
+            except FileNotFoundError:
+                self._available()
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                os.close(os.open(path, flags, 0o600))
         except OSError as e:
             raise self._oserror(e, key, "create") from e
 
