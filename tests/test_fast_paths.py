@@ -13,6 +13,7 @@ import threading
 import pytest
 
 from tests.conftest import file_info, wait_for
+from tierfs import mounts
 
 
 def test_foreign_xattr_namespaces_are_not_supported(any_mount):
@@ -135,3 +136,38 @@ def test_concurrent_creates_and_writes_in_one_directory(any_mount):
     for t in range(8):
         info = file_info(any_mount, f"many/t{t}-59")
         assert info["checksum"] == hashlib.sha256(f"{t}:59".encode() * 50).hexdigest()
+
+
+def _read_requests_for(m, rel: str) -> int:
+    """FUSE read requests the daemon got for one uncached sequential read of rel."""
+    p = m.path(rel)
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # drop this file's cached pages
+        before = m.stats()["requests"].get("read", 0)
+        while os.read(fd, 1 << 20):
+            pass
+        return m.stats()["requests"].get("read", 0) - before
+    finally:
+        os.close(fd)
+
+
+def test_read_ahead_makes_reads_of_one_mib(make_mount):
+    """The daemon raises the mount's read-ahead (root), so a sequential read
+    arrives in 1 MiB requests instead of the kernel's default 128 KiB."""
+    m = make_mount()
+    info = next(x for x in mounts.mounts() if x.mountpoint == m.mnt)
+    with open(f"/sys/class/bdi/{info.device}/read_ahead_kb") as f:
+        assert int(f.read()) == 1024
+    data = os.urandom(8 << 20)
+    with open(m.path("big"), "wb") as f:
+        f.write(data)
+    n = _read_requests_for(m, "big")
+    assert 8 <= n <= 12, f"8 MiB read in {n} requests"
+    m.stop()
+
+    small = make_mount(name="mnt2", options=("read_ahead_kb=0",))
+    with open(small.path("big"), "wb") as f:
+        f.write(data)
+    n = _read_requests_for(small, "big")
+    assert n >= 60, f"with the kernel's default read-ahead, 8 MiB took only {n} requests"

@@ -56,6 +56,12 @@ def _pos_int(v, key):
     return v
 
 
+def _nonneg_int(v, key):
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0 or v > 1_000_000:
+        raise errors.ConfigError(f"{key}: expected an integer >= 0, got {v!r}")
+    return v
+
+
 def _seconds(v, key):
     return parse_duration(v, key)
 
@@ -84,6 +90,7 @@ TOP_KEYS: dict[str, tuple[Any, Any]] = {
     "attr_timeout": (_seconds, None),        # kernel attribute cache timeout; default 1 s on a shared catalog, else 30 s
     "entry_timeout": (_seconds, None),       # kernel name cache timeout; same default
     "xattrs": (_bool, True),                 # false: no xattr support at all (faster `ls -l`)
+    "read_ahead_kb": (_nonneg_int, 1024),    # kernel read-ahead of the mount (root only; 0: the kernel's 128)
     "allow_other": (_bool, False),           # let users other than the mounter use the mount
     "allow_unarchive": (_bool, True),        # false: restores are refused (retention), EACCES
     "archivers": (_str, None),               # group whose members may archive/restore any file

@@ -65,12 +65,20 @@ class Operations(pyfuse3.Operations):
     enable_acl = False
 
     def __init__(self, fs: FileSystem, *, attr_timeout: float = 1.0, entry_timeout: float = 1.0,
-                 xattrs: bool = True):
+                 xattrs: bool = True, after_init=None):
         super().__init__()
         self.fs = fs
         self.attr_timeout = attr_timeout
         self.entry_timeout = entry_timeout
         self.xattrs = xattrs
+        self.after_init = after_init  # called while the kernel's FUSE INIT is answered
+
+    def init(self) -> None:
+        if self.after_init is not None:
+            try:
+                self.after_init()
+            except Exception:  # noqa: BLE001 - init must not raise (pyfuse3)
+                log.exception("after FUSE init")
 
     # ---- conversion ------------------------------------------------------
     def attrs(self, inode: Inode) -> pyfuse3.EntryAttributes:

@@ -21,6 +21,7 @@ class MountInfo:
     fstype: str      # e.g. "fuse.tierfs"
     source: str      # e.g. "tierfs"
     options: str
+    device: str = ""  # "major:minor", the name of its backing device info in /sys/class/bdi
 
 
 def _unescape(s: str) -> str:
@@ -37,7 +38,8 @@ def mounts() -> list[MountInfo]:
             if len(parts) < 6 or len(rparts) < 2:
                 continue
             out.append(MountInfo(mountpoint=_unescape(parts[4]), fstype=rparts[0], source=_unescape(rparts[1]),
-                                 options=parts[5] + "," + (rparts[2] if len(rparts) > 2 else "")))
+                                 options=parts[5] + "," + (rparts[2] if len(rparts) > 2 else ""),
+                                 device=parts[2]))
     return out
 
 
@@ -46,6 +48,21 @@ def find_mount(path: str) -> MountInfo | None:
     for m in reversed(mounts()):
         if m.mountpoint == path:
             return m
+    return None
+
+
+def set_read_ahead(mountpoint: str, kb: int) -> str | None:
+    """Set the kernel read-ahead of a mount (its /sys/class/bdi entry; root
+    only). FUSE sends reads of up to 1 MiB only when the read-ahead window is
+    that large (128 KiB by default). Returns why it could not, or None."""
+    m = find_mount(mountpoint)
+    if m is None or not m.device:
+        return f"{mountpoint} is not mounted"
+    try:
+        with open(f"/sys/class/bdi/{m.device}/read_ahead_kb", "w") as f:
+            f.write(str(kb))
+    except OSError as e:
+        return f"/sys/class/bdi/{m.device}/read_ahead_kb: {e.strerror}"
     return None
 
 
