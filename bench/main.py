@@ -33,7 +33,7 @@ PRESETS = {
 CASES = ["io", "meta", "catalog", "access", "archive"]
 #: systems listed here are remounts of another one for the listing figures only
 VARIANTS = {"tierfs": [("tierfs-noxattr", {"xattrs": "false"})], "mergerfs": [("mergerfs-nosys", "xattr=nosys")]}
-MAIN_SYSTEMS = ["native", "tierfs", "mergerfs", "rclone-off", "rclone-full"]
+MAIN_SYSTEMS = ["native", "tierfs", "pyfuse3-floor", "mergerfs", "rclone-off", "rclone-full"]
 
 
 def parse_args(argv):

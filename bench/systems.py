@@ -289,6 +289,21 @@ class Rclone(System):
                            "version": sh(["rclone", "version"], check=False).stdout.split("\n")[0]})
 
 
+class Floor(System):
+    """bench/floorfs.py: a pyfuse3 + trio passthrough doing nothing else, the
+    floor of what a filesystem on tierfs's FUSE library can cost here. Its
+    read-ahead is raised like tierfs's (1 MiB) so reads compare like for like."""
+
+    name = "pyfuse3-floor"
+
+    def start(self) -> None:
+        self._spawn([os.path.join(VENV_BIN, "python"), os.path.join(ROOT, "bench", "floorfs.py"),
+                     self.backing, self.mnt], os.path.join(self.base, "floorfs.log"))
+        os.stat(self.mnt)  # returns once the kernel has its answer to FUSE INIT (which resets read-ahead)
+        set_bdi_read_ahead(self.mnt, 1024)
+        self.notes["what"] = "pyfuse3 passthrough, no catalog (bench/floorfs.py)"
+
+
 def make(name: str, workdir: str) -> System:
     """A system by name (see ALL)."""
     if name == "native":
@@ -303,10 +318,13 @@ def make(name: str, workdir: str) -> System:
         return Mergerfs(workdir, name="mergerfs-nosys", options="xattr=nosys")
     if name.startswith("rclone-"):
         return Rclone(workdir, name.split("-", 1)[1])
+    if name == "pyfuse3-floor":
+        return Floor(workdir)
     raise ValueError(f"unknown system {name!r}")
 
 
-ALL = ["native", "tierfs", "tierfs-noxattr", "mergerfs", "mergerfs-nosys", "rclone-off", "rclone-full"]
+ALL = ["native", "tierfs", "tierfs-noxattr", "pyfuse3-floor", "mergerfs", "mergerfs-nosys", "rclone-off",
+       "rclone-full"]
 
 
 def available(name: str) -> str | None:

@@ -24,7 +24,7 @@ def test_bench_runs_on_tiny_sizes(tmp_path):
     res = json.loads(out.read_text())
     assert not [e for e in res["meta"]["errors"] if "skipped" not in e], res["meta"]["errors"]
     for case in ("io", "meta"):
-        for system in ("native", "tierfs"):
+        for system in ("native", "tierfs", "pyfuse3-floor"):
             runs = res["cases"][case][system]["runs"]
             assert runs and all(len(v) == 1 and v[0] > 0 for k, v in runs.items()
                                 if k != "background_after_write"), (case, system, runs)
