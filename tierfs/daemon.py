@@ -32,6 +32,8 @@ log = logging.getLogger("tierfs")
 
 #: default kernel attr/entry cache timeouts (config attr_timeout / entry_timeout unset)
 SHARED_KERNEL_CACHE_S = 1.0
+#: the collector waits this long after a deletion wakes it, to batch the next ones
+GC_BATCH_S = 0.2
 UNSHARED_KERNEL_CACHE_S = 30.0
 
 
@@ -130,11 +132,16 @@ class Daemon:
 
     # ---- background tasks ------------------------------------------------
     def wake(self) -> None:
-        if self.gc_event is not None:
-            self.gc_event.set()
+        """A move finished: collect its garbage; jobs and policies may go on."""
+        self.wake_gc()
         for ext in self.extensions:
             if hasattr(ext, "wake"):
                 ext.wake()
+
+    def wake_gc(self) -> None:
+        """Objects became garbage (a file was deleted): only the collector cares."""
+        if self.gc_event is not None:
+            self.gc_event.set()
 
     async def gc_loop(self) -> None:
         """Delete tier objects nothing references (after unlink or a move)."""
@@ -149,6 +156,7 @@ class Daemon:
                 log.exception("garbage collection failed")
             with trio.move_on_after(2.0):
                 await self.gc_event.wait()
+                await trio.sleep(GC_BATCH_S)  # an rm -r deletes thousands: collect them in batches
 
     async def collect_garbage(self) -> int:
         fs = self.fs
@@ -260,6 +268,7 @@ class Daemon:
         send, receive = trio.open_memory_channel(10000)
         self.fs.checksum_queue = send
         self.fs.on_change = self.wake
+        self.fs.on_garbage = self.wake_gc
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.signal_loop)
             nursery.start_soon(self.gc_loop)

@@ -150,7 +150,8 @@ class FileSystem:
         self._next_fh = 1
         self.pinned_keys: dict[tuple[str, str], int] = {}  # objects open handles use (GC waits)
         self.checksum_queue: trio.MemorySendChannel | None = None  # set by the daemon
-        self.on_change: Callable[[], None] | None = None  # wake the job runner / GC
+        self.on_change: Callable[[], None] | None = None  # a move finished: wake the job runner, policies, GC
+        self.on_garbage: Callable[[], None] | None = None  # a file was deleted: wake the GC
         # Hooks filled in by the archive machinery (tierfs/archive.py).
         self.offline = None
         from .placement import Placer
@@ -162,7 +163,7 @@ class FileSystem:
     async def cat(self, fn, *args, **kwargs):
         """Run a blocking catalog call: on the event loop when the catalog
         names it cheap and local (catalog.inline_calls), else in a worker thread."""
-        if fn.__name__ in self.catalog.inline_calls and getattr(fn, "__self__", None) is self.catalog:
+        if getattr(fn, "__self__", None) is self.catalog and fn.__name__ in self.catalog.inline_calls:
             return fn(*args, **kwargs)
         return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=self.cat_limiter)
 
@@ -271,8 +272,8 @@ class FileSystem:
         self.dirty_attrs.discard(ino)
         purged = await self.cat(self.catalog.purge, ino)
         self.cache.pop(ino, None)
-        if purged is not None and self.on_change:
-            self.on_change()
+        if purged is not None and self.on_garbage:
+            self.on_garbage()
 
     def _new_inode(self, parent: Inode, mode: int, caller: Caller, **kw) -> Inode:
         t = now_ns()
