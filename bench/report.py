@@ -74,7 +74,10 @@ def catalog_table(results: dict) -> str:
             ("policy selection, warm", lambda r: f"{median(r['select_warm']):.3f} s"),
             ("policy selection, cold cache", lambda r: f"{median(r['select_cold']):.3f} s"),
             ("rows_read (catalog counter)", lambda r: f"{median(r['rows_read']):,.0f}"),
-            ("entries the database examined", lambda r: "-" if r.get("examined") is None else f"{r['examined']:,}"),
+            ("rows/documents the database fetched",
+             lambda r: "-" if r.get("examined") is None else f"{r['examined']:,}"),
+            ("index entries it walked",
+             lambda r: "-" if r.get("keys_examined") is None else f"{r['keys_examined']:,}"),
             ("query plan", lambda r: f"`{r.get('plan', '')}`"),
             ("lookup p50", lambda r: f"{r['lookup_p50'] * 1e6:,.0f} µs"),
             ("lookup p99", lambda r: f"{r['lookup_p99'] * 1e6:,.0f} µs"),
@@ -169,7 +172,8 @@ def targets(results: dict) -> list[dict]:
         prop = rows <= 2 * r["candidates"] and (ex is None or ex <= 10 * r["candidates"])
         add(f"policy selection on {label}: < 2 s, rows read proportional to candidates",
             sel < 2 and prop, f"{sel:.2f} s (worst of warm/cold) on {r['entries']:,} entries; rows_read {rows:,.0f} "
-            f"for {r['candidates']:,} candidates; examined {ex if ex is None else format(ex, ',')} "
+            f"for {r['candidates']:,} candidates; fetched {ex if ex is None else format(ex, ',')} "
+            f"(index entries {format(r['keys_examined'], ',') if r.get('keys_examined') is not None else '-'}) "
             f"(plan: {r.get('plan')})")
     a = results.get("cases", {}).get("access")
     add("access tracking < 1 catalog write per file per flush interval",

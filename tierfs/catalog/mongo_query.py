@@ -113,9 +113,13 @@ class MongoQueries:
             else:
                 sort = [("atime_ns", 1), ("_id", 1)] if q.order_by_atime else [("_id", 1)]
                 if q.limit is None:
-                    # Everything is wanted: sorting here lets the planner pick the state/atime or
-                    # state/size index; a server-side sort by _id walks the whole _id index instead
-                    # (1M documents examined for 10k candidates).
+                    # Everything is wanted: sorting here lets the planner pick the state_atime_size or
+                    # state_size index; a server-side sort by _id walks the whole _id index instead
+                    # (1M documents examined for 10k candidates). With states, atime and size bounds,
+                    # state_atime_size tests the size on the key: only candidates are fetched. No hint:
+                    # the planner's trial picks the index whose range holds the larger share of
+                    # matches (a hint would walk the whole atime range when a size bound is far
+                    # narrower).
                     docs = list(self.inodes.find(self._filter(q)))
                     docs.sort(key=(lambda d: (d["atime_ns"], d["_id"])) if q.order_by_atime else (lambda d: d["_id"]))
                 else:

@@ -47,11 +47,22 @@ inodes = Table(
     Column("state_cause", Text, nullable=False, comment="why `state` last changed (command + uid, policy rule, create)"),
     comment="one row per file, directory or symlink",
 )
-# Candidate queries of the policy engine and `tierfs find` (state + size/atime), per-tier listings.
-Index("ix_inodes_state_atime", inodes.c.state, inodes.c.atime_ns)
+# Indexes: sql.py init() gives a catalog made by an older tierfs every index below that it lacks
+# (create_all only indexes tables it creates) and drops those named in DROPPED_INDEXES.
+#
+# query()/query_names()/count_by() with states + atime_before_ns (policy rules on inactivity, `tierfs find
+# --inactive`), and with states + order_by_atime (watermark runs, oldest access first): the search walks
+# state = ? AND atime_ns < ? in this index and tests min_size/max_size on the index entry, so only rows
+# that match all three are fetched (1M entries, 1% candidates: 10,000 rows instead of 91,046).
+Index("ix_inodes_state_atime_size", inodes.c.state, inodes.c.atime_ns, inodes.c.size)
+# query()/query_names()/count_by() with states + min_size/max_size but no atime bound (rules on size alone,
+# `tierfs find --size`). Either state index serves _unselective()'s count of the inodes in some states.
 Index("ix_inodes_state_size", inodes.c.state, inodes.c.size)
+# references() (is an online object still used?), FileQuery.tier, `tierfs status` bytes per tier.
 Index("ix_inodes_tier", inodes.c.tier, inodes.c.location)
+# references() of archive copies, FileQuery.archive_tier, `tierfs status` bytes per archive tier.
 Index("ix_inodes_archive", inodes.c.archive_tier, inodes.c.archive_location)
+# unlinked(): inodes kept at nlink 0 while open, purged at recovery (partial: only those rows).
 Index("ix_inodes_nlink0", inodes.c.nlink, sqlite_where=inodes.c.nlink == 0,
       postgresql_where=inodes.c.nlink == 0)
 
@@ -64,6 +75,8 @@ dentries = Table(
     UniqueConstraint("parent", "name", name="uq_dentries_parent_name"),
     comment="the namespace: (parent, name) -> inode; rename updates one row",
 )
+# lookup()/create()/rename() use uq_dentries_parent_name (parent, name); readdir() the same (parent) prefix.
+# parent_of(), path_of(), paths_of(), bury() and the name/subtree joins of query() go from an inode to its names.
 Index("ix_dentries_ino", dentries.c.ino)
 
 xattrs = Table(
@@ -93,7 +106,9 @@ jobs = Table(
     Column("updated_ns", Big, nullable=False, comment="last change"),
     comment="the durable request queue (restore before archive)",
 )
+# claim(): the most urgent pending job (state, then priority, then age); jobs(states) for `tierfs queue`.
 Index("ix_jobs_runnable", jobs.c.state, jobs.c.priority, jobs.c.id)
+# enqueue()'s coalescing (an active job of this kind for this file?), jobs(ino=), purge()/bury() cancelling.
 Index("ix_jobs_ino", jobs.c.ino, jobs.c.kind, jobs.c.state)
 
 sessions = Table(
@@ -119,6 +134,7 @@ events = Table(
     Column("detail", Text, nullable=False, comment="tier names, bytes, errors"),
     comment="history of state transitions",
 )
+# events(ino): a file's history, most recent first (`tierfs state -v`).
 Index("ix_events_ino", events.c.ino, events.c.id)
 
 garbage = Table(
@@ -151,6 +167,7 @@ tombstones = Table(
     Column("why", Text, nullable=False, comment="the values that matched (e.g. 'created 400d ago > 365d')"),
     comment="compliance deletions (policy action delete): the file is gone, this record stays",
 )
+# tombstones(ino): the deletions of one inode number, most recent first.
 Index("ix_tombstones_ino", tombstones.c.ino, tombstones.c.id)
 
 open_files = Table(
@@ -169,3 +186,8 @@ leases = Table(
     Column("expires_ns", Big, nullable=False, comment="lease is free after this time"),
     comment="named leases so one mount at a time runs e.g. policies",
 )
+
+#: Indexes older catalogs have and this schema no longer wants; init() drops them.
+#: ix_inodes_state_atime (state, atime_ns): a prefix of ix_inodes_state_atime_size, which serves every
+#: query it served; kept, it would cost an index write per atime flush for nothing.
+DROPPED_INDEXES = ("ix_inodes_state_atime",)

@@ -15,10 +15,11 @@ import sqlite3
 import threading
 from typing import Iterable, Iterator, Sequence
 
-from sqlalchemy import (LargeBinary, Text, and_, cast, create_engine, event, func, literal, or_, select,
-                        update, delete, insert)
+from sqlalchemy import (LargeBinary, Text, and_, cast, create_engine, event, func, inspect, literal, or_,
+                        select, update, delete, insert)
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.schema import CreateIndex
 from sqlalchemy.sql.expression import UnaryExpression
 from sqlalchemy.sql.operators import custom_op
 
@@ -203,11 +204,47 @@ class SqlCatalog(Catalog):
                     log.info("migrating catalog schema to version %d", version)
                     MIGRATIONS[version](c)
                     c.execute(update(S.meta).where(S.meta.c.key == "schema_version").values(value=str(version)))
+            self._sync_indexes(c)
             if c.execute(select(S.inodes.c.ino).where(S.inodes.c.ino == ROOT_INO)).first() is None:
                 t = now_ns()
                 root = Inode(ino=ROOT_INO, mode=root_mode, uid=root_uid, gid=root_gid, nlink=2,
                              atime_ns=t, mtime_ns=t, ctime_ns=t, crtime_ns=t, state_ns=t, state_cause="mkfs")
                 c.execute(insert(S.inodes).values(**_inode_values(root)))
+
+    def _sync_indexes(self, c: Connection) -> None:
+        """Give the tables exactly the indexes of schema.py: create_all() makes a
+        missing table with its indexes but never adds one to a table that exists,
+        so a catalog made by an older tierfs gets the indexes added since here,
+        and loses those schema.DROPPED_INDEXES names. Runs at every init (a
+        catalog already in shape costs one index listing per table). Indexes
+        change no stored data and an older tierfs reads the catalog as well with
+        these ones, so this is no schema_version migration (which would lock
+        older tierfs versions out of the catalog)."""
+        insp = inspect(c)
+        have: set[str] = set()
+        for table in S.metadata.sorted_tables:
+            names = {ix["name"] for ix in insp.get_indexes(table.name)}
+            have |= names
+            for ix in sorted(table.indexes, key=lambda ix: ix.name):
+                if ix.name not in names:
+                    log.info("catalog: creating index %s", ix.name)
+                    c.execute(CreateIndex(ix, if_not_exists=True))
+        for name in S.DROPPED_INDEXES:  # after creating their replacements
+            if name in have:
+                log.info("catalog: dropping index %s (superseded)", name)
+                c.exec_driver_sql(f"DROP INDEX IF EXISTS {name}")
+
+    def initialised(self) -> bool:
+        """True once init() has run on this catalog (it has a schema_version).
+        Reads only: a missing or empty SQLite file is not opened (which would
+        create it), and no table is created."""
+        p = self._fast_path  # the SQLite file, if the catalog is one
+        if p is not None and (not os.path.exists(p) or (os.path.getsize(p) == 0 and not os.path.exists(p + "-wal"))):
+            return False
+        with self._tx(write=False) as c:
+            if not inspect(c).has_table(S.meta.name):
+                return False
+            return c.execute(select(S.meta.c.value).where(S.meta.c.key == "schema_version")).first() is not None
 
     def close(self) -> None:
         if self._fast is not None:
@@ -862,15 +899,25 @@ class SqlCatalog(Catalog):
         if q.states is not None:
             states = [State(s).value for s in q.states]
             col = i.state
-            # (state, atime) and (state, size) lead to few rows when a range is given (policy candidates)
+            # With a range the state index is kept: (state, atime_ns, size) or (state, size) leads straight
+            # to the candidates (policy rules), and with both bounds the size is tested in the index entry.
             ranged = any(v is not None for v in (q.atime_before_ns, q.min_size, q.max_size))
             if self.is_sqlite and not q.order_by_atime and not ranged and self._unselective(c, states):
                 col = self._noindex(col)
             conds.append(col.in_(states))
         if q.regular_only:
             conds.append(i.mode.op("&")(0o170000) == 0o100000)
+        size = i.size
+        if q.states is not None and q.atime_before_ns is not None:
+            # States + atime (+ size): walk (state, atime_ns, size) and test the size on its entries, so
+            # only matching rows are fetched. SQLite has no statistics on value ranges: it rates that
+            # range and the (state, size) one alike and picks by index creation order, so `+size` takes
+            # (state, size) out of the choice (it fetches every row of its range to test the atime).
+            # Worst case: a wide atime range with a narrow size one walks the range's index entries,
+            # sequential reads without a row fetch each.
+            size = self._noindex(size)
         for col, val, op in ((i.tier, q.tier, "eq"), (i.archive_tier, q.archive_tier, "eq"),
-                             (i.size, q.min_size, "ge"), (i.size, q.max_size, "le"),
+                             (size, q.min_size, "ge"), (size, q.max_size, "le"),
                              (i.atime_ns, q.atime_before_ns, "lt"), (i.crtime_ns, q.crtime_before_ns, "lt"),
                              (i.mtime_ns, q.mtime_before_ns, "lt"), (i.uid, q.uid, "eq"), (i.gid, q.gid, "eq")):
             if val is not None:
