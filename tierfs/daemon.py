@@ -76,6 +76,7 @@ class Daemon:
         self.session_id = uuid.uuid4().hex[:16]
         self.fs: FileSystem | None = None
         self.gc_event: trio.Event | None = None
+        self.gc_urgent = False   # a move (not a deletion) woke the collector: no batching delay
         self.extensions = []   # objects with async run(nursery-started) hooks (jobs, policy)
 
     # ---- setup (synchronous: errors here are startup errors) -------------
@@ -132,7 +133,9 @@ class Daemon:
 
     # ---- background tasks ------------------------------------------------
     def wake(self) -> None:
-        """A move finished: collect its garbage; jobs and policies may go on."""
+        """A move finished: collect its garbage now (its space may be awaited);
+        jobs and policies may go on."""
+        self.gc_urgent = True
         self.wake_gc()
         for ext in self.extensions:
             if hasattr(ext, "wake"):
@@ -156,7 +159,9 @@ class Daemon:
                 log.exception("garbage collection failed")
             with trio.move_on_after(2.0):
                 await self.gc_event.wait()
-                await trio.sleep(GC_BATCH_S)  # an rm -r deletes thousands: collect them in batches
+                if not self.gc_urgent:
+                    await trio.sleep(GC_BATCH_S)  # an rm -r deletes thousands: collect them in batches
+            self.gc_urgent = False
 
     async def collect_garbage(self) -> int:
         fs = self.fs
