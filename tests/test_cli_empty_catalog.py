@@ -71,3 +71,16 @@ def test_queue_with_the_embedded_default(tmp_path):
     assert r.stderr == (f"tierfs: catalog sqlite:///{db} is empty: mount it once first "
                         "(tierfs mount MOUNTPOINT; config: default lookup: embedded default)\n"), r.stderr
     assert not os.path.exists(db)
+
+
+def test_status_and_fsck_on_a_never_mounted_catalog(catalog_url, tmp_path):
+    """The other readers (status through cli_admin, fsck) say the same in one
+    line and create nothing either."""
+    m = Mount(str(tmp_path), catalog_url)
+    m.write_config()
+    before = stored(catalog_url)
+    for args in (["status", "--config", m.config_path], ["fsck", "--config", m.config_path]):
+        r = m.cli(*args, check=False)
+        assert r.returncode == client.EXIT_CONFIG, (args, r.returncode, r.stdout, r.stderr)
+        assert "is empty" in r.stderr and r.stderr.count("\n") == 1, (args, r.stderr)
+        assert stored(catalog_url) == before, f"{args[0]} created the catalog"

@@ -585,32 +585,13 @@ def _catalog_for(mount_path: str | None, config_path: str | None):
     """The catalog of the mount containing mount_path, else of the config;
     CliError (exit 6, one line) when no tierfs has initialised it yet."""
     from . import cli_admin
-    from .catalog import open_catalog
     if mount_path:
         t = cli_admin.target_of(cli_admin.mount_of(mount_path).mountpoint, config_path)
     else:
         cfg = load_config(config_path)
         t = cli_admin.Target(None, cfg, ("--config " if config_path else "default lookup: ")
                              + (cfg.path or "embedded default"))
-    url = t.cfg.catalog
-    # Before any read: an SQLite file that is missing or empty is not opened (opening creates it), and a
-    # reader must not create the schema either; without this, reads fail with "no such table" (exit 7)
-    # on SQLite and answer from an empty database on MongoDB.
-    cat = open_catalog(url)
-    try:
-        ready = cat.initialised()
-    except BaseException:
-        cat.close()
-        raise
-    if not ready:
-        cat.close()
-        how = f" --config {config_path}" if config_path else f"; config: {t.how}"
-        raise CliError(f"catalog {cli_admin.safe_url(url)} is empty: mount it once first "
-                       f"(tierfs mount MOUNTPOINT{how})", client.EXIT_CONFIG)
-    if t.session is None:
-        return cat
-    cat.close()
-    return cli_admin.open_catalog(t)  # checks that it is the catalog the mount uses (its live session)
+    return cli_admin.open_catalog(t)
 
 
 def main():

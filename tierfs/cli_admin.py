@@ -146,23 +146,24 @@ def mount_of(path: str) -> mounts.MountInfo:
 
 
 def open_catalog(t: Target):
-    """Open the target's catalog, checking it is the one the mount uses."""
+    """Open the target's catalog: one a mount has initialised (a reader never
+    creates one: without this, reads fail with "no such table" on SQLite and
+    answer from an empty database on MongoDB) and, for a mount, the one it uses."""
     from .catalog import open_catalog as _open
     url = t.cfg.catalog
-    if url.startswith("sqlite:///") and not os.path.exists(url[len("sqlite:///"):]):
-        raise CliError(f"catalog {url} does not exist (config: {t.how})", client.EXIT_CONFIG)
     cat = _open(url)
-    if t.session is not None:
-        try:
-            live = {s.id for s in cat.sessions() if not s.clean}
-        except errors.TierfsError:
-            cat.close()
-            raise
-        if t.session not in live:
-            cat.close()
+    try:
+        if not cat.initialised():
+            hint = f" {t.how}" if t.how.startswith("--config ") else f"; config: {t.how}"
+            raise CliError(f"catalog {safe_url(url)} is empty: mount it once first (tierfs mount MOUNTPOINT{hint})",
+                           client.EXIT_CONFIG)
+        if t.session is not None and t.session not in {s.id for s in cat.sessions() if not s.clean}:
             raise CliError(f"{t.mountpoint}: catalog {safe_url(url)} (config: {t.how}) is not the one this mount "
                            f"uses (no live session {t.session}); pass the mount's config with --config",
                            client.EXIT_CONFIG)
+    except BaseException:
+        cat.close()
+        raise
     return cat
 
 
@@ -392,8 +393,8 @@ def status(mount, config_path, as_json):
             finally:
                 cat.close()
         except (CliError, errors.TierfsError) as e:
-            if mount is not None:
-                raise
+            if mount is not None or len(groups) == 1:
+                raise  # one catalog asked about: its own message and exit code
             problems.append(f"{', '.join(t.mountpoint or '-' for t in ts)}: {e}")
     if as_json:
         click.echo(json.dumps(result, indent=1))

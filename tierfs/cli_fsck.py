@@ -83,7 +83,13 @@ def fsck(mountpoint, config_path, repair, verify_data, as_json):
     cfg, mp = _load(config_path, mountpoint)
     cat = open_catalog(cfg.catalog)
     try:
-        cat.init()
+        if not cat.initialised():  # checking must not create a catalog
+            if mp is not None:
+                raise CliError(f"{mp}: not a tierfs mount of catalog {cfg.catalog.split('@')[-1]} (it is empty; "
+                               "give the mount's --config)", client.EXIT_NOT_TIERFS)
+            raise CliError(f"catalog {cfg.catalog.split('@')[-1]} is empty: nothing to check (no tierfs has "
+                           "mounted it)", client.EXIT_CONFIG)
+        cat.init()  # brings an older layout up to date (indexes) before checking it
         live = F.live_sessions(cat)
         if mp is not None and mounts.find_mount(mp) is None and not any(s.mountpoint == mp for s in cat.sessions()):
             raise CliError(f"{mp}: not a tierfs mount of catalog {cfg.catalog.split('@')[-1]} "

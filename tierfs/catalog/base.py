@@ -296,6 +296,11 @@ class Catalog(abc.ABC):
         older one, and refuse a newer one."""
 
     @abc.abstractmethod
+    def initialised(self) -> bool:
+        """True once init() has run on this catalog. Reads only: a reader
+        (CLI, fsck) must never create a catalog as a side effect."""
+
+    @abc.abstractmethod
     def close(self) -> None: ...
 
     @abc.abstractmethod
