@@ -194,6 +194,13 @@ BAD_CONFIGS = [
     ("[tiers.disk]\nkind = \"floppy\"\npath = \"/tmp\"\n", "floppy"),
     ("[tiers.disk]\nkind = \"disk\"\npath = \"/nonexistent/dir\"\n", "tiers.disk.path"),
     ("[tiers.disk]\nkind = \"disk\"\npath = \"/tmp\"\nspeed = 9\n", "tiers.disk.speed"),
+    # two tiers in one place: each would list the other's objects (fsck: orphans)
+    ("[tiers.disk]\nkind = \"disk\"\npath = \"/tmp\"\n[tiers.vault]\nkind = \"vault\"\npath = \"/tmp/\"\n",
+     "tiers.disk and tiers.vault keep objects in the same place"),
+    ("[tiers.disk]\nkind = \"disk\"\npath = \"/tmp\"\n"
+     "[tiers.s3]\nkind = \"s3\"\nbucket = \"b\"\nendpoint_url = \"http://127.0.0.1:9\"\n"
+     "[tiers.glacier]\nkind = \"s3-archive\"\nbucket = \"b\"\nprefix = \"arch\"\nendpoint_url = \"http://127.0.0.1:9\"\n",
+     "tiers.s3 and tiers.glacier keep objects in the same place"),
     ("[[policy]]\nname = \"p\"\naction = \"explode\"\n", "action"),
     ("[[policy]]\nname = \"p\"\naction = \"archive\"\ninactive_for = \"-3d\"\n", "inactive_for"),
     ("[[policy]]\nname = \"p\"\naction = \"archive\"\nmin_size = \"-1MB\"\n", "min_size"),

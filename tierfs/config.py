@@ -226,6 +226,32 @@ def _warn_if_secrets_readable(path: str, raw: dict) -> None:
             pass
 
 
+def _describe_store(store: tuple, prefix: str) -> str:
+    kind, *where = store
+    text = {"s3": lambda e, b: f"bucket {b} at {e}", "directory": lambda p: f"directory {p}",
+            "gridfs": lambda h, d, b: f"GridFS bucket {b} in database {d} on {h}"}[kind](*where)
+    return text + (f" under prefix {prefix!r}" if prefix else "")
+
+
+def _refuse_shared_objects(tiers: dict, classes: dict) -> None:
+    """Two tiers must not keep objects in the same place (one bucket with
+    nested prefixes, one directory, one GridFS bucket): each would list the
+    other's objects, and fsck would report them as orphans to delete."""
+    seen: list[tuple[str, tuple, str]] = []
+    for name, t in tiers.items():
+        where = classes[name].object_store(t.options)
+        if where is None:
+            continue
+        store, prefix = where
+        for other, ostore, oprefix in seen:
+            if ostore == store and (prefix.startswith(oprefix) or oprefix.startswith(prefix)):
+                raise errors.ConfigError(
+                    f"tiers.{other} and tiers.{name} keep objects in the same place "
+                    f"({_describe_store(ostore, oprefix)}; {_describe_store(store, prefix)}): each would see the "
+                    "other's objects as its own; give them separate buckets, prefixes or directories")
+        seen.append((name, store, prefix))
+
+
 def parse(raw: dict, path: str | None = None) -> Config:
     home = tierfs_home()
     values = {}
@@ -247,6 +273,7 @@ def parse(raw: dict, path: str | None = None) -> Config:
     for name, t in raw_tiers.items():
         tiers[name] = _parse_tier(name, t)
     classes = {n: tier_class(t.kind) for n, t in tiers.items()}
+    _refuse_shared_objects(tiers, classes)
     online = [n for n, c in classes.items() if not c.archive]
     archives = [n for n, c in classes.items() if c.archive]
     if not online:

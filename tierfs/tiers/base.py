@@ -58,6 +58,15 @@ class Tier(abc.ABC):
     def __repr__(self) -> str:
         return f"<{self.kind} tier {self.name!r}>"
 
+    @classmethod
+    def object_store(cls, opts: dict) -> tuple[tuple, str] | None:
+        """Where this kind keeps the objects of a tier configured with `opts`:
+        (the store, a key prefix in it), or None when tierfs cannot tell (an
+        external copytool). Two tiers in one store whose prefixes nest would
+        list each other's objects (fsck would call them orphans): config
+        validation refuses that."""
+        return None
+
     # ---- required ----------------------------------------------------------
     @abc.abstractmethod
     def put(self, key: str, src: BinaryIO) -> int:

@@ -37,6 +37,10 @@ class DiskTier(Tier):
         if not os.access(self.root, os.W_OK):
             raise errors.ConfigError(f"tiers.{self.name}.path: directory {self.root} is not writable")
 
+    @classmethod
+    def object_store(cls, opts: dict) -> tuple[tuple, str] | None:
+        return ("directory", os.path.abspath(os.path.expanduser(str(opts.get("path", ""))))), ""
+
     def _path(self, key: str) -> str:
         if "/" in key:
             if key.startswith("/") or ".." in key.split("/"):

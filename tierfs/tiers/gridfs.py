@@ -49,6 +49,14 @@ class GridFSTier(Tier):
     options = {"url": str, "bucket": str, "database": str, "chunk_size": "size"}
     required = ("url",)
 
+    @classmethod
+    def object_store(cls, opts: dict) -> tuple[tuple, str] | None:
+        url = str(opts.get("url") or "")
+        rest = url.split("://", 1)[-1]
+        hosts = rest.split("/", 1)[0].rsplit("@", 1)[-1]  # without credentials
+        db = opts.get("database") or (rest.split("/", 1)[1].split("?", 1)[0] if "/" in rest else "") or "tierfs"
+        return ("gridfs", hosts, db, opts.get("bucket") or "tierfs"), ""
+
     def __init__(self, name: str, **opts):
         super().__init__(name, **opts)
         import pymongo

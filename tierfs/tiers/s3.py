@@ -108,6 +108,13 @@ class _Put:
         self.etag, self.sha256, self.size = etag, sha256, size
 
 
+def _prefix(opts: dict) -> str:
+    """The key prefix of a tier's objects: "" or "dir/" (a trailing slash, so
+    prefix "a" does not also hold "ab/...")."""
+    prefix = str(opts.get("prefix") or "").lstrip("/")
+    return prefix if not prefix or prefix.endswith("/") else prefix + "/"
+
+
 class S3Tier(Tier):
     kind = "s3"
     required = ("bucket",)
@@ -132,6 +139,10 @@ class S3Tier(Tier):
     }
     default_storage_class = "STANDARD"
 
+    @classmethod
+    def object_store(cls, opts: dict) -> tuple[tuple, str] | None:
+        return ("s3", opts.get("endpoint_url") or "AWS S3", opts.get("bucket")), _prefix(opts)
+
     def __init__(self, name: str, **opts):
         super().__init__(name, **opts)
 
@@ -141,8 +152,7 @@ class S3Tier(Tier):
         self.bucket = opts.get("bucket")
         if not isinstance(self.bucket, str) or not self.bucket:
             raise errors.ConfigError(f"{key('bucket')}: missing (the bucket name)")
-        prefix = str(opts.get("prefix") or "").lstrip("/")
-        self.prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
+        self.prefix = _prefix(opts)
         self.endpoint_url = opts.get("endpoint_url") or None
         self.region = opts.get("region") or None
         self.storage_class = str(opts.get("storage_class") or self.default_storage_class).upper()
