@@ -63,7 +63,6 @@ def test_seeded_corruption_found_and_repaired(populated, catalog_url, mk):
     m, home, data = populated
     v = CatalogView(catalog_url)
     cat = v.cat
-    raw = F.raw_dentries(cat)
     ino = {n: v.ino(f"d/{n}") for n in data}
     node = {n: cat.get(i) for n, i in ino.items()}
     d_ino = v.ino("d")
@@ -74,10 +73,10 @@ def test_seeded_corruption_found_and_repaired(populated, catalog_url, mk):
     # 2. an unlinked inode no mount has open (its object must be collected)
     cat.unlink(d_ino, b"orphan", now_ns())
     # 3. a name pointing at an inode that does not exist
-    raw.add(d_ino, b"ghost", 999_999)
+    cat.add_dentry(d_ino, b"ghost", 999_999)
     # 4. an inode with nlink 1 but no name
-    pos = next(p for p, parent, name, i in raw.scan() if name == b"nameless")
-    raw.remove(pos)
+    pos = next(p for p, parent, name, i in F.all_dentries(cat) if name == b"nameless")
+    cat.remove_dentry(pos)
     # 5. an online object missing (no other copy): lost, reversibly
     os.rename(_obj(home, "disk", node["online1"].location), f"{home}/saved-online1")
     # 6. a dual file's online object missing: it becomes archived

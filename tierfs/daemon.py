@@ -148,7 +148,6 @@ class Daemon:
 
     async def gc_loop(self) -> None:
         """Delete tier objects nothing references (after unlink or a move)."""
-        fs = self.fs
         while True:
             self.gc_event = trio.Event()
             try:

@@ -30,13 +30,13 @@ import logging
 import os
 import stat
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import trio
 
 from . import errors
-from .catalog.base import READABLE_STATES, ROOT_INO, Catalog, DirEntry, Inode, State, now_ns
+from .catalog.base import READABLE_STATES, Catalog, DirEntry, Inode, State, now_ns
 from .tiers.base import Tier, new_key
 
 log = logging.getLogger(__name__)

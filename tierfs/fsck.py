@@ -32,10 +32,8 @@ objects of moves in flight can show up and are re-checked before reporting.
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import stat
-import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterator
 
@@ -94,67 +92,15 @@ def live_sessions(catalog: Catalog) -> list[Session]:
     return [s for s in catalog.sessions() if session_alive(s)]
 
 
-# ---- raw access to dentries (what the Catalog interface does not offer) ----------------------
-class _SqlDentries:
-    def __init__(self, catalog):
-        from sqlalchemy import delete, insert, select
-        from .catalog import schema as S
-        self.c, self.S, self.select, self.delete, self.insert = catalog, S, select, delete, insert
-
-    def scan(self) -> Iterator[tuple[int, int, bytes, int]]:
-        """Every dentry as (pos, parent, name, ino)."""
-        d = self.S.dentries.c
-        last = 0
-        while True:
-            with self.c._tx(write=False) as conn:
-                rows = conn.execute(self.select(d.pos, d.parent, d.name, d.ino).where(d.pos > last)
-                                    .order_by(d.pos).limit(PAGE)).all()
-            if not rows:
-                return
-            for r in rows:
-                yield r.pos, r.parent, bytes(r.name), r.ino
-            last = rows[-1].pos
-
-    def remove(self, pos: int) -> None:
-        with self.c._tx() as conn:
-            conn.execute(self.delete(self.S.dentries).where(self.S.dentries.c.pos == pos))
-
-    def add(self, parent: int, name: bytes, ino: int) -> None:
-        with self.c._tx() as conn:
-            conn.execute(self.insert(self.S.dentries).values(parent=parent, name=name, ino=ino))
-
-
-class _MongoDentries:
-    def __init__(self, catalog):
-        self.c = catalog
-
-    def scan(self) -> Iterator[tuple[int, int, bytes, int]]:
-        last = 0
-        while True:
-            with self.c._errors():
-                docs = list(self.c.dentries.find({"_id": {"$gt": last}}).sort("_id", 1).limit(PAGE))
-            if not docs:
-                return
-            for d in docs:
-                yield d["_id"], d["parent"], bytes(d["name"]), d["ino"]
-            last = docs[-1]["_id"]
-
-    def remove(self, pos: int) -> None:
-        with self.c._errors():
-            self.c.dentries.delete_one({"_id": pos})
-
-    def add(self, parent: int, name: bytes, ino: int) -> None:
-        with self.c._errors():
-            self.c.dentries.insert_one({"_id": self.c._next("pos"), "parent": parent, "name": name, "ino": ino})
-
-
-def raw_dentries(catalog: Catalog):
-    kind = type(catalog).__name__
-    if kind == "SqlCatalog":
-        return _SqlDentries(catalog)
-    if kind == "MongoCatalog":
-        return _MongoDentries(catalog)
-    return None
+def all_dentries(catalog: Catalog) -> Iterator[tuple[int, int, bytes, int]]:
+    """Every name in the catalog as (pos, parent, name, ino), paged."""
+    last = 0
+    while True:
+        page = catalog.scan_dentries(last, PAGE)
+        if not page:
+            return
+        yield from page
+        last = page[-1][0]
 
 
 class Fsck:
@@ -171,7 +117,6 @@ class Fsck:
         self.findings: list[Finding] = []
         self.unavailable: dict[str, str] = {}   # tier -> why its objects are not checked
         self.counts = {"inodes": 0, "dentries": 0, "objects": 0, "bytes_verified": 0}
-        self.raw = raw_dentries(catalog)
 
     # ---- plumbing ----------------------------------------------------------
     def report(self, check: str, path: str, problem: str, fix: Callable[[], str] | None = None,
@@ -268,56 +213,32 @@ class Fsck:
     # ---- namespace -----------------------------------------------------------------
     def check_dentries(self) -> None:
         """Every name points at an existing inode and sits in a directory."""
-        if self.raw is None:
-            self.report("dentries", "catalog", f"{type(self.catalog).__name__} offers no dentry scan; "
-                        "names pointing at missing inodes were not checked", severity="info")
-            return
         kinds: dict[int, bool] = {i.ino: i.is_dir() for i in self.inodes()}
         self._kinds = kinds
-        for pos, parent, name, ino in self.raw.scan():
+        for pos, parent, name, ino in all_dentries(self.catalog):
             self.counts["dentries"] += 1
             shown = name.decode(errors="backslashreplace")
             if ino not in kinds:
                 where = self.path(parent) if parent in kinds else f"inode {parent}"
                 self.report("dentries", f"{where.rstrip('/')}/{shown}", f"names inode {ino}, which does not exist",
-                            lambda pos=pos: (self.raw.remove(pos), "name removed")[1])
+                            lambda pos=pos: (self.catalog.remove_dentry(pos), "name removed")[1])
             elif parent not in kinds or not kinds[parent]:
                 why = "does not exist" if parent not in kinds else "is not a directory"
                 self.report("dentries", f"inode {parent}/{shown}", f"its directory (inode {parent}) {why}",
-                            lambda pos=pos: (self.raw.remove(pos), "name removed (the inode goes to /lost+found)")[1])
+                            lambda pos=pos: (self.catalog.remove_dentry(pos), "name removed (the inode goes to /lost+found)")[1])
 
     def _names(self) -> tuple[dict[int, int], dict[int, int]]:
         """(names per inode, subdirectories per directory) from a fresh scan."""
         names: dict[int, int] = {}
         subdirs: dict[int, int] = {}
         kinds = {i.ino: i.is_dir() for i in self.inodes()}
-        if self.raw is not None:
-            entries = ((parent, ino) for _, parent, _, ino in self.raw.scan())
-        else:
-            entries = self._walk()
-        for parent, ino in entries:
+        for _, parent, _, ino in all_dentries(self.catalog):
             if ino not in kinds or not kinds.get(parent):
                 continue
             names[ino] = names.get(ino, 0) + 1
             if kinds[ino]:
                 subdirs[parent] = subdirs.get(parent, 0) + 1
         return names, subdirs
-
-    def _walk(self) -> Iterator[tuple[int, int]]:
-        """(parent, ino) of every name reachable from the root (no raw scan)."""
-        todo = [ROOT_INO]
-        while todo:
-            d = todo.pop()
-            pos = 0
-            while True:
-                batch = self.catalog.readdir(d, pos, 1000)
-                if not batch:
-                    break
-                for e in batch:
-                    yield d, e.inode.ino
-                    if e.inode.is_dir():
-                        todo.append(e.inode.ino)
-                pos = batch[-1].pos
 
     def check_links(self) -> None:
         """nlink matches the names; unlinked inodes go; nameless inodes go to /lost+found."""
@@ -358,9 +279,7 @@ class Fsck:
                 crtime_ns=t, state_ns=t, state_cause="fsck"))
         name = f"inode-{inode.ino}".encode()
         if inode.is_dir():
-            if self.raw is None:
-                raise errors.TierfsError("cannot relink a directory on this catalog")
-            self.raw.add(lf.ino, name, inode.ino)
+            self.catalog.add_dentry(lf.ino, name, inode.ino)
             self.catalog.update(lf.ino, {"nlink": self.catalog.get(lf.ino).nlink + 1})
             self.catalog.update(inode.ino, {"nlink": 2 + self._subdirs(inode.ino)})
         else:
@@ -562,7 +481,7 @@ class Fsck:
                 self.report("lost", path, "is lost: no copy of its bytes could be found or verified",
                             no_fix="restore it from a backup, or delete it")
                 continue
-            self.report("lost", path, f"is marked lost but a verified copy exists",
+            self.report("lost", path, "is marked lost but a verified copy exists",
                         lambda i=inode, c=changes, s=state: (self._switch(i, c, why="copy found"), f"now {s}")[1])
 
     # ---- garbage and orphans ------------------------------------------------------------------

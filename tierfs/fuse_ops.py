@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 import functools
 import logging
-import os
 
 import pyfuse3
 import trio

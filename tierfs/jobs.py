@@ -29,7 +29,7 @@ import trio
 
 from . import errors, faults
 from .catalog.base import READABLE_STATES, Inode, Job, JobKind, JobState, State, now_ns
-from .tiers.base import HashingReader, Tier, new_key, sha256_stream
+from .tiers.base import HashingReader, Tier, new_key
 from .units import fmt_size
 
 log = logging.getLogger(__name__)

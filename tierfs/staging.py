@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import trio
 
 from . import errors
-from .catalog.base import READABLE_STATES, Inode, State
+from .catalog.base import READABLE_STATES, Inode
 from .tiers.base import CHUNK, Tier, new_key
 
 log = logging.getLogger(__name__)

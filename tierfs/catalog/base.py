@@ -536,6 +536,20 @@ class Catalog(abc.ABC):
     @abc.abstractmethod
     def stats(self) -> CatalogStats: ...
 
+    # ---- repair primitives (fsck only: no checks, no link counting) -------
+    @abc.abstractmethod
+    def scan_dentries(self, after_pos: int, limit: int) -> list[tuple[int, int, bytes, int]]:
+        """Up to `limit` names as (pos, parent, name, ino) with pos > after_pos,
+        in pos order: every name, whatever it points at."""
+
+    @abc.abstractmethod
+    def remove_dentry(self, pos: int) -> None:
+        """Delete the name at `pos` as is (a name whose inode or directory is gone)."""
+
+    @abc.abstractmethod
+    def add_dentry(self, parent: int, name: bytes, ino: int) -> None:
+        """Insert a name as is (an inode without names goes to /lost+found)."""
+
     # ---- key/value settings (schema version, leases) ---------------------
     @abc.abstractmethod
     def get_meta(self, key: str) -> str | None: ...

@@ -584,6 +584,19 @@ class MongoCatalog(MongoJobs, MongoQueries, Catalog):
             rows = list(self.dentries.aggregate(pipeline))
         return [DirEntry(pos=r["_id"], name=r["name"], inode=_inode(r["i"][0])) for r in rows if r["i"]]
 
+    def scan_dentries(self, after_pos: int, limit: int) -> list[tuple[int, int, bytes, int]]:
+        with self._errors():
+            docs = list(self.dentries.find({"_id": {"$gt": after_pos}}).sort("_id", 1).limit(limit))
+        return [(d["_id"], d["parent"], bytes(d["name"]), d["ino"]) for d in docs]
+
+    def remove_dentry(self, pos: int) -> None:
+        with self._errors():
+            self.dentries.delete_one({"_id": pos})
+
+    def add_dentry(self, parent: int, name: bytes, ino: int) -> None:
+        with self._errors():
+            self.dentries.insert_one({"_id": self._next("pos"), "parent": parent, "name": name, "ino": ino})
+
     def parent_of(self, ino: int) -> int:
         if ino == ROOT_INO:
             return ROOT_INO

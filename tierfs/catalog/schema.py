@@ -6,7 +6,7 @@ because POSIX names are bytes (invalid UTF-8 must round-trip).
 The MongoDB catalog stores the same fields (catalog/mongo.py).
 """
 
-from sqlalchemy import (Boolean, Column, ForeignKey, Index, Integer, LargeBinary, MetaData,
+from sqlalchemy import (Boolean, Column, Index, Integer, LargeBinary, MetaData,
                         String, Table, Text, UniqueConstraint)
 from sqlalchemy import BigInteger
 

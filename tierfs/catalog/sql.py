@@ -511,6 +511,21 @@ class SqlCatalog(Catalog):
                 .order_by(S.dentries.c.pos).limit(limit)).all()
             return [DirEntry(pos=r.pos, name=r.name, inode=_inode(r)) for r in rows]
 
+    def scan_dentries(self, after_pos: int, limit: int) -> list[tuple[int, int, bytes, int]]:
+        d = S.dentries.c
+        with self._tx(write=False) as c:
+            rows = c.execute(select(d.pos, d.parent, d.name, d.ino).where(d.pos > after_pos)
+                             .order_by(d.pos).limit(limit)).all()
+        return [(r.pos, r.parent, bytes(r.name), r.ino) for r in rows]
+
+    def remove_dentry(self, pos: int) -> None:
+        with self._tx() as c:
+            c.execute(delete(S.dentries).where(S.dentries.c.pos == pos))
+
+    def add_dentry(self, parent: int, name: bytes, ino: int) -> None:
+        with self._tx() as c:
+            c.execute(insert(S.dentries).values(parent=parent, name=name, ino=ino))
+
     def parent_of(self, ino: int) -> int:
         if ino == ROOT_INO:
             return ROOT_INO
