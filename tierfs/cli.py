@@ -588,9 +588,7 @@ def _catalog_for(mount_path: str | None, config_path: str | None):
     if mount_path:
         t = cli_admin.target_of(cli_admin.mount_of(mount_path).mountpoint, config_path)
     else:
-        cfg = load_config(config_path)
-        t = cli_admin.Target(None, cfg, ("--config " if config_path else "default lookup: ")
-                             + (cfg.path or "embedded default"))
+        t = cli_admin.config_target(config_path)
     return cli_admin.open_catalog(t)
 
 

@@ -124,14 +124,20 @@ def daemon_config(mp: str) -> tuple[config_mod.Config, str, int] | None:
     return None
 
 
+def config_target(config_path: str | None) -> Target:
+    """A catalog named by --config (or the default lookup), no mount involved."""
+    cfg = config_mod.load(config_path)
+    return Target(None, cfg, ("--config " if config_path else "default lookup: ") + (cfg.path or "embedded default"))
+
+
 def target_of(mp: str, config_path: str | None) -> Target:
     """The Target of a running mountpoint (see the module doc)."""
     found = None if config_path else daemon_config(mp)
     if found is not None:
         cfg, how, pid = found
     else:
-        cfg = config_mod.load(config_path)
-        how, pid = ("--config " if config_path else "default lookup: ") + (cfg.path or "embedded default"), None
+        t = config_target(config_path)
+        cfg, how, pid = t.cfg, t.how, None
     session = None
     try:
         session = json.loads(os.getxattr(mp, "user.tierfs.stats")).get("session")
@@ -375,8 +381,7 @@ def status(mount, config_path, as_json):
             if not config_path:
                 raise CliError("no tierfs mount is running (name a config with --config to inspect its catalog)",
                                client.EXIT_NOT_TIERFS)
-            cfg = config_mod.load(config_path)
-            targets = [Target(None, cfg, f"--config {cfg.path}")]
+            targets = [config_target(config_path)]
     groups: dict[str, list[Target]] = {}
     for t in targets:
         groups.setdefault(t.cfg.catalog, []).append(t)
