@@ -23,8 +23,8 @@ MB = 1_000_000
 
 
 def make_cfg(tmp_path, *rules):
-    raw = {"tiers": {"disk": {"kind": "disk", "path": str(tmp_path)}, "ssd": {"kind": "disk", "path": str(tmp_path)},
-                     "vault": {"kind": "vault", "path": str(tmp_path)}},
+    raw = {"tiers": {name: {"kind": kind, "path": str(tmp_path / name)}
+                     for name, kind in (("disk", "disk"), ("ssd", "disk"), ("vault", "vault"))},
            "policy": list(rules)}
     return config.parse(raw, str(tmp_path / "c.toml"))
 

@@ -10,8 +10,9 @@ from tierfs.policy.rules import parse_rules, parse_watermarks
 
 
 def cfg(*rules, tiers=None):
-    raw = {"tiers": tiers or {"disk": {"kind": "disk", "path": "/tmp/x"}, "ssd": {"kind": "disk", "path": "/tmp/x"},
-                              "vault": {"kind": "vault", "path": "/tmp/x"}},
+    raw = {"tiers": tiers or {"disk": {"kind": "disk", "path": "/tmp/x/disk"},
+                              "ssd": {"kind": "disk", "path": "/tmp/x/ssd"},
+                              "vault": {"kind": "vault", "path": "/tmp/x/vault"}},
            "policy": list(rules)}
     return config.parse(raw, "/etc/tierfs/test.toml")
 
@@ -99,7 +100,7 @@ def test_duplicate_names_and_non_tables():
 
 
 def test_watermarks():
-    vault = {"kind": "vault", "path": "/tmp/x"}
+    vault = {"kind": "vault", "path": "/tmp/x/vault"}
     assert parse_watermarks(cfg(tiers={"disk": {"kind": "disk", "path": "/tmp/x", "high_watermark": 0.9,
                                                 "low_watermark": 0.75}, "vault": vault})) == {"disk": (0.9, 0.75)}
     assert "tiers.disk.low_watermark: missing" in error(tiers={"disk": {"kind": "disk", "path": "/x",
