@@ -17,7 +17,7 @@ import sys
 import textwrap
 import time
 
-from tierfs.mounts import find_mount, pid_alive, wait_mounted
+from tierfs.mounts import find_mount, pid_alive, set_read_ahead, wait_mounted
 
 from .util import rmtree, sh
 
@@ -48,10 +48,11 @@ def bdi_read_ahead(path: str) -> int | None:
         return None
 
 
-def set_bdi_read_ahead(path: str, kb: int) -> None:
-    dev = os.stat(path).st_dev
-    with open(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb", "w") as f:
-        f.write(str(kb))
+def set_bdi_read_ahead(mountpoint: str, kb: int) -> None:
+    """tierfs.mounts.set_read_ahead, failing loudly (a bench setting must hold)."""
+    why = set_read_ahead(mountpoint, kb)
+    if why:
+        raise RuntimeError(f"read_ahead_kb {kb}: {why}")
 
 
 class System:

@@ -120,7 +120,7 @@ UNREACHABLE_DEADLINE_S = 1.0
 #: Migrations: version -> function(db) upgrading from version-1.
 MIGRATIONS: dict[int, Callable] = {}
 #: Indexes older catalogs have and this version no longer wants (collection -> names); init drops them.
-#: inodes.state_atime (state, atime_ns) is a prefix of state_atime_size: kept, it would cost an index
+#: inodes.state_atime (state, atime_ns) is a prefix of state_atime_size: if kept, it would cost an index
 #: write per atime flush, and the planner's trial ties the two and may pick it, fetching every document
 #: in the atime range to test the size (1M inodes: 91,046 fetched for 10,000 candidates).
 DROPPED_INDEXES: dict[str, tuple[str, ...]] = {"inodes": ("state_atime",)}

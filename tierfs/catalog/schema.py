@@ -189,5 +189,5 @@ leases = Table(
 
 #: Indexes older catalogs have and this schema no longer wants; init() drops them.
 #: ix_inodes_state_atime (state, atime_ns): a prefix of ix_inodes_state_atime_size, which serves every
-#: query it served; kept, it would cost an index write per atime flush for nothing.
+#: query it served; if kept, it would cost an index write per atime flush for nothing.
 DROPPED_INDEXES = ("ix_inodes_state_atime",)
