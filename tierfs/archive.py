@@ -86,6 +86,7 @@ class Offline:
         self.cfg = cfg
         self.track_reads = cfg.track == "read"
         self.restore_events: dict[int, trio.Event] = {}
+        self.restore_full: dict[int, errors.NoSpace] = {}  # restores waiting for space on their online tier
         self.waiters = 0
         self.max_waiters = 512          # blocked opens beyond this get EAGAIN at once
         self.atimes: dict[int, int] = {}  # ino -> latest access not yet in the catalog
@@ -104,9 +105,9 @@ class Offline:
         if flags & os.O_ACCMODE == os.O_WRONLY:
             return  # only reading counts as an access (a write updates mtime instead)
         t = now_ns()
-        c = self.fs.cache.get(inode.ino)
-        if c is not None and t - c.inode.atime_ns > 1_000_000:
-            c.inode = c.inode.copy(atime_ns=t)
+        cached = self.fs.cache.peek(inode.ino)
+        if cached is not None and t - cached.atime_ns > 1_000_000:
+            self.fs.cache.set(inode.ino, atime_ns=t)
         self.atimes[inode.ino] = t
 
     async def flush_atimes(self, force: bool = False) -> int:
@@ -139,6 +140,7 @@ class Offline:
             raise errors.TierfsError(f"inode {inode.ino} is lost", err=errno.EIO)
         await self.queue(inode, "restore", {}, caller, cause=f"open by uid {caller.uid} (pid {caller.pid})",
                          check_perm=False)
+        self._raise_if_full(inode.ino)
         if self.cfg.restore_mode == "error" or flags & os.O_NONBLOCK:
             raise errors.TryAgain(f"inode {inode.ino} is archived; restore queued")
         if self.waiters >= self.max_waiters:
@@ -150,7 +152,8 @@ class Offline:
                     ev = self.restore_events.setdefault(inode.ino, trio.Event())
                     with trio.move_on_after(POLL_S):
                         await ev.wait()
-                    fresh = self.fs.remember(await self.fs.cat(self.fs.catalog.get, inode.ino))
+                    self._raise_if_full(inode.ino)
+                    fresh = await self.fs.fetch(self.fs.catalog.get, inode.ino)
                     if fresh.state in READABLE_STATES:
                         return fresh
                     if fresh.state == State.LOST:
@@ -167,7 +170,21 @@ class Offline:
         finally:
             self.waiters -= 1
 
-    def restore_finished(self, ino: int) -> None:
+    def _raise_if_full(self, ino: int) -> None:
+        """A restore that waits for space on its online tier fails its openers
+        at once with ENOSPC (waiting would block them until block_timeout for
+        nothing); the job retries when space appears."""
+        full = self.restore_full.get(ino)
+        if full is not None:
+            raise errors.NoSpace(f"restore of inode {ino}: {full}")
+
+    def restore_finished(self, ino: int, full: errors.NoSpace | None = None) -> None:
+        """A restore run ended: waiting openers look again (`full`: it waits
+        for space on its tier)."""
+        if full is None:
+            self.restore_full.pop(ino, None)
+        else:
+            self.restore_full[ino] = full
         ev = self.restore_events.pop(ino, None)
         if ev is not None:
             ev.set()
@@ -183,8 +200,8 @@ class Offline:
                        size=0, mtime_ns=t, ctime_ns=t, checksum=None, data_version=inode.data_version + 1)
         garbage = [(inode.archive_tier, inode.archive_location)]
         try:
-            new = await self.fs.cat(self.fs.catalog.switch, inode.ino, inode.data_version, [inode.state],
-                                    changes, garbage, (f"{why} by uid {caller.uid}", "archive copy dropped"))
+            new = await self.fs.fetch(self.fs.catalog.switch, inode.ino, inode.data_version, [inode.state],
+                                      changes, garbage, (f"{why} by uid {caller.uid}", "archive copy dropped"))
         except BaseException:
             await trio.to_thread.run_sync(tier.delete, key)
             raise
@@ -192,17 +209,17 @@ class Offline:
             self.fs.catalog.jobs, (JobState.PENDING,), inode.ino)])
         log.info("inode %d: %s of an archived file: now online on %s, archive copy dropped", inode.ino, why, tier.name)
         self.restore_finished(inode.ino)
-        return self.fs.remember(new)
+        return new
 
     async def dirty_dual(self, inode: Inode) -> Inode:
         """First write to a dual file: the archive copy is stale. Caller holds the inode lock."""
         state = State.ONLINE if inode.state == State.DUAL else inode.state
-        new = await self.fs.cat(self.fs.catalog.switch, inode.ino, inode.data_version, [inode.state],
-                                dict(state=state, archive_tier=None, archive_location=None),
-                                [(inode.archive_tier, inode.archive_location)],
-                                ("write", f"archive copy on {inode.archive_tier} superseded"))
+        new = await self.fs.fetch(self.fs.catalog.switch, inode.ino, inode.data_version, [inode.state],
+                                  dict(state=state, archive_tier=None, archive_location=None),
+                                  [(inode.archive_tier, inode.archive_location)],
+                                  ("write", f"archive copy on {inode.archive_tier} superseded"))
         log.info("inode %d: written while dual: now online, archive copy on %s dropped", inode.ino, inode.archive_tier)
-        return self.fs.remember(new)
+        return new
 
     # ---- requests ----------------------------------------------------------
     def may_manage(self, inode: Inode, caller) -> bool:
@@ -319,6 +336,8 @@ class Offline:
             "open_files": len(fs.handles),
             "restore_waiters": self.waiters,
             "pending_atimes": len(self.atimes),
+            **fs.staging.stats(),
+            **fs.checksums.stats(),
             "requests": dict(fs.requests),
         }
 

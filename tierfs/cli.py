@@ -124,10 +124,14 @@ def mount(mountpoint, config_path, foreground, options, ready_fd, log_file):
         proc = subprocess.Popen(cmd, stdin=devnull, stdout=logf, stderr=logf, pass_fds=(w,),
                                 start_new_session=True, close_fds=True)
     os.close(w)
-    msg = b""
+    text = ""
     with os.fdopen(r, "rb") as rf:
-        msg = rf.readline()  # one line when the daemon reports; EOF if it dies
-    text = msg.decode(errors="replace").strip()
+        for line in rf:  # warnings, then one line when the daemon reports; EOF if it dies
+            text = line.decode(errors="replace").strip()
+            if not text.startswith("warning:"):
+                break
+            click.echo(f"tierfs: {text.partition(':')[2].strip()}", err=True)
+            text = ""
     if text == "ready" and mounts.wait_mounted(mp, 10):
         click.echo(f"tierfs mounted on {mp} (pid {proc.pid}, log {log_path})")
         return
@@ -198,7 +202,7 @@ def _run_foreground(cfg, mp: str, ready_fd: int | None, log_file: str | None) ->
         report(f"error:{client.EXIT_FAILED}: internal error at startup: {e!r} (see the log)")
         fail(f"internal error at startup: {e!r}")
     try:
-        d.run(on_ready=lambda: report("ready\n"))
+        d.run(on_ready=lambda: report("".join(f"warning: {w}\n" for w in d.warnings) + "ready\n"))
     except errors.TierfsError as e:
         log.error("%s", e)
         report(f"error:{client.EXIT_FAILED}: {e}")
@@ -490,6 +494,7 @@ def queue(mount_path, config_path, failed, show_all, cancel, cancel_all, retry, 
       tierfs queue --cancel-all restore ~/tierfs
     """
     from .catalog.base import JobState
+    from .jobs import WAITING
     cat = _catalog_for(mount_path, config_path)
     try:
         if cancel or cancel_all:
@@ -517,9 +522,12 @@ def queue(mount_path, config_path, failed, show_all, cancel, cancel_all, retry, 
                 path = "/" + cat.path_of(j.ino).decode(errors="replace")
             except errors.NotFound:
                 path = f"(inode {j.ino}, deleted)"
-            rows.append(dict(id=j.id, kind=str(j.kind), state=str(j.state), path=path, target=j.target_tier,
-                             age_s=round((now - j.created_ns) / 1e9, 1), attempts=j.attempts,
-                             last_error=j.last_error, cause=j.cause))
+            waiting = j.state == JobState.PENDING and j.last_error.startswith(WAITING)
+            rows.append(dict(id=j.id, kind=str(j.kind), state="waiting" if waiting else str(j.state), path=path,
+                             target=j.target_tier, age_s=round((now - j.created_ns) / 1e9, 1), attempts=j.attempts,
+                             last_error=j.last_error, cause=j.cause,
+                             next_attempt_s=round(max(0, j.not_before_ns - now) / 1e9, 1)
+                             if j.state == JobState.PENDING else None))
         if as_json:
             click.echo(json.dumps(rows, indent=1))
             return
@@ -529,6 +537,8 @@ def queue(mount_path, config_path, failed, show_all, cancel, cancel_all, retry, 
         click.echo(f"{'ID':>6} {'KIND':8} {'STATE':9} {'AGE':>8} {'TRIES':>5}  PATH")
         for r in rows:
             err = f"  ({r['last_error']})" if r["last_error"] else ""
+            if r["next_attempt_s"]:
+                err += f", next attempt in {r['next_attempt_s']:.0f}s"
             click.echo(f"{r['id']:>6} {r['kind']:8} {r['state']:9} {r['age_s']:>7.0f}s {r['attempts']:>5}  "
                        f"{r['path']}{err}")
     finally:

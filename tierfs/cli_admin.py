@@ -34,6 +34,7 @@ import click
 from . import client, config as config_mod, errors, mounts
 from .catalog.base import ROOT_INO, FileQuery, State
 from .client import CliError
+from .tierhealth import read_health
 from .units import fmt_duration, fmt_size, parse_duration, parse_size
 
 CONTEXT = dict(help_option_names=["-h", "--help"], max_content_width=100)
@@ -274,7 +275,8 @@ def _status_of(cfg, cat, targets: list[Target]) -> dict:
         tiers[name] = dict(kind=tc.kind, role="archive" if cls.archive else "online",
                            default=name in (cfg.default_tier, cfg.default_archive), files=files, bytes=nbytes,
                            usage=usage, high_watermark=tc.options.get("high_watermark"),
-                           low_watermark=tc.options.get("low_watermark"))
+                           low_watermark=tc.options.get("low_watermark"),
+                           health=read_health(cat.get_meta, name))
     now = time.time_ns()
     sessions = [dict(id=s.id, host=s.host, pid=s.pid, mountpoint=s.mountpoint,
                      heartbeat_age_s=round((now - s.heartbeat_ns) / 1e9, 1))
@@ -285,11 +287,22 @@ def _status_of(cfg, cat, targets: list[Target]) -> dict:
             for kind, n in kinds.items():
                 jobs.setdefault(kind, {"pending": 0, "running": 0, "failed": 0})[jstate] = n
     return dict(catalog=safe_url(cfg.catalog),
-                mounts=[dict(mountpoint=t.mountpoint, pid=t.pid, session=t.session, config=t.how)
+                mounts=[dict(mountpoint=t.mountpoint, pid=t.pid, session=t.session, config=t.how,
+                             **_pending_uploads(t.mountpoint))
                         for t in targets if t.mountpoint],
                 sessions=sessions, tiers=tiers,
                 states={k: {"files": v[0], "bytes": v[1]} for k, v in sorted(st.by_state.items())},
                 jobs=jobs, policies=_policy_status(cfg, cat))
+
+
+def _pending_uploads(mountpoint: str) -> dict:
+    """Files whose written bytes wait in the daemon's staging area for their
+    tier (an upload failed): only the daemon knows, through its stats."""
+    try:
+        st = json.loads(os.getxattr(mountpoint, "user.tierfs.stats"))
+    except (OSError, ValueError):
+        return {}
+    return {k: st[k] for k in ("pending_uploads", "pending_upload_bytes") if k in st}
 
 
 def _print_status(s: dict) -> None:
@@ -298,6 +311,9 @@ def _print_status(s: dict) -> None:
     for m in s["mounts"]:
         pid = f"pid {m['pid']}, " if m["pid"] else ""
         out(f"mount     {m['mountpoint']}  ({pid}session {m['session'] or '?'}; config from {m['config']})")
+        if m.get("pending_uploads"):
+            out(f"          {m['pending_uploads']} file(s) wait to upload ({fmt_size(m['pending_upload_bytes'])}): "
+                "their tier did not take them; retried until it does")
     others = [x for x in s["sessions"] if x["id"] not in {m["session"] for m in s["mounts"]}]
     for x in others:
         out(f"          also mounted on {x['host']}:{x['mountpoint']} (pid {x['pid']}, "
@@ -312,6 +328,11 @@ def _print_status(s: dict) -> None:
               if t["high_watermark"] is not None else "-")
         role = t["role"] + ("*" if t["default"] else "")
         out(f"{name:12} {t['kind']:10} {role:8} {t['files']:>9} {fmt_size(t['bytes']):>9} {cap:>9} {used:>6}  {wm}")
+        h = t.get("health")
+        if h:
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(h["since_ns"] / 1e9))
+            out(f"          ^ {h['state'].upper()} since {since} (seen by {h.get('host') or '?'}): {h['reason']}; "
+                "jobs that use it wait")
     out("          (* = default for new files / for archiving)")
     out("")
     out(f"{'STATE':12} {'FILES':>9} {'BYTES':>9}")

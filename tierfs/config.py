@@ -97,6 +97,7 @@ TOP_KEYS: dict[str, tuple[Any, Any]] = {
     "workers": (_pos_int, 2),                # job worker tasks per mount
     "tier_concurrency": (_pos_int, 2),       # concurrent jobs per destination tier
     "job_retry_delay": (_seconds, 30.0),     # delay before a failed job is retried
+    "job_retry_max_delay": (_seconds, 600.0),  # longest wait between attempts of a job waiting for a tier
     "job_max_attempts": (_pos_int, 5),       # failures before a job is marked failed
     "on_unclean": (_choice("warn", "refuse"), "warn"),  # previous daemon died without unmounting
     "log_level": (_choice("debug", "info", "warning", "error"), "info"),

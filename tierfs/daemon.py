@@ -78,6 +78,7 @@ class Daemon:
         self.gc_event: trio.Event | None = None
         self.gc_urgent = False   # a move (not a deletion) woke the collector: no batching delay
         self.extensions = []   # objects with async run(nursery-started) hooks (jobs, policy)
+        self.warnings: list[str] = []  # said on the terminal of `tierfs mount` too (not only in the log)
 
     # ---- setup (synchronous: errors here are startup errors) -------------
     def open(self) -> None:
@@ -97,6 +98,7 @@ class Daemon:
             if hasattr(t, "cleanup_tmp"):
                 t.cleanup_tmp()
         self._check_previous_sessions()
+        self._check_tiers_in_use(tiers)
         self.catalog.register_session(Session(
             id=self.session_id, host=socket.gethostname(), pid=os.getpid(), mountpoint=self.mountpoint,
             started_ns=now_ns(), heartbeat_ns=now_ns()))
@@ -130,6 +132,16 @@ class Daemon:
             # Nobody else uses the catalog: unlinked-but-open files of dead mounts can go.
             for inode in self.catalog.unlinked():
                 self.catalog.purge(inode.ino)
+
+    def _check_tiers_in_use(self, tiers: dict) -> None:
+        """Files or jobs on tiers this config lacks: their reads fail here, and
+        their jobs are left to mounts that have the tiers (jobs.JobRunner)."""
+        missing = sorted(self.catalog.tiers_in_use() - set(tiers))
+        if missing:
+            msg = (f"the catalog uses tier(s) {', '.join(missing)} that this configuration does not define: "
+                   "their files cannot be read here and their jobs are left to mounts that define them")
+            log.warning("%s", msg)
+            self.warnings.append(msg)
 
     # ---- background tasks ------------------------------------------------
     def wake(self) -> None:
@@ -167,7 +179,7 @@ class Daemon:
         done = 0
         while True:
             items = await fs.cat(fs.catalog.garbage, 200)
-            items = [g for g in items if (g.tier, g.key) not in fs.pinned_keys]
+            items = [g for g in items if not fs.objects.is_pinned(g.tier, g.key)]
             if not items:
                 return done
             removed = []
@@ -199,13 +211,6 @@ class Daemon:
                 await offline.flush_atimes()
             except errors.TierfsError as e:
                 log.warning("writing access times: %s", e)
-
-    async def checksum_loop(self, receive: trio.MemoryReceiveChannel) -> None:
-        async for ino in receive:
-            try:
-                await self.fs.compute_checksum(ino)
-            except Exception as e:  # noqa: BLE001
-                log.warning("checksum of inode %d: %s", ino, e)
 
     async def heartbeat_loop(self) -> None:
         """Renew our session; reap sessions silent for session_timeout. We
@@ -269,22 +274,22 @@ class Daemon:
         return opts
 
     async def _main(self, on_ready) -> None:
-        send, receive = trio.open_memory_channel(10000)
-        self.fs.checksum_queue = send
         self.fs.on_change = self.wake
         self.fs.on_garbage = self.wake_gc
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.signal_loop)
             nursery.start_soon(self.gc_loop)
-            nursery.start_soon(self.checksum_loop, receive)
+            nursery.start_soon(self.fs.checksums.run)
             nursery.start_soon(self.heartbeat_loop)
             nursery.start_soon(self.atime_loop)
+            nursery.start_soon(self.fs.staging.run)
             for ext in self.extensions:
                 nursery.start_soon(ext.run)
             on_ready()
             await pyfuse3.main(min_tasks=4, max_tasks=256)
             log.info("FUSE session ended; flushing")
             await self.fs.flush_all()
+            await self.fs.staging.shutdown()
             try:
                 await self.fs.offline.flush_atimes(force=True)
             except errors.TierfsError as e:

@@ -15,7 +15,7 @@ import sqlite3
 import threading
 from typing import Iterable, Iterator, Sequence
 
-from sqlalchemy import (LargeBinary, Text, and_, cast, create_engine, event, func, inspect, literal, or_,
+from sqlalchemy import (LargeBinary, Text, and_, case, cast, create_engine, event, func, inspect, literal, or_,
                         select, update, delete, insert)
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -804,7 +804,7 @@ class SqlCatalog(Catalog):
             values["kind"], values["state"] = kind, JobState.PENDING
             return Job(id=jid, **values), True
 
-    def claim(self, session, kinds=None, busy_tiers=()) -> Job | None:
+    def claim(self, session, kinds=None, busy_tiers=(), *, tiers=None, skip=()) -> Job | None:
         t = now_ns()
         with self._tx() as c:
             q = select(S.jobs).where(S.jobs.c.state == JobState.PENDING.value, S.jobs.c.not_before_ns <= t)
@@ -813,6 +813,11 @@ class SqlCatalog(Catalog):
             busy = list(busy_tiers)
             if busy:
                 q = q.where(or_(S.jobs.c.target_tier.is_(None), S.jobs.c.target_tier.not_in(busy)))
+            if tiers is not None:
+                q = q.where(or_(S.jobs.c.target_tier.is_(None), S.jobs.c.target_tier.in_(list(tiers))))
+            skip = list(skip)
+            if skip:
+                q = q.where(S.jobs.c.id.not_in(skip))
             row = c.execute(q.order_by(S.jobs.c.priority, S.jobs.c.id).limit(1)).first()
             if row is None:
                 return None
@@ -830,16 +835,26 @@ class SqlCatalog(Catalog):
             c.execute(update(S.jobs).where(S.jobs.c.id == job_id).values(**changes, updated_ns=now_ns()))
 
     def finish_job(self, job_id, state, error="") -> None:
-        with self._tx() as c:
-            c.execute(update(S.jobs).where(S.jobs.c.id == job_id).values(
-                state=JobState(state).value, session=None, last_error=error, updated_ns=now_ns()))
-
-    def retry_job(self, job_id, error, delay_s) -> None:
         t = now_ns()
         with self._tx() as c:
             c.execute(update(S.jobs).where(S.jobs.c.id == job_id).values(
-                state=JobState.PENDING.value, session=None, last_error=error,
-                not_before_ns=t + int(delay_s * 1e9), updated_ns=t))
+                state=JobState(state).value, session=None, last_error=error, updated_ns=t))
+            if JobState(state) == JobState.DONE:
+                row = c.execute(select(S.jobs.c.ino, S.jobs.c.kind).where(S.jobs.c.id == job_id)).first()
+                if row is not None:
+                    c.execute(update(S.jobs).where(
+                        S.jobs.c.ino == row[0], S.jobs.c.kind == row[1], S.jobs.c.state == JobState.FAILED.value,
+                        S.jobs.c.id < job_id).values(state=JobState.CANCELLED.value,
+                                                     last_error=f"superseded by job {job_id}", updated_ns=t))
+
+    def retry_job(self, job_id, error, delay_s, *, count=True) -> None:
+        t = now_ns()
+        values = dict(state=JobState.PENDING.value, session=None, last_error=error,
+                      not_before_ns=t + int(delay_s * 1e9), updated_ns=t)
+        if not count:
+            values["attempts"] = case((S.jobs.c.attempts > 0, S.jobs.c.attempts - 1), else_=0)
+        with self._tx() as c:
+            c.execute(update(S.jobs).where(S.jobs.c.id == job_id).values(**values))
 
     def get_job(self, job_id) -> Job:
         with self._tx(write=False) as c:
@@ -916,12 +931,14 @@ class SqlCatalog(Catalog):
             col = i.state
             # With a range the state index is kept: (state, atime_ns, size) or (state, size) leads straight
             # to the candidates (policy rules), and with both bounds the size is tested in the index entry.
-            ranged = any(v is not None for v in (q.atime_before_ns, q.min_size, q.max_size))
+            ranged = any(v is not None for v in (q.atime_before_ns, q.min_size, q.max_size)) or q.checksum_missing
             if self.is_sqlite and not q.order_by_atime and not ranged and self._unselective(c, states):
                 col = self._noindex(col)
             conds.append(col.in_(states))
         if q.regular_only:
             conds.append(i.mode.op("&")(0o170000) == 0o100000)
+        if q.checksum_missing:
+            conds.append(i.checksum.is_(None))   # ix_inodes_no_checksum (partial) holds just these rows
         size = i.size
         if q.states is not None and q.atime_before_ns is not None:
             # States + atime (+ size): walk (state, atime_ns, size) and test the size on its entries, so
@@ -1064,6 +1081,22 @@ class SqlCatalog(Catalog):
                                .group_by(S.jobs.c.state, S.jobs.c.kind)):
                 st.jobs.setdefault(r[0], {})[r[1]] = r[2]
         return st
+
+    def tiers_in_use(self) -> set[str]:
+        out: set[str] = set()
+        with self._tx(write=False) as c:
+            for col in ("tier", "archive_tier"):
+                # A loose index scan: each step is one MIN() on ix_inodes_tier / ix_inodes_archive, so
+                # the cost grows with the number of tiers, not of inodes.
+                rows = c.exec_driver_sql(
+                    f"WITH RECURSIVE t(v) AS (SELECT MIN({col}) FROM inodes UNION ALL "
+                    f"SELECT (SELECT MIN({col}) FROM inodes WHERE {col} > t.v) FROM t WHERE t.v IS NOT NULL) "
+                    "SELECT v FROM t WHERE v IS NOT NULL")
+                out.update(r[0] for r in rows)
+            out.update(r[0] for r in c.execute(select(S.garbage.c.tier).distinct()))
+            out.update(r[0] for r in c.execute(select(S.jobs.c.target_tier).distinct().where(
+                S.jobs.c.state.in_([s.value for s in ACTIVE_JOB_STATES]), S.jobs.c.target_tier.is_not(None))))
+        return out
 
     # ---- meta / leases -----------------------------------------------------
     def get_meta(self, key: str) -> str | None:

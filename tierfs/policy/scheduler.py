@@ -76,7 +76,7 @@ async def purge_when_free(fs, ino: int) -> None:
     """Let this mount know the file has no name; it is purged now, or when
     its last handle closes / the kernel forgets it."""
     try:
-        fs.remember(await fs.cat(fs.catalog.get, ino))
+        await fs.fetch(fs.catalog.get, ino)
     except errors.NotFound:
         return
     await fs._maybe_purge(ino)
@@ -263,8 +263,8 @@ class PolicyScheduler:
     async def sweep_buried(self) -> None:
         """Purge files buried by another process (`tierfs policy run`) when free."""
         for inode in await self.fs.cat(self.fs.catalog.unlinked):
-            c = self.fs.cache.get(inode.ino)
-            if c is not None and c.inode.nlink == 0:
+            cached = self.fs.cache.peek(inode.ino)
+            if cached is not None and cached.nlink == 0:
                 continue   # this mount already knows; it purges on release/forget
             if await self.fs.cat(self.fs.catalog.tombstones, inode.ino, 1):
                 await purge_when_free(self.fs, inode.ino)

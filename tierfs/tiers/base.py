@@ -128,6 +128,15 @@ class Tier(abc.ABC):
     def check(self) -> None:
         """Raise ConfigError/TierUnavailable if the tier is unusable (at mount)."""
 
+    def probe(self) -> None:
+        """Raise TierUnavailable if the tier cannot be used now (the job
+        runner asks while it waits for a tier to come back). Unlike check(),
+        it never creates anything."""
+        try:
+            self.check()
+        except errors.ConfigError as e:
+            raise errors.TierUnavailable(str(e)) from None
+
 
 class HashingReader:
     """Wraps a binary stream and computes the sha256 and length of what passes."""

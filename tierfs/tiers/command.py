@@ -59,6 +59,9 @@ class CommandTier(Tier):
         for d in (self.staging, self.manifest, self.restored, os.path.join(self.staging, "out")):
             os.makedirs(d, exist_ok=True)
 
+    def probe(self) -> None:
+        """Only the copytool knows whether its medium is there (it answers pending)."""
+
     def _run(self, which: str, **values) -> int:
         template = self.opts.get(which)
         # Only the documented placeholders are replaced; other braces (shell { ...; }) stay.

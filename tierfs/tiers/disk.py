@@ -62,6 +62,15 @@ class DiskTier(Tier):
             return errors.NoSpace(f"tier {self.name}: no space left to {what} {key}")
         return errors.TierUnavailable(f"tier {self.name}: {what} {key}: {e.strerror}", err=e.errno or errno.EIO)
 
+    def probe(self) -> None:
+        self._available()
+        try:  # a file that never gets a name: what a put would meet (read-only, no space for inodes...)
+            os.close(os.open(self.tmpdir, os.O_TMPFILE | os.O_WRONLY, 0o600))
+        except OSError as e:
+            if e.errno == errno.EOPNOTSUPP:
+                return  # a filesystem without O_TMPFILE: the next put tells
+            raise errors.TierUnavailable(f"tier {self.name}: cannot write in {self.tmpdir}: {e.strerror}") from None
+
     def _available(self) -> None:
         """Refuse to write into a tier directory that is not there (an unmounted
         share shows an empty mountpoint: never recreate our layout inside it)."""
