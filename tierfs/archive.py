@@ -103,7 +103,7 @@ class Offline:
         self.wake_jobs = lambda: None   # set by the JobRunner
 
     def check_config(self, cfg) -> None:
-        """ConfigError unless the `archivers` group of `cfg` exists (at mount and reload)."""
+        """ConfigError unless the `archivers` group of `cfg` exists (a reload)."""
         _group_id(cfg.archivers)
 
     def config_changed(self) -> None:

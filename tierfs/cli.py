@@ -171,8 +171,9 @@ def _run_foreground(cfg, mp: str, ready_fd: int | None, log_file: str | None) ->
     from .logs import setup_logging
 
     # SIGHUP reloads once the daemon runs (daemon.signal_loop); until then, and while it
-    # flushes after SIGTERM, it must not kill the process (the default action).
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # flushes after SIGTERM, it must not kill the process (the default action). A handler,
+    # not SIG_IGN: programs the daemon starts (fusermount3, copytools) get the default back.
+    signal.signal(signal.SIGHUP, lambda signum, frame: None)
     setup_logging(cfg.log_level, log_file)
     if ready_fd is not None:
         os.set_inheritable(ready_fd, False)  # helpers we spawn (fusermount3) must not hold it open

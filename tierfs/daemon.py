@@ -249,9 +249,15 @@ class Daemon:
         """SIGHUP (logrotate's postrotate, `systemctl reload`): a new log
         file at the original path, then the configuration reloaded."""
         log.info("received SIGHUP: reopening the log, reloading the configuration")
-        if logs.reopen():
-            log.info("log file reopened")
-        self.reload()
+        try:
+            if logs.reopen():
+                log.info("log file reopened")
+        except OSError as e:   # the old file stays in use
+            log.error("reopening the log file: %s", e)
+        try:
+            self.reload()
+        except Exception:  # noqa: BLE001 - a bug must not end the mount
+            log.exception("reload failed; the running configuration stays")
 
     def _reloadable(self) -> list:
         """The parts that derive something from the configuration (parsed

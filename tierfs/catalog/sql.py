@@ -145,6 +145,8 @@ def _private_files(path: str) -> None:
         return
     except FileExistsError:
         pass
+    except PermissionError:
+        return   # SQLite says why it cannot create it
     for p in (path, path + "-wal", path + "-shm", path + ".lock"):
         try:
             mode = os.stat(p).st_mode & 0o777
@@ -319,7 +321,10 @@ class SqlCatalog(Catalog):
         if self._fast_path is None:
             return   # PostgreSQL: a server several mounts may share
         path = self._fast_path + ".lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise errors.ConfigError(f"catalog: cannot open the lock file {path}: {e.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
