@@ -78,27 +78,42 @@ def parse_request(value: bytes) -> tuple[str, dict]:
     return verb, opts
 
 
+def _group_id(name: str | None) -> int | None:
+    if not name:
+        return None
+    import grp
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise errors.ConfigError(f"archivers: no group named {name!r}") from None
+
+
 class Offline:
     """Restore-on-open, requests, and access tracking for one FileSystem."""
 
     def __init__(self, fs, cfg):
         self.fs = fs
-        self.cfg = cfg
-        self.track_reads = cfg.track == "read"
+        self.cfg = cfg                  # the daemon's live Config (a SIGHUP reload changes it in place)
         self.restore_events: dict[int, trio.Event] = {}
         self.restore_full: dict[int, errors.NoSpace] = {}  # restores waiting for space on their online tier
         self.waiters = 0
         self.max_waiters = 512          # blocked opens beyond this get EAGAIN at once
         self.atimes: dict[int, int] = {}  # ino -> latest access not yet in the catalog
         self.atime_flushed: dict[int, float] = {}  # ino -> monotonic time of its last catalog write
-        self.archivers_gid = None
-        if cfg.archivers:
-            import grp
-            try:
-                self.archivers_gid = grp.getgrnam(cfg.archivers).gr_gid
-            except KeyError:
-                raise errors.ConfigError(f"archivers: no group named {cfg.archivers!r}") from None
+        self.config_changed()           # ConfigError (stops the mount) for an unknown archivers group
         self.wake_jobs = lambda: None   # set by the JobRunner
+
+    def check_config(self, cfg) -> None:
+        """ConfigError unless the `archivers` group of `cfg` exists (a reload)."""
+        _group_id(cfg.archivers)
+
+    def config_changed(self) -> None:
+        """The live Config was replaced (a reload): re-derive what is kept resolved."""
+        self.archivers_gid = _group_id(self.cfg.archivers)
+
+    @property
+    def track_reads(self) -> bool:
+        return self.cfg.track == "read"
 
     # ---- access tracking -------------------------------------------------
     def accessed(self, inode: Inode, flags: int) -> None:

@@ -37,12 +37,19 @@ class Group(click.Group):
             return super().invoke(ctx)
         except CliError as e:
             fail(str(e), e.code)
-        except errors.ConfigError as e:
-            fail(f"configuration: {e}", client.EXIT_CONFIG)
-        except errors.CatalogUnavailable as e:
-            fail(str(e), client.EXIT_UNAVAILABLE)
         except errors.TierfsError as e:
-            fail(str(e))
+            fail(*_failure(e))
+
+
+def _failure(e: errors.TierfsError) -> tuple[str, int]:
+    """The one line and the exit code a tierfs error ends a command with."""
+    if isinstance(e, errors.ConfigError):
+        return f"configuration: {e}", client.EXIT_CONFIG
+    if isinstance(e, errors.CatalogUnavailable):
+        return str(e), client.EXIT_UNAVAILABLE
+    if isinstance(e, errors.PermissionDenied):
+        return str(e), client.EXIT_PERMISSION
+    return str(e), client.EXIT_FAILED
 
 
 @click.group(cls=Group, context_settings=CONTEXT)
@@ -109,10 +116,9 @@ def mount(mountpoint, config_path, foreground, options, ready_fd, log_file):
     if foreground:
         _run_foreground(cfg, mp, ready_fd, log_file)
         return
+    from .logs import log_path as _log_path, open_log
     config_mod.prepare_embedded_dirs(cfg)
-    logdir = os.path.join(cfg.state_dir, "logs")
-    os.makedirs(logdir, exist_ok=True)
-    log_path = os.path.join(logdir, mounts.runtime_key(mp) + ".log")
+    log_path = _log_path(cfg.state_dir, mounts.runtime_key(mp))
     r, w = os.pipe()
     cmd = [sys.executable, "-m", "tierfs.cli", "mount", mp, "--foreground", "--ready-fd", str(w),
            "--log-file", log_path]
@@ -120,7 +126,7 @@ def mount(mountpoint, config_path, foreground, options, ready_fd, log_file):
         cmd += ["--config", cfg.path]
     for o in options:
         cmd += ["-o", o]
-    with open(os.devnull, "rb") as devnull, open(log_path, "ab") as logf:
+    with open(os.devnull, "rb") as devnull, os.fdopen(open_log(log_path), "ab") as logf:
         proc = subprocess.Popen(cmd, stdin=devnull, stdout=logf, stderr=logf, pass_fds=(w,),
                                 start_new_session=True, close_fds=True)
     os.close(w)
@@ -164,8 +170,14 @@ def _prepare_mountpoint(mp: str) -> None:
 
 
 def _run_foreground(cfg, mp: str, ready_fd: int | None, log_file: str | None) -> None:
-    from .daemon import Daemon, setup_logging
+    import signal
+    from .daemon import Daemon
+    from .logs import setup_logging
 
+    # SIGHUP reloads once the daemon runs (daemon.signal_loop); until then, and while it
+    # flushes after SIGTERM, it must not kill the process (the default action). A handler,
+    # not SIG_IGN: programs the daemon starts (fusermount3, copytools) get the default back.
+    signal.signal(signal.SIGHUP, lambda signum, frame: None)
     setup_logging(cfg.log_level, log_file)
     if ready_fd is not None:
         os.set_inheritable(ready_fd, False)  # helpers we spawn (fusermount3) must not hold it open
@@ -185,18 +197,11 @@ def _run_foreground(cfg, mp: str, ready_fd: int | None, log_file: str | None) ->
     d = Daemon(cfg, mp)
     try:
         d.open()
-    except errors.ConfigError as e:
-        log.error("configuration: %s", e)
-        report(f"error:{client.EXIT_CONFIG}: configuration: {e}")
-        fail(f"configuration: {e}", client.EXIT_CONFIG)
-    except errors.CatalogUnavailable as e:
-        log.error("%s", e)
-        report(f"error:{client.EXIT_UNAVAILABLE}: {e}")
-        fail(str(e), client.EXIT_UNAVAILABLE)
     except errors.TierfsError as e:
-        log.error("%s", e)
-        report(f"error:{client.EXIT_FAILED}: {e}")
-        fail(str(e))
+        msg, code = _failure(e)
+        log.error("%s", msg)
+        report(f"error:{code}: {msg}")
+        fail(msg, code)
     except Exception as e:  # noqa: BLE001 - a bug: log the traceback, tell the waiting CLI
         log.exception("tierfs failed to start")
         report(f"error:{client.EXIT_FAILED}: internal error at startup: {e!r} (see the log)")

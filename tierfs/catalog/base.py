@@ -304,6 +304,12 @@ class Catalog(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None: ...
 
+    def hold_for_mount(self, mountpoint: str) -> None:
+        """Claim the catalog for a mounted daemon until close() (or its death).
+        A catalog only one mount may serve (an SQLite file) refuses a second
+        with ConfigError naming the mount that holds it; one several mounts
+        share (MongoDB) needs no claim."""
+
     @abc.abstractmethod
     def schema_version(self) -> int: ...
 

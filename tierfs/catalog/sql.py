@@ -9,8 +9,11 @@ readers proceed while the daemon writes.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
+import pwd
+import socket
 import sqlite3
 import threading
 from typing import Iterable, Iterator, Sequence
@@ -108,6 +111,55 @@ class _FastSqlite:
             self.conn.execute("COMMIT")
 
 
+def _refuse_unreadable(path: str) -> None:
+    """One clear line (exit 5), not SQLite's "unable to open database file",
+    for a user who may not read the catalog: its files are 0600 (names,
+    owners, modes, checksums and xattrs of every file, also inside private
+    directories), for the user who mounts it and root. Others see their
+    files through the mount."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    except PermissionError:
+        st = None   # a directory on the way is private
+    if st is not None and os.access(path, os.R_OK):
+        return
+    owner = ""
+    if st is not None:
+        try:
+            owner = f" ({pwd.getpwuid(st.st_uid).pw_name})"
+        except KeyError:
+            owner = f" (uid {st.st_uid})"
+    raise errors.PermissionDenied(
+        f"catalog {path}: permission denied: the catalog is readable only by its owner{owner} and root "
+        f"(as uid {os.getuid()}, look at your files through the mount)")
+
+
+def _private_files(path: str) -> None:
+    """Create the SQLite file 0600 before SQLite does (it gives -wal and -shm
+    the mode of the database file), and tighten the files of a catalog made
+    by an older tierfs (0644: every local user could read it)."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+        return
+    except FileExistsError:
+        pass
+    except PermissionError:
+        return   # SQLite says why it cannot create it
+    for p in (path, path + "-wal", path + "-shm", path + ".lock"):
+        try:
+            mode = os.stat(p).st_mode & 0o777
+            if mode & 0o077:
+                os.chmod(p, 0o600)
+                log.info("catalog file %s was mode %o; now 0600", p, mode)
+        except FileNotFoundError:
+            pass
+        except PermissionError as e:
+            log.warning("catalog file %s is mode %o (readable by others) and cannot be made 0600: %s",
+                        p, mode, e.strerror)
+
+
 class SqlCatalog(Catalog):
     """Catalog on a SQL database chosen by URL (sqlite:///path, postgresql://...)."""
 
@@ -118,6 +170,7 @@ class SqlCatalog(Catalog):
         if self.is_sqlite:
             path = url.split("///", 1)[1] if "///" in url else ""
             if path and path != ":memory:":
+                _refuse_unreadable(path)
                 d = os.path.dirname(os.path.abspath(path))
                 if not os.path.isdir(d):
                     raise errors.ConfigError(f"catalog: directory {d} does not exist")
@@ -128,6 +181,7 @@ class SqlCatalog(Catalog):
         self.concurrency = 1 if self.is_sqlite else 8
         self._fast_path = path if self.is_sqlite and path and path != ":memory:" else None
         self._fast: _FastSqlite | None = None
+        self._hold: int | None = None   # fd of the lock file while a daemon holds the catalog
         if self._fast_path is not None:  # the calls on the DBAPI fast path
             self.inline_calls = frozenset({"get", "lookup", "create", "update", "bump_version", "unlink",
                                            "purge", "references"})
@@ -186,6 +240,8 @@ class SqlCatalog(Catalog):
 
     # ---- lifecycle ---------------------------------------------------------
     def init(self, root_uid: int = 0, root_gid: int = 0, root_mode: int = 0o40755) -> None:
+        if self._fast_path is not None:
+            _private_files(self._fast_path)
         try:
             S.metadata.create_all(self.engine)
         except OperationalError as e:
@@ -251,6 +307,39 @@ class SqlCatalog(Catalog):
             self._fast.conn.close()
             self._fast = None
         self.engine.dispose()
+        if self._hold is not None:
+            os.close(self._hold)    # releases the lock
+            self._hold = None
+
+    def hold_for_mount(self, mountpoint: str) -> None:
+        """An SQLite catalog serves one mount: a second daemon would cache sizes
+        and attributes the first one changes (stale, contradictory stat()s).
+        The daemon holds flock(LOCK_EX) on `catalog.db.lock` for its life (the
+        kernel drops it when the process dies, SIGKILL included, so a remount
+        needs no cleanup); the file names the holder for the refusal. Readers
+        (status, find, fsck) do not take it."""
+        if self._fast_path is None:
+            return   # PostgreSQL: a server several mounts may share
+        path = self._fast_path + ".lock"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise errors.ConfigError(f"catalog: cannot open the lock file {path}: {e.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise errors.ConfigError(
+                f"catalog {self._fast_path} is in use by {holder or 'another tierfs daemon'}: an SQLite catalog "
+                "serves one mount (unmount that one first, or use a MongoDB catalog to share one)") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"the tierfs mounted on {mountpoint} (pid {os.getpid()} on {socket.gethostname()})\n"
+                  .encode(errors="surrogateescape"), 0)
+        self._hold = fd
 
     def _fastpath(self) -> _FastSqlite | None:
         if self._fast is None and self._fast_path is not None:
