@@ -329,7 +329,8 @@ def parse(raw: dict, path: str | None = None) -> Config:
 #: mounts of a catalog must agree on them).
 LIVE_KEYS = frozenset({
     "default_tier", "default_archive", "restore_mode", "block_timeout", "read_ahead_kb", "allow_unarchive",
-    "archivers", "workers", "tier_concurrency", "job_retry_delay", "job_max_attempts", "on_unclean", "log_level",
+    "archivers", "workers", "tier_concurrency", "job_retry_delay", "job_retry_max_delay", "job_max_attempts",
+    "on_unclean", "log_level",
     "track", "atime_flush", "policy"})
 #: tier options that are policy, not storage: live too (as tiers.NAME.KEY)
 LIVE_TIER_OPTIONS = ("high_watermark", "low_watermark")
