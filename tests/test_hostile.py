@@ -265,6 +265,33 @@ def test_other_user_requests(mk, tmp_path):
     wait_for(lambda: m.state("mine") == "archived", 30, what="nobody's own archive")
 
 
+def test_pins_need_the_owner(mk, tmp_path):
+    """Regression (issue 14): anyone with write permission could pin someone else's file or tree,
+    exempting it from every policy (compliance deletion too). Setting or clearing a pin, like a
+    placement or a policy override, needs the owner, root or the archivers group: EPERM otherwise."""
+    m = mk(config="allow_other = true\n" + tiers_config(home_of(tmp_path)))
+    os.chmod(m.mnt, 0o1777)
+    os.mkdir(m.path("shared"))
+    os.chmod(m.path("shared"), 0o777)
+    write(m.path("shared/f"), b"root's bytes")
+    os.chmod(m.path("shared/f"), 0o666)
+    for target in ("shared", "shared/f"):
+        r = m.sh(f"setfattr -n user.tierfs.pin -v 1 {target}", check=False, user="nobody")
+        assert r.returncode != 0 and "Operation not permitted" in r.stderr, (target, r.stderr)
+    with pytest.raises(OSError):
+        os.getxattr(m.path("shared/f"), "user.tierfs.pin")
+    os.setxattr(m.path("shared/f"), "user.tierfs.pin", b"1")            # the owner (root) may
+    r = m.sh("setfattr -x user.tierfs.pin shared/f", check=False, user="nobody")
+    assert r.returncode != 0 and "Operation not permitted" in r.stderr, r.stderr
+    assert os.getxattr(m.path("shared/f"), "user.tierfs.pin") == b"1"
+    os.setxattr(m.path("shared"), "user.tierfs.placement", b"disk")
+    r = m.sh("setfattr -x user.tierfs.placement shared", check=False, user="nobody")
+    assert r.returncode != 0 and "Operation not permitted" in r.stderr, r.stderr   # nor a placement
+    m.sh("echo mine > mine && setfattr -n user.tierfs.pin -v 1 mine", user="nobody")  # its own file: yes
+    assert os.getxattr(m.path("mine"), "user.tierfs.pin") == b"1"
+    assert "may not set the pin" in m.log()
+
+
 def test_restore_refused_when_unarchive_disallowed(mk, tmp_path):
     cfg = _config(tmp_path)
     m = mk(config=cfg)

@@ -53,14 +53,15 @@ INLINE_CHECKSUM_MAX = 256 * 1024
 XATTR_PREFIX = b"user.tierfs."
 PLACEMENT_XATTR = b"user.tierfs.placement"
 OVERRIDE_XATTR = b"user.tierfs.inactive_for"
+PIN_XATTR = b"user.tierfs.pin"
 #: user.tierfs.* attributes stored like any other (tierfs reads them: placement, policies)
-STORED_XATTRS = frozenset({PLACEMENT_XATTR, b"user.tierfs.pin", b"user.tierfs.inactive_for"})
+STORED_XATTRS = frozenset({PLACEMENT_XATTR, PIN_XATTR, OVERRIDE_XATTR})
 
 
 def validate_stored_xattr(name: bytes, value: bytes) -> None:
     """Reject values tierfs could not interpret later (EINVAL at setxattr)."""
     text = value.decode("utf-8", "replace").strip()
-    if name == b"user.tierfs.pin" and text not in ("0", "1"):
+    if name == PIN_XATTR and text not in ("0", "1"):
         raise errors.Invalid("user.tierfs.pin must be 0 or 1")
     if name == b"user.tierfs.inactive_for":
         from .units import parse_duration
@@ -520,18 +521,36 @@ class FileSystem:
             if self.offline is not None and await self.offline.setxattr(ino, name, value, caller):
                 return
             raise errors.TierfsError(f"{name.decode(errors='replace')} is read-only", err=errno.EPERM)
-        if name == PLACEMENT_XATTR:
-            await self.placer.validate(await self.get(ino), value, caller)
-        elif name in STORED_XATTRS:
-            validate_stored_xattr(name, value)
-            if name == OVERRIDE_XATTR:
-                self._check_override(await self.get(ino), caller)
+        if name in STORED_XATTRS:
+            await self._check_stored(await self.get(ino), name, value, caller)
         await self.cat(self.catalog.setxattr, ino, name, value, create=create, replace=replace)
         if name == PLACEMENT_XATTR:
             self.placer.forget()
 
     async def listxattr(self, ino: int) -> list[bytes]:
         return await self.cat(self.catalog.listxattr, ino)
+
+    async def _check_stored(self, inode: Inode, name: bytes, value: bytes | None, caller: Caller) -> None:
+        """Who may set (value) or remove (None) a user.tierfs.* attribute that tierfs
+        interprets, and which values it takes: write permission on the file is not
+        enough, since each exempts or steers it (a pin exempts it from every policy,
+        compliance deletion included)."""
+        if value is not None and name != PLACEMENT_XATTR:
+            validate_stored_xattr(name, value)
+        if name == PLACEMENT_XATTR:
+            if value is not None:
+                await self.placer.validate(inode, value, caller)
+            elif caller.uid not in (0, inode.uid):
+                raise errors.PermissionDenied("only the directory's owner or root may clear its placement",
+                                              err=errno.EPERM)
+        elif name == OVERRIDE_XATTR:
+            self._check_override(inode, caller)
+        elif name == PIN_XATTR and not (self.offline.may_manage(inode, caller) if self.offline is not None
+                                        else caller.uid in (0, inode.uid)):
+            log.warning("uid %d may not %s the pin of inode %d: not the owner, root or in the archivers group",
+                        caller.uid, "set" if value is not None else "clear", inode.ino)
+            raise errors.PermissionDenied("only the owner, root or the archivers group may pin or unpin",
+                                          err=errno.EPERM)
 
     def _check_override(self, inode: Inode, caller: Caller) -> None:
         """Only a directory's owner (or root) sets its policy lifetime."""
@@ -544,8 +563,8 @@ class FileSystem:
         _user_namespace_only(name)
         if name.startswith(XATTR_PREFIX) and name not in STORED_XATTRS:
             raise errors.TierfsError(f"{name.decode(errors='replace')} is read-only", err=errno.EPERM)
-        if name == OVERRIDE_XATTR:
-            self._check_override(await self.get(ino), caller or Caller())
+        if name in STORED_XATTRS:
+            await self._check_stored(await self.get(ino), name, None, caller or Caller())
         await self.cat(self.catalog.removexattr, ino, name)
         if name == PLACEMENT_XATTR:
             self.placer.forget()
