@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import errors
+from . import errors, private
 from .tiers import tier_class
 from .units import parse_duration, parse_size
 
@@ -306,6 +306,6 @@ def prepare_embedded_dirs(cfg: Config) -> None:
     if cfg.path is None:
         for t in cfg.tiers.values():
             if "path" in t.options:
-                os.makedirs(t.options["path"], exist_ok=True)
+                private.makedirs(t.options["path"])  # tierfs makes these roots: 0700 like their objects/
         if cfg.catalog.startswith("sqlite:///"):
             os.makedirs(os.path.dirname(cfg.catalog[len("sqlite:///"):]) or ".", exist_ok=True)

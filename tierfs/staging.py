@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import trio
 
-from . import errors
+from . import errors, private
 from .catalog.base import READABLE_STATES, Inode
 from .tiers.base import CHUNK, Tier, new_key
 
@@ -40,7 +40,7 @@ class Staging:
         self.fs = fs
         self.dir = directory
         self.copies: dict[int, StagedCopy] = {}
-        os.makedirs(directory, exist_ok=True)
+        private.makedirs(directory)  # 0700 (with state_dir/staging if missing): staged copies are file bytes
         for f in os.listdir(directory):  # leftovers of a crash: never uploaded, never referenced
             try:
                 os.unlink(os.path.join(directory, f))
@@ -57,7 +57,7 @@ class Staging:
         if c is None:
             tier = self.fs.tier(inode.tier)
             path = os.path.join(self.dir, f"{inode.ino}-{new_key()[:8]}")
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = private.create(path, os.O_RDWR)
             c = StagedCopy(inode.ino, tier, path, fd)
             try:
                 if fetch and inode.location and inode.size:
