@@ -112,6 +112,9 @@ def test_objects_are_private_whatever_the_umask(make_mount, shared_dir, tmp_path
     m.cli("archive", "--wait", "--keep-online", "--to", "tape", "--timeout", "60", m.path("t"))
     m.cli("release", m.path("t"))
     assert open(m.path("t"), "rb").read() == b"another secret\n"   # restored from tape through its staging
+    with open(m.path("u"), "wb") as f:
+        f.write(b"a third secret\n")
+    m.cli("migrate", "--wait", "--to", "volume", "--timeout", "60", m.path("u"))   # an object on the in-place tier
     m.cli("import", "--in-place", src, m.path("imported"))
     m.cli("archive", "--wait", "--timeout", "60", m.path("imported", "theirs.txt"))
     m.cli("restore", "--wait", "--timeout", "60", m.path("imported", "theirs.txt"))
@@ -122,7 +125,8 @@ def test_objects_are_private_whatever_the_umask(make_mount, shared_dir, tmp_path
     objects = [p for t in ("disk", "disk2", "vault") for p in files_under(os.path.join(roots[t], "objects"))]
     objects += files_under(os.path.join(roots["volume"], "objects"))
     objects += files_under(tape_staging)
-    assert len(objects) >= 6, objects   # t, s (disk2), s (vault), theirs.txt (vault, volume), tape manifest
+    assert len(objects) >= 7, objects   # s (disk2, vault), t (disk, tape manifest), u (volume), theirs.txt (vault, disk)
+    assert files_under(os.path.join(roots["volume"], "objects"))
     # the second user can read none of them (nor list the directories holding them)
     r = as_other("sh", "-c", 'for f; do cat -- "$f" >/dev/null 2>&1 && echo "READ $f"; done; true', "sh",
                  *objects)
