@@ -94,6 +94,8 @@ def test_crash_at(point, mk, catalog_url, tmp_path):
     # fsck (read-only, nothing mounted) sees the unclean stop.
     code, out = fsck(m.config_path)
     assert code == 1 and any(f["check"] == "sessions" for f in errors_of(out)), out
+    if op == "write":   # the file closed without its checksum is reported (it was not, before)
+        assert any("no checksum recorded" in f["problem"] for f in out["findings"]), out
 
     # Remount without the fault: recovery runs.
     m2 = mk(config=cfg, catalog_url=catalog_url)

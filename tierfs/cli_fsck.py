@@ -68,9 +68,11 @@ def fsck(mountpoint, config_path, repair, verify_data, as_json):
     Checks: names vs link counts, unlinked and nameless inodes, names of
     missing inodes, jobs of dead daemons, files stuck mid-move, every copy
     of every file (exists, size, with --verify-data its sha256), lost files
-    whose copy came back, pending deletes, and tier objects no file uses.
-    Each problem is printed with the file's path. Repairs never delete the
-    only copy of a file's bytes.
+    whose copy came back, pending deletes, tier objects no file uses, and
+    objects or tierfs's directories other users may open (not 0600/0700).
+    Each problem is printed with the file's path (a file imported in place:
+    also the source file's). Repairs never delete the only copy of a file's
+    bytes.
 
     \b
     Examples:
@@ -104,13 +106,14 @@ def fsck(mountpoint, config_path, repair, verify_data, as_json):
         tiers = cfg.make_tiers()
         progress = (lambda name: None) if as_json else \
             (lambda name: click.echo(f"  {name.replace('check_', '').replace('_', ' ')}...", err=True))
-        result = F.run(cat, tiers, repair=repair, verify_data=verify_data, live=bool(live), progress=progress)
+        result = F.run(cat, tiers, repair=repair, verify_data=verify_data, live=bool(live), progress=progress,
+                       private_dirs=[os.path.join(cfg.state_dir, "staging")])
     except errors.CatalogUnavailable as e:
         raise CliError(str(e), client.EXIT_UNAVAILABLE) from None
     finally:
         cat.close()
     remaining = result.problems()
-    summary = dict(errors=sum(1 for f in result.findings if f.severity == "error"),
+    summary = dict(errors=sum(1 for f in result.findings if f.severity == F.Severity.ERROR),
                    repaired=sum(1 for f in result.findings if f.repaired),
                    remaining=len(remaining), live=bool(live), **result.counts)
     if as_json:

@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import errors
+from . import errors, private
 from .tiers import tier_class
 from .units import parse_duration, parse_size
 
@@ -374,29 +374,15 @@ def _show(key: str, v: Any) -> str:
     return "unset" if v is None else str(v)
 
 
-# ---- directories ----------------------------------------------------------------------
-def private_dir(path: str) -> None:
-    """Create `path` 0700, or make an existing one of ours 0700: tierfs's own
-    directories (state, logs, the embedded default's home) hold names and
-    bytes of every user's files."""
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    mode = os.stat(path).st_mode & 0o777
-    if mode & 0o077:
-        try:
-            os.chmod(path, 0o700)
-        except PermissionError as e:
-            log.warning("%s is mode %o (open to other users) and cannot be made 0700: %s", path, mode, e.strerror)
-
-
 def prepare_embedded_dirs(cfg: Config) -> None:
     """Create the state directory, and the directories of tiers when the
     config is the embedded default (a user's explicit paths must exist);
     all private (0700)."""
     if cfg.path is None:
-        private_dir(tierfs_home())
+        private.own_dir(tierfs_home())
         for t in cfg.tiers.values():
             if "path" in t.options:
-                os.makedirs(t.options["path"], mode=0o700, exist_ok=True)
+                private.makedirs(t.options["path"])  # tierfs makes these roots: 0700 like their objects/
         if cfg.catalog.startswith("sqlite:///"):
-            os.makedirs(os.path.dirname(cfg.catalog[len("sqlite:///"):]) or ".", mode=0o700, exist_ok=True)
-    private_dir(cfg.state_dir)
+            private.makedirs(os.path.dirname(cfg.catalog[len("sqlite:///"):]) or ".")
+    private.own_dir(cfg.state_dir)

@@ -20,7 +20,7 @@ import os
 import re
 import sys
 
-from .config import private_dir
+from .private import own_dir
 
 #: file mode of a log file (the directory is 0700)
 LOG_FILE_MODE = 0o600
@@ -80,7 +80,7 @@ def open_log(path: str) -> int:
 def log_path(state_dir: str, key: str) -> str:
     """The log file of the mount whose runtime key is `key` (its directory made private)."""
     logdir = os.path.join(state_dir, "logs")
-    private_dir(logdir)
+    own_dir(logdir)
     return os.path.join(logdir, key + ".log")
 
 

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 
 import trio
 
-from . import errors
+from . import errors, private
 from .catalog.base import READABLE_STATES, Inode
 from .tiers.base import CHUNK, Tier, new_key
 
@@ -70,7 +70,7 @@ class Staging:
         self.copies: dict[int, StagedCopy] = {}
         self._wake = trio.Event()
         self.closing = False
-        os.makedirs(directory, mode=0o700, exist_ok=True)
+        private.makedirs(directory)  # 0700 (with state_dir/staging if missing): staged copies are file bytes
         self.leftovers = self._read_manifest()
         for f in os.listdir(directory):  # leftovers of a crash: never uploaded, never referenced
             if f not in self.leftovers and f != MANIFEST:
@@ -105,7 +105,7 @@ class Staging:
         if c is None:
             tier = self.fs.tier(inode.tier)
             path = os.path.join(self.dir, f"{inode.ino}-{new_key()[:8]}")
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = private.create(path, os.O_RDWR)
             c = StagedCopy(inode.ino, tier, path, fd)
             try:
                 if fetch and inode.location and inode.size:
@@ -274,7 +274,9 @@ class Staging:
         path = os.path.join(self.dir, MANIFEST)
         if keep:
             tmp = path + ".tmp"
-            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            with open(private.create(tmp), "w") as f:
                 json.dump(keep, f)
                 f.flush()
                 os.fsync(f.fileno())

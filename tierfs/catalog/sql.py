@@ -26,7 +26,7 @@ from sqlalchemy.schema import CreateIndex
 from sqlalchemy.sql.expression import UnaryExpression
 from sqlalchemy.sql.operators import custom_op
 
-from .. import errors
+from .. import errors, private
 from . import schema as S
 from .base import (ACTIVE_JOB_STATES, COUNT_BY_FIELDS, INODE_FIELDS, JOB_PRIORITY, ROOT_INO, SCHEMA_VERSION, Catalog,
                    CatalogStats, DirEntry, Event, FileQuery, Garbage, Inode, Job, JobKind, JobState,
@@ -141,7 +141,7 @@ def _private_files(path: str) -> None:
     the mode of the database file), and tighten the files of a catalog made
     by an older tierfs (0644: every local user could read it)."""
     try:
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+        os.close(private.create(path))
         return
     except FileExistsError:
         pass
@@ -150,8 +150,8 @@ def _private_files(path: str) -> None:
     for p in (path, path + "-wal", path + "-shm", path + ".lock"):
         try:
             mode = os.stat(p).st_mode & 0o777
-            if mode & 0o077:
-                os.chmod(p, 0o600)
+            if private.too_open(mode):
+                private.tighten(p)
                 log.info("catalog file %s was mode %o; now 0600", p, mode)
         except FileNotFoundError:
             pass

@@ -122,6 +122,14 @@ class Tier(abc.ABC):
         retried later. Raises other errors on failure."""
         return True
 
+    def private_entries(self) -> Iterator[tuple[str, int]]:
+        """(path, st_mode) of every local file and directory tierfs made for
+        this tier (objects, their directories, staging files), which must be
+        0600/0700 (tierfs/private.py; fsck checks them). The root a user
+        configured and files imported in place are not listed. Remote tiers
+        have none."""
+        return iter(())
+
     def close(self) -> None:
         """Release connections."""
 
