@@ -542,7 +542,7 @@ def queue(mount_path, config_path, failed, show_all, cancel, cancel_all, retry, 
         click.echo(f"{'ID':>6} {'KIND':8} {'STATE':9} {'AGE':>8} {'TRIES':>5}  PATH")
         for r in rows:
             err = f"  ({r['last_error']})" if r["last_error"] else ""
-            if r["next_attempt_s"]:
+            if r["state"] == "waiting" or r["next_attempt_s"]:
                 err += f", next attempt in {r['next_attempt_s']:.0f}s"
             click.echo(f"{r['id']:>6} {r['kind']:8} {r['state']:9} {r['age_s']:>7.0f}s {r['attempts']:>5}  "
                        f"{r['path']}{err}")
