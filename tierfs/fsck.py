@@ -386,7 +386,8 @@ class Fsck:
                 continue
             if self._recheck(inode, ("tier", "location", "size")) is None:
                 continue
-            self.report("online", self.path(inode.ino), problem, *self._online_fix(inode, tier, problem))
+            fix, no_fix = self._online_fix(inode, tier, problem)   # (no_fix went to `severity`: line() crashed)
+            self.report("online", self.path(inode.ino), problem, fix, no_fix=no_fix)
         if unsummed:
             self._record_checksums(unsummed)
 
