@@ -341,12 +341,12 @@ def state(paths, recursive, as_json, verbose):
 def _print_state(inf: dict, verbose: bool) -> None:
     tier = inf.get("tier") or inf.get("archive_tier") or "-"
     echo(f"{inf['path']}  {inf['state']}  {tier}  {fmt_size(inf.get('size', 0))}  "
-               f"accessed {_ts(inf.get('atime_ns'))}")
+         f"accessed {_ts(inf.get('atime_ns'))}")
     st = inf["state"]
     if st in ("archived", "dual", "restoring", "lost", "archiving") or verbose:
         if inf.get("archive_tier"):
             echo(f"    archive copy: {inf['archive_tier']}/{inf.get('archive_location')}"
-                       f"  sha256 {(inf.get('checksum') or '-')[:16]}")
+                 f"  sha256 {(inf.get('checksum') or '-')[:16]}")
         echo(f"    {st} since {_ts(inf.get('state_ns'))} by {inf.get('state_cause') or '-'}")
         active = [j for j in inf.get("jobs", []) if j["state"] in ("pending", "running")]
         for j in active:
@@ -366,10 +366,9 @@ def _request(verb: str, paths, recursive: bool, wait: bool, timeout: float, opts
     Exit status: the first refusal's code; 1 when nothing was requested
     because every path named was not a regular file; with --wait, 1 when a
     job failed or was cancelled and 8 on timeout."""
-    for p in paths:
-        client.check_in_mount(p)
-    if opts.get("to"):
-        _check_tier_option(verb, opts["to"], client.check_in_mount(paths[0]).mountpoint)
+    mountpoints = {client.check_in_mount(p).mountpoint for p in paths}
+    for mp in mountpoints if opts.get("to") else ():
+        _check_tier_option(verb, opts["to"], mp)
     tree = client.walk(paths, recursive)
     words = [verb] + [k if v is True else f"{k}={v}" for k, v in opts.items() if v]
     value = " ".join(words)

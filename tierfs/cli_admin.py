@@ -5,7 +5,8 @@ Which catalog: these commands take a mount (or a path inside one) and use
 the configuration that mount's daemon runs with, read from the daemon's
 command line (`tierfs mount MNT --foreground [--config FILE] [-o K=V]`),
 environment ($TIERFS_CONFIG, $TIERFS_HOME, and the -o options `tierfs mount`
-hands over in $TIERFS_MOUNT_OPTIONS) and working directory in /proc/PID. --config overrides that; when no daemon process is visible
+hands over in $TIERFS_MOUNT_OPTIONS) and working directory in /proc/PID.
+--config overrides that; when no daemon process is visible
 (another user's mount), the usual lookup applies ($TIERFS_CONFIG,
 /etc/tierfs/tierfs.toml, the embedded default). Either way the catalog must
 list the mount's session (from its user.tierfs.stats attribute), or the
@@ -122,7 +123,8 @@ def daemon_config(mp: str) -> tuple[config_mod.Config, str, int] | None:
         if conf:
             conf = os.path.join(cwd, os.path.expanduser(conf))
         with _environ(denv):
-            cfg = config_mod.load(conf, _parse_overrides(daemon_options(p.get("options"), env.get(OPTIONS_ENV.encode()))))
+            options = daemon_options(p.get("options"), env.get(OPTIONS_ENV.encode()))
+            cfg = config_mod.load(conf, _parse_overrides(options))
         return cfg, f"daemon pid {pid}: " + (cfg.path or "embedded default"), int(pid)
     return None
 
