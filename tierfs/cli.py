@@ -374,10 +374,10 @@ def _request(verb: str, paths, recursive: bool, wait: bool, timeout: float, opts
     value = " ".join(words)
     total = requested = 0
     refused: list[CliError] = []
-    jobs: list[tuple[str, int | None]] = []   # with --wait: (file, the job carrying out its request)
+    sent: list[tuple[str, dict]] = []   # with --wait: (file, its jobs of this kind before the request)
     for f in tree:
         try:
-            before = client.info(f) if wait else None
+            before = {"jobs": [j for j in client.info(f)["jobs"] if j["kind"] == verb]} if wait else None
             try:
                 client.request(f, value)
             except PermissionError:
@@ -386,7 +386,7 @@ def _request(verb: str, paths, recursive: bool, wait: bool, timeout: float, opts
                 client.restore_by_open(f)  # the kernel lets only writers set user.* xattrs
             total += os.lstat(f).st_size
             if wait:
-                jobs.append((f, client.job_for_request(before, client.info(f), verb)))
+                sent.append((f, before))
             requested += 1
         except OSError as e:
             err = client.os_error(f, e, verb)
@@ -405,8 +405,8 @@ def _request(verb: str, paths, recursive: bool, wait: bool, timeout: float, opts
         if tree.skipped else ""
     echo(f"{verb}: {requested} file(s), {fmt_size(total)} requested"
          + (f", {len(refused)} refused" if refused else "") + skipped)
-    if wait and jobs:
-        _wait(verb, jobs, timeout)
+    if wait and sent:
+        _wait(verb, sent, timeout)
     if refused:
         sys.exit(refused[0].code)
     if tree.skipped and not requested:
@@ -459,30 +459,36 @@ def _why_invalid(verb: str, path: str) -> str:
     return f"refused for a file that is {st} (Invalid argument; the mount's log says why)"
 
 
-def _wait(verb: str, jobs: list[tuple[str, int | None]], timeout: float) -> None:
+def _wait(verb: str, sent: list[tuple[str, dict]], timeout: float) -> None:
     """Wait until the job behind each request has finished (done, failed or
     cancelled), whatever state the file is in by then (a reader may have
-    restored a file archived meanwhile); report failures and a summary."""
-    pending = {f: jid for f, jid in jobs if jid is not None}
-    needless = len(jobs) - len(pending)     # the request needed no job (archive of an archived file...)
-    done = 0
+    restored a file archived meanwhile); report failures and a summary.
+    `sent`: (file, its info's jobs of this kind before the request); the
+    job is identified at the first look after it (client.job_for_request)."""
+    pending = dict(sent)
+    job_ids: dict[str, int | None] = {}
+    done = needless = 0      # needless: the request needed no job (archive of an archived file...)
     failed: list[tuple[str, str]] = []
     deadline = time.monotonic() + timeout
     pause = 0.05
-    with click.progressbar(length=len(jobs), label=f"waiting for {verb}", file=sys.stderr,
+    with click.progressbar(length=len(sent), label=f"waiting for {verb}", file=sys.stderr,
                            show_pos=True, hidden=not sys.stderr.isatty()) as bar:
-        bar.update(needless)
         while pending and time.monotonic() < deadline:
-            for f, jid in sorted(pending.items()):
+            for f, before in sorted(pending.items()):
                 try:
-                    job = client.job_of(client.info(f), jid)
+                    inf = client.info(f)
                 except OSError as e:
                     failed.append((f, f"{os.strerror(e.errno)} while waiting (deleted or renamed?)"))
                 else:
+                    if f not in job_ids:
+                        job_ids[f] = client.job_for_request(before, inf, verb)
+                    jid = job_ids[f]
+                    job = client.job_of(inf, jid) if jid is not None else None
                     if job is not None and job["state"] not in client.JOB_FINISHED:
                         continue
-                    # job None: more than 20 newer jobs of this file since: it finished long ago
-                    if job is None or job["state"] == "done":
+                    if jid is None:
+                        needless += 1
+                    elif job is None or job["state"] == "done":   # None: 20 newer jobs since: long finished
                         done += 1
                     else:
                         failed.append((f, job.get("last_error") or job["state"]))
