@@ -245,6 +245,20 @@ def test_tiers_in_use(catalog):
     assert catalog.tiers_in_use() == {"disk", "disk2", "glacier", "s3", "old"}
 
 
+def test_jobs_of_a_file_newest_first(catalog):
+    """A file keeps every job it ever had; user.tierfs.info lists its newest (the default order,
+    most urgent first, put its oldest restores first and hid its current job)."""
+    a = catalog.create(ROOT_INO, b"a", new())
+    ids = []
+    for kind in [JobKind.ARCHIVE, JobKind.RESTORE] * 3:
+        job, _ = catalog.enqueue(a.ino, kind)
+        catalog.finish_job(job.id, JobState.DONE)
+        ids.append(job.id)
+    current, _ = catalog.enqueue(a.ino, JobKind.ARCHIVE)
+    assert [j.id for j in catalog.jobs(None, a.ino, 3, newest_first=True)] == [current.id, ids[-1], ids[-2]]
+    assert [j.id for j in catalog.jobs(None, a.ino, 3)] == [ids[1], ids[3], ids[5]]   # restores first
+
+
 def test_sessions_reap_returns_jobs(catalog):
     t = now_ns()
     catalog.register_session(Session(id="dead", host="h", pid=1, mountpoint="/m", started_ns=t,

@@ -66,15 +66,18 @@ def parse_request(value: bytes) -> tuple[str, dict]:
     if not words:
         raise errors.Invalid("empty request")
     verb, opts = words[0], {}
-    for w in words[1:]:
-        k, eq, v = w.partition("=")
-        opts[k] = v if eq else True
     if verb not in ("archive", "restore", "release", "migrate", "cancel"):
         raise errors.Invalid(f"unknown request {verb!r} (archive, restore, release, migrate, cancel)")
     allowed = {"archive": {"keep_online", "to"}, "migrate": {"to"}, "restore": {"to"}}.get(verb, set())
-    for k in opts:
+    for w in words[1:]:
+        k, eq, v = w.partition("=")
         if k not in allowed:
             raise errors.Invalid(f"request {verb!r} takes no option {k!r}")
+        if k == "to" and not v:   # "to=" would silently mean the default tier
+            raise errors.Invalid("to= needs a tier name")
+        if k == "keep_online" and eq:
+            raise errors.Invalid("keep_online takes no value")
+        opts[k] = v if eq else True
     return verb, opts
 
 
@@ -254,11 +257,16 @@ class Offline:
     async def setxattr(self, ino: int, name: bytes, value: bytes, caller) -> bool:
         if name != REQUEST_XATTR:
             return False
-        verb, opts = parse_request(value)
-        inode = await self.fs.get(ino)
-        if not inode.is_reg():
-            raise errors.Invalid("requests apply to regular files (use tierfs -r for directories)")
-        await self.queue(inode, verb, opts, caller, cause=f"command {verb} by uid {caller.uid}")
+        try:
+            verb, opts = parse_request(value)
+            inode = await self.fs.get(ino)
+            if not inode.is_reg():
+                raise errors.Invalid("requests apply to regular files (use tierfs -r for directories)")
+            await self.queue(inode, verb, opts, caller, cause=f"command {verb} by uid {caller.uid}")
+        except errors.Invalid as e:   # EINVAL carries no reason to the caller: the log does
+            log.info("request %r on inode %d by uid %d refused: %s", value.decode(errors="replace"), ino,
+                     caller.uid, e)
+            raise
         return True
 
     async def queue(self, inode: Inode, verb: str, opts: dict, caller, cause: str, check_perm: bool = True):
@@ -280,13 +288,13 @@ class Offline:
             await fs.cat(fs.catalog.cancel_jobs, pending)
             return None
         if verb == "restore":
+            target = opts.get("to")
+            if target:   # also when nothing needs restoring: a bad request is refused, never ignored
+                self._check_tier(target, archive=False, caller=caller)
             if inode.state in READABLE_STATES:
                 return None
             if inode.state == State.LOST:
                 raise errors.TierfsError(f"inode {inode.ino} is lost; nothing to restore", err=errno.EIO)
-            target = opts.get("to")
-            if target:
-                self._check_tier(target, archive=False, caller=caller)
             job, created = await fs.cat(fs.catalog.enqueue, inode.ino, JobKind.RESTORE, target_tier=target,
                                         cause=cause)
         elif verb == "release":
@@ -367,7 +375,7 @@ class Offline:
                             detail=e.detail) for e in await fs.cat(fs.catalog.events, inode.ino, 10)]
         d["jobs"] = [dict(id=j.id, kind=str(j.kind), state=str(j.state), attempts=j.attempts,
                           last_error=j.last_error, target_tier=j.target_tier, cause=j.cause, created_ns=j.created_ns)
-                     for j in await fs.cat(fs.catalog.jobs, None, inode.ino, 20)]
+                     for j in await fs.cat(fs.catalog.jobs, None, inode.ino, 20, newest_first=True)]
         return d
 
 

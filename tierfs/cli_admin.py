@@ -4,8 +4,9 @@ and `import` (which writes it).
 Which catalog: these commands take a mount (or a path inside one) and use
 the configuration that mount's daemon runs with, read from the daemon's
 command line (`tierfs mount MNT --foreground [--config FILE] [-o K=V]`),
-environment ($TIERFS_CONFIG, $TIERFS_HOME) and working directory in
-/proc/PID. --config overrides that; when no daemon process is visible
+environment ($TIERFS_CONFIG, $TIERFS_HOME, and the -o options `tierfs mount`
+hands over in $TIERFS_MOUNT_OPTIONS) and working directory in /proc/PID.
+--config overrides that; when no daemon process is visible
 (another user's mount), the usual lookup applies ($TIERFS_CONFIG,
 /etc/tierfs/tierfs.toml, the embedded default). Either way the catalog must
 list the mount's session (from its user.tierfs.stats attribute), or the
@@ -35,6 +36,7 @@ from . import client, config as config_mod, errors, mounts
 from .catalog.base import ROOT_INO, FileQuery, State
 from .client import CliError
 from .tierhealth import read_health
+from .display import echo, name_fields, printable
 from .units import fmt_duration, fmt_size, parse_duration, parse_size
 
 CONTEXT = dict(help_option_names=["-h", "--help"], max_content_width=100)
@@ -90,8 +92,10 @@ def _proc_args(pid: str) -> list[str] | None:
 
 def daemon_config(mp: str) -> tuple[config_mod.Config, str, int] | None:
     """(config, how it was found, pid) of the daemon serving mountpoint `mp`,
-    from /proc/PID/{cmdline,environ,cwd}; None when no such process is visible."""
-    from .cli import _parse_overrides, cli as root
+    from /proc/PID/{cmdline,environ,cwd} (its -o options are in its
+    environment: cli.daemon_options); None when no such process is visible.
+    The one place that recovers a running daemon's configuration."""
+    from .cli import OPTIONS_ENV, _parse_overrides, cli as root, daemon_options
     mount_cmd = root.commands["mount"]
     for pid in os.listdir("/proc"):
         if not pid.isdigit() or (args := _proc_args(pid)) is None or "mount" not in args:
@@ -120,7 +124,8 @@ def daemon_config(mp: str) -> tuple[config_mod.Config, str, int] | None:
         if conf:
             conf = os.path.join(cwd, os.path.expanduser(conf))
         with _environ(denv):
-            cfg = config_mod.load(conf, _parse_overrides(p.get("options") or ()))
+            options = daemon_options(p.get("options"), env.get(OPTIONS_ENV.encode()))
+            cfg = config_mod.load(conf, _parse_overrides(options))
         return cfg, f"daemon pid {pid}: " + (cfg.path or "embedded default"), int(pid)
     return None
 
@@ -306,7 +311,7 @@ def _pending_uploads(mountpoint: str) -> dict:
 
 
 def _print_status(s: dict) -> None:
-    out = click.echo
+    out = echo
     out(f"catalog   {s['catalog']}")
     for m in s["mounts"]:
         pid = f"pid {m['pid']}, " if m["pid"] else ""
@@ -430,7 +435,7 @@ def status(mount, config_path, as_json):
                 click.echo("\n" + "=" * 60 + "\n")
             _print_status(s)
     for p in problems:
-        click.echo(f"tierfs: {p}", err=True)
+        echo(f"tierfs: {p}", err=True)
     if problems:
         sys.exit(client.EXIT_NOT_TIERFS if not result else client.EXIT_FAILED)
 
@@ -548,7 +553,7 @@ def find(path, states, tier, inactive, older, sizes, owner, group, name, ftype, 
         elif as_json:
             _find_json(cat, q, mp, absolute, only)
         else:
-            _find_print(cat, q, mp, absolute, b"\0" if print0 else b"\n", only)
+            _find_print(cat, q, mp, absolute, print0, only)
     finally:
         cat.close()
 
@@ -565,14 +570,18 @@ def _paths(cat, rows, cache) -> list[tuple[bytes, int]]:
             if parent in cache]
 
 
-def _find_print(cat, q, mp, absolute, end: bytes, only) -> None:
+def _find_print(cat, q, mp, absolute, print0: bool, only) -> None:
+    """One path a line, escaped (display.printable); with print0 the exact
+    bytes, each ended by NUL, for xargs -0."""
     prefix = os.fsencode(mp.rstrip("/")) + b"/" if absolute else b"/"
     out = sys.stdout.buffer
     cache: dict[int, bytes] = {}
     rows = []
+    end = b"\0" if print0 else b"\n"
+    shown = (lambda path: path) if print0 else (lambda path: printable(path).encode())  # noqa: E731
 
     def flush():
-        out.write(b"".join(prefix + path + end for path, ino in _paths(cat, rows, cache)
+        out.write(b"".join(shown(prefix + path) + end for path, ino in _paths(cat, rows, cache)
                            if only is None or ino == only))
         rows.clear()
     for row in cat.query_names(q):
@@ -586,11 +595,11 @@ def _find_print(cat, q, mp, absolute, end: bytes, only) -> None:
 def _find_json(cat, q, mp, absolute, only) -> None:
     inodes = {i.ino: i for i in cat.query(q)}
     rows = [r for r in cat.query_names(q) if r[2] in inodes and (only is None or r[2] == only)]
-    prefix = mp.rstrip("/") + "/" if absolute else "/"
+    prefix = os.fsencode(mp.rstrip("/")) + b"/" if absolute else b"/"
     out = []
     for path, ino in _paths(cat, rows, {}):
         i = inodes[ino]
-        out.append(dict(path=prefix + os.fsdecode(path), ino=ino, state=str(i.state), tier=i.tier,
+        out.append(dict(**name_fields("path", prefix + path), ino=ino, state=str(i.state), tier=i.tier,
                         archive_tier=i.archive_tier, size=i.size, uid=i.uid, gid=i.gid, owner=_user(i.uid),
                         mode=oct(i.mode), atime_ns=i.atime_ns, mtime_ns=i.mtime_ns, crtime_ns=i.crtime_ns,
                         checksum=i.checksum))
@@ -639,7 +648,7 @@ def du(path, by, config_path, exact, as_json):
         cat.close()
     files = sum(v[0] for v in total.values())
     nbytes = sum(v[1] for v in total.values())
-    res = {"path": p.path, "files": files, "bytes": nbytes}
+    res = {**name_fields("path", p.path), "files": files, "bytes": nbytes}
     if by_state is not None:
         res["by_state"] = {k: {"files": v[0], "bytes": v[1]} for k, v in sorted(by_state.items())}
     if by_tier is not None:
@@ -653,12 +662,12 @@ def du(path, by, config_path, exact, as_json):
     for title, key in (("STATE", "by_state"), ("TIER", "by_tier"), ("OWNER", "by_owner")):
         if key not in res:
             continue
-        click.echo(f"{title:14} {'FILES':>10} {'BYTES':>12}")
+        echo(f"{title:14} {'FILES':>10} {'BYTES':>12}")
         for k, v in sorted(res[key].items()):
             label = f"{k} ({v['role']})" if key == "by_tier" else k
-            click.echo(f"{label:14} {v['files']:>10} {size(v['bytes']):>12}")
-        click.echo("")
-    click.echo(f"{'total':14} {files:>10} {size(nbytes):>12}  {p.path}")
+            echo(f"{label:14} {v['files']:>10} {size(v['bytes']):>12}")
+        echo()
+    echo(f"{'total':14} {files:>10} {size(nbytes):>12}  {p.path}")
 
 
 # ---- import ----------------------------------------------------------------------
@@ -806,25 +815,25 @@ def _print_summary(s, src: str, dest: str, tier: str | None, as_json: bool) -> N
         return
     how = f"registered in place on tier {tier}" if s.mode == "in-place" else "copied"
     rate = f" ({s.files / s.seconds:.0f} files/s)" if s.seconds > 0 and s.files else ""
-    click.echo(f"import {src} -> {dest}: {s.files} files ({fmt_size(s.bytes)}), {s.dirs} directories, "
+    echo(f"import {src} -> {dest}: {s.files} files ({fmt_size(s.bytes)}), {s.dirs} directories, "
                f"{s.symlinks} symlinks, {s.hardlinks} hard links {how} in {s.seconds:.1f}s{rate}")
     if s.skipped:
-        click.echo(f"  {s.skipped} entries ({fmt_size(s.skipped_bytes)}) were already there (an earlier run): skipped")
+        echo(f"  {s.skipped} entries ({fmt_size(s.skipped_bytes)}) were already there (an earlier run): skipped")
     if s.checksums or s.checksums_deferred:
         later = " (run again without --defer-checksums to compute them)" if s.mode == "in-place" else \
             " (the daemon records them)"
-        click.echo(f"  checksums: {s.checksums} {'computed' if s.mode == 'in-place' else 'verified'}"
+        echo(f"  checksums: {s.checksums} {'computed' if s.mode == 'in-place' else 'verified'}"
                    + (f", {s.checksums_deferred} deferred{later}" if s.checksums_deferred else ""))
     if s.queued:
-        click.echo(f"  {s.queued} files queued to move to tier {tier} (see `tierfs queue`)")
+        echo(f"  {s.queued} files queued to move to tier {tier} (see `tierfs queue`)")
     if s.ignored:
-        click.echo(f"  {s.ignored} entries ignored (sockets, FIFOs, devices, other file systems)")
+        echo(f"  {s.ignored} entries ignored (sockets, FIFOs, devices, other file systems)")
     for e in s.errors[:20]:
-        click.echo(f"tierfs: {e}", err=True)
+        echo(f"tierfs: {e}", err=True)
     if len(s.errors) > 20:
-        click.echo(f"tierfs: ... and {len(s.errors) - 20} more errors", err=True)
+        echo(f"tierfs: ... and {len(s.errors) - 20} more errors", err=True)
     if s.errors:
-        click.echo(f"  {len(s.errors)} errors; run the same command again to retry what failed")
+        echo(f"  {len(s.errors)} errors; run the same command again to retry what failed")
 
 
 def register(cli) -> None:

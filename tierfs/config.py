@@ -235,10 +235,13 @@ def read(path: str | None, overrides: dict | None = None) -> Config:
     return cfg
 
 
+#: Words that mark a config key (or a config file's text) as holding a credential.
+SECRET_WORDS = ("secret", "password", "token", "access_key")
+
+
 def _warn_if_secrets_readable(path: str, raw: dict) -> None:
-    secretish = ("secret", "password", "token", "access_key")
     text = repr(raw).lower()
-    if any(s in text for s in secretish):
+    if any(s in text for s in SECRET_WORDS):
         try:
             if os.stat(path).st_mode & stat.S_IROTH:
                 log.warning("config file %s holds credentials and is readable by other users; chmod o-r it", path)

@@ -17,37 +17,16 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 
+from .display import printable
 from .private import own_dir
 
 #: file mode of a log file (the directory is 0700)
 LOG_FILE_MODE = 0o600
 
-#: C0 and C1 controls, DEL, the Unicode line/paragraph separators, the
-#: bidirectional overrides (they reorder what a terminal shows), and the lone
-#: surrogates os.fsdecode makes of bytes that are not UTF-8 (unwritable as UTF-8).
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
-_SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def _escape_one(m: re.Match) -> str:
-    c = m.group()
-    o = ord(c)
-    if c in _SHORT:
-        return _SHORT[c]
-    if 0xDC80 <= o <= 0xDCFF:          # a byte os.fsdecode could not decode
-        return f"\\x{o - 0xDC00:02x}"
-    return f"\\x{o:02x}" if o <= 0xFF else f"\\u{o:04x}"
-
-
-def escape(name: str | bytes) -> str:
-    """`name` printable on one line: control characters as \\n, \\t, \\xNN,
-    \\uNNNN; bytes that are not UTF-8 as \\xNN; everything else as is."""
-    if isinstance(name, bytes):
-        name = os.fsdecode(name)
-    return _UNSAFE.sub(_escape_one, name)
+#: log lines escape names as the CLI shows them (one rule: tierfs/display.py)
+escape = printable
 
 
 class OneLineFormatter(logging.Formatter):

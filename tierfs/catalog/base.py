@@ -500,7 +500,10 @@ class Catalog(abc.ABC):
 
     @abc.abstractmethod
     def jobs(self, states: Iterable[JobState] | None = None, ino: int | None = None,
-             limit: int = 1000) -> list[Job]: ...
+             limit: int = 1000, newest_first: bool = False) -> list[Job]:
+        """Jobs in the given states (all: None), of one file or all; most
+        urgent first (priority, then age), or the newest first (a file's
+        recent jobs: it keeps every job it ever had)."""
 
     @abc.abstractmethod
     def cancel_jobs(self, job_ids: Iterable[int] | None = None, *, kind: JobKind | None = None) -> int:

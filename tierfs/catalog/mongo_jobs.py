@@ -120,14 +120,15 @@ class MongoJobs:
             raise errors.NotFound(f"job {job_id}")
         return job_of(doc)
 
-    def jobs(self, states=None, ino=None, limit=1000) -> list[Job]:
+    def jobs(self, states=None, ino=None, limit=1000, newest_first=False) -> list[Job]:
         filt: dict = {}
         if states is not None:
             filt["state"] = {"$in": [JobState(x).value for x in states]}
         if ino is not None:
             filt["ino"] = ino
         with self._errors():
-            return [job_of(d) for d in self.jobs_c.find(filt).sort([("priority", 1), ("_id", 1)]).limit(limit)]
+            order = [("_id", -1)] if newest_first else [("priority", 1), ("_id", 1)]
+            return [job_of(d) for d in self.jobs_c.find(filt).sort(order).limit(limit)]
 
     def cancel_jobs(self, job_ids=None, *, kind=None) -> int:
         """One update_many; each job changes atomically (pending only)."""

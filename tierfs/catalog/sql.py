@@ -952,14 +952,15 @@ class SqlCatalog(Catalog):
                 raise errors.NotFound(f"job {job_id}")
             return _job(row)
 
-    def jobs(self, states=None, ino=None, limit=1000) -> list[Job]:
+    def jobs(self, states=None, ino=None, limit=1000, newest_first=False) -> list[Job]:
         q = select(S.jobs)
         if states is not None:
             q = q.where(S.jobs.c.state.in_([JobState(s).value for s in states]))
         if ino is not None:
             q = q.where(S.jobs.c.ino == ino)
         with self._tx(write=False) as c:
-            return [_job(r) for r in c.execute(q.order_by(S.jobs.c.priority, S.jobs.c.id).limit(limit))]
+            order = (S.jobs.c.id.desc(),) if newest_first else (S.jobs.c.priority, S.jobs.c.id)
+            return [_job(r) for r in c.execute(q.order_by(*order).limit(limit))]
 
     def cancel_jobs(self, job_ids=None, *, kind=None) -> int:
         q = update(S.jobs).where(S.jobs.c.state == JobState.PENDING.value)
