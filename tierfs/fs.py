@@ -26,6 +26,8 @@ Concurrency model (pyfuse3 runs each request as a trio task):
 from __future__ import annotations
 
 import collections
+import contextlib
+import ctypes
 import errno
 import functools
 import hashlib
@@ -47,6 +49,11 @@ from .tiers.base import Tier, new_key
 log = logging.getLogger(__name__)
 
 NAME_MAX = 255
+#: fallocate(2) modes (linux/falloc.h). The kernel refuses COLLAPSE_RANGE,
+#: INSERT_RANGE and UNSHARE_RANGE on FUSE itself; ZERO_RANGE reaches us.
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+FALLOCATE_MODES = frozenset({0, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE})
 #: Files up to this size get their checksum when their only writer closes them
 #: (in the same catalog transaction as size/mtime); larger ones in the background.
 INLINE_CHECKSUM_MAX = 256 * 1024
@@ -56,6 +63,17 @@ OVERRIDE_XATTR = b"user.tierfs.inactive_for"
 PIN_XATTR = b"user.tierfs.pin"
 #: user.tierfs.* attributes stored like any other (tierfs reads them: placement, policies)
 STORED_XATTRS = frozenset({PLACEMENT_XATTR, PIN_XATTR, OVERRIDE_XATTR})
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate64.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+
+
+def fallocate(fd: int, mode: int, off: int, length: int) -> None:
+    """fallocate(2) with its mode (os has only posix_fallocate, mode 0)."""
+    if _libc.fallocate64(fd, mode, off, length) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
 
 
 def validate_stored_xattr(name: bytes, value: bytes) -> None:
@@ -718,10 +736,15 @@ class FileSystem:
             await self.offline.dirty_dual(inode)
         await self.fetch(self.catalog.bump_version, ino, {})
 
-    async def write(self, fh: int, off: int, buf: bytes) -> int:
+    def _writable(self, fh: int) -> Handle:
         h = self.handle(fh)
         if not h.writable:
             raise errors.TierfsError("file not open for writing", err=errno.EBADF)
+        return h
+
+    async def _first_write(self, h: Handle) -> None:
+        """Before a handle first changes the bytes: bump the version now, or
+        defer the bump to its next persist (_can_defer_bump)."""
         if not h.dirty:
             async with self.lock(h.ino):
                 if not h.dirty:
@@ -730,6 +753,18 @@ class FileSystem:
                     else:
                         await self._begin_write(h.ino)
                     h.dirty = True
+
+    def _wrote(self, h: Handle, end: int) -> None:
+        """After bytes changed through `h` up to offset `end`: the staged copy
+        needs an upload, and size/mtime live in the cache until the next persist."""
+        if self.objects.get(h.ino).staged:
+            self.staging.mark_dirty(h.ino)
+        t = now_ns()
+        self.cache.change(h.ino, size=max(self.cache.peek(h.ino).size, end), mtime_ns=t, ctime_ns=t)
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        h = self._writable(fh)
+        await self._first_write(h)
         if h.flags & os.O_APPEND:
             off = self.cache.peek(h.ino).size
         b = self.objects.get(h.ino)
@@ -741,11 +776,41 @@ class FileSystem:
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise errors.NoSpace(f"inode {h.ino}: {where} is full") from e
             raise errors.TierfsError(f"inode {h.ino}, {b.where}: {e.strerror}", err=e.errno or errno.EIO) from e
-        if b.staged:
-            self.staging.mark_dirty(h.ino)
-        t = now_ns()
-        self.cache.change(h.ino, size=max(self.cache.peek(h.ino).size, off + n), mtime_ns=t, ctime_ns=t)
+        self._wrote(h, off + n)
         return n
+
+    async def fallocate(self, fh: int, mode: int, off: int, length: int) -> None:
+        """fallocate(2) through an open handle, passed to the object file (or
+        the staged copy of a remote tier): mode 0 and FALLOC_FL_KEEP_SIZE
+        allocate, PUNCH_HOLE|KEEP_SIZE deallocates (reads then return zeros);
+        every other mode is EOPNOTSUPP. One that grows the size or punches into
+        the content is a write (version bump, a dual file goes online, a staged
+        copy gets uploaded); one that only allocates changes nothing visible."""
+        h = self._writable(fh)
+        if mode not in FALLOCATE_MODES:
+            raise errors.TierfsError(f"fallocate mode {mode:#x} is not supported", err=errno.EOPNOTSUPP)
+        # The kernel holds the inode lock for the modes that change size or
+        # bytes (as for write and truncate), so the size cannot move meanwhile.
+        size = self.cache.peek(h.ino).size
+        grows = not mode & FALLOC_FL_KEEP_SIZE and off + length > size
+        changes = grows or (mode & FALLOC_FL_PUNCH_HOLE and off < size)
+        if changes:
+            await self._first_write(h)
+        b = self.objects.get(h.ino)
+        try:
+            await trio.to_thread.run_sync(fallocate, b.fd, mode, off, length)
+        except OSError as e:
+            if grows:
+                # ext4 grows the file chunk by chunk and keeps what it got at ENOSPC:
+                # the object must not end up longer than the file.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(b.fd, size)
+            where = f"staging copy for tier {b.tier.name}" if b.staged else f"tier {b.tier.name}"
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise errors.NoSpace(f"{where} is full (fallocate of {length} bytes, inode {h.ino})") from e
+            raise errors.TierfsError(f"fallocate on {where}: {e.strerror}", err=e.errno or errno.EIO) from e
+        if changes:
+            self._wrote(h, 0 if mode & FALLOC_FL_KEEP_SIZE else off + length)
 
     def _small_checksum(self, h: Handle, inode: Inode) -> str | None:
         """The sha256 of a small local file its only writer is closing (read

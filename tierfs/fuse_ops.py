@@ -240,6 +240,12 @@ class Operations(pyfuse3.Operations):
         await self.fs.fsync(fh, datasync)
 
     @_guard
+    async def fallocate(self, fh, mode, offset, length):
+        # Called only by a pyfuse3 with a fallocate handler (dev/pyfuse3/build);
+        # without one the kernel answers EOPNOTSUPP itself.
+        await self.fs.fallocate(fh, mode, offset, length)
+
+    @_guard
     async def release(self, fh):
         await self.fs.release(fh)
 
