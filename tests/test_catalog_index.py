@@ -34,6 +34,7 @@ DAY_NS = 86400 * 10**9
 BIG = 256 << 20
 N, CANDIDATES = 4000, 40
 V1 = os.path.join(os.path.dirname(__file__), "data", "catalog_v1")
+T0 = 1_767_225_600 * 10**9   # 2026-01-01 00:00 UTC: V1's times are relative to it (make.py)
 
 
 def backend(cat) -> str:
@@ -100,19 +101,18 @@ def test_a_catalog_of_schema_version_1_is_migrated_when_opened(catalog_url):
         ix = inode_indexes(cat)
         assert ix.get(new) == NEW_FIELDS and v1 not in ix, ix
         logs = cat.lookup(ROOT_INO, b"logs")
-        t0 = 1_767_225_600 * 10**9   # the fixture's times are relative to this (make.py)
-        expected = {b"app.log": t0 - 60 * 10**9, b"old.log": t0 - 200 * DAY_NS, b"read.log": t0 - DAY_NS}
+        expected = {b"app.log": T0 - 60 * 10**9, b"old.log": T0 - 200 * DAY_NS, b"read.log": T0 - DAY_NS}
         got = stored_last_access(cat)
         assert {k: got[k] for k in expected} == expected
         assert got[b"logs"] == cat.get(logs.ino).last_access_ns   # directories too
-        inactive = FileQuery(states=(State.ONLINE,), last_access_before_ns=t0 - 90 * DAY_NS)
+        inactive = FileQuery(states=(State.ONLINE,), last_access_before_ns=T0 - 90 * DAY_NS)
         assert [i.ino for i in cat.query(inactive)] == [cat.lookup(logs.ino, b"old.log").ino]
         lru = [i.ino for i in cat.query(FileQuery(states=(State.ONLINE,), order_by_last_access=True, limit=3))]
         assert lru == [cat.lookup(logs.ino, n).ino for n in (b"old.log", b"read.log", b"app.log")]
         # Writes after the migration keep it up to date.
         app = cat.lookup(logs.ino, b"app.log")
-        cat.update(app.ino, {"mtime_ns": t0 - 100 * DAY_NS})
-        assert stored_last_access(cat)[b"app.log"] == t0 - 100 * DAY_NS
+        cat.update(app.ino, {"mtime_ns": T0 - 100 * DAY_NS})
+        assert stored_last_access(cat)[b"app.log"] == T0 - 100 * DAY_NS
         assert {i.ino for i in cat.query(inactive)} == {app.ino, cat.lookup(logs.ino, b"old.log").ino}
         cat.init()  # again: nothing left to do, nothing breaks
         assert inode_indexes(cat) == ix and cat.schema_version() == 2

@@ -19,7 +19,9 @@ import pytest
 
 from tierfs import mounts
 from tierfs.catalog import open_catalog
+from tierfs.catalog.base import SCHEMA_VERSION
 from tests.conftest import wait_for
+from tests.test_catalog_index import DAY_NS, T0, load_v1
 
 pytestmark = pytest.mark.mount
 
@@ -136,6 +138,25 @@ def test_a_log_appended_to_a_minute_ago_is_not_inactive(make_mount, catalog_url)
     time.sleep(2.5)                                    # another interval
     assert (m.state("app.log"), m.state("read.dat")) == ("online", "online")
     assert f"by policy rule 'cold' ({idle}, size 5MB >= 1MB)" in m.cli("state", m.path("old.dat")).stdout
+
+
+def test_a_catalog_of_schema_version_1_is_upgraded_by_the_first_command_then_mounted(make_mount, catalog_url):
+    """A catalog the previous tierfs made (tests/data/catalog_v1): the first
+    command that reads it upgrades it, and `find --inactive` through a mount
+    counts /logs/app.log's write (1 minute before 2026-01-01; read 200 days
+    before) as use: of the files idle 400 days by atime, only old.log is
+    idle that long by its last access or modification."""
+    load_v1(catalog_url)
+    m = make_mount(catalog_url=catalog_url, start=False)
+    m.write_config()
+    assert m.cli("queue", "--config", m.config_path).stdout == "no jobs\n"
+    cat = open_catalog(catalog_url)
+    assert cat.schema_version() == SCHEMA_VERSION == 2
+    cat.close()
+    m.start()
+    assert m.cli("find", m.mnt, "--inactive", "400d").stdout.split() == ["/logs/old.log"]
+    st = os.stat(m.path("logs", "app.log"))
+    assert (st.st_atime_ns, st.st_mtime_ns) == (T0 - 200 * DAY_NS, T0 - 60 * 10**9)
 
 
 def test_watermarks_archive_least_recently_used_files_of_a_full_tier(make_mount, tmp_path):
