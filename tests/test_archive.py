@@ -95,13 +95,14 @@ def test_ten_concurrent_readers_one_tier_read(make_mount, tmp_path):
     assert m.stats()["tiers"]["vault"]["reads"] - reads0 == 1
 
 
-def _mount_with_vault(make_mount, tmp_path, **vault_opts):
+def _mount_with_vault(make_mount, tmp_path, settings: str = "job_retry_delay = 1", **vault_opts):
+    """A mount with a disk and a vault tier (vault_opts: archive_delay...); `settings`: top-level keys."""
     opts = "\n".join(f"{k} = {v}" for k, v in vault_opts.items())
     home = tmp_path / "home"
     for d in ("disk", "vault"):
         (home / d).mkdir(parents=True, exist_ok=True)
     return make_mount(config=f"""
-        job_retry_delay = 1
+        {settings}
         [tiers.disk]
         kind = "disk"
         path = "{home}/disk"

@@ -211,6 +211,54 @@ def test_jobs_coalesce_priority_claim(catalog):
     assert catalog.get_job(j1.id).state == JobState.CANCELLED
 
 
+def test_jobs_claim_by_tier_waits_and_superseded_failures(catalog):
+    """claim(tiers=, skip=): a mount takes only jobs it can run; retry_job(count=False): a
+    wait is no attempt; finish_job(DONE) ends the file's older failed jobs of the kind."""
+    a = catalog.create(ROOT_INO, b"a", new())
+    b = catalog.create(ROOT_INO, b"b", new())
+    glacier, _ = catalog.enqueue(a.ino, JobKind.ARCHIVE, target_tier="glacier")
+    restore, _ = catalog.enqueue(b.ino, JobKind.RESTORE)
+    assert catalog.claim("s", tiers=["disk", "vault"], skip=[restore.id]) is None
+    got = catalog.claim("s", tiers=["disk", "vault"])
+    assert got.id == restore.id                        # no target tier: any mount may take it
+    catalog.retry_job(got.id, "waiting: tier vault is unavailable", 0, count=False)
+    assert catalog.get_job(got.id).attempts == 0       # the run was a wait, not an attempt
+    got = catalog.claim("s", tiers=["disk", "vault"])
+    assert got.id == restore.id and got.attempts == 1
+    catalog.finish_job(got.id, JobState.FAILED, "copy missing")
+    assert catalog.claim("s", tiers=["glacier"]).id == glacier.id
+    again, created = catalog.enqueue(b.ino, JobKind.RESTORE)
+    assert created
+    catalog.claim("s")
+    catalog.finish_job(again.id, JobState.DONE)
+    old = catalog.get_job(restore.id)
+    assert old.state == JobState.CANCELLED and old.last_error == f"superseded by job {again.id}"
+    assert catalog.jobs([JobState.FAILED]) == []
+
+
+def test_tiers_in_use(catalog):
+    catalog.create(ROOT_INO, b"a", new(tier="disk", location="k1"))
+    catalog.create(ROOT_INO, b"b", new(state=State.ARCHIVED, archive_tier="glacier", archive_location="k2"))
+    c = catalog.create(ROOT_INO, b"c", new(tier="disk2", location="k3"))
+    catalog.enqueue(c.ino, JobKind.MIGRATE, target_tier="s3")
+    catalog.add_garbage([("old", "k4")])
+    assert catalog.tiers_in_use() == {"disk", "disk2", "glacier", "s3", "old"}
+
+
+def test_jobs_of_a_file_newest_first(catalog):
+    """A file keeps every job it ever had; user.tierfs.info lists its newest (the default order,
+    most urgent first, put its oldest restores first and hid its current job)."""
+    a = catalog.create(ROOT_INO, b"a", new())
+    ids = []
+    for kind in [JobKind.ARCHIVE, JobKind.RESTORE] * 3:
+        job, _ = catalog.enqueue(a.ino, kind)
+        catalog.finish_job(job.id, JobState.DONE)
+        ids.append(job.id)
+    current, _ = catalog.enqueue(a.ino, JobKind.ARCHIVE)
+    assert [j.id for j in catalog.jobs(None, a.ino, 3, newest_first=True)] == [current.id, ids[-1], ids[-2]]
+    assert [j.id for j in catalog.jobs(None, a.ino, 3)] == [ids[1], ids[3], ids[5]]   # restores first
+
+
 def test_sessions_reap_returns_jobs(catalog):
     t = now_ns()
     catalog.register_session(Session(id="dead", host="h", pid=1, mountpoint="/m", started_ns=t,

@@ -53,7 +53,8 @@ def inode_indexes(cat) -> dict[str, list[str]]:
 def test_a_fresh_catalog_has_the_index_and_not_the_previous_ones(catalog):
     ix = inode_indexes(catalog)
     assert ix.get(NEW_MONGO if backend(catalog) == "mongo" else NEW_SQL) == NEW_FIELDS, ix
-    assert sorted(f for f in ix.values() if f[0] == "state") == [NEW_FIELDS, ["state", "size"]], ix
+    backlog = ["state", "_id" if backend(catalog) == "mongo" else "ino"]   # partial: files without a checksum
+    assert sorted(f for f in ix.values() if f[0] == "state") == sorted([NEW_FIELDS, ["state", "size"], backlog]), ix
 
 
 # ---- migration from schema version 1 -------------------------------------------------

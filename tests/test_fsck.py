@@ -311,3 +311,125 @@ def test_lost_file_reads_eio(populated, catalog_url, mk):
     assert m2.state("d/online1") == "lost"
     assert sha(m2.path("d/online2")) == data["online2"]
     wait_for(lambda: "lost" in m2.log(), 5, what="a log line naming the lost file")
+
+
+def test_online_copy_missing_short_or_long_through_the_cli(mk, catalog_url, tmp_path):
+    """A missing, short or long online object is reported as an error by the plain
+    output, --json and --repair alike, with exit 1 (it used to crash with
+    KeyError '' in the plain output, and --json counted `errors 0` and exited 0)."""
+    home = home_of(tmp_path)
+    m = mk(config=tiers_config(home), catalog_url=catalog_url)
+    data = {n: write(m.path(n), os.urandom(20_000)) for n in ("missing", "short", "long", "dual")}
+    m.cli("archive", "--keep-online", "--wait", "--timeout", "60", m.path("dual"))
+    wait_idle(catalog_url)
+    stop(m)
+    v = CatalogView(catalog_url)
+    loc = {n: v.cat.get(v.ino(n)).location for n in data}
+    v.close()
+    os.unlink(_obj(home, "disk", loc["missing"]))
+    os.truncate(_obj(home, "disk", loc["short"]), 100)
+    with open(_obj(home, "disk", loc["long"]), "ab") as f:
+        f.write(b"written before a crash")
+    os.unlink(_obj(home, "disk", loc["dual"]))
+
+    r = m.cli("fsck", "-c", m.config_path, check=False)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stdout + r.stderr
+    out = r.stdout.splitlines()
+    assert f"ERROR [online] /missing: object {loc['missing']} is missing on tier disk" in out, r.stdout
+    assert f"ERROR [online] /short: object {loc['short']} on tier disk has 100 bytes, the file 20000" in out
+    assert f"ERROR [online] /long: object {loc['long']} on tier disk has 20022 bytes, the file 20000" in out
+    assert f"ERROR [online] /dual: object {loc['dual']} is missing on tier disk" in out
+    assert out[-1].endswith("4 problem(s), 0 repaired, 4 remaining (run with --repair to fix them)"), out[-1]
+
+    code, js = fsck(m.config_path)
+    assert code == 1
+    online = [f for f in js["findings"] if f["check"] == "online"]
+    assert sorted(f["path"] for f in online) == ["/dual", "/long", "/missing", "/short"], js
+    assert {f["severity"] for f in online} == {"error"} and not any(f["repaired"] for f in online)
+    assert js["summary"]["errors"] == 4 and js["summary"]["remaining"] == 4, js["summary"]
+
+    r = m.cli("fsck", "--repair", "-c", m.config_path, check=False)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stdout + r.stderr
+    out = r.stdout.splitlines()
+    assert f"ERROR [online] /missing: object {loc['missing']} is missing on tier disk -> repaired: marked lost " \
+           "(reads fail with EIO; undone if the object comes back)" in out, r.stdout
+    assert any(line.startswith("ERROR [online] /short:") and line.endswith(
+        "-> repaired: size set to the object's 100 bytes") for line in out), r.stdout
+    assert any(line.startswith("ERROR [online] /long:") and line.endswith(
+        "-> repaired: size set to the object's 20022 bytes") for line in out), r.stdout
+    assert any(line.startswith("ERROR [online] /dual:") and line.endswith(
+        "-> repaired: the file uses its archive copy (archived)") for line in out), r.stdout
+    # the only copy of /missing is gone: it stays a problem (lost) until its object comes back
+    assert "ERROR [lost] /missing: is lost: no copy of its bytes could be found or verified -> restore it " \
+           "from a backup, or delete it" in out
+    assert out[-1].endswith("5 problem(s), 4 repaired, 1 remaining"), out[-1]
+
+    code, js = fsck(m.config_path, "--repair")
+    assert code == 1 and [(f["check"], f["path"]) for f in errors_of(js)] == [("lost", "/missing")], js
+    assert js["summary"]["errors"] == 1 and js["summary"]["remaining"] == 1
+
+    m2 = mk(config=m.extra_config, catalog_url=catalog_url)
+    with pytest.raises(OSError) as ei:
+        open(m2.path("missing"), "rb").read()
+    assert ei.value.errno == errno.EIO
+    with open(m2.path("short"), "rb") as f:
+        assert len(f.read()) == 100
+    with open(m2.path("long"), "rb") as f:
+        assert f.read().endswith(b"written before a crash")
+    assert m2.state("dual") == "archived"
+    assert sha(m2.path("dual")) == data["dual"]   # restored from the archive copy
+    stop(m2)
+
+
+def test_a_finding_refuses_a_misplaced_severity(catalog):
+    """The construction that let a repair text land in `severity` now fails where it is written."""
+    with pytest.raises(TypeError):
+        F.Finding("online", "/f", "object missing", "")
+    with pytest.raises(TypeError):
+        F.Finding("online", "/f", "object missing", "info")
+    f = F.Fsck(catalog, {})
+    with pytest.raises(TypeError):
+        f.report("online", "/f", "object missing", None, "fix by hand")   # fix and no_fix are keyword-only
+    assert f.report("online", "/f", "object missing", no_fix="fix by hand").line() == \
+        "ERROR [online] /f: object missing -> fix by hand"
+    assert F.as_dict(f.findings[0])["severity"] == "error"
+
+
+def test_files_imported_in_place_are_checked_by_their_path(mk, catalog_url, tmp_path):
+    """An in-place tier lists no objects (its files are keyed by their paths), which
+    fsck took for an unmounted tier (exit 1, and nothing on it checked). Now: a
+    clean import checks clean, a source file deleted behind tierfs's back is
+    reported by its path and repaired like any missing online copy, and the
+    originals an archive leaves behind are no orphans."""
+    from tests.test_import import volume_mount
+    m, vol = volume_mount(mk, tmp_path, catalog_url)
+    src = vol / "data"
+    src.mkdir()
+    data = {n: write(str(src / n), os.urandom(10_000)) for n in ("keep", "gone", "dual-gone", "archived")}
+    m.cli("import", "--in-place", str(src), m.path("data"))
+    m.cli("archive", "--keep-online", "--wait", "--timeout", "60", m.path("data", "dual-gone"))
+    m.cli("archive", "--wait", "--timeout", "60", m.path("data", "archived"))
+    wait_idle(catalog_url)
+    stop(m)
+    assert (src / "archived").exists()   # the original stays; nothing refers to it any more
+
+    code, out = fsck(m.config_path, "--verify-data")
+    assert code == 0 and not errors_of(out), out
+    assert out["summary"]["objects"] >= 5 and out["summary"]["bytes_verified"] >= 50_000, out["summary"]
+
+    os.unlink(src / "gone")
+    os.unlink(src / "dual-gone")
+    code, out = fsck(m.config_path)
+    assert code == 1
+    assert sorted((f["check"], f["path"]) for f in errors_of(out)) == [("online", "/data/dual-gone"),
+                                                                     ("online", "/data/gone")], out
+    assert _finding(out, "online", "/data/gone")["problem"] == f"imported file {src}/gone is missing on tier volume"
+    code, out = fsck(m.config_path, "--repair")
+    assert code == 1 and [(f["check"], f["path"]) for f in errors_of(out) if not f["repaired"]] == \
+        [("lost", "/data/gone")], out
+    assert not [f for f in out["findings"] if f["check"] == "orphans"], out
+    m2 = mk(config=m.extra_config, catalog_url=catalog_url)
+    assert m2.state("data/gone") == "lost" and m2.state("data/dual-gone") == "archived"
+    assert sha(m2.path("data", "dual-gone")) == data["dual-gone"]   # restored from its archive copy
+    assert sha(m2.path("data", "keep")) == data["keep"]
+    stop(m2)

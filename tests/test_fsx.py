@@ -241,11 +241,9 @@ def test_fsx(mk, catalog_url, tmp_path):
     """Every read matches the model across many seeds while moves run underneath."""
     sqlite = catalog_url.startswith("sqlite")
     seeds = SEEDS if sqlite else max(10, SEEDS // 12)   # MongoDB majority writes: ~10x slower per operation
-    # BUG (fs.py, shared catalogs): a catalog read that overlaps the flush of a new size can put the old size
-    # back in the cache for up to attr_timeout (seen on MongoDB in 2-4 of 100 rewrites); a long attr_timeout
-    # keeps this run about everything else until it is fixed (TIERFS_FSX_NO_WORKAROUND=1 runs without it).
-    workaround = not sqlite and not os.environ.get("TIERFS_FSX_NO_WORKAROUND")
-    extra = "block_timeout = 3\n" + ("attr_timeout = 3600\n" if workaround else "")
+    # (A catalog read overlapping the flush of a new size used to put the old size back in the cache on
+    # MongoDB; this ran with attr_timeout = 3600 until tierfs/attrcache.py kept flushes from being undone.)
+    extra = "block_timeout = 3\n"
     m = mk(config=_config(tmp_path, extra), catalog_url=catalog_url)
     t0 = time.monotonic()
     requests = eagain = 0

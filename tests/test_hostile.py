@@ -16,7 +16,7 @@ import time
 import pytest
 
 from tests.conftest import ROOT, wait_for
-from tests.reliability_util import (errors_of, fsck, home_of, mk, sha, stop, tiers_config,  # noqa: F401
+from tests.reliability_util import (errors_of, fsck, home_of, mk, sha, stop, tiers_config, track,  # noqa: F401
                                     wait_idle, write)
 from tierfs import mounts
 
@@ -265,6 +265,33 @@ def test_other_user_requests(mk, tmp_path):
     wait_for(lambda: m.state("mine") == "archived", 30, what="nobody's own archive")
 
 
+def test_pins_need_the_owner(mk, tmp_path):
+    """Regression (issue 14): anyone with write permission could pin someone else's file or tree,
+    exempting it from every policy (compliance deletion too). Setting or clearing a pin, like a
+    placement or a policy override, needs the owner, root or the archivers group: EPERM otherwise."""
+    m = mk(config="allow_other = true\n" + tiers_config(home_of(tmp_path)))
+    os.chmod(m.mnt, 0o1777)
+    os.mkdir(m.path("shared"))
+    os.chmod(m.path("shared"), 0o777)
+    write(m.path("shared/f"), b"root's bytes")
+    os.chmod(m.path("shared/f"), 0o666)
+    for target in ("shared", "shared/f"):
+        r = m.sh(f"setfattr -n user.tierfs.pin -v 1 {target}", check=False, user="nobody")
+        assert r.returncode != 0 and "Operation not permitted" in r.stderr, (target, r.stderr)
+    with pytest.raises(OSError):
+        os.getxattr(m.path("shared/f"), "user.tierfs.pin")
+    os.setxattr(m.path("shared/f"), "user.tierfs.pin", b"1")            # the owner (root) may
+    r = m.sh("setfattr -x user.tierfs.pin shared/f", check=False, user="nobody")
+    assert r.returncode != 0 and "Operation not permitted" in r.stderr, r.stderr
+    assert os.getxattr(m.path("shared/f"), "user.tierfs.pin") == b"1"
+    os.setxattr(m.path("shared"), "user.tierfs.placement", b"disk")
+    r = m.sh("setfattr -x user.tierfs.placement shared", check=False, user="nobody")
+    assert r.returncode != 0 and "Operation not permitted" in r.stderr, r.stderr   # nor a placement
+    m.sh("echo mine > mine && setfattr -n user.tierfs.pin -v 1 mine", user="nobody")  # its own file: yes
+    assert os.getxattr(m.path("mine"), "user.tierfs.pin") == b"1"
+    assert "may not set the pin" in m.log()
+
+
 def test_restore_refused_when_unarchive_disallowed(mk, tmp_path):
     cfg = _config(tmp_path)
     m = mk(config=cfg)
@@ -342,3 +369,44 @@ def test_mount_options(allow_other, mk, tmp_path):
         r = m.sh(f"ls {m.mnt}", check=False, user="nobody")
         assert r.returncode != 0 and "Permission denied" in r.stderr
     assert stat.S_IMODE(os.stat(m.mnt).st_mode) & 0o777
+
+
+# ---- -o options stay off the daemon's command line -------------------------------------------
+def test_mount_options_stay_off_the_daemon_command_line(mk, tmp_path):
+    """`tierfs mount -o catalog=...` copied the value onto the daemon's argv, which every local user
+    reads in /proc/PID/cmdline (a catalog URL may carry a password); status and fsck still find it."""
+    other = f"sqlite:///{tmp_path}/other.db"
+    m = mk(config=_config(tmp_path), options=(f"catalog={other}", "restore_mode=error"))
+    with open(f"/proc/{m.pid}/cmdline", "rb") as f:
+        argv = f.read().split(b"\0")
+    assert b"-o" not in argv and not any(b"other.db" in a or b"restore_mode" in a for a in argv), argv
+    assert stat.S_IMODE(os.stat(f"/proc/{m.pid}/environ").st_mode) == 0o400
+    r = subprocess.run(["cat", f"/proc/{m.pid}/environ"], capture_output=True, user="nobody")
+    assert r.returncode != 0 and b"other.db" not in r.stdout
+    # the options are in force, and the admin commands find them
+    assert mounts.find_mount(m.mnt) is not None and os.path.exists(f"{tmp_path}/other.db")
+    s = json.loads(m.cli("status", "--json", m.mnt).stdout)
+    assert s[0]["catalog"] == other
+    with open(m.path("f"), "wb") as f:
+        f.write(b"x")
+    assert m.cli("find", m.mnt).stdout == "/f\n"
+    r = m.cli("fsck", "--json", m.mnt, check=False)
+    assert r.returncode == 0 and json.loads(r.stdout)["summary"]["inodes"] == 2, r.stdout + r.stderr
+
+
+def test_credentials_in_mount_options_are_warned_about_never_shown(mk, tmp_path):
+    m = mk(start=False, config=_config(tmp_path))
+    m.write_config()
+    url = "mongodb://alice:TOPSECRET@127.0.0.1:9/db?serverSelectionTimeoutMS=300&timeoutMS=500"
+    r = m.cli("mount", m.mnt, "-c", m.config_path, "-o", f"catalog={url}", check=False, timeout=60)
+    assert r.returncode == 7, (r.returncode, r.stderr)   # unreachable: but the warning came first
+    warning = [line for line in r.stderr.splitlines() if "warning" in line]
+    assert warning == ["tierfs: warning: -o catalog carries a password or secret: it stays out of the daemon's "
+                       "command line, but shell history and `ps` of this command show it; keep secrets in the "
+                       "config file (mode 0600)"], r.stderr
+    assert "TOPSECRET" not in r.stderr + r.stdout + m.log()
+    r = m.cli("mount", m.mnt, "-c", m.config_path, "-o", "restore_mode=error", check=False, timeout=60)
+    assert r.returncode == 0, r.stderr
+    m.pid = int(r.stdout.split("(pid ")[1].split(",")[0])
+    track(m.pid)
+    assert "warning" not in r.stderr, r.stderr

@@ -261,3 +261,42 @@ def test_release_or_migrate_never_deletes_an_imported_source(make_mount, tmp_pat
     while time.monotonic() < deadline:
         assert (src / "a.bin").exists() and (src / "b.bin").exists()
         time.sleep(0.2)
+
+
+def test_in_place_import_resumes_after_files_were_archived(make_mount, tmp_path, catalog_url):
+    """Running the import again after some files were archived, released, migrated
+    or restored skips them (it used to fail with one error per moved file, for
+    ever); a new source file is registered; an unrelated entry of the same name
+    is still an error."""
+    m, vol = volume_mount(make_mount, tmp_path, catalog_url)
+    src = vol / "proj"
+    src.mkdir()
+    (src / "sub").mkdir()
+    names = ["archived.bin", "dual.bin", "migrated.bin", "restored.bin", "sub/kept.bin"]
+    for n in names:
+        (src / n).write_bytes(os.urandom(30_000))
+    m.cli("import", "--in-place", str(src), m.path("proj"))
+    m.cli("archive", "--wait", "--timeout", "60", m.path("proj", "archived.bin"), m.path("proj", "restored.bin"))
+    m.cli("archive", "--wait", "--keep-online", "--timeout", "60", m.path("proj", "dual.bin"))
+    m.cli("migrate", "--wait", "--to", "disk", "--timeout", "60", m.path("proj", "migrated.bin"))
+    m.cli("restore", "--wait", "--timeout", "60", m.path("proj", "restored.bin"))
+    states = {n: m.state(f"proj/{n}") for n in names}
+    assert states == {"archived.bin": "archived", "dual.bin": "dual", "migrated.bin": "online",
+                      "restored.bin": "dual", "sub/kept.bin": "online"}, states
+    (src / "new.bin").write_bytes(b"arrived later")
+    r = m.cli("import", "--in-place", "--json", str(src), m.path("proj"), check=False)
+    s = json.loads(r.stdout)
+    assert r.returncode == 0 and s["errors"] == [], r.stdout + r.stderr
+    assert s["files"] == 1 and s["skipped"] == 5, s
+    assert {n: m.state(f"proj/{n}") for n in names} == states   # nothing re-registered
+    assert open(m.path("proj", "new.bin"), "rb").read() == b"arrived later"
+    for n in names:
+        assert open(m.path("proj", n), "rb").read() == (src / n).read_bytes(), n
+    # an entry made through the mount is not the source file of the same name: still an error
+    with open(m.path("proj", "mine.txt"), "wb") as f:
+        f.write(b"made through the mount")
+    (src / "mine.txt").write_bytes(b"a different source file")
+    r = m.cli("import", "--in-place", "--json", str(src), m.path("proj"), check=False)
+    s = json.loads(r.stdout)
+    assert r.returncode == 1 and len(s["errors"]) == 1 and "mine.txt: another entry" in s["errors"][0], s
+    assert open(m.path("proj", "mine.txt"), "rb").read() == b"made through the mount"

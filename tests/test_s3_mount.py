@@ -152,7 +152,7 @@ def test_archive_to_glacier_then_cat_restores(s3m, moto):
     assert info(m, "cold.bin")["tier"] == "disk"
     restores = [r for r in moto.requests[n0:] if r["method"] == "POST" and "restore" in r["query"]]
     assert len(restores) == 1, restores
-    assert "pending: tier glacier is still recalling" in m.log()   # the job polled HEAD until ready
+    assert "waits: tier glacier is still recalling" in m.log()   # the job polled HEAD until ready
     print(f"restore through cat took {took:.1f}s")
 
 
@@ -229,3 +229,72 @@ def test_migrate_through_disk_s3_gridfs_disk(make_mount, tmp_path, moto, s3_buck
         s3_bytes = sum(r["bytes"] for r in moto.requests[n0:] if r["method"] == "GET")
         assert (s3_bytes >= len(data)) == (to == "s3"), (to, s3_bytes)   # read from the tier it is on
     wait_for(lambda: objects(moto, s3_bucket, "online/") == {}, timeout=30, what="s3 copy collected")
+
+
+def _s3_default(tmp_path, moto, bucket: str) -> str:
+    return 'default_tier = "s3"\n' + s3_config(tmp_path, moto, bucket)
+
+
+def test_failed_upload_never_serves_zeros(make_mount, tmp_path, moto, s3_bucket):
+    """Regression (issue 14): with the endpoint down, close() said EIO but the file kept its
+    new size with no object behind it and read back as NULs. Now: close/fsync fail with EIO,
+    the written bytes stay in the staged copy and reads serve them, the catalog keeps the
+    last uploaded state, status counts the pending upload, and the bytes are uploaded once
+    the endpoint is back; a remount in between uploads them too."""
+    m = make_mount(config=_s3_default(tmp_path, moto, s3_bucket), env=AWS_ENV)
+    old = put(m, "f", 1000)                              # uploaded while the endpoint is up
+    moto.stop()
+    try:
+        fd = os.open(m.path("f"), os.O_WRONLY | os.O_TRUNC)
+        os.write(fd, b"hello world\n")
+        with pytest.raises(OSError) as ei:
+            os.close(fd)
+        assert ei.value.errno == 5                      # EIO at close: the upload failed
+        fd = os.open(m.path("new"), os.O_WRONLY | os.O_CREAT, 0o644)
+        os.write(fd, b"brand new\n")
+        with pytest.raises(OSError):
+            os.close(fd)
+        for name, want in (("f", b"hello world\n"), ("new", b"brand new\n")):
+            assert os.stat(m.path(name)).st_size == len(want)
+            r = subprocess.run(["od", "-c", m.path(name)], capture_output=True, timeout=30)
+            assert r.returncode == 0 and b"\\0" not in r.stdout, r
+            assert open(m.path(name), "rb").read() == want       # the written bytes, never zeros
+        st = m.stats()
+        assert st["pending_uploads"] == 2, json.dumps(st)
+        status = m.cli("status", m.mnt).stdout
+        assert "2 file(s) wait" in status and "upload" in status, status
+        from tests.reliability_util import CatalogView
+        v = CatalogView(m.catalog_url)
+        try:
+            f = v.cat.lookup(1, b"f")
+            assert (f.size, f.location) != (12, None) and f.size == len(old), f    # no size without its bytes
+            new = v.cat.lookup(1, b"new")
+            assert new.size == 0 and new.location is None, new
+        finally:
+            v.close()
+    finally:
+        moto.start()
+    wait_for(lambda: m.stats()["pending_uploads"] == 0, 60, what="the pending uploads once the endpoint is back")
+    m.stop()
+    m.start()
+    assert open(m.path("f"), "rb").read() == b"hello world\n"
+    assert open(m.path("new"), "rb").read() == b"brand new\n"
+    assert "uploaded when the tier answers" in m.log()
+
+
+def test_upload_pending_at_unmount_goes_up_at_next_mount(make_mount, tmp_path, moto, s3_bucket):
+    m = make_mount(config=_s3_default(tmp_path, moto, s3_bucket), env=AWS_ENV)
+    moto.stop()
+    try:
+        fd = os.open(m.path("f"), os.O_WRONLY | os.O_CREAT, 0o644)
+        os.write(fd, b"kept across the remount\n")
+        with pytest.raises(OSError):
+            os.close(fd)
+        m.stop()                                          # the last upload fails too: kept with a manifest
+        assert "for the next mount" in m.log()
+    finally:
+        moto.start()
+    m.start()
+    wait_for(lambda: m.stats()["pending_uploads"] == 0, 30, what="the upload of the previous mount's bytes")
+    assert open(m.path("f"), "rb").read() == b"kept across the remount\n"
+    assert "uploaded the bytes the previous mount could not" in m.log()

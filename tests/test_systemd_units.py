@@ -1,8 +1,9 @@
 """The systemd units: `systemd-analyze verify` prints nothing for them (any
 output fails), their contract (Type=notify, restart, FUSE-compatible
 hardening), and the unit's own ExecStart command line run the way systemd
-runs it (NOTIFY_SOCKET: READY=1 once mounted, STOPPING=1 and a clean
-unmount on SIGTERM, journal-style log lines without timestamps).
+runs it (NOTIFY_SOCKET: READY=1 once mounted, SIGHUP a reload that leaves
+the mount alone, STOPPING=1 and a clean unmount on SIGTERM, journal-style
+log lines without timestamps).
 
 systemd is installed here but is not PID 1, so units cannot be started;
 the ExecStart binary must exist for verify, so the units are rendered with
@@ -18,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -95,6 +97,7 @@ def test_unit_contract():
     assert s["Type"] == ["notify"] and s["NotifyAccess"] == ["main"]
     assert s["ExecStart"] == [f"{SHIPPED} mount --foreground --config /etc/tierfs/%i.toml ${{TIERFS_MOUNTPOINT}}"]
     assert s["Restart"] == ["on-failure"] and s["KillSignal"] == ["SIGTERM"]
+    assert s["ExecReload"] == ["/bin/kill -HUP $MAINPID"]     # HUP reloads; it never unmounts
     assert s["DevicePolicy"] == ["closed"] and s["DeviceAllow"] == ["/dev/fuse rw"]
     assert "CAP_SYS_ADMIN" in s["CapabilityBoundingSet"][0].split()
     assert s["NoNewPrivileges"] == ["yes"]
@@ -137,6 +140,12 @@ def test_execstart_runs_as_under_systemd(tmp_path):
         with open(os.path.join(mnt, "f"), "w") as f:
             f.write("data\n")
         held = open(os.path.join(mnt, "f"))          # a file still open at stop
+        proc.send_signal(signal.SIGHUP)               # what ExecReload sends: a reload, no unmount
+        deadline = time.monotonic() + 10
+        while "nothing changed" not in open(tmp_path / "journal.txt").read() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None and mounts.find_mount(mnt) is not None
+        assert held.read() == "data\n"
         proc.send_signal(signal.SIGTERM)
         assert notify.recv(4096) == b"STOPPING=1"
         assert proc.wait(timeout=60) == 0             # a clean exit: Restart=on-failure leaves it stopped
@@ -147,6 +156,7 @@ def test_execstart_runs_as_under_systemd(tmp_path):
         lines = [ln for ln in log.read().splitlines() if ln.strip()]
         assert any(ln.startswith("INFO tierfs: tierfs mounted on " + mnt) for ln in lines), lines
         assert any(ln.startswith("INFO tierfs: tierfs unmounted from " + mnt) for ln in lines), lines
+        assert any(ln.startswith("INFO tierfs: reload of ") and ln.endswith("nothing changed") for ln in lines)
         assert not [ln for ln in lines if re.match(r"\d{4}-\d\d-\d\d", ln)], "timestamps under systemd"
     finally:
         if mounts.find_mount(mnt) is not None:

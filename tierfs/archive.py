@@ -66,16 +66,29 @@ def parse_request(value: bytes) -> tuple[str, dict]:
     if not words:
         raise errors.Invalid("empty request")
     verb, opts = words[0], {}
-    for w in words[1:]:
-        k, eq, v = w.partition("=")
-        opts[k] = v if eq else True
     if verb not in ("archive", "restore", "release", "migrate", "cancel"):
         raise errors.Invalid(f"unknown request {verb!r} (archive, restore, release, migrate, cancel)")
     allowed = {"archive": {"keep_online", "to"}, "migrate": {"to"}, "restore": {"to"}}.get(verb, set())
-    for k in opts:
+    for w in words[1:]:
+        k, eq, v = w.partition("=")
         if k not in allowed:
             raise errors.Invalid(f"request {verb!r} takes no option {k!r}")
+        if k == "to" and not v:   # "to=" would silently mean the default tier
+            raise errors.Invalid("to= needs a tier name")
+        if k == "keep_online" and eq:
+            raise errors.Invalid("keep_online takes no value")
+        opts[k] = v if eq else True
     return verb, opts
+
+
+def _group_id(name: str | None) -> int | None:
+    if not name:
+        return None
+    import grp
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise errors.ConfigError(f"archivers: no group named {name!r}") from None
 
 
 class Offline:
@@ -83,30 +96,36 @@ class Offline:
 
     def __init__(self, fs, cfg):
         self.fs = fs
-        self.cfg = cfg
-        self.track_reads = cfg.track == "read"
+        self.cfg = cfg                  # the daemon's live Config (a SIGHUP reload changes it in place)
         self.restore_events: dict[int, trio.Event] = {}
+        self.restore_full: dict[int, errors.NoSpace] = {}  # restores waiting for space on their online tier
         self.waiters = 0
         self.max_waiters = 512          # blocked opens beyond this get EAGAIN at once
         self.atimes: dict[int, int] = {}  # ino -> latest access not yet in the catalog
         self.atime_flushed: dict[int, float] = {}  # ino -> monotonic time of its last catalog write
-        self.archivers_gid = None
-        if cfg.archivers:
-            import grp
-            try:
-                self.archivers_gid = grp.getgrnam(cfg.archivers).gr_gid
-            except KeyError:
-                raise errors.ConfigError(f"archivers: no group named {cfg.archivers!r}") from None
+        self.config_changed()           # ConfigError (stops the mount) for an unknown archivers group
         self.wake_jobs = lambda: None   # set by the JobRunner
+
+    def check_config(self, cfg) -> None:
+        """ConfigError unless the `archivers` group of `cfg` exists (a reload)."""
+        _group_id(cfg.archivers)
+
+    def config_changed(self) -> None:
+        """The live Config was replaced (a reload): re-derive what is kept resolved."""
+        self.archivers_gid = _group_id(self.cfg.archivers)
+
+    @property
+    def track_reads(self) -> bool:
+        return self.cfg.track == "read"
 
     # ---- access tracking -------------------------------------------------
     def accessed(self, inode: Inode, flags: int) -> None:
         if flags & os.O_ACCMODE == os.O_WRONLY:
             return  # only reading counts as an access (a write updates mtime instead)
         t = now_ns()
-        c = self.fs.cache.get(inode.ino)
-        if c is not None and t - c.inode.atime_ns > 1_000_000:
-            c.inode = c.inode.copy(atime_ns=t)
+        cached = self.fs.cache.peek(inode.ino)
+        if cached is not None and t - cached.atime_ns > 1_000_000:
+            self.fs.cache.set(inode.ino, atime_ns=t)
         self.atimes[inode.ino] = t
 
     async def flush_atimes(self, force: bool = False) -> int:
@@ -139,6 +158,7 @@ class Offline:
             raise errors.TierfsError(f"inode {inode.ino} is lost", err=errno.EIO)
         await self.queue(inode, "restore", {}, caller, cause=f"open by uid {caller.uid} (pid {caller.pid})",
                          check_perm=False)
+        self._raise_if_full(inode.ino)
         if self.cfg.restore_mode == "error" or flags & os.O_NONBLOCK:
             raise errors.TryAgain(f"inode {inode.ino} is archived; restore queued")
         if self.waiters >= self.max_waiters:
@@ -150,7 +170,8 @@ class Offline:
                     ev = self.restore_events.setdefault(inode.ino, trio.Event())
                     with trio.move_on_after(POLL_S):
                         await ev.wait()
-                    fresh = self.fs.remember(await self.fs.cat(self.fs.catalog.get, inode.ino))
+                    self._raise_if_full(inode.ino)
+                    fresh = await self.fs.fetch(self.fs.catalog.get, inode.ino)
                     if fresh.state in READABLE_STATES:
                         return fresh
                     if fresh.state == State.LOST:
@@ -167,7 +188,21 @@ class Offline:
         finally:
             self.waiters -= 1
 
-    def restore_finished(self, ino: int) -> None:
+    def _raise_if_full(self, ino: int) -> None:
+        """A restore that waits for space on its online tier fails its openers
+        at once with ENOSPC (waiting would block them until block_timeout for
+        nothing); the job retries when space appears."""
+        full = self.restore_full.get(ino)
+        if full is not None:
+            raise errors.NoSpace(f"restore of inode {ino}: {full}")
+
+    def restore_finished(self, ino: int, full: errors.NoSpace | None = None) -> None:
+        """A restore run ended: waiting openers look again (`full`: it waits
+        for space on its tier)."""
+        if full is None:
+            self.restore_full.pop(ino, None)
+        else:
+            self.restore_full[ino] = full
         ev = self.restore_events.pop(ino, None)
         if ev is not None:
             ev.set()
@@ -183,8 +218,8 @@ class Offline:
                        size=0, mtime_ns=t, ctime_ns=t, checksum=None, data_version=inode.data_version + 1)
         garbage = [(inode.archive_tier, inode.archive_location)]
         try:
-            new = await self.fs.cat(self.fs.catalog.switch, inode.ino, inode.data_version, [inode.state],
-                                    changes, garbage, (f"{why} by uid {caller.uid}", "archive copy dropped"))
+            new = await self.fs.fetch(self.fs.catalog.switch, inode.ino, inode.data_version, [inode.state],
+                                      changes, garbage, (f"{why} by uid {caller.uid}", "archive copy dropped"))
         except BaseException:
             await trio.to_thread.run_sync(tier.delete, key)
             raise
@@ -192,17 +227,17 @@ class Offline:
             self.fs.catalog.jobs, (JobState.PENDING,), inode.ino)])
         log.info("inode %d: %s of an archived file: now online on %s, archive copy dropped", inode.ino, why, tier.name)
         self.restore_finished(inode.ino)
-        return self.fs.remember(new)
+        return new
 
     async def dirty_dual(self, inode: Inode) -> Inode:
         """First write to a dual file: the archive copy is stale. Caller holds the inode lock."""
         state = State.ONLINE if inode.state == State.DUAL else inode.state
-        new = await self.fs.cat(self.fs.catalog.switch, inode.ino, inode.data_version, [inode.state],
-                                dict(state=state, archive_tier=None, archive_location=None),
-                                [(inode.archive_tier, inode.archive_location)],
-                                ("write", f"archive copy on {inode.archive_tier} superseded"))
+        new = await self.fs.fetch(self.fs.catalog.switch, inode.ino, inode.data_version, [inode.state],
+                                  dict(state=state, archive_tier=None, archive_location=None),
+                                  [(inode.archive_tier, inode.archive_location)],
+                                  ("write", f"archive copy on {inode.archive_tier} superseded"))
         log.info("inode %d: written while dual: now online, archive copy on %s dropped", inode.ino, inode.archive_tier)
-        return self.fs.remember(new)
+        return new
 
     # ---- requests ----------------------------------------------------------
     def may_manage(self, inode: Inode, caller) -> bool:
@@ -222,11 +257,16 @@ class Offline:
     async def setxattr(self, ino: int, name: bytes, value: bytes, caller) -> bool:
         if name != REQUEST_XATTR:
             return False
-        verb, opts = parse_request(value)
-        inode = await self.fs.get(ino)
-        if not inode.is_reg():
-            raise errors.Invalid("requests apply to regular files (use tierfs -r for directories)")
-        await self.queue(inode, verb, opts, caller, cause=f"command {verb} by uid {caller.uid}")
+        try:
+            verb, opts = parse_request(value)
+            inode = await self.fs.get(ino)
+            if not inode.is_reg():
+                raise errors.Invalid("requests apply to regular files (use tierfs -r for directories)")
+            await self.queue(inode, verb, opts, caller, cause=f"command {verb} by uid {caller.uid}")
+        except errors.Invalid as e:   # EINVAL carries no reason to the caller: the log does
+            log.info("request %r on inode %d by uid %d refused: %s", value.decode(errors="replace"), ino,
+                     caller.uid, e)
+            raise
         return True
 
     async def queue(self, inode: Inode, verb: str, opts: dict, caller, cause: str, check_perm: bool = True):
@@ -248,13 +288,13 @@ class Offline:
             await fs.cat(fs.catalog.cancel_jobs, pending)
             return None
         if verb == "restore":
+            target = opts.get("to")
+            if target:   # also when nothing needs restoring: a bad request is refused, never ignored
+                self._check_tier(target, archive=False, caller=caller)
             if inode.state in READABLE_STATES:
                 return None
             if inode.state == State.LOST:
                 raise errors.TierfsError(f"inode {inode.ino} is lost; nothing to restore", err=errno.EIO)
-            target = opts.get("to")
-            if target:
-                self._check_tier(target, archive=False, caller=caller)
             job, created = await fs.cat(fs.catalog.enqueue, inode.ino, JobKind.RESTORE, target_tier=target,
                                         cause=cause)
         elif verb == "release":
@@ -319,6 +359,8 @@ class Offline:
             "open_files": len(fs.handles),
             "restore_waiters": self.waiters,
             "pending_atimes": len(self.atimes),
+            **fs.staging.stats(),
+            **fs.checksums.stats(),
             "requests": dict(fs.requests),
         }
 
@@ -333,7 +375,7 @@ class Offline:
                             detail=e.detail) for e in await fs.cat(fs.catalog.events, inode.ino, 10)]
         d["jobs"] = [dict(id=j.id, kind=str(j.kind), state=str(j.state), attempts=j.attempts,
                           last_error=j.last_error, target_tier=j.target_tier, cause=j.cause, created_ns=j.created_ns)
-                     for j in await fs.cat(fs.catalog.jobs, None, inode.ino, 20)]
+                     for j in await fs.cat(fs.catalog.jobs, None, inode.ino, 20, newest_first=True)]
         return d
 
 

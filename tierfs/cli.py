@@ -19,13 +19,17 @@ import click
 
 from . import client, config as config_mod, errors, mounts
 from .client import CliError
+from .display import echo, name_fields, printable
 from .units import fmt_size
 
 CONTEXT = dict(help_option_names=["-h", "--help"], max_content_width=100)
 
 
 def fail(msg: str, code: int = client.EXIT_FAILED):
-    click.echo(f"tierfs: {msg}", err=True)
+    # Line by line: some messages span lines on purpose (a config snippet to add); names in them are
+    # escaped where the message is made, this catches any other control character.
+    for line in f"tierfs: {msg}".split("\n"):
+        echo(line, err=True)
     sys.exit(code)
 
 
@@ -37,12 +41,19 @@ class Group(click.Group):
             return super().invoke(ctx)
         except CliError as e:
             fail(str(e), e.code)
-        except errors.ConfigError as e:
-            fail(f"configuration: {e}", client.EXIT_CONFIG)
-        except errors.CatalogUnavailable as e:
-            fail(str(e), client.EXIT_UNAVAILABLE)
         except errors.TierfsError as e:
-            fail(str(e))
+            fail(*_failure(e))
+
+
+def _failure(e: errors.TierfsError) -> tuple[str, int]:
+    """The one line and the exit code a tierfs error ends a command with."""
+    if isinstance(e, errors.ConfigError):
+        return f"configuration: {e}", client.EXIT_CONFIG
+    if isinstance(e, errors.CatalogUnavailable):
+        return str(e), client.EXIT_UNAVAILABLE
+    if isinstance(e, errors.PermissionDenied):
+        return str(e), client.EXIT_PERMISSION
+    return str(e), client.EXIT_FAILED
 
 
 @click.group(cls=Group, context_settings=CONTEXT)
@@ -79,6 +90,38 @@ def _parse_overrides(opts: tuple[str, ...]) -> dict:
     return out
 
 
+#: `tierfs mount` hands its -o options to the daemon it starts in this environment variable (a JSON list of
+#: KEY=VALUE), not on the daemon's command line: every local user can read /proc/PID/cmdline for the life of the
+#: mount, /proc/PID/environ only the daemon's uid and root, and `-o catalog=` may carry a password.
+OPTIONS_ENV = "TIERFS_MOUNT_OPTIONS"
+
+
+def daemon_options(cmdline_options, raw: str | bytes | None) -> tuple[str, ...]:
+    """Every -o option a daemon runs with: those on its command line (`tierfs
+    mount -f -o ...` run by hand or by systemd), then those handed over in
+    its environment (`raw`: the value of $TIERFS_MOUNT_OPTIONS there)."""
+    try:
+        extra = json.loads(raw) if raw else []
+        if not isinstance(extra, list) or not all(isinstance(o, str) for o in extra):
+            raise ValueError
+    except ValueError:
+        raise CliError(f"${OPTIONS_ENV}: expected a JSON list of KEY=VALUE strings", client.EXIT_USAGE) from None
+    return tuple(cmdline_options or ()) + tuple(extra)
+
+
+def _warn_secret_options(overrides: dict, on_daemon_cmdline: bool) -> None:
+    """One line on stderr when -o carries a credential (never the value)."""
+    from .cli_admin import safe_url
+    keys = [k for k, v in overrides.items()
+            if any(w in k.lower() for w in config_mod.SECRET_WORDS) or (isinstance(v, str) and safe_url(v) != v)]
+    if not keys:
+        return
+    where = ("it is on this daemon's command line, which every local user can read" if on_daemon_cmdline else
+             "it stays out of the daemon's command line, but shell history and `ps` of this command show it")
+    echo(f"tierfs: warning: -o {', '.join(keys)} carries a password or secret: {where}; "
+         "keep secrets in the config file (mode 0600)", err=True)
+
+
 # ---- mount / umount ---------------------------------------------------------
 @cli.command(context_settings=CONTEXT)
 @click.argument("mountpoint", type=click.Path(file_okay=False))
@@ -102,6 +145,11 @@ def mount(mountpoint, config_path, foreground, options, ready_fd, log_file):
       tierfs mount -c /etc/tierfs/lab.toml /mnt/lab
       tierfs mount -o restore_mode=error /mnt/lab
     """
+    if ready_fd is None:
+        _warn_secret_options(_parse_overrides(options), on_daemon_cmdline=foreground)
+    if foreground:
+        options = daemon_options(options, os.environ.get(OPTIONS_ENV))
+        os.environ.pop(OPTIONS_ENV, None)   # not for the copytools and helpers the daemon runs
     cfg = load_config(config_path, _parse_overrides(options))
     mp = os.path.abspath(os.path.expanduser(mountpoint))
     if ready_fd is None:
@@ -109,25 +157,29 @@ def mount(mountpoint, config_path, foreground, options, ready_fd, log_file):
     if foreground:
         _run_foreground(cfg, mp, ready_fd, log_file)
         return
+    from .logs import log_path as _log_path, open_log
     config_mod.prepare_embedded_dirs(cfg)
-    logdir = os.path.join(cfg.state_dir, "logs")
-    os.makedirs(logdir, exist_ok=True)
-    log_path = os.path.join(logdir, mounts.runtime_key(mp) + ".log")
+    log_path = _log_path(cfg.state_dir, mounts.runtime_key(mp))
     r, w = os.pipe()
     cmd = [sys.executable, "-m", "tierfs.cli", "mount", mp, "--foreground", "--ready-fd", str(w),
            "--log-file", log_path]
     if cfg.path:
         cmd += ["--config", cfg.path]
-    for o in options:
-        cmd += ["-o", o]
-    with open(os.devnull, "rb") as devnull, open(log_path, "ab") as logf:
+    env = {k: v for k, v in os.environ.items() if k != OPTIONS_ENV}
+    if options:
+        env[OPTIONS_ENV] = json.dumps(list(options))
+    with open(os.devnull, "rb") as devnull, os.fdopen(open_log(log_path), "ab") as logf:
         proc = subprocess.Popen(cmd, stdin=devnull, stdout=logf, stderr=logf, pass_fds=(w,),
-                                start_new_session=True, close_fds=True)
+                                start_new_session=True, close_fds=True, env=env)
     os.close(w)
-    msg = b""
+    text = ""
     with os.fdopen(r, "rb") as rf:
-        msg = rf.readline()  # one line when the daemon reports; EOF if it dies
-    text = msg.decode(errors="replace").strip()
+        for line in rf:  # warnings, then one line when the daemon reports; EOF if it dies
+            text = line.decode(errors="replace").strip()
+            if not text.startswith("warning:"):
+                break
+            click.echo(f"tierfs: {text.partition(':')[2].strip()}", err=True)
+            text = ""
     if text == "ready" and mounts.wait_mounted(mp, 10):
         click.echo(f"tierfs mounted on {mp} (pid {proc.pid}, log {log_path})")
         return
@@ -160,8 +212,14 @@ def _prepare_mountpoint(mp: str) -> None:
 
 
 def _run_foreground(cfg, mp: str, ready_fd: int | None, log_file: str | None) -> None:
-    from .daemon import Daemon, setup_logging
+    import signal
+    from .daemon import Daemon
+    from .logs import setup_logging
 
+    # SIGHUP reloads once the daemon runs (daemon.signal_loop); until then, and while it
+    # flushes after SIGTERM, it must not kill the process (the default action). A handler,
+    # not SIG_IGN: programs the daemon starts (fusermount3, copytools) get the default back.
+    signal.signal(signal.SIGHUP, lambda signum, frame: None)
     setup_logging(cfg.log_level, log_file)
     if ready_fd is not None:
         os.set_inheritable(ready_fd, False)  # helpers we spawn (fusermount3) must not hold it open
@@ -181,24 +239,17 @@ def _run_foreground(cfg, mp: str, ready_fd: int | None, log_file: str | None) ->
     d = Daemon(cfg, mp)
     try:
         d.open()
-    except errors.ConfigError as e:
-        log.error("configuration: %s", e)
-        report(f"error:{client.EXIT_CONFIG}: configuration: {e}")
-        fail(f"configuration: {e}", client.EXIT_CONFIG)
-    except errors.CatalogUnavailable as e:
-        log.error("%s", e)
-        report(f"error:{client.EXIT_UNAVAILABLE}: {e}")
-        fail(str(e), client.EXIT_UNAVAILABLE)
     except errors.TierfsError as e:
-        log.error("%s", e)
-        report(f"error:{client.EXIT_FAILED}: {e}")
-        fail(str(e))
+        msg, code = _failure(e)
+        log.error("%s", msg)
+        report(f"error:{code}: {msg}")
+        fail(msg, code)
     except Exception as e:  # noqa: BLE001 - a bug: log the traceback, tell the waiting CLI
         log.exception("tierfs failed to start")
         report(f"error:{client.EXIT_FAILED}: internal error at startup: {e!r} (see the log)")
         fail(f"internal error at startup: {e!r}")
     try:
-        d.run(on_ready=lambda: report("ready\n"))
+        d.run(on_ready=lambda: report("".join(f"warning: {w}\n" for w in d.warnings) + "ready\n"))
     except errors.TierfsError as e:
         log.error("%s", e)
         report(f"error:{client.EXIT_FAILED}: {e}")
@@ -277,60 +328,65 @@ def state(paths, recursive, as_json, verbose):
     rows = []
     for p in paths:
         client.check_in_mount(p)
-    for path in client.walk(list(paths), recursive, files_only=False):
+    tree = client.walk(paths, recursive, files_only=False)
+    for path in tree:
         try:
             inf = client.info(path)
         except OSError as e:
             raise client.os_error(path, e) from None
-        inf["path"] = path
-        rows.append(inf)
-        if not as_json:
+        inf.update(name_fields("path", path))
+        if as_json:
+            rows.append(inf)
+        else:
             _print_state(inf, verbose)
     if as_json:
         click.echo(json.dumps(rows, indent=1))
+    for err in tree.errors:
+        echo(f"tierfs: {err}", err=True)
+    if tree.errors:
+        sys.exit(tree.errors[0].code)
 
 
 def _print_state(inf: dict, verbose: bool) -> None:
     tier = inf.get("tier") or inf.get("archive_tier") or "-"
-    click.echo(f"{inf['path']}  {inf['state']}  {tier}  {fmt_size(inf.get('size', 0))}  "
-               f"accessed {_ts(inf.get('atime_ns'))}")
+    echo(f"{inf['path']}  {inf['state']}  {tier}  {fmt_size(inf.get('size', 0))}  "
+         f"accessed {_ts(inf.get('atime_ns'))}")
     st = inf["state"]
     if st in ("archived", "dual", "restoring", "lost", "archiving") or verbose:
         if inf.get("archive_tier"):
-            click.echo(f"    archive copy: {inf['archive_tier']}/{inf.get('archive_location')}"
-                       f"  sha256 {(inf.get('checksum') or '-')[:16]}")
-        click.echo(f"    {st} since {_ts(inf.get('state_ns'))} by {inf.get('state_cause') or '-'}")
+            echo(f"    archive copy: {inf['archive_tier']}/{inf.get('archive_location')}"
+                 f"  sha256 {(inf.get('checksum') or '-')[:16]}")
+        echo(f"    {st} since {_ts(inf.get('state_ns'))} by {inf.get('state_cause') or '-'}")
         active = [j for j in inf.get("jobs", []) if j["state"] in ("pending", "running")]
         for j in active:
             err = f", last error: {j['last_error']}" if j.get("last_error") else ""
-            click.echo(f"    {j['kind']} {j['state']} (job {j['id']}, attempts {j['attempts']}{err})")
+            echo(f"    {j['kind']} {j['state']} (job {j['id']}, attempts {j['attempts']}{err})")
         if st == "archived" and not any(j["kind"] == "restore" for j in active):
-            click.echo("    no restore queued (`tierfs restore` or open it to restore)")
+            echo("    no restore queued (`tierfs restore` or open it to restore)")
     if verbose:
         for e in inf.get("events", []):
-            click.echo(f"    {_ts(e['time_ns'])} {e['from_state']} -> {e['to_state']}: {e['cause']} {e['detail']}")
+            echo(f"    {_ts(e['time_ns'])} {e['from_state']} -> {e['to_state']}: {e['cause']} {e['detail']}")
 
 
 # ---- requests ---------------------------------------------------------------
-WAIT_TARGETS = {
-    "archive": lambda inf, opts: inf["state"] in (("dual",) if opts.get("keep_online") else ("archived",)),
-    "restore": lambda inf, opts: inf["state"] in ("online", "dual"),
-    "release": lambda inf, opts: inf["state"] == "archived",
-    "migrate": lambda inf, opts: inf["state"] in ("online", "dual") and inf.get("tier") == opts.get("to"),
-}
-
-
 def _request(verb: str, paths, recursive: bool, wait: bool, timeout: float, opts: dict) -> None:
-    for p in paths:
-        client.check_in_mount(p)
-    files = list(client.walk(list(paths), recursive))
+    """Send `verb` for every regular file named (or under a directory, with -r).
+
+    Exit status: the first refusal's code; 1 when nothing was requested
+    because every path named was not a regular file; with --wait, 1 when a
+    job failed or was cancelled and 8 on timeout."""
+    mountpoints = {client.check_in_mount(p).mountpoint for p in paths}
+    for mp in mountpoints if opts.get("to") else ():
+        _check_tier_option(verb, opts["to"], mp)
+    tree = client.walk(paths, recursive)
     words = [verb] + [k if v is True else f"{k}={v}" for k, v in opts.items() if v]
     value = " ".join(words)
-    total = 0
-    errors_seen = 0
-    first_code = client.EXIT_OK
-    for f in files:
+    total = requested = 0
+    refused: list[CliError] = []
+    sent: list[tuple[str, dict]] = []   # with --wait: (file, its jobs of this kind before the request)
+    for f in tree:
         try:
+            before = {"jobs": [j for j in client.info(f)["jobs"] if j["kind"] == verb]} if wait else None
             try:
                 client.request(f, value)
             except PermissionError:
@@ -338,59 +394,127 @@ def _request(verb: str, paths, recursive: bool, wait: bool, timeout: float, opts
                     raise
                 client.restore_by_open(f)  # the kernel lets only writers set user.* xattrs
             total += os.lstat(f).st_size
+            if wait:
+                sent.append((f, before))
+            requested += 1
         except OSError as e:
             err = client.os_error(f, e, verb)
-            click.echo(f"tierfs: {err}", err=True)
-            errors_seen += 1
-            first_code = first_code or err.code
-    queued = len(files) - errors_seen
-    click.echo(f"{verb}: {queued} file(s), {fmt_size(total)} requested"
-               + (f", {errors_seen} refused" if errors_seen else ""))
-    if wait and queued:
-        _wait(verb, [f for f in files], opts, timeout)
-    if errors_seen:
-        sys.exit(first_code)
+            if e.errno == errno.EINVAL:
+                err = CliError(f"{printable(f)}: {verb}: {_why_invalid(verb, f)}", client.EXIT_FAILED)
+            echo(f"tierfs: {err}", err=True)
+            refused.append(err)
+    refused += tree.errors
+    for err in tree.errors:
+        echo(f"tierfs: {err}", err=True)
+    named = set(paths)
+    for path, what in tree.skipped:
+        if path in named:
+            echo(f"tierfs: {path}: {verb}: a {what}, not a regular file: skipped", err=True)
+    skipped = f"; skipped {len(tree.skipped)} non-regular file(s) (symlinks, FIFOs, devices...)" \
+        if tree.skipped else ""
+    echo(f"{verb}: {requested} file(s), {fmt_size(total)} requested"
+         + (f", {len(refused)} refused" if refused else "") + skipped)
+    if wait and sent:
+        _wait(verb, sent, timeout)
+    if refused:
+        sys.exit(refused[0].code)
+    if tree.skipped and not requested:
+        sys.exit(client.EXIT_FAILED)
 
 
-def _wait(verb: str, files: list[str], opts: dict, timeout: float) -> None:
-    target = WAIT_TARGETS[verb]
-    pending = set(files)
-    failed = []
+def _check_tier_option(verb: str, name: str, mountpoint: str) -> None:
+    """--to names a tier of the mount with the role `verb` needs (one message
+    instead of an EINVAL per file). The daemon checks again; a mount without
+    xattrs cannot be asked, and is left to it."""
+    try:
+        kinds = {n: t["kind"] for n, t in json.loads(os.getxattr(mountpoint, "user.tierfs.stats"))["tiers"].items()}
+    except (OSError, ValueError, KeyError):
+        return
+    from .tiers import tier_class
+    archive = verb == "archive"
+    if name not in kinds:
+        raise CliError(f"--to {printable(name)}: no tier of that name on this mount (tiers: {', '.join(kinds)})",
+                       client.EXIT_USAGE)
+    try:
+        is_archive = tier_class(kinds[name]).archive
+    except errors.ConfigError:
+        return
+    if is_archive != archive:
+        role = "an archive" if is_archive else "an online"
+        raise CliError(f"--to {name}: is {role} tier; {verb} needs {'an archive' if archive else 'an online'} tier",
+                       client.EXIT_USAGE)
+
+
+#: Why the daemon refused a request with EINVAL (its reason does not travel through the errno), by the file's state.
+_INVALID = {
+    ("release", "online"): "is online, not dual: archive it first (or archive --keep-online)",
+    ("release", "archiving"): "is being archived, not dual yet: release it once the archive is done",
+    ("release", "lost"): "is lost (its archive copy is missing or corrupt): nothing to release",
+    ("migrate", "archived"): "is archived: restore it before migrating",
+    ("migrate", "restoring"): "is being restored: migrate it once it is online",
+    ("migrate", "lost"): "is lost (its archive copy is missing or corrupt)",
+}
+
+
+def _why_invalid(verb: str, path: str) -> str:
+    try:
+        st = client.state(path)
+    except OSError:
+        return os.strerror(errno.EINVAL)
+    if (verb, st) in _INVALID:
+        return _INVALID[verb, st]
+    if verb == "archive":
+        return "refused: this mount has no archive tier to send it to (see its config, or give --to)"
+    return f"refused for a file that is {st} (Invalid argument; the mount's log says why)"
+
+
+def _wait(verb: str, sent: list[tuple[str, dict]], timeout: float) -> None:
+    """Wait until the job behind each request has finished (done, failed or
+    cancelled), whatever state the file is in by then (a reader may have
+    restored a file archived meanwhile); report failures and a summary.
+    `sent`: (file, its info's jobs of this kind before the request); the
+    job is identified at the first look after it (client.job_for_request)."""
+    pending = dict(sent)
+    job_ids: dict[str, int | None] = {}
+    done = needless = 0      # needless: the request needed no job (archive of an archived file...)
+    failed: list[tuple[str, str]] = []
     deadline = time.monotonic() + timeout
-    with click.progressbar(length=len(files), label=f"waiting for {verb}", file=sys.stderr,
+    pause = 0.05
+    with click.progressbar(length=len(sent), label=f"waiting for {verb}", file=sys.stderr,
                            show_pos=True, hidden=not sys.stderr.isatty()) as bar:
         while pending and time.monotonic() < deadline:
-            for f in sorted(pending):
+            for f, before in sorted(pending.items()):
                 try:
                     inf = client.info(f)
-                except OSError:
-                    pending.discard(f)
-                    bar.update(1)
-                    continue
-                if target(inf, opts):
-                    pending.discard(f)
-                    bar.update(1)
-                elif inf["state"] == "lost" or _gave_up(inf, verb):
-                    failed.append((f, inf))
-                    pending.discard(f)
-                    bar.update(1)
+                except OSError as e:
+                    failed.append((f, f"{os.strerror(e.errno)} while waiting (deleted or renamed?)"))
+                else:
+                    if f not in job_ids:
+                        job_ids[f] = client.job_for_request(before, inf, verb)
+                    jid = job_ids[f]
+                    job = client.job_of(inf, jid) if jid is not None else None
+                    if job is not None and job["state"] not in client.JOB_FINISHED:
+                        continue
+                    if jid is None:
+                        needless += 1
+                    elif job is None or job["state"] == "done":   # None: 20 newer jobs since: long finished
+                        done += 1
+                    else:
+                        failed.append((f, job.get("last_error") or job["state"]))
+                del pending[f]
+                bar.update(1)
             if pending:
-                time.sleep(0.1)
-    for f, inf in failed:
-        err = next((j["last_error"] for j in inf.get("jobs", []) if j.get("last_error")), inf["state"])
-        click.echo(f"tierfs: {f}: {verb} failed: {err}", err=True)
+                time.sleep(pause)
+                pause = min(pause * 1.5, 1.0)   # 1,000 files: at most one info read per file per second
+    for f, err in failed:
+        echo(f"tierfs: {f}: {verb} failed: {err}", err=True)
+    echo(f"{verb}: {done} done, {len(failed)} failed" + (f", {needless} needed nothing" if needless else "")
+         + (f", {len(pending)} not finished" if pending else ""))
     if pending:
         fail(f"{len(pending)} file(s) not done after {timeout:.0f}s (still queued; see `tierfs state`)",
              client.EXIT_TIMEOUT)
     if failed:
         sys.exit(client.EXIT_FAILED)
-
-
-def _gave_up(inf: dict, verb: str) -> bool:
-    """The newest job of this kind for the file failed or was cancelled."""
-    mine = [j for j in inf.get("jobs", []) if j["kind"] == verb]
-    newest = max(mine, key=lambda j: j["id"], default=None)
-    return newest is not None and newest["state"] in ("failed", "cancelled")
 
 
 _wait_opts = [
@@ -476,8 +600,10 @@ def migrate(paths, recursive, wait, timeout, to):
 @click.option("--cancel-all", type=click.Choice(["restore", "archive", "migrate", "release"]),
               help="Cancel every pending job of a kind (a mass restore started by mistake).")
 @click.option("--retry", "retry", type=int, multiple=True, metavar="ID", help="Queue a failed job again.")
+@click.option("--limit", default=1000, show_default=True, metavar="N",
+              help="Show at most N jobs, the most urgent first (0: all); says so when there are more.")
 @click.option("--json", "as_json", is_flag=True, help="JSON output.")
-def queue(mount_path, config_path, failed, show_all, cancel, cancel_all, retry, as_json):
+def queue(mount_path, config_path, failed, show_all, cancel, cancel_all, retry, limit, as_json):
     """List pending, running and failed jobs (from the catalog).
 
     MOUNT_PATH (a mount or a path in it) selects the catalog that mount
@@ -488,8 +614,10 @@ def queue(mount_path, config_path, failed, show_all, cancel, cancel_all, retry, 
       tierfs queue ~/tierfs
       tierfs queue --failed ~/tierfs
       tierfs queue --cancel-all restore ~/tierfs
+      tierfs queue --all --limit 0 --json ~/tierfs > jobs.json
     """
     from .catalog.base import JobState
+    from .jobs import WAITING
     cat = _catalog_for(mount_path, config_path)
     try:
         if cancel or cancel_all:
@@ -509,28 +637,39 @@ def queue(mount_path, config_path, failed, show_all, cancel, cancel_all, retry, 
             return
         states = None if show_all else ([JobState.FAILED] if failed else
                                         [JobState.PENDING, JobState.RUNNING, JobState.FAILED])
-        jobs = cat.jobs(states)
+        if limit < 0:
+            raise CliError("--limit: expected 0 (all) or a positive number", client.EXIT_USAGE)
+        jobs = cat.jobs(states, limit=(limit or 10**12) + 1)   # one more than shown: are there more?
+        more = len(jobs) > limit > 0
+        jobs = jobs[:limit] if more else jobs
         now = time.time_ns()
         rows = []
         for j in jobs:
             try:
-                path = "/" + cat.path_of(j.ino).decode(errors="replace")
+                path = name_fields("path", b"/" + cat.path_of(j.ino))
             except errors.NotFound:
-                path = f"(inode {j.ino}, deleted)"
-            rows.append(dict(id=j.id, kind=str(j.kind), state=str(j.state), path=path, target=j.target_tier,
-                             age_s=round((now - j.created_ns) / 1e9, 1), attempts=j.attempts,
-                             last_error=j.last_error, cause=j.cause))
+                path = {"path": f"(inode {j.ino}, deleted)"}
+            waiting = j.state == JobState.PENDING and j.last_error.startswith(WAITING)
+            rows.append(dict(id=j.id, kind=str(j.kind), state="waiting" if waiting else str(j.state), **path,
+                             target=j.target_tier, age_s=round((now - j.created_ns) / 1e9, 1), attempts=j.attempts,
+                             last_error=j.last_error, cause=j.cause,
+                             next_attempt_s=round(max(0, j.not_before_ns - now) / 1e9, 1)
+                             if j.state == JobState.PENDING else None))
         if as_json:
             click.echo(json.dumps(rows, indent=1))
-            return
-        if not rows:
+        elif not rows:
             click.echo("no jobs")
-            return
-        click.echo(f"{'ID':>6} {'KIND':8} {'STATE':9} {'AGE':>8} {'TRIES':>5}  PATH")
-        for r in rows:
-            err = f"  ({r['last_error']})" if r["last_error"] else ""
-            click.echo(f"{r['id']:>6} {r['kind']:8} {r['state']:9} {r['age_s']:>7.0f}s {r['attempts']:>5}  "
-                       f"{r['path']}{err}")
+        else:
+            click.echo(f"{'ID':>6} {'KIND':8} {'STATE':9} {'AGE':>8} {'TRIES':>5}  PATH")
+            for r in rows:
+                err = f"  ({r['last_error']})" if r["last_error"] else ""
+                if r["state"] == "waiting" or r["next_attempt_s"]:
+                    err += f", next attempt in {r['next_attempt_s']:.0f}s"
+                echo(f"{r['id']:>6} {r['kind']:8} {r['state']:9} {r['age_s']:>7.0f}s {r['attempts']:>5}  "
+                     f"{r['path']}{err}")
+        if more:
+            echo(f"tierfs: showing the first {limit} jobs; there are more (--limit N, or --limit 0 for all)",
+                 err=True)
     finally:
         cat.close()
 
@@ -568,11 +707,11 @@ def place(directory, tier, clear):
     except OSError as e:
         err = client.os_error(directory, e, "placement")
         if e.errno == errno.EINVAL and tier:
-            err = CliError(f"{directory}: cannot place on {tier!r}: not an online tier of this mount, "
+            err = CliError(f"{printable(directory)}: cannot place on {tier!r}: not an online tier of this mount, "
                            "or not a directory", client.EXIT_FAILED)
         raise err from None
     name, _, source = value.partition(" ")
-    click.echo(f"{directory}: {name} (from {source if source != 'default_tier' else 'default_tier'})")
+    echo(f"{directory}: {name} (from {source if source != 'default_tier' else 'default_tier'})")
 
 
 # Command groups that live in their own modules register here (one line each).

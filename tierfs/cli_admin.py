@@ -4,8 +4,9 @@ and `import` (which writes it).
 Which catalog: these commands take a mount (or a path inside one) and use
 the configuration that mount's daemon runs with, read from the daemon's
 command line (`tierfs mount MNT --foreground [--config FILE] [-o K=V]`),
-environment ($TIERFS_CONFIG, $TIERFS_HOME) and working directory in
-/proc/PID. --config overrides that; when no daemon process is visible
+environment ($TIERFS_CONFIG, $TIERFS_HOME, and the -o options `tierfs mount`
+hands over in $TIERFS_MOUNT_OPTIONS) and working directory in /proc/PID.
+--config overrides that; when no daemon process is visible
 (another user's mount), the usual lookup applies ($TIERFS_CONFIG,
 /etc/tierfs/tierfs.toml, the embedded default). Either way the catalog must
 list the mount's session (from its user.tierfs.stats attribute), or the
@@ -34,6 +35,8 @@ import click
 from . import client, config as config_mod, errors, mounts
 from .catalog.base import ROOT_INO, SCHEMA_VERSION, FileQuery, State
 from .client import CliError
+from .tierhealth import read_health
+from .display import echo, name_fields, printable
 from .units import fmt_duration, fmt_size, parse_duration, parse_size
 
 CONTEXT = dict(help_option_names=["-h", "--help"], max_content_width=100)
@@ -89,8 +92,10 @@ def _proc_args(pid: str) -> list[str] | None:
 
 def daemon_config(mp: str) -> tuple[config_mod.Config, str, int] | None:
     """(config, how it was found, pid) of the daemon serving mountpoint `mp`,
-    from /proc/PID/{cmdline,environ,cwd}; None when no such process is visible."""
-    from .cli import _parse_overrides, cli as root
+    from /proc/PID/{cmdline,environ,cwd} (its -o options are in its
+    environment: cli.daemon_options); None when no such process is visible.
+    The one place that recovers a running daemon's configuration."""
+    from .cli import OPTIONS_ENV, _parse_overrides, cli as root, daemon_options
     mount_cmd = root.commands["mount"]
     for pid in os.listdir("/proc"):
         if not pid.isdigit() or (args := _proc_args(pid)) is None or "mount" not in args:
@@ -119,7 +124,8 @@ def daemon_config(mp: str) -> tuple[config_mod.Config, str, int] | None:
         if conf:
             conf = os.path.join(cwd, os.path.expanduser(conf))
         with _environ(denv):
-            cfg = config_mod.load(conf, _parse_overrides(p.get("options") or ()))
+            options = daemon_options(p.get("options"), env.get(OPTIONS_ENV.encode()))
+            cfg = config_mod.load(conf, _parse_overrides(options))
         return cfg, f"daemon pid {pid}: " + (cfg.path or "embedded default"), int(pid)
     return None
 
@@ -276,7 +282,8 @@ def _status_of(cfg, cat, targets: list[Target]) -> dict:
         tiers[name] = dict(kind=tc.kind, role="archive" if cls.archive else "online",
                            default=name in (cfg.default_tier, cfg.default_archive), files=files, bytes=nbytes,
                            usage=usage, high_watermark=tc.options.get("high_watermark"),
-                           low_watermark=tc.options.get("low_watermark"))
+                           low_watermark=tc.options.get("low_watermark"),
+                           health=read_health(cat.get_meta, name))
     now = time.time_ns()
     sessions = [dict(id=s.id, host=s.host, pid=s.pid, mountpoint=s.mountpoint,
                      heartbeat_age_s=round((now - s.heartbeat_ns) / 1e9, 1))
@@ -287,19 +294,33 @@ def _status_of(cfg, cat, targets: list[Target]) -> dict:
             for kind, n in kinds.items():
                 jobs.setdefault(kind, {"pending": 0, "running": 0, "failed": 0})[jstate] = n
     return dict(catalog=safe_url(cfg.catalog),
-                mounts=[dict(mountpoint=t.mountpoint, pid=t.pid, session=t.session, config=t.how)
+                mounts=[dict(mountpoint=t.mountpoint, pid=t.pid, session=t.session, config=t.how,
+                             **_pending_uploads(t.mountpoint))
                         for t in targets if t.mountpoint],
                 sessions=sessions, tiers=tiers,
                 states={k: {"files": v[0], "bytes": v[1]} for k, v in sorted(st.by_state.items())},
                 jobs=jobs, policies=_policy_status(cfg, cat))
 
 
+def _pending_uploads(mountpoint: str) -> dict:
+    """Files whose written bytes wait in the daemon's staging area for their
+    tier (an upload failed): only the daemon knows, through its stats."""
+    try:
+        st = json.loads(os.getxattr(mountpoint, "user.tierfs.stats"))
+    except (OSError, ValueError):
+        return {}
+    return {k: st[k] for k in ("pending_uploads", "pending_upload_bytes") if k in st}
+
+
 def _print_status(s: dict) -> None:
-    out = click.echo
+    out = echo
     out(f"catalog   {s['catalog']}")
     for m in s["mounts"]:
         pid = f"pid {m['pid']}, " if m["pid"] else ""
         out(f"mount     {m['mountpoint']}  ({pid}session {m['session'] or '?'}; config from {m['config']})")
+        if m.get("pending_uploads"):
+            out(f"          {m['pending_uploads']} file(s) wait to upload ({fmt_size(m['pending_upload_bytes'])}): "
+                "their tier did not take them; retried until it does")
     others = [x for x in s["sessions"] if x["id"] not in {m["session"] for m in s["mounts"]}]
     for x in others:
         out(f"          also mounted on {x['host']}:{x['mountpoint']} (pid {x['pid']}, "
@@ -314,6 +335,11 @@ def _print_status(s: dict) -> None:
               if t["high_watermark"] is not None else "-")
         role = t["role"] + ("*" if t["default"] else "")
         out(f"{name:12} {t['kind']:10} {role:8} {t['files']:>9} {fmt_size(t['bytes']):>9} {cap:>9} {used:>6}  {wm}")
+        h = t.get("health")
+        if h:
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(h["since_ns"] / 1e9))
+            out(f"          ^ {h['state'].upper()} since {since} (seen by {h.get('host') or '?'}): {h['reason']}; "
+                "jobs that use it wait")
     out("          (* = default for new files / for archiving)")
     out("")
     out(f"{'STATE':12} {'FILES':>9} {'BYTES':>9}")
@@ -411,7 +437,7 @@ def status(mount, config_path, as_json):
                 click.echo("\n" + "=" * 60 + "\n")
             _print_status(s)
     for p in problems:
-        click.echo(f"tierfs: {p}", err=True)
+        echo(f"tierfs: {p}", err=True)
     if problems:
         sys.exit(client.EXIT_NOT_TIERFS if not result else client.EXIT_FAILED)
 
@@ -529,7 +555,7 @@ def find(path, states, tier, inactive, older, sizes, owner, group, name, ftype, 
         elif as_json:
             _find_json(cat, q, mp, absolute, only)
         else:
-            _find_print(cat, q, mp, absolute, b"\0" if print0 else b"\n", only)
+            _find_print(cat, q, mp, absolute, print0, only)
     finally:
         cat.close()
 
@@ -546,14 +572,18 @@ def _paths(cat, rows, cache) -> list[tuple[bytes, int]]:
             if parent in cache]
 
 
-def _find_print(cat, q, mp, absolute, end: bytes, only) -> None:
+def _find_print(cat, q, mp, absolute, print0: bool, only) -> None:
+    """One path a line, escaped (display.printable); with print0 the exact
+    bytes, each ended by NUL, for xargs -0."""
     prefix = os.fsencode(mp.rstrip("/")) + b"/" if absolute else b"/"
     out = sys.stdout.buffer
     cache: dict[int, bytes] = {}
     rows = []
+    end = b"\0" if print0 else b"\n"
+    shown = (lambda path: path) if print0 else (lambda path: printable(path).encode())  # noqa: E731
 
     def flush():
-        out.write(b"".join(prefix + path + end for path, ino in _paths(cat, rows, cache)
+        out.write(b"".join(shown(prefix + path) + end for path, ino in _paths(cat, rows, cache)
                            if only is None or ino == only))
         rows.clear()
     for row in cat.query_names(q):
@@ -567,11 +597,11 @@ def _find_print(cat, q, mp, absolute, end: bytes, only) -> None:
 def _find_json(cat, q, mp, absolute, only) -> None:
     inodes = {i.ino: i for i in cat.query(q)}
     rows = [r for r in cat.query_names(q) if r[2] in inodes and (only is None or r[2] == only)]
-    prefix = mp.rstrip("/") + "/" if absolute else "/"
+    prefix = os.fsencode(mp.rstrip("/")) + b"/" if absolute else b"/"
     out = []
     for path, ino in _paths(cat, rows, {}):
         i = inodes[ino]
-        out.append(dict(path=prefix + os.fsdecode(path), ino=ino, state=str(i.state), tier=i.tier,
+        out.append(dict(**name_fields("path", prefix + path), ino=ino, state=str(i.state), tier=i.tier,
                         archive_tier=i.archive_tier, size=i.size, uid=i.uid, gid=i.gid, owner=_user(i.uid),
                         mode=oct(i.mode), atime_ns=i.atime_ns, mtime_ns=i.mtime_ns, crtime_ns=i.crtime_ns,
                         checksum=i.checksum))
@@ -620,7 +650,7 @@ def du(path, by, config_path, exact, as_json):
         cat.close()
     files = sum(v[0] for v in total.values())
     nbytes = sum(v[1] for v in total.values())
-    res = {"path": p.path, "files": files, "bytes": nbytes}
+    res = {**name_fields("path", p.path), "files": files, "bytes": nbytes}
     if by_state is not None:
         res["by_state"] = {k: {"files": v[0], "bytes": v[1]} for k, v in sorted(by_state.items())}
     if by_tier is not None:
@@ -634,12 +664,12 @@ def du(path, by, config_path, exact, as_json):
     for title, key in (("STATE", "by_state"), ("TIER", "by_tier"), ("OWNER", "by_owner")):
         if key not in res:
             continue
-        click.echo(f"{title:14} {'FILES':>10} {'BYTES':>12}")
+        echo(f"{title:14} {'FILES':>10} {'BYTES':>12}")
         for k, v in sorted(res[key].items()):
             label = f"{k} ({v['role']})" if key == "by_tier" else k
-            click.echo(f"{label:14} {v['files']:>10} {size(v['bytes']):>12}")
-        click.echo("")
-    click.echo(f"{'total':14} {files:>10} {size(nbytes):>12}  {p.path}")
+            echo(f"{label:14} {v['files']:>10} {size(v['bytes']):>12}")
+        echo()
+    echo(f"{'total':14} {files:>10} {size(nbytes):>12}  {p.path}")
 
 
 # ---- import ----------------------------------------------------------------------
@@ -787,25 +817,25 @@ def _print_summary(s, src: str, dest: str, tier: str | None, as_json: bool) -> N
         return
     how = f"registered in place on tier {tier}" if s.mode == "in-place" else "copied"
     rate = f" ({s.files / s.seconds:.0f} files/s)" if s.seconds > 0 and s.files else ""
-    click.echo(f"import {src} -> {dest}: {s.files} files ({fmt_size(s.bytes)}), {s.dirs} directories, "
+    echo(f"import {src} -> {dest}: {s.files} files ({fmt_size(s.bytes)}), {s.dirs} directories, "
                f"{s.symlinks} symlinks, {s.hardlinks} hard links {how} in {s.seconds:.1f}s{rate}")
     if s.skipped:
-        click.echo(f"  {s.skipped} entries ({fmt_size(s.skipped_bytes)}) were already there (an earlier run): skipped")
+        echo(f"  {s.skipped} entries ({fmt_size(s.skipped_bytes)}) were already there (an earlier run): skipped")
     if s.checksums or s.checksums_deferred:
         later = " (run again without --defer-checksums to compute them)" if s.mode == "in-place" else \
             " (the daemon records them)"
-        click.echo(f"  checksums: {s.checksums} {'computed' if s.mode == 'in-place' else 'verified'}"
+        echo(f"  checksums: {s.checksums} {'computed' if s.mode == 'in-place' else 'verified'}"
                    + (f", {s.checksums_deferred} deferred{later}" if s.checksums_deferred else ""))
     if s.queued:
-        click.echo(f"  {s.queued} files queued to move to tier {tier} (see `tierfs queue`)")
+        echo(f"  {s.queued} files queued to move to tier {tier} (see `tierfs queue`)")
     if s.ignored:
-        click.echo(f"  {s.ignored} entries ignored (sockets, FIFOs, devices, other file systems)")
+        echo(f"  {s.ignored} entries ignored (sockets, FIFOs, devices, other file systems)")
     for e in s.errors[:20]:
-        click.echo(f"tierfs: {e}", err=True)
+        echo(f"tierfs: {e}", err=True)
     if len(s.errors) > 20:
-        click.echo(f"tierfs: ... and {len(s.errors) - 20} more errors", err=True)
+        echo(f"tierfs: ... and {len(s.errors) - 20} more errors", err=True)
     if s.errors:
-        click.echo(f"  {len(s.errors)} errors; run the same command again to retry what failed")
+        echo(f"  {len(s.errors)} errors; run the same command again to retry what failed")
 
 
 def register(cli) -> None:

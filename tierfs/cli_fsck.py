@@ -17,41 +17,20 @@ import click
 
 from . import client, errors, mounts
 from .client import CliError
+from .display import echo
 
 CONTEXT = dict(help_option_names=["-h", "--help"], max_content_width=100)
 
 
-def _daemon_config(mp: str) -> tuple[str | None, tuple[str, ...]] | None:
-    """(--config, -o options) of the running daemon serving `mp`, or None."""
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/cmdline", "rb") as f:
-                args = [a.decode(errors="surrogateescape") for a in f.read().split(b"\0")]
-        except OSError:
-            continue
-        if "tierfs.cli" not in " ".join(args) or "--foreground" not in args or mp not in args:
-            continue
-        conf, opts = None, []
-        for i, a in enumerate(args[:-1]):
-            if a in ("--config", "-c"):
-                conf = args[i + 1]
-            elif a == "-o":
-                opts.append(args[i + 1])
-        return conf, tuple(opts)
-    return None
-
-
 def _load(config_path: str | None, mountpoint: str | None):
-    from .cli import _parse_overrides, load_config
+    from .cli import load_config
+    from .cli_admin import daemon_config
     if mountpoint is None:
         return load_config(config_path), None
     mp = os.path.abspath(os.path.expanduser(mountpoint))
-    found = _daemon_config(mp) if mounts.find_mount(mp) is not None else None
-    if found is not None and config_path is None:
-        conf, opts = found
-        return load_config(conf, _parse_overrides(opts)), mp
+    found = daemon_config(mp) if config_path is None and mounts.find_mount(mp) is not None else None
+    if found is not None:
+        return found[0], mp
     return load_config(config_path), mp
 
 
@@ -68,9 +47,11 @@ def fsck(mountpoint, config_path, repair, verify_data, as_json):
     Checks: names vs link counts, unlinked and nameless inodes, names of
     missing inodes, jobs of dead daemons, files stuck mid-move, every copy
     of every file (exists, size, with --verify-data its sha256), lost files
-    whose copy came back, pending deletes, and tier objects no file uses.
-    Each problem is printed with the file's path. Repairs never delete the
-    only copy of a file's bytes.
+    whose copy came back, pending deletes, tier objects no file uses, and
+    objects or tierfs's directories other users may open (not 0600/0700).
+    Each problem is printed with the file's path (a file imported in place:
+    also the source file's). Repairs never delete the only copy of a file's
+    bytes.
 
     \b
     Examples:
@@ -104,20 +85,21 @@ def fsck(mountpoint, config_path, repair, verify_data, as_json):
         tiers = cfg.make_tiers()
         progress = (lambda name: None) if as_json else \
             (lambda name: click.echo(f"  {name.replace('check_', '').replace('_', ' ')}...", err=True))
-        result = F.run(cat, tiers, repair=repair, verify_data=verify_data, live=bool(live), progress=progress)
+        result = F.run(cat, tiers, repair=repair, verify_data=verify_data, live=bool(live), progress=progress,
+                       private_dirs=[os.path.join(cfg.state_dir, "staging")])
     except errors.CatalogUnavailable as e:
         raise CliError(str(e), client.EXIT_UNAVAILABLE) from None
     finally:
         cat.close()
     remaining = result.problems()
-    summary = dict(errors=sum(1 for f in result.findings if f.severity == "error"),
+    summary = dict(errors=sum(1 for f in result.findings if f.severity == F.Severity.ERROR),
                    repaired=sum(1 for f in result.findings if f.repaired),
                    remaining=len(remaining), live=bool(live), **result.counts)
     if as_json:
         click.echo(json.dumps({"findings": [F.as_dict(f) for f in result.findings], "summary": summary}, indent=1))
     else:
         for f in result.findings:
-            click.echo(f.line())
+            echo(f.line())
         click.echo(f"fsck: {summary['inodes']} inodes, {summary['objects']} objects checked; "
                    f"{summary['errors']} problem(s), {summary['repaired']} repaired, {len(remaining)} remaining"
                    + ("" if repair or not remaining else " (run with --repair to fix them)"))

@@ -20,6 +20,7 @@ import trio
 
 from . import client, config as config_mod
 from .client import CliError
+from .display import echo, name_fields
 from .policy.engine import Action, Engine, JobExecutor
 from .policy.conditions import size_text
 from .policy.rules import parse_rules, parse_watermarks
@@ -113,14 +114,17 @@ def run(config_path, dry_run, names, as_json):
 
         def show(a: Action) -> None:
             prefix = f"{a.done}: " if a.done else ""
-            click.echo(prefix + a.line())
+            echo(prefix + a.line())
         report = trio.run(functools.partial(engine.run, list(names) or None, dry_run=dry_run, collect=as_json,
                                             on_action=None if as_json else show))
         live = any(not s.clean for s in cat.sessions())
     finally:
         cat.close()
     if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=1))
+        out = report.to_dict()
+        for a in out["actions"]:
+            a.update(name_fields("path", a["path"]))   # display.py: how JSON carries names that are not UTF-8
+        click.echo(json.dumps(out, indent=1))
     else:
         for st in report.rules:
             skipped = ", ".join(f"{n} {k}" for k, n in sorted(st.skipped.items()))

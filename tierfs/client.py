@@ -10,9 +10,11 @@ from __future__ import annotations
 import errno
 import json
 import os
-from dataclasses import dataclass
+import stat
+from dataclasses import dataclass, field
 
 from . import mounts
+from .display import printable
 
 # Exit codes of the CLI (documented in the README).
 EXIT_OK = 0
@@ -38,7 +40,7 @@ def errno_exit(e: OSError) -> int:
 
 
 def os_error(path: str, e: OSError, what: str = "") -> CliError:
-    msg = f"{path}: {what + ': ' if what else ''}{os.strerror(e.errno) if e.errno else e}"
+    msg = f"{printable(path)}: {what + ': ' if what else ''}{os.strerror(e.errno) if e.errno else e}"
     if e.errno == errno.ENOTCONN:
         msg += " (the tierfs daemon for this mount is not running; `tierfs mount` it again)"
     return CliError(msg, errno_exit(e))
@@ -47,17 +49,12 @@ def os_error(path: str, e: OSError, what: str = "") -> CliError:
 def check_in_mount(path: str) -> mounts.MountInfo:
     m = mounts.mount_of(path)
     if m is None:
-        raise CliError(f"{path}: not inside a tierfs mount", EXIT_NOT_TIERFS)
+        raise CliError(f"{printable(path)}: not inside a tierfs mount", EXIT_NOT_TIERFS)
     if mounts.is_stale(m.mountpoint):
-        raise CliError(f"{path}: the tierfs mount {m.mountpoint} is not running (its daemon died); "
-                       f"run `tierfs mount {m.mountpoint}` to recover it", EXIT_NOT_TIERFS)
+        mp = printable(m.mountpoint)
+        raise CliError(f"{printable(path)}: the tierfs mount {mp} is not running (its daemon died); "
+                       f"run `tierfs mount {mp}` to recover it", EXIT_NOT_TIERFS)
     return m
-
-
-@dataclass
-class FileInfo:
-    path: str
-    info: dict
 
 
 def info(path: str) -> dict:
@@ -72,28 +69,74 @@ def info(path: str) -> dict:
     return json.loads(raw)
 
 
-def walk(paths: list[str], recursive: bool, files_only: bool = True):
-    """Yield the regular files named (and, with recursive, under directories)."""
-    for p in paths:
-        try:
-            st = os.lstat(p)
-        except OSError as e:
-            raise os_error(p, e) from None
-        import stat as S
-        if S.S_ISDIR(st.st_mode):
-            if not recursive:
-                if files_only:
-                    raise CliError(f"{p}: is a directory (use -r)", EXIT_FAILED)
+_KINDS = {stat.S_IFLNK: "symbolic link", stat.S_IFIFO: "FIFO", stat.S_IFSOCK: "socket",
+          stat.S_IFCHR: "character device", stat.S_IFBLK: "block device"}
+
+
+@dataclass
+class Walk:
+    """The regular files named and, with recursive, those under the named
+    directories (sorted, depth first), without following symlinks.
+
+    Iterative: a recursive walk (os.walk before Python 3.12) overflows the
+    interpreter's stack on a 1,000-level tree. Other entries (symlinks,
+    FIFOs, devices, sockets) are yielded too with files_only=False, else
+    counted in `skipped`; directories that cannot be listed are in `errors`.
+    """
+
+    paths: list[str]
+    recursive: bool
+    files_only: bool = True
+    skipped: list[tuple[str, str]] = field(default_factory=list)   # (path, what it is) not yielded
+    errors: list[CliError] = field(default_factory=list)
+
+    def __iter__(self):
+        for p in self.paths:
+            try:
+                st = os.lstat(p)
+            except OSError as e:
+                raise os_error(p, e) from None
+            if not stat.S_ISDIR(st.st_mode):
+                yield from self._entry(p, st.st_mode)
+            elif not self.recursive:
+                if self.files_only:
+                    raise CliError(f"{printable(p)}: is a directory (use -r)", EXIT_FAILED)
                 yield p
+            else:
+                yield from self._tree(p)
+
+    def _entry(self, path: str, mode: int):
+        if stat.S_ISREG(mode) or not self.files_only:
+            yield path
+        else:
+            self.skipped.append((path, _KINDS.get(stat.S_IFMT(mode), "special file")))
+
+    def _tree(self, top: str):
+        stack = [top]
+        while stack:
+            d = stack.pop()
+            try:
+                with os.scandir(d) as it:
+                    entries = sorted(it, key=lambda e: e.name)
+            except OSError as e:
+                self.errors.append(os_error(d, e, "cannot list"))
                 continue
-            for root, dirs, files in os.walk(p):
-                dirs.sort()
-                for f in sorted(files):
-                    fp = os.path.join(root, f)
-                    if not files_only or S.S_ISREG(os.lstat(fp).st_mode):
-                        yield fp
-        elif S.S_ISREG(st.st_mode) or not files_only:
-            yield p
+            subdirs = []
+            for e in entries:
+                try:
+                    mode = e.stat(follow_symlinks=False).st_mode
+                except OSError as err:
+                    self.errors.append(os_error(e.path, err))
+                    continue
+                if stat.S_ISDIR(mode):
+                    subdirs.append(e.path)
+                else:
+                    yield from self._entry(e.path, mode)
+            stack.extend(reversed(subdirs))   # popped in name order
+
+
+def walk(paths: list[str], recursive: bool, files_only: bool = True) -> Walk:
+    return Walk(list(paths), recursive, files_only)
 
 
 def request(path: str, verb: str) -> None:
@@ -102,6 +145,39 @@ def request(path: str, verb: str) -> None:
 
 def state(path: str) -> str:
     return os.getxattr(path, "user.tierfs.state", follow_symlinks=False).decode()
+
+
+#: States in which a job is over (JobState in catalog/base.py); pending and running jobs are active.
+JOB_FINISHED = ("done", "failed", "cancelled")
+
+
+def job_for_request(before: dict, after: dict, kind: str) -> int | None:
+    """The id of the job that carries out a `kind` request made between two
+    reads of a file's info (user.tierfs.info lists its newest jobs), or None
+    when the request needed no job (archive of an archived file, restore of
+    an online one).
+
+    A request is coalesced into the file's active job of that kind if there
+    is one, so the job is: the active one after the request (new, or the one
+    joined); else one created since `before` (it already finished); else the
+    one that was active before (joined, and finished since)."""
+    def of_kind(inf: dict) -> list[dict]:
+        return [j for j in inf.get("jobs", []) if j["kind"] == kind]
+    seen = max((j["id"] for j in of_kind(before)), default=0)
+    active = [j["id"] for j in of_kind(after) if j["state"] not in JOB_FINISHED]
+    if active:
+        return max(active)
+    new = [j["id"] for j in of_kind(after) if j["id"] > seen]
+    if new:
+        return min(new)
+    joined = [j["id"] for j in of_kind(before) if j["state"] not in JOB_FINISHED]
+    return max(joined, default=None)
+
+
+def job_of(inf: dict, job_id: int) -> dict | None:
+    """Job `job_id` among a file's info, None when no longer listed (only
+    the newest jobs are)."""
+    return next((j for j in inf.get("jobs", []) if j["id"] == job_id), None)
 
 
 def restore_by_open(path: str) -> None:

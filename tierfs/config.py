@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import errors
+from . import errors, private
 from .tiers import tier_class
 from .units import parse_duration, parse_size
 
@@ -97,6 +97,7 @@ TOP_KEYS: dict[str, tuple[Any, Any]] = {
     "workers": (_pos_int, 2),                # job worker tasks per mount
     "tier_concurrency": (_pos_int, 2),       # concurrent jobs per destination tier
     "job_retry_delay": (_seconds, 30.0),     # delay before a failed job is retried
+    "job_retry_max_delay": (_seconds, 600.0),  # longest wait between attempts of a job waiting for a tier
     "job_max_attempts": (_pos_int, 5),       # failures before a job is marked failed
     "on_unclean": (_choice("warn", "refuse"), "warn"),  # previous daemon died without unmounting
     "log_level": (_choice("debug", "info", "warning", "error"), "info"),
@@ -124,6 +125,7 @@ class Config:
     default_archive: str | None
     values: dict = field(default_factory=dict)   # the other validated TOP_KEYS
     policies: list = field(default_factory=list)  # raw [[policy]] tables (validated by tierfs.policy)
+    overrides: dict = field(default_factory=dict)  # the -o KEY=VALUE it was loaded with (a reload keeps them)
 
     def __getattr__(self, name):
         try:
@@ -134,6 +136,12 @@ class Config:
     def make_tiers(self) -> dict:
         """Instantiate every configured tier."""
         return {t.name: tier_class(t.kind)(t.name, **t.options) for t in self.tiers.values()}
+
+    def take(self, new: "Config") -> None:
+        """Become `new` (a reload that reload_changes() allowed): a daemon's
+        parts all hold this one object and read their settings from it when
+        they use them, so they see the new values without being rebuilt."""
+        self.__dict__.update(new.__dict__)
 
 
 def embedded_tiers(home: str) -> dict:
@@ -198,7 +206,17 @@ def find_config_file(explicit: str | None = None) -> str | None:
 
 def load(explicit: str | None = None, overrides: dict | None = None) -> Config:
     """Load and validate the configuration (see module doc for the lookup order)."""
-    path = find_config_file(explicit)
+    return read(find_config_file(explicit), overrides)
+
+
+def reread(cfg: Config) -> Config:
+    """The configuration `cfg` came from, read again (SIGHUP): the same file
+    (or none: the embedded default) with the same -o overrides."""
+    return read(cfg.path, cfg.overrides)
+
+
+def read(path: str | None, overrides: dict | None = None) -> Config:
+    """Parse the config file `path` (None: the embedded default) with -o overrides."""
     raw: dict = {}
     if path is not None:
         try:
@@ -212,13 +230,18 @@ def load(explicit: str | None = None, overrides: dict | None = None) -> Config:
             raise errors.ConfigError(f"config file {path}: invalid TOML: {e}") from None
         _warn_if_secrets_readable(path, raw)
     raw.update(overrides or {})
-    return parse(raw, path)
+    cfg = parse(raw, path)
+    cfg.overrides = dict(overrides or {})
+    return cfg
+
+
+#: Words that mark a config key (or a config file's text) as holding a credential.
+SECRET_WORDS = ("secret", "password", "token", "access_key")
 
 
 def _warn_if_secrets_readable(path: str, raw: dict) -> None:
-    secretish = ("secret", "password", "token", "access_key")
     text = repr(raw).lower()
-    if any(s in text for s in secretish):
+    if any(s in text for s in SECRET_WORDS):
         try:
             if os.stat(path).st_mode & stat.S_IROTH:
                 log.warning("config file %s holds credentials and is readable by other users; chmod o-r it", path)
@@ -299,13 +322,70 @@ def parse(raw: dict, path: str | None = None) -> Config:
                   default_archive=default_archive, values=values, policies=policies)
 
 
+# ---- reload (SIGHUP) -------------------------------------------------------------------
+#: Keys a mounted daemon takes on SIGHUP. Each is read from the one live Config
+#: where it is used (a job claim, an open, a policy round, the log), so changing
+#: it between two uses is safe. The rest is fixed for the life of a mount:
+#: catalog, state_dir, tiers and their options (objects already written live
+#: there), allow_other (a mount option), xattrs and the kernel cache timeouts
+#: (given to the kernel at mount), heartbeat_interval and session_timeout (all
+#: mounts of a catalog must agree on them).
+LIVE_KEYS = frozenset({
+    "default_tier", "default_archive", "restore_mode", "block_timeout", "read_ahead_kb", "allow_unarchive",
+    "archivers", "workers", "tier_concurrency", "job_retry_delay", "job_retry_max_delay", "job_max_attempts",
+    "on_unclean", "log_level",
+    "track", "atime_flush", "policy"})
+#: tier options that are policy, not storage: live too (as tiers.NAME.KEY)
+LIVE_TIER_OPTIONS = ("high_watermark", "low_watermark")
+
+
+def _settings(cfg: Config) -> dict[str, Any]:
+    """Every setting of `cfg` under its config key (tiers.NAME for a tier's
+    kind and storage options, tiers.NAME.high_watermark, policy)."""
+    out = dict(cfg.values, catalog=cfg.catalog, state_dir=cfg.state_dir, default_tier=cfg.default_tier,
+               default_archive=cfg.default_archive, policy=cfg.policies)
+    for name, t in cfg.tiers.items():
+        opts = dict(t.options)
+        for k in LIVE_TIER_OPTIONS:
+            out[f"tiers.{name}.{k}"] = opts.pop(k, None)
+        out[f"tiers.{name}"] = (t.kind, opts)
+    return out
+
+
+def reload_changes(old: Config, new: Config) -> tuple[list[tuple[str, str, str]], list[str]]:
+    """What replacing `old` by `new` in a mounted daemon changes:
+    ([(key, old value, new value) of live keys, printable], [keys that need a remount])."""
+    a, b = _settings(old), _settings(new)
+    live, fixed = [], []
+    for key in list(a) + [k for k in b if k not in a]:
+        va, vb = a.get(key), b.get(key)
+        if va == vb:
+            continue
+        if key in LIVE_KEYS or (key.startswith("tiers.") and key.endswith(LIVE_TIER_OPTIONS)
+                                and key.rsplit(".", 1)[0] in a and key.rsplit(".", 1)[0] in b):
+            live.append((key, _show(key, va), _show(key, vb)))
+        else:
+            fixed.append(key)
+    return live, fixed
+
+
+def _show(key: str, v: Any) -> str:
+    """A setting's value for the log line of a reload (live keys hold no secrets)."""
+    if key == "policy":
+        names = [p.get("name", "?") if isinstance(p, dict) else "?" for p in v]
+        return f"{len(names)} rule(s)" + (f" ({', '.join(map(str, names))})" if names else "")
+    return "unset" if v is None else str(v)
+
+
 def prepare_embedded_dirs(cfg: Config) -> None:
     """Create the state directory, and the directories of tiers when the
-    config is the embedded default (a user's explicit paths must exist)."""
-    os.makedirs(cfg.state_dir, exist_ok=True)
+    config is the embedded default (a user's explicit paths must exist);
+    all private (0700)."""
     if cfg.path is None:
+        private.own_dir(tierfs_home())
         for t in cfg.tiers.values():
             if "path" in t.options:
-                os.makedirs(t.options["path"], exist_ok=True)
+                private.makedirs(t.options["path"])  # tierfs makes these roots: 0700 like their objects/
         if cfg.catalog.startswith("sqlite:///"):
-            os.makedirs(os.path.dirname(cfg.catalog[len("sqlite:///"):]) or ".", exist_ok=True)
+            private.makedirs(os.path.dirname(cfg.catalog[len("sqlite:///"):]) or ".")
+    private.own_dir(cfg.state_dir)

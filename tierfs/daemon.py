@@ -6,6 +6,10 @@ what systemd starts (Type=notify: READY=1 once the mount is live,
 STOPPING=1 on the way down). Without --foreground the CLI starts this same
 command in a new session and waits on a pipe until it reports "ready" or
 the error that stopped it.
+
+Signals: SIGTERM and SIGINT unmount cleanly. SIGHUP never unmounts: it
+reopens the log file (logrotate) and reloads the configuration the daemon
+was started with (`reload`).
 """
 
 from __future__ import annotations
@@ -14,14 +18,13 @@ import logging
 import os
 import signal
 import socket
-import sys
 import time
 import uuid
 
 import pyfuse3
 import trio
 
-from . import errors, faults, mounts
+from . import config as config_mod, errors, faults, logs, mounts
 from .catalog import open_catalog
 from .catalog.base import Catalog, Session, now_ns
 from .config import Config, prepare_embedded_dirs
@@ -35,20 +38,6 @@ SHARED_KERNEL_CACHE_S = 1.0
 #: the collector waits this long after a deletion wakes it, to batch the next ones
 GC_BATCH_S = 0.2
 UNSHARED_KERNEL_CACHE_S = 30.0
-
-
-def setup_logging(level: str, log_file: str | None = None) -> None:
-    under_systemd = bool(os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"))
-    fmt = "%(levelname)s %(name)s: %(message)s" if under_systemd else \
-        "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(fmt))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    logging.getLogger("pyfuse3").setLevel(logging.WARNING)
-    for noisy in ("pymongo", "botocore", "boto3", "s3transfer", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)  # they log every request at debug
 
 
 def sd_notify(msg: str) -> None:
@@ -78,6 +67,7 @@ class Daemon:
         self.gc_event: trio.Event | None = None
         self.gc_urgent = False   # a move (not a deletion) woke the collector: no batching delay
         self.extensions = []   # objects with async run(nursery-started) hooks (jobs, policy)
+        self.warnings: list[str] = []  # said on the terminal of `tierfs mount` too (not only in the log)
 
     # ---- setup (synchronous: errors here are startup errors) -------------
     def open(self) -> None:
@@ -86,6 +76,7 @@ class Daemon:
         prepare_embedded_dirs(self.cfg)
         if self.catalog is None:
             self.catalog = open_catalog(self.cfg.catalog)
+        self.catalog.hold_for_mount(self.mountpoint)   # before init(): a second daemon must not even migrate it
         self.catalog.init(root_uid=os.getuid(), root_gid=os.getgid())
         tiers = self.cfg.make_tiers()
         for t in tiers.values():
@@ -97,20 +88,25 @@ class Daemon:
             if hasattr(t, "cleanup_tmp"):
                 t.cleanup_tmp()
         self._check_previous_sessions()
+        self._check_tiers_in_use(tiers)
         self.catalog.register_session(Session(
             id=self.session_id, host=socket.gethostname(), pid=os.getpid(), mountpoint=self.mountpoint,
             started_ns=now_ns(), heartbeat_ns=now_ns()))
-        for key in ("attr_timeout", "entry_timeout"):
-            if self.cfg.values.get(key) is None:
-                # A catalog only this mount uses changes only through this kernel (moves invalidate
-                # what they change), so the kernel may cache names and attributes much longer.
-                self.cfg.values[key] = SHARED_KERNEL_CACHE_S if self.catalog.shared else UNSHARED_KERNEL_CACHE_S
+        self._default_kernel_caches(self.cfg)
         self.fs = FileSystem(self.cfg, self.catalog, tiers, self.session_id,
                              staging_dir=os.path.join(self.cfg.state_dir, "staging",
                                                       mounts.runtime_key(self.mountpoint)))
         from . import archive, jobs
         self.fs.offline = archive.Offline(self.fs, self.cfg)
         self.extensions.append(jobs.JobRunner(self.fs, self.cfg, self.session_id))
+
+    def _default_kernel_caches(self, cfg: Config) -> None:
+        """attr_timeout / entry_timeout left unset: by whether the catalog is shared."""
+        for key in ("attr_timeout", "entry_timeout"):
+            if cfg.values.get(key) is None:
+                # A catalog only this mount uses changes only through this kernel (moves invalidate
+                # what they change), so the kernel may cache names and attributes much longer.
+                cfg.values[key] = SHARED_KERNEL_CACHE_S if self.catalog.shared else UNSHARED_KERNEL_CACHE_S
 
     def _check_previous_sessions(self) -> None:
         """Warn about (or refuse, per `on_unclean`) a previous daemon on this
@@ -130,6 +126,16 @@ class Daemon:
             # Nobody else uses the catalog: unlinked-but-open files of dead mounts can go.
             for inode in self.catalog.unlinked():
                 self.catalog.purge(inode.ino)
+
+    def _check_tiers_in_use(self, tiers: dict) -> None:
+        """Files or jobs on tiers this config lacks: their reads fail here, and
+        their jobs are left to mounts that have the tiers (jobs.JobRunner)."""
+        missing = sorted(self.catalog.tiers_in_use() - set(tiers))
+        if missing:
+            msg = (f"the catalog uses tier(s) {', '.join(missing)} that this configuration does not define: "
+                   "their files cannot be read here and their jobs are left to mounts that define them")
+            log.warning("%s", msg)
+            self.warnings.append(msg)
 
     # ---- background tasks ------------------------------------------------
     def wake(self) -> None:
@@ -167,7 +173,7 @@ class Daemon:
         done = 0
         while True:
             items = await fs.cat(fs.catalog.garbage, 200)
-            items = [g for g in items if (g.tier, g.key) not in fs.pinned_keys]
+            items = [g for g in items if not fs.objects.is_pinned(g.tier, g.key)]
             if not items:
                 return done
             removed = []
@@ -199,13 +205,6 @@ class Daemon:
                 await offline.flush_atimes()
             except errors.TierfsError as e:
                 log.warning("writing access times: %s", e)
-
-    async def checksum_loop(self, receive: trio.MemoryReceiveChannel) -> None:
-        async for ino in receive:
-            try:
-                await self.fs.compute_checksum(ino)
-            except Exception as e:  # noqa: BLE001
-                log.warning("checksum of inode %d: %s", ino, e)
 
     async def heartbeat_loop(self) -> None:
         """Renew our session; reap sessions silent for session_timeout. We
@@ -243,10 +242,65 @@ class Daemon:
     async def signal_loop(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
             async for signum in sigs:
+                if signum == signal.SIGHUP:
+                    self.hangup()
+                    continue
                 log.info("received %s: unmounting", signal.Signals(signum).name)
                 sd_notify("STOPPING=1")
                 pyfuse3.terminate()
                 return
+
+    def hangup(self) -> None:
+        """SIGHUP (logrotate's postrotate, `systemctl reload`): a new log
+        file at the original path, then the configuration reloaded."""
+        log.info("received SIGHUP: reopening the log, reloading the configuration")
+        try:
+            if logs.reopen():
+                log.info("log file reopened")
+        except OSError as e:   # the old file stays in use
+            log.error("reopening the log file: %s", e)
+        try:
+            self.reload()
+        except Exception:  # noqa: BLE001 - a bug must not end the mount
+            log.exception("reload failed; the running configuration stays")
+
+    def _reloadable(self) -> list:
+        """The parts that derive something from the configuration (parsed
+        rules, a group id): they check a new one, and re-derive after it is taken."""
+        return [p for p in (self.fs.offline, *self.extensions) if hasattr(p, "check_config")]
+
+    def reload(self) -> None:
+        """Read the config file (and -o overrides) the daemon started with
+        again and take what may change live (config.LIVE_KEYS), one log line
+        per change. A file that does not parse, or that changes what needs a
+        remount, is refused with one log line: the running configuration
+        stays, entirely."""
+        t0 = time.monotonic()
+        source = self.cfg.path or "the embedded default configuration"
+        try:
+            new = config_mod.reread(self.cfg)
+            self._default_kernel_caches(new)
+            live, fixed = config_mod.reload_changes(self.cfg, new)
+            if fixed:
+                raise errors.ConfigError(f"{', '.join(fixed)} cannot change while mounted (remount to apply)")
+            for part in self._reloadable():
+                part.check_config(new)
+        except errors.ConfigError as e:
+            log.error("reload of %s refused, the running configuration stays: %s", source, e)
+            return
+        if not live:
+            log.info("reload of %s: nothing changed", source)
+            return
+        self.cfg.take(new)
+        for part in self._reloadable():
+            part.config_changed()
+        logs.set_level(self.cfg.log_level)
+        if any(key == "read_ahead_kb" for key, _, _ in live):
+            self._set_read_ahead()
+        for key, old, value in live:
+            log.info("reload: %s: %s -> %s", key, old, value)
+        log.info("reload of %s: %d change(s) applied in %.1f ms", source, len(live), (time.monotonic() - t0) * 1e3)
+        self.wake()   # job limits or rules may let more run now
 
     # ---- main ------------------------------------------------------------
     def _set_read_ahead(self) -> None:
@@ -269,22 +323,22 @@ class Daemon:
         return opts
 
     async def _main(self, on_ready) -> None:
-        send, receive = trio.open_memory_channel(10000)
-        self.fs.checksum_queue = send
         self.fs.on_change = self.wake
         self.fs.on_garbage = self.wake_gc
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.signal_loop)
             nursery.start_soon(self.gc_loop)
-            nursery.start_soon(self.checksum_loop, receive)
+            nursery.start_soon(self.fs.checksums.run)
             nursery.start_soon(self.heartbeat_loop)
             nursery.start_soon(self.atime_loop)
+            nursery.start_soon(self.fs.staging.run)
             for ext in self.extensions:
                 nursery.start_soon(ext.run)
             on_ready()
             await pyfuse3.main(min_tasks=4, max_tasks=256)
             log.info("FUSE session ended; flushing")
             await self.fs.flush_all()
+            await self.fs.staging.shutdown()
             try:
                 await self.fs.offline.flush_atimes(force=True)
             except errors.TierfsError as e:

@@ -72,6 +72,12 @@ class TierUnavailable(TierfsError):
     errno = errno.EIO
 
 
+class UnknownTier(TierfsError):
+    """A file or job names a tier this mount's configuration does not define."""
+
+    errno = errno.EIO
+
+
 class ObjectMissing(TierfsError):
     """A tier has no object under the requested key."""
 

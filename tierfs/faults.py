@@ -24,6 +24,7 @@ POINTS = (
     "migrate.after_copy",      # destination written, not verified
     "migrate.after_switch",    # catalog points at the destination; source not yet deleted
     "gc.before_delete",        # garbage entry about to be deleted from its tier
+    "checksum.before_compute",  # a closed file's checksum is about to be computed in the background
 )
 
 

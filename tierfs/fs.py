@@ -13,11 +13,14 @@ Concurrency model (pyfuse3 runs each request as a trio task):
   same lock for their final compare-and-swap, so an open-for-write and a
   move's switch never interleave.
 - Reads and writes of a local object use os.pread/os.pwrite on an fd kept
-  in the handle (page-cache fast; this is the throughput path).
-- Inode attributes are cached (`self.cache`). For a catalog used by one
-  mount the cache is authoritative; for a shared catalog entries expire
-  after attr_timeout. Size/mtime of files being written live in the cache
-  and reach the catalog on flush/fsync/release.
+  per open inode (page-cache fast; this is the throughput path); every
+  handle of an inode uses the same binding (tierfs/openfiles.py).
+- Inode attributes are cached (`self.cache`, tierfs/attrcache.py). For a
+  catalog used by one mount the cache is authoritative; for a shared catalog
+  entries expire after attr_timeout. Size/mtime of files being written live
+  in the cache and reach the catalog on flush/fsync/release; attrcache.py
+  states the two rules that keep an older catalog copy from replacing them.
+  Catalog calls that return an inode go through `fetch`, which applies them.
 """
 
 from __future__ import annotations
@@ -29,14 +32,16 @@ import hashlib
 import logging
 import os
 import stat
-import time
 from dataclasses import dataclass
 from typing import Callable
 
 import trio
 
 from . import errors
+from .attrcache import AttrCache
+from .checksums import Checksums
 from .catalog.base import READABLE_STATES, Catalog, DirEntry, Inode, State, now_ns
+from .openfiles import OpenObjects
 from .tiers.base import Tier, new_key
 
 log = logging.getLogger(__name__)
@@ -48,14 +53,15 @@ INLINE_CHECKSUM_MAX = 256 * 1024
 XATTR_PREFIX = b"user.tierfs."
 PLACEMENT_XATTR = b"user.tierfs.placement"
 OVERRIDE_XATTR = b"user.tierfs.inactive_for"
+PIN_XATTR = b"user.tierfs.pin"
 #: user.tierfs.* attributes stored like any other (tierfs reads them: placement, policies)
-STORED_XATTRS = frozenset({PLACEMENT_XATTR, b"user.tierfs.pin", b"user.tierfs.inactive_for"})
+STORED_XATTRS = frozenset({PLACEMENT_XATTR, PIN_XATTR, OVERRIDE_XATTR})
 
 
 def validate_stored_xattr(name: bytes, value: bytes) -> None:
     """Reject values tierfs could not interpret later (EINVAL at setxattr)."""
     text = value.decode("utf-8", "replace").strip()
-    if name == b"user.tierfs.pin" and text not in ("0", "1"):
+    if name == PIN_XATTR and text not in ("0", "1"):
         raise errors.Invalid("user.tierfs.pin must be 0 or 1")
     if name == b"user.tierfs.inactive_for":
         from .units import parse_duration
@@ -88,16 +94,12 @@ class Caller:
 
 @dataclass
 class Handle:
-    """An open file: the object it reads/writes and whether it wrote."""
+    """An open file and whether it wrote; the bytes are its inode's binding (openfiles.py)."""
 
     fh: int
     ino: int
     flags: int
     writable: bool
-    tier: Tier | None = None      # tier of the object being read/written
-    key: str | None = None        # object key on that tier
-    fd: int | None = None         # fd of a local object, or of the staged copy (in-place I/O)
-    staged: bool = False          # fd is a staged copy (non-local tier; see staging.py)
     dirty: bool = False           # wrote since open (version already bumped, or bump_pending)
     bump_pending: bool = False    # the version bump of this handle's writes rides on its next persist
 
@@ -122,12 +124,6 @@ class InodeLock:
         self.lock.release()
 
 
-@dataclass
-class Cached:
-    inode: Inode
-    fetched: float                # time.monotonic() when read from the catalog
-
-
 class FileSystem:
     """POSIX operations over a Catalog and a set of Tiers."""
 
@@ -138,18 +134,15 @@ class FileSystem:
         self.tiers = tiers
         self.session_id = session_id
         self.cat_limiter = trio.CapacityLimiter(catalog.concurrency)
-        self.cache: dict[int, Cached] = {}
         self.cache_ttl = cfg.attr_timeout if catalog.shared else float("inf")
+        self.cache = AttrCache(self.cache_ttl)
         self.lookups: dict[int, int] = {}      # kernel lookup counts
         self.opens: dict[int, int] = {}        # open handles per inode
         self.writers: dict[int, int] = {}      # open writable handles per inode
         self.handles: dict[int, Handle] = {}
         self.requests: collections.Counter[str] = collections.Counter()  # FUSE requests by operation (stats)
-        self.dirty_attrs: set[int] = set()     # inodes whose cached size/mtime are ahead of the catalog
         self._locks: dict[int, InodeLock] = {}
         self._next_fh = 1
-        self.pinned_keys: dict[tuple[str, str], int] = {}  # objects open handles use (GC waits)
-        self.checksum_queue: trio.MemorySendChannel | None = None  # set by the daemon
         self.on_change: Callable[[], None] | None = None  # a move finished: wake the job runner, policies, GC
         self.on_garbage: Callable[[], None] | None = None  # a file was deleted: wake the GC
         # Hooks filled in by the archive machinery (tierfs/archive.py).
@@ -158,6 +151,8 @@ class FileSystem:
         from .staging import Staging
         self.placer = Placer(self)
         self.staging = Staging(self, staging_dir or os.path.join(cfg.state_dir, "staging"))
+        self.objects = OpenObjects(self.staging, self.tier)  # what open files' handles read and write
+        self.checksums = Checksums(catalog, self.cat, self.compute_checksum)  # the daemon runs its backlog
 
     # ---- plumbing --------------------------------------------------------
     async def cat(self, fn, *args, **kwargs):
@@ -181,18 +176,22 @@ class FileSystem:
     def tier(self, name: str | None) -> Tier:
         t = self.tiers.get(name) if name else None
         if t is None:
-            raise errors.TierfsError(f"tier {name!r} is not configured on this mount", err=errno.EIO)
+            raise errors.UnknownTier(f"tier {name!r} is not configured on this mount")
         return t
 
-    def remember(self, inode: Inode) -> Inode:
-        """Put a fresh catalog copy in the cache, keeping size/mtime being written."""
-        c = self.cache.get(inode.ino)
-        if c is not None and inode.ino in self.dirty_attrs:
-            inode = inode.copy(size=c.inode.size, mtime_ns=c.inode.mtime_ns, ctime_ns=c.inode.ctime_ns)
-        if c is not None and c.inode.atime_ns > inode.atime_ns:
-            inode = inode.copy(atime_ns=c.inode.atime_ns)
-        self.cache[inode.ino] = Cached(inode, time.monotonic())
+    def remember(self, inode: Inode, since: int | None = None) -> Inode:
+        """Put a catalog copy in the cache (attrcache.AttrCache.remember);
+        an open file the catalog moved follows its bytes (openfiles.py)."""
+        inode = self.cache.remember(inode, since)
+        if inode.ino in self.objects.bound:
+            self.objects.follow(inode)
         return inode
+
+    async def fetch(self, fn, *args, **kwargs) -> Inode:
+        """Run a catalog call that returns an inode and cache its result; a
+        content change made here while it ran is kept (attrcache.py, rule 2)."""
+        since = self.cache.seq
+        return self.remember(await self.cat(fn, *args, **kwargs), since)
 
     async def invalidate(self, ino: int) -> None:
         """Tell the kernel to drop cached attributes of `ino` (after a move
@@ -206,14 +205,14 @@ class FileSystem:
             log.debug("invalidate inode %d: %s", ino, e)
 
     async def get(self, ino: int) -> Inode:
-        c = self.cache.get(ino)
-        if c is not None and (ino in self.dirty_attrs or time.monotonic() - c.fetched < self.cache_ttl):
-            return c.inode
-        return self.remember(await self.cat(self.catalog.get, ino))
+        inode = self.cache.fresh(ino)
+        if inode is not None:
+            return inode
+        return await self.fetch(self.catalog.get, ino)
 
     def _evict(self, ino: int) -> None:
-        if not self.lookups.get(ino) and not self.opens.get(ino) and ino not in self.dirty_attrs:
-            self.cache.pop(ino, None)
+        if not self.lookups.get(ino) and not self.opens.get(ino) and not self.cache.is_dirty(ino):
+            self.cache.evict(ino)
             self._drop_lock(ino)
 
     def _check_name(self, name: bytes) -> None:
@@ -222,21 +221,22 @@ class FileSystem:
         if not name or b"/" in name or b"\0" in name or name in (b".", b".."):
             raise errors.Invalid(f"invalid name {name!r}")
 
-    def _count_lookup(self, inode: Inode) -> Inode:
+    def _count_lookup(self, inode: Inode, since: int | None = None) -> Inode:
         self.lookups[inode.ino] = self.lookups.get(inode.ino, 0) + 1
-        return self.remember(inode)
+        return self.remember(inode, since)
 
     # ---- namespace -------------------------------------------------------
     async def lookup(self, parent: int, name: bytes) -> Inode:
         if len(name) > NAME_MAX:
             raise errors.TierfsError("name too long", err=errno.ENAMETOOLONG)
+        since = self.cache.seq
         if name == b".":
             inode = await self.get(parent)
         elif name == b"..":
             inode = await self.get(await self.cat(self.catalog.parent_of, parent))
         else:
             inode = await self.cat(self.catalog.lookup, parent, name)
-        return self._count_lookup(inode)
+        return self._count_lookup(inode, since)
 
     async def forget(self, items: list[tuple[int, int]]) -> None:
         for ino, n in items:
@@ -256,22 +256,20 @@ class FileSystem:
         and the catalog keeps it while another mount has it open."""
         if self.opens.get(ino):
             return
-        c = self.cache.get(ino)
+        inode = self.cache.peek(ino)
         if refresh and self.catalog.shared:
             try:
-                inode = self.remember(await self.cat(self.catalog.get, ino))
+                inode = await self.fetch(self.catalog.get, ino)
             except errors.NotFound:
-                self.cache.pop(ino, None)
+                self.cache.pop(ino)
                 return
-        elif c is None:
+        elif inode is None:
             return
-        else:
-            inode = c.inode
         if inode.nlink > 0 or (self.lookups.get(ino) and not inode.is_reg()):
             return
-        self.dirty_attrs.discard(ino)
+        self.cache.forget_dirty(ino)
         purged = await self.cat(self.catalog.purge, ino)
-        self.cache.pop(ino, None)
+        self.cache.pop(ino)
         if purged is not None and self.on_garbage:
             self.on_garbage()
 
@@ -293,9 +291,9 @@ class FileSystem:
         return self._count_lookup(created)
 
     def _touch_parent(self, parent: int, t: int, dirs: int = 0) -> None:
-        c = self.cache.get(parent)
-        if c is not None:
-            c.inode = c.inode.copy(mtime_ns=t, ctime_ns=t, nlink=c.inode.nlink + dirs)
+        p = self.cache.peek(parent)
+        if p is not None:
+            self.cache.set(parent, mtime_ns=t, ctime_ns=t, nlink=p.nlink + dirs)
 
     async def placement(self, parent: Inode, caller: Caller) -> Tier:
         """The online tier that new files under `parent` go to."""
@@ -335,9 +333,8 @@ class FileSystem:
     async def link(self, ino: int, parent: int, name: bytes) -> Inode:
         self._check_name(name)
         async with self.lock(ino):
-            inode = await self.cat(self.catalog.link, ino, parent, name, now_ns())
+            inode = await self.fetch(self.catalog.link, ino, parent, name, now_ns())
             self._touch_parent(parent, inode.ctime_ns)
-            self.cache.pop(ino, None)
             return self._count_lookup(inode)
 
     async def unlink(self, parent: int, name: bytes) -> None:
@@ -349,9 +346,8 @@ class FileSystem:
 
     def _forget_name(self, inode: Inode) -> None:
         """Refresh the cached copy of an inode that just lost a name."""
-        c = self.cache.get(inode.ino)
-        if c is not None:
-            c.inode = c.inode.copy(nlink=inode.nlink, ctime_ns=inode.ctime_ns)
+        if inode.ino in self.cache:
+            self.cache.set(inode.ino, nlink=inode.nlink, ctime_ns=inode.ctime_ns)
         elif self.lookups.get(inode.ino) or self.opens.get(inode.ino):
             self.remember(inode)
 
@@ -372,15 +368,19 @@ class FileSystem:
             self.placer.forget()  # a moved directory inherits from its new parent
         # Directory nlinks and times changed in the catalog: drop cached parents.
         for p in {old_parent, new_parent}:
-            c = self.cache.get(p)
-            if c is not None:
-                self.remember(await self.cat(self.catalog.get, p))
+            if p in self.cache:
+                await self.fetch(self.catalog.get, p)
         if replaced is not None:
             self._forget_name(replaced)
             await self._maybe_purge(replaced.ino)
 
     async def readdir(self, ino: int, after_pos: int, batch: int = 1000) -> list[DirEntry]:
-        return await self.cat(self.catalog.readdir, ino, after_pos, batch)
+        since = self.cache.seq
+        entries = await self.cat(self.catalog.readdir, ino, after_pos, batch)
+        for e in entries:  # readdirplus hands these attributes to the kernel: a file being written shows its size
+            if e.inode.ino in self.cache:
+                e.inode = self.remember(e.inode, since)
+        return entries
 
     def readdir_accepted(self, entry: DirEntry) -> None:
         """The kernel took an entry (readdirplus): it holds a lookup on it."""
@@ -420,17 +420,36 @@ class FileSystem:
                     changes["mode"] = changes.get("mode", inode.mode) & ~(stat.S_ISUID | stat.S_ISGID)
             if changes:
                 changes.setdefault("ctime_ns", t)
-                persisted = {k: v for k, v in changes.items()}
-                if ino in self.dirty_attrs:
-                    c = self.cache[ino].inode
-                    persisted.setdefault("size", c.size)
-                    persisted.setdefault("mtime_ns", c.mtime_ns)
-                inode = await self.cat(self.catalog.update, ino, persisted)
-                self.dirty_attrs.discard(ino)  # everything cached is in the catalog now
-                if "atime_ns" in changes and self.offline is not None:
-                    self.offline.atimes.pop(ino, None)  # an explicit atime (touch -a) beats earlier accesses
-                self.cache[ino] = Cached(inode, time.monotonic())
+                inode = await self._store(ino, self.catalog.update, changes)
+                if "atime_ns" in changes:
+                    # An explicit atime (touch -a) beats earlier accesses: the cache keeps atimes from moving
+                    # backwards, and the pending batched access time must not overwrite it either.
+                    self.cache.set(ino, atime_ns=changes["atime_ns"])
+                    inode = self.cache.peek(ino)
+                    if self.offline is not None:
+                        self.offline.atimes.pop(ino, None)
             return inode
+
+    async def _store(self, ino: int, fn, changes: dict, **kw) -> Inode:
+        """Write `changes` and every size/time cached ahead of the catalog
+        with the catalog call `fn` (update or bump_version) in one transaction;
+        the cache takes the result, keeping what changed here meanwhile."""
+        since = self.cache.seq
+        # Bytes still in a staged copy: the catalog gets their size with the object (staging.py).
+        pending = None if self.staging.unuploaded(ino) else self.cache.to_persist(ino)
+        values = dict(changes)
+        if pending is not None:
+            for k, v in pending[0].items():
+                values.setdefault(k, v)
+        try:
+            result = await self.cat(fn, ino, values, **kw)
+        except errors.NotFound:
+            self.cache.forget_dirty(ino)  # purged (by another mount): nothing left to write
+            raise
+        if pending is not None:
+            self.cache.persisted(ino, pending[1])
+            since = pending[1]
+        return self.remember(result, since)
 
     async def _truncate(self, inode: Inode, size: int, caller: Caller) -> Inode:
         if size < 0:
@@ -441,7 +460,7 @@ class FileSystem:
             # setattr restored it before taking the lock; it went offline again meanwhile
             raise WentOffline(f"inode {inode.ino} went offline while truncating")
         await self._begin_write(inode.ino)
-        inode = self.cache[inode.ino].inode
+        inode = self.cache.peek(inode.ino)
         tier = self.tier(inode.tier)
         path = tier.local_path(inode.location) if inode.location else None
         try:
@@ -451,9 +470,11 @@ class FileSystem:
                 await trio.to_thread.run_sync(os.truncate, path, size)
         except OSError as e:
             raise errors.TierfsError(f"truncate on tier {tier.name}: {e.strerror}", err=e.errno) from e
+        # A content change like a write: it supersedes every size a write cached before it
+        # (the size those writes' flush would have persisted over this one: issue 13).
         t = now_ns()
-        inode = await self.cat(self.catalog.update, inode.ino, dict(size=size, mtime_ns=t, ctime_ns=t))
-        return self.remember(inode)
+        self.cache.change(inode.ino, size=size, mtime_ns=t, ctime_ns=t)
+        return await self._store(inode.ino, self.catalog.update, {})
 
     async def statfs(self) -> tuple[int, int, int]:
         """(block size, total blocks, free blocks) of the default tier."""
@@ -500,18 +521,36 @@ class FileSystem:
             if self.offline is not None and await self.offline.setxattr(ino, name, value, caller):
                 return
             raise errors.TierfsError(f"{name.decode(errors='replace')} is read-only", err=errno.EPERM)
-        if name == PLACEMENT_XATTR:
-            await self.placer.validate(await self.get(ino), value, caller)
-        elif name in STORED_XATTRS:
-            validate_stored_xattr(name, value)
-            if name == OVERRIDE_XATTR:
-                self._check_override(await self.get(ino), caller)
+        if name in STORED_XATTRS:
+            await self._check_stored(await self.get(ino), name, value, caller)
         await self.cat(self.catalog.setxattr, ino, name, value, create=create, replace=replace)
         if name == PLACEMENT_XATTR:
             self.placer.forget()
 
     async def listxattr(self, ino: int) -> list[bytes]:
         return await self.cat(self.catalog.listxattr, ino)
+
+    async def _check_stored(self, inode: Inode, name: bytes, value: bytes | None, caller: Caller) -> None:
+        """Who may set (value) or remove (None) a user.tierfs.* attribute that tierfs
+        interprets, and which values it takes: write permission on the file is not
+        enough, since each exempts or steers it (a pin exempts it from every policy,
+        compliance deletion included)."""
+        if value is not None and name != PLACEMENT_XATTR:
+            validate_stored_xattr(name, value)
+        if name == PLACEMENT_XATTR:
+            if value is not None:
+                await self.placer.validate(inode, value, caller)
+            elif caller.uid not in (0, inode.uid):
+                raise errors.PermissionDenied("only the directory's owner or root may clear its placement",
+                                              err=errno.EPERM)
+        elif name == OVERRIDE_XATTR:
+            self._check_override(inode, caller)
+        elif name == PIN_XATTR and not (self.offline.may_manage(inode, caller) if self.offline is not None
+                                        else caller.uid in (0, inode.uid)):
+            log.warning("uid %d may not %s the pin of inode %d: not the owner, root or in the archivers group",
+                        caller.uid, "set" if value is not None else "clear", inode.ino)
+            raise errors.PermissionDenied("only the owner, root or the archivers group may pin or unpin",
+                                          err=errno.EPERM)
 
     def _check_override(self, inode: Inode, caller: Caller) -> None:
         """Only a directory's owner (or root) sets its policy lifetime."""
@@ -524,8 +563,8 @@ class FileSystem:
         _user_namespace_only(name)
         if name.startswith(XATTR_PREFIX) and name not in STORED_XATTRS:
             raise errors.TierfsError(f"{name.decode(errors='replace')} is read-only", err=errno.EPERM)
-        if name == OVERRIDE_XATTR:
-            self._check_override(await self.get(ino), caller or Caller())
+        if name in STORED_XATTRS:
+            await self._check_stored(await self.get(ino), name, None, caller or Caller())
         await self.cat(self.catalog.removexattr, ino, name)
         if name == PLACEMENT_XATTR:
             self.placer.forget()
@@ -611,8 +650,8 @@ class FileSystem:
         whether for writing); returns the inode as of that moment."""
         if not self.catalog.shared or not first:
             return None
-        return self.remember(await self.cat(self.catalog.set_open, ino, self.session_id,
-                                            bool(self.opens.get(ino)), bool(self.writers.get(ino))))
+        return await self.fetch(self.catalog.set_open, ino, self.session_id,
+                                bool(self.opens.get(ino)), bool(self.writers.get(ino)))
 
     async def _drop_open(self, ino: int, writable: bool) -> None:
         """Undo the counts of one handle (and the catalog record when they reach 0)."""
@@ -633,26 +672,9 @@ class FileSystem:
                 pass
 
     async def _attach_handle(self, inode: Inode, flags: int, writable: bool) -> int:
-        """Open the object (or staged copy) of a readable file; the caller holds the lock."""
+        """A handle on the binding of a readable file; the caller holds the lock."""
+        await self.objects.acquire(inode, writable, truncating=writable and bool(flags & os.O_TRUNC))
         h = Handle(fh=self._new_fh(), ino=inode.ino, flags=flags, writable=writable)
-        tier = self.tier(inode.tier) if inode.tier else None
-        if tier is not None and (not inode.location or tier.local_path(inode.location) is None) and \
-                (writable or self.staging.get(inode.ino)):
-            c = await self.staging.acquire(inode)
-            h.fd, h.staged, h.tier = c.fd, True, tier
-        elif inode.location:
-            h.tier = tier
-            h.key = inode.location
-            path = h.tier.local_path(h.key)
-            if path is not None:
-                try:
-                    h.fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
-                except OSError as e:
-                    log.error("open %s: object %s on tier %s: %s", inode.ino, h.key, h.tier.name, e.strerror)
-                    raise errors.TierfsError(f"object {h.key} on tier {h.tier.name}: {e.strerror}") from e
-        if h.key is not None:
-            k = (h.tier.name, h.key)
-            self.pinned_keys[k] = self.pinned_keys.get(k, 0) + 1
         self.handles[h.fh] = h
         return h.fh
 
@@ -665,17 +687,17 @@ class FileSystem:
     async def read(self, fh: int, off: int, size: int) -> bytes:
         h = self.handle(fh)
         if self.offline is not None and self.offline.track_reads:
-            self.offline.accessed(self.cache[h.ino].inode, os.O_RDONLY)
-        if h.fd is not None:
+            self.offline.accessed(self.cache.peek(h.ino), os.O_RDONLY)
+        b = self.objects.get(h.ino)
+        if b.fd is not None:
             try:
-                return os.pread(h.fd, size, off)
-            except OSError as e:
-                log.error("read inode %d object %s: %s", h.ino, h.key, e.strerror)
-                raise errors.TierfsError(f"read: {e.strerror}", err=e.errno or errno.EIO) from e
-        if h.key is None:  # no object: a sparse file that was never written
-            inode = self.cache[h.ino].inode
+                return os.pread(b.fd, size, off)
+            except OSError as e:  # fuse_ops logs it (one line)
+                raise errors.TierfsError(f"inode {h.ino}, {b.where}: {e.strerror}", err=e.errno or errno.EIO) from e
+        if b.key is None:  # no object: a sparse file that was never written
+            inode = self.cache.peek(h.ino)
             return b"\0" * max(0, min(size, inode.size - off))
-        return await trio.to_thread.run_sync(h.tier.read, h.key, off, size)
+        return await trio.to_thread.run_sync(b.tier.read, b.key, off, size)
 
     def _can_defer_bump(self, h: Handle, inode: Inode) -> bool:
         """True when the first write of a handle need not bump the version
@@ -683,7 +705,8 @@ class FileSystem:
         catalog, no checksum to clear and no archive copy to invalidate (a
         new file). Movers of this mount never switch a file open for writing,
         and the bump still happens before the handle closes (_persist_attrs)."""
-        return (not self.catalog.shared and not h.staged and h.fd is not None and inode.state == State.ONLINE
+        b = self.objects.get(h.ino)
+        return (not self.catalog.shared and not b.staged and b.fd is not None and inode.state == State.ONLINE
                 and inode.checksum is None and not inode.archive_tier)
 
     async def _begin_write(self, ino: int) -> None:
@@ -691,11 +714,9 @@ class FileSystem:
         move's compare-and-swap fails, and invalidate a dual file's archive copy.
         The caller holds lock(ino)."""
         inode = await self.get(ino)
-        changes: dict = {}
         if inode.archive_tier and inode.state in (State.DUAL, State.ARCHIVING) and self.offline is not None:
-            inode = await self.offline.dirty_dual(inode)
-        inode = await self.cat(self.catalog.bump_version, ino, changes)
-        self.remember(inode)
+            await self.offline.dirty_dual(inode)
+        await self.fetch(self.catalog.bump_version, ino, {})
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         h = self.handle(fh)
@@ -710,22 +731,20 @@ class FileSystem:
                         await self._begin_write(h.ino)
                     h.dirty = True
         if h.flags & os.O_APPEND:
-            off = self.cache[h.ino].inode.size
+            off = self.cache.peek(h.ino).size
+        b = self.objects.get(h.ino)
         try:
-            n = os.pwrite(h.fd, buf, off)
+            n = os.pwrite(b.fd, buf, off)
         except OSError as e:
+            # fuse_ops logs these (one line each)
+            where = "the staging directory" if b.staged else f"tier {b.tier.name}"
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                log.error("write inode %d: tier %s is full", h.ino, h.tier.name)
-                raise errors.NoSpace(f"tier {h.tier.name} is full") from e
-            log.error("write inode %d object %s: %s", h.ino, h.key, e.strerror)
-            raise errors.TierfsError(f"write: {e.strerror}", err=e.errno or errno.EIO) from e
-        if h.staged:
-            self.staging.copies[h.ino].dirty = True
-        c = self.cache[h.ino]
+                raise errors.NoSpace(f"inode {h.ino}: {where} is full") from e
+            raise errors.TierfsError(f"inode {h.ino}, {b.where}: {e.strerror}", err=e.errno or errno.EIO) from e
+        if b.staged:
+            self.staging.mark_dirty(h.ino)
         t = now_ns()
-        size = max(c.inode.size, off + n)
-        c.inode = c.inode.copy(size=size, mtime_ns=t, ctime_ns=t)
-        self.dirty_attrs.add(h.ino)
+        self.cache.change(h.ino, size=max(self.cache.peek(h.ino).size, off + n), mtime_ns=t, ctime_ns=t)
         return n
 
     def _small_checksum(self, h: Handle, inode: Inode) -> str | None:
@@ -733,11 +752,12 @@ class FileSystem:
         back from the page cache: ~0.1 ms for 256 KiB), so size, version and
         checksum go to the catalog in one transaction instead of a later
         checksum task's two; None when another path must compute it."""
-        if (h.fd is None or h.staged or self.writers.get(h.ino) != 1 or inode.state != State.ONLINE
+        b = self.objects.get(h.ino)
+        if (b.fd is None or b.staged or self.writers.get(h.ino) != 1 or inode.state != State.ONLINE
                 or inode.size > INLINE_CHECKSUM_MAX):
             return None
         try:
-            data = os.pread(h.fd, inode.size + 1, 0)
+            data = os.pread(b.fd, inode.size + 1, 0)
         except OSError:
             return None  # the background checksum reports it
         return hashlib.sha256(data).hexdigest() if len(data) == inode.size else None
@@ -749,16 +769,16 @@ class FileSystem:
         lock with h.dirty cleared first, so a concurrent write waits, then
         bumps the version again (clearing this checksum) as a first write."""
         async with self.lock(h.ino):
-            inode = self.cache[h.ino].inode
+            inode = self.cache.peek(h.ino)
             sha = self._small_checksum(h, inode)
             if sha is None:
                 return False
-            values = dict(size=inode.size, mtime_ns=inode.mtime_ns, ctime_ns=inode.ctime_ns, checksum=sha)
+            values = dict(checksum=sha)   # size and times: _store adds the cached ones
             if h.bump_pending:
                 values["data_version"] = inode.data_version + 1
             h.dirty = False
             try:
-                self.remember(await self.cat(self.catalog.update, h.ino, values, expect_version=inode.data_version))
+                await self._store(h.ino, self.catalog.update, values, expect_version=inode.data_version)
             except errors.VersionConflict:
                 h.dirty = True
                 return False
@@ -773,39 +793,34 @@ class FileSystem:
         bump is pending, bump the version in the same transaction; with
         `checksum` (a close), a small file's checksum rides along too."""
         bump = h is not None and h.bump_pending
-        if ino not in self.dirty_attrs and not bump:
+        if (not self.cache.is_dirty(ino) and not bump) or self.staging.unuploaded(ino):
             return
-        inode = self.cache[ino].inode
-        self.dirty_attrs.discard(ino)
-        values = dict(size=inode.size, mtime_ns=inode.mtime_ns, ctime_ns=inode.ctime_ns)
         try:
             if checksum and h is not None and await self._persist_with_checksum(h):
                 return
             if bump:
-                self.remember(await self.cat(self.catalog.bump_version, ino, values))
+                await self._store(ino, self.catalog.bump_version, {})
                 h.bump_pending = False
             else:
-                await self.cat(self.catalog.update, ino, values)
+                await self._store(ino, self.catalog.update, {})
         except errors.NotFound:
-            pass
-        except BaseException:
-            self.dirty_attrs.add(ino)
-            raise
+            pass   # purged meanwhile (unlinked on another mount)
 
     async def flush(self, fh: int) -> None:
         h = self.handle(fh)
-        if h.staged:
+        if h.writable and self.objects.get(h.ino).staged:  # a reader's close must not fail for a writer's upload
             await self.staging.upload(h.ino)
         if h.dirty:
             await self._persist_attrs(h.ino, h, checksum=True)
 
     async def fsync(self, fh: int, datasync: bool) -> None:
         h = self.handle(fh)
-        if h.staged:
+        b = self.objects.get(h.ino)
+        if b.staged:
             await self.staging.upload(h.ino)
-        elif h.fd is not None and h.writable:
+        elif b.fd is not None and h.writable:
             try:
-                await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, h.fd)
+                await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, b.fd)
             except OSError as e:
                 raise errors.TierfsError(f"fsync: {e.strerror}", err=e.errno or errno.EIO) from e
         await self._persist_attrs(h.ino, h)
@@ -815,32 +830,25 @@ class FileSystem:
         if h is None:
             return
         try:
-            if h.staged:
-                try:
-                    await self.staging.upload(h.ino)
-                finally:
-                    self.staging.release(h.ino)
-            elif h.fd is not None:
-                os.close(h.fd)
+            if h.writable and self.objects.get(h.ino).staged:
+                await self.staging.upload(h.ino)
             if h.dirty:
                 await self._persist_attrs(h.ino, h)
-                if self.checksum_queue is not None:
-                    self.checksum_queue.send_nowait(h.ino)
+                self.checksums.want(h.ino)
         finally:
-            if h.key is not None:
-                k = (h.tier.name, h.key)
-                left = self.pinned_keys.get(k, 1) - 1
-                if left:
-                    self.pinned_keys[k] = left
-                else:
-                    self.pinned_keys.pop(k, None)
+            self.objects.release(h.ino)
             await self._drop_open(h.ino, h.writable)
             await self._maybe_purge(h.ino, refresh=True)
             self._evict(h.ino)
 
+    async def persist_attrs(self, ino: int) -> None:
+        """Write what the cache holds ahead of the catalog for `ino` (after a
+        background upload of its staged copy)."""
+        await self._persist_attrs(ino)
+
     async def flush_all(self) -> None:
         """Write every cached size/mtime to the catalog (unmount)."""
-        for ino in list(self.dirty_attrs):
+        for ino in self.cache.dirty_inos():
             try:
                 await self._persist_attrs(ino)
             except Exception as e:  # noqa: BLE001 - best effort at shutdown, logged
@@ -874,7 +882,6 @@ class FileSystem:
             return  # a sparse tail or a concurrent change; the mover computes it later
         try:
             async with self.lock(ino):
-                new = await self.cat(self.catalog.update, ino, {"checksum": sha}, expect_version=inode.data_version)
-                self.remember(new)
+                await self.fetch(self.catalog.update, ino, {"checksum": sha}, expect_version=inode.data_version)
         except (errors.VersionConflict, errors.NotFound):
             pass

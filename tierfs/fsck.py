@@ -16,13 +16,21 @@ session or tier object) and, with repair=True, fixes what is safe to fix:
   check_lost            `lost` files whose copy came back and verifies
   check_garbage         garbage entries (pending deletes; entries still in use)
   check_orphan_objects  tier objects nothing refers to
+  check_modes           objects, and the directories tierfs made for them, that other
+                        users can open (they must be 0600/0700: tierfs/private.py)
+
+Files imported in place (`tierfs import --in-place`) are objects of a disk
+tier keyed by their path: they are checked like any copy and named by that
+path; they are never orphans (keys() lists only tierfs's own objects/), and
+their modes are the user's.
 
 Repairs never delete the only copy of a file's bytes: a missing or bad copy
 makes the file use its other copy, or `lost` (reversible: check_lost undoes
 it when the copy reappears); only objects no catalog entry refers to, or
 copies proven wrong while a verified copy exists, are deleted. A tier that
 cannot be reached, or that holds no objects while the catalog refers to
-some (an unmounted directory), is reported and left alone.
+some and none of a sample of them can be found (an unmounted directory), is
+reported and left alone.
 
 Repairs need the file system unmounted everywhere (the CLI refuses while a
 live daemon uses the catalog); checks also run on a live mount, where
@@ -31,16 +39,18 @@ objects of moves in flight can show up and are re-checked before reporting.
 
 from __future__ import annotations
 
+import enum
 import logging
 import socket
 import stat
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
-from . import errors
+from . import errors, private
 from .catalog.base import (ACTIVE_JOB_STATES, READABLE_STATES, ROOT_INO, Catalog, FileQuery, Inode, JobState,
                            Session, State, now_ns)
 from .tiers.base import Tier, sha256_stream
+from .tiers.disk import in_place_key
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +58,19 @@ LOST_FOUND = b"lost+found"
 #: a session on another host is dead when its heartbeat is older than this (the daemon's reaper uses 30 s)
 SESSION_DEAD_S = 60.0
 PAGE = 5000
+#: a tier listing no objects is taken for an unmounted directory only when none of the copies the
+#: first SAMPLE files keep there can be found (a tier of files imported in place lists no objects)
+SAMPLE = 20
+#: paths named in the one finding per tier about loose modes
+MODE_EXAMPLES = 5
+
+
+class Severity(str, enum.Enum):
+    ERROR = "error"   # an inconsistency: fsck exits 1 while one is not repaired
+    INFO = "info"     # worth knowing, harmless (pending deletes, checksums not recorded yet)
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass
@@ -57,16 +80,56 @@ class Finding:
     check: str              # the check that found it, e.g. "links"
     path: str               # "/dir/file", "inode 12", "job 7", "session ab12", "tier disk object 3f.."
     problem: str            # what is wrong
-    severity: str = "error"  # error: an inconsistency; info: worth knowing, harmless (pending deletes...)
+    severity: Severity = Severity.ERROR
     repaired: bool = False  # the repair was made
     action: str = ""        # what the repair did (or why it was not made)
 
+    def __post_init__(self) -> None:
+        # A finding with any other severity would be neither counted nor printed right (an error
+        # passed as "" once made a corrupt catalog exit 0): refuse it where it is made.
+        if not isinstance(self.severity, Severity):
+            raise TypeError(f"Finding.severity must be a Severity, not {self.severity!r}")
+
     def line(self) -> str:
-        tag = {"error": "ERROR", "info": "note"}[self.severity]
+        tag = {Severity.ERROR: "ERROR", Severity.INFO: "note"}[self.severity]
         out = f"{tag} [{self.check}] {self.path}: {self.problem}"
         if self.action:
             out += f" -> {'repaired: ' if self.repaired else ''}{self.action}"
         return out
+
+
+class Fault(enum.Enum):
+    """What is wrong with a copy of a file's bytes."""
+
+    MISSING = "missing"
+    SIZE = "size"            # exists with another size than the file's
+    CHECKSUM = "checksum"    # right size, wrong sha256 (verify_data)
+
+
+@dataclass(frozen=True)
+class CopyCheck:
+    """What fsck found out about one copy (Fsck._object_ok)."""
+
+    fault: Fault | None = None   # None: usable as far as it could be checked
+    problem: str = ""            # the fault, or why the copy could not be checked (a note)
+    size: int | None = None      # the object's size, when it exists
+
+    @property
+    def ok(self) -> bool:
+        return self.fault is None
+
+    @property
+    def verified(self) -> bool:
+        """Usable, and every check could be made."""
+        return self.fault is None and not self.problem
+
+
+@dataclass(frozen=True)
+class Remedy:
+    """How a finding is repaired: `fix` (returns what it did), or why not (`no_fix`)."""
+
+    fix: Callable[[], str] | None = None
+    no_fix: str = ""
 
 
 def pid_running(pid: int) -> bool:
@@ -107,9 +170,11 @@ class Fsck:
     """Runs the checks over one catalog and its tiers."""
 
     def __init__(self, catalog: Catalog, tiers: dict[str, Tier], *, repair: bool = False,
-                 verify_data: bool = False, live: bool = False, progress: Callable[[str], None] | None = None):
+                 verify_data: bool = False, live: bool = False, progress: Callable[[str], None] | None = None,
+                 private_dirs: Sequence[str] = ()):
         self.catalog = catalog
         self.tiers = dict(tiers)
+        self.private_dirs = list(private_dirs)   # other directories tierfs keeps file bytes in (staging)
         self.repair = repair and not live
         self.verify_data = verify_data
         self.live = live
@@ -119,9 +184,11 @@ class Fsck:
         self.counts = {"inodes": 0, "dentries": 0, "objects": 0, "bytes_verified": 0}
 
     # ---- plumbing ----------------------------------------------------------
-    def report(self, check: str, path: str, problem: str, fix: Callable[[], str] | None = None,
-               severity: str = "error", no_fix: str = "") -> Finding:
-        """Record a finding; with repair, run `fix` (returns what it did)."""
+    def report(self, check: str, path: str, problem: str, *, fix: Callable[[], str] | None = None,
+               no_fix: str = "", severity: Severity = Severity.ERROR) -> Finding:
+        """Record a finding; with repair, run `fix` (returns what it did); `no_fix`
+        says why there is none. Keyword-only: a repair passed by position
+        once landed in `severity`."""
         f = Finding(check, path, problem, severity, action=no_fix)
         if fix is not None and self.repair:
             try:
@@ -165,14 +232,14 @@ class Fsck:
         self.check_tiers()
         for check in (self.check_sessions, self.check_dentries, self.check_links, self.check_jobs,
                       self.check_stuck_states, self.check_online_objects, self.check_archive_objects,
-                      self.check_lost, self.check_garbage, self.check_orphan_objects):
+                      self.check_lost, self.check_garbage, self.check_orphan_objects, self.check_modes):
             self.progress(check.__name__)
             check()
         return self.findings
 
     def problems(self) -> list[Finding]:
         """Errors not repaired: what makes the exit status non-zero."""
-        return [f for f in self.findings if f.severity == "error" and not f.repaired]
+        return [f for f in self.findings if f.severity == Severity.ERROR and not f.repaired]
 
     # ---- tiers ---------------------------------------------------------------
     def check_tiers(self) -> None:
@@ -180,17 +247,31 @@ class Fsck:
         for name, tier in self.tiers.items():
             try:
                 tier.check()
-                empty = next(iter(tier.keys()), None) is None
+                absent = next(iter(tier.keys()), None) is None and self._copies_absent(name, tier)
             except errors.TierfsError as e:
                 self.unavailable[name] = str(e)
                 self.report("tiers", f"tier {name}", f"unavailable: {e}; its objects were not checked")
                 continue
-            used = any(True for q in (FileQuery(tier=name, limit=1), FileQuery(archive_tier=name, limit=1))
-                       for _ in self.catalog.query(q))
-            if empty and used:
+            if absent:
                 self.unavailable[name] = "empty"
                 self.report("tiers", f"tier {name}", "holds no objects but files use it: is its storage mounted? "
                             "Its objects were not checked")
+
+    def _copies_absent(self, name: str, tier: Tier) -> bool:
+        """For a tier that lists no objects: files refer to copies on it and none
+        of the first SAMPLE can be found. Files imported in place are copies
+        keyed by their path, which keys() does not list, so an empty listing
+        alone does not mean the storage is away."""
+        used = False
+        for q, field in ((FileQuery(tier=name, limit=SAMPLE), "location"),
+                         (FileQuery(archive_tier=name, limit=SAMPLE), "archive_location")):
+            for inode in self.catalog.query(q):
+                key = getattr(inode, field)
+                if key:
+                    if tier.size(key) is not None:
+                        return False
+                    used = True
+        return used
 
     def _usable(self, name: str | None) -> Tier | None:
         if name is None or name in self.unavailable:
@@ -208,7 +289,7 @@ class Fsck:
                 return "session ended; its running jobs return to the queue"
             self.report("sessions", f"session {s.id}",
                         f"the daemon (pid {s.pid} on {s.host}, mounted on {s.mountpoint}) did not unmount "
-                        "cleanly", fix)
+                        "cleanly", fix=fix)
 
     # ---- namespace -----------------------------------------------------------------
     def check_dentries(self) -> None:
@@ -221,11 +302,12 @@ class Fsck:
             if ino not in kinds:
                 where = self.path(parent) if parent in kinds else f"inode {parent}"
                 self.report("dentries", f"{where.rstrip('/')}/{shown}", f"names inode {ino}, which does not exist",
-                            lambda pos=pos: (self.catalog.remove_dentry(pos), "name removed")[1])
+                            fix=lambda pos=pos: (self.catalog.remove_dentry(pos), "name removed")[1])
             elif parent not in kinds or not kinds[parent]:
                 why = "does not exist" if parent not in kinds else "is not a directory"
                 self.report("dentries", f"inode {parent}/{shown}", f"its directory (inode {parent}) {why}",
-                            lambda pos=pos: (self.catalog.remove_dentry(pos), "name removed (the inode goes to /lost+found)")[1])
+                            fix=lambda pos=pos: (self.catalog.remove_dentry(pos),
+                                                 "name removed (the inode goes to /lost+found)")[1])
 
     def _names(self) -> tuple[dict[int, int], dict[int, int]]:
         """(names per inode, subdirectories per directory) from a fresh scan."""
@@ -252,18 +334,19 @@ class Fsck:
                 if n == 0:
                     if not self.live:
                         self.report("links", f"inode {inode.ino}", "unlinked and not open by any mount",
-                                    lambda i=inode: self._purge(i))
+                                    fix=lambda i=inode: self._purge(i))
                     continue
             elif n == 0:
                 self.report("links", f"inode {inode.ino}", f"has nlink {inode.nlink} but no name",
-                            lambda i=inode: self._to_lost_found(i))
+                            fix=lambda i=inode: self._to_lost_found(i))
                 continue
             want = 1 + n + subdirs.get(inode.ino, 0) if inode.is_dir() else n
             if inode.is_dir() and n > 1:
                 self.report("links", self.path(inode.ino), f"directory has {n} names", no_fix="fix by hand")
             if inode.nlink != want:
                 self.report("links", self.path(inode.ino), f"nlink is {inode.nlink}, should be {want}",
-                            lambda i=inode, w=want: (self.catalog.update(i.ino, {"nlink": w}), f"nlink set to {w}")[1])
+                            fix=lambda i=inode, w=want: (self.catalog.update(i.ino, {"nlink": w}),
+                                                         f"nlink set to {w}")[1])
 
     def _purge(self, inode: Inode) -> str:
         self.catalog.purge(inode.ino)
@@ -304,15 +387,15 @@ class Fsck:
             except errors.NotFound:
                 if job.state == JobState.PENDING or job.session not in live:
                     self.report("jobs", f"job {job.id}", f"{job.kind} of inode {job.ino}, which no longer exists",
-                                lambda j=job: (self.catalog.finish_job(j.id, JobState.CANCELLED,
-                                                                       "fsck: the file no longer exists"),
-                                               "job cancelled")[1])
+                                fix=lambda j=job: (self.catalog.finish_job(j.id, JobState.CANCELLED,
+                                                                           "fsck: the file no longer exists"),
+                                                   "job cancelled")[1])
                 continue
             if job.state == JobState.RUNNING and job.session not in live:
                 self.report("jobs", self.path(job.ino),
                             f"{job.kind} job {job.id} is running for session {job.session}, which is dead",
-                            lambda j=job: (self.catalog.retry_job(j.id, f"fsck: session {j.session} died", 0),
-                                           "job queued again")[1])
+                            fix=lambda j=job: (self.catalog.retry_job(j.id, f"fsck: session {j.session} died", 0),
+                                               "job queued again")[1])
 
     def check_stuck_states(self) -> None:
         """`archiving` / `restoring` only while a job runs the move."""
@@ -326,32 +409,41 @@ class Fsck:
                 else:
                     back = State.DUAL if inode.archive_tier else State.ONLINE
                 self.report("states", self.path(inode.ino), f"is {state} but no job is moving it",
-                            lambda i=inode, b=back: (self._switch(i, {"state": b}, why="no job was moving it"),
-                                                     f"state set back to {b}")[1])
+                            fix=lambda i=inode, b=back: (self._switch(i, {"state": b}, why="no job was moving it"),
+                                                         f"state set back to {b}")[1])
 
     # ---- objects --------------------------------------------------------------------------
-    def _object_ok(self, tier: Tier, key: str, size: int, sha: str | None) -> tuple[bool, str]:
-        """(ok, problem) for one object: exists, has `size` bytes, and (verify_data) the sha256."""
+    def _object_ok(self, tier: Tier, key: str, size: int, sha: str | None) -> CopyCheck:
+        """One copy: exists, has `size` bytes, and (verify_data) the sha256."""
         self.counts["objects"] += 1
+        what = self._copy_name(tier, key)
         try:
             got = tier.size(key)
         except errors.TierfsError as e:
-            return True, f"cannot stat it: {e}"  # unreachable is not missing
+            return CopyCheck(problem=f"cannot stat it: {e}")  # unreachable is not missing
         if got is None:
-            return False, f"object {key} is missing on tier {tier.name}"
+            return CopyCheck(Fault.MISSING, f"{what} is missing on tier {tier.name}")
         if got != size:
-            return False, f"object {key} on tier {tier.name} has {got} bytes, the file {size}"
+            return CopyCheck(Fault.SIZE, f"{what} on tier {tier.name} has {got} bytes, the file {size}", got)
         if self.verify_data and sha:
             try:
                 ok = tier.verify(key, sha, size)
             except errors.ObjectMissing:
-                return False, f"object {key} is missing on tier {tier.name}"
+                return CopyCheck(Fault.MISSING, f"{what} is missing on tier {tier.name}")
             except Exception as e:  # noqa: BLE001 - archive media that cannot be read back now
-                return True, f"cannot read it back: {e}"
+                return CopyCheck(problem=f"cannot read it back: {e}", size=got)
             self.counts["bytes_verified"] += size
             if not ok:
-                return False, f"object {key} on tier {tier.name} does not match the recorded sha256"
-        return True, ""
+                return CopyCheck(Fault.CHECKSUM, f"{what} on tier {tier.name} does not match the recorded sha256",
+                                 got)
+        return CopyCheck(size=got)
+
+    @staticmethod
+    def _copy_name(tier: Tier, key: str) -> str:
+        """How a finding names a copy: a file imported in place by its path (the
+        user knows it by that), other objects by their key."""
+        path = tier.local_path(key) if in_place_key(key) else None
+        return f"imported file {path}" if path else f"object {key}"
 
     def _recheck(self, inode: Inode, fields: tuple[str, ...]) -> Inode | None:
         """On a live mount a move may have changed the file since it was read: the
@@ -375,44 +467,50 @@ class Fsck:
             if tier is None:
                 if inode.tier not in self.tiers:
                     self.report("online", self.path(inode.ino), f"its tier {inode.tier!r} is not configured here; "
-                                "not checked", severity="info")
+                                "not checked", severity=Severity.INFO)
                 continue
-            ok, problem = self._object_ok(tier, inode.location, inode.size, inode.checksum)
-            if problem and ok:
-                self.report("online", self.path(inode.ino), problem, severity="info")
-            if ok:
-                if inode.checksum is None and self.verify_data and inode.state == State.ONLINE:
+            c = self._object_ok(tier, inode.location, inode.size, inode.checksum)
+            if c.ok:
+                if c.problem:
+                    self.report("online", self.path(inode.ino), c.problem, severity=Severity.INFO)
+                if inode.checksum is None and inode.state == State.ONLINE:
                     unsummed.append((inode, tier))
                 continue
             if self._recheck(inode, ("tier", "location", "size")) is None:
                 continue
-            self.report("online", self.path(inode.ino), problem, *self._online_fix(inode, tier, problem))
+            r = self._online_fix(inode, c)
+            self.report("online", self.path(inode.ino), c.problem, fix=r.fix, no_fix=r.no_fix)
         if unsummed:
             self._record_checksums(unsummed)
 
-    def _online_fix(self, inode: Inode, tier: Tier, problem: str):
-        """(fix, no_fix) for a missing or wrong online copy."""
-        missing = "missing" in problem
+    def _online_fix(self, inode: Inode, c: CopyCheck) -> Remedy:
+        """The repair of a missing or wrong online copy: use the archive copy
+        (dual), else mark the file lost (missing), or take the object's size
+        (a crash before the size reached the catalog, or bytes lost below tierfs)."""
+        missing = c.fault is Fault.MISSING
         if inode.archive_tier and inode.state == State.DUAL:
             arch = self._usable(inode.archive_tier)
-            if arch is None or not self._object_ok(arch, inode.archive_location, inode.size, inode.checksum)[0]:
-                return None, "the archive copy is not usable either: fix by hand"
+            if arch is None or not self._object_ok(arch, inode.archive_location, inode.size, inode.checksum).ok:
+                return Remedy(no_fix="the archive copy is not usable either: fix by hand")
             garbage = [] if missing else [(inode.tier, inode.location)]
-            return (lambda: (self._switch(inode, dict(state=State.ARCHIVED, tier=None, location=None), garbage,
-                                          "online copy " + ("missing" if missing else "wrong")),
-                             "the file uses its archive copy (archived)")[1]), ""
+            return Remedy(lambda: (self._switch(inode, dict(state=State.ARCHIVED, tier=None, location=None), garbage,
+                                                "online copy " + ("missing" if missing else "wrong")),
+                                   "the file uses its archive copy (archived)")[1])
         if missing:
-            return (lambda: (self._switch(inode, dict(state=State.LOST), why="online copy missing"),
-                             "marked lost (reads fail with EIO; undone if the object comes back)")[1]), ""
-        if "bytes" in problem and inode.state == State.ONLINE:
-            size = tier.size(inode.location)
-            return (lambda: (self.catalog.bump_version(inode.ino, {"size": size}),
-                             f"size set to the object's {size} bytes")[1]), ""
-        return None, "the only copy does not match its checksum: check it by hand"
+            return Remedy(lambda: (self._switch(inode, dict(state=State.LOST), why="online copy missing"),
+                                   "marked lost (reads fail with EIO; undone if the object comes back)")[1])
+        if c.fault is Fault.SIZE and inode.state == State.ONLINE:
+            return Remedy(lambda: (self.catalog.bump_version(inode.ino, {"size": c.size}),
+                                   f"size set to the object's {c.size} bytes")[1])
+        if c.fault is Fault.SIZE:
+            return Remedy(no_fix=f"the file is {inode.state}: check it by hand")
+        return Remedy(no_fix="the only copy does not match its checksum: check it by hand")
 
     def _record_checksums(self, files: list[tuple[Inode, Tier]]) -> None:
-        """Files written before a crash have no checksum (the daemon computes it after
-        the last close); with repair, compute and record them (compare-and-swap)."""
+        """Closed files whose checksum is not recorded yet: the daemon computes them
+        in the background (after a restart too, from the catalog); reported so an
+        operator sees a backlog that does not drain, and with repair computed and
+        recorded now (compare-and-swap)."""
         def fix():
             done = 0
             for inode, tier in files:
@@ -426,7 +524,8 @@ class Fsck:
                         pass
             return f"{done} checksum(s) recorded"
         where = self.path(files[0][0].ino) + (f" and {len(files) - 1} more" if len(files) > 1 else "")
-        self.report("online", where, f"{len(files)} file(s) have no checksum recorded", fix, severity="info")
+        self.report("online", where, f"{len(files)} file(s) whose content is final have no checksum recorded "
+                    "(a mounted daemon computes them in the background)", fix=fix, severity=Severity.INFO)
 
     def check_archive_objects(self) -> None:
         for inode in self.files():
@@ -440,14 +539,14 @@ class Fsck:
             tier = self._usable(inode.archive_tier)
             if tier is None:
                 continue
-            ok, problem = self._object_ok(tier, inode.archive_location, inode.size, inode.checksum)
-            if ok:
-                if problem:
-                    self.report("archive", path, problem, severity="info")
+            c = self._object_ok(tier, inode.archive_location, inode.size, inode.checksum)
+            if c.ok:
+                if c.problem:
+                    self.report("archive", path, c.problem, severity=Severity.INFO)
                 continue
             if self._recheck(inode, ("archive_tier", "archive_location", "size")) is None:
                 continue
-            garbage = [] if "missing" in problem else [(inode.archive_tier, inode.archive_location)]
+            garbage = [] if c.fault is Fault.MISSING else [(inode.archive_tier, inode.archive_location)]
             if inode.state in (State.ONLINE, State.DUAL, State.ARCHIVING) and inode.tier:
                 fix = lambda i=inode, g=garbage: (self._switch(
                     i, dict(state=State.ONLINE if i.state == State.DUAL else i.state, archive_tier=None,
@@ -455,7 +554,7 @@ class Fsck:
             else:
                 fix = lambda i=inode: (self._switch(i, dict(state=State.LOST), why="archive copy bad"),
                                        "marked lost (reads fail with EIO; undone if the copy comes back)")[1]
-            self.report("archive", path, problem, fix)
+            self.report("archive", path, c.problem, fix=fix)
 
     def check_lost(self) -> None:
         """A `lost` file whose copy is back (and reads back right) becomes usable again."""
@@ -467,9 +566,9 @@ class Fsck:
             self.verify_data = True   # only proven copies bring a file back
             try:
                 on_ok = bool(online and inode.location and self._object_ok(online, inode.location, inode.size,
-                                                                           inode.checksum) == (True, ""))
+                                                                           inode.checksum).verified)
                 ar_ok = bool(arch and inode.archive_location and inode.checksum and self._object_ok(
-                    arch, inode.archive_location, inode.size, inode.checksum) == (True, ""))
+                    arch, inode.archive_location, inode.size, inode.checksum).verified)
             finally:
                 self.verify_data = saved
             if on_ok:
@@ -482,7 +581,8 @@ class Fsck:
                             no_fix="restore it from a backup, or delete it")
                 continue
             self.report("lost", path, "is marked lost but a verified copy exists",
-                        lambda i=inode, c=changes, s=state: (self._switch(i, c, why="copy found"), f"now {s}")[1])
+                        fix=lambda i=inode, c=changes, s=state: (self._switch(i, c, why="copy found"),
+                                                                 f"now {s}")[1])
 
     # ---- garbage and orphans ------------------------------------------------------------------
     def check_garbage(self) -> None:
@@ -493,7 +593,7 @@ class Fsck:
             if self.catalog.references(g.tier, g.key):
                 self.report("garbage", f"tier {g.tier} object {g.key}",
                             "queued for deletion but a file still uses it",
-                            lambda g=g: (self.catalog.remove_garbage([g.id]), "entry removed, object kept")[1])
+                            fix=lambda g=g: (self.catalog.remove_garbage([g.id]), "entry removed, object kept")[1])
             else:
                 pending.append(g)
         if not pending:
@@ -508,7 +608,8 @@ class Fsck:
                 self.catalog.remove_garbage([g.id])
                 done += 1
             return f"{done} deleted"
-        self.report("garbage", "garbage", f"{len(pending)} object(s) waiting for deletion", fix, severity="info")
+        self.report("garbage", "garbage", f"{len(pending)} object(s) waiting for deletion", fix=fix,
+                    severity=Severity.INFO)
 
     def _referenced(self) -> dict[str, set[str]]:
         refs: dict[str, set[str]] = {}
@@ -545,7 +646,43 @@ class Fsck:
                 continue
             for k in orphans:
                 self.report("orphans", f"tier {name} object {k}", "no file refers to it",
-                            lambda t=tier, k=k: (t.delete(k), "deleted")[1])
+                            fix=lambda t=tier, k=k: (t.delete(k), "deleted")[1])
+
+
+    # ---- modes -------------------------------------------------------------------------------
+    def check_modes(self) -> None:
+        """Objects and the directories tierfs made for them are 0600/0700, so no
+        other local user reads file bytes around the mount (tierfs/private.py).
+        One finding per tier (or directory): the count and the first few paths."""
+        for name, tier in self.tiers.items():
+            if name not in self.unavailable:
+                self._check_private(f"tier {name}", tier.private_entries())
+        for d in self.private_dirs:
+            self._check_private(d, private.walk_modes(d))
+
+    def _check_private(self, where: str, entries: Iterator[tuple[str, int]]) -> None:
+        try:
+            loose = [p for p, mode in entries if private.too_open(mode)]
+        except OSError as e:
+            self.report("modes", where, f"cannot list its files: {e.strerror}")
+            return
+        if not loose:
+            return
+        shown = ", ".join(loose[:MODE_EXAMPLES]) + (f" and {len(loose) - MODE_EXAMPLES} more"
+                                                     if len(loose) > MODE_EXAMPLES else "")
+        def fix():
+            done = 0
+            for p in loose:
+                try:
+                    private.tighten(p)
+                    done += 1
+                except FileNotFoundError:
+                    pass
+                except OSError as e:
+                    raise errors.TierfsError(f"{p}: {e.strerror} ({done} done)") from e
+            return f"{done} made 0600 (files) / 0700 (directories)"
+        self.report("modes", where, f"{len(loose)} file(s) or directories other users may open (more open than "
+                    f"0600/0700): {shown}", fix=fix)
 
 
 def run(catalog: Catalog, tiers: dict[str, Tier], **kw) -> Fsck:
@@ -555,4 +692,4 @@ def run(catalog: Catalog, tiers: dict[str, Tier], **kw) -> Fsck:
 
 
 def as_dict(f: Finding) -> dict:
-    return asdict(f)
+    return dict(asdict(f), severity=f.severity.value)

@@ -1,7 +1,8 @@
 """`tierfs import`: register an existing directory tree in a mounted tierfs.
 
 Two ways, both resumable (run the same command again after an
-interruption: what is already registered is skipped):
+interruption, or after some files were archived or migrated: what is
+already registered is skipped):
 
 - In place (`InPlaceImport`): catalog entries point at the existing files,
   nothing is copied. The files must lie under the `path` of a configured
@@ -39,6 +40,7 @@ from typing import Callable
 
 from . import errors
 from .catalog.base import Catalog, Inode, State, now_ns
+from .tiers.disk import in_place_key
 
 log = logging.getLogger(__name__)
 
@@ -322,14 +324,15 @@ class InPlaceImport:
         if stat.S_ISLNK(st.st_mode) and old.is_symlink():
             self.summary.skipped += 1
             return
-        if not old.is_reg() or old.tier != self.tier or not self._same(path, st, old.location):
+        here = old.is_reg() and old.tier == self.tier and self._same(path, st, old.location)
+        if not here and not self._moved_off(st, old):
             self.summary.errors.append(f"{path}: another entry of that name is already there; skipped")
             return
         self.summary.skipped += 1
         self.summary.skipped_bytes += st.st_size
         if st.st_nlink > 1:
             self.links.setdefault((st.st_dev, st.st_ino), old.ino)
-        if self.checksums and old.checksum is None and old.state == State.ONLINE:
+        if here and self.checksums and old.checksum is None and old.state == State.ONLINE:
             try:
                 sha, st2 = self._checksum(path)
                 if st2.st_size != old.size:
@@ -341,6 +344,21 @@ class InPlaceImport:
                 self.walk.error(path, e)
         self.progress(1, st.st_size)
 
+    def _moved_off(self, st: os.stat_result, old: Inode) -> bool:
+        """Is `old` an entry an earlier run registered for this source file whose
+        bytes have moved since (archived, migrated, restored to a new object)?
+        The source stays where it was (a move never deletes the original) but
+        nothing records that it was the entry's: a regular file whose bytes
+        are not an imported file of this tier, with the source's size and
+        mtime (what the import copied from it, and what a move keeps), is
+        taken for it, as `--copy` takes a copy with the source's size and
+        mtime for done."""
+        if not old.is_reg():
+            return False
+        if old.tier == self.tier and old.location and in_place_key(old.location):
+            return False  # the entry of another imported file
+        return (old.size, old.mtime_ns) == (st.st_size, st.st_mtime_ns)
+
     def _same(self, path: str, st: os.stat_result, location: str | None) -> bool:
         """Does object `location` of the tier designate this source file (by its
         path, or for a hard-linked file by another name of the same inode)?"""
@@ -348,7 +366,7 @@ class InPlaceImport:
             return False
         if location == self.key(path, quiet=True):
             return True
-        if st.st_nlink < 2 or "/" not in location:
+        if st.st_nlink < 2 or not in_place_key(location):
             return False
         try:
             other = os.stat(os.path.join(self.root, location), follow_symlinks=False)

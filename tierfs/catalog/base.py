@@ -270,6 +270,7 @@ class FileQuery:
     after_ino: int = 0                 # paging: only inos greater than this (ignored when ordering by last access)
     name_glob: bytes | None = None     # one of the file's names matches this shell pattern (* ? [...], case-sensitive)
     under: int | None = None           # directory inode: only entries below it, at any depth (not itself)
+    checksum_missing: bool = False     # only files with no recorded sha256 (the checksummer's backlog)
 
 
 #: Fields count_by() can group on (`owner` in the CLI is uid).
@@ -315,6 +316,12 @@ class Catalog(abc.ABC):
 
     @abc.abstractmethod
     def close(self) -> None: ...
+
+    def hold_for_mount(self, mountpoint: str) -> None:
+        """Claim the catalog for a mounted daemon until close() (or its death).
+        A catalog only one mount may serve (an SQLite file) refuses a second
+        with ConfigError naming the mount that holds it; one several mounts
+        share (MongoDB) needs no claim."""
 
     @abc.abstractmethod
     def schema_version(self) -> int: ...
@@ -478,27 +485,38 @@ class Catalog(abc.ABC):
 
     @abc.abstractmethod
     def claim(self, session: str, kinds: Iterable[JobKind] | None = None,
-              busy_tiers: Iterable[str] = ()) -> Job | None:
+              busy_tiers: Iterable[str] = (), *, tiers: Iterable[str] | None = None,
+              skip: Iterable[int] = ()) -> Job | None:
         """Atomically take the most urgent runnable pending job (priority,
         then age) and mark it running by `session`. Jobs whose target_tier
-        is in busy_tiers are skipped (per-tier concurrency)."""
+        is in busy_tiers are skipped (per-tier concurrency); with `tiers`,
+        so are jobs whose target_tier is not one of them (a mount claims
+        only jobs it can run); jobs whose id is in `skip` too."""
 
     @abc.abstractmethod
     def update_job(self, job_id: int, changes: dict) -> None: ...
 
     @abc.abstractmethod
-    def finish_job(self, job_id: int, state: JobState, error: str = "") -> None: ...
+    def finish_job(self, job_id: int, state: JobState, error: str = "") -> None:
+        """End a job. DONE also ends, as cancelled ("superseded by job N"),
+        the failed jobs of the same kind for the same file: once a later
+        restore brought the file back, its failed restore is no news."""
 
     @abc.abstractmethod
-    def retry_job(self, job_id: int, error: str, delay_s: float) -> None:
-        """Put a running job back to pending with last_error, not before now+delay."""
+    def retry_job(self, job_id: int, error: str, delay_s: float, *, count: bool = True) -> None:
+        """Put a running job back to pending with last_error, not before
+        now+delay. count=False: this run does not count as an attempt (the
+        job waited for a tier to come back, or for space)."""
 
     @abc.abstractmethod
     def get_job(self, job_id: int) -> Job: ...
 
     @abc.abstractmethod
     def jobs(self, states: Iterable[JobState] | None = None, ino: int | None = None,
-             limit: int = 1000) -> list[Job]: ...
+             limit: int = 1000, newest_first: bool = False) -> list[Job]:
+        """Jobs in the given states (all: None), of one file or all; most
+        urgent first (priority, then age), or the newest first (a file's
+        recent jobs: it keeps every job it ever had)."""
 
     @abc.abstractmethod
     def cancel_jobs(self, job_ids: Iterable[int] | None = None, *, kind: JobKind | None = None) -> int:
@@ -548,6 +566,11 @@ class Catalog(abc.ABC):
 
     @abc.abstractmethod
     def stats(self) -> CatalogStats: ...
+
+    @abc.abstractmethod
+    def tiers_in_use(self) -> set[str]:
+        """Every tier name some inode (online or archive copy), garbage entry
+        or active job refers to; from indexes, not a scan of every inode."""
 
     # ---- repair primitives (fsck only: no checks, no link counting) -------
     @abc.abstractmethod

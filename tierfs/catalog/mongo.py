@@ -353,6 +353,8 @@ class MongoCatalog(MongoJobs, MongoQueries, Catalog):
             self.inodes.create_index([("state", A), ("size", A)], name="state_size")        # policy: big files
             self.inodes.create_index([("tier", A), ("location", A)], name="tier_location")  # references, per tier
             self.inodes.create_index([("archive_tier", A), ("archive_location", A)], name="archive_location")
+            self.inodes.create_index([("state", A), ("_id", A)], name="no_checksum",       # checksum backlog
+                                     partialFilterExpression={"checksum": {"$type": "null"}})
             self.inodes.create_index([("nlink", A)], name="unlinked",                       # unlinked()
                                      partialFilterExpression={"nlink": 0})
             self.xattrs.create_index([("ino", A), ("name", A)], unique=True, name="ino_name")

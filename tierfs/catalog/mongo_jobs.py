@@ -55,16 +55,24 @@ class MongoJobs:
                 return job_of(values), True
         raise errors.CatalogUnavailable(f"catalog {self.safe_url}: enqueue of inode {ino} kept racing")
 
-    def claim(self, session, kinds=None, busy_tiers=()) -> Job | None:
+    def claim(self, session, kinds=None, busy_tiers=(), *, tiers=None, skip=()) -> Job | None:
         """Single-document atomic find_one_and_update (pending -> running):
         two mounts never get the same job."""
         t = now_ns()
         filt: dict = {"state": JobState.PENDING.value, "not_before_ns": {"$lte": t}}
         if kinds is not None:
             filt["kind"] = {"$in": [JobKind(k).value for k in kinds]}
+        target: dict = {}
         busy = list(busy_tiers)
         if busy:
-            filt["target_tier"] = {"$nin": busy}  # also matches null (no target)
+            target["$nin"] = busy  # also matches null (no target)
+        if tiers is not None:
+            target["$in"] = [*tiers, None]
+        if target:
+            filt["target_tier"] = target
+        skip = list(skip)
+        if skip:
+            filt["_id"] = {"$nin": skip}
         with self._errors():
             doc = self.jobs_c.find_one_and_update(
                 filt, {"$set": {"state": JobState.RUNNING.value, "session": session, "updated_ns": t},
@@ -79,19 +87,28 @@ class MongoJobs:
             self.jobs_c.update_one({"_id": job_id}, {"$set": dict(changes, updated_ns=now_ns())})
 
     def finish_job(self, job_id, state, error="") -> None:
-        """Single-document update."""
-        with self._errors():
-            self.jobs_c.update_one({"_id": job_id}, {"$set": {
-                "state": JobState(state).value, "session": None, "last_error": error, "updated_ns": now_ns()}})
-
-    def retry_job(self, job_id, error, delay_s) -> None:
-        """Single-document update (back to pending, not before now + delay)."""
+        """Single-document update; for DONE, one update_many of the file's
+        older failed jobs of the kind (each changes atomically)."""
         t = now_ns()
         with self._errors():
+            doc = self.jobs_c.find_one_and_update({"_id": job_id}, {"$set": {
+                "state": JobState(state).value, "session": None, "last_error": error, "updated_ns": t}})
+            if doc is not None and JobState(state) == JobState.DONE:
+                self.jobs_c.update_many(
+                    {"ino": doc["ino"], "kind": doc["kind"], "state": JobState.FAILED.value, "_id": {"$lt": job_id}},
+                    {"$set": {"state": JobState.CANCELLED.value, "last_error": f"superseded by job {job_id}",
+                              "updated_ns": t}})
+
+    def retry_job(self, job_id, error, delay_s, *, count=True) -> None:
+        """Single-document update (back to pending, not before now + delay)."""
+        t = now_ns()
+        upd: dict = {"$set": {"state": JobState.PENDING.value, "session": None, "last_error": error,
+                              "not_before_ns": t + int(delay_s * 1e9), "updated_ns": t}}
+        if not count:
+            upd["$inc"] = {"attempts": -1}   # claim() counted this run; it was a wait, not an attempt
+        with self._errors():
             try:
-                self.jobs_c.update_one({"_id": job_id}, {"$set": {
-                    "state": JobState.PENDING.value, "session": None, "last_error": error,
-                    "not_before_ns": t + int(delay_s * 1e9), "updated_ns": t}})
+                self.jobs_c.update_one({"_id": job_id}, upd)
             except DuplicateKeyError:
                 # An operator retried a failed job while a new one is active: that one covers it.
                 raise errors.Exists(f"job {job_id}: another job for the same file is already queued") from None
@@ -103,14 +120,15 @@ class MongoJobs:
             raise errors.NotFound(f"job {job_id}")
         return job_of(doc)
 
-    def jobs(self, states=None, ino=None, limit=1000) -> list[Job]:
+    def jobs(self, states=None, ino=None, limit=1000, newest_first=False) -> list[Job]:
         filt: dict = {}
         if states is not None:
             filt["state"] = {"$in": [JobState(x).value for x in states]}
         if ino is not None:
             filt["ino"] = ino
         with self._errors():
-            return [job_of(d) for d in self.jobs_c.find(filt).sort([("priority", 1), ("_id", 1)]).limit(limit)]
+            order = [("_id", -1)] if newest_first else [("priority", 1), ("_id", 1)]
+            return [job_of(d) for d in self.jobs_c.find(filt).sort(order).limit(limit)]
 
     def cancel_jobs(self, job_ids=None, *, kind=None) -> int:
         """One update_many; each job changes atomically (pending only)."""

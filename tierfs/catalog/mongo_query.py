@@ -10,7 +10,7 @@ import fnmatch
 from typing import Iterable, Iterator
 
 from .. import errors
-from .base import INODE_FIELDS, ROOT_INO, CatalogStats, FileQuery, Inode, State
+from .base import ACTIVE_JOB_STATES, INODE_FIELDS, ROOT_INO, CatalogStats, FileQuery, Inode, State
 
 #: S_IFMT bits of a regular file / a directory, and the other type bits that must be clear.
 REG_SET, REG_CLEAR = 0o100000, 0o070000
@@ -54,6 +54,8 @@ class MongoQueries:
                                 ("gid", q.gid, "$eq")):
             if val is not None:
                 f.setdefault(field_, {})[op] = val
+        if q.checksum_missing:
+            f["checksum"] = {"$type": "null"}   # what the partial index no_checksum holds (not a missing field)
         if paging and not q.order_by_last_access and q.after_ino:
             f["_id"] = {"$gt": q.after_ino}
         return f
@@ -199,6 +201,16 @@ class MongoQueries:
             for r in self.inodes.aggregate([{"$match": self._filter(q, paging=False)},
                                             {"$group": {"_id": f"${by}", "n": {"$sum": 1}, "b": {"$sum": "$size"}}}]):
                 out[r["_id"]] = (r["n"], int(r["b"]))
+        return out
+
+    def tiers_in_use(self) -> set[str]:
+        """distinct() on the tier_location / archive_location / tier_key indexes (a DISTINCT_SCAN:
+        one index seek per value, not a read of every inode)."""
+        with self._errors():
+            out = {t for t in self.inodes.distinct("tier") if t}
+            out |= {t for t in self.inodes.distinct("archive_tier") if t}
+            out |= {t for t in self.garbage_c.distinct("tier") if t}
+            out |= {t for t in self.jobs_c.distinct("target_tier", {"state": {"$in": [s.value for s in ACTIVE_JOB_STATES]}}) if t}
         return out
 
     def stats(self) -> CatalogStats:

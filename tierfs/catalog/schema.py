@@ -99,6 +99,10 @@ Index("ix_inodes_state_size", inodes.c.state, inodes.c.size)
 Index("ix_inodes_tier", inodes.c.tier, inodes.c.location)
 # references() of archive copies, FileQuery.archive_tier, `tierfs status` bytes per archive tier.
 Index("ix_inodes_archive", inodes.c.archive_tier, inodes.c.archive_location)
+# The checksummer's backlog after a restart (FileQuery.checksum_missing): files whose sha256 is not recorded
+# yet (partial: only those rows, a handful once the daemon has caught up).
+Index("ix_inodes_no_checksum", inodes.c.state, inodes.c.ino, sqlite_where=inodes.c.checksum.is_(None),
+      postgresql_where=inodes.c.checksum.is_(None))
 # unlinked(): inodes kept at nlink 0 while open, purged at recovery (partial: only those rows).
 Index("ix_inodes_nlink0", inodes.c.nlink, sqlite_where=inodes.c.nlink == 0,
       postgresql_where=inodes.c.nlink == 0)

@@ -9,13 +9,16 @@ readers proceed while the daemon writes.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
+import pwd
+import socket
 import sqlite3
 import threading
 from typing import Iterable, Iterator, Sequence
 
-from sqlalchemy import (LargeBinary, Text, and_, cast, create_engine, event, func, inspect, literal, or_,
+from sqlalchemy import (LargeBinary, Text, and_, case, cast, create_engine, event, func, inspect, literal, or_,
                         select, update, delete, insert)
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -23,7 +26,7 @@ from sqlalchemy.schema import CreateColumn, CreateIndex
 from sqlalchemy.sql.expression import UnaryExpression
 from sqlalchemy.sql.operators import custom_op
 
-from .. import errors
+from .. import errors, private
 from . import schema as S
 from .base import (ACTIVE_JOB_STATES, COUNT_BY_FIELDS, INODE_FIELDS, JOB_PRIORITY, ROOT_INO, SCHEMA_VERSION, Catalog,
                    CatalogStats, DirEntry, Event, FileQuery, Garbage, Inode, Job, JobKind, JobState,
@@ -119,6 +122,55 @@ class _FastSqlite:
             self.conn.execute("COMMIT")
 
 
+def _refuse_unreadable(path: str) -> None:
+    """One clear line (exit 5), not SQLite's "unable to open database file",
+    for a user who may not read the catalog: its files are 0600 (names,
+    owners, modes, checksums and xattrs of every file, also inside private
+    directories), for the user who mounts it and root. Others see their
+    files through the mount."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    except PermissionError:
+        st = None   # a directory on the way is private
+    if st is not None and os.access(path, os.R_OK):
+        return
+    owner = ""
+    if st is not None:
+        try:
+            owner = f" ({pwd.getpwuid(st.st_uid).pw_name})"
+        except KeyError:
+            owner = f" (uid {st.st_uid})"
+    raise errors.PermissionDenied(
+        f"catalog {path}: permission denied: the catalog is readable only by its owner{owner} and root "
+        f"(as uid {os.getuid()}, look at your files through the mount)")
+
+
+def _private_files(path: str) -> None:
+    """Create the SQLite file 0600 before SQLite does (it gives -wal and -shm
+    the mode of the database file), and tighten the files of a catalog made
+    by an older tierfs (0644: every local user could read it)."""
+    try:
+        os.close(private.create(path))
+        return
+    except FileExistsError:
+        pass
+    except PermissionError:
+        return   # SQLite says why it cannot create it
+    for p in (path, path + "-wal", path + "-shm", path + ".lock"):
+        try:
+            mode = os.stat(p).st_mode & 0o777
+            if private.too_open(mode):
+                private.tighten(p)
+                log.info("catalog file %s was mode %o; now 0600", p, mode)
+        except FileNotFoundError:
+            pass
+        except PermissionError as e:
+            log.warning("catalog file %s is mode %o (readable by others) and cannot be made 0600: %s",
+                        p, mode, e.strerror)
+
+
 class SqlCatalog(Catalog):
     """Catalog on a SQL database chosen by URL (sqlite:///path, postgresql://...)."""
 
@@ -129,6 +181,7 @@ class SqlCatalog(Catalog):
         if self.is_sqlite:
             path = url.split("///", 1)[1] if "///" in url else ""
             if path and path != ":memory:":
+                _refuse_unreadable(path)
                 d = os.path.dirname(os.path.abspath(path))
                 if not os.path.isdir(d):
                     raise errors.ConfigError(f"catalog: directory {d} does not exist")
@@ -139,6 +192,7 @@ class SqlCatalog(Catalog):
         self.concurrency = 1 if self.is_sqlite else 8
         self._fast_path = path if self.is_sqlite and path and path != ":memory:" else None
         self._fast: _FastSqlite | None = None
+        self._hold: int | None = None   # fd of the lock file while a daemon holds the catalog
         if self._fast_path is not None:  # the calls on the DBAPI fast path
             self.inline_calls = frozenset({"get", "lookup", "create", "update", "bump_version", "unlink",
                                            "purge", "references"})
@@ -197,6 +251,8 @@ class SqlCatalog(Catalog):
 
     # ---- lifecycle ---------------------------------------------------------
     def init(self, root_uid: int = 0, root_gid: int = 0, root_mode: int = 0o40755) -> None:
+        if self._fast_path is not None:
+            _private_files(self._fast_path)
         try:
             S.metadata.create_all(self.engine)
         except OperationalError as e:
@@ -262,6 +318,39 @@ class SqlCatalog(Catalog):
             self._fast.conn.close()
             self._fast = None
         self.engine.dispose()
+        if self._hold is not None:
+            os.close(self._hold)    # releases the lock
+            self._hold = None
+
+    def hold_for_mount(self, mountpoint: str) -> None:
+        """An SQLite catalog serves one mount: a second daemon would cache sizes
+        and attributes the first one changes (stale, contradictory stat()s).
+        The daemon holds flock(LOCK_EX) on `catalog.db.lock` for its life (the
+        kernel drops it when the process dies, SIGKILL included, so a remount
+        needs no cleanup); the file names the holder for the refusal. Readers
+        (status, find, fsck) do not take it."""
+        if self._fast_path is None:
+            return   # PostgreSQL: a server several mounts may share
+        path = self._fast_path + ".lock"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise errors.ConfigError(f"catalog: cannot open the lock file {path}: {e.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise errors.ConfigError(
+                f"catalog {self._fast_path} is in use by {holder or 'another tierfs daemon'}: an SQLite catalog "
+                "serves one mount (unmount that one first, or use a MongoDB catalog to share one)") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"the tierfs mounted on {mountpoint} (pid {os.getpid()} on {socket.gethostname()})\n"
+                  .encode(errors="surrogateescape"), 0)
+        self._hold = fd
 
     def _fastpath(self) -> _FastSqlite | None:
         if self._fast is None and self._fast_path is not None:
@@ -815,7 +904,7 @@ class SqlCatalog(Catalog):
             values["kind"], values["state"] = kind, JobState.PENDING
             return Job(id=jid, **values), True
 
-    def claim(self, session, kinds=None, busy_tiers=()) -> Job | None:
+    def claim(self, session, kinds=None, busy_tiers=(), *, tiers=None, skip=()) -> Job | None:
         t = now_ns()
         with self._tx() as c:
             q = select(S.jobs).where(S.jobs.c.state == JobState.PENDING.value, S.jobs.c.not_before_ns <= t)
@@ -824,6 +913,11 @@ class SqlCatalog(Catalog):
             busy = list(busy_tiers)
             if busy:
                 q = q.where(or_(S.jobs.c.target_tier.is_(None), S.jobs.c.target_tier.not_in(busy)))
+            if tiers is not None:
+                q = q.where(or_(S.jobs.c.target_tier.is_(None), S.jobs.c.target_tier.in_(list(tiers))))
+            skip = list(skip)
+            if skip:
+                q = q.where(S.jobs.c.id.not_in(skip))
             row = c.execute(q.order_by(S.jobs.c.priority, S.jobs.c.id).limit(1)).first()
             if row is None:
                 return None
@@ -841,16 +935,26 @@ class SqlCatalog(Catalog):
             c.execute(update(S.jobs).where(S.jobs.c.id == job_id).values(**changes, updated_ns=now_ns()))
 
     def finish_job(self, job_id, state, error="") -> None:
-        with self._tx() as c:
-            c.execute(update(S.jobs).where(S.jobs.c.id == job_id).values(
-                state=JobState(state).value, session=None, last_error=error, updated_ns=now_ns()))
-
-    def retry_job(self, job_id, error, delay_s) -> None:
         t = now_ns()
         with self._tx() as c:
             c.execute(update(S.jobs).where(S.jobs.c.id == job_id).values(
-                state=JobState.PENDING.value, session=None, last_error=error,
-                not_before_ns=t + int(delay_s * 1e9), updated_ns=t))
+                state=JobState(state).value, session=None, last_error=error, updated_ns=t))
+            if JobState(state) == JobState.DONE:
+                row = c.execute(select(S.jobs.c.ino, S.jobs.c.kind).where(S.jobs.c.id == job_id)).first()
+                if row is not None:
+                    c.execute(update(S.jobs).where(
+                        S.jobs.c.ino == row[0], S.jobs.c.kind == row[1], S.jobs.c.state == JobState.FAILED.value,
+                        S.jobs.c.id < job_id).values(state=JobState.CANCELLED.value,
+                                                     last_error=f"superseded by job {job_id}", updated_ns=t))
+
+    def retry_job(self, job_id, error, delay_s, *, count=True) -> None:
+        t = now_ns()
+        values = dict(state=JobState.PENDING.value, session=None, last_error=error,
+                      not_before_ns=t + int(delay_s * 1e9), updated_ns=t)
+        if not count:
+            values["attempts"] = case((S.jobs.c.attempts > 0, S.jobs.c.attempts - 1), else_=0)
+        with self._tx() as c:
+            c.execute(update(S.jobs).where(S.jobs.c.id == job_id).values(**values))
 
     def get_job(self, job_id) -> Job:
         with self._tx(write=False) as c:
@@ -859,14 +963,15 @@ class SqlCatalog(Catalog):
                 raise errors.NotFound(f"job {job_id}")
             return _job(row)
 
-    def jobs(self, states=None, ino=None, limit=1000) -> list[Job]:
+    def jobs(self, states=None, ino=None, limit=1000, newest_first=False) -> list[Job]:
         q = select(S.jobs)
         if states is not None:
             q = q.where(S.jobs.c.state.in_([JobState(s).value for s in states]))
         if ino is not None:
             q = q.where(S.jobs.c.ino == ino)
         with self._tx(write=False) as c:
-            return [_job(r) for r in c.execute(q.order_by(S.jobs.c.priority, S.jobs.c.id).limit(limit))]
+            order = (S.jobs.c.id.desc(),) if newest_first else (S.jobs.c.priority, S.jobs.c.id)
+            return [_job(r) for r in c.execute(q.order_by(*order).limit(limit))]
 
     def cancel_jobs(self, job_ids=None, *, kind=None) -> int:
         q = update(S.jobs).where(S.jobs.c.state == JobState.PENDING.value)
@@ -928,12 +1033,15 @@ class SqlCatalog(Catalog):
             # With a range the state index is kept: (state, last_access_ns, size) or (state, size) leads
             # straight to the candidates (policy rules), and with both bounds the size is tested in the index
             # entry.
-            ranged = any(v is not None for v in (q.last_access_before_ns, q.min_size, q.max_size))
+            ranged = (any(v is not None for v in (q.last_access_before_ns, q.min_size, q.max_size))
+                      or q.checksum_missing)
             if self.is_sqlite and not q.order_by_last_access and not ranged and self._unselective(c, states):
                 col = self._noindex(col)
             conds.append(col.in_(states))
         if q.regular_only:
             conds.append(i.mode.op("&")(0o170000) == 0o100000)
+        if q.checksum_missing:
+            conds.append(i.checksum.is_(None))   # ix_inodes_no_checksum (partial) holds just these rows
         size = i.size
         if q.states is not None and q.last_access_before_ns is not None:
             # States + last access (+ size): walk (state, last_access_ns, size) and test the size on its
@@ -1077,6 +1185,22 @@ class SqlCatalog(Catalog):
                                .group_by(S.jobs.c.state, S.jobs.c.kind)):
                 st.jobs.setdefault(r[0], {})[r[1]] = r[2]
         return st
+
+    def tiers_in_use(self) -> set[str]:
+        out: set[str] = set()
+        with self._tx(write=False) as c:
+            for col in ("tier", "archive_tier"):
+                # A loose index scan: each step is one MIN() on ix_inodes_tier / ix_inodes_archive, so
+                # the cost grows with the number of tiers, not of inodes.
+                rows = c.exec_driver_sql(
+                    f"WITH RECURSIVE t(v) AS (SELECT MIN({col}) FROM inodes UNION ALL "
+                    f"SELECT (SELECT MIN({col}) FROM inodes WHERE {col} > t.v) FROM t WHERE t.v IS NOT NULL) "
+                    "SELECT v FROM t WHERE v IS NOT NULL")
+                out.update(r[0] for r in rows)
+            out.update(r[0] for r in c.execute(select(S.garbage.c.tier).distinct()))
+            out.update(r[0] for r in c.execute(select(S.jobs.c.target_tier).distinct().where(
+                S.jobs.c.state.in_([s.value for s in ACTIVE_JOB_STATES]), S.jobs.c.target_tier.is_not(None))))
+        return out
 
     # ---- meta / leases -----------------------------------------------------
     def get_meta(self, key: str) -> str | None:

@@ -76,7 +76,7 @@ async def purge_when_free(fs, ino: int) -> None:
     """Let this mount know the file has no name; it is purged now, or when
     its last handle closes / the kernel forgets it."""
     try:
-        fs.remember(await fs.cat(fs.catalog.get, ino))
+        await fs.fetch(fs.catalog.get, ino)
     except errors.NotFound:
         return
     await fs._maybe_purge(ino)
@@ -89,19 +89,12 @@ class PolicyScheduler:
         """fs: the FileSystem, or a function returning it (the daemon builds
         it after the configuration, policies included, has been checked)."""
         self._fs = fs
-        self.cfg = cfg
+        self.cfg = cfg                              # the daemon's live Config (a reload changes it in place)
         self.session_id = session_id
         self.clock = clock or SystemClock()
-        self.rules = parse_rules(cfg)               # ConfigError here stops the mount, naming the rule
-        self.watermarks = parse_watermarks(cfg)
         self._engine: Engine | None = None
-        #: longest sleep between rounds; the lease outlives it (a dead holder's lease is freed when its
-        #: session is reaped, so a long TTL does not delay a takeover)
-        self.tick_s = TICK_S if self.watermarks else IDLE_TICK_S
-        self.lease_ttl = float(getattr(cfg, "session_timeout", 30.0)) + 2 * self.tick_s
-        #: without the lease: how soon to try again (a rule's interval if shorter, so a freed lease
-        #: is taken within one interval)
-        self.retry_s = min([self.tick_s] + [r.interval for r in self.rules if r.interval and r.enabled])
+        self._reconfigured = trio.Event()
+        self.config_changed()                       # ConfigError here stops the mount, naming the rule
         self.leader = False
         self.started = 0.0
         self.last_run: dict[str, float] = {}
@@ -112,6 +105,26 @@ class PolicyScheduler:
         self.runs: Counter = Counter()              # rule name or "watermark TIER" -> runs (for tests)
         self.reports: list[Report] = []             # the last few reports (for tests and debugging)
         self._wake = trio.Event()
+
+    def check_config(self, cfg) -> None:
+        """ConfigError naming the rule or tier unless `cfg`'s policies and watermarks are valid (reload)."""
+        parse_rules(cfg)
+        parse_watermarks(cfg)
+
+    def config_changed(self) -> None:
+        """Rules, watermarks and timings from the live config (at start, and
+        after a reload: a sleeping scheduler wakes up to them)."""
+        self.rules = parse_rules(self.cfg)
+        self.watermarks = parse_watermarks(self.cfg)
+        self._engine = None
+        #: longest sleep between rounds; the lease outlives it (a dead holder's lease is freed when its
+        #: session is reaped, so a long TTL does not delay a takeover)
+        self.tick_s = TICK_S if self.watermarks else IDLE_TICK_S
+        self.lease_ttl = float(getattr(self.cfg, "session_timeout", 30.0)) + 2 * self.tick_s
+        #: without the lease: how soon to try again (a rule's interval if shorter, so a freed lease
+        #: is taken within one interval)
+        self.retry_s = min([self.tick_s] + [r.interval for r in self.rules if r.interval and r.enabled])
+        self._reconfigured.set()
 
     @property
     def fs(self):
@@ -129,12 +142,16 @@ class PolicyScheduler:
         self._wake.set()
 
     async def run(self) -> None:
-        if not self.rules:
-            return
         self.started = self.clock.now()
-        log.info("policy scheduler: %d rule(s); watermarks on %s", len(self.rules),
-                 ", ".join(self.watermarks) or "no tier")
         while True:
+            if self._reconfigured.is_set():
+                self._reconfigured = trio.Event()
+                if self.rules:
+                    log.info("policy scheduler: %d rule(s); watermarks on %s", len(self.rules),
+                             ", ".join(self.watermarks) or "no tier")
+            if not self.rules:
+                await self._reconfigured.wait()    # none configured (yet: a reload may add some)
+                continue
             try:
                 delay = await self.tick()
             except errors.TierfsError as e:
@@ -147,33 +164,39 @@ class PolicyScheduler:
 
     async def _sleep(self, delay: float) -> None:
         """Sleep on the clock; a wake() (a job finished: usage may have
-        changed) ends it early when watermarks are watched, not before MIN_TICK_S."""
-        if not self.watermarks:
-            await self.clock.sleep(delay)
-            return
-        await self.clock.sleep(min(delay, MIN_TICK_S))
-        if delay <= MIN_TICK_S:
-            return
+        changed) ends it early when watermarks are watched, not before
+        MIN_TICK_S; a reload of the configuration ends it at once."""
+        if self.watermarks:
+            await self.clock.sleep(min(delay, MIN_TICK_S))
+            if delay <= MIN_TICK_S:
+                return
+            delay -= MIN_TICK_S
         async with trio.open_nursery() as n:
             async def sleeper():
-                await self.clock.sleep(delay - MIN_TICK_S)
+                await self.clock.sleep(delay)
                 n.cancel_scope.cancel()
 
-            async def waiter():
-                await self._wake.wait()
+            async def waiter(event: trio.Event):
+                await event.wait()
                 n.cancel_scope.cancel()
             n.start_soon(sleeper)
-            n.start_soon(waiter)
-        self._wake = trio.Event()
+            n.start_soon(waiter, self._reconfigured)
+            if self.watermarks:
+                n.start_soon(waiter, self._wake)
+        if self.watermarks:
+            self._wake = trio.Event()
 
     async def renew(self) -> bool:
         """Take or keep the lease; False when another mount holds it."""
         ok = await self.fs.cat(self.fs.catalog.acquire_lease, LEASE, self.session_id, self.lease_ttl)
         if ok and not self.leader:
             log.info("policy scheduler: this mount (session %s) runs the policies", self.session_id)
+            self.last_run = {}     # other mounts may have run them meanwhile
+        if ok:
             for r in self.rules:
-                v = await self.fs.cat(self.fs.catalog.get_meta, META_LAST_RUN + r.name)
-                self.last_run[r.name] = float(v) if v else 0.0
+                if r.name not in self.last_run:   # also a rule a reload added
+                    v = await self.fs.cat(self.fs.catalog.get_meta, META_LAST_RUN + r.name)
+                    self.last_run[r.name] = float(v) if v else 0.0
         elif not ok and self.leader:
             log.info("policy scheduler: another mount holds the policy lease now")
         self.leader = ok
@@ -263,8 +286,8 @@ class PolicyScheduler:
     async def sweep_buried(self) -> None:
         """Purge files buried by another process (`tierfs policy run`) when free."""
         for inode in await self.fs.cat(self.fs.catalog.unlinked):
-            c = self.fs.cache.get(inode.ino)
-            if c is not None and c.inode.nlink == 0:
+            cached = self.fs.cache.peek(inode.ino)
+            if cached is not None and cached.nlink == 0:
                 continue   # this mount already knows; it purges on release/forget
             if await self.fs.cat(self.fs.catalog.tombstones, inode.ino, 1):
                 await purge_when_free(self.fs, inode.ino)

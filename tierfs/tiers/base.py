@@ -122,11 +122,28 @@ class Tier(abc.ABC):
         retried later. Raises other errors on failure."""
         return True
 
+    def private_entries(self) -> Iterator[tuple[str, int]]:
+        """(path, st_mode) of every local file and directory tierfs made for
+        this tier (objects, their directories, staging files), which must be
+        0600/0700 (tierfs/private.py; fsck checks them). The root a user
+        configured and files imported in place are not listed. Remote tiers
+        have none."""
+        return iter(())
+
     def close(self) -> None:
         """Release connections."""
 
     def check(self) -> None:
         """Raise ConfigError/TierUnavailable if the tier is unusable (at mount)."""
+
+    def probe(self) -> None:
+        """Raise TierUnavailable if the tier cannot be used now (the job
+        runner asks while it waits for a tier to come back). Unlike check(),
+        it never creates anything."""
+        try:
+            self.check()
+        except errors.ConfigError as e:
+            raise errors.TierUnavailable(str(e)) from None
 
 
 class HashingReader:

@@ -15,7 +15,9 @@ failed (its stderr is logged and kept as the job's last error).
 optional (without it, deleting an archive copy only forgets it). Each run has
 a `timeout` (seconds, default 3600). Staging files live in `staging`
 (default: state_dir/command-<tier name>). A small manifest there records the
-size and sha256 of each stored key (for fsck and verify).
+size and sha256 of each stored key (for fsck and verify). The staging
+directories are 0700 and the files tierfs writes there 0600 (a restored file
+the copytool wrote is made 0600 before it is used); tierfs/private.py.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import shlex
 import subprocess
 from typing import BinaryIO, Iterator
 
-from .. import errors
+from .. import errors, private
 from .base import CHUNK, Tier
 
 log = logging.getLogger(__name__)
@@ -57,7 +59,19 @@ class CommandTier(Tier):
 
     def check(self) -> None:
         for d in (self.staging, self.manifest, self.restored, os.path.join(self.staging, "out")):
-            os.makedirs(d, exist_ok=True)
+            private.makedirs(d)
+
+    @staticmethod
+    def _create(path: str) -> BinaryIO:
+        """A new 0600 file at `path`, replacing one a crashed run left there."""
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        return os.fdopen(private.create(path), "wb")
+
+    def probe(self) -> None:
+        """Only the copytool knows whether its medium is there (it answers pending)."""
 
     def _run(self, which: str, **values) -> int:
         template = self.opts.get(which)
@@ -80,7 +94,7 @@ class CommandTier(Tier):
         out = os.path.join(self.staging, "out", key)
         h = hashlib.sha256()
         n = 0
-        with open(out, "wb") as f:
+        with self._create(out) as f:
             while True:
                 b = src.read(CHUNK * 4)
                 if not b:
@@ -92,8 +106,8 @@ class CommandTier(Tier):
             self._run("archive_command", key=key, path=out, size=n, sha256=h.hexdigest())
         finally:
             os.unlink(out)
-        with open(os.path.join(self.manifest, key), "w") as f:
-            json.dump({"size": n, "sha256": h.hexdigest()}, f)
+        with self._create(os.path.join(self.manifest, key)) as f:
+            f.write(json.dumps({"size": n, "sha256": h.hexdigest()}).encode())
         return n
 
     def _meta(self, key: str) -> dict | None:
@@ -117,6 +131,7 @@ class CommandTier(Tier):
         self._run("restore_command", key=key, path=tmp)  # exit 75 raises Pending with the command's reason
         if not os.path.exists(tmp):
             raise errors.TierfsError(f"tier {self.name}: restore_command exited 0 but wrote nothing to {tmp}")
+        private.tighten(tmp)  # the copytool's umask made it; restored/ (0700) kept others out meanwhile
         os.rename(tmp, path)
         return True
 
@@ -147,6 +162,9 @@ class CommandTier(Tier):
 
     def keys(self) -> Iterator[str]:
         yield from sorted(os.listdir(self.manifest)) if os.path.isdir(self.manifest) else ()
+
+    def private_entries(self) -> Iterator[tuple[str, int]]:
+        return private.walk_modes(self.staging)
 
 
 class _ConsumeOnClose(io.FileIO):

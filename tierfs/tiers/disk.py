@@ -4,6 +4,10 @@ Layout: ROOT/objects/<first 2 hex digits>/<key> (a fan-out so no directory
 grows huge) and ROOT/tmp/ for atomic writes (write, fsync, rename).
 Keys that contain "/" are paths relative to ROOT itself: that is how
 `tierfs import --in-place` points at files that already exist.
+
+Objects are 0600 and objects/, tmp/ and the fan-out directories 0700
+whatever the umask (tierfs/private.py); ROOT keeps the mode its
+administrator gave it, and so do files imported in place (the user's own).
 """
 
 from __future__ import annotations
@@ -13,10 +17,15 @@ import os
 import uuid
 from typing import BinaryIO, Iterator
 
-from .. import errors
+from .. import errors, private
 from .base import CHUNK, Tier, sha256_stream
 
 TMP_PREFIX = ".tierfs-put-"   # temp files of atomic puts (cleanup_tmp removes only these)
+
+
+def in_place_key(key: str) -> bool:
+    """Keys with a "/" name files imported in place: paths relative to the tier's root."""
+    return "/" in key
 
 
 class DiskTier(Tier):
@@ -33,7 +42,7 @@ class DiskTier(Tier):
         if not os.path.isdir(self.root):
             raise errors.ConfigError(f"tiers.{self.name}.path: directory {self.root} does not exist")
         for d in (self.objdir, self.tmpdir):
-            os.makedirs(d, exist_ok=True)
+            private.makedirs(d)
         if not os.access(self.root, os.W_OK):
             raise errors.ConfigError(f"tiers.{self.name}.path: directory {self.root} is not writable")
 
@@ -42,7 +51,7 @@ class DiskTier(Tier):
         return ("directory", os.path.abspath(os.path.expanduser(str(opts.get("path", ""))))), ""
 
     def _path(self, key: str) -> str:
-        if "/" in key:
+        if in_place_key(key):
             if key.startswith("/") or ".." in key.split("/"):
                 raise errors.Invalid(f"bad object key {key!r}")
             return os.path.join(self.root, key)
@@ -62,6 +71,15 @@ class DiskTier(Tier):
             return errors.NoSpace(f"tier {self.name}: no space left to {what} {key}")
         return errors.TierUnavailable(f"tier {self.name}: {what} {key}: {e.strerror}", err=e.errno or errno.EIO)
 
+    def probe(self) -> None:
+        self._available()
+        try:  # a file that never gets a name: what a put would meet (read-only, no space for inodes...)
+            os.close(os.open(self.tmpdir, os.O_TMPFILE | os.O_WRONLY, 0o600))
+        except OSError as e:
+            if e.errno == errno.EOPNOTSUPP:
+                return  # a filesystem without O_TMPFILE: the next put tells
+            raise errors.TierUnavailable(f"tier {self.name}: cannot write in {self.tmpdir}: {e.strerror}") from None
+
     def _available(self) -> None:
         """Refuse to write into a tier directory that is not there (an unmounted
         share shows an empty mountpoint: never recreate our layout inside it)."""
@@ -73,14 +91,13 @@ class DiskTier(Tier):
         """An empty object (a new file's). Its fan-out directory usually
         exists: one open(); the checks and makedirs only when it does not."""
         path = self._path(key)
-        flags = os.O_CREAT | os.O_WRONLY | os.O_EXCL
         try:
             try:
-                os.close(os.open(path, flags, 0o600))
+                os.close(private.create(path))
             except FileNotFoundError:
                 self._available()
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                os.close(os.open(path, flags, 0o600))
+                private.makedirs(os.path.dirname(path))
+                os.close(private.create(path))
         except OSError as e:
             raise self._oserror(e, key, "create") from e
 
@@ -90,8 +107,8 @@ class DiskTier(Tier):
         n = 0
         self._available()
         try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(tmp, "wb") as f:
+            private.makedirs(os.path.dirname(path))
+            with os.fdopen(private.create(tmp), "wb") as f:  # 0600 from the start: rename keeps the mode
                 while True:
                     b = src.read(CHUNK * 4)
                     if not b:
@@ -158,6 +175,20 @@ class DiskTier(Tier):
             d = os.path.join(self.objdir, sub)
             if os.path.isdir(d):
                 yield from sorted(os.listdir(d))
+
+    def private_entries(self) -> Iterator[tuple[str, int]]:
+        yield from private.walk_modes(self.objdir)
+        # tmp/ and our temp files only (an in-place tier's root may hold a user folder named tmp)
+        try:
+            yield self.tmpdir, os.lstat(self.tmpdir).st_mode
+            names = [n for n in os.listdir(self.tmpdir) if n.startswith(TMP_PREFIX)]
+        except FileNotFoundError:
+            return
+        for n in names:
+            try:
+                yield os.path.join(self.tmpdir, n), os.lstat(os.path.join(self.tmpdir, n)).st_mode
+            except FileNotFoundError:
+                pass  # renamed into place meanwhile (a live mount)
 
     def usage(self) -> tuple[int, int] | None:
         try:

@@ -1,0 +1,156 @@
+"""The bytes behind open files: one binding per open inode, shared by all its handles.
+
+Every handle of an inode reads and writes the same thing: the file's local
+object (a kept fd: pread/pwrite, the throughput path), the staged copy of a
+file on a remote tier that is being written (staging.py), or a remote object
+read by range. Binding per inode rather than per handle is what makes every
+handle see every write: with per-handle objects, a reader opened before a
+migrate or an archive + restore kept reading the old object while writers
+wrote the new one (found by tests/test_fsx_handles.py).
+
+When a move gives an open file a new location (migrate, restore, a truncate
+to 0 of an archived file), `follow` rebinds it; a release (the file becomes
+archived) keeps the old object bound: its bytes are the file's content, and
+it stays pinned. Bound objects are pinned: the garbage collector leaves them
+alone while a handle uses them.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+from . import errors
+from .catalog.base import READABLE_STATES, Inode
+from .staging import Staging
+from .tiers.base import Tier
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Bound:
+    """What the handles of one open inode read and write."""
+
+    ino: int
+    tier: Tier | None          # tier of the object (None: the file has no bytes anywhere yet)
+    key: str | None            # object key; None: no object yet (reads zeros up to the size)
+    fd: int | None = None      # local object or staged copy: pread/pwrite on it
+    fd_writable: bool = False  # fd was opened O_RDWR
+    staged: bool = False       # fd is the staged copy of a remote-tier file
+    users: int = 0             # handles using it
+
+    @property
+    def where(self) -> str:
+        return f"object {self.key} on tier {self.tier.name}" if self.tier is not None else "no object"
+
+
+class OpenObjects:
+    def __init__(self, staging: Staging, tier_of: Callable[[str | None], Tier]):
+        self.staging = staging
+        self.tier_of = tier_of
+        self.bound: dict[int, Bound] = {}
+        self._pins: dict[tuple[str, str], int] = {}
+
+    def get(self, ino: int) -> Bound:
+        return self.bound[ino]
+
+    def is_pinned(self, tier: str, key: str) -> bool:
+        return (tier, key) in self._pins
+
+    # ---- binding (the caller holds the inode's lock) ------------------------------
+    async def acquire(self, inode: Inode, writable: bool, truncating: bool = False) -> Bound:
+        """The binding of a readable file for one more handle (`truncating`:
+        an O_TRUNC open, which needs no copy of a remote object's bytes)."""
+        b = self.bound.get(inode.ino)
+        if b is None:
+            b = await self._bind(inode, writable, truncating)
+            self.bound[inode.ino] = b
+        elif writable and not b.staged and self._remote(b.tier, b.key):
+            await self._stage(b, inode, truncating)  # readers bound to the remote object now see the writer's copy
+        elif writable and b.fd is not None and not b.fd_writable:
+            self._swap(b, b.tier, b.key, writable=True)
+        b.users += 1
+        return b
+
+    def release(self, ino: int) -> None:
+        """One handle fewer; the last one closes the binding."""
+        b = self.bound.get(ino)
+        if b is None:
+            return
+        b.users -= 1
+        if b.users > 0:
+            return
+        del self.bound[ino]
+        if b.staged:
+            self.staging.release(ino)
+        else:
+            self._close(b)
+
+    def follow(self, inode: Inode) -> None:
+        """The catalog gave an open file a new location: bind it there."""
+        b = self.bound.get(inode.ino)
+        if b is None or b.staged or inode.state not in READABLE_STATES:
+            return
+        if (b.tier.name if b.tier else None, b.key) == (inode.tier, inode.location):
+            return
+        try:
+            self._swap(b, self.tier_of(inode.tier) if inode.tier else None, inode.location, b.fd_writable)
+        except errors.TierfsError as e:
+            log.error("inode %d moved to %s/%s but it cannot be opened there (%s); its open handles keep "
+                      "reading %s", inode.ino, inode.tier, inode.location, e, b.where)
+
+    # ---- internals -------------------------------------------------------------------
+    @staticmethod
+    def _remote(tier: Tier | None, key: str | None) -> bool:
+        return tier is not None and (key is None or tier.local_path(key) is None)
+
+    async def _bind(self, inode: Inode, writable: bool, truncating: bool) -> Bound:
+        tier = self.tier_of(inode.tier) if inode.tier else None
+        b = Bound(inode.ino, tier, inode.location)
+        if self.staging.get(inode.ino) is not None or (writable and self._remote(tier, inode.location)):
+            await self._stage(b, inode, truncating)
+        else:
+            self._open(b, writable)
+        return b
+
+    async def _stage(self, b: Bound, inode: Inode, truncating: bool = False) -> None:
+        c = await self.staging.acquire(inode, fetch=not truncating)
+        self._close(b)
+        b.fd, b.fd_writable, b.staged = c.fd, True, True
+
+    def _open(self, b: Bound, writable: bool) -> None:
+        """Open b's object (local tiers) and pin it."""
+        if b.tier is not None and b.key is not None:
+            path = b.tier.local_path(b.key)
+            if path is not None:
+                try:
+                    b.fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
+                except OSError as e:
+                    log.error("open inode %d: %s: %s", b.ino, b.where, e.strerror)
+                    raise errors.TierfsError(f"{b.where}: {e.strerror}", err=e.errno or errno.EIO) from e
+                b.fd_writable = writable
+            k = (b.tier.name, b.key)
+            self._pins[k] = self._pins.get(k, 0) + 1
+
+    def _close(self, b: Bound) -> None:
+        if b.fd is not None and not b.staged:
+            os.close(b.fd)
+        b.fd = None
+        if b.tier is not None and b.key is not None and not b.staged:
+            k = (b.tier.name, b.key)
+            left = self._pins.get(k, 1) - 1
+            if left:
+                self._pins[k] = left
+            else:
+                self._pins.pop(k, None)
+
+    def _swap(self, b: Bound, tier: Tier | None, key: str | None, writable: bool) -> None:
+        """Bind b to (tier, key), opening the new object before letting go of the old one."""
+        new = Bound(b.ino, tier, key)
+        self._open(new, writable)
+        self._close(b)
+        b.tier, b.key, b.fd, b.fd_writable = new.tier, new.key, new.fd, new.fd_writable

@@ -1,0 +1,120 @@
+"""Which tiers the job runner found unreachable or full, probed until they recover.
+
+A tier that is unavailable (its directory gone, its endpoint down) or full
+is a transient condition: the jobs that hit it wait, with capped exponential
+backoff, for as long as it lasts, and the wait is not a failed attempt
+(tierfs/jobs.py). When a job has to wait, the tiers it uses are probed
+(Tier.probe, and Tier.usage against the bytes the job needs); a tier that
+fails is recorded here and in the catalog (meta key `tier_health:NAME`, a
+JSON object read by `tierfs status`) with one log line, and probed every
+PROBE_S seconds until it answers (or has the space); then one log line says
+it is back and the jobs waiting for it become runnable at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import time
+from dataclasses import asdict, dataclass
+from typing import Awaitable, Callable, Iterable
+
+import trio
+
+from . import errors
+from .catalog.base import now_ns
+from .tiers.base import Tier
+from .units import fmt_size
+
+log = logging.getLogger(__name__)
+
+PROBE_S = 5.0
+META_PREFIX = "tier_health:"
+
+
+@dataclass
+class Problem:
+    state: str           # "unavailable" | "full"
+    reason: str          # what the probe said
+    since_ns: int        # when it was first seen
+    need: int = 0        # full: bytes the waiting jobs need
+    host: str = ""       # the mount that saw it
+    session: str = ""
+
+
+def read_health(get_meta: Callable[[str], str | None], tier: str) -> dict | None:
+    """What the catalog says about a tier: None when healthy or never recorded."""
+    raw = get_meta(META_PREFIX + tier)
+    if not raw:
+        return None
+    d = json.loads(raw)
+    return d if d.get("state") not in (None, "ok") else None
+
+
+class TierHealth:
+    def __init__(self, tiers: dict[str, Tier], call: Callable[..., Awaitable], set_meta: Callable[[str, str], None],
+                 session: str):
+        self.tiers = tiers
+        self.call = call                # runs a blocking catalog call (FileSystem.cat)
+        self.set_meta = set_meta
+        self.session = session
+        self.problems: dict[str, Problem] = {}
+
+    def _probe(self, tier: Tier, need: int) -> Problem | None:
+        try:
+            tier.probe()
+        except errors.TierfsError as e:
+            return Problem("unavailable", str(e), now_ns())
+        if need:
+            usage = tier.usage()
+            if usage is not None and usage[1] < need:
+                return Problem("full", f"{fmt_size(usage[1])} free, {fmt_size(need)} needed", now_ns(), need)
+        return None
+
+    async def diagnose(self, names: Iterable[str | None], need: int = 0) -> str | None:
+        """A job using tiers `names` hit a transient error: probe them; returns
+        what is wrong ("tier vault is unavailable: ...") or None if they all answer."""
+        found = []
+        for name in dict.fromkeys(n for n in names if n):
+            tier = self.tiers.get(name)
+            if tier is None:
+                continue
+            known = self.problems.get(name)
+            p = await trio.to_thread.run_sync(self._probe, tier, max(need, known.need if known else 0))
+            if p is None:
+                continue
+            if known is None:
+                p.host, p.session = socket.gethostname(), self.session
+                self.problems[name] = p
+                log.warning("tier %s is %s (%s): jobs that use it wait until it is back", name, p.state, p.reason)
+                await self._publish(name, p)
+            else:
+                known.need = max(known.need, p.need)
+            found.append(p.reason if p.state == "unavailable" and f"tier {name}" in p.reason
+                         else f"tier {name} is {p.state}: {p.reason}")
+        return "; ".join(found) or None
+
+    async def _publish(self, name: str, p: Problem | None) -> None:
+        value = json.dumps(asdict(p) if p is not None else {"state": "ok", "since_ns": now_ns()})
+        try:
+            await self.call(self.set_meta, META_PREFIX + name, value)
+        except errors.TierfsError as e:
+            log.debug("recording the health of tier %s: %s", name, e)
+
+    async def run(self, on_recovered: Callable[[str], Awaitable]) -> None:
+        """Probe the tiers with problems until each recovers."""
+        while True:
+            await trio.sleep(PROBE_S)
+            for name, p in list(self.problems.items()):
+                if await trio.to_thread.run_sync(self._probe, self.tiers[name], p.need) is not None:
+                    continue
+                del self.problems[name]
+                log.warning("tier %s is available again (%s for %.0fs); waiting jobs resume", name, p.state,
+                            (now_ns() - p.since_ns) / 1e9)
+                await self._publish(name, None)
+                await on_recovered(name)
+
+    def snapshot(self) -> dict:
+        return {n: {"state": p.state, "reason": p.reason, "since_s": round(time.time() - p.since_ns / 1e9)}
+                for n, p in self.problems.items()}
