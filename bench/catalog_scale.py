@@ -4,7 +4,7 @@ A synthetic catalog of N files (in N/1000 directories of 1000) is bulk
 loaded straight into the schema (SQL tables / Mongo collections, with the
 catalog modules' own row builders), then we time:
 - policy candidate selection: catalog.query(FileQuery(states=(ONLINE,),
-  min_size=S, atime_before_ns=T)) where exactly 1% of entries match, warm
+  min_size=S, last_access_before_ns=T)) where exactly 1% of entries match, warm
   and after dropping the page cache; with catalog.rows_read (rows returned),
   the rows/documents the database fetched (`examined`) and the index entries
   it walked (`keys_examined`) (SQLite: a counting function on a table-only
@@ -13,7 +13,8 @@ catalog modules' own row builders), then we time:
 - lookup latency: catalog.lookup(parent, name) of random entries, p50/p99,
   warm (after one untimed pass over the same names).
 
-The data: atime uniform over the last 100 days, size log-uniform 1 KiB..1 GiB,
+The data: atime uniform over the last 100 days (mtime = atime, so the last
+access or modification is the atime), size log-uniform 1 KiB..1 GiB,
 state 90% online / 5% dual / 5% archived; candidates are online, older than
 90 days and >= 256 MiB, and non-candidates are drawn until they do not match.
 """
@@ -64,7 +65,7 @@ def _entries(n: int, now: int, seed: int = 3):
 
 
 def candidate_query(now: int) -> FileQuery:
-    return FileQuery(states=(State.ONLINE,), min_size=BIG, atime_before_ns=now - OLD_DAYS * DAY_NS)
+    return FileQuery(states=(State.ONLINE,), min_size=BIG, last_access_before_ns=now - OLD_DAYS * DAY_NS)
 
 
 def _dir_inode(now: int) -> Inode:
@@ -195,9 +196,9 @@ def examined_sql(cat, q: FileQuery) -> dict:
     with cat.engine.connect() as c:
         detail = " | ".join(str(r[-1]) for r in c.exec_driver_sql("EXPLAIN QUERY PLAN " + stmt, params).all())
         keys = None
-        if "ix_inodes_state_atime" in detail:  # (state, atime_ns) or (state, atime_ns, size)
-            keys = c.exec_driver_sql(f"SELECT count(*) FROM inodes WHERE state IN ({marks}) AND atime_ns < ?",
-                                     (*states, q.atime_before_ns)).scalar()
+        if "ix_inodes_state_last_access" in detail:  # (state, last_access_ns, size)
+            keys = c.exec_driver_sql(f"SELECT count(*) FROM inodes WHERE state IN ({marks}) AND last_access_ns < ?",
+                                     (*states, q.last_access_before_ns)).scalar()
         elif "ix_inodes_state_size" in detail:
             keys = c.exec_driver_sql(f"SELECT count(*) FROM inodes WHERE state IN ({marks}) AND size >= ?",
                                      (*states, q.min_size)).scalar()

@@ -280,13 +280,14 @@ def test_sessions_reap_returns_jobs(catalog):
 def test_query_and_stats(catalog):
     old = now_ns() - 100 * 86400 * 10**9
     for i in range(10):
-        catalog.create(ROOT_INO, b"f%d" % i, new(size=i * 1000, tier="disk", location=f"k{i}", atime_ns=old + i))
+        catalog.create(ROOT_INO, b"f%d" % i, new(size=i * 1000, tier="disk", location=f"k{i}", atime_ns=old + i,
+                                                 mtime_ns=old + i))
     catalog.create(ROOT_INO, b"dir", new(DIR))
     catalog.rows_read = 0
-    got = list(catalog.query(FileQuery(states=(State.ONLINE,), min_size=5000, atime_before_ns=now_ns())))
+    got = list(catalog.query(FileQuery(states=(State.ONLINE,), min_size=5000, last_access_before_ns=now_ns())))
     assert sorted(i.size for i in got) == [5000, 6000, 7000, 8000, 9000]
     assert catalog.rows_read == 5
-    ordered = list(catalog.query(FileQuery(order_by_atime=True, limit=3)))
+    ordered = list(catalog.query(FileQuery(order_by_last_access=True, limit=3)))
     assert [i.size for i in ordered] == [0, 1000, 2000]
     page = list(catalog.query(FileQuery(limit=4)))
     page2 = list(catalog.query(FileQuery(limit=4, after_ino=page[-1].ino)))
@@ -294,6 +295,64 @@ def test_query_and_stats(catalog):
     st = catalog.stats()
     assert st.by_state["online"] == (10, 45000)
     assert st.by_tier["disk"] == (10, 45000)
+
+
+def stored_last_access(catalog, ino: int) -> int:
+    """last_access_ns as the catalog stores it: what its index holds."""
+    if hasattr(catalog, "db"):
+        return catalog.inodes.find_one({"_id": ino})["last_access_ns"]
+    with catalog.engine.connect() as c:
+        return c.exec_driver_sql("SELECT last_access_ns FROM inodes WHERE ino = ?", (ino,)).scalar()
+
+
+def test_last_access_stays_the_later_of_atime_and_mtime_through_every_write(catalog):
+    """The stored, indexed last_access_ns (what inactivity queries bound and
+    order by) equals max(atime_ns, mtime_ns) after each write that changes
+    either time, a time set back included; it cannot be set on its own."""
+    def check(*inos):
+        for ino in inos:
+            i = catalog.get(ino)
+            assert stored_last_access(catalog, ino) == i.last_access_ns == max(i.atime_ns, i.mtime_ns), i
+
+    d = catalog.create(ROOT_INO, b"d", new(DIR, atime_ns=100, mtime_ns=200))
+    f = catalog.create(d.ino, b"f", new(atime_ns=1000, mtime_ns=500))
+    g, = catalog.create_many([(d.ino, b"g", new(atime_ns=300, mtime_ns=700))], ctime_ns=now_ns())
+    check(ROOT_INO, d.ino, f.ino, g.ino)                  # created, and the parents' mtimes they set
+    for changes in ({"mtime_ns": 2000},                   # written: only mtime given
+                    {"mtime_ns": 400},                    # touch -m -d: back, the atime is later again
+                    {"atime_ns": 50},                     # touch -a -d: back, the mtime is later
+                    {"atime_ns": 60, "mtime_ns": 70},
+                    {"size": 3}):                         # neither time
+        catalog.update(f.ino, changes)
+        check(f.ino)
+    catalog.bump_version(f.ino, {"mtime_ns": 3000, "size": 9})
+    check(f.ino)
+    catalog.set_atimes({f.ino: 4000, g.ino: 10})          # g's atime stays: it never goes back
+    check(f.ino, g.ino)
+    catalog.switch(f.ino, catalog.get(f.ino).data_version, [State.ONLINE], {"atime_ns": 5000}, [], ("test", ""))
+    check(f.ino)                                          # a restore resets the access time
+    catalog.link(g.ino, ROOT_INO, b"g2", ctime_ns=6000)
+    catalog.unlink(d.ino, b"f", ctime_ns=6500)
+    catalog.rename(ROOT_INO, b"g2", d.ino, b"g3", ctime_ns=7000)
+    check(ROOT_INO, d.ino, g.ino)
+    with pytest.raises(errors.Invalid):
+        catalog.update(g.ino, {"last_access_ns": 1})
+
+
+def test_inactivity_queries_count_a_write_as_use(catalog):
+    """A log appended to a minute ago but not read for 200 days is not
+    inactive; the least recently used order counts writes too."""
+    now, day = now_ns(), 86400 * 10**9
+    written = catalog.create(ROOT_INO, b"app.log", new(size=10, atime_ns=now - 200 * day, mtime_ns=now - 60 * 10**9))
+    idle = catalog.create(ROOT_INO, b"old.log", new(size=10, atime_ns=now - 200 * day, mtime_ns=now - 200 * day))
+    read = catalog.create(ROOT_INO, b"read.log", new(size=10, atime_ns=now - day, mtime_ns=now - 300 * day))
+    q = FileQuery(states=(State.ONLINE,), last_access_before_ns=now - 90 * day)
+    assert [i.ino for i in catalog.query(q)] == [idle.ino]
+    assert [r[2] for r in catalog.query_names(q)] == [idle.ino]
+    assert catalog.count_by(q, "state") == {"online": (1, 10)}
+    lru = [idle.ino, read.ino, written.ino]
+    assert [i.ino for i in catalog.query(FileQuery(states=(State.ONLINE,), order_by_last_access=True))] == lru
+    assert [i.ino for i in catalog.query(FileQuery(order_by_last_access=True, name_glob=b"*.log"))] == lru
 
 
 def test_atime_batch_never_goes_back(catalog):

@@ -1,30 +1,40 @@
-"""The (state, atime_ns, size) index behind policy candidate selection, on
-every catalog backend: a fresh catalog has it, a catalog made by an older
-tierfs (with the (state, atime_ns) index instead) gets it when opened, and
-the policy query uses it so that only the candidates are fetched.
+"""The (state, last_access_ns, size) index behind policy candidate
+selection, on every catalog backend: a fresh catalog has it, a catalog made
+by the tierfs of schema version 1 (atime only, a (state, atime_ns, size)
+index) is migrated when opened, and the policy query uses the index so that
+only the candidates are fetched.
 
-The synthetic catalog: 4,000 files, 1% candidates (online, not accessed for
-90 days, >= 256 MiB). Of the rest, 10% are old and half are big, so the
-atime range of the index holds ~10x the candidates and the size range ~50x:
-fetching more than the candidates shows."""
+The synthetic catalog: 4,000 files, 1% candidates (online, neither accessed
+nor modified for 90 days, >= 256 MiB). Of the rest, 10% are old and half
+are big, so the last-access range of the index holds ~10x the candidates
+and the size range ~50x: fetching more than the candidates shows. Each
+file's last access is its atime or its mtime (the other is older), at
+random."""
 
 from __future__ import annotations
 
+import os
 import random
+import sqlite3
 import time
 
 import pytest
+from bson import json_util
 from sqlalchemy import inspect
 
 from bench.catalog_scale import examined_sql
+from tierfs import errors
 from tierfs.catalog import open_catalog
-from tierfs.catalog.base import ROOT_INO, SCHEMA_VERSION, FileQuery, Inode, State
+from tierfs.catalog.base import ROOT_INO, SCHEMA_VERSION, FileQuery, Inode, Session, State, now_ns
 
-NEW_SQL, OLD_SQL = "ix_inodes_state_atime_size", "ix_inodes_state_atime"
-NEW_MONGO, OLD_MONGO = "state_atime_size", "state_atime"
+NEW_SQL, V1_SQL = "ix_inodes_state_last_access_size", "ix_inodes_state_atime_size"
+NEW_MONGO, V1_MONGO = "state_last_access_size", "state_atime_size"
+NEW_FIELDS = ["state", "last_access_ns", "size"]
 DAY_NS = 86400 * 10**9
 BIG = 256 << 20
 N, CANDIDATES = 4000, 40
+V1 = os.path.join(os.path.dirname(__file__), "data", "catalog_v1")
+T0 = 1_767_225_600 * 10**9   # 2026-01-01 00:00 UTC: V1's times are relative to it (make.py)
 
 
 def backend(cat) -> str:
@@ -40,50 +50,101 @@ def inode_indexes(cat) -> dict[str, list[str]]:
         return {ix["name"]: ix["column_names"] for ix in inspect(c).get_indexes("inodes")}
 
 
-def to_old_schema(cat) -> None:
-    """What the previous tierfs made: (state, atime_ns) and no (state, atime_ns, size);
-    its schema_version was 1."""
-    if backend(cat) == "mongo":
-        cat.inodes.drop_index(NEW_MONGO)
-        cat.inodes.create_index([("state", 1), ("atime_ns", 1)], name=OLD_MONGO)
-        cat.meta.update_one({"_id": "schema_version"}, {"$set": {"value": "1"}})
-    else:
-        with cat.engine.begin() as c:
-            c.exec_driver_sql(f"DROP INDEX {NEW_SQL}")
-            c.exec_driver_sql(f"CREATE INDEX {OLD_SQL} ON inodes (state, atime_ns)")
-            c.exec_driver_sql("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
-
-
-def test_a_fresh_catalog_has_the_index_and_not_its_prefix(catalog):
+def test_a_fresh_catalog_has_the_index_and_not_the_previous_ones(catalog):
     ix = inode_indexes(catalog)
-    new, old = (NEW_MONGO, OLD_MONGO) if backend(catalog) == "mongo" else (NEW_SQL, OLD_SQL)
-    assert ix.get(new) == ["state", "atime_ns", "size"], ix
-    assert old not in ix, ix
-    assert sorted(f for f in ix.values() if f[0] == "state") == [["state", "atime_ns", "size"], ["state", "size"]], ix
+    assert ix.get(NEW_MONGO if backend(catalog) == "mongo" else NEW_SQL) == NEW_FIELDS, ix
+    backlog = ["state", "_id" if backend(catalog) == "mongo" else "ino"]   # partial: files without a checksum
+    assert sorted(f for f in ix.values() if f[0] == "state") == sorted([NEW_FIELDS, ["state", "size"], backlog]), ix
 
 
-def test_a_catalog_of_the_previous_schema_gets_the_index_when_opened(catalog_url):
-    cat = open_catalog(catalog_url)
-    cat.init()
-    f = cat.create(ROOT_INO, b"kept", Inode(ino=0, mode=0o100644, uid=0, gid=0, size=5, atime_ns=1))
-    to_old_schema(cat)
-    ix = inode_indexes(cat)
-    assert OLD_SQL in ix or OLD_MONGO in ix
-    assert NEW_SQL not in ix and NEW_MONGO not in ix
+# ---- migration from schema version 1 -------------------------------------------------
+def load_v1(url: str) -> None:
+    """The catalog tests/data/catalog_v1/make.py made with the tierfs of
+    schema version 1, restored at `url` as that tierfs left it."""
+    if url.startswith("sqlite"):
+        con = sqlite3.connect(url.split("///", 1)[1])
+        with open(os.path.join(V1, "sqlite.sql")) as f:
+            con.executescript(f.read())
+        con.close()
+        return
+    cat = open_catalog(url)
+    with open(os.path.join(V1, "mongo.json")) as f:
+        dump = json_util.loads(f.read())
+    for name, coll in dump.items():
+        if coll["documents"]:
+            cat.db[name].insert_many(coll["documents"])
+        for ix_name, ix in coll["indexes"].items():
+            opts = {k: v for k, v in ix.items() if k not in ("key", "v", "ns")}
+            cat.db[name].create_index(ix["key"], name=ix_name, **opts)
     cat.close()
 
-    cat = open_catalog(catalog_url)  # what a mount, fsck or a policy run does
+
+def stored_last_access(cat) -> dict[bytes, int]:
+    """File name -> last_access_ns as stored (what the index holds)."""
+    if backend(cat) == "mongo":
+        names = {d["ino"]: bytes(d["name"]) for d in cat.dentries.find()}
+        return {names[d["_id"]]: d["last_access_ns"] for d in cat.inodes.find() if d["_id"] in names}
+    with cat.engine.connect() as c:
+        return {bytes(n): t for n, t in c.exec_driver_sql(
+            "SELECT d.name, i.last_access_ns FROM inodes i JOIN dentries d ON d.ino = i.ino")}
+
+
+def test_a_catalog_of_schema_version_1_is_migrated_when_opened(catalog_url):
+    load_v1(catalog_url)
+    cat = open_catalog(catalog_url)
     try:
-        cat.init()
+        assert cat.schema_version() == 1
         ix = inode_indexes(cat)
-        new, old = (NEW_MONGO, OLD_MONGO) if backend(cat) == "mongo" else (NEW_SQL, OLD_SQL)
-        assert ix.get(new) == ["state", "atime_ns", "size"], ix
-        assert old not in ix, ix
-        assert cat.schema_version() == SCHEMA_VERSION == 1  # indexes are no schema_version step
-        assert cat.lookup(ROOT_INO, b"kept").ino == f.ino
-        assert [i.ino for i in cat.query(FileQuery(states=(State.ONLINE,), atime_before_ns=2))] == [f.ino]
+        new, v1 = (NEW_MONGO, V1_MONGO) if backend(cat) == "mongo" else (NEW_SQL, V1_SQL)
+        assert ix.get(v1) == ["state", "atime_ns", "size"] and new not in ix, ix
+        cat.init()  # what a mount, fsck, a policy run or a catalog-reading command does
+        assert cat.schema_version() == SCHEMA_VERSION == 2
+        ix = inode_indexes(cat)
+        assert ix.get(new) == NEW_FIELDS and v1 not in ix, ix
+        logs = cat.lookup(ROOT_INO, b"logs")
+        expected = {b"app.log": T0 - 60 * 10**9, b"old.log": T0 - 200 * DAY_NS, b"read.log": T0 - DAY_NS}
+        got = stored_last_access(cat)
+        assert {k: got[k] for k in expected} == expected
+        assert got[b"logs"] == cat.get(logs.ino).last_access_ns   # directories too
+        inactive = FileQuery(states=(State.ONLINE,), last_access_before_ns=T0 - 90 * DAY_NS)
+        assert [i.ino for i in cat.query(inactive)] == [cat.lookup(logs.ino, b"old.log").ino]
+        lru = [i.ino for i in cat.query(FileQuery(states=(State.ONLINE,), order_by_last_access=True, limit=3))]
+        assert lru == [cat.lookup(logs.ino, n).ino for n in (b"old.log", b"read.log", b"app.log")]
+        # Writes after the migration keep it up to date.
+        app = cat.lookup(logs.ino, b"app.log")
+        cat.update(app.ino, {"mtime_ns": T0 - 100 * DAY_NS})
+        assert stored_last_access(cat)[b"app.log"] == T0 - 100 * DAY_NS
+        assert {i.ino for i in cat.query(inactive)} == {app.ino, cat.lookup(logs.ino, b"old.log").ino}
         cat.init()  # again: nothing left to do, nothing breaks
-        assert inode_indexes(cat) == ix
+        assert inode_indexes(cat) == ix and cat.schema_version() == 2
+    finally:
+        cat.close()
+
+
+def test_a_newer_catalog_is_refused(catalog):
+    catalog.set_meta("schema_version", str(SCHEMA_VERSION + 1))
+    with pytest.raises(errors.ConfigError, match=f"catalog schema version {SCHEMA_VERSION + 1} is newer than "
+                       f"this tierfs \\({SCHEMA_VERSION}\\); upgrade tierfs"):
+        catalog.init()
+
+
+def test_mongo_migration_waits_for_the_older_tierfs_to_unmount(mongod):
+    """An older tierfs still mounted would write times without last_access_ns:
+    the upgrade is refused, naming it, and the catalog is left as it was."""
+    url = mongod.url("v1live")
+    load_v1(url)
+    cat = open_catalog(url)
+    try:
+        cat.register_session(Session(id="old", host="h1", pid=4242, mountpoint="/mnt/lab", started_ns=now_ns(),
+                                     heartbeat_ns=now_ns()))
+        with pytest.raises(errors.ConfigError, match=r"catalog schema version 1 is in use by an older tierfs "
+                           r"mounted on /mnt/lab \(pid 4242 on h1\); unmount it"):
+            cat.init()
+        assert cat.schema_version() == 1 and V1_MONGO in inode_indexes(cat)
+        assert cat.inodes.count_documents({"last_access_ns": {"$exists": True}}) == 0
+        cat.end_session("old")
+        cat.init()
+        assert cat.schema_version() == 2 and cat.inodes.count_documents({"last_access_ns": {"$exists": False}}) == 0
     finally:
         cat.close()
 
@@ -97,21 +158,23 @@ def fill(cat, now: int) -> FileQuery:
     entries = []
     for i in range(N):
         if i in cands:
-            state, atime, size = State.ONLINE, rng.randrange(old - 10 * DAY_NS, old), rng.randrange(BIG, 1 << 30)
+            state, last, size = State.ONLINE, rng.randrange(old - 10 * DAY_NS, old), rng.randrange(BIG, 1 << 30)
         else:
             while True:
                 r = rng.random()
                 state = State.ONLINE if r < 0.9 else (State.DUAL if r < 0.95 else State.ARCHIVED)
-                atime = rng.randrange(old - 10 * DAY_NS, old) if rng.random() < 0.1 else rng.randrange(old, now)
+                last = rng.randrange(old - 10 * DAY_NS, old) if rng.random() < 0.1 else rng.randrange(old, now)
                 size = rng.randrange(BIG, 1 << 30) if rng.random() < 0.5 else rng.randrange(1, BIG)
-                if not (state == State.ONLINE and atime < old and size >= BIG):
+                if not (state == State.ONLINE and last < old and size >= BIG):
                     break
+        other = last - rng.randrange(1, 400 * DAY_NS)   # the older of the two times
+        atime, mtime = (last, other) if rng.random() < 0.5 else (other, last)
         entries.append((ROOT_INO, b"f%05d" % i, Inode(ino=0, mode=0o100644, uid=0, gid=0, size=size,
-                                                      atime_ns=atime, mtime_ns=atime, ctime_ns=atime,
-                                                      crtime_ns=atime, state=state)))
+                                                      atime_ns=atime, mtime_ns=mtime, ctime_ns=mtime,
+                                                      crtime_ns=other, state=state)))
     for k in range(0, N, 500):
         cat.create_many(entries[k:k + 500], now)
-    return FileQuery(states=(State.ONLINE,), min_size=BIG, atime_before_ns=old)
+    return FileQuery(states=(State.ONLINE,), min_size=BIG, last_access_before_ns=old)
 
 
 class FindSpy:
@@ -169,19 +232,31 @@ def test_policy_query_fetches_only_the_candidates(catalog):
         before = cat.rows_read
         got = list(cat.query(q))
         assert len(got) == CANDIDATES and cat.rows_read - before == CANDIDATES
-        assert all(i.state == State.ONLINE and i.size >= BIG and i.atime_ns < q.atime_before_ns for i in got)
+        assert all(i.state == State.ONLINE and i.size >= BIG and i.last_access_ns < q.last_access_before_ns
+                   for i in got)
         e = examined(cat, q)
         assert (NEW_MONGO if backend(cat) == "mongo" else NEW_SQL) in e["plan"], (newest, e)
         assert e["examined"] == CANDIDATES, e           # rows/documents fetched == candidates
-        assert e["keys_examined"] >= 5 * CANDIDATES, e  # the atime range is wider: the size was tested on the key
+        assert e["keys_examined"] >= 5 * CANDIDATES, e  # the last-access range is wider: size tested on the key
 
 
-def test_the_measure_sees_fetches_with_the_previous_index(catalog):
-    """The same measure on the previous schema fetches every entry of the
-    index range it walks: what the test above would catch."""
+def without_size_in_the_index(cat) -> None:
+    """The index without its size: what tierfs had before (state, atime_ns, size)."""
+    if backend(cat) == "mongo":
+        cat.inodes.drop_index(NEW_MONGO)
+        cat.inodes.create_index([("state", 1), ("last_access_ns", 1)], name="state_last_access")
+    else:
+        with cat.engine.begin() as c:
+            c.exec_driver_sql(f"DROP INDEX {NEW_SQL}")
+            c.exec_driver_sql("CREATE INDEX ix_inodes_state_last_access ON inodes (state, last_access_ns)")
+
+
+def test_the_measure_sees_fetches_without_the_size_in_the_index(catalog):
+    """The same measure with an index that lacks the size fetches every
+    entry of the index range it walks: what the test above would catch."""
     cat = catalog
     q = fill(cat, time.time_ns())
-    to_old_schema(cat)
+    without_size_in_the_index(cat)
     assert len(list(cat.query(q))) == CANDIDATES
     e = examined(cat, q)
     assert NEW_SQL not in e["plan"] and NEW_MONGO not in e["plan"], e
@@ -194,13 +269,16 @@ def test_watermark_and_size_only_queries_still_use_an_index(catalog):
     cat = catalog
     now = time.time_ns()
     q = fill(cat, now)
-    oldest = list(cat.query(FileQuery(states=(State.ONLINE,), order_by_atime=True, limit=10)))
-    assert [i.atime_ns for i in oldest] == sorted(i.atime_ns for i in oldest) and len(oldest) == 10
+    lru = FileQuery(states=(State.ONLINE,), order_by_last_access=True, limit=10)
+    oldest = list(cat.query(lru))
+    assert [i.last_access_ns for i in oldest] == sorted(i.last_access_ns for i in oldest) and len(oldest) == 10
+    everything = sorted(cat.query(FileQuery(states=(State.ONLINE,))), key=lambda i: (i.last_access_ns, i.ino))
+    assert [i.ino for i in oldest] == [i.ino for i in everything[:10]]
     big = FileQuery(states=(State.ONLINE,), min_size=(1 << 30) - (1 << 20))
     n_big = len(list(cat.query(big)))
     if backend(cat) == "sqlite":
         from bench.catalog_scale import sqlite_statement
-        for fq, index in ((FileQuery(states=(State.ONLINE,), order_by_atime=True, limit=10), NEW_SQL),
+        for fq, index in ((lru, NEW_SQL),
                           (big, "ix_inodes_state_size"), (q, NEW_SQL)):
             stmt, params = sqlite_statement(cat, fq)
             with cat.engine.connect() as c:

@@ -6,6 +6,7 @@ run on a catalog of 100,000 entries."""
 
 from __future__ import annotations
 
+import datetime
 import functools
 import time
 
@@ -20,6 +21,11 @@ from tierfs.policy.rules import parse_rules
 
 DAY_NS = 86400 * 10**9
 MB = 1_000_000
+
+
+def day(t_ns: int) -> str:
+    """The local date of a time, as explanations print it."""
+    return datetime.datetime.fromtimestamp(t_ns / 1e9).strftime("%Y-%m-%d")
 
 
 def make_cfg(tmp_path, *rules):
@@ -51,12 +57,15 @@ class Tree:
             self.c.setxattr(self.dirs[path], k.replace("__", ".").encode(), str(v).encode())
         return self.dirs[path]
 
-    def file(self, path: str, size: int = 1000, idle: float = 0, created: float = 0, modified: float = 0,
+    def file(self, path: str, size: int = 1000, idle: float = 0, created: float = 0, modified: float | None = None,
              state: State = State.ONLINE, tier: str | None = "disk", uid: int = 1000, gid: int = 1000,
              **xattrs) -> Inode:
-        """idle/created/modified: days ago."""
+        """idle: days since the last read (atime); modified: days since the
+        last write (mtime; default: as idle, so the file is idle that long);
+        created: days since creation."""
         parent, _, name = path.strip("/").rpartition("/")
         t = self.now
+        modified = idle if modified is None else modified
         archived = state in (State.ARCHIVED, State.DUAL, State.LOST)
         inode = self.c.create(self.dir(parent), name.encode(), Inode(
             ino=0, mode=0o100644, uid=uid, gid=gid, size=size, atime_ns=t - int(idle * DAY_NS),
@@ -86,9 +95,9 @@ def tree(catalog):
     t.file("old_big.raw", 5 * MB, idle=120, created=400, modified=200)
     t.file("old_small.raw", 500_000, idle=120, created=400, modified=200)
     t.file("new_big.bin", 5 * MB, idle=1, created=2, modified=1)
-    t.file("proj/x/data.raw", 2 * MB, idle=120, created=10, modified=10, uid=1001, gid=1001)
-    t.file("proj/y/scratch.tmp", 2 * MB, idle=120, created=10, modified=10)
-    t.file("on_ssd.raw", 3 * MB, idle=120, tier="ssd")
+    t.file("proj/x/data.raw", 2 * MB, idle=120, created=100, modified=95, uid=1001, gid=1001)
+    t.file("proj/y/scratch.tmp", 2 * MB, idle=120, created=100, modified=95)
+    t.file("on_ssd.raw", 3 * MB, idle=120, modified=95, tier="ssd")
     return t
 
 
@@ -120,10 +129,10 @@ def test_matched_values_and_totals(tree, catalog, tmp_path):
     report = run(catalog, make_cfg(tmp_path, dict(name="cold", action="archive", inactive_for="90d",
                                                   min_size="1MB", path="*.raw", scope="/")))
     a = {x.path: x for x in report.actions}["/old_big.raw"]
-    assert a.reasons == ["inactive 120d > 90d", "size 5MB >= 1MB", "under /", "path *.raw"]
-    assert a.cause == "policy rule 'cold' (inactive 120d > 90d, size 5MB >= 1MB, under /, path *.raw)"
-    assert a.line() == ("archive -> vault /old_big.raw (5MB): rule 'cold': inactive 120d > 90d, size 5MB >= 1MB, "
-                        "under /, path *.raw")
+    idle = f"not accessed or modified for 120d (since {day(tree.now - 120 * DAY_NS)}) > 90d"
+    assert a.reasons == [idle, "size 5MB >= 1MB", "under /", "path *.raw"]
+    assert a.cause == f"policy rule 'cold' ({idle}, size 5MB >= 1MB, under /, path *.raw)"
+    assert a.line() == f"archive -> vault /old_big.raw (5MB): rule 'cold': {idle}, size 5MB >= 1MB, under /, path *.raw"
     assert report.totals() == dict(files=3, bytes=10 * MB, freed=10 * MB, candidates=5)  # old_small: size, scratch.tmp: path
     assert "would act on 3 file(s), 10MB, freeing 10MB online" in report.summary()
 
@@ -151,7 +160,8 @@ def test_xattr_matches_are_inherited(tree, catalog, tmp_path):
     report = run(catalog, make_cfg(tmp_path, dict(name="r", action="archive", inactive_for="150d",
                                                   xattr={"user.classification": "internal"})))
     assert paths(report) == {"/secret/a.raw", "/c.raw"}
-    assert {tuple(a.reasons) for a in report.actions} == {("inactive 200d > 150d", "user.classification=internal")}
+    idle = f"not accessed or modified for 200d (since {day(tree.now - 200 * DAY_NS)}) > 150d"
+    assert {tuple(a.reasons) for a in report.actions} == {(idle, "user.classification=internal")}
 
 
 def test_user_overrides_within_bounds(catalog, tmp_path):
@@ -170,14 +180,51 @@ def test_user_overrides_within_bounds(catalog, tmp_path):
     assert paths(report) == {"/short/f40", "/short/f100", "/short/f200", "/tiny/f40", "/tiny/f100", "/tiny/f200",
                              "/long/sub/f200", "/bad/f100", "/bad/f200", "/plain/f100", "/plain/f200"}
     why = {a.path: a.reasons[0] for a in report.actions}
-    assert why["/short/f40"] == "inactive 40d > 30d (user.tierfs.inactive_for on /short)"
-    assert why["/long/sub/f200"] == "inactive 200d > 180d (user.tierfs.inactive_for on /long)"
-    assert why["/plain/f100"] == "inactive 100d > 90d"
+    since = {n: f"not accessed or modified for {n}d (since {day(t.now - n * DAY_NS)})" for n in (40, 100, 200)}
+    assert why["/short/f40"] == f"{since[40]} > 30d (user.tierfs.inactive_for on /short)"
+    assert why["/long/sub/f200"] == f"{since[200]} > 180d (user.tierfs.inactive_for on /long)"
+    assert why["/plain/f100"] == f"{since[100]} > 90d"
     # Without allow_user_override the attribute means nothing.
     rule.pop("min_override"), rule.pop("max_override")
     rule["allow_user_override"] = False
     report = run(catalog, make_cfg(tmp_path, rule))
     assert paths(report) == {f"/{d}/f{n}" for d in ("short", "tiny", "long/sub", "bad", "plain") for n in (100, 200)}
+
+
+def test_inactivity_counts_from_the_last_access_or_modification(catalog, tmp_path):
+    """A log appended to a minute ago but not read for 200 days is in use:
+    inactivity counts from the later of atime and mtime, in the indexed
+    query (only the inactive are candidates), the explanation (its date is
+    the later of the two) and the per-directory overrides."""
+    t = Tree(catalog)
+    t.file("logs/app.log", 2 * MB, idle=200, modified=1 / 1440)   # written a minute ago
+    t.file("logs/old.log", 2 * MB, idle=200)                        # neither, for 200 days
+    t.file("logs/read.log", 2 * MB, idle=1, modified=200)           # read yesterday
+    t.file("logs/half.log", 2 * MB, idle=300, modified=120)         # read 300, written 120 days ago
+    t.dir("short", user__tierfs__inactive_for="60d")
+    t.file("short/written", idle=100, modified=45)     # read 100, written 45 days ago: not for 60 days
+    t.file("short/idle", idle=100, modified=70)
+    rule = dict(name="cold", action="archive", inactive_for="90d", allow_user_override=True, min_override="30d")
+    report = run(catalog, make_cfg(tmp_path, rule))
+    assert paths(report) == {"/logs/old.log", "/logs/half.log", "/short/idle"}
+    assert report.rules[0].candidates == 4       # those three and short/written (the query's bound: 30d)
+    assert report.rules[0].skipped == {"override": 1}
+    why = {a.path: a.reasons[0] for a in report.actions}
+    assert why["/logs/half.log"] == f"not accessed or modified for 120d (since {day(t.now - 120 * DAY_NS)}) > 90d"
+    assert why["/short/idle"] == (f"not accessed or modified for 70d (since {day(t.now - 70 * DAY_NS)}) > 60d "
+                                  "(user.tierfs.inactive_for on /short)")
+    assert {a.path: a.last_access_ns for a in report.actions}["/logs/half.log"] == t.now - 120 * DAY_NS
+
+
+def test_watermark_runs_take_the_least_recently_used_counting_writes(catalog, tmp_path):
+    t = Tree(catalog)
+    t.file("written", 10 * MB, idle=100, modified=1)    # least recently read, but written yesterday
+    t.file("f50", 10 * MB, idle=50)
+    t.file("f10", 10 * MB, idle=10)
+    engine = Engine(catalog, parse_rules(make_cfg(tmp_path, dict(name="arch", action="archive"))),
+                    clock=FakeClock(), page=2)
+    report = trio.run(functools.partial(engine.run_watermark, "disk", 15 * MB, dry_run=True))
+    assert [a.path for a in report.actions] == ["/f50", "/f10"]
 
 
 def test_dry_run_equals_the_real_run(tree, catalog, tmp_path):
@@ -327,8 +374,10 @@ def test_a_run_on_100k_entries_touches_only_the_candidates(sqlite_url, tmp_path)
     rows, dents = [], []
     for i in range(100_000):
         ino, cold = i + 2, i % 2000 == 0
+        # Every 7th file was last read long ago but written now: active, and in the (state, size) range.
         rows.append(dict(ino=ino, mode=0o100644, uid=0, gid=0, nlink=1, size=5 * MB if cold or i % 3 == 0 else 1000,
-                         atime_ns=old if cold else now, mtime_ns=now, ctime_ns=now, crtime_ns=now, rdev=0,
+                         atime_ns=old if cold or i % 7 == 0 else now, mtime_ns=old if cold else now, ctime_ns=now,
+                         crtime_ns=now, rdev=0,
                          target=None, state="online", tier="disk", location=f"k{ino}", archive_tier=None,
                          archive_location=None, checksum=None, data_version=0, state_ns=now, state_cause="create"))
         dents.append(dict(parent=ROOT_INO, name=b"f%d" % i, ino=ino))

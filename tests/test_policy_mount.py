@@ -2,11 +2,13 @@
 the issue's done-when scenario (the running daemon archives an inactive
 file by itself within one interval; a small and a pinned file stay; the
 dry run predicted exactly that; reading restores and resets the clock),
-watermarks on a small tmpfs tier, delete rules in the daemon, and the CLI's
-errors and exit codes."""
+inactivity counting writes as use (a log appended to a minute ago but not
+read for 200 days stays), watermarks on a small tmpfs tier, delete rules in
+the daemon, and the CLI's errors and exit codes."""
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import os
@@ -17,7 +19,9 @@ import pytest
 
 from tierfs import mounts
 from tierfs.catalog import open_catalog
+from tierfs.catalog.base import SCHEMA_VERSION
 from tests.conftest import wait_for
+from tests.test_catalog_index import DAY_NS, T0, load_v1
 
 pytestmark = pytest.mark.mount
 
@@ -42,6 +46,14 @@ def dry_run(m, *args) -> dict:
     return json.loads(r.stdout)
 
 
+def idle_for(m, rel: str, days: int, limit: str) -> str:
+    """The explanation of a file neither read nor written for `days`, dated
+    by the later of its access and modification times as stat shows them."""
+    st = os.stat(m.path(rel))
+    since = datetime.datetime.fromtimestamp(max(st.st_atime_ns, st.st_mtime_ns) / 1e9).strftime("%Y-%m-%d")
+    return f"not accessed or modified for {days}d (since {since}) > {limit}"
+
+
 def test_done_when_the_daemon_archives_an_inactive_file_by_itself(make_mount):
     m = make_mount(config=COLD, start=False)
     m.write_config()
@@ -58,16 +70,17 @@ def test_done_when_the_daemon_archives_an_inactive_file_by_itself(make_mount):
         setfattr -n user.tierfs.pin -v 1 keep
     """)
     digest = sha(m.path("big"))   # (a read: before the clocks are set back)
-    m.sh("touch -a -d '100 days ago' big small keep/pinned")
+    m.sh("touch -d '100 days ago' big small keep/pinned")
     assert os.stat(m.path("big")).st_atime < time.time() - 99 * 86400  # stat shows it at once
+    idle = idle_for(m, "big", 100, "90d")
     time.sleep(3)   # more than one interval: a mount without the lease does nothing
     predicted = dry_run(m)
     assert [(a["path"], a["action"], a["target"]) for a in predicted["actions"]] == [("/big", "archive", "vault")]
-    assert predicted["actions"][0]["reasons"] == ["inactive 100d > 90d", "size 5MB >= 1MB"]
+    assert predicted["actions"][0]["reasons"] == [idle, "size 5MB >= 1MB"]
     assert predicted["totals"]["files"] == 1 and predicted["totals"]["bytes"] == 5_000_000
     assert predicted["rules"][0]["skipped"] == {"pinned": 1, "size": 1}
     text = m.cli("policy", "run", "--dry-run", "-c", m.config_path).stdout
-    assert "archive -> vault /big (5MB): rule 'cold': inactive 100d > 90d, size 5MB >= 1MB" in text
+    assert f"archive -> vault /big (5MB): rule 'cold': {idle}, size 5MB >= 1MB" in text
     assert "dry run: would act on 1 file(s), 5MB, freeing 5MB online" in text
     assert m.state("big") == "online"
 
@@ -78,7 +91,7 @@ def test_done_when_the_daemon_archives_an_inactive_file_by_itself(make_mount):
     assert took < 15, took
     assert (m.state("small"), m.state("keep/pinned")) == ("online", "online")
     st = m.cli("state", m.path("big")).stdout
-    assert "archived since" in st and "by policy rule 'cold' (inactive 100d > 90d, size 5MB >= 1MB)" in st
+    assert "archived since" in st and f"by policy rule 'cold' ({idle}, size 5MB >= 1MB)" in st
     assert os.stat(m.path("big")).st_blocks == 0
     cat.close()
 
@@ -89,6 +102,61 @@ def test_done_when_the_daemon_archives_an_inactive_file_by_itself(make_mount):
     assert [a["path"] for a in dry_run(m)["actions"]] == []
     time.sleep(2.5)                                    # another interval: the daemon leaves it alone
     assert m.state("big") == "dual"
+
+
+def test_a_log_appended_to_a_minute_ago_is_not_inactive(make_mount, catalog_url):
+    """Issue 13, defect 8: a file written recently is in use however long ago
+    it was read. The dry run, `tierfs find --inactive` and the daemon agree:
+    only the file neither read nor written for 200 days is archived."""
+    m = make_mount(config=COLD, catalog_url=catalog_url, start=False)
+    m.write_config()
+    cat = open_catalog(m.catalog_url)
+    cat.init()
+    assert cat.acquire_lease("policy", "test", 3600)   # the daemon waits until the dry run has been taken
+    m.start()
+    m.sh("""
+        head -c 5000000 /dev/urandom > app.log
+        head -c 5000000 /dev/urandom > old.dat
+        head -c 5000000 /dev/urandom > read.dat
+        touch -d '200 days ago' app.log old.dat
+        echo 'one more line' >> app.log             # appended now: a write, not a read
+        touch -m -d '200 days ago' read.dat         # written long ago, read (created) now
+    """)
+    st = os.stat(m.path("app.log"))
+    assert st.st_atime < time.time() - 199 * 86400 and st.st_mtime > time.time() - 60
+    idle = idle_for(m, "old.dat", 200, "90d")
+    predicted = dry_run(m)
+    assert [(a["path"], a["reasons"]) for a in predicted["actions"]] == [("/old.dat", [idle, "size 5MB >= 1MB"])]
+    assert predicted["rules"][0]["candidates"] == 1    # the catalog query itself left the others out
+    assert m.cli("find", m.mnt, "--inactive", "90d").stdout.split() == ["/old.dat"]
+    assert m.cli("find", m.mnt, "--inactive", "90d", "--count").stdout.strip() == "1"
+    assert sorted(m.cli("find", m.mnt, "--inactive", "1h").stdout.split()) == ["/old.dat"]
+
+    assert cat.acquire_lease("policy", "test", 0)      # let go: the daemon takes over within one interval
+    cat.close()
+    wait_for(lambda: m.state("old.dat") == "archived", timeout=30, what="the daemon archiving old.dat")
+    time.sleep(2.5)                                    # another interval
+    assert (m.state("app.log"), m.state("read.dat")) == ("online", "online")
+    assert f"by policy rule 'cold' ({idle}, size 5MB >= 1MB)" in m.cli("state", m.path("old.dat")).stdout
+
+
+def test_a_catalog_of_schema_version_1_is_upgraded_by_the_first_command_then_mounted(make_mount, catalog_url):
+    """A catalog the previous tierfs made (tests/data/catalog_v1): the first
+    command that reads it upgrades it, and `find --inactive` through a mount
+    counts /logs/app.log's write (1 minute before 2026-01-01; read 200 days
+    before) as use: of the files idle 400 days by atime, only old.log is
+    idle that long by its last access or modification."""
+    load_v1(catalog_url)
+    m = make_mount(catalog_url=catalog_url, start=False)
+    m.write_config()
+    assert m.cli("queue", "--config", m.config_path).stdout == "no jobs\n"
+    cat = open_catalog(catalog_url)
+    assert cat.schema_version() == SCHEMA_VERSION == 2
+    cat.close()
+    m.start()
+    assert m.cli("find", m.mnt, "--inactive", "400d").stdout.split() == ["/logs/old.log"]
+    st = os.stat(m.path("logs", "app.log"))
+    assert (st.st_atime_ns, st.st_mtime_ns) == (T0 - 200 * DAY_NS, T0 - 60 * 10**9)
 
 
 def test_watermarks_archive_least_recently_used_files_of_a_full_tier(make_mount, tmp_path):
@@ -120,10 +188,10 @@ def test_watermarks_archive_least_recently_used_files_of_a_full_tier(make_mount,
         m.sh("""
             head -c 2097152 /dev/urandom > pinned
             setfattr -n user.tierfs.pin -v 1 pinned
-            touch -a -d '100 days ago' pinned
+            touch -d '100 days ago' pinned
             for i in 1 2 3 4 5; do
               head -c 2097152 /dev/urandom > f$i
-              touch -a -d "$(( 60 - i * 10 )) days ago" f$i
+              touch -d "$(( 60 - i * 10 )) days ago" f$i
             done
         """)
         time.sleep(6)   # one watermark check: nothing to do yet

@@ -76,7 +76,8 @@ def test_interval_and_initial_delay_on_an_accelerated_clock(catalog, tmp_path):
     second = trio.run(main)
     jobs = {j.ino: j for j in catalog.jobs([JobState.PENDING])}
     assert set(jobs) == {first.ino, second.ino}
-    assert jobs[first.ino].kind == JobKind.ARCHIVE and jobs[first.ino].cause.startswith("policy rule 'cold' (inactive")
+    assert jobs[first.ino].kind == JobKind.ARCHIVE
+    assert jobs[first.ino].cause.startswith("policy rule 'cold' (not accessed or modified for 100d")
     assert float(catalog.get_meta(META_LAST_RUN + "cold")) == pytest.approx(clock.now())
 
     # A restart (new scheduler, same catalog) remembers the last run: not due again at once.

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import click
 
 from . import client, config as config_mod, errors, mounts
-from .catalog.base import ROOT_INO, FileQuery, State
+from .catalog.base import ROOT_INO, SCHEMA_VERSION, FileQuery, State
 from .client import CliError
 from .tierhealth import read_health
 from .display import echo, name_fields, printable
@@ -169,6 +169,8 @@ def open_catalog(t: Target):
             hint = f" {t.how}" if t.how.startswith("--config ") else f"; config: {t.how}"
             raise CliError(f"catalog {safe_url(url)} is empty: mount it once first (tierfs mount MOUNTPOINT{hint})",
                            client.EXIT_CONFIG)
+        if cat.schema_version() < SCHEMA_VERSION:
+            cat.init()  # made by an older tierfs: queries need its current schema (as fsck and policy run do)
         if t.session is not None and t.session not in {s.id for s in cat.sessions() if not s.clean}:
             raise CliError(f"{t.mountpoint}: catalog {safe_url(url)} (config: {t.how}) is not the one this mount "
                            f"uses (no live session {t.session}); pass the mount's config with --config",
@@ -484,7 +486,7 @@ def _query(p: Place, states, tier, inactive, older, sizes, owner, group, name, f
     return FileQuery(states=tuple(State(s) for s in states) or None,
                      tier=tier if tier and not tier_is_archive else None,
                      archive_tier=tier if tier_is_archive else None,
-                     min_size=lo, max_size=hi, atime_before_ns=_ago(inactive, "--inactive"),
+                     min_size=lo, max_size=hi, last_access_before_ns=_ago(inactive, "--inactive"),
                      crtime_before_ns=_ago(older, "--older"),
                      uid=_uid_of(owner) if owner else None, gid=_gid_of(group) if group else None,
                      regular_only=(ftype == "f"), name_glob=os.fsencode(name) if name else None, under=under)
@@ -498,7 +500,7 @@ def _find_opts(f):
         click.option("--state", "states", multiple=True, type=click.Choice(STATES),
                      help="Files in this state (repeat for several)."),
         click.option("--tier", metavar="TIER", help="Files with a copy on this tier (online or archive)."),
-        click.option("--inactive", metavar="AGE", help="Not accessed for AGE (90d, 12h, 1y)."),
+        click.option("--inactive", metavar="AGE", help="Neither accessed nor modified for AGE (90d, 12h, 1y)."),
         click.option("--older", metavar="AGE", help="Created more than AGE ago."),
         click.option("--size", "sizes", multiple=True, metavar="[+-]N",
                      help="Bigger than +N, smaller than -N, or exactly N bytes (1M = 10^6, 1MiB = 2^20)."),

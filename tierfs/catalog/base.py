@@ -21,7 +21,8 @@ from dataclasses import dataclass, field, fields
 from typing import Iterable, Iterator, Sequence
 
 ROOT_INO = 1
-SCHEMA_VERSION = 1
+#: 2: inodes carry last_access_ns (see Inode.last_access_ns); version 1 catalogs are migrated at init.
+SCHEMA_VERSION = 2
 
 
 def now_ns() -> int:
@@ -117,6 +118,17 @@ class Inode:
     data_version: int = 0           # bumped on every content change; moves compare-and-swap on it
     state_ns: int = 0               # when `state` last changed
     state_cause: str = ""           # why it last changed: "create", "command archive by uid 1000", "policy rule 'old'"...
+
+    @property
+    def last_access_ns(self) -> int:
+        """Last access or modification, whichever is later (Robinhood's
+        last_access): what inactivity is measured from (policies'
+        inactive_for and their overrides, `tierfs find --inactive`, the
+        least-recently-used order of watermark runs), so a file written a
+        minute ago is active however long ago it was last read. The
+        catalogs store it as the indexed last_access_ns (schema.py) and keep
+        it equal to this on every write of atime_ns or mtime_ns."""
+        return max(self.atime_ns, self.mtime_ns)
 
     def is_dir(self) -> bool:
         return (self.mode & 0o170000) == 0o040000
@@ -237,8 +249,9 @@ class Tombstone:
 class FileQuery:
     """Filter for candidate/find queries; every field optional (AND).
 
-    Served by indexes on (state, tier, size, atime), so cost grows with
-    the number of matches rather than with the catalog.
+    Served by indexes on (state, last access, size), (state, size) and
+    tier, so cost grows with the number of matches rather than with the
+    catalog.
     """
 
     states: tuple[State, ...] | None = None
@@ -246,15 +259,15 @@ class FileQuery:
     archive_tier: str | None = None
     min_size: int | None = None
     max_size: int | None = None
-    atime_before_ns: int | None = None
+    last_access_before_ns: int | None = None   # Inode.last_access_ns (access or modification) before this
     crtime_before_ns: int | None = None
     mtime_before_ns: int | None = None
     uid: int | None = None
     gid: int | None = None
     regular_only: bool = True
-    order_by_atime: bool = False       # oldest access first (watermark runs)
+    order_by_last_access: bool = False   # least recently used (Inode.last_access_ns) first: watermark runs
     limit: int | None = None
-    after_ino: int = 0                 # paging: only inos greater than this (ignored when ordering by atime)
+    after_ino: int = 0                 # paging: only inos greater than this (ignored when ordering by last access)
     name_glob: bytes | None = None     # one of the file's names matches this shell pattern (* ? [...], case-sensitive)
     under: int | None = None           # directory inode: only entries below it, at any depth (not itself)
     checksum_missing: bool = False     # only files with no recorded sha256 (the checksummer's backlog)
@@ -536,7 +549,7 @@ class Catalog(abc.ABC):
     def query_names(self, q: FileQuery) -> Iterator[tuple[int, bytes, int]]:
         """(parent, name, ino) of every name of every inode matching q (a
         hard-linked file once per name; with name_glob only matching names),
-        in no particular order; limit/after_ino/order_by_atime are ignored.
+        in no particular order; limit/after_ino/order_by_last_access are ignored.
         Lean on purpose: `tierfs find` prints a million of these."""
 
     @abc.abstractmethod

@@ -18,7 +18,10 @@ fields as catalog/schema.py, with `_id` as the primary key):
             (+subdirs +1 for dirs), 0 = unlinked but still open; size: logical
             size in bytes (may exceed stored bytes: sparse); atime_ns: last
             access (batched by access tracking, never moves backwards);
-            mtime_ns: last content change; ctime_ns: last metadata change;
+            mtime_ns: last content change; last_access_ns: max(atime_ns,
+            mtime_ns), what inactivity is measured from (base.Inode.
+            last_access_ns; indexed), kept so by every write of either time
+            (_update, set_atimes); ctime_ns: last metadata change;
             crtime_ns: creation time; rdev: device number of device nodes, else
             0; target: symlink target (BSON binary, any bytes) or null;
             state: online|archiving|dual|archived|restoring|lost (base.State);
@@ -117,13 +120,35 @@ DEFAULTS = {
 TXN_DEADLINE_S = 10.0
 #: Deadline of each call while the last one found no server (see _errors).
 UNREACHABLE_DEADLINE_S = 1.0
-#: Migrations: version -> function(db) upgrading from version-1.
-MIGRATIONS: dict[int, Callable] = {}
 #: Indexes older catalogs have and this version no longer wants (collection -> names); init drops them.
-#: inodes.state_atime (state, atime_ns) is a prefix of state_atime_size: if kept, it would cost an index
-#: write per atime flush, and the planner's trial ties the two and may pick it, fetching every document
-#: in the atime range to test the size (1M inodes: 91,046 fetched for 10,000 candidates).
-DROPPED_INDEXES: dict[str, tuple[str, ...]] = {"inodes": ("state_atime",)}
+#: inodes.state_atime (state, atime_ns) and state_atime_size (state, atime_ns, size): no query bounds or
+#: orders by atime alone any more (inactivity is last_access_ns, indexed by state_last_access_size); if
+#: kept, each would cost an index write per atime flush, and the planner's trial may pick the first,
+#: fetching every document in its range to test the size (1M inodes: 91,046 fetched for 10,000 candidates).
+DROPPED_INDEXES: dict[str, tuple[str, ...]] = {"inodes": ("state_atime", "state_atime_size")}
+#: An inode's last_access_ns computed from its stored fields (base.Inode.last_access_ns), for updates
+#: written as aggregation pipelines.
+LAST_ACCESS = {"$max": ["$atime_ns", "$mtime_ns"]}
+#: The fields last_access_ns derives from.
+_LAST_ACCESS_FROM = frozenset({"atime_ns", "mtime_ns"})
+#: A session that has not beaten for this long is no running mount (session_timeout defaults to 30 s).
+LIVE_SESSION_S = 60
+
+
+def _add_last_access(db) -> None:
+    """Version 2: last_access_ns on every inode (one pipeline update_many).
+    Refused while a mount is live: it runs an older tierfs (this one has
+    not upgraded the catalog yet), whose writes would leave the field stale."""
+    live = list(db.sessions.find({"clean": False, "heartbeat_ns": {"$gt": now_ns() - LIVE_SESSION_S * 10**9}}))
+    if live:
+        where = ", ".join(f"{s['mountpoint']} (pid {s['pid']} on {s['host']})" for s in live)
+        raise errors.ConfigError(f"catalog schema version 1 is in use by an older tierfs mounted on {where}; "
+                                 "unmount it (everywhere) before this tierfs upgrades the catalog to version 2")
+    db.inodes.update_many({}, [{"$set": {"last_access_ns": LAST_ACCESS}}])
+
+
+#: Migrations: version -> function(db) upgrading from version-1.
+MIGRATIONS: dict[int, Callable] = {2: _add_last_access}
 
 
 def safe_url(url: str) -> str:
@@ -135,6 +160,7 @@ def _inode_doc(inode: Inode) -> dict:
     d = {k: getattr(inode, k) for k in INODE_FIELDS if k != "ino"}
     d["_id"] = inode.ino
     d["state"] = inode.state.value
+    d["last_access_ns"] = inode.last_access_ns
     return d
 
 
@@ -146,6 +172,19 @@ def _values(changes: dict) -> dict:
             raise errors.Invalid(f"cannot set inode field {k!r}")
         out[k] = v.value if isinstance(v, State) else v
     return out
+
+
+def _update(values: dict, inc: dict | None = None) -> dict | list:
+    """The update of an inode document setting `values` (as stored: _values)
+    and adding `inc`. When atime_ns or mtime_ns is among them it is a
+    pipeline whose second stage recomputes last_access_ns from the stored
+    fields, in the same atomic update: right also when only one time is
+    given, or when one goes back (touch -d)."""
+    if _LAST_ACCESS_FROM.isdisjoint(values):
+        return {k: v for k, v in (("$set", values), ("$inc", inc)) if v}
+    first = {k: {"$literal": v} for k, v in values.items()}   # a value is data, never a field path
+    first.update({k: {"$add": [f"${k}", n]} for k, n in (inc or {}).items()})
+    return [{"$set": first}, {"$set": {"last_access_ns": LAST_ACCESS}}]
 
 
 class MongoCatalog(MongoJobs, MongoQueries, Catalog):
@@ -267,11 +306,7 @@ class MongoCatalog(MongoJobs, MongoQueries, Catalog):
         return self.dentries.find_one({"parent": ino}, {"_id": 1}, session=s) is not None
 
     def _set(self, ino: int, s, inc: dict | None = None, **values) -> None:
-        upd: dict = {}
-        if values:
-            upd["$set"] = _values(values)
-        if inc:
-            upd["$inc"] = inc
+        upd = _update(_values(values), inc)
         if upd:
             self.inodes.update_one({"_id": ino}, upd, session=s)
 
@@ -281,8 +316,9 @@ class MongoCatalog(MongoJobs, MongoQueries, Catalog):
 
     # ---- lifecycle ---------------------------------------------------------
     def init(self, root_uid: int = 0, root_gid: int = 0, root_mode: int = 0o40755) -> None:
-        """Indexes (idempotent), schema version, the root inode and the counters.
-        Safe to run from several mounts at once (duplicate inserts are ignored)."""
+        """Schema version (migrating an older one), indexes (idempotent), the
+        root inode and the counters. Safe to run from several mounts at once
+        (duplicate inserts are ignored; migrations are idempotent)."""
         A = pymongo.ASCENDING
         with self._errors():
             hello = self.client.admin.command("hello")
@@ -291,13 +327,29 @@ class MongoCatalog(MongoJobs, MongoQueries, Catalog):
                     f"catalog {self.safe_url}: this MongoDB server is standalone; tierfs needs a replica set "
                     "(a single node is enough: start mongod with --replSet rs0, run rs.initiate(), and add "
                     "?replicaSet=rs0 to the URL) or a sharded cluster, for transactions")
+            # Migrations first: one that is refused leaves the catalog (indexes included) as it was.
+            doc = self.meta.find_one({"_id": "schema_version"})
+            if doc is None:
+                _insert_ignoring_dup(self.meta, {"_id": "schema_version", "value": str(SCHEMA_VERSION)})
+            else:
+                version = int(doc["value"])
+                if version > SCHEMA_VERSION:
+                    raise errors.ConfigError(f"catalog schema version {version} is newer than this tierfs "
+                                             f"({SCHEMA_VERSION}); upgrade tierfs")
+                while version < SCHEMA_VERSION:
+                    version += 1
+                    log.info("migrating catalog schema to version %d", version)
+                    MIGRATIONS[version](self.db)
+                    self.meta.update_one({"_id": "schema_version"}, {"$set": {"value": str(version)}})
             self.dentries.create_index([("parent", A), ("name", A)], unique=True, name="parent_name")
             self.dentries.create_index([("parent", A), ("_id", A)], name="parent_pos")      # readdir
             self.dentries.create_index([("ino", A)], name="ino")                             # parent_of, path_of
-            # Policy rules on inactivity (+ size), `tierfs find --inactive`, watermark runs (oldest first):
-            # state and atime_ns bound the scan, the size bound is tested on the key, so only documents
-            # matching all three are fetched (1M inodes, 1% candidates: 10,000 fetched instead of 91,046).
-            self.inodes.create_index([("state", A), ("atime_ns", A), ("size", A)], name="state_atime_size")
+            # Policy rules on inactivity (+ size), `tierfs find --inactive`, watermark runs (least recently
+            # used first): state and last_access_ns bound the scan, the size bound is tested on the key, so
+            # only documents matching all three are fetched (1M inodes, 1% candidates: 10,000 fetched
+            # instead of 91,046).
+            self.inodes.create_index([("state", A), ("last_access_ns", A), ("size", A)],
+                                     name="state_last_access_size")
             self.inodes.create_index([("state", A), ("size", A)], name="state_size")        # policy: big files
             self.inodes.create_index([("tier", A), ("location", A)], name="tier_location")  # references, per tier
             self.inodes.create_index([("archive_tier", A), ("archive_location", A)], name="archive_location")
@@ -319,19 +371,6 @@ class MongoCatalog(MongoJobs, MongoQueries, Catalog):
             self.open_files.create_index([("ino", A), ("writing", A)], name="ino_writing")   # switch, purge
             self.open_files.create_index([("session", A)], name="session")                   # reaping
             self._drop_indexes(DROPPED_INDEXES)
-            doc = self.meta.find_one({"_id": "schema_version"})
-            if doc is None:
-                _insert_ignoring_dup(self.meta, {"_id": "schema_version", "value": str(SCHEMA_VERSION)})
-            else:
-                version = int(doc["value"])
-                if version > SCHEMA_VERSION:
-                    raise errors.ConfigError(f"catalog schema version {version} is newer than this tierfs "
-                                             f"({SCHEMA_VERSION}); upgrade tierfs")
-                while version < SCHEMA_VERSION:
-                    version += 1
-                    log.info("migrating catalog schema to version %d", version)
-                    MIGRATIONS[version](self.db)
-                    self.meta.update_one({"_id": "schema_version"}, {"$set": {"value": str(version)}})
             self.counters.update_one({"_id": "ino"}, {"$max": {"seq": ROOT_INO}}, upsert=True)
             t = now_ns()
             root = Inode(ino=ROOT_INO, mode=root_mode, uid=root_uid, gid=root_gid, nlink=2,
@@ -639,7 +678,7 @@ class MongoCatalog(MongoJobs, MongoQueries, Catalog):
             filt["state"] = {"$in": [State(x).value for x in expect_states]}
         with self._errors():
             if changes:
-                doc = self.inodes.find_one_and_update(filt, {"$set": _values(changes)},
+                doc = self.inodes.find_one_and_update(filt, _update(_values(changes)),
                                                       return_document=ReturnDocument.AFTER)
             else:
                 doc = self.inodes.find_one(filt)
@@ -653,7 +692,7 @@ class MongoCatalog(MongoJobs, MongoQueries, Catalog):
         values = _values({k: v for k, v in changes.items() if k not in ("data_version", "checksum")})
         values["checksum"] = None
         with self._errors():
-            doc = self.inodes.find_one_and_update({"_id": ino}, {"$inc": {"data_version": 1}, "$set": values},
+            doc = self.inodes.find_one_and_update({"_id": ino}, _update(values, {"data_version": 1}),
                                                   return_document=ReturnDocument.AFTER)
         if doc is None:
             raise errors.NotFound(f"inode {ino}")
@@ -731,13 +770,14 @@ class MongoCatalog(MongoJobs, MongoQueries, Catalog):
 
     def set_atimes(self, atimes: dict[int, int]) -> None:
         """One unordered bulk write of single-document $max updates (an atime
-        never moves backwards); a failure may leave part of the batch applied,
+        never moves backwards, so last_access_ns = max(atime_ns, mtime_ns)
+        takes the same $max); a failure may leave part of the batch applied,
         which is harmless for access times."""
         if not atimes:
             return
         with self._errors():
-            self.inodes.bulk_write([UpdateOne({"_id": ino}, {"$max": {"atime_ns": t}}) for ino, t in atimes.items()],
-                                   ordered=False)
+            self.inodes.bulk_write([UpdateOne({"_id": ino}, {"$max": {"atime_ns": t, "last_access_ns": t}})
+                                    for ino, t in atimes.items()], ordered=False)
         self.atime_writes += len(atimes)
 
     # ---- xattrs ------------------------------------------------------------

@@ -26,6 +26,14 @@ def inode_of(doc: dict) -> Inode:
     return Inode(ino=doc["_id"], **d)
 
 
+def _order(q: FileQuery):
+    """Sort key of q's order for documents sorted here: last access (then
+    inode) with order_by_last_access, else inode number."""
+    if q.order_by_last_access:
+        return lambda d: (d["last_access_ns"], d["_id"])
+    return lambda d: d["_id"]
+
+
 class MongoQueries:
     """query / query_names / paths_of / count_by / stats on the inodes and dentries collections."""
 
@@ -40,14 +48,15 @@ class MongoQueries:
             f["mode"] = {"$bitsAllSet": REG_SET, "$bitsAllClear": REG_CLEAR}
         for field_, val, op in (("tier", q.tier, "$eq"), ("archive_tier", q.archive_tier, "$eq"),
                                 ("size", q.min_size, "$gte"), ("size", q.max_size, "$lte"),
-                                ("atime_ns", q.atime_before_ns, "$lt"), ("crtime_ns", q.crtime_before_ns, "$lt"),
+                                ("last_access_ns", q.last_access_before_ns, "$lt"),
+                                ("crtime_ns", q.crtime_before_ns, "$lt"),
                                 ("mtime_ns", q.mtime_before_ns, "$lt"), ("uid", q.uid, "$eq"),
                                 ("gid", q.gid, "$eq")):
             if val is not None:
                 f.setdefault(field_, {})[op] = val
         if q.checksum_missing:
             f["checksum"] = {"$type": "null"}   # what the partial index no_checksum holds (not a missing field)
-        if paging and not q.order_by_atime and q.after_ino:
+        if paging and not q.order_by_last_access and q.after_ino:
             f["_id"] = {"$gt": q.after_ino}
         return f
 
@@ -109,21 +118,21 @@ class MongoQueries:
                 seen = {}
                 for _, _, doc in self._name_rows(q):
                     seen.setdefault(doc["_id"], doc)
-                docs = [d for d in seen.values() if q.order_by_atime or d["_id"] > q.after_ino]
-                docs.sort(key=(lambda d: (d["atime_ns"], d["_id"])) if q.order_by_atime else (lambda d: d["_id"]))
+                docs = [d for d in seen.values() if q.order_by_last_access or d["_id"] > q.after_ino]
+                docs.sort(key=_order(q))
                 docs = docs[:q.limit] if q.limit is not None else docs
             else:
-                sort = [("atime_ns", 1), ("_id", 1)] if q.order_by_atime else [("_id", 1)]
+                sort = [("last_access_ns", 1), ("_id", 1)] if q.order_by_last_access else [("_id", 1)]
                 if q.limit is None:
-                    # Everything is wanted: sorting here lets the planner pick the state_atime_size or
-                    # state_size index; a server-side sort by _id walks the whole _id index instead
-                    # (1M documents examined for 10k candidates). With states, atime and size bounds,
-                    # state_atime_size tests the size on the key: only candidates are fetched. No hint:
-                    # the planner's trial picks the index whose range holds the larger share of
-                    # matches (a hint would walk the whole atime range when a size bound is far
-                    # narrower).
+                    # Everything is wanted: sorting here lets the planner pick the state_last_access_size
+                    # or state_size index; a server-side sort by _id walks the whole _id index instead
+                    # (1M documents examined for 10k candidates). With states, last access and size
+                    # bounds, state_last_access_size tests the size on the key: only candidates are
+                    # fetched. No hint: the planner's trial picks the index whose range holds the larger
+                    # share of matches (a hint would walk the whole last-access range when a size bound
+                    # is far narrower).
                     docs = list(self.inodes.find(self._filter(q)))
-                    docs.sort(key=(lambda d: (d["atime_ns"], d["_id"])) if q.order_by_atime else (lambda d: d["_id"]))
+                    docs.sort(key=_order(q))
                 else:
                     docs = list(self.inodes.find(self._filter(q)).sort(sort).limit(q.limit))
         self.rows_read += len(docs)

@@ -6,11 +6,42 @@ because POSIX names are bytes (invalid UTF-8 must round-trip).
 The MongoDB catalog stores the same fields (catalog/mongo.py).
 """
 
-from sqlalchemy import (Boolean, Column, Index, Integer, LargeBinary, MetaData,
-                        String, Table, Text, UniqueConstraint)
+from sqlalchemy import (Boolean, Column, Computed, Index, Integer, LargeBinary, MetaData,
+                        String, Table, Text, UniqueConstraint, column)
 from sqlalchemy import BigInteger
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
 
 metadata = MetaData()
+
+
+class greatest(FunctionElement):
+    """The larger of its arguments: GREATEST(a, b) in PostgreSQL, the
+    two-argument max(a, b) in SQLite (which has no GREATEST)."""
+
+    name = "greatest"
+    inherit_cache = True
+
+
+@compiles(greatest)
+def _greatest(element, compiler, **kw) -> str:
+    return f"greatest({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(greatest, "sqlite")
+def _greatest_sqlite(element, compiler, **kw) -> str:
+    return f"max({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(Computed, "sqlite")
+def _virtual_in_sqlite(element, compiler, **kw) -> str:
+    """Generated columns are VIRTUAL in SQLite (computed when read; an index
+    on one stores its values): ALTER TABLE can add only those, so catalogs
+    made and migrated alike have the same table. PostgreSQL gets STORED
+    (persisted=True), the only kind it can index."""
+    expr = compiler.sql_compiler.process(element.sqltext, include_table=False, literal_binds=True)
+    return f"GENERATED ALWAYS AS ({expr}) VIRTUAL"
+
 
 # BigInteger maps to INTEGER on SQLite, so integer primary keys stay rowid aliases.
 Big = BigInteger().with_variant(Integer, "sqlite")
@@ -45,16 +76,22 @@ inodes = Table(
     Column("data_version", Big, nullable=False, comment="bumped on every content change; moves compare-and-swap on it"),
     Column("state_ns", Big, nullable=False, comment="when `state` last changed"),
     Column("state_cause", Text, nullable=False, comment="why `state` last changed (command + uid, policy rule, create)"),
+    # Inactivity is measured from it (base.Inode.last_access_ns). A generated column: the database computes
+    # it on every write of atime_ns or mtime_ns, so no write path can leave it stale (SQLite: VIRTUAL, see
+    # _virtual_in_sqlite; PostgreSQL: STORED). Last in the table because version 1 catalogs get it by
+    # ALTER TABLE ADD COLUMN (sql.py MIGRATIONS[2]), which appends.
+    Column("last_access_ns", Big, Computed(greatest(column("atime_ns"), column("mtime_ns")), persisted=True),
+           comment="max(atime_ns, mtime_ns): last access or modification, whichever is later (generated)"),
     comment="one row per file, directory or symlink",
 )
 # Indexes: sql.py init() gives a catalog made by an older tierfs every index below that it lacks
 # (create_all only indexes tables it creates) and drops those named in DROPPED_INDEXES.
 #
-# query()/query_names()/count_by() with states + atime_before_ns (policy rules on inactivity, `tierfs find
-# --inactive`), and with states + order_by_atime (watermark runs, oldest access first): the search walks
-# state = ? AND atime_ns < ? in this index and tests min_size/max_size on the index entry, so only rows
-# that match all three are fetched (1M entries, 1% candidates: 10,000 rows instead of 91,046).
-Index("ix_inodes_state_atime_size", inodes.c.state, inodes.c.atime_ns, inodes.c.size)
+# query()/query_names()/count_by() with states + last_access_before_ns (policy rules on inactivity, `tierfs
+# find --inactive`), and with states + order_by_last_access (watermark runs, least recently used first): the
+# search walks state = ? AND last_access_ns < ? in this index and tests min_size/max_size on the index entry,
+# so only rows that match all three are fetched (1M entries, 1% candidates: 10,000 rows instead of 91,046).
+Index("ix_inodes_state_last_access_size", inodes.c.state, inodes.c.last_access_ns, inodes.c.size)
 # query()/query_names()/count_by() with states + min_size/max_size but no atime bound (rules on size alone,
 # `tierfs find --size`). Either state index serves _unselective()'s count of the inodes in some states.
 Index("ix_inodes_state_size", inodes.c.state, inodes.c.size)
@@ -192,6 +229,7 @@ leases = Table(
 )
 
 #: Indexes older catalogs have and this schema no longer wants; init() drops them.
-#: ix_inodes_state_atime (state, atime_ns): a prefix of ix_inodes_state_atime_size, which serves every
-#: query it served; if kept, it would cost an index write per atime flush for nothing.
-DROPPED_INDEXES = ("ix_inodes_state_atime",)
+#: ix_inodes_state_atime (state, atime_ns) and ix_inodes_state_atime_size (state, atime_ns, size): no
+#: query bounds or orders by atime alone any more (inactivity is last_access_ns, indexed above); if kept,
+#: each would cost an index write per atime flush for nothing.
+DROPPED_INDEXES = ("ix_inodes_state_atime", "ix_inodes_state_atime_size")

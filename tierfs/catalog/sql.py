@@ -22,7 +22,7 @@ from sqlalchemy import (LargeBinary, Text, and_, case, cast, create_engine, even
                         select, update, delete, insert)
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.schema import CreateIndex
+from sqlalchemy.schema import CreateColumn, CreateIndex
 from sqlalchemy.sql.expression import UnaryExpression
 from sqlalchemy.sql.operators import custom_op
 
@@ -36,6 +36,17 @@ log = logging.getLogger(__name__)
 
 #: Migrations: version -> function(conn) upgrading from version-1.
 MIGRATIONS: dict[int, callable] = {}
+
+
+def _add_last_access(c: Connection) -> None:
+    """Version 2: inodes.last_access_ns, generated from atime_ns and
+    mtime_ns as schema.py defines it (its index comes with _sync_indexes).
+    In SQLite the column is VIRTUAL: adding it rewrites no row."""
+    col = CreateColumn(S.inodes.c.last_access_ns).compile(dialect=c.dialect)
+    c.exec_driver_sql(f"ALTER TABLE inodes ADD COLUMN {col}")
+
+
+MIGRATIONS[2] = _add_last_access
 
 
 def _inode(row) -> Inode:
@@ -1019,10 +1030,12 @@ class SqlCatalog(Catalog):
         if q.states is not None:
             states = [State(s).value for s in q.states]
             col = i.state
-            # With a range the state index is kept: (state, atime_ns, size) or (state, size) leads straight
-            # to the candidates (policy rules), and with both bounds the size is tested in the index entry.
-            ranged = any(v is not None for v in (q.atime_before_ns, q.min_size, q.max_size)) or q.checksum_missing
-            if self.is_sqlite and not q.order_by_atime and not ranged and self._unselective(c, states):
+            # With a range the state index is kept: (state, last_access_ns, size) or (state, size) leads
+            # straight to the candidates (policy rules), and with both bounds the size is tested in the index
+            # entry.
+            ranged = (any(v is not None for v in (q.last_access_before_ns, q.min_size, q.max_size))
+                      or q.checksum_missing)
+            if self.is_sqlite and not q.order_by_last_access and not ranged and self._unselective(c, states):
                 col = self._noindex(col)
             conds.append(col.in_(states))
         if q.regular_only:
@@ -1030,17 +1043,18 @@ class SqlCatalog(Catalog):
         if q.checksum_missing:
             conds.append(i.checksum.is_(None))   # ix_inodes_no_checksum (partial) holds just these rows
         size = i.size
-        if q.states is not None and q.atime_before_ns is not None:
-            # States + atime (+ size): walk (state, atime_ns, size) and test the size on its entries, so
-            # only matching rows are fetched. SQLite has no statistics on value ranges: it rates that
-            # range and the (state, size) one alike and picks by index creation order, so `+size` takes
-            # (state, size) out of the choice (it fetches every row of its range to test the atime).
-            # Worst case: a wide atime range with a narrow size one walks the range's index entries,
-            # sequential reads without a row fetch each.
+        if q.states is not None and q.last_access_before_ns is not None:
+            # States + last access (+ size): walk (state, last_access_ns, size) and test the size on its
+            # entries, so only matching rows are fetched. SQLite has no statistics on value ranges: it
+            # rates that range and the (state, size) one alike and picks by index creation order, so
+            # `+size` takes (state, size) out of the choice (it fetches every row of its range to test
+            # the last access). Worst case: a wide last-access range with a narrow size one walks the
+            # range's index entries, sequential reads without a row fetch each.
             size = self._noindex(size)
         for col, val, op in ((i.tier, q.tier, "eq"), (i.archive_tier, q.archive_tier, "eq"),
                              (size, q.min_size, "ge"), (size, q.max_size, "le"),
-                             (i.atime_ns, q.atime_before_ns, "lt"), (i.crtime_ns, q.crtime_before_ns, "lt"),
+                             (i.last_access_ns, q.last_access_before_ns, "lt"),
+                             (i.crtime_ns, q.crtime_before_ns, "lt"),
                              (i.mtime_ns, q.mtime_before_ns, "lt"), (i.uid, q.uid, "eq"), (i.gid, q.gid, "eq")):
             if val is not None:
                 conds.append({"eq": col == val, "ge": col >= val, "le": col <= val, "lt": col < val}[op])
@@ -1095,11 +1109,11 @@ class SqlCatalog(Catalog):
                 d = S.dentries
                 conds.append(i.ino.in_(select(d.c.ino).where(*self._name_terms(d, q))))
             stmt = select(S.inodes).where(*conds)
-            if q.order_by_atime:
-                stmt = stmt.order_by(i.atime_ns, i.ino)
+            if q.order_by_last_access:
+                stmt = stmt.order_by(i.last_access_ns, i.ino)
             elif q.limit is None and self.is_sqlite:
                 # All matches are wanted: `ino + 0` stops SQLite (with ANALYZE statistics) from
-                # walking the whole primary key to save a sort; the state/atime/size indexes find
+                # walking the whole primary key to save a sort; the state/last access/size indexes find
                 # the candidates and SQLite sorts just those.
                 stmt = stmt.where(i.ino + 0 > q.after_ino).order_by(i.ino + 0)
             else:
@@ -1145,7 +1159,7 @@ class SqlCatalog(Catalog):
         i = S.inodes.c
         col = self._noindex(getattr(i, by))  # every match is read anyway: scan, don't walk an index
         with self._tx(write=False) as c:
-            conds = self._conds(c, FileQuery(**{**q.__dict__, "order_by_atime": False}))
+            conds = self._conds(c, FileQuery(**{**q.__dict__, "order_by_last_access": False}))
             if q.under is not None or q.name_glob is not None:
                 d = S.dentries
                 conds.append(i.ino.in_(select(d.c.ino).where(*self._name_terms(d, q))))

@@ -2,6 +2,10 @@
 
 The query (state, size, last access, creation, modification, tier, owner)
 is what the catalog's indexes serve, so a run reads only the candidates.
+Inactivity (inactive_for, its per-directory overrides, the order of
+watermark runs) is measured from an inode's last access or modification,
+whichever is later (Inode.last_access_ns): a file written a minute ago is
+active however long ago it was read.
 Everything the catalog cannot index is checked per candidate, cheapest
 first: path and scope globs, pins (`user.tierfs.pin = 1` on the file or any
 directory above it), xattr matches (inherited from directories), per-
@@ -9,8 +13,9 @@ directory overrides of inactive_for (`user.tierfs.inactive_for`), and
 "already has a queued job". Directory facts are cached for one run.
 
 Each accepted candidate comes with the values that matched, e.g.
-["inactive 120d > 90d", "size 5.2MB >= 1MB"]: what `--dry-run` prints and
-what the job's cause (and so `tierfs state`) says.
+["not accessed or modified for 120d (since 2026-07-24) > 90d",
+"size 5.2MB >= 1MB"]: what `--dry-run` prints and what the job's cause
+(and so `tierfs state`) says.
 """
 
 from __future__ import annotations
@@ -43,6 +48,11 @@ NS = 1_000_000_000
 def size_text(n: int) -> str:
     """5200000 -> '5.2MB', 5000000 -> '5MB'."""
     return fmt_size(n).replace(".0", "")
+
+
+def day_text(t_ns: int) -> str:
+    """The local date of a time: '2026-07-24'."""
+    return datetime.datetime.fromtimestamp(t_ns / NS).strftime("%Y-%m-%d")
 
 
 def compile_glob(pattern: str) -> re.Pattern:
@@ -190,7 +200,8 @@ def _dirname(path: str) -> str:
 
 class Matcher:
     """One rule compiled for one run (at time `now_ns`); `tier`: only files
-    whose online copy is on this tier, least recently accessed first (watermark runs)."""
+    whose online copy is on this tier, least recently used (accessed or
+    modified) first (watermark runs)."""
 
     def __init__(self, rule: Rule, now_ns: int, tier: str | None = None):
         self.rule = rule
@@ -213,19 +224,19 @@ class Matcher:
         Exactly one indexed condition drives the query, in this order:
         last access, size, tier. Without statistics on value ranges
         (SQLite has none unless built with STAT4) a planner cannot tell
-        whether (state, atime), (state, size) or (tier) is the narrowest
-        index, and measured it walking the wide one (100x the work on 100k
-        files); with one driver there is no such choice. Watermark runs
-        walk (state, atime) in order, one state per query (with several
-        states no index yields atime order, and a planner may sort them
-        all), stopping at `limit`. The other
+        whether (state, last access), (state, size) or (tier) is the
+        narrowest index, and measured it walking the wide one (100x the
+        work on 100k files); with one driver there is no such choice.
+        Watermark runs walk (state, last access) in order, one state per
+        query (with several states no index yields that order, and a
+        planner may sort them all), stopping at `limit`. The other
         conditions are checked on the returned rows (_field_checks), which
         costs nothing more than reading them."""
         r, now = self.rule, self.now_ns
         q = FileQuery(states=(state,) if state is not None else self.states(), limit=limit, after_ino=after_ino,
-                      order_by_atime=self.only_tier is not None, regular_only=True)
+                      order_by_last_access=self.only_tier is not None, regular_only=True)
         if self.query_inactive is not None:
-            q.atime_before_ns = now - int(self.query_inactive * NS)
+            q.last_access_before_ns = self.inactive_since(self.query_inactive)
         elif self.only_tier is not None:
             pass
         elif r.min_size is not None or r.max_size is not None:
@@ -248,11 +259,20 @@ class Matcher:
             q.gid = r.groups[0]
         return q
 
+    def inactive_since(self, inactive_for: float) -> int:
+        """The time a file inactive for `inactive_for` seconds was last used
+        by: its last access or modification must be before it."""
+        return self.now_ns - int(inactive_for * NS)
+
+    def is_inactive(self, inode: Inode, inactive_for: float) -> bool:
+        """Neither read nor written for `inactive_for` seconds."""
+        return inode.last_access_ns < self.inactive_since(inactive_for)
+
     def _field_checks(self, inode: Inode) -> str | None:
         r = self.rule
         if r.min_size is not None and inode.size < r.min_size or r.max_size is not None and inode.size > r.max_size:
             return "size"
-        if self.query_inactive is not None and inode.atime_ns >= self.now_ns - int(self.query_inactive * NS):
+        if self.query_inactive is not None and not self.is_inactive(inode, self.query_inactive):
             return "inactive"
         if r.tier is not None and (inode.archive_tier if r.tier_is_archive else inode.tier) != r.tier:
             return "tier"
@@ -273,14 +293,14 @@ class Matcher:
         if inactive is not None:
             note = f" (user.tierfs.inactive_for on {override_from})" if override_from else ""
             shown = r.text["inactive_for"] if not override_from else fmt_duration(inactive)
-            out.append(f"inactive {fmt_duration((now - inode.atime_ns) / NS)} > {shown}{note}")
+            out.append(f"not accessed or modified for {fmt_duration((now - inode.last_access_ns) / NS)} "
+                       f"(since {day_text(inode.last_access_ns)}) > {shown}{note}")
         if r.older_than is not None:
             out.append(f"created {fmt_duration((now - inode.crtime_ns) / NS)} ago > {r.text['older_than']}")
         if r.modified_age is not None:
             out.append(f"modified {fmt_duration((now - inode.mtime_ns) / NS)} ago > {r.text['modified_before']}")
         elif r.modified_date_ns is not None:
-            day = datetime.datetime.fromtimestamp(inode.mtime_ns / NS).strftime("%Y-%m-%d")
-            out.append(f"modified {day} < {r.text['modified_before']}")
+            out.append(f"modified {day_text(inode.mtime_ns)} < {r.text['modified_before']}")
         if r.min_size is not None:
             out.append(f"size {size_text(inode.size)} >= {r.text['min_size']}")
         if r.max_size is not None:
@@ -345,7 +365,7 @@ class Matcher:
                     if r.max_override is not None:
                         inactive = min(inactive, r.max_override)
                     override_from = found[1]
-            if inode.atime_ns >= self.now_ns - int(inactive * NS):
+            if not self.is_inactive(inode, inactive):
                 return "override", [], path, parent
         if f.queued:
             return "queued", [], path, parent

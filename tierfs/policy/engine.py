@@ -2,7 +2,7 @@
 
 A run walks each rule's indexed catalog query page by page (`after_ino`
 paging, PAGE rows at a time; watermark runs walk pages ordered by last
-access), so memory holds one page, and the catalog reads grow with the
+access or modification), so memory holds one page, and the catalog reads grow with the
 number of candidates, not with the number of files. Each candidate goes
 through the rule's per-candidate checks (conditions.py); accepted ones
 become Actions until the rule's max_files / max_bytes are reached.
@@ -55,9 +55,9 @@ class Action:
     tier: str | None            # where its bytes are (online tier, else archive tier)
     target: str | None          # destination tier (archive, migrate)
     keep_online: bool
-    reasons: list[str]          # the values that matched: "inactive 120d > 90d", ...
+    reasons: list[str]          # the values that matched: "size 5MB >= 1MB", ...
     data_version: int
-    atime_ns: int
+    last_access_ns: int         # last access or modification (Inode.last_access_ns) when decided
     freed: int                  # online bytes this action frees (archive w/o keep_online, release, delete)
     parent: int = 0             # directory holding the name (to drop the kernel's entry on delete)
     done: str = ""              # real runs: "queued", "already queued", "deleted", "changed", "error: ..."
@@ -263,7 +263,7 @@ class Engine:
         a = Action(rule=rule.name, action=rule.action, ino=inode.ino, path=path, size=inode.size,
                    state=str(inode.state), tier=inode.tier or inode.archive_tier, target=rule.to,
                    keep_online=rule.keep_online, reasons=reasons, data_version=inode.data_version,
-                   atime_ns=inode.atime_ns, freed=freed_bytes(rule, inode), parent=parent)
+                   last_access_ns=inode.last_access_ns, freed=freed_bytes(rule, inode), parent=parent)
         st.actions += 1
         st.bytes += a.size
         st.freed += a.freed
@@ -284,8 +284,9 @@ class Engine:
     # ---- watermark runs ----------------------------------------------------
     async def run_watermark(self, tier: str, need_bytes: int, *, dry_run: bool = False, trigger: str = "",
                             collect: bool = True, on_action=None, keep_going=None) -> Report:
-        """Free `need_bytes` on online tier `tier`: the least recently accessed
-        files eligible under any watermark rule go first (first rule wins)."""
+        """Free `need_bytes` on online tier `tier`: the least recently used
+        (accessed or modified) files eligible under any watermark rule go
+        first (first rule wins)."""
         rules = [r for r in self.rules if r.enabled and r.watermark and
                  (r.tier is None or (r.tier == tier and not r.tier_is_archive))]
         report = Report(dry_run=dry_run, trigger=trigger or f"watermark {tier}", now_ns=self.clock.now_ns())
@@ -293,14 +294,14 @@ class Engine:
         streams = []
         for r in rules:
             m = Matcher(r, report.now_ns, tier)
-            streams += [_AtimeStream(self, m, state) for state in m.states()]
+            streams += [_LastAccessStream(self, m, state) for state in m.states()]
         stats = {r.name: RuleStats(r.name) for r in rules}
         report.rules = list(stats.values())
         heap = []
         for i, s in enumerate(streams):
             inode = await s.next()
             if inode is not None:
-                heapq.heappush(heap, (inode.atime_ns, inode.ino, i, inode))
+                heapq.heappush(heap, (inode.last_access_ns, inode.ino, i, inode))
         done: set[int] = set()
         freed = 0
         while heap and freed < need_bytes:
@@ -311,7 +312,7 @@ class Engine:
                 continue   # this rule's stream is dropped
             nxt = await s.next()
             if nxt is not None:
-                heapq.heappush(heap, (nxt.atime_ns, nxt.ino, i, nxt))
+                heapq.heappush(heap, (nxt.last_access_ns, nxt.ino, i, nxt))
             st.candidates += 1
             if inode.ino in done:
                 st.skipped["another rule"] += 1
@@ -335,10 +336,10 @@ class Engine:
                      f"; skipped: {skipped}" if skipped else "", f"; stopped: {st.stopped}" if st.stopped else "")
 
 
-class _AtimeStream:
-    """A rule's candidates in one state on one tier, least recently accessed first.
+class _LastAccessStream:
+    """A rule's candidates in one state on one tier, least recently used first.
 
-    FileQuery has no (atime, ino) cursor, so pages are re-queried with a
+    FileQuery has no (last access, ino) cursor, so pages are re-queried with a
     doubling limit, skipping what was already seen: the rows read stay
     within twice the candidates consumed."""
 

@@ -7,7 +7,7 @@ A rule is: conditions (all optional, ANDed) + one action + triggers + limits.
     action = "archive"              # archive | release | migrate | delete
     to = "vault"                    # archive: archive tier (default: default_archive); migrate: online tier
     keep_online = false             # archive: leave the file dual
-    inactive_for = "90d"            # not accessed for (since atime)
+    inactive_for = "90d"            # neither read nor written for this (Inode.last_access_ns: later of atime, mtime)
     older_than = "1y"               # created before now - this (crtime)
     modified_before = "30d"         # mtime older than this (a duration) or before a date ("2024-01-01")
     min_size = "1MB"                # size >= this

@@ -9,8 +9,8 @@
   taking over the lease does not run a daily rule again at once.
 - Watermarks: every WATERMARK_CHECK_S (and when woken), each online tier
   with high/low watermarks is measured; above high, the least recently
-  accessed files eligible under the watermark rules are archived/released/
-  migrated until the projected usage is below low. A tier is not measured
+  used (accessed or modified) files eligible under the watermark rules are
+  archived/released/migrated until the projected usage is below low. A tier is not measured
   again until the jobs of its previous watermark run are done.
 - Files buried by `tierfs policy run` in another process while this mount
   runs are purged here, once the kernel and open handles let go.

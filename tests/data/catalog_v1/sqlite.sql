@@ -1,0 +1,142 @@
+BEGIN TRANSACTION;
+CREATE TABLE dentries (
+	pos INTEGER NOT NULL, 
+	parent INTEGER NOT NULL, 
+	name BLOB NOT NULL, 
+	ino INTEGER NOT NULL, 
+	PRIMARY KEY (pos), 
+	CONSTRAINT uq_dentries_parent_name UNIQUE (parent, name)
+);
+INSERT INTO "dentries" VALUES(1,1,X'6C6F6773',2);
+INSERT INTO "dentries" VALUES(2,2,X'6170702E6C6F67',3);
+INSERT INTO "dentries" VALUES(3,2,X'6F6C642E6C6F67',4);
+INSERT INTO "dentries" VALUES(4,2,X'726561642E6C6F67',5);
+CREATE TABLE events (
+	id INTEGER NOT NULL, 
+	ino INTEGER NOT NULL, 
+	time_ns INTEGER NOT NULL, 
+	from_state VARCHAR(16) NOT NULL, 
+	to_state VARCHAR(16) NOT NULL, 
+	cause TEXT NOT NULL, 
+	detail TEXT NOT NULL, 
+	PRIMARY KEY (id)
+);
+CREATE TABLE garbage (
+	id INTEGER NOT NULL, 
+	tier VARCHAR(64) NOT NULL, 
+	"key" VARCHAR(255) NOT NULL, 
+	created_ns INTEGER NOT NULL, 
+	reason TEXT NOT NULL, 
+	PRIMARY KEY (id)
+);
+CREATE TABLE inodes (
+	ino INTEGER NOT NULL, 
+	mode INTEGER NOT NULL, 
+	uid INTEGER NOT NULL, 
+	gid INTEGER NOT NULL, 
+	nlink INTEGER NOT NULL, 
+	size INTEGER NOT NULL, 
+	atime_ns INTEGER NOT NULL, 
+	mtime_ns INTEGER NOT NULL, 
+	ctime_ns INTEGER NOT NULL, 
+	crtime_ns INTEGER NOT NULL, 
+	rdev INTEGER NOT NULL, 
+	target BLOB, 
+	state VARCHAR(16) NOT NULL, 
+	tier VARCHAR(64), 
+	location VARCHAR(255), 
+	archive_tier VARCHAR(64), 
+	archive_location VARCHAR(255), 
+	checksum VARCHAR(64), 
+	data_version INTEGER NOT NULL, 
+	state_ns INTEGER NOT NULL, 
+	state_cause TEXT NOT NULL, 
+	PRIMARY KEY (ino)
+);
+INSERT INTO "inodes" VALUES(1,16877,0,0,3,0,1796060366606968091,1767225600000000000,1767225600000000000,1796060366606968091,0,NULL,'online',NULL,NULL,NULL,NULL,NULL,0,1796060366606968091,'mkfs');
+INSERT INTO "inodes" VALUES(2,16877,0,0,2,0,1767225600000000000,1741305600000000000,1741305600000000000,1767225600000000000,0,NULL,'online',NULL,NULL,NULL,NULL,NULL,0,1767225600000000000,'create');
+INSERT INTO "inodes" VALUES(3,33188,0,0,1,2000000,1749945600000000000,1767225540000000000,1767225540000000000,1732665600000000000,0,NULL,'online','disk','app.log',NULL,NULL,NULL,0,1767225540000000000,'create');
+INSERT INTO "inodes" VALUES(4,33188,0,0,1,2000000,1749945600000000000,1749945600000000000,1749945600000000000,1732665600000000000,0,NULL,'online','disk','old.log',NULL,NULL,NULL,0,1749945600000000000,'create');
+INSERT INTO "inodes" VALUES(5,33188,0,0,1,2000000,1767139200000000000,1741305600000000000,1741305600000000000,1732665600000000000,0,NULL,'online','disk','read.log',NULL,NULL,NULL,0,1741305600000000000,'create');
+CREATE TABLE jobs (
+	id INTEGER NOT NULL, 
+	ino INTEGER NOT NULL, 
+	kind VARCHAR(16) NOT NULL, 
+	state VARCHAR(16) NOT NULL, 
+	priority INTEGER NOT NULL, 
+	target_tier VARCHAR(64), 
+	keep_online BOOLEAN NOT NULL, 
+	cause TEXT NOT NULL, 
+	session VARCHAR(64), 
+	attempts INTEGER NOT NULL, 
+	not_before_ns INTEGER NOT NULL, 
+	last_error TEXT NOT NULL, 
+	dst_key VARCHAR(255), 
+	created_ns INTEGER NOT NULL, 
+	updated_ns INTEGER NOT NULL, 
+	PRIMARY KEY (id)
+);
+CREATE TABLE leases (
+	name VARCHAR(64) NOT NULL, 
+	holder VARCHAR(64) NOT NULL, 
+	expires_ns INTEGER NOT NULL, 
+	PRIMARY KEY (name)
+);
+CREATE TABLE meta (
+	"key" VARCHAR(64) NOT NULL, 
+	value TEXT NOT NULL, 
+	PRIMARY KEY ("key")
+);
+INSERT INTO "meta" VALUES('schema_version','1');
+CREATE TABLE open_files (
+	ino INTEGER NOT NULL, 
+	session VARCHAR(64) NOT NULL, 
+	writing BOOLEAN NOT NULL, 
+	PRIMARY KEY (ino, session)
+);
+CREATE TABLE sessions (
+	id VARCHAR(64) NOT NULL, 
+	host VARCHAR(255) NOT NULL, 
+	pid INTEGER NOT NULL, 
+	mountpoint TEXT NOT NULL, 
+	started_ns INTEGER NOT NULL, 
+	heartbeat_ns INTEGER NOT NULL, 
+	clean BOOLEAN NOT NULL, 
+	PRIMARY KEY (id)
+);
+CREATE TABLE tombstones (
+	id INTEGER NOT NULL, 
+	ino INTEGER NOT NULL, 
+	path BLOB NOT NULL, 
+	size INTEGER NOT NULL, 
+	uid INTEGER NOT NULL, 
+	gid INTEGER NOT NULL, 
+	crtime_ns INTEGER NOT NULL, 
+	mtime_ns INTEGER NOT NULL, 
+	atime_ns INTEGER NOT NULL, 
+	state VARCHAR(16) NOT NULL, 
+	tier VARCHAR(64), 
+	archive_tier VARCHAR(64), 
+	checksum VARCHAR(64), 
+	deleted_ns INTEGER NOT NULL, 
+	who TEXT NOT NULL, 
+	why TEXT NOT NULL, 
+	PRIMARY KEY (id)
+);
+CREATE TABLE xattrs (
+	ino INTEGER NOT NULL, 
+	name BLOB NOT NULL, 
+	value BLOB NOT NULL, 
+	PRIMARY KEY (ino, name)
+);
+CREATE INDEX ix_inodes_archive ON inodes (archive_tier, archive_location);
+CREATE INDEX ix_inodes_state_size ON inodes (state, size);
+CREATE INDEX ix_inodes_nlink0 ON inodes (nlink) WHERE nlink = 0;
+CREATE INDEX ix_inodes_state_atime_size ON inodes (state, atime_ns, size);
+CREATE INDEX ix_inodes_tier ON inodes (tier, location);
+CREATE INDEX ix_dentries_ino ON dentries (ino);
+CREATE INDEX ix_jobs_ino ON jobs (ino, kind, state);
+CREATE INDEX ix_jobs_runnable ON jobs (state, priority, id);
+CREATE INDEX ix_events_ino ON events (ino, id);
+CREATE INDEX ix_tombstones_ino ON tombstones (ino, id);
+COMMIT;
