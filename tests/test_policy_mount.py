@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 import time
 
 import pytest
@@ -138,6 +139,30 @@ def test_a_log_appended_to_a_minute_ago_is_not_inactive(make_mount, catalog_url)
     time.sleep(2.5)                                    # another interval
     assert (m.state("app.log"), m.state("read.dat")) == ("online", "online")
     assert f"by policy rule 'cold' ({idle}, size 5MB >= 1MB)" in m.cli("state", m.path("old.dat")).stdout
+
+
+def test_a_log_held_open_and_appended_to_is_not_inactive(make_mount):
+    """A log a daemon keeps open for writing (never closed, never read): its mtime reaches the
+    catalog on the access-time schedule, not only at close, so no inactivity rule selects it."""
+    m = make_mount(config="atime_flush = 1\n" + COLD, start=False)
+    m.write_config()
+    cat = open_catalog(m.catalog_url)
+    cat.init()
+    assert cat.acquire_lease("policy", "test", 3600)   # only the dry run looks
+    m.start()
+    m.sh("head -c 2000000 /dev/urandom > app.log && touch -d '200 days ago' app.log")
+    # The writer is another process that only writes (every close of a copy of the fd, a fork+exec of
+    # this process or a shell redirection's dup, flushes the size and mtime to the catalog).
+    writer = subprocess.Popen([sys.executable, "-c", "import os, time; fd = os.open('app.log', os.O_WRONLY | "
+                               "os.O_APPEND); os.write(fd, b'a line\\n'); time.sleep(8)"], cwd=m.mnt)
+    try:
+        time.sleep(3)                                  # more than atime_flush; the file stays open
+        assert dry_run(m)["actions"] == []
+        assert m.cli("find", m.mnt, "--inactive", "90d").stdout.split() == []
+    finally:
+        writer.kill()
+        writer.wait()
+    cat.close()
 
 
 def test_a_catalog_of_schema_version_1_is_upgraded_by_the_first_command_then_mounted(make_mount, catalog_url):

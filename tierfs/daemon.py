@@ -197,12 +197,20 @@ class Daemon:
             done += len(removed)
 
     async def atime_loop(self) -> None:
-        """Batched access tracking: pending atimes reach the catalog here."""
+        """Batched access tracking: pending atimes reach the catalog here, and
+        the size and mtime of files open for writing, at most once per file per
+        atime_flush: a log a daemon keeps open and appends to for months is in
+        use, and policies must see its mtime move (it reached the catalog only
+        at close, so the catalog showed it idle since it was opened)."""
         offline = self.fs.offline
+        written = time.monotonic()
         while True:
             await trio.sleep(min(self.cfg.atime_flush, 5.0))
             try:
                 await offline.flush_atimes()
+                if time.monotonic() - written >= self.cfg.atime_flush:
+                    written = time.monotonic()
+                    await self.fs.flush_all()
             except errors.TierfsError as e:
                 log.warning("writing access times: %s", e)
 
