@@ -159,9 +159,18 @@ class Mount:
         return self
 
     def stop(self) -> None:
-        """Unmount cleanly and wait for the daemon to exit."""
-        if mounts.find_mount(self.mnt) is not None:
-            self.cli("umount", self.mnt, timeout=60)
+        """Unmount cleanly and wait for the daemon to exit. A mount briefly busy
+        (a process of another test walking into it, a release the kernel has
+        not sent yet) is retried rather than failed."""
+        for attempt in range(5):
+            if mounts.find_mount(self.mnt) is None:
+                break
+            r = self.cli("umount", self.mnt, timeout=60, check=False)
+            if r.returncode == 0:
+                break
+            if "busy" not in r.stderr or attempt == 4:
+                raise AssertionError(f"tierfs umount {self.mnt} exited {r.returncode}:\n{r.stdout}\n{r.stderr}")
+            time.sleep(1)
         self._wait_exit(30)
 
     def kill(self) -> None:

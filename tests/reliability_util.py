@@ -99,16 +99,8 @@ def start(m) -> None:
 
 
 def stop(m) -> None:
-    """Unmount cleanly; a mount briefly busy (a process of another test walking into
-    it) is retried rather than failed."""
-    for attempt in range(5):
-        try:
-            m.stop()
-            return
-        except AssertionError as e:
-            if "busy" not in str(e) or attempt == 4:
-                raise
-            time.sleep(1)
+    """Unmount cleanly (Mount.stop retries a mount that is briefly busy)."""
+    m.stop()
 
 
 def wait_dead(m, timeout: float = 30.0) -> None:
