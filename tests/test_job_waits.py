@@ -106,3 +106,31 @@ def test_mount_lacking_a_tier_leaves_its_jobs_to_others(mk, mongod, tmp_path):
         view.close()
     assert a.state("to-glacier") == "archived"
     assert open(a.path("from-glacier"), "rb").read() == b"y" * 7000
+
+
+def test_a_restore_that_succeeds_later_clears_its_failed_row(mk, tmp_path):
+    """A restore that failed for good (its archive copy was missing: the file is lost) stops being
+    listed as failed once a later restore brought the file back (issue 13: the row stayed)."""
+    home = home_of(tmp_path)
+    m = mk(config="job_retry_delay = 1\nblock_timeout = 10\n" + tiers_config(home))
+    digest = write(m.path("f"), os.urandom(50_000))
+    m.cli("archive", "--wait", "--timeout", "60", m.path("f"))
+    objects = [p for p in (tmp_path / "home" / "vault" / "objects").glob("*/*")]
+    saved = {p: p.read_bytes() for p in objects}
+    for p in objects:
+        p.unlink()
+    with pytest.raises(OSError):
+        open(m.path("f"), "rb").read()               # the restore fails: the only copy is missing
+    assert m.state("f") == "lost"
+    wait_for(lambda: [r["kind"] for r in _queue(m) if r["state"] == "failed"] == ["restore"], 10,
+             what="the failed restore in the queue")
+    stop(m)
+    for p, data in saved.items():                      # the copy comes back (a tape found again)
+        p.write_bytes(data)
+    code, out = fsck(m.config_path, "--repair")        # check_lost: a verified copy exists -> archived
+    assert code == 0, out
+    from tests.reliability_util import start
+    start(m)
+    assert sha(m.path("f")) == digest                  # this open restores it
+    assert [r for r in _queue(m) if r["state"] == "failed"] == [], _queue(m)
+    assert json.loads(m.cli("queue", "--json", "--all", m.mnt).stdout)[0]["last_error"].startswith("superseded")

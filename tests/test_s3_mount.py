@@ -298,3 +298,25 @@ def test_upload_pending_at_unmount_goes_up_at_next_mount(make_mount, tmp_path, m
     wait_for(lambda: m.stats()["pending_uploads"] == 0, 30, what="the upload of the previous mount's bytes")
     assert open(m.path("f"), "rb").read() == b"kept across the remount\n"
     assert "uploaded the bytes the previous mount could not" in m.log()
+
+
+def test_restore_to_a_down_endpoint_waits_with_the_copy_error(s3m, moto, tmp_path):
+    """A restore to S3 while the endpoint is down: the job waits, and what `tierfs queue` shows is
+    why the copy cannot be made (the S3 tier is unreachable), not the failure of the cleanup of an
+    earlier attempt's object (issue 14); it completes when the endpoint is back."""
+    m = s3m
+    data = put(m, "f", 100_000)
+    m.cli("archive", "--to", "glacier", "--wait", "--timeout", "60", m.path("f"))
+    moto.stop()
+    try:
+        m.cli("restore", "--to", "s3", m.path("f"))
+        wait_for(lambda: [r for r in json.loads(m.cli("queue", "--json", m.mnt).stdout)
+                          if r["kind"] == "restore" and r["state"] == "waiting"], 60, what="a waiting restore")
+        row = [r for r in json.loads(m.cli("queue", "--json", m.mnt).stdout) if r["kind"] == "restore"][0]
+        assert "delete" not in row["last_error"] and "s3" in row["last_error"], row
+        assert row["attempts"] <= 1, row
+    finally:
+        moto.start()
+    wait_for(lambda: info(m, "f")["state"] == "dual", 90, what="the restore once the endpoint is back")
+    assert info(m, "f")["tier"] == "s3"
+    assert open(m.path("f"), "rb").read() == data

@@ -449,7 +449,8 @@ class JobRunner:
                          dict(state=State.LOST), [], ("restore", str(e)))
             await fs.fetch(fs.catalog.get, inode.ino)
             log.error("inode %d is lost: %s", inode.ino, e)
-            raise
+            # The file is lost now: no later attempt can restore it (fsck brings it back if the copy returns).
+            raise errors.TierfsError(f"inode {inode.ino} is lost: {e}") from e
         except BaseException as e:
             await self._abandon(job, inode, dst, dst_key, State.ARCHIVED, f"copy failed: {e}")
             raise
