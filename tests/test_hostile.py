@@ -410,3 +410,13 @@ def test_credentials_in_mount_options_are_warned_about_never_shown(mk, tmp_path)
     m.pid = int(r.stdout.split("(pid ")[1].split(",")[0])
     track(m.pid)
     assert "warning" not in r.stderr, r.stderr
+
+
+def test_which_settings_are_secrets():
+    """One rule (tierfs/redact.py) for the config file's warning, -o's warning and log lines: key
+    names and URL passwords count, a path that happens to contain a secret-sounding word does not."""
+    from tierfs.redact import redact_url, secret_keys
+    raw = {"catalog": "mongodb://u:pw@h/db", "state_dir": "/srv/token-store/state",
+           "tiers": {"s3": {"secret_access_key": "x", "session_token": "", "bucket": "b"}}}
+    assert secret_keys(raw) == ["catalog", "tiers.s3.secret_access_key"]
+    assert redact_url("mongodb://u:pw@h/db") == "mongodb://u:***@h/db"

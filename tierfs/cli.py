@@ -20,6 +20,7 @@ import click
 from . import client, config as config_mod, errors, mounts
 from .client import CliError
 from .display import echo, name_fields, printable
+from .redact import secret_keys
 from .units import fmt_size
 
 CONTEXT = dict(help_option_names=["-h", "--help"], max_content_width=100)
@@ -111,9 +112,7 @@ def daemon_options(cmdline_options, raw: str | bytes | None) -> tuple[str, ...]:
 
 def _warn_secret_options(overrides: dict, on_daemon_cmdline: bool) -> None:
     """One line on stderr when -o carries a credential (never the value)."""
-    from .cli_admin import safe_url
-    keys = [k for k, v in overrides.items()
-            if any(w in k.lower() for w in config_mod.SECRET_WORDS) or (isinstance(v, str) and safe_url(v) != v)]
+    keys = secret_keys(overrides)
     if not keys:
         return
     where = ("it is on this daemon's command line, which every local user can read" if on_daemon_cmdline else

@@ -24,7 +24,6 @@ import grp
 import json
 import os
 import pwd
-import re
 import stat
 import sys
 import time
@@ -37,6 +36,7 @@ from .catalog.base import ROOT_INO, SCHEMA_VERSION, FileQuery, State
 from .client import CliError
 from .tierhealth import read_health
 from .display import echo, name_fields, printable
+from .redact import redact_url
 from .units import fmt_duration, fmt_size, parse_duration, parse_size
 
 CONTEXT = dict(help_option_names=["-h", "--help"], max_content_width=100)
@@ -56,9 +56,6 @@ class Target:
     session: str | None = None   # its catalog session (user.tierfs.stats)
 
 
-def safe_url(url: str) -> str:
-    """A catalog URL without its password."""
-    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
 
 
 @contextlib.contextmanager
@@ -167,12 +164,12 @@ def open_catalog(t: Target):
     try:
         if not cat.initialised():
             hint = f" {t.how}" if t.how.startswith("--config ") else f"; config: {t.how}"
-            raise CliError(f"catalog {safe_url(url)} is empty: mount it once first (tierfs mount MOUNTPOINT{hint})",
+            raise CliError(f"catalog {redact_url(url)} is empty: mount it once first (tierfs mount MOUNTPOINT{hint})",
                            client.EXIT_CONFIG)
         if cat.schema_version() < SCHEMA_VERSION:
             cat.init()  # made by an older tierfs: queries need its current schema (as fsck and policy run do)
         if t.session is not None and t.session not in {s.id for s in cat.sessions() if not s.clean}:
-            raise CliError(f"{t.mountpoint}: catalog {safe_url(url)} (config: {t.how}) is not the one this mount "
+            raise CliError(f"{t.mountpoint}: catalog {redact_url(url)} (config: {t.how}) is not the one this mount "
                            f"uses (no live session {t.session}); pass the mount's config with --config",
                            client.EXIT_CONFIG)
     except BaseException:
@@ -293,7 +290,7 @@ def _status_of(cfg, cat, targets: list[Target]) -> dict:
         if jstate in ("pending", "running", "failed"):
             for kind, n in kinds.items():
                 jobs.setdefault(kind, {"pending": 0, "running": 0, "failed": 0})[jstate] = n
-    return dict(catalog=safe_url(cfg.catalog),
+    return dict(catalog=redact_url(cfg.catalog),
                 mounts=[dict(mountpoint=t.mountpoint, pid=t.pid, session=t.session, config=t.how,
                              **_pending_uploads(t.mountpoint))
                         for t in targets if t.mountpoint],
@@ -420,7 +417,7 @@ def status(mount, config_path, as_json):
             try:
                 for t in ts[1:]:
                     if t.session and t.session not in {s.id for s in cat.sessions()}:
-                        raise CliError(f"{t.mountpoint}: not in catalog {safe_url(t.cfg.catalog)}",
+                        raise CliError(f"{t.mountpoint}: not in catalog {redact_url(t.cfg.catalog)}",
                                        client.EXIT_CONFIG)
                 result.append(_status_of(ts[0].cfg, cat, ts))
             finally:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import errors, private
+from .redact import secret_keys
 from .tiers import tier_class
 from .units import parse_duration, parse_size
 
@@ -236,12 +237,10 @@ def read(path: str | None, overrides: dict | None = None) -> Config:
 
 
 #: Words that mark a config key (or a config file's text) as holding a credential.
-SECRET_WORDS = ("secret", "password", "token", "access_key")
 
 
 def _warn_if_secrets_readable(path: str, raw: dict) -> None:
-    text = repr(raw).lower()
-    if any(s in text for s in SECRET_WORDS):
+    if secret_keys(raw):
         try:
             if os.stat(path).st_mode & stat.S_IROTH:
                 log.warning("config file %s holds credentials and is readable by other users; chmod o-r it", path)

@@ -30,6 +30,8 @@ from .catalog.base import Catalog, Session, now_ns
 from .config import Config, prepare_embedded_dirs
 from .fs import FileSystem
 from .fuse_ops import Operations
+from .redact import redact_url
+from .tiers.disk import in_place_key
 
 log = logging.getLogger("tierfs")
 
@@ -183,7 +185,7 @@ class Daemon:
                     continue  # a tier another mount has; it will collect it
                 if await fs.cat(fs.catalog.references, g.tier, g.key):
                     log.warning("garbage entry %s/%s is still referenced; keeping the object", g.tier, g.key)
-                elif "/" in g.key and g.reason != "file deleted":
+                elif in_place_key(g.key) and g.reason != "file deleted":
                     # The original of an imported file (tierfs import --in-place): moving the file's bytes
                     # elsewhere never deletes the user's own file; only deleting the file through tierfs does.
                     log.info("keeping %s/%s, the original of an imported file (%s)", g.tier, g.key, g.reason)
@@ -368,7 +370,7 @@ class Daemon:
         try:
             def ready():
                 log.info("tierfs mounted on %s (catalog %s, tiers %s, session %s)", self.mountpoint,
-                         _safe(self.cfg.catalog), ", ".join(f"{n}:{t.kind}" for n, t in self.fs.tiers.items()),
+                         redact_url(self.cfg.catalog), ", ".join(f"{n}:{t.kind}" for n, t in self.fs.tiers.items()),
                          self.session_id)
                 sd_notify("READY=1")
                 on_ready()
@@ -387,7 +389,4 @@ class Daemon:
             log.info("tierfs unmounted from %s", self.mountpoint)
 
 
-def _safe(url: str) -> str:
-    """A catalog URL without its password, for logs."""
-    import re
-    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
+

@@ -86,7 +86,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import time
 from typing import Callable, Iterator, TypeVar
 
@@ -98,6 +97,7 @@ from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
 from .. import errors
+from ..redact import redact_url
 from .base import (INODE_FIELDS, ROOT_INO, SCHEMA_VERSION, Catalog, DirEntry, Event, Garbage, Inode, JobState,
                    State, Tombstone, now_ns)
 from .mongo_jobs import ACTIVE, MongoJobs
@@ -151,11 +151,6 @@ def _add_last_access(db) -> None:
 MIGRATIONS: dict[int, Callable] = {2: _add_last_access}
 
 
-def safe_url(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
-
-
 def _inode_doc(inode: Inode) -> dict:
     d = {k: getattr(inode, k) for k in INODE_FIELDS if k != "ino"}
     d["_id"] = inode.ino
@@ -195,11 +190,11 @@ class MongoCatalog(MongoJobs, MongoQueries, Catalog):
 
     def __init__(self, url: str):
         self.url = url
-        self.safe_url = safe_url(url)
+        self.safe_url = redact_url(url)
         try:
             parsed = pymongo.uri_parser.parse_uri(url)
         except (InvalidURI, ConfigurationError, ValueError) as e:
-            raise errors.ConfigError(f"catalog: invalid MongoDB URL {safe_url(url)}: {e}") from None
+            raise errors.ConfigError(f"catalog: invalid MongoDB URL {redact_url(url)}: {e}") from None
         given = {k.lower() for k in parsed["options"]}
         opts = {k: v for k, v in DEFAULTS.items() if k.lower() not in given}
         url_timeout = next((v for k, v in parsed["options"].items() if k.lower() == "timeoutms"), None)
@@ -209,7 +204,7 @@ class MongoCatalog(MongoJobs, MongoQueries, Catalog):
         try:
             self.client = pymongo.MongoClient(url, appname="tierfs", **opts)
         except (ConfigurationError, ValueError) as e:
-            raise errors.ConfigError(f"catalog: {safe_url(url)}: {e}") from None
+            raise errors.ConfigError(f"catalog: {redact_url(url)}: {e}") from None
         self.db = self.client[parsed["database"] or "tierfs"]
         #: True while the last call found no reachable server (see _errors)
         self._unreachable = False
@@ -244,7 +239,7 @@ class MongoCatalog(MongoJobs, MongoQueries, Catalog):
         except PyMongoError as e:
             if isinstance(e, ServerSelectionTimeoutError):
                 self._unreachable = True
-            raise errors.CatalogUnavailable(f"catalog {safe_url(self.url)}: {_short(e)}") from e
+            raise errors.CatalogUnavailable(f"catalog {redact_url(self.url)}: {_short(e)}") from e
         else:
             self._unreachable = False
 

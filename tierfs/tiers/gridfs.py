@@ -61,11 +61,11 @@ class GridFSTier(Tier):
         super().__init__(name, **opts)
         import pymongo
         from pymongo.errors import ConfigurationError, InvalidURI
-        from ..catalog.mongo import safe_url
+        from ..redact import redact_url
         if not opts.get("url"):
             raise errors.ConfigError(f"tiers.{name}.url: missing (e.g. url = \"mongodb://host/db?replicaSet=rs0\")")
         self.url = opts["url"]
-        self.safe_url = safe_url(self.url)
+        self.safe_url = redact_url(self.url)
         try:
             parsed = pymongo.uri_parser.parse_uri(self.url)
         except (InvalidURI, ConfigurationError, ValueError) as e:
