@@ -32,7 +32,7 @@ REQUESTS = {
     "archive": (),
     "archive keep_online": (),
     "restore": (),
-    "release": (errno.EINVAL,),
+    "release": (errno.EINVAL, errno.EBUSY),   # not dual; dual but open for writing
     "migrate to=disk2": (errno.EINVAL,),
     "migrate to=disk": (errno.EINVAL,),
 }

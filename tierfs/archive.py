@@ -267,6 +267,12 @@ class Offline:
             log.info("request %r on inode %d by uid %d refused: %s", value.decode(errors="replace"), ino,
                      caller.uid, e)
             raise
+        except errors.TierfsError as e:
+            if e.errno == errno.EAGAIN:
+                # An EAGAIN answer to SETXATTR reaches the caller as EOPNOTSUPP (kernel 6.18, measured):
+                # "busy, try again" must not read as "requests are not supported".
+                raise errors.TierfsError(str(e), err=errno.EBUSY) from e
+            raise
         return True
 
     async def queue(self, inode: Inode, verb: str, opts: dict, caller, cause: str, check_perm: bool = True):

@@ -21,6 +21,7 @@ Restores run before everything else (priority 0); at most
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import time
@@ -57,7 +58,8 @@ async def release_now(fs, inode: Inode, cause: str) -> Inode:
         if inode.state != State.DUAL:
             return inode
         if fs.writers.get(inode.ino):
-            raise errors.TryAgain(f"inode {inode.ino} is open for writing")
+            raise errors.TierfsError(f"inode {inode.ino} is open for writing: its online copy is in use",
+                                     err=errno.EBUSY)
         faults.point("release.before_switch")
         new = await fs.fetch(fs.catalog.switch, inode.ino, inode.data_version, [State.DUAL],
                              dict(state=State.ARCHIVED, tier=None, location=None),
