@@ -97,7 +97,7 @@ def test_unit_contract():
     assert s["Type"] == ["notify"] and s["NotifyAccess"] == ["main"]
     assert s["ExecStart"] == [f"{SHIPPED} mount --foreground --config /etc/tierfs/%i.toml ${{TIERFS_MOUNTPOINT}}"]
     assert s["Restart"] == ["on-failure"] and s["KillSignal"] == ["SIGTERM"]
-    assert s["ExecReload"] == ["/bin/kill -HUP $MAINPID"]     # HUP reloads; it never unmounts
+    assert s["ExecReload"] == ["/bin/sh -c 'kill -HUP $MAINPID'"]   # HUP reloads; it never unmounts
     assert s["DevicePolicy"] == ["closed"] and s["DeviceAllow"] == ["/dev/fuse rw"]
     assert "CAP_SYS_ADMIN" in s["CapabilityBoundingSet"][0].split()
     assert s["NoNewPrivileges"] == ["yes"]
