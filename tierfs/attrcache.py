@@ -50,9 +50,6 @@ class AttrCache:
     def __contains__(self, ino: int) -> bool:
         return ino in self.entries
 
-    def __len__(self) -> int:
-        return len(self.entries)
-
     def fresh(self, ino: int) -> Inode | None:
         """The cached inode if it may be served without asking the catalog."""
         c = self.entries.get(ino)

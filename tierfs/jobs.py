@@ -200,7 +200,6 @@ class JobRunner:
                 log.exception("job %d (%s inode %d) crashed", job.id, job.kind, job.ino)
                 await self._fail(job, f"internal error: {e!r}")
             else:
-                self.waits.pop(job.id, None)
                 await self._record(self.fs.catalog.finish_job, job.id, JobState.DONE)
         finally:
             self.running -= 1

@@ -174,24 +174,23 @@ class Staging:
         if fs.on_change:
             fs.on_change()
 
-    def release(self, ino: int) -> bool:
-        """Drop one user; returns True when the copy is gone. A copy whose
-        upload failed stays (reads serve it) until `run` uploads it."""
+    def release(self, ino: int) -> None:
+        """Drop one user; the last one discards the copy, unless its upload
+        failed: then it stays (reads serve it) until `run` uploads it."""
         c = self.copies.get(ino)
         if c is None:
-            return True
+            return
         c.users -= 1
         if c.users > 0:
-            return False
+            return
         if c.dirty or c.uploading:  # (the background upload may be failing right now)
             if not c.kept:
                 c.kept = True
                 log.error("inode %d: the upload to tier %s failed (%s); its written bytes stay in %s and are "
                           "uploaded when the tier answers", ino, c.tier.name, c.failed or "not uploaded", c.path)
             self._wake.set()
-            return False
+            return
         self._discard(c)
-        return True
 
     def _discard(self, c: StagedCopy) -> None:
         self.copies.pop(c.ino, None)

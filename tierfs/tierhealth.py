@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import socket
-import time
 from dataclasses import asdict, dataclass
 from typing import Awaitable, Callable, Iterable
 
@@ -114,7 +113,3 @@ class TierHealth:
                             (now_ns() - p.since_ns) / 1e9)
                 await self._publish(name, None)
                 await on_recovered(name)
-
-    def snapshot(self) -> dict:
-        return {n: {"state": p.state, "reason": p.reason, "since_s": round(time.time() - p.since_ns / 1e9)}
-                for n, p in self.problems.items()}
