@@ -17,9 +17,14 @@ size back for attr_timeout):
    stays set while the flush is in flight, so reads serve the cache, not a
    catalog row the flush has not replaced yet.
 2. A catalog copy fetched by a call that started before the newest local
-   change of its inode (`since`: the sequence number when the call
-   started) may predate that change: it refreshes every field but size,
-   mtime and ctime. An access time never moves backwards here.
+   change of its inode, or before the newest flush of such a change
+   completed (`since`: the sequence number when the call started; a
+   completed flush takes a sequence number too), may predate it: it
+   refreshes every field but size, mtime and ctime. An access time never
+   moves backwards here. (A job's state switch that started while a close
+   was flushing a larger size read the row before the flush committed and
+   returned after it: with only the change numbered, that old size replaced
+   the flushed one in the cache for good; fsx seed 103.)
 """
 
 from __future__ import annotations
@@ -108,11 +113,19 @@ class AttrCache:
         inode = self.entries[ino].inode
         return {f: getattr(inode, f) for f in CONTENT_FIELDS}, token
 
-    def persisted(self, ino: int, token: int) -> None:
+    def persisted(self, ino: int, token: int) -> int:
         """The flush that wrote `token` succeeded: clean, unless a newer change
-        came meanwhile (then remember the catalog's copy with since=token)."""
-        if self.dirty.get(ino) == token:
-            del self.dirty[ino]
+        came meanwhile. Returns the `since` to remember the flush's own result
+        with: a call that started before this moment may return a row from
+        before the flush (rule 2), the flush's result is not older than it."""
+        if self.dirty.get(ino) != token:
+            return token
+        del self.dirty[ino]
+        self.seq += 1
+        c = self.entries.get(ino)
+        if c is not None:
+            c.changed = self.seq
+        return self.seq
 
     def forget_dirty(self, ino: int) -> None:
         """The inode is gone (purged): nothing left to persist."""

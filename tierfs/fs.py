@@ -465,8 +465,7 @@ class FileSystem:
             self.cache.forget_dirty(ino)  # purged (by another mount): nothing left to write
             raise
         if pending is not None:
-            self.cache.persisted(ino, pending[1])
-            since = pending[1]
+            since = self.cache.persisted(ino, pending[1])
         return self.remember(result, since)
 
     async def _truncate(self, inode: Inode, size: int, caller: Caller) -> Inode:
