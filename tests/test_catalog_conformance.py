@@ -4,8 +4,8 @@
 import pytest
 
 from tierfs import errors
-from tierfs.catalog.base import (ROOT_INO, SCHEMA_VERSION, FileQuery, Inode, JobKind, JobState, Session, State,
-                                 now_ns)
+from tierfs.catalog.base import (ROOT_INO, SCHEMA_VERSION, Changes, FileQuery, Inode, JobKind, JobState, Session, State,
+                                 Transition, now_ns)
 
 FILE = 0o100644
 DIR = 0o040755
@@ -154,10 +154,10 @@ def test_switch_is_atomic_compare_and_swap(catalog):
     a = catalog.create(ROOT_INO, b"a", new(tier="disk", location="k-on"))
     job, _ = catalog.enqueue(a.ino, JobKind.ARCHIVE, target_tier="vault")
     catalog.update_job(job.id, {"dst_key": "k-arch"})
-    new_inode = catalog.switch(a.ino, a.data_version, [State.ONLINE],
-                               dict(state=State.ARCHIVED, tier=None, location=None, archive_tier="vault",
-                                    archive_location="k-arch"),
-                               [("disk", "k-on")], ("test", "detail"), job.id)
+    new_inode = catalog.switch(Transition(a.ino, a.data_version, (State.ONLINE,),
+                                          Changes(state=State.ARCHIVED, tier=None, location=None,
+                                                  archive_tier="vault", archive_location="k-arch"),
+                                          "test", "detail", garbage=(("disk", "k-on"),), job_id=job.id))
     assert new_inode.state == State.ARCHIVED
     got = catalog.get(a.ino)
     assert got.state == State.ARCHIVED and got.archive_location == "k-arch" and got.location is None
@@ -166,8 +166,8 @@ def test_switch_is_atomic_compare_and_swap(catalog):
     ev = catalog.events(a.ino)
     assert ev[0].from_state == "online" and ev[0].to_state == "archived" and ev[0].cause == "test"
     with pytest.raises(errors.VersionConflict):  # stale version: nothing changes
-        catalog.switch(a.ino, a.data_version + 5, [State.ARCHIVED], dict(state=State.ONLINE), [("x", "y")],
-                       ("t", ""))
+        catalog.switch(Transition(a.ino, a.data_version + 5, (State.ARCHIVED,), Changes(state=State.ONLINE), "t",
+                                  garbage=(("x", "y"),)))
     assert catalog.get(a.ino).state == State.ARCHIVED and len(catalog.garbage()) == 1
     assert catalog.references("vault", "k-arch") and not catalog.references("disk", "k-on")
 
@@ -329,7 +329,8 @@ def test_last_access_stays_the_later_of_atime_and_mtime_through_every_write(cata
     check(f.ino)
     catalog.set_atimes({f.ino: 4000, g.ino: 10})          # g's atime stays: it never goes back
     check(f.ino, g.ino)
-    catalog.switch(f.ino, catalog.get(f.ino).data_version, [State.ONLINE], {"atime_ns": 5000}, [], ("test", ""))
+    catalog.switch(Transition(f.ino, catalog.get(f.ino).data_version, (State.ONLINE,), Changes(atime_ns=5000),
+                              "test"))
     check(f.ino)                                          # a restore resets the access time
     catalog.link(g.ino, ROOT_INO, b"g2", ctime_ns=6000)
     catalog.unlink(d.ino, b"f", ctime_ns=6500)
@@ -495,14 +496,14 @@ def test_open_files_registry(catalog):
     a = catalog.create(ROOT_INO, b"a", new(tier="disk", location="k"))
     assert catalog.set_open(a.ino, "A", True, True).ino == a.ino
     with pytest.raises(errors.VersionConflict):
-        catalog.switch(a.ino, a.data_version, [State.ONLINE], dict(state=State.ARCHIVING), [], ("t", ""),
-                       no_writers_except="B")
+        catalog.switch(Transition(a.ino, a.data_version, (State.ONLINE,), Changes(state=State.ARCHIVING), "t",
+                                  no_writers_except="B"))
     # the writer itself, or a switch that does not ask, is not refused
-    catalog.switch(a.ino, a.data_version, [State.ONLINE], dict(state=State.ONLINE), [], ("t", ""),
-                   no_writers_except="A")
+    catalog.switch(Transition(a.ino, a.data_version, (State.ONLINE,), Changes(state=State.ONLINE), "t",
+                              no_writers_except="A"))
     catalog.set_open(a.ino, "A", True, False)  # still open, no longer writing
-    catalog.switch(a.ino, a.data_version, [State.ONLINE], dict(state=State.ARCHIVING), [], ("t", ""),
-                   no_writers_except="B")
+    catalog.switch(Transition(a.ino, a.data_version, (State.ONLINE,), Changes(state=State.ARCHIVING), "t",
+                              no_writers_except="B"))
     catalog.unlink(ROOT_INO, b"a", now_ns())
     assert catalog.purge(a.ino) is None  # session A still has it open
     catalog.set_open(a.ino, "A", False, False)
@@ -513,5 +514,5 @@ def test_open_files_registry(catalog):
     catalog.register_session(Session(id="dead", host="h", pid=1, mountpoint="/m", started_ns=t, heartbeat_ns=0))
     catalog.set_open(b.ino, "dead", True, True)
     catalog.reap_sessions(t)
-    catalog.switch(b.ino, b.data_version, [State.ONLINE], dict(state=State.ARCHIVING), [], ("t", ""),
-                   no_writers_except="live")
+    catalog.switch(Transition(b.ino, b.data_version, (State.ONLINE,), Changes(state=State.ARCHIVING), "t",
+                              no_writers_except="live"))

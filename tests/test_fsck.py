@@ -19,7 +19,7 @@ from tests.conftest import wait_for
 from tests.reliability_util import (CatalogView, errors_of, fsck, home_of, mk, sha, start, stop,  # noqa: F401
                                     tiers_config, track, wait_dead, wait_idle, write)
 from tierfs import fsck as F
-from tierfs.catalog.base import JobKind, Session, State, now_ns
+from tierfs.catalog.base import Changes, JobKind, Session, State, Transition, now_ns
 
 
 def _obj(home: str, tier: str, key: str) -> str:
@@ -89,8 +89,8 @@ def test_seeded_corruption_found_and_repaired(populated, catalog_url, mk):
     with open(_obj(home, "disk", node["grow"].location), "ab") as f:
         f.write(b"tail written before the crash")
     # 10. a file stuck in `archiving` with no job
-    cat.switch(ino["stuck"], node["stuck"].data_version, [State.ONLINE], {"state": State.ARCHIVING}, [],
-               ("test", "seeded"))
+    cat.switch(Transition(ino["stuck"], node["stuck"].data_version, (State.ONLINE,),
+                          Changes(state=State.ARCHIVING), "test", "seeded"))
     # 11. a daemon that died without unmounting, with a job still running
     dead = Session(id="dead" + uuid.uuid4().hex[:8], host=socket.gethostname(), pid=_dead_pid(),
                    mountpoint=m.mnt, started_ns=now_ns(), heartbeat_ns=now_ns())

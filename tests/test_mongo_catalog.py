@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from tierfs import errors
-from tierfs.catalog.base import ROOT_INO, FileQuery, Inode, JobKind, JobState, Session, State, now_ns
+from tierfs.catalog.base import ROOT_INO, Changes, FileQuery, Inode, JobKind, JobState, Session, State, Transition, now_ns
 from tierfs.catalog.mongo import MongoCatalog
 
 pytestmark = pytest.mark.mongo
@@ -137,7 +137,8 @@ def test_switch_compare_and_swap_under_race(cats):
 
     def sw(i):
         try:
-            cats[i % 4].switch(a.ino, a.data_version, [State.ONLINE], dict(state=State.ARCHIVING), [], ("t", ""))
+            cats[i % 4].switch(Transition(a.ino, a.data_version, (State.ONLINE,), Changes(state=State.ARCHIVING),
+                                          "t"))
             return True
         except errors.VersionConflict:
             return False

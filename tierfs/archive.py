@@ -32,7 +32,7 @@ import time
 import trio
 
 from . import errors
-from .catalog.base import ACTIVE_JOB_STATES, JobKind, JobState, READABLE_STATES, Inode, State, now_ns
+from .catalog.base import ACTIVE_JOB_STATES, JobKind, JobState, READABLE_STATES, Changes, Inode, State, Transition, now_ns
 from .tiers.base import new_key
 
 log = logging.getLogger(__name__)
@@ -214,12 +214,12 @@ class Offline:
         key = new_key()
         await trio.to_thread.run_sync(tier.create_empty, key)
         t = now_ns()
-        changes = dict(state=State.ONLINE, tier=tier.name, location=key, archive_tier=None, archive_location=None,
-                       size=0, mtime_ns=t, ctime_ns=t, checksum=None, data_version=inode.data_version + 1)
-        garbage = [(inode.archive_tier, inode.archive_location)]
+        changes = Changes(state=State.ONLINE, tier=tier.name, location=key, archive_tier=None, archive_location=None,
+                          size=0, mtime_ns=t, ctime_ns=t, checksum=None, data_version=inode.data_version + 1)
         try:
-            new = await self.fs.fetch(self.fs.catalog.switch, inode.ino, inode.data_version, [inode.state],
-                                      changes, garbage, (f"{why} by uid {caller.uid}", "archive copy dropped"))
+            new = await self.fs.fetch(self.fs.catalog.switch, Transition(
+                inode.ino, inode.data_version, (inode.state,), changes, f"{why} by uid {caller.uid}",
+                "archive copy dropped", garbage=((inode.archive_tier, inode.archive_location),)))
         except BaseException:
             await trio.to_thread.run_sync(tier.delete, key)
             raise
@@ -232,10 +232,10 @@ class Offline:
     async def dirty_dual(self, inode: Inode) -> Inode:
         """First write to a dual file: the archive copy is stale. Caller holds the inode lock."""
         state = State.ONLINE if inode.state == State.DUAL else inode.state
-        new = await self.fs.fetch(self.fs.catalog.switch, inode.ino, inode.data_version, [inode.state],
-                                  dict(state=state, archive_tier=None, archive_location=None),
-                                  [(inode.archive_tier, inode.archive_location)],
-                                  ("write", f"archive copy on {inode.archive_tier} superseded"))
+        new = await self.fs.fetch(self.fs.catalog.switch, Transition(
+            inode.ino, inode.data_version, (inode.state,), Changes(state=state, archive_tier=None, archive_location=None),
+            "write", f"archive copy on {inode.archive_tier} superseded",
+            garbage=((inode.archive_tier, inode.archive_location),)))
         log.info("inode %d: written while dual: now online, archive copy on %s dropped", inode.ino, inode.archive_tier)
         return new
 

@@ -47,8 +47,8 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Iterator, Sequence
 
 from . import errors, private
-from .catalog.base import (ACTIVE_JOB_STATES, READABLE_STATES, ROOT_INO, Catalog, FileQuery, Inode, JobState,
-                           Session, State, now_ns)
+from .catalog.base import (ACTIVE_JOB_STATES, READABLE_STATES, ROOT_INO, Catalog, Changes, FileQuery, Inode, JobState,
+                           Session, State, Transition, now_ns)
 from .tiers.base import Tier, sha256_stream
 from .tiers.disk import in_place_key
 
@@ -224,9 +224,9 @@ class Fsck:
             if inode.is_reg() and inode.nlink > 0:
                 yield inode
 
-    def _switch(self, inode: Inode, changes: dict, garbage=(), why: str = "") -> Inode:
-        return self.catalog.switch(inode.ino, inode.data_version, [inode.state], changes, list(garbage),
-                                   ("fsck", why))
+    def _switch(self, inode: Inode, changes: Changes, garbage=(), why: str = "") -> Inode:
+        return self.catalog.switch(Transition(inode.ino, inode.data_version, (inode.state,), changes, "fsck", why,
+                                              garbage=tuple(garbage)))
 
     def run(self) -> list[Finding]:
         self.check_tiers()
@@ -409,7 +409,7 @@ class Fsck:
                 else:
                     back = State.DUAL if inode.archive_tier else State.ONLINE
                 self.report("states", self.path(inode.ino), f"is {state} but no job is moving it",
-                            fix=lambda i=inode, b=back: (self._switch(i, {"state": b}, why="no job was moving it"),
+                            fix=lambda i=inode, b=back: (self._switch(i, Changes(state=b), why="no job was moving it"),
                                                          f"state set back to {b}")[1])
 
     # ---- objects --------------------------------------------------------------------------
@@ -493,11 +493,11 @@ class Fsck:
             if arch is None or not self._object_ok(arch, inode.archive_location, inode.size, inode.checksum).ok:
                 return Remedy(no_fix="the archive copy is not usable either: fix by hand")
             garbage = [] if missing else [(inode.tier, inode.location)]
-            return Remedy(lambda: (self._switch(inode, dict(state=State.ARCHIVED, tier=None, location=None), garbage,
+            return Remedy(lambda: (self._switch(inode, Changes(state=State.ARCHIVED, tier=None, location=None), garbage,
                                                 "online copy " + ("missing" if missing else "wrong")),
                                    "the file uses its archive copy (archived)")[1])
         if missing:
-            return Remedy(lambda: (self._switch(inode, dict(state=State.LOST), why="online copy missing"),
+            return Remedy(lambda: (self._switch(inode, Changes(state=State.LOST), why="online copy missing"),
                                    "marked lost (reads fail with EIO; undone if the object comes back)")[1])
         if c.fault is Fault.SIZE and inode.state == State.ONLINE:
             return Remedy(lambda: (self.catalog.bump_version(inode.ino, {"size": c.size}),
@@ -549,10 +549,10 @@ class Fsck:
             garbage = [] if c.fault is Fault.MISSING else [(inode.archive_tier, inode.archive_location)]
             if inode.state in (State.ONLINE, State.DUAL, State.ARCHIVING) and inode.tier:
                 fix = lambda i=inode, g=garbage: (self._switch(
-                    i, dict(state=State.ONLINE if i.state == State.DUAL else i.state, archive_tier=None,
-                            archive_location=None), g, "archive copy bad"), "the archive copy is dropped")[1]
+                    i, Changes(state=State.ONLINE if i.state == State.DUAL else i.state, archive_tier=None,
+                               archive_location=None), g, "archive copy bad"), "the archive copy is dropped")[1]
             else:
-                fix = lambda i=inode: (self._switch(i, dict(state=State.LOST), why="archive copy bad"),
+                fix = lambda i=inode: (self._switch(i, Changes(state=State.LOST), why="archive copy bad"),
                                        "marked lost (reads fail with EIO; undone if the copy comes back)")[1]
             self.report("archive", path, c.problem, fix=fix)
 
@@ -573,9 +573,10 @@ class Fsck:
                 self.verify_data = saved
             if on_ok:
                 state = State.DUAL if ar_ok else State.ONLINE
-                changes = dict(state=state) if ar_ok else dict(state=state, archive_tier=None, archive_location=None)
+                changes = Changes(state=state) if ar_ok else Changes(state=state, archive_tier=None,
+                                                                     archive_location=None)
             elif ar_ok:
-                state, changes = State.ARCHIVED, dict(state=State.ARCHIVED, tier=None, location=None)
+                state, changes = State.ARCHIVED, Changes(state=State.ARCHIVED, tier=None, location=None)
             else:
                 self.report("lost", path, "is lost: no copy of its bytes could be found or verified",
                             no_fix="restore it from a backup, or delete it")

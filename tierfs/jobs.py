@@ -29,7 +29,7 @@ import time
 import trio
 
 from . import errors, faults
-from .catalog.base import READABLE_STATES, Inode, Job, JobKind, JobState, State, now_ns
+from .catalog.base import READABLE_STATES, Changes, Inode, Job, JobKind, JobState, State, Transition, now_ns
 from .tierhealth import TierHealth
 from .tiers.base import HashingReader, Tier, new_key
 from .units import fmt_size
@@ -61,10 +61,10 @@ async def release_now(fs, inode: Inode, cause: str) -> Inode:
             raise errors.TierfsError(f"inode {inode.ino} is open for writing: its online copy is in use",
                                      err=errno.EBUSY)
         faults.point("release.before_switch")
-        new = await fs.fetch(fs.catalog.switch, inode.ino, inode.data_version, [State.DUAL],
-                             dict(state=State.ARCHIVED, tier=None, location=None),
-                             [(inode.tier, inode.location)], (cause, f"online copy on {inode.tier} released"),
-                             no_writers_except=fs.session_id)
+        new = await fs.fetch(fs.catalog.switch, Transition(
+            inode.ino, inode.data_version, (State.DUAL,), Changes(state=State.ARCHIVED, tier=None, location=None),
+            cause, f"online copy on {inode.tier} released", garbage=((inode.tier, inode.location),),
+            no_writers_except=fs.session_id))
     await fs.invalidate(inode.ino)
     log.info("released inode %d: online copy on %s dropped, archive copy on %s (%s)",
              inode.ino, inode.tier, inode.archive_tier, cause)
@@ -160,8 +160,9 @@ class JobRunner:
                 if state == State.ARCHIVING and inode.archive_tier:
                     back = State.DUAL
                 try:
-                    await fs.cat(fs.catalog.switch, inode.ino, inode.data_version, [state],
-                                 dict(state=back), [], ("recovery", "no job was running it"))
+                    await fs.cat(fs.catalog.switch, Transition(inode.ino, inode.data_version, (state,),
+                                                               Changes(state=back), "recovery",
+                                                               "no job was running it"))
                     log.warning("recovery: inode %d was %s with no job; now %s", inode.ino, state, back)
                 except errors.VersionConflict:
                     pass
@@ -323,8 +324,9 @@ class JobRunner:
             if inode.state not in from_states:
                 raise Retry(f"file is {inode.state}", 0, count=False)
             try:
-                new = await fs.fetch(fs.catalog.switch, inode.ino, inode.data_version, [inode.state],
-                                     dict(state=to_state), [], (cause, detail), no_writers_except=fs.session_id)
+                new = await fs.fetch(fs.catalog.switch, Transition(
+                    inode.ino, inode.data_version, (inode.state,), Changes(state=to_state), cause, detail,
+                    no_writers_except=fs.session_id))
             except errors.VersionConflict as e:
                 raise Retry(str(e), BUSY_RETRY_S, count=False) from None  # changed, or written on another mount
             return new
@@ -369,7 +371,7 @@ class JobRunner:
             raise
         faults.point("archive.after_verify")
         final = State.DUAL if job.keep_online else State.ARCHIVED
-        changes = dict(state=final, archive_tier=dst.name, archive_location=dst_key, checksum=sha)
+        changes = Changes(state=final, archive_tier=dst.name, archive_location=dst_key, checksum=sha)
         garbage = []
         if inode.archive_tier and inode.archive_location:
             garbage.append((inode.archive_tier, inode.archive_location))
@@ -381,9 +383,9 @@ class JobRunner:
                 await self._abandon(job, inode, dst, dst_key, State.ONLINE, "opened for writing during the copy")
                 raise Retry("file was opened for writing during the copy", BUSY_RETRY_S, count=False)
             try:
-                await fs.fetch(fs.catalog.switch, inode.ino, version, [State.ARCHIVING], changes, garbage,
-                               (job.cause, f"{src.name} -> {dst.name}, {n} bytes"), job.id,
-                               no_writers_except=fs.session_id)
+                await fs.fetch(fs.catalog.switch, Transition(
+                    inode.ino, version, (State.ARCHIVING,), changes, job.cause, f"{src.name} -> {dst.name}, {n} bytes",
+                    garbage=tuple(garbage), job_id=job.id, no_writers_except=fs.session_id))
             except errors.VersionConflict:
                 await self._abandon(job, inode, dst, dst_key, State.ONLINE, "changed during the copy")
                 raise Retry("file changed during the copy", BUSY_RETRY_S, count=False)
@@ -416,8 +418,9 @@ class JobRunner:
                     back = State.DUAL if cur.archive_tier else State.ONLINE
                 if cur.state == mid:
                     # The history says the move stopped and why; not that `job.cause` made the file `back`.
-                    await fs.fetch(fs.catalog.switch, inode.ino, cur.data_version, [mid],
-                                   dict(state=back), [], (f"{job.kind} not completed ({job.cause})", why))
+                    await fs.fetch(fs.catalog.switch, Transition(inode.ino, cur.data_version, (mid,),
+                                                                 Changes(state=back),
+                                                                 f"{job.kind} not completed ({job.cause})", why))
             except errors.TierfsError:
                 pass
 
@@ -446,8 +449,8 @@ class JobRunner:
                                       fault="restore.after_copy")
         except (errors.ChecksumMismatch, errors.ObjectMissing) as e:
             await self._discard(job, dst, dst_key)
-            await fs.cat(fs.catalog.switch, inode.ino, inode.data_version, [State.RESTORING],
-                         dict(state=State.LOST), [], ("restore", str(e)))
+            await fs.cat(fs.catalog.switch, Transition(inode.ino, inode.data_version, (State.RESTORING,),
+                                                       Changes(state=State.LOST), "restore", str(e)))
             await fs.fetch(fs.catalog.get, inode.ino)
             log.error("inode %d is lost: %s", inode.ino, e)
             # The file is lost now: no later attempt can restore it (fsck brings it back if the copy returns).
@@ -457,10 +460,10 @@ class JobRunner:
             raise
         async with fs.lock(inode.ino):
             try:
-                await fs.fetch(fs.catalog.switch, inode.ino, inode.data_version, [State.RESTORING],
-                               dict(state=State.DUAL, tier=dst.name, location=dst_key, checksum=sha,
-                                    atime_ns=now_ns()),
-                               [], (job.cause, f"{src.name} -> {dst.name}, {n} bytes"), job.id)
+                await fs.fetch(fs.catalog.switch, Transition(
+                    inode.ino, inode.data_version, (State.RESTORING,),
+                    Changes(state=State.DUAL, tier=dst.name, location=dst_key, checksum=sha, atime_ns=now_ns()),
+                    job.cause, f"{src.name} -> {dst.name}, {n} bytes", job_id=job.id))
             except (errors.VersionConflict, errors.NotFound):
                 # Truncated (O_TRUNC) or deleted while restoring: this copy is not needed.
                 await self._discard(job, dst, dst_key)
@@ -503,10 +506,11 @@ class JobRunner:
                 # The version moves on with the location: a concurrent archive of the same file
                 # (which copied from the old location) must fail its compare-and-swap, or it would
                 # switch to its own copy and strand this one on the destination tier.
-                await fs.fetch(fs.catalog.switch, inode.ino, version, [inode.state],
-                               dict(tier=dst.name, location=dst_key, checksum=sha, data_version=version + 1),
-                               [(src.name, inode.location)], (job.cause, f"{src.name} -> {dst.name}, {n} bytes"),
-                               job.id, no_writers_except=fs.session_id)
+                await fs.fetch(fs.catalog.switch, Transition(
+                    inode.ino, version, (inode.state,),
+                    Changes(tier=dst.name, location=dst_key, checksum=sha, data_version=version + 1),
+                    job.cause, f"{src.name} -> {dst.name}, {n} bytes", garbage=((src.name, inode.location),),
+                    job_id=job.id, no_writers_except=fs.session_id))
             except errors.VersionConflict:
                 await self._discard(job, dst, dst_key)
                 raise Retry("file changed during the copy", BUSY_RETRY_S, count=False)

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 import trio
 
 from . import errors, private
-from .catalog.base import READABLE_STATES, Inode
+from .catalog.base import READABLE_STATES, Changes, Inode, Transition
 from .tiers.base import CHUNK, Tier, new_key
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ class Staging:
                 os.pwrite(fd, b, off)
                 off += len(b)
 
-    async def upload(self, ino: int, locked: bool = False, changes: dict | None = None) -> None:
+    async def upload(self, ino: int, locked: bool = False, changes: Changes | None = None) -> None:
         """Store the staged copy as a new object and switch the file to it."""
         if locked:
             await self._upload(ino, changes)
@@ -138,7 +138,7 @@ class Staging:
             async with self.fs.lock(ino):
                 await self._upload(ino, changes)
 
-    async def _upload(self, ino: int, changes: dict | None = None) -> None:
+    async def _upload(self, ino: int, changes: Changes | None = None) -> None:
         fs = self.fs
         c = self.copies.get(ino)
         if c is None or not c.dirty:
@@ -152,11 +152,11 @@ class Staging:
                     return c.tier.put(key, f)
             n = await trio.to_thread.run_sync(put)
             inode = await fs.get(ino)
-            garbage = [(inode.tier, inode.location)] if inode.location else []
             # The staged copy always has the file's size (acquire and truncate set it, writes extend it).
-            await fs.fetch(fs.catalog.switch, ino, inode.data_version, list(READABLE_STATES),
-                           dict(changes or {}, tier=c.tier.name, location=key, size=n), garbage,
-                           ("write", f"uploaded {n} bytes to {c.tier.name}"))
+            await fs.fetch(fs.catalog.switch, Transition(
+                ino, inode.data_version, READABLE_STATES, Changes(**(changes or {}), tier=c.tier.name, location=key,
+                                                                  size=n),
+                "write", f"uploaded {n} bytes to {c.tier.name}", garbage=((inode.tier, inode.location),)))
         except BaseException as e:
             c.dirty = True
             c.failed = str(e) or type(e).__name__
@@ -313,7 +313,7 @@ class Staging:
             c = StagedCopy(e.ino, tier, path, os.open(path, os.O_RDWR), dirty=True, failed="left by the last mount")
             self.copies[e.ino] = c
             try:
-                await self.upload(e.ino, changes=dict(mtime_ns=e.mtime_ns, ctime_ns=e.mtime_ns))
+                await self.upload(e.ino, changes=Changes(mtime_ns=e.mtime_ns, ctime_ns=e.mtime_ns))
                 log.info("inode %d: uploaded the bytes the previous mount could not", e.ino)
                 self._discard(c)
             except errors.TierfsError as err:
@@ -332,9 +332,9 @@ class Staging:
             c.dirty = True
             return
         if size == 0:
-            garbage = [(inode.tier, inode.location)] if inode.location else []
-            await fs.fetch(fs.catalog.switch, inode.ino, inode.data_version, list(READABLE_STATES),
-                           dict(location=None, size=0), garbage, ("truncate", "to 0"))
+            await fs.fetch(fs.catalog.switch, Transition(inode.ino, inode.data_version, READABLE_STATES,
+                                                         Changes(location=None, size=0), "truncate", "to 0",
+                                                         garbage=((inode.tier, inode.location),)))
             return
         c = await self.acquire(inode)
         try:

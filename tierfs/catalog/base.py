@@ -18,7 +18,7 @@ import abc
 import enum
 import time
 from dataclasses import dataclass, field, fields
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Sequence, TypedDict
 
 ROOT_INO = 1
 #: 2: inodes carry last_access_ns (see Inode.last_access_ns); version 1 catalogs are migrated at init.
@@ -245,6 +245,46 @@ class Tombstone:
     why: str                   # why: the values that matched ("created 400d ago > 365d")
 
 
+class Changes(TypedDict, total=False):
+    """What a move's commit may change on an inode (a subset of Inode's
+    fields; `state_ns` / `state_cause` follow from `state` and the cause)."""
+    state: State
+    tier: str | None
+    location: str | None
+    archive_tier: str | None
+    archive_location: str | None
+    checksum: str | None
+    data_version: int
+    size: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+
+
+@dataclass(frozen=True)
+class Transition:
+    """The commit point of a move (archive, restore, migrate, release, an
+    upload of a staged copy, a repair): Catalog.switch applies `changes` only
+    if the inode still has `expect_version` and one of `expect_states` (and,
+    with `no_writers_except`, no other session has it open for writing)."""
+    ino: int
+    expect_version: int
+    expect_states: tuple[State, ...]
+    changes: Changes
+    cause: str                      # the history's cause, and state_cause when the state changes
+    detail: str = ""                # the history's detail ("disk -> vault, 1234 bytes")
+    garbage: tuple[tuple[str, str], ...] = ()   # (tier, key) objects no longer referenced after the commit
+    job_id: int | None = None       # the job whose dst_key the commit clears (its copy is now referenced)
+    no_writers_except: str | None = None
+
+    def __post_init__(self):
+        unknown = set(self.changes) - set(Changes.__annotations__)
+        if unknown:
+            raise TypeError(f"Transition of inode {self.ino}: not a move's change: {sorted(unknown)}")
+        object.__setattr__(self, "expect_states", tuple(self.expect_states))
+        object.__setattr__(self, "garbage", tuple((t, k) for t, k in self.garbage if t and k))
+
+
 @dataclass
 class FileQuery:
     """Filter for candidate/find queries; every field optional (AND).
@@ -436,15 +476,14 @@ class Catalog(abc.ABC):
 
     # ---- state and moves -------------------------------------------------
     @abc.abstractmethod
-    def switch(self, ino: int, expect_version: int, expect_states: Iterable[State],
-               changes: dict, garbage: Iterable[tuple[str, str]], event: tuple[str, str],
-               job_id: int | None = None, *, no_writers_except: str | None = None) -> Inode:
+    def switch(self, t: Transition) -> Inode:
         """The commit point of every move, atomic: if the inode still has
-        `expect_version` and one of `expect_states` (and, with
+        `t.expect_version` and one of `t.expect_states` (and, with
         no_writers_except, no other session has it open for writing: see
-        set_open), apply `changes`, add the now-unreferenced objects
-        (tier, key) to garbage, record `event` (cause, detail) in the history,
-        and clear the job's dst_key. Else VersionConflict and nothing changes."""
+        set_open), apply `t.changes`, add `t.garbage` to garbage, record
+        (cause, detail) in the history when the state changes, and clear the
+        job's dst_key. Else VersionConflict and nothing changes. Returns the
+        inode as committed."""
 
     @abc.abstractmethod
     def set_open(self, ino: int, session: str, reading: bool, writing: bool) -> Inode:

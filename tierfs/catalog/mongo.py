@@ -99,7 +99,7 @@ from pymongo.write_concern import WriteConcern
 from .. import errors
 from ..redact import redact_url
 from .base import (INODE_FIELDS, ROOT_INO, SCHEMA_VERSION, Catalog, DirEntry, Event, Garbage, Inode, JobState,
-                   State, Tombstone, now_ns)
+                   State, Tombstone, Transition, now_ns)
 from .mongo_jobs import ACTIVE, MongoJobs
 from .mongo_query import MongoQueries, inode_of as _inode
 
@@ -812,34 +812,28 @@ class MongoCatalog(MongoJobs, MongoQueries, Catalog):
             self._set(ino, None, ctime_ns=now_ns())
 
     # ---- state and moves ---------------------------------------------------
-    def switch(self, ino, expect_version, expect_states, changes, garbage, event, job_id=None, *,
-               no_writers_except=None) -> Inode:
+    def switch(self, t: Transition) -> Inode:
         """Transaction: compare-and-swap on (data_version, state) and, with
         no_writers_except, on no other session writing (open_files) +
         garbage + history event + the job's dst_key cleared."""
-        expect_states = list(expect_states)
-        garbage = list(garbage)
-
         def fn(s):
-            inode = self._get(ino, s)
-            self._check(inode, expect_version, expect_states)
-            if no_writers_except is not None:
-                w = self.open_files.find_one({"ino": ino, "writing": True, "session": {"$ne": no_writers_except}},
-                                             session=s)
+            inode = self._get(t.ino, s)
+            self._check(inode, t.expect_version, t.expect_states)
+            if t.no_writers_except is not None:
+                w = self.open_files.find_one({"ino": t.ino, "writing": True,
+                                              "session": {"$ne": t.no_writers_except}}, session=s)
                 if w is not None:
                     raise errors.VersionConflict(
-                        f"inode {ino} is open for writing on another mount (session {w['session']})")
-            t = now_ns()
-            ch = dict(changes)
+                        f"inode {t.ino} is open for writing on another mount (session {w['session']})")
+            now = now_ns()
+            ch = dict(t.changes)
             if "state" in ch and ch["state"] != inode.state:
-                cause, detail = event
-                ch["state_ns"] = t
-                ch.setdefault("state_cause", cause)
-                self._event(s, ino, inode.state, ch["state"], cause, detail)
-            self._set(ino, s, **ch)
-            self._add_garbage(s, garbage, event[0])
-            if job_id is not None:
-                self.jobs_c.update_one({"_id": job_id}, {"$set": {"dst_key": None, "updated_ns": t}}, session=s)
+                ch.update(state_ns=now, state_cause=t.cause)
+                self._event(s, t.ino, inode.state, ch["state"], t.cause, t.detail)
+            self._set(t.ino, s, **ch)
+            self._add_garbage(s, t.garbage, t.cause)
+            if t.job_id is not None:
+                self.jobs_c.update_one({"_id": t.job_id}, {"$set": {"dst_key": None, "updated_ns": now}}, session=s)
             return inode.copy(**ch)
         return self._txn(fn)
 

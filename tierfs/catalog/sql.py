@@ -30,7 +30,7 @@ from .. import errors, private
 from . import schema as S
 from .base import (ACTIVE_JOB_STATES, COUNT_BY_FIELDS, INODE_FIELDS, JOB_PRIORITY, ROOT_INO, SCHEMA_VERSION, Catalog,
                    CatalogStats, DirEntry, Event, FileQuery, Garbage, Inode, Job, JobKind, JobState,
-                   Session, State, Tombstone, now_ns, resolve_paths)
+                   Session, State, Tombstone, Transition, now_ns, resolve_paths)
 
 log = logging.getLogger(__name__)
 
@@ -801,23 +801,21 @@ class SqlCatalog(Catalog):
             self._set(c, ino, ctime_ns=now_ns())
 
     # ---- state and moves ---------------------------------------------------
-    def switch(self, ino, expect_version, expect_states, changes, garbage, event, job_id=None, *,
-               no_writers_except=None) -> Inode:
+    def switch(self, t: Transition) -> Inode:
         with self._tx() as c:
-            inode = self._get(c, ino)
-            self._check(inode, expect_version, expect_states)
-            if no_writers_except is not None:
-                self._check_no_writers(c, ino, no_writers_except)
-            t = now_ns()
+            inode = self._get(c, t.ino)
+            self._check(inode, t.expect_version, t.expect_states)
+            if t.no_writers_except is not None:
+                self._check_no_writers(c, t.ino, t.no_writers_except)
+            now = now_ns()
+            changes = dict(t.changes)
             if "state" in changes and changes["state"] != inode.state:
-                changes = dict(changes, state_ns=t)
-                cause, detail = event
-                changes.setdefault("state_cause", cause)
-                self._event(c, ino, inode.state, changes["state"], cause, detail)
-            self._set(c, ino, **changes)
-            self._add_garbage(c, garbage, event[0])
-            if job_id is not None:
-                c.execute(update(S.jobs).where(S.jobs.c.id == job_id).values(dst_key=None, updated_ns=t))
+                changes.update(state_ns=now, state_cause=t.cause)
+                self._event(c, t.ino, inode.state, changes["state"], t.cause, t.detail)
+            self._set(c, t.ino, **changes)
+            self._add_garbage(c, t.garbage, t.cause)
+            if t.job_id is not None:
+                c.execute(update(S.jobs).where(S.jobs.c.id == t.job_id).values(dst_key=None, updated_ns=now))
             return inode.copy(**changes)
 
     def _check_no_writers(self, c: Connection, ino: int, session: str) -> None:
