@@ -1,0 +1,414 @@
+"""An in-process tierfs engine for tests: no FUSE, no /dev/fuse, a fake clock.
+
+`engine(tmp_path, **settings)` builds the engine exactly as a mount does
+(daemon.Daemon.open: SQLite catalog, disk + disk2 + vault tiers, the
+FileSystem, the offline contract, the job runner, the policy scheduler) and
+runs the daemon's background services (job workers, collector, checksummer,
+heartbeat, atime batching, staging) in a trio nursery; instead of the kernel
+the test calls the FileSystem, either directly (`eng.fs`) or through `Posix`,
+which resolves paths and turns domain errors into OSError like the kernel's
+answer to a syscall (fuse_ops.py maps the same errno).
+
+Time: tests run on a fake clock (`EngineClock`) that jumps to the next
+timer as soon as every task waits, so job retry delays, block_timeout,
+atime_flush and the job poll take no real time: an hour of daemon time runs
+in milliseconds. The engine's wall and monotonic clocks (`now_ns`,
+`time.monotonic`, which the catalog, archive.py and jobs.py read for retry
+times, atimes and batching) follow the same clock for the test's duration
+(`fake_time`). Tier copies that sleep (vault archive_delay) sleep in real
+time: the clock stands still while a worker thread runs.
+
+Entry point the lead adapts when the engine's construction changes: `engine()`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import inspect
+import os
+import stat
+import sys
+import time
+from dataclasses import dataclass
+from typing import AsyncIterator, Awaitable, Callable
+
+import trio
+import trio.testing
+
+from tierfs import config as config_mod, errors
+from tierfs.catalog import base as catalog_base
+from tierfs.daemon import Daemon
+from tierfs.fs import Caller, FileSystem
+
+ROOT_INO = 1   # pyfuse3.ROOT_INODE
+REQUEST = b"user.tierfs.request"
+
+
+# ---- the fake clock ------------------------------------------------------------------------
+class EngineClock(trio.abc.Clock):
+    """trio.testing.MockClock's autojump, except while a worker thread runs.
+
+    MockClock(autojump_threshold=0) jumps whenever no task is runnable, and a
+    task waiting for trio.to_thread (every catalog call but SQLite's inline
+    ones, every tier copy) is not runnable: the clock ran ahead by a timer per
+    thread call (600 s of block_timeout passed during one restore's dozen
+    catalog calls). This clock jumps to the next deadline only when no worker
+    thread is running (trio.testing.active_thread_count), so fake time passes
+    only when the engine really waits for a timer; deterministic.
+    """
+
+    def __init__(self):
+        self.now = 0.0
+
+    def start_clock(self) -> None:
+        pass
+
+    def current_time(self) -> float:
+        return self.now   # read from worker threads too (the catalog's now_ns): a float, no lock needed
+
+    def deadline_to_sleep_time(self, deadline: float) -> float:
+        # trio asks only when no task is runnable: every task waits for a timer, I/O or a thread.
+        if deadline <= self.now:
+            return 0.0
+        if trio.testing.active_thread_count():
+            return 0.1   # real seconds; the thread's result wakes the loop as soon as it is there
+        if deadline == float("inf"):
+            return 1.0   # nothing will ever wake anyone: let trio notice (a test's fail_after usually does)
+        self.now = deadline
+        return 0.0
+
+    def jump(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class FakeTime:
+    """The `time` module as the engine sees it during a test: monotonic and
+    wall time follow the EngineClock; everything else (sleep in a tier's
+    thread, perf_counter) is the real module."""
+
+    def __init__(self, clock: EngineClock):
+        self.clock = clock
+        self.wall0_ns = time.time_ns()
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+    def monotonic(self) -> float:
+        return self.clock.current_time()
+
+    def monotonic_ns(self) -> int:
+        return int(self.clock.current_time() * 1e9)
+
+    def time_ns(self) -> int:
+        return self.wall0_ns + int(self.clock.current_time() * 1e9)
+
+    def time(self) -> float:
+        return self.time_ns() / 1e9
+
+
+@contextlib.contextmanager
+def fake_time(clock: EngineClock):
+    """Point every tierfs module's `time` and `now_ns` at `clock` (and back)."""
+    fake = FakeTime(clock)
+    patched = []
+    for name, mod in list(sys.modules.items()):
+        if not name.startswith("tierfs") or mod is None:
+            continue
+        for attr, real, new in (("time", time, fake), ("now_ns", catalog_base.now_ns, fake.time_ns)):
+            if getattr(mod, attr, None) is real:
+                patched.append((mod, attr, real))
+                setattr(mod, attr, new)
+    try:
+        yield fake
+    finally:
+        for mod, attr, real in patched:
+            setattr(mod, attr, real)
+
+
+# ---- the engine -----------------------------------------------------------------------------
+@dataclass
+class Engine:
+    """A running engine: the FileSystem and what runs around it."""
+
+    daemon: Daemon
+    fs: FileSystem
+    clock: EngineClock
+    home: str                     # tier directories live under it (disk, disk2, vault)
+    nursery: trio.Nursery
+
+    @property
+    def jobs(self):
+        from tierfs.jobs import JobRunner
+        return next(e for e in self.daemon.extensions if isinstance(e, JobRunner))
+
+    @property
+    def catalog(self):
+        return self.fs.catalog
+
+    def now(self) -> float:
+        return trio.current_time()
+
+    async def idle(self, timeout: float = 600.0) -> None:
+        """Wait (in fake time) until no job is pending or running."""
+        from tierfs.catalog.base import ACTIVE_JOB_STATES
+        with trio.fail_after(timeout):
+            while await self.fs.cat(self.fs.catalog.jobs, ACTIVE_JOB_STATES):
+                await trio.sleep(0.2)
+
+
+def settings(home: str, **values) -> dict:
+    """A configuration like the mount tests' (tests/reliability_util.tiers_config):
+    disk (default), disk2 and vault tiers under `home`; `vault_opts` go to the vault."""
+    vault_opts = values.pop("vault_opts", {})
+    for d in ("disk", "disk2", "vault", "state"):
+        os.makedirs(os.path.join(home, d), exist_ok=True)
+    return {"catalog": f"sqlite:///{home}/catalog.db", "state_dir": f"{home}/state",
+            "tiers": {"disk": {"kind": "disk", "path": f"{home}/disk"},
+                      "disk2": {"kind": "disk", "path": f"{home}/disk2"},
+                      "vault": {"kind": "vault", "path": f"{home}/vault", **vault_opts}},
+            **values}
+
+
+@contextlib.asynccontextmanager
+async def engine(tmp_path, **values) -> AsyncIterator[Engine]:
+    """THE harness entry: build the engine as daemon.py does and run its services.
+
+    `values` are configuration keys (block_timeout=5, job_retry_delay=30,
+    vault_opts={"archive_delay": 1}, ...). Must run under trio with an
+    EngineClock (`run()`); the engine's clocks follow it while it runs.
+    """
+    home = os.path.join(str(tmp_path), "home")
+    cfg = config_mod.parse(settings(home, **values), os.path.join(home, "tierfs.toml"))
+    daemon = Daemon(cfg, os.path.join(str(tmp_path), "mnt"))   # never mounted: no pyfuse3.init
+    clock = trio.lowlevel.current_clock()
+    with fake_time(clock):
+        daemon.open()
+        fs = daemon.fs
+        # daemon._main without the signal loop and pyfuse3.main (the kernel is the test)
+        fs.on_change = daemon.wake
+        fs.on_garbage = daemon.wake_gc
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(daemon.gc_loop)
+                nursery.start_soon(fs.checksums.run)
+                nursery.start_soon(daemon.heartbeat_loop)
+                nursery.start_soon(daemon.atime_loop)
+                nursery.start_soon(fs.staging.run)
+                for ext in daemon.extensions:
+                    nursery.start_soon(ext.run)
+                yield Engine(daemon=daemon, fs=fs, clock=clock, home=home, nursery=nursery)
+                await fs.flush_all()
+                await fs.staging.shutdown()
+                await fs.offline.flush_atimes(force=True)
+                for ext in daemon.extensions:
+                    if hasattr(ext, "stop"):
+                        await ext.stop()
+                nursery.cancel_scope.cancel()
+        finally:
+            daemon.catalog.end_session(daemon.session_id, clean=True)
+            daemon.catalog.close()
+
+
+def run(fn: Callable[..., Awaitable], *args):
+    """trio.run(fn, *args) on a fresh EngineClock."""
+    return trio.run(fn, *args, clock=EngineClock())
+
+
+def with_engine(**values):
+    """Decorator for `async def test_x(eng, tmp_path, ...)`: a plain pytest test
+    (its other arguments stay fixtures / parameters) that runs the body with a
+    fresh engine on a fresh EngineClock."""
+    def deco(fn):
+        def wrapper(tmp_path, **kwargs):
+            async def main():
+                async with engine(tmp_path, **values) as eng:
+                    return await fn(eng, tmp_path, **kwargs)
+            return run(main)
+        params = list(inspect.signature(fn).parameters.values())[1:]   # without `eng`
+        wrapper.__signature__ = inspect.Signature(params)
+        wrapper.__name__, wrapper.__qualname__, wrapper.__doc__ = fn.__name__, fn.__qualname__, fn.__doc__
+        wrapper.__module__ = fn.__module__
+        return wrapper
+    return deco
+
+
+# ---- POSIX calls by path, as the kernel makes them ------------------------------------------
+def oserror(e: errors.TierfsError, what: str) -> OSError:
+    return OSError(e.errno, f"{os.strerror(e.errno)}: {what} ({e})")
+
+
+class Posix:
+    """Path-level calls on a FileSystem with the kernel's sequence of requests
+    (lookup per component, create or open, flush + release at close) and its
+    errors (OSError with the errno fuse_ops.py would answer). Lookups taken to
+    resolve a path are forgotten after the call, as the kernel's cache would."""
+
+    def __init__(self, fs: FileSystem, caller: Caller | None = None):
+        self.fs = fs
+        self.caller = caller or Caller(uid=os.getuid(), gid=os.getgid(), pid=os.getpid())
+
+    @contextlib.asynccontextmanager
+    async def _call(self, what: str):
+        held: list[int] = []
+        try:
+            yield held
+        except errors.TierfsError as e:
+            raise oserror(e, what) from None
+        finally:
+            if held:
+                await self.fs.forget([(ino, 1) for ino in held])
+
+    async def _walk(self, path: str, held: list[int]) -> int:
+        ino = ROOT_INO
+        for part in [p for p in path.split("/") if p]:
+            node = await self.fs.lookup(ino, os.fsencode(part))
+            held.append(node.ino)
+            ino = node.ino
+        return ino
+
+    async def _parent(self, path: str, held: list[int]) -> tuple[int, bytes]:
+        head, _, name = path.rstrip("/").rpartition("/")
+        return await self._walk(head, held), os.fsencode(name)
+
+    async def _exists(self, parent: int, name: bytes, held: list[int]) -> int | None:
+        try:
+            node = await self.fs.lookup(parent, name)
+        except errors.NotFound:
+            return None
+        held.append(node.ino)
+        return node.ino
+
+    # files
+    async def open(self, path: str, flags: int, mode: int = 0o644) -> int:
+        async with self._call(f"open {path!r}") as held:
+            parent, name = await self._parent(path, held)
+            ino = await self._exists(parent, name, held)
+            if ino is None:
+                if not flags & os.O_CREAT:
+                    raise errors.NotFound(path)
+                fh, node = await self.fs.create(parent, name, mode, flags & ~os.O_CREAT, self.caller)
+                held.append(node.ino)
+                return fh
+            if flags & os.O_CREAT and flags & os.O_EXCL:
+                raise errors.TierfsError(path, err=errno.EEXIST)
+            return await self.fs.open(ino, flags & ~(os.O_CREAT | os.O_EXCL), self.caller)
+
+    async def pwrite(self, fh: int, data: bytes, off: int) -> int:
+        async with self._call("write"):
+            return await self.fs.write(fh, off, data)
+
+    async def pread(self, fh: int, n: int, off: int) -> bytes:
+        async with self._call("read"):
+            return await self.fs.read(fh, off, n)
+
+    async def close(self, fh: int) -> None:
+        async with self._call("close"):
+            try:
+                await self.fs.flush(fh)
+            finally:
+                await self.fs.release(fh)
+
+    async def read_file(self, path: str) -> bytes:
+        fh = await self.open(path, os.O_RDONLY)
+        out = bytearray()
+        try:
+            while chunk := await self.pread(fh, 128 * 1024, len(out)):
+                out += chunk
+        finally:
+            await self.close(fh)
+        return bytes(out)
+
+    async def write_file(self, path: str, data: bytes) -> None:
+        fh = await self.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        try:
+            if data:
+                await self.pwrite(fh, data, 0)
+        finally:
+            await self.close(fh)
+
+    async def truncate(self, path: str, size: int) -> None:
+        async with self._call(f"truncate {path!r}") as held:
+            await self.fs.setattr(await self._walk(path, held), {"size": size}, None, self.caller)
+
+    async def stat(self, path: str):
+        async with self._call(f"stat {path!r}") as held:
+            return await self.fs.getattr(await self._walk(path, held))
+
+    async def chmod(self, path: str, mode: int) -> None:
+        async with self._call(f"chmod {path!r}") as held:
+            ino = await self._walk(path, held)
+            node = await self.fs.getattr(ino)
+            await self.fs.setattr(ino, {"mode": stat.S_IFMT(node.mode) | mode}, None, self.caller)
+
+    # namespace
+    async def mkdir(self, path: str, mode: int = 0o755) -> None:
+        async with self._call(f"mkdir {path!r}") as held:
+            parent, name = await self._parent(path, held)
+            held.append((await self.fs.mkdir(parent, name, mode, self.caller)).ino)
+
+    async def rmdir(self, path: str) -> None:
+        async with self._call(f"rmdir {path!r}") as held:
+            parent, name = await self._parent(path, held)
+            await self.fs.rmdir(parent, name)
+
+    async def unlink(self, path: str) -> None:
+        async with self._call(f"unlink {path!r}") as held:
+            parent, name = await self._parent(path, held)
+            await self.fs.unlink(parent, name)
+
+    async def rename(self, src: str, dst: str, *, noreplace: bool = False, exchange: bool = False) -> None:
+        async with self._call(f"rename {src!r} {dst!r}") as held:
+            sp, sn = await self._parent(src, held)
+            dp, dn = await self._parent(dst, held)
+            await self.fs.rename(sp, sn, dp, dn, noreplace=noreplace, exchange=exchange)
+
+    async def link(self, src: str, dst: str) -> None:
+        async with self._call(f"link {src!r} {dst!r}") as held:
+            ino = await self._walk(src, held)
+            dp, dn = await self._parent(dst, held)
+            held.append((await self.fs.link(ino, dp, dn)).ino)
+
+    async def symlink(self, target: str, path: str) -> None:
+        async with self._call(f"symlink {path!r}") as held:
+            parent, name = await self._parent(path, held)
+            held.append((await self.fs.symlink(parent, name, os.fsencode(target), self.caller)).ino)
+
+    async def readlink(self, path: str) -> str:
+        async with self._call(f"readlink {path!r}") as held:
+            return os.fsdecode(await self.fs.readlink(await self._walk(path, held)))
+
+    async def listdir(self, path: str) -> list[str]:
+        async with self._call(f"readdir {path!r}") as held:
+            ino = await self._walk(path, held)
+            names, pos = [], 0
+            while entries := await self.fs.readdir(ino, pos):
+                names += [os.fsdecode(e.name) for e in entries if e.name not in (b".", b"..")]
+                pos = entries[-1].pos
+            return names
+
+    # xattrs
+    async def setxattr(self, path: str, name: str, value: bytes) -> None:
+        async with self._call(f"setxattr {path!r} {name}") as held:
+            await self.fs.setxattr(await self._walk(path, held), os.fsencode(name), value, self.caller)
+
+    async def getxattr(self, path: str, name: str) -> bytes:
+        async with self._call(f"getxattr {path!r} {name}") as held:
+            return await self.fs.getxattr(await self._walk(path, held), os.fsencode(name), self.caller)
+
+    async def listxattr(self, path: str) -> list[str]:
+        async with self._call(f"listxattr {path!r}") as held:
+            return [os.fsdecode(n) for n in await self.fs.listxattr(await self._walk(path, held))]
+
+    async def removexattr(self, path: str, name: str) -> None:
+        async with self._call(f"removexattr {path!r} {name}") as held:
+            await self.fs.removexattr(await self._walk(path, held), os.fsencode(name), self.caller)
+
+    async def request(self, path: str, verb: str) -> None:
+        await self.setxattr(path, REQUEST.decode(), verb.encode())
+
+    async def state(self, path: str) -> str:
+        return (await self.getxattr(path, "user.tierfs.state")).decode()
+
+    async def sleep(self, seconds: float) -> None:
+        await trio.sleep(seconds)
