@@ -42,6 +42,7 @@ from tierfs.daemon import Daemon
 from tierfs.fs import Caller, FileSystem
 
 ROOT_INO = 1   # pyfuse3.ROOT_INODE
+REAL_NOW_NS = catalog_base.now_ns
 REQUEST = b"user.tierfs.request"
 
 
@@ -109,21 +110,30 @@ class FakeTime:
 
 @contextlib.contextmanager
 def fake_time(clock: EngineClock):
-    """Point every tierfs module's `time` and `now_ns` at `clock` (and back)."""
+    """Point every tierfs module's `time` and `now_ns` at `clock` (and back).
+    Call the yielded function again after code that imports modules lazily
+    (Daemon.open imports jobs, archive, the policy scheduler) to cover them too;
+    a module imported meanwhile may have copied the fake `now_ns` from
+    catalog.base: the way back restores every module, not only those patched."""
     fake = FakeTime(clock)
-    patched = []
-    for name, mod in list(sys.modules.items()):
-        if not name.startswith("tierfs") or mod is None:
-            continue
-        for attr, real, new in (("time", time, fake), ("now_ns", catalog_base.now_ns, fake.time_ns)):
-            if getattr(mod, attr, None) is real:
-                patched.append((mod, attr, real))
-                setattr(mod, attr, new)
+    swaps = (("time", time, fake), ("now_ns", REAL_NOW_NS, fake.time_ns))
+
+    def tierfs_modules():
+        return [m for n, m in list(sys.modules.items()) if n.startswith("tierfs") and m is not None]
+
+    def cover() -> None:
+        for mod in tierfs_modules():
+            for attr, real, new in swaps:
+                if getattr(mod, attr, None) is real:
+                    setattr(mod, attr, new)
+    cover()
     try:
-        yield fake
+        yield cover
     finally:
-        for mod, attr, real in patched:
-            setattr(mod, attr, real)
+        for mod in tierfs_modules():
+            for attr, real, new in swaps:
+                if getattr(mod, attr, None) == new:
+                    setattr(mod, attr, real)
 
 
 # ---- the engine -----------------------------------------------------------------------------
@@ -182,8 +192,9 @@ async def engine(tmp_path, **values) -> AsyncIterator[Engine]:
     cfg = config_mod.parse(settings(home, **values), os.path.join(home, "tierfs.toml"))
     daemon = Daemon(cfg, os.path.join(str(tmp_path), "mnt"))   # never mounted: no pyfuse3.init
     clock = trio.lowlevel.current_clock()
-    with fake_time(clock):
+    with fake_time(clock) as cover:
         daemon.open()
+        cover()
         fs = daemon.fs
         # daemon._main without the signal loop and pyfuse3.main (the kernel is the test)
         fs.on_change = daemon.wake
