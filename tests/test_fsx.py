@@ -1,12 +1,14 @@
 """Concurrency and a randomized (fsx-style) test on a real mount.
 
-fsx: each seed runs a short random sequence of writes, truncates, reads,
-renames, hard links, unlinks and archive / restore / release / migrate
-requests (setxattr user.tierfs.request) on a few files, while the job
-workers move the bytes underneath; every read and every stat is checked
-against an in-memory model. Many seeds run in one mount, each in its own
-directory (removed at the end of the seed), and the mount is fsck'ed at the
-end. A failure prints the seed and the operations that led to it.
+fsx (the model and its operations: tests/fsmodel.py, shared with the
+in-process run in tests/engine/test_fsx_engine.py): each seed runs a short
+random sequence of writes, truncates, reads, renames, hard links, unlinks
+and archive / restore / release / migrate requests (setxattr
+user.tierfs.request) on a few files, while the job workers move the bytes
+underneath; every read and every stat is checked against an in-memory model.
+Many seeds run in one mount, each in its own directory (removed at the end
+of the seed), and the mount is fsck'ed at the end. A failure prints the seed
+and the operations that led to it.
 
 Concurrency: readers and writers on a file while it is archived, migrated
 or restored; rename and unlink while its bytes move.
@@ -14,217 +16,18 @@ or restored; rename and unlink while its bytes move.
 
 from __future__ import annotations
 
-import errno
 import os
 import random
 import threading
 import time
 
 import pytest
+import trio
 
 from tests.conftest import CATALOG_BACKENDS, wait_for
+from tests.fsmodel import REQ, REQUESTS, Fsx, SyscallOps, first_diff as _first_diff  # noqa: F401 (test_fsx_handles)
 from tests.reliability_util import (CatalogView, assert_no_orphans, errors_of, fsck, home_of, mk,  # noqa: F401
                                     sha, stop, tiers_config, wait_idle, write)
-
-REQ = "user.tierfs.request"
-#: request -> errnos it may legitimately get in some state (e.g. release of an online file)
-REQUESTS = {
-    "archive": (),
-    "archive keep_online": (),
-    "restore": (),
-    "release": (errno.EINVAL, errno.EBUSY),   # not dual; dual but open for writing
-    "migrate to=disk2": (errno.EINVAL,),
-    "migrate to=disk": (errno.EINVAL,),
-}
-MAX_SIZE = 96 * 1024
-
-
-class Fsx:
-    """One seed: random operations on files in `root`, checked against a model."""
-
-    def __init__(self, root: str, seed: int, ops: int):
-        self.root = root
-        self.rnd = random.Random(seed)
-        self.seed = seed
-        self.ops = ops
-        self.files: dict[str, bytearray] = {}   # name -> content (hard links share the bytearray)
-        self.log: list[str] = []
-        self.requests = 0
-        self.truncate_eagain = 0
-
-    def p(self, name: str) -> str:
-        return os.path.join(self.root, name)
-
-    def open(self, name: str, flags: int) -> int:
-        try:
-            return os.open(self.p(name), flags)
-        except OSError as e:
-            self.fail(f"open {name!r} ({flags:#o}): {e}; state {_state(self.p(name))}")
-
-    def fail(self, msg: str):
-        raise AssertionError(f"seed {self.seed}: {msg}\nlast operations:\n  " + "\n  ".join(self.log[-25:]))
-
-    def pick(self) -> str | None:
-        return self.rnd.choice(sorted(self.files)) if self.files else None
-
-    def new_name(self) -> str:
-        return self.rnd.choice(["a", "b", "c", "d", "e sp", "f\nnl"])
-
-    def run(self) -> None:
-        os.mkdir(self.root)
-        for _ in range(self.ops):
-            op = self.rnd.choices(
-                ["write", "truncate", "read", "read_all", "create", "rename", "link", "unlink", "request", "pause"],
-                [25, 8, 20, 10, 6, 6, 3, 4, 15, 3])[0]
-            if op in ("create",) or not self.files:
-                self.create()
-            else:
-                getattr(self, op)()
-        for name in sorted(self.files):
-            self.check_all(name)
-        listing = sorted(os.listdir(self.root))
-        if listing != sorted(self.files):
-            self.fail(f"directory lists {listing}, model has {sorted(self.files)}")
-        for name in sorted(self.files):
-            os.unlink(self.p(name))
-        os.rmdir(self.root)
-
-    # ---- operations -------------------------------------------------------------------
-    def create(self) -> None:
-        name = self.new_name()
-        data = bytearray(self.rnd.randbytes(self.rnd.randint(0, 20000)))
-        self.log.append(f"create {name!r} {len(data)}")
-        fd = self.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-        os.write(fd, data)
-        os.close(fd)
-        if name in self.files:
-            self.files[name][:] = data   # O_TRUNC of an existing inode: every link sees it
-        else:
-            self.files[name] = data
-
-    def write(self) -> None:
-        name = self.pick()
-        data = self.files[name]
-        off = self.rnd.randint(0, min(len(data) + 4096, MAX_SIZE - 1))
-        buf = self.rnd.randbytes(self.rnd.randint(1, min(8192, MAX_SIZE - off)))
-        self.log.append(f"write {name!r} off={off} len={len(buf)}")
-        fd = self.open(name, os.O_WRONLY)
-        try:
-            if os.pwrite(fd, buf, off) != len(buf):
-                self.fail("short write")
-        finally:
-            os.close(fd)
-        if off > len(data):
-            data.extend(b"\0" * (off - len(data)))
-        data[off:off + len(buf)] = buf
-
-    def truncate(self) -> None:
-        name = self.pick()
-        data = self.files[name]
-        size = self.rnd.choice([0, self.rnd.randint(0, MAX_SIZE), max(0, len(data) - 100), len(data) + 5000])
-        self.log.append(f"truncate {name!r} {size}")
-        for attempt in range(4):
-            try:
-                os.truncate(self.p(name), size)
-                break
-            except BlockingIOError:
-                # BUG (fs.py setattr): the truncate of an archived file restores it before taking the
-                # inode lock; an archive job finishing in between gives EAGAIN ("went offline while
-                # truncating") instead of restoring again. Counted and retried until fixed.
-                self.truncate_eagain += 1
-            except OSError as e:
-                self.fail(f"truncate {name!r} {size}: {e}; state {_state(self.p(name))}")
-        else:
-            self.fail(f"truncate {name!r} {size}: EAGAIN 4 times")
-        if size < len(data):
-            del data[size:]
-        else:
-            data.extend(b"\0" * (size - len(data)))
-
-    def read(self) -> None:
-        name = self.pick()
-        data = self.files[name]
-        off = self.rnd.randint(0, len(data) + 100)
-        n = self.rnd.randint(1, 20000)
-        self.log.append(f"read {name!r} off={off} len={n}")
-        fd = self.open(name, os.O_RDONLY)
-        try:
-            got = os.pread(fd, n, off)
-        finally:
-            os.close(fd)
-        want = bytes(data[off:off + n])
-        if got != want:
-            self.fail(f"read {name!r} [{off}:{off + n}]: {len(got)} bytes differ from the model's {len(want)} "
-                      f"(first difference at {_first_diff(got, want)}); state {_state(self.p(name))}")
-
-    def read_all(self) -> None:
-        name = self.pick()
-        self.log.append(f"read_all {name!r}")
-        self.check_all(name)
-
-    def check_all(self, name: str) -> None:
-        want = bytes(self.files[name])
-        st = os.stat(self.p(name))
-        if st.st_size != len(want):
-            self.fail(f"stat {name!r}: size {st.st_size}, model {len(want)}; state {_state(self.p(name))}")
-        fd = self.open(name, os.O_RDONLY)
-        with os.fdopen(fd, "rb") as f:
-            got = f.read()
-        if got != want:
-            self.fail(f"{name!r}: content differs at {_first_diff(got, want)} ({len(got)} vs {len(want)} bytes); "
-                      f"state {_state(self.p(name))}")
-
-    def rename(self) -> None:
-        src, dst = self.pick(), self.new_name()
-        self.log.append(f"rename {src!r} {dst!r}")
-        os.rename(self.p(src), self.p(dst))
-        if self.files.get(dst) is self.files[src]:
-            return  # same name, or another link of the same inode: POSIX says nothing happens
-        self.files[dst] = self.files.pop(src)
-
-    def link(self) -> None:
-        src, dst = self.pick(), self.new_name()
-        if dst in self.files:
-            return
-        self.log.append(f"link {src!r} {dst!r}")
-        os.link(self.p(src), self.p(dst))
-        self.files[dst] = self.files[src]
-
-    def unlink(self) -> None:
-        name = self.pick()
-        self.log.append(f"unlink {name!r}")
-        os.unlink(self.p(name))
-        del self.files[name]
-
-    def request(self) -> None:
-        name = self.pick()
-        verb = self.rnd.choice(sorted(REQUESTS))
-        self.log.append(f"request {name!r} {verb}")
-        self.requests += 1
-        try:
-            os.setxattr(self.p(name), REQ, verb.encode())
-        except OSError as e:
-            if e.errno not in REQUESTS[verb]:
-                self.fail(f"request {verb!r} on {name!r}: {e}")
-
-    def pause(self) -> None:
-        self.log.append("pause")
-        time.sleep(self.rnd.choice([0.01, 0.05, 0.2]))
-
-
-def _first_diff(a: bytes, b: bytes) -> int:
-    for i, (x, y) in enumerate(zip(a, b)):
-        if x != y:
-            return i
-    return min(len(a), len(b))
-
-
-def _state(path: str) -> str:
-    try:
-        return os.getxattr(path, "user.tierfs.state").decode()
-    except OSError as e:
-        return f"? ({e})"
-
 
 # ---- the randomized test -----------------------------------------------------------------------
 #: seeds per run (the issue asks for at least 200); TIERFS_FSX_SEEDS overrides
@@ -248,8 +51,8 @@ def test_fsx(mk, catalog_url, tmp_path):
     t0 = time.monotonic()
     requests = eagain = 0
     for seed in range(seeds):
-        f = Fsx(m.path(f"s{seed}"), seed, OPS)
-        f.run()
+        f = Fsx(SyscallOps(), m.path(f"s{seed}"), seed, OPS)
+        trio.run(f.run)
         requests += f.requests
         eagain += f.truncate_eagain
     took = time.monotonic() - t0

@@ -162,9 +162,11 @@ class Engine:
     async def idle(self, timeout: float = 600.0) -> None:
         """Wait (in fake time) until no job is pending or running."""
         from tierfs.catalog.base import ACTIVE_JOB_STATES
-        with trio.fail_after(timeout):
-            while await self.fs.cat(self.fs.catalog.jobs, ACTIVE_JOB_STATES):
-                await trio.sleep(0.2)
+        deadline = trio.current_time() + timeout
+        while active := await self.fs.cat(self.fs.catalog.jobs, ACTIVE_JOB_STATES):
+            if trio.current_time() > deadline:
+                raise AssertionError(f"jobs still active after {timeout:.0f}s (fake time): {active}")
+            await trio.sleep(0.2)
 
 
 def settings(home: str, **values) -> dict:
@@ -346,6 +348,9 @@ class Posix:
         async with self._call(f"stat {path!r}") as held:
             return await self.fs.getattr(await self._walk(path, held))
 
+    async def size(self, path: str) -> int:
+        return (await self.stat(path)).size
+
     async def chmod(self, path: str, mode: int) -> None:
         async with self._call(f"chmod {path!r}") as held:
             ino = await self._walk(path, held)
@@ -361,17 +366,21 @@ class Posix:
     async def rmdir(self, path: str) -> None:
         async with self._call(f"rmdir {path!r}") as held:
             parent, name = await self._parent(path, held)
+            await self._exists(parent, name, held)   # the kernel looks the victim up first, forgets it after
             await self.fs.rmdir(parent, name)
 
     async def unlink(self, path: str) -> None:
         async with self._call(f"unlink {path!r}") as held:
             parent, name = await self._parent(path, held)
+            await self._exists(parent, name, held)
             await self.fs.unlink(parent, name)
 
     async def rename(self, src: str, dst: str, *, noreplace: bool = False, exchange: bool = False) -> None:
         async with self._call(f"rename {src!r} {dst!r}") as held:
             sp, sn = await self._parent(src, held)
             dp, dn = await self._parent(dst, held)
+            await self._exists(sp, sn, held)
+            await self._exists(dp, dn, held)
             await self.fs.rename(sp, sn, dp, dn, noreplace=noreplace, exchange=exchange)
 
     async def link(self, src: str, dst: str) -> None:
