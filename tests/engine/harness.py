@@ -23,6 +23,7 @@ Entry point the lead adapts when the engine's construction changes: `engine()`.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import inspect
@@ -253,55 +254,64 @@ def oserror(e: errors.TierfsError, what: str) -> OSError:
 
 class Posix:
     """Path-level calls on a FileSystem with the kernel's sequence of requests
-    (lookup per component, create or open, flush + release at close) and its
-    errors (OSError with the errno fuse_ops.py would answer). Lookups taken to
-    resolve a path are forgotten after the call, as the kernel's cache would."""
+    (lookup per component, the victim of unlink/rmdir/rename looked up
+    first, create or open, flush + release at close) and its errors (OSError
+    with the errno fuse_ops.py would answer). Like the kernel's dentry cache
+    it keeps the lookups it took while the names exist, and forgets an
+    inode's once its name is gone (then an unlinked directory is purged);
+    `forget_all()` is the kernel dropping its caches."""
 
     def __init__(self, fs: FileSystem, caller: Caller | None = None):
         self.fs = fs
         self.caller = caller or Caller(uid=os.getuid(), gid=os.getgid(), pid=os.getpid())
+        self.held: collections.Counter[int] = collections.Counter()   # lookups the "kernel" holds
 
     @contextlib.asynccontextmanager
     async def _call(self, what: str):
-        held: list[int] = []
         try:
-            yield held
+            yield
         except errors.TierfsError as e:
             raise oserror(e, what) from None
-        finally:
-            if held:
-                await self.fs.forget([(ino, 1) for ino in held])
 
-    async def _walk(self, path: str, held: list[int]) -> int:
+    async def _forget(self, ino: int | None) -> None:
+        n = self.held.pop(ino, 0) if ino is not None else 0
+        if n:
+            await self.fs.forget([(ino, n)])
+
+    async def forget_all(self) -> None:
+        held, self.held = self.held, collections.Counter()
+        await self.fs.forget(list(held.items()))
+
+    def _took(self, node) -> int:
+        self.held[node.ino] += 1
+        return node.ino
+
+    async def _walk(self, path: str) -> int:
         ino = ROOT_INO
         for part in [p for p in path.split("/") if p]:
-            node = await self.fs.lookup(ino, os.fsencode(part))
-            held.append(node.ino)
-            ino = node.ino
+            ino = self._took(await self.fs.lookup(ino, os.fsencode(part)))
         return ino
 
-    async def _parent(self, path: str, held: list[int]) -> tuple[int, bytes]:
+    async def _parent(self, path: str) -> tuple[int, bytes]:
         head, _, name = path.rstrip("/").rpartition("/")
-        return await self._walk(head, held), os.fsencode(name)
+        return await self._walk(head), os.fsencode(name)
 
-    async def _exists(self, parent: int, name: bytes, held: list[int]) -> int | None:
+    async def _exists(self, parent: int, name: bytes) -> int | None:
         try:
-            node = await self.fs.lookup(parent, name)
+            return self._took(await self.fs.lookup(parent, name))
         except errors.NotFound:
             return None
-        held.append(node.ino)
-        return node.ino
 
     # files
     async def open(self, path: str, flags: int, mode: int = 0o644) -> int:
-        async with self._call(f"open {path!r}") as held:
-            parent, name = await self._parent(path, held)
-            ino = await self._exists(parent, name, held)
+        async with self._call(f"open {path!r}"):
+            parent, name = await self._parent(path)
+            ino = await self._exists(parent, name)
             if ino is None:
                 if not flags & os.O_CREAT:
                     raise errors.NotFound(path)
                 fh, node = await self.fs.create(parent, name, mode, flags & ~os.O_CREAT, self.caller)
-                held.append(node.ino)
+                self._took(node)
                 return fh
             if flags & os.O_CREAT and flags & os.O_EXCL:
                 raise errors.TierfsError(path, err=errno.EEXIST)
@@ -341,66 +351,70 @@ class Posix:
             await self.close(fh)
 
     async def truncate(self, path: str, size: int) -> None:
-        async with self._call(f"truncate {path!r}") as held:
-            await self.fs.setattr(await self._walk(path, held), {"size": size}, None, self.caller)
+        async with self._call(f"truncate {path!r}"):
+            await self.fs.setattr(await self._walk(path), {"size": size}, None, self.caller)
 
     async def stat(self, path: str):
-        async with self._call(f"stat {path!r}") as held:
-            return await self.fs.getattr(await self._walk(path, held))
+        async with self._call(f"stat {path!r}"):
+            return await self.fs.getattr(await self._walk(path))
 
     async def size(self, path: str) -> int:
         return (await self.stat(path)).size
 
     async def chmod(self, path: str, mode: int) -> None:
-        async with self._call(f"chmod {path!r}") as held:
-            ino = await self._walk(path, held)
+        async with self._call(f"chmod {path!r}"):
+            ino = await self._walk(path)
             node = await self.fs.getattr(ino)
             await self.fs.setattr(ino, {"mode": stat.S_IFMT(node.mode) | mode}, None, self.caller)
 
     # namespace
     async def mkdir(self, path: str, mode: int = 0o755) -> None:
-        async with self._call(f"mkdir {path!r}") as held:
-            parent, name = await self._parent(path, held)
-            held.append((await self.fs.mkdir(parent, name, mode, self.caller)).ino)
+        async with self._call(f"mkdir {path!r}"):
+            parent, name = await self._parent(path)
+            self._took(await self.fs.mkdir(parent, name, mode, self.caller))
 
     async def rmdir(self, path: str) -> None:
-        async with self._call(f"rmdir {path!r}") as held:
-            parent, name = await self._parent(path, held)
-            await self._exists(parent, name, held)   # the kernel looks the victim up first, forgets it after
+        async with self._call(f"rmdir {path!r}"):
+            parent, name = await self._parent(path)
+            victim = await self._exists(parent, name)   # the kernel looks it up first
             await self.fs.rmdir(parent, name)
+            await self._forget(victim)                  # and forgets it once the name is gone
 
     async def unlink(self, path: str) -> None:
-        async with self._call(f"unlink {path!r}") as held:
-            parent, name = await self._parent(path, held)
-            await self._exists(parent, name, held)
+        async with self._call(f"unlink {path!r}"):
+            parent, name = await self._parent(path)
+            victim = await self._exists(parent, name)
             await self.fs.unlink(parent, name)
+            await self._forget(victim)
 
     async def rename(self, src: str, dst: str, *, noreplace: bool = False, exchange: bool = False) -> None:
-        async with self._call(f"rename {src!r} {dst!r}") as held:
-            sp, sn = await self._parent(src, held)
-            dp, dn = await self._parent(dst, held)
-            await self._exists(sp, sn, held)
-            await self._exists(dp, dn, held)
+        async with self._call(f"rename {src!r} {dst!r}"):
+            sp, sn = await self._parent(src)
+            dp, dn = await self._parent(dst)
+            moved = await self._exists(sp, sn)
+            victim = await self._exists(dp, dn)
             await self.fs.rename(sp, sn, dp, dn, noreplace=noreplace, exchange=exchange)
+            if victim != moved and not exchange:
+                await self._forget(victim)              # replaced: its name is gone
 
     async def link(self, src: str, dst: str) -> None:
-        async with self._call(f"link {src!r} {dst!r}") as held:
-            ino = await self._walk(src, held)
-            dp, dn = await self._parent(dst, held)
-            held.append((await self.fs.link(ino, dp, dn)).ino)
+        async with self._call(f"link {src!r} {dst!r}"):
+            ino = await self._walk(src)
+            dp, dn = await self._parent(dst)
+            self._took(await self.fs.link(ino, dp, dn))
 
     async def symlink(self, target: str, path: str) -> None:
-        async with self._call(f"symlink {path!r}") as held:
-            parent, name = await self._parent(path, held)
-            held.append((await self.fs.symlink(parent, name, os.fsencode(target), self.caller)).ino)
+        async with self._call(f"symlink {path!r}"):
+            parent, name = await self._parent(path)
+            self._took(await self.fs.symlink(parent, name, os.fsencode(target), self.caller))
 
     async def readlink(self, path: str) -> str:
-        async with self._call(f"readlink {path!r}") as held:
-            return os.fsdecode(await self.fs.readlink(await self._walk(path, held)))
+        async with self._call(f"readlink {path!r}"):
+            return os.fsdecode(await self.fs.readlink(await self._walk(path)))
 
     async def listdir(self, path: str) -> list[str]:
-        async with self._call(f"readdir {path!r}") as held:
-            ino = await self._walk(path, held)
+        async with self._call(f"readdir {path!r}"):
+            ino = await self._walk(path)
             names, pos = [], 0
             while entries := await self.fs.readdir(ino, pos):
                 names += [os.fsdecode(e.name) for e in entries if e.name not in (b".", b"..")]
@@ -409,20 +423,20 @@ class Posix:
 
     # xattrs
     async def setxattr(self, path: str, name: str, value: bytes) -> None:
-        async with self._call(f"setxattr {path!r} {name}") as held:
-            await self.fs.setxattr(await self._walk(path, held), os.fsencode(name), value, self.caller)
+        async with self._call(f"setxattr {path!r} {name}"):
+            await self.fs.setxattr(await self._walk(path), os.fsencode(name), value, self.caller)
 
     async def getxattr(self, path: str, name: str) -> bytes:
-        async with self._call(f"getxattr {path!r} {name}") as held:
-            return await self.fs.getxattr(await self._walk(path, held), os.fsencode(name), self.caller)
+        async with self._call(f"getxattr {path!r} {name}"):
+            return await self.fs.getxattr(await self._walk(path), os.fsencode(name), self.caller)
 
     async def listxattr(self, path: str) -> list[str]:
-        async with self._call(f"listxattr {path!r}") as held:
-            return [os.fsdecode(n) for n in await self.fs.listxattr(await self._walk(path, held))]
+        async with self._call(f"listxattr {path!r}"):
+            return [os.fsdecode(n) for n in await self.fs.listxattr(await self._walk(path))]
 
     async def removexattr(self, path: str, name: str) -> None:
-        async with self._call(f"removexattr {path!r} {name}") as held:
-            await self.fs.removexattr(await self._walk(path, held), os.fsencode(name), self.caller)
+        async with self._call(f"removexattr {path!r} {name}"):
+            await self.fs.removexattr(await self._walk(path), os.fsencode(name), self.caller)
 
     async def request(self, path: str, verb: str) -> None:
         await self.setxattr(path, REQUEST.decode(), verb.encode())
