@@ -32,6 +32,7 @@ A rule is: conditions (all optional, ANDed) + one action + triggers + limits.
     max_bytes = "1TB"               # per run
     rate = 20                       # moves per second per tier
     confirm_delete = false          # must be true for action = "delete"
+    enabled = true                  # false: the rule is kept (and checked) but never runs
 
 Watermarks are keys of an online tier's table: `high_watermark = 0.90`,
 `low_watermark = 0.75` (fractions of the tier's capacity in use).
