@@ -41,11 +41,6 @@ def _checked(test: Callable[[Any], bool], expected: str) -> BeforeValidator:
     return BeforeValidator(check)
 
 
-def _as_value(fn: Callable[[Any], Any]) -> BeforeValidator:
-    """units' parsers raise ValueError with the expected form; pydantic adds the key path."""
-    return BeforeValidator(fn)
-
-
 def _int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -54,10 +49,11 @@ def _number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+# units' parsers raise ValueError saying the expected form; validate() adds the key path.
 #: seconds: "90d", "12h", "30m", "1.5s" or a number of seconds
-Duration = Annotated[float, _as_value(duration_value)]
+Duration = Annotated[float, BeforeValidator(duration_value)]
 #: bytes: "10GB", "512MiB" or a number of bytes
-Size = Annotated[int, _as_value(size_value)]
+Size = Annotated[int, BeforeValidator(size_value)]
 Text = Annotated[str, _checked(lambda v: isinstance(v, str) and bool(v), "a non-empty string")]
 Flag = Annotated[bool, _checked(lambda v: isinstance(v, bool), "true or false")]
 Count = Annotated[int, _checked(lambda v: _int(v) and 1 <= v <= 1_000_000, "a positive integer")]
@@ -377,12 +373,40 @@ def reference() -> str:
     return "\n".join(lines)
 
 
-def show(v: Any) -> str:
-    """A default as the README writes it: 300.0 -> 300, True -> true, None -> none."""
+def tier_reference() -> str:
+    """The README's table of tier options, from the models: each kind's own
+    keys (s3-archive: what it adds to or changes from s3) with their defaults."""
+    rows = ["| kind | option | default | meaning |", "|---|---|---|---|"]
+    for kind, model in TIER_TABLES.items():
+        base = S3Table.model_fields if model is S3ArchiveTable else TierTable.model_fields
+        for key, f in model.model_fields.items():
+            same = key in base and (f.default, f.description) == (base[key].default, base[key].description)
+            if same or key in TierTable.model_fields:
+                continue
+            default = "required" if f.is_required() else f"`{show(f.default, size=size_value in _funcs(f))}`"
+            rows.append(f"| `{kind}` | `{key}` | {default} | {f.description} |")
+    return "\n".join(rows)
+
+
+def _funcs(f) -> list:
+    """The validator functions of a field's type (Size and Duration are told apart by them)."""
+    return [getattr(m, "func", None) for m in f.metadata]
+
+
+def show(v: Any, size: bool = False) -> str:
+    """A default as the README writes it: 300.0 -> 300, True -> true, None -> none, a size 8388608 -> 8MiB."""
     if v is None:
         return "none"
     if isinstance(v, bool):
         return str(v).lower()
+    if size and v:
+        for unit, n in (("MiB", MiB), ("KiB", 1024)):
+            if v % n == 0:
+                return f"{v // n}{unit}"
     if isinstance(v, float) and v.is_integer():
         return str(int(v))
-    return str(v)
+    return str(v) if v != "" else '""'
+
+
+if __name__ == "__main__":   # python -m tierfs.settings: the README's tier option table
+    print(tier_reference())
