@@ -281,14 +281,12 @@ class Matcher:
         if is_pinned(pin) or (pin is None and is_pinned((d.inherited(PIN_XATTR) or (None,))[0])):
             return "pinned", [], path, parent
         matched = []
-        for name, accepted in r.xattrs.items():
-            v = own.get(name)
-            if v is None:
-                found = d.inherited(name)
-                v = found[0] if found else None
-            if v not in accepted:
-                return "xattr", [], path, parent
-            matched.append(f"{name.decode()}={v.decode(errors='replace')}")
+        for c in CRITERIA:
+            if c.facts_check is not None and c.active(r):
+                got = c.facts_check(f, self)
+                if got is None:
+                    return c.skip, [], path, parent
+                matched += got
         inactive, override_from = r.inactive_for, None
         if r.allow_user_override:
             found = d.inherited(OVERRIDE_XATTR)

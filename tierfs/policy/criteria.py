@@ -13,10 +13,14 @@ An entry says, for one criterion:
   skipped, counted under `skip`), in ascending `cost` (which decides the
   skip reason of a file failing several; ties keep table order);
 - path_check: the test on the file's path relative to the mount;
-- reason: what matched, for `--dry-run` and the job's cause, in table order.
+- facts_check: the test on what the catalog says beyond the inode (the
+  file's and its directories' xattrs: conditions.Facts): None when the file
+  fails, else what matched;
+- reason: what matched, for `--dry-run` and the job's cause, in table order
+  (then what facts_check matched).
 
-rules.parse_rule, Matcher.query, Matcher._field_checks, Matcher._path_check
-and Matcher._reasons iterate this table; a new criterion is one entry here
+rules.parse_rule, Matcher.query, Matcher._field_checks, Matcher._path_check,
+Matcher.evaluate and Matcher._reasons iterate this table; a new criterion is one entry here
 (plus its key in settings.PolicyTable and, if the catalog can serve it, a
 FileQuery field).
 """
@@ -36,7 +40,7 @@ from ..units import duration_value, fmt_duration, fmt_size
 if TYPE_CHECKING:
     from ..catalog.base import FileQuery, Inode
     from ..settings import PolicyTable
-    from .conditions import Matcher
+    from .conditions import Facts, Matcher
     from .rules import Rule
 
 NS = 1_000_000_000
@@ -81,6 +85,7 @@ class Criterion:
     cost: int = 0
     skip: str = ""
     path_check: Callable[[str, "Matcher"], bool] | None = None
+    facts_check: Callable[["Facts", "Matcher"], list[str] | None] | None = None
     reason: Callable[["Inode", "Matcher", Inactivity], list[str]] | None = None
 
 
@@ -227,6 +232,21 @@ def _parse_xattr(t: "PolicyTable", rule: "Rule", cx: Context) -> None:
     rule.text["xattr"] = ", ".join(f"{n}={'|'.join(v if isinstance(v, list) else [v])}" for n, v in x.items())
 
 
+def _xattrs_match(f: "Facts", m: "Matcher") -> list[str] | None:
+    """Each xattr of the rule has an accepted value on the file or, if unset there, on its
+    nearest directory that sets it."""
+    matched = []
+    for name, accepted in m.rule.xattrs.items():
+        v = f.own.get(name)
+        if v is None:
+            found = f.dir.inherited(name)
+            v = found[0] if found else None
+        if v not in accepted:
+            return None
+        matched.append(f"{name.decode()}={v.decode(errors='replace')}")
+    return matched
+
+
 def _inactive_reason(inode: "Inode", m: "Matcher", why: Inactivity) -> list[str]:
     note = f" (user.tierfs.inactive_for on {why.override_from})" if why.override_from else ""
     shown = fmt_duration(why.seconds) if why.override_from else m.rule.text["inactive_for"]
@@ -323,8 +343,7 @@ CRITERIA: tuple[Criterion, ...] = (
     Criterion(
         "exclude", _parse_globs("exclude", "excludes"), lambda r: bool(r.excludes),
         path_check=lambda path, m: not m.excludes.match(path[1:]), skip="excluded"),
-    # Checked against the file's and its directories' attributes (Lookups), in Matcher.evaluate.
-    Criterion("xattr", _parse_xattr, lambda r: bool(r.xattrs)),
+    Criterion("xattr", _parse_xattr, lambda r: bool(r.xattrs), facts_check=_xattrs_match, skip="xattr"),
 )
 
 #: the per-candidate field checks, cheapest first
