@@ -407,9 +407,9 @@ def test_config_accepts_s3_options():
                storage_class="STANDARD_IA", multipart_threshold="64MB", multipart_chunksize="8MiB",
                connect_timeout="2s", read_timeout=10, deadline="1m", max_attempts=3, profile="x",
                access_key_id="AKIA", secret_access_key="s3cr3t")
-    opts = cfg.tiers["s3"].options
-    assert opts["multipart_threshold"] == 64_000_000 and opts["multipart_chunksize"] == 8 * MiB
-    assert opts["deadline"] == 60.0 and opts["connect_timeout"] == 2.0
+    opts = cfg.tiers["s3"]
+    assert opts.multipart_threshold == 64_000_000 and opts.multipart_chunksize == 8 * MiB
+    assert opts.deadline == 60.0 and opts.connect_timeout == 2.0
     tier = cfg.make_tiers()["s3"]
     assert "s3cr3t" not in repr(tier) and "AKIA" not in repr(tier)
     cfg = config.parse({"tiers": {"disk": {"kind": "disk", "path": "/tmp"},

@@ -239,7 +239,7 @@ def _size_or_bytes(n: int, exact: bool) -> str:
 
 # ---- status --------------------------------------------------------------------
 def _policy_status(cfg, cat) -> dict:
-    if not cfg.policies:
+    if not cfg.policy:
         return {"configured": False, "rules": []}
     try:
         from .policy.rules import parse_rules
@@ -267,7 +267,7 @@ def _status_of(cfg, cat, targets: list[Target]) -> dict:
         files, nbytes = (st.by_archive if cls.archive else st.by_tier).get(name, (0, 0))
         usage = None
         try:
-            tier = cls(name, **tc.options)
+            tier = cls(name, tc)
             try:
                 u = tier.usage()
             finally:
@@ -278,8 +278,7 @@ def _status_of(cfg, cat, targets: list[Target]) -> dict:
             usage = {"error": str(e)}
         tiers[name] = dict(kind=tc.kind, role="archive" if cls.archive else "online",
                            default=name in (cfg.default_tier, cfg.default_archive), files=files, bytes=nbytes,
-                           usage=usage, high_watermark=tc.options.get("high_watermark"),
-                           low_watermark=tc.options.get("low_watermark"),
+                           usage=usage, high_watermark=tc.high_watermark, low_watermark=tc.low_watermark,
                            health=read_health(cat.get_meta, name))
     now = time.time_ns()
     sessions = [dict(id=s.id, host=s.host, pid=s.pid, mountpoint=s.mountpoint,
@@ -673,7 +672,7 @@ def du(path, by, config_path, exact, as_json):
 def _inplace_tier(cfg, src: str, name: str | None) -> tuple[str, str]:
     """(tier name, its root) of the disk tier that holds SRC in place."""
     def root(tc) -> str:
-        return os.path.realpath(os.path.expanduser(tc.options["path"]))
+        return os.path.realpath(os.path.expanduser(tc.path))
 
     def holds(tc) -> bool:
         r = root(tc)

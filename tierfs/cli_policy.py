@@ -58,7 +58,7 @@ def check(config_path, as_json):
     for name in marks:
         t = cfg.tiers[name]
         try:
-            u = tier_class(t.kind)(name, **t.options).usage()
+            u = tier_class(t.kind)(name, t).usage()
         except Exception:  # noqa: BLE001 - usage is informative only
             u = None
         usage[name] = None if not u or not u[0] else round((u[0] - u[1]) / u[0], 4)

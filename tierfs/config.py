@@ -4,7 +4,10 @@ Lookup order: --config FILE, $TIERFS_CONFIG, /etc/tierfs/tierfs.toml, then
 the embedded default (no file at all): an SQLite catalog, a `disk` tier and
 a `vault` archive tier under $TIERFS_HOME (default ~/.local/share/tierfs).
 
-Every error names the key it is about and raises errors.ConfigError.
+The tables' keys, types and defaults are the models of tierfs/settings.py;
+this module reads the file, fills in the defaults that depend on
+$TIERFS_HOME and the tiers, and checks what spans tables. Every error names
+the key it is about and raises errors.ConfigError.
 """
 
 from __future__ import annotations
@@ -13,13 +16,12 @@ import os
 import stat
 import tomllib
 import logging
-from dataclasses import dataclass, field
 from typing import Any
 
 from . import errors, private
 from .redact import secret_keys
+from .settings import AnyTier, DiskTable, Settings, TierTable, VaultTable, validate
 from .tiers import tier_class
-from .units import parse_duration, parse_size
 
 log = logging.getLogger(__name__)
 
@@ -30,119 +32,32 @@ def tierfs_home() -> str:
     return os.path.abspath(os.path.expanduser(os.environ.get("TIERFS_HOME") or "~/.local/share/tierfs"))
 
 
-# Top-level keys: name -> (parser, default). Parsers raise ConfigError naming the key.
-def _str(v, key):
-    if not isinstance(v, str) or not v:
-        raise errors.ConfigError(f"{key}: expected a non-empty string, got {v!r}")
-    return v
+class Config(Settings):
+    """The validated configuration a daemon or command runs with: the
+    Settings of the file, with the defaults that depend on $TIERFS_HOME and
+    on the tiers filled in (catalog, state_dir, tiers, default_tier)."""
 
-
-def _bool(v, key):
-    if not isinstance(v, bool):
-        raise errors.ConfigError(f"{key}: expected true or false, got {v!r}")
-    return v
-
-
-def _choice(*choices):
-    def parse(v, key):
-        if v not in choices:
-            raise errors.ConfigError(f"{key}: expected one of {', '.join(choices)}, got {v!r}")
-        return v
-    return parse
-
-
-def _pos_int(v, key):
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1 or v > 1_000_000:
-        raise errors.ConfigError(f"{key}: expected a positive integer, got {v!r}")
-    return v
-
-
-def _nonneg_int(v, key):
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0 or v > 1_000_000:
-        raise errors.ConfigError(f"{key}: expected an integer >= 0, got {v!r}")
-    return v
-
-
-def _seconds(v, key):
-    return parse_duration(v, key)
-
-
-def _fraction(v, key):
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
-        raise errors.ConfigError(f"{key}: expected a fraction in (0, 1], got {v!r}")
-    return float(v)
-
-
-def _str_list(v, key):
-    if isinstance(v, str):
-        v = [v]
-    if not isinstance(v, list) or not all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in v):
-        raise errors.ConfigError(f"{key}: expected a list of names, got {v!r}")
-    return v
-
-
-TOP_KEYS: dict[str, tuple[Any, Any]] = {
-    "catalog": (_str, None),                 # catalog URL; default sqlite under $TIERFS_HOME
-    "state_dir": (_str, None),               # staging files, default $TIERFS_HOME/state
-    "default_tier": (_str, None),            # tier receiving new files; default: first online tier
-    "default_archive": (_str, None),         # archive tier for `tierfs archive`; default: first archive tier
-    "restore_mode": (_choice("block", "error"), "block"),  # opening an archived file waits, or fails with EAGAIN
-    "block_timeout": (_seconds, 300.0),      # block mode: longest wait in open() before EAGAIN
-    "attr_timeout": (_seconds, None),        # kernel attribute cache timeout; default 1 s on a shared catalog, else 30 s
-    "entry_timeout": (_seconds, None),       # kernel name cache timeout; same default
-    "xattrs": (_bool, True),                 # false: no xattr support at all (faster `ls -l`)
-    "read_ahead_kb": (_nonneg_int, 1024),    # kernel read-ahead of the mount (root only; 0: the kernel's 128)
-    "allow_other": (_bool, False),           # let users other than the mounter use the mount
-    "allow_unarchive": (_bool, True),        # false: restores are refused (retention), EACCES
-    "archivers": (_str, None),               # group whose members may archive/restore any file
-    "workers": (_pos_int, 2),                # job worker tasks per mount
-    "tier_concurrency": (_pos_int, 2),       # concurrent jobs per destination tier
-    "job_retry_delay": (_seconds, 30.0),     # delay before a failed job is retried
-    "job_retry_max_delay": (_seconds, 600.0),  # longest wait between attempts of a job waiting for a tier
-    "job_max_attempts": (_pos_int, 5),       # failures before a job is marked failed
-    "on_unclean": (_choice("warn", "refuse"), "warn"),  # previous daemon died without unmounting
-    "log_level": (_choice("debug", "info", "warning", "error"), "info"),
-    "track": (_choice("open", "read"), "open"),  # what counts as an access
-    "atime_flush": (_seconds, 60.0),         # access times are written to the catalog this often
-    "heartbeat_interval": (_seconds, 5.0),   # how often a mount records in the catalog that it is alive
-    "session_timeout": (_seconds, 30.0),     # a mount silent this long is dead: others requeue its jobs
-}
-
-
-@dataclass
-class TierConfig:
-    name: str
-    kind: str
-    options: dict
-
-
-@dataclass
-class Config:
-    path: str | None                     # the file it came from, None for the embedded default
     catalog: str
     state_dir: str
-    tiers: dict[str, TierConfig]
+    tiers: dict[str, AnyTier]
     default_tier: str
-    default_archive: str | None
-    values: dict = field(default_factory=dict)   # the other validated TOP_KEYS
-    policies: list = field(default_factory=list)  # raw [[policy]] tables (validated by tierfs.policy)
-    overrides: dict = field(default_factory=dict)  # the -o KEY=VALUE it was loaded with (a reload keeps them)
-
-    def __getattr__(self, name):
-        try:
-            return self.__dict__["values"][name]
-        except KeyError:
-            raise AttributeError(name) from None
+    path: str | None = None          # the file it came from, None for the embedded default
+    overrides: dict = {}             # the -o KEY=VALUE it was loaded with (a reload keeps them)
 
     def make_tiers(self) -> dict:
         """Instantiate every configured tier."""
-        return {t.name: tier_class(t.kind)(t.name, **t.options) for t in self.tiers.values()}
+        return {name: tier_class(t.kind)(name, t) for name, t in self.tiers.items()}
 
     def take(self, new: "Config") -> None:
-        """Become `new` (a reload that reload_changes() allowed): a daemon's
-        parts all hold this one object and read their settings from it when
-        they use them, so they see the new values without being rebuilt."""
-        self.__dict__.update(new.__dict__)
+        """Take the live keys of `new` (a reload that reload_changes()
+        allowed): a daemon's parts all hold this one object and read their
+        settings from it when they use them, so they see the new values
+        without being rebuilt."""
+        for key in LIVE_KEYS:
+            setattr(self, key, getattr(new, key))
+        for name, t in self.tiers.items():
+            for key in LIVE_TIER_OPTIONS:
+                setattr(t, key, getattr(new.tiers[name], key))
 
 
 def embedded_tiers(home: str) -> dict:
@@ -150,49 +65,6 @@ def embedded_tiers(home: str) -> dict:
         "disk": {"kind": "disk", "path": os.path.join(home, "disk")},
         "vault": {"kind": "vault", "path": os.path.join(home, "vault")},
     }
-
-
-def _parse_tier(name: str, raw: Any) -> TierConfig:
-    key = f"tiers.{name}"
-    if not isinstance(raw, dict):
-        raise errors.ConfigError(f"{key}: expected a table")
-    if "kind" not in raw:
-        raise errors.ConfigError(f"{key}.kind: missing (e.g. kind = \"disk\")")
-    cls = tier_class(raw["kind"])
-    common = {"kind": str, "allow_users": list, "allow_groups": list, "high_watermark": float,
-              "low_watermark": float}
-    opts = {}
-    for k, v in raw.items():
-        if k == "kind":
-            continue
-        if k not in cls.options and k not in common:
-            allowed = ", ".join(sorted(set(cls.options) | set(common) - {"kind"}))
-            raise errors.ConfigError(f"{key}.{k}: unknown key for kind {raw['kind']!r} (allowed: {allowed})")
-        spec = cls.options.get(k) or common[k]
-        opts[k] = _check_type(v, spec, f"{key}.{k}")
-    for k, spec in cls.options.items():
-        if k not in opts and getattr(cls, "required", None) and k in cls.required:
-            raise errors.ConfigError(f"{key}.{k}: missing")
-    if raw["kind"] in ("disk", "vault") and "path" not in opts:
-        raise errors.ConfigError(f"{key}.path: missing")
-    return TierConfig(name=name, kind=raw["kind"], options=opts)
-
-
-def _check_type(v, spec, key):
-    if spec is float and isinstance(v, int) and not isinstance(v, bool):
-        v = float(v)
-    if spec in ("size",):
-        return parse_size(v, key)
-    if spec in ("duration",):
-        return parse_duration(v, key)
-    if callable(spec) and not isinstance(spec, type):
-        return spec(v, key)
-    types = spec if isinstance(spec, tuple) else (spec,)
-    if isinstance(v, bool) and bool not in types:
-        raise errors.ConfigError(f"{key}: expected {' or '.join(t.__name__ for t in types)}, got {v!r}")
-    if not isinstance(v, types):
-        raise errors.ConfigError(f"{key}: expected {' or '.join(t.__name__ for t in types)}, got {v!r}")
-    return v
 
 
 def find_config_file(explicit: str | None = None) -> str | None:
@@ -255,13 +127,13 @@ def _describe_store(store: tuple, prefix: str) -> str:
     return text + (f" under prefix {prefix!r}" if prefix else "")
 
 
-def _refuse_shared_objects(tiers: dict, classes: dict) -> None:
+def _refuse_shared_objects(tiers: dict[str, TierTable]) -> None:
     """Two tiers must not keep objects in the same place (one bucket with
     nested prefixes, one directory, one GridFS bucket): each would list the
     other's objects, and fsck would report them as orphans to delete."""
     seen: list[tuple[str, tuple, str]] = []
     for name, t in tiers.items():
-        where = classes[name].object_store(t.options)
+        where = tier_class(t.kind).object_store(t)
         if where is None:
             continue
         store, prefix = where
@@ -275,50 +147,33 @@ def _refuse_shared_objects(tiers: dict, classes: dict) -> None:
 
 
 def parse(raw: dict, path: str | None = None) -> Config:
+    """The config file's table `raw` validated, with the defaults filled in."""
     home = tierfs_home()
-    values = {}
-    for k, v in raw.items():
-        if k in ("tiers", "policy"):
-            continue
-        if k not in TOP_KEYS:
-            raise errors.ConfigError(f"{k}: unknown configuration key (known: {', '.join(sorted(TOP_KEYS))}, tiers, policy)")
-        values[k] = TOP_KEYS[k][0](v, k)
-    for k, (_, default) in TOP_KEYS.items():
-        values.setdefault(k, default)
-
-    raw_tiers = raw.get("tiers")
-    if raw_tiers is None:
-        raw_tiers = embedded_tiers(home)
-    if not isinstance(raw_tiers, dict) or not raw_tiers:
-        raise errors.ConfigError("tiers: expected at least one [tiers.NAME] table")
-    tiers = {}
-    for name, t in raw_tiers.items():
-        tiers[name] = _parse_tier(name, t)
-    classes = {n: tier_class(t.kind) for n, t in tiers.items()}
-    _refuse_shared_objects(tiers, classes)
-    online = [n for n, c in classes.items() if not c.archive]
-    archives = [n for n, c in classes.items() if c.archive]
+    settings = validate(Settings, raw)
+    if settings.tiers is None:
+        settings.tiers = validate(Settings, {"tiers": embedded_tiers(home)}).tiers
+    tiers = settings.tiers
+    _refuse_shared_objects(tiers)
+    archive = {n: tier_class(t.kind).archive for n, t in tiers.items()}
+    online = [n for n, a in archive.items() if not a]
+    archives = [n for n, a in archive.items() if a]
     if not online:
         raise errors.ConfigError("tiers: at least one online (non-archive) tier is required")
-    default_tier = values.pop("default_tier") or online[0]
+    default_tier = settings.default_tier or online[0]
     if default_tier not in tiers:
         raise errors.ConfigError(f"default_tier: no tier named {default_tier!r} (tiers: {', '.join(tiers)})")
-    if classes[default_tier].archive:
+    if archive[default_tier]:
         raise errors.ConfigError(f"default_tier: {default_tier!r} is an archive tier; new files need an online tier")
-    default_archive = values.pop("default_archive") or (archives[0] if archives else None)
-    if default_archive is not None and (default_archive not in tiers or not classes[default_archive].archive):
+    default_archive = settings.default_archive or (archives[0] if archives else None)
+    if default_archive is not None and not archive.get(default_archive):
         raise errors.ConfigError(f"default_archive: no archive tier named {default_archive!r}")
-
-    catalog = values.pop("catalog") or f"sqlite:///{os.path.join(home, 'catalog.db')}"
-    state_dir = os.path.abspath(os.path.expanduser(values.pop("state_dir") or os.path.join(home, "state")))
-    for t in tiers.values():
-        if t.kind == "command":
-            t.options.setdefault("staging", os.path.join(state_dir, f"command-{t.name}"))
-    policies = raw.get("policy", [])
-    if not isinstance(policies, list):
-        raise errors.ConfigError("policy: expected [[policy]] tables")
-    return Config(path=path, catalog=catalog, state_dir=state_dir, tiers=tiers, default_tier=default_tier,
-                  default_archive=default_archive, values=values, policies=policies)
+    state_dir = os.path.abspath(os.path.expanduser(settings.state_dir or os.path.join(home, "state")))
+    for name, t in tiers.items():
+        if t.kind == "command" and t.staging is None:
+            t.staging = os.path.join(state_dir, f"command-{name}")
+    return Config.model_construct(**dict(
+        settings, catalog=settings.catalog or f"sqlite:///{os.path.join(home, 'catalog.db')}",
+        state_dir=state_dir, default_tier=default_tier, default_archive=default_archive, path=path))
 
 
 # ---- reload (SIGHUP) -------------------------------------------------------------------
@@ -341,13 +196,11 @@ LIVE_TIER_OPTIONS = ("high_watermark", "low_watermark")
 def _settings(cfg: Config) -> dict[str, Any]:
     """Every setting of `cfg` under its config key (tiers.NAME for a tier's
     kind and storage options, tiers.NAME.high_watermark, policy)."""
-    out = dict(cfg.values, catalog=cfg.catalog, state_dir=cfg.state_dir, default_tier=cfg.default_tier,
-               default_archive=cfg.default_archive, policy=cfg.policies)
+    out = cfg.model_dump(exclude={"tiers", "path", "overrides"})
     for name, t in cfg.tiers.items():
-        opts = dict(t.options)
         for k in LIVE_TIER_OPTIONS:
-            out[f"tiers.{name}.{k}"] = opts.pop(k, None)
-        out[f"tiers.{name}"] = (t.kind, opts)
+            out[f"tiers.{name}.{k}"] = getattr(t, k)
+        out[f"tiers.{name}"] = t.model_dump(exclude=set(LIVE_TIER_OPTIONS))
     return out
 
 
@@ -383,8 +236,8 @@ def prepare_embedded_dirs(cfg: Config) -> None:
     if cfg.path is None:
         private.own_dir(tierfs_home())
         for t in cfg.tiers.values():
-            if "path" in t.options:
-                private.makedirs(t.options["path"])  # tierfs makes these roots: 0700 like their objects/
+            if isinstance(t, (DiskTable, VaultTable)):
+                private.makedirs(t.path)  # tierfs makes these roots: 0700 like their objects/
         if cfg.catalog.startswith("sqlite:///"):
             private.makedirs(os.path.dirname(cfg.catalog[len("sqlite:///"):]) or ".")
     private.own_dir(cfg.state_dir)

@@ -105,10 +105,10 @@ class Daemon:
     def _default_kernel_caches(self, cfg: Config) -> None:
         """attr_timeout / entry_timeout left unset: by whether the catalog is shared."""
         for key in ("attr_timeout", "entry_timeout"):
-            if cfg.values.get(key) is None:
+            if getattr(cfg, key) is None:
                 # A catalog only this mount uses changes only through this kernel (moves invalidate
                 # what they change), so the kernel may cache names and attributes much longer.
-                cfg.values[key] = SHARED_KERNEL_CACHE_S if self.catalog.shared else UNSHARED_KERNEL_CACHE_S
+                setattr(cfg, key, SHARED_KERNEL_CACHE_S if self.catalog.shared else UNSHARED_KERNEL_CACHE_S)
 
     def _check_previous_sessions(self) -> None:
         """Warn about (or refuse, per `on_unclean`) a previous daemon on this

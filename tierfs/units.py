@@ -17,36 +17,52 @@ _MAX_SIZE = 1 << 62
 _MAX_DURATION = 1000 * 365 * 86400
 
 
-def parse_size(value, key: str = "size") -> int:
-    """'1MB' -> 1000000, '1MiB' -> 1048576, 42 -> 42. ConfigError naming `key` otherwise."""
+def size_value(value) -> int:
+    """'1MB' -> 1000000, '1MiB' -> 1048576, 42 -> 42. ValueError saying the expected form otherwise."""
     if isinstance(value, bool):
-        raise errors.ConfigError(f"{key}: expected a size like '10MB', got {value!r}")
+        raise ValueError(f"expected a size like '10MB', got {value!r}")
     if isinstance(value, int):
         n = value
     else:
         m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(value))
         if not m or m.group(2).lower() not in _SIZE_UNITS:
-            raise errors.ConfigError(f"{key}: expected a size like '10MB' or '1GiB', got {value!r}")
+            raise ValueError(f"expected a size like '10MB' or '1GiB', got {value!r}")
         n = int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
     if n < 0 or n > _MAX_SIZE:
-        raise errors.ConfigError(f"{key}: size {value!r} is out of range")
+        raise ValueError(f"size {value!r} is out of range")
     return n
 
 
-def parse_duration(value, key: str = "duration") -> float:
-    """'90d' -> seconds, '12h', '30m', '1.5s', a bare number = seconds."""
+def duration_value(value) -> float:
+    """'90d' -> seconds, '12h', '30m', '1.5s', a bare number = seconds. ValueError otherwise."""
     if isinstance(value, bool):
-        raise errors.ConfigError(f"{key}: expected a duration like '90d', got {value!r}")
+        raise ValueError(f"expected a duration like '90d', got {value!r}")
     if isinstance(value, (int, float)):
         s = float(value)
     else:
         m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(value))
         if not m or m.group(2).lower() not in _DUR_UNITS and m.group(2) != "":
-            raise errors.ConfigError(f"{key}: expected a duration like '90d', '12h' or '30s', got {value!r}")
+            raise ValueError(f"expected a duration like '90d', '12h' or '30s', got {value!r}")
         s = float(m.group(1)) * _DUR_UNITS.get(m.group(2).lower(), 1)
     if s < 0 or s > _MAX_DURATION:
-        raise errors.ConfigError(f"{key}: duration {value!r} is out of range")
+        raise ValueError(f"duration {value!r} is out of range")
     return s
+
+
+def parse_size(value, key: str = "size") -> int:
+    """size_value(), with a ConfigError naming `key`."""
+    try:
+        return size_value(value)
+    except ValueError as e:
+        raise errors.ConfigError(f"{key}: {e}") from None
+
+
+def parse_duration(value, key: str = "duration") -> float:
+    """duration_value(), with a ConfigError naming `key`."""
+    try:
+        return duration_value(value)
+    except ValueError as e:
+        raise errors.ConfigError(f"{key}: {e}") from None
 
 
 def fmt_size(n: int) -> str:

@@ -20,7 +20,6 @@ Each accepted candidate comes with the values that matched, e.g.
 
 from __future__ import annotations
 
-import datetime
 import os
 import posixpath
 import re
@@ -28,7 +27,8 @@ from dataclasses import dataclass, field
 
 from .. import errors
 from ..catalog.base import ACTIVE_JOB_STATES, ROOT_INO, FileQuery, Inode, State
-from ..units import fmt_duration, fmt_size, parse_duration
+from ..units import duration_value
+from .criteria import CRITERIA, FIELD_CHECKS, Inactivity, size_text  # noqa: F401 - size_text: for the CLI
 from .rules import Rule
 
 PIN_XATTR = b"user.tierfs.pin"
@@ -43,16 +43,6 @@ ACTION_STATES = {
 }
 DIR_CACHE_MAX = 100_000
 NS = 1_000_000_000
-
-
-def size_text(n: int) -> str:
-    """5200000 -> '5.2MB', 5000000 -> '5MB'."""
-    return fmt_size(n).replace(".0", "")
-
-
-def day_text(t_ns: int) -> str:
-    """The local date of a time: '2026-07-24'."""
-    return datetime.datetime.fromtimestamp(t_ns / NS).strftime("%Y-%m-%d")
 
 
 def compile_glob(pattern: str) -> re.Pattern:
@@ -232,31 +222,15 @@ class Matcher:
         planner may sort them all), stopping at `limit`. The other
         conditions are checked on the returned rows (_field_checks), which
         costs nothing more than reading them."""
-        r, now = self.rule, self.now_ns
         q = FileQuery(states=(state,) if state is not None else self.states(), limit=limit, after_ino=after_ino,
                       order_by_last_access=self.only_tier is not None, regular_only=True)
-        if self.query_inactive is not None:
-            q.last_access_before_ns = self.inactive_since(self.query_inactive)
-        elif self.only_tier is not None:
-            pass
-        elif r.min_size is not None or r.max_size is not None:
-            q.min_size, q.max_size = r.min_size, r.max_size
-        elif r.tier is not None:
-            if r.tier_is_archive:
-                q.archive_tier = r.tier
-            else:
-                q.tier = r.tier
-        # not indexed: plain filters that cannot lead a planner astray
-        if r.older_than is not None:
-            q.crtime_before_ns = now - int(r.older_than * NS)
-        if r.modified_age is not None:
-            q.mtime_before_ns = now - int(r.modified_age * NS)
-        elif r.modified_date_ns is not None:
-            q.mtime_before_ns = r.modified_date_ns
-        if r.owners is not None and len(r.owners) == 1:
-            q.uid = r.owners[0]
-        if r.groups is not None and len(r.groups) == 1:
-            q.gid = r.groups[0]
+        active = [c for c in CRITERIA if c.query is not None and c.active(self.rule)]
+        # The driver: the first indexed criterion; a watermark run walks (state, last access) in
+        # order, so only inactive_for (a bound on that same order) may drive it.
+        drivers = [c for c in active if c.indexed and (self.only_tier is None or c.key == "inactive_for")]
+        for c in active:
+            if not c.indexed or drivers and c is drivers[0]:
+                c.query(q, self)
         return q
 
     def inactive_since(self, inactive_for: float) -> int:
@@ -270,62 +244,25 @@ class Matcher:
 
     def _field_checks(self, inode: Inode) -> str | None:
         r = self.rule
-        if r.min_size is not None and inode.size < r.min_size or r.max_size is not None and inode.size > r.max_size:
-            return "size"
-        if self.query_inactive is not None and not self.is_inactive(inode, self.query_inactive):
-            return "inactive"
-        if r.tier is not None and (inode.archive_tier if r.tier_is_archive else inode.tier) != r.tier:
-            return "tier"
+        for c in FIELD_CHECKS:
+            if c.active(r) and not c.check(inode, self):
+                return c.skip
         if self.only_tier is not None and inode.tier != self.only_tier:
             return "other tier"
         if r.action == "migrate" and inode.tier == r.to:
             return "already there"
         if r.action == "archive" and inode.state == State.DUAL and inode.archive_tier == r.to and r.keep_online:
             return "already there"
-        if r.owners is not None and inode.uid not in r.owners:
-            return "owner"
-        if r.groups is not None and inode.gid not in r.groups:
-            return "group"
         return None
 
-    def _reasons(self, inode: Inode, inactive: float | None, override_from: str | None) -> list[str]:
-        r, now, out = self.rule, self.now_ns, []
-        if inactive is not None:
-            note = f" (user.tierfs.inactive_for on {override_from})" if override_from else ""
-            shown = r.text["inactive_for"] if not override_from else fmt_duration(inactive)
-            out.append(f"not accessed or modified for {fmt_duration((now - inode.last_access_ns) / NS)} "
-                       f"(since {day_text(inode.last_access_ns)}) > {shown}{note}")
-        if r.older_than is not None:
-            out.append(f"created {fmt_duration((now - inode.crtime_ns) / NS)} ago > {r.text['older_than']}")
-        if r.modified_age is not None:
-            out.append(f"modified {fmt_duration((now - inode.mtime_ns) / NS)} ago > {r.text['modified_before']}")
-        elif r.modified_date_ns is not None:
-            out.append(f"modified {day_text(inode.mtime_ns)} < {r.text['modified_before']}")
-        if r.min_size is not None:
-            out.append(f"size {size_text(inode.size)} >= {r.text['min_size']}")
-        if r.max_size is not None:
-            out.append(f"size {size_text(inode.size)} <= {r.text['max_size']}")
-        if r.tier is not None:
-            out.append(f"tier {r.tier}")
-        if r.owners is not None:
-            out.append(f"owner {r.text['owner']}")
-        if r.groups is not None:
-            out.append(f"group {r.text['group']}")
-        if r.scope is not None:
-            out.append(f"under {r.text['scope']}")
-        if self.paths is not None:
-            out.append(f"path {r.text['path']}")
-        return out
+    def _reasons(self, inode: Inode, why: Inactivity) -> list[str]:
+        return [text for c in CRITERIA if c.reason is not None and c.active(self.rule)
+                for text in c.reason(inode, self, why)]
 
     def _path_check(self, path: str) -> str | None:
-        r = self.rule
-        if r.scope is not None and not (path == r.scope or path.startswith(r.scope + "/")):
-            return "scope"
-        rel = path[1:]
-        if self.paths is not None and not self.paths.match(rel):
-            return "path"
-        if self.excludes is not None and self.excludes.match(rel):
-            return "excluded"
+        for c in CRITERIA:
+            if c.path_check is not None and c.active(self.rule) and not c.path_check(path, self):
+                return c.skip
         return None
 
     async def evaluate(self, inode: Inode, lk: Lookups) -> tuple[str | None, list[str], str, int]:
@@ -344,21 +281,19 @@ class Matcher:
         if is_pinned(pin) or (pin is None and is_pinned((d.inherited(PIN_XATTR) or (None,))[0])):
             return "pinned", [], path, parent
         matched = []
-        for name, accepted in r.xattrs.items():
-            v = own.get(name)
-            if v is None:
-                found = d.inherited(name)
-                v = found[0] if found else None
-            if v not in accepted:
-                return "xattr", [], path, parent
-            matched.append(f"{name.decode()}={v.decode(errors='replace')}")
+        for c in CRITERIA:
+            if c.facts_check is not None and c.active(r):
+                got = c.facts_check(f, self)
+                if got is None:
+                    return c.skip, [], path, parent
+                matched += got
         inactive, override_from = r.inactive_for, None
         if r.allow_user_override:
             found = d.inherited(OVERRIDE_XATTR)
             if found is not None:
                 try:
-                    wanted = parse_duration(found[0].decode(errors="replace").strip(), "user.tierfs.inactive_for")
-                except errors.ConfigError:
+                    wanted = duration_value(found[0].decode(errors="replace").strip())
+                except ValueError:
                     wanted = None   # unparsable: the administrator's value applies
                 if wanted is not None:
                     inactive = max(wanted, r.min_override)
@@ -369,4 +304,4 @@ class Matcher:
                 return "override", [], path, parent
         if f.queued:
             return "queued", [], path, parent
-        return None, self._reasons(inode, inactive, override_from) + matched, path, parent
+        return None, self._reasons(inode, Inactivity(inactive, override_from)) + matched, path, parent

@@ -5,7 +5,7 @@ rename never touches bytes). The interface is deliberately small:
 put / open_reader / read (a range) / size / delete / keys, plus optional
 in-place access for local tiers and restore staging for archive tiers.
 
-Rules every tier follows (checked by tests/conformance/tier_suite.py):
+Rules every tier follows (checked by tests/test_tier_conformance.py):
 - put() is atomic: a reader sees the old object, the new one, or none.
 - delete() is idempotent: deleting a missing key is not an error.
 - Temporary failures raise errors.TierUnavailable after a bounded retry
@@ -20,9 +20,10 @@ import hashlib
 import logging
 import time
 import uuid
-from typing import BinaryIO, Callable, Iterator, TypeVar
+from typing import Any, BinaryIO, Callable, Iterator, TypeVar
 
 from .. import errors
+from ..settings import TierTable, tier_table
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +43,14 @@ class Tier(abc.ABC):
     kind: str = ""
     #: archive tiers hold copies that need a restore before they can be read
     archive: bool = False
-    #: config keys this kind accepts besides `kind` and the common ones
-    options: dict[str, type | tuple] = {}
-
-    def __init__(self, name: str, **opts):
+    def __init__(self, name: str, settings: TierTable | None = None, /, **options: Any):
+        """`settings`: the tier's validated [tiers.NAME] table (settings.py);
+        without it, `options` are validated as that table (tests, tools)."""
         self.name = name
-        self.opts = opts
+        self.settings = settings if settings is not None else tier_table(name, dict(options, kind=self.kind))
         #: users/groups allowed to place files on this tier (None = everyone)
-        self.allow_users: list | None = opts.get("allow_users")
-        self.allow_groups: list | None = opts.get("allow_groups")
+        self.allow_users: list | None = self.settings.allow_users
+        self.allow_groups: list | None = self.settings.allow_groups
         #: counters for tests and benchmarks
         self.reads = 0          # open_reader / read calls
         self.restores = 0       # prepare_restore calls that started a restore
@@ -59,8 +59,8 @@ class Tier(abc.ABC):
         return f"<{self.kind} tier {self.name!r}>"
 
     @classmethod
-    def object_store(cls, opts: dict) -> tuple[tuple, str] | None:
-        """Where this kind keeps the objects of a tier configured with `opts`:
+    def object_store(cls, settings: TierTable) -> tuple[tuple, str] | None:
+        """Where this kind keeps the objects of a tier configured with `settings`:
         (the store, a key prefix in it), or None when tierfs cannot tell (an
         external copytool). Two tiers in one store whose prefixes nest would
         list each other's objects (fsck would call them orphans): config

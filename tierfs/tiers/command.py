@@ -13,7 +13,7 @@ failed (its stderr is logged and kept as the job's last error).
 
 `archive_command` and `restore_command` are required; `delete_command` is
 optional (without it, deleting an archive copy only forgets it). Each run has
-a `timeout` (seconds, default 3600). Staging files live in `staging`
+a `timeout` (a duration such as "1h" or 90, default 3600 s). Staging files live in `staging`
 (default: state_dir/command-<tier name>). A small manifest there records the
 size and sha256 of each stored key (for fsck and verify). The staging
 directories are 0700 and the files tierfs writes there 0600 (a restored file
@@ -33,6 +33,7 @@ import subprocess
 from typing import BinaryIO, Iterator
 
 from .. import errors, private
+from ..settings import CommandTable
 from .base import CHUNK, Tier
 
 log = logging.getLogger(__name__)
@@ -43,17 +44,12 @@ EX_TEMPFAIL = 75
 class CommandTier(Tier):
     kind = "command"
     archive = True
-    options = {"archive_command": str, "restore_command": str, "delete_command": str, "staging": str,
-               "timeout": (int, float)}
-    required = ("archive_command", "restore_command")
+    settings: CommandTable
 
-    def __init__(self, name: str, **opts):
-        super().__init__(name, **opts)
-        for k in ("archive_command", "restore_command"):
-            if not opts.get(k):
-                raise errors.ConfigError(f"tiers.{name}.{k}: missing")
-        self.staging = os.path.abspath(os.path.expanduser(opts.get("staging") or f"/tmp/tierfs-command-{name}"))
-        self.timeout = float(opts.get("timeout", 3600))
+    def __init__(self, name: str, settings: CommandTable | None = None, /, **options):
+        super().__init__(name, settings, **options)
+        self.staging = os.path.abspath(os.path.expanduser(self.settings.staging or f"/tmp/tierfs-command-{name}"))
+        self.timeout = self.settings.timeout
         self.manifest = os.path.join(self.staging, "manifest")
         self.restored = os.path.join(self.staging, "restored")
 
@@ -74,7 +70,7 @@ class CommandTier(Tier):
         """Only the copytool knows whether its medium is there (it answers pending)."""
 
     def _run(self, which: str, **values) -> int:
-        template = self.opts.get(which)
+        template = getattr(self.settings, which)
         # Only the documented placeholders are replaced; other braces (shell { ...; }) stay.
         cmd = re.sub(r"\{(key|path|size|sha256)\}",
                      lambda m: shlex.quote(str(values[m.group(1)])) if m.group(1) in values else m.group(0),
@@ -152,7 +148,7 @@ class CommandTier(Tier):
         return None if m is None else m["size"]
 
     def delete(self, key: str) -> None:
-        if self.opts.get("delete_command") and self._meta(key) is not None:
+        if self.settings.delete_command and self._meta(key) is not None:
             self._run("delete_command", key=key)
         for p in (os.path.join(self.manifest, key), os.path.join(self.restored, key)):
             try:

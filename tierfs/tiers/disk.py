@@ -18,6 +18,7 @@ import uuid
 from typing import BinaryIO, Iterator
 
 from .. import errors, private
+from ..settings import DiskTable
 from .base import CHUNK, Tier, sha256_stream
 
 TMP_PREFIX = ".tierfs-put-"   # temp files of atomic puts (cleanup_tmp removes only these)
@@ -30,11 +31,11 @@ def in_place_key(key: str) -> bool:
 
 class DiskTier(Tier):
     kind = "disk"
-    options = {"path": str}
+    settings: DiskTable
 
-    def __init__(self, name: str, **opts):
-        super().__init__(name, **opts)
-        self.root = os.path.abspath(os.path.expanduser(opts["path"]))
+    def __init__(self, name: str, settings: DiskTable | None = None, /, **options):
+        super().__init__(name, settings, **options)
+        self.root = os.path.abspath(os.path.expanduser(self.settings.path))
         self.objdir = os.path.join(self.root, "objects")
         self.tmpdir = os.path.join(self.root, "tmp")
 
@@ -47,8 +48,8 @@ class DiskTier(Tier):
             raise errors.ConfigError(f"tiers.{self.name}.path: directory {self.root} is not writable")
 
     @classmethod
-    def object_store(cls, opts: dict) -> tuple[tuple, str] | None:
-        return ("directory", os.path.abspath(os.path.expanduser(str(opts.get("path", ""))))), ""
+    def object_store(cls, settings: DiskTable) -> tuple[tuple, str] | None:
+        return ("directory", os.path.abspath(os.path.expanduser(settings.path))), ""
 
     def _path(self, key: str) -> str:
         if in_place_key(key):

@@ -25,11 +25,11 @@ import logging
 from typing import BinaryIO, Iterator
 
 from .. import errors
+from ..settings import GridFSTable
 from .base import CHUNK, Tier, retry_call
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CHUNK = 255 * 1024
 #: Client deadlines (milliseconds) unless the URL sets them.
 DEFAULTS = {"serverSelectionTimeoutMS": 5000, "connectTimeoutMS": 3000, "socketTimeoutMS": 20000}
 DEADLINE_S = 20.0   # one tier call, retries included
@@ -46,25 +46,21 @@ def _is_temp(e: BaseException) -> bool:
 
 class GridFSTier(Tier):
     kind = "gridfs"
-    options = {"url": str, "bucket": str, "database": str, "chunk_size": "size"}
-    required = ("url",)
+    settings: GridFSTable
 
     @classmethod
-    def object_store(cls, opts: dict) -> tuple[tuple, str] | None:
-        url = str(opts.get("url") or "")
-        rest = url.split("://", 1)[-1]
+    def object_store(cls, settings: GridFSTable) -> tuple[tuple, str] | None:
+        rest = settings.url.split("://", 1)[-1]
         hosts = rest.split("/", 1)[0].rsplit("@", 1)[-1]  # without credentials
-        db = opts.get("database") or (rest.split("/", 1)[1].split("?", 1)[0] if "/" in rest else "") or "tierfs"
-        return ("gridfs", hosts, db, opts.get("bucket") or "tierfs"), ""
+        db = settings.database or (rest.split("/", 1)[1].split("?", 1)[0] if "/" in rest else "") or "tierfs"
+        return ("gridfs", hosts, db, settings.bucket), ""
 
-    def __init__(self, name: str, **opts):
-        super().__init__(name, **opts)
+    def __init__(self, name: str, settings: GridFSTable | None = None, /, **options):
+        super().__init__(name, settings, **options)
         import pymongo
         from pymongo.errors import ConfigurationError, InvalidURI
         from ..redact import redact_url
-        if not opts.get("url"):
-            raise errors.ConfigError(f"tiers.{name}.url: missing (e.g. url = \"mongodb://host/db?replicaSet=rs0\")")
-        self.url = opts["url"]
+        self.url = self.settings.url
         self.safe_url = redact_url(self.url)
         try:
             parsed = pymongo.uri_parser.parse_uri(self.url)
@@ -72,12 +68,10 @@ class GridFSTier(Tier):
             raise errors.ConfigError(f"tiers.{name}.url: invalid MongoDB URL {self.safe_url}: {e}") from None
         given = {k.lower() for k in parsed["options"]}
         kw = {k: v for k, v in DEFAULTS.items() if k.lower() not in given}
-        self.bucket_name = opts.get("bucket") or "tierfs"
-        self.chunk_size = int(opts.get("chunk_size") or DEFAULT_CHUNK)
-        if not 1024 <= self.chunk_size <= 15 << 20:
-            raise errors.ConfigError(f"tiers.{name}.chunk_size: must be between 1 KiB and 15 MiB")
+        self.bucket_name = self.settings.bucket
+        self.chunk_size = self.settings.chunk_size
         self.client = pymongo.MongoClient(self.url, appname=f"tierfs-{name}", **kw)
-        self.db = self.client[opts.get("database") or parsed["database"] or "tierfs"]
+        self.db = self.client[self.settings.database or parsed["database"] or "tierfs"]
         self.files = self.db[f"{self.bucket_name}.files"]
         self.chunks = self.db[f"{self.bucket_name}.chunks"]
         self._bucket = None

@@ -47,18 +47,15 @@ import threading
 from typing import BinaryIO, Iterator
 
 from .. import errors
-from ..units import parse_duration, parse_size
+from ..settings import MAX_PART, MIN_PART, S3_ARCHIVE_CLASSES as ARCHIVE_CLASSES, S3ArchiveTable, S3Table
 from .base import CHUNK, Tier, retry_call, sha256_stream
 
 log = logging.getLogger(__name__)
 
-MIN_PART = 5 * 1024**2          # S3's smallest part (except the last)
-MAX_PART = 5 * 1024**3          # S3's largest part
 MAX_PARTS = 10_000              # S3's limit on parts per upload
 PARTS_PER_DOUBLING = 1000       # part size doubles after this many parts
 SHA_META = "tierfs-sha256"      # user metadata key holding the sha256 of single-part objects
 RECENT_PUTS = 10_000            # how many put() results verify() remembers
-ARCHIVE_CLASSES = ("GLACIER", "DEEP_ARCHIVE")   # need a RestoreObject before GET
 WINDOWS = 16                    # read-ahead windows kept (one per key, least recently used dropped)
 TEMP_CODES = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling",
               "ThrottlingException", "RequestLimitExceeded", "OperationAborted"}
@@ -108,82 +105,40 @@ class _Put:
         self.etag, self.sha256, self.size = etag, sha256, size
 
 
-def _prefix(opts: dict) -> str:
+def _prefix(prefix: str) -> str:
     """The key prefix of a tier's objects: "" or "dir/" (a trailing slash, so
     prefix "a" does not also hold "ab/...")."""
-    prefix = str(opts.get("prefix") or "").lstrip("/")
+    prefix = prefix.lstrip("/")
     return prefix if not prefix or prefix.endswith("/") else prefix + "/"
 
 
 class S3Tier(Tier):
     kind = "s3"
-    required = ("bucket",)
-    options = {
-        "bucket": str,                   # bucket name (required)
-        "prefix": str,                   # key prefix inside the bucket ("" = bucket root)
-        "endpoint_url": str,             # S3-compatible endpoint; default AWS
-        "region": str,                   # default: boto3's chain, else us-east-1
-        "storage_class": str,            # StorageClass of new objects (STANDARD)
-        "access_key_id": str,            # credentials; default: boto3's chain
-        "secret_access_key": str,
-        "session_token": str,
-        "profile": str,                  # a profile in ~/.aws/config
-        "addressing_style": str,         # auto | path | virtual (path when endpoint_url is set)
-        "multipart_threshold": "size",   # larger objects use multipart upload (16MiB)
-        "multipart_chunksize": "size",   # first part size (8MiB, at least 5MiB)
-        "connect_timeout": "duration",   # one connection attempt (5s)
-        "read_timeout": "duration",      # one socket read (20s)
-        "deadline": "duration",          # all retries of one request (30s)
-        "max_attempts": int,             # attempts per request (4)
-        "readahead": "size",             # largest read-ahead window of sequential reads (4MiB; 0 = off)
-    }
-    default_storage_class = "STANDARD"
+    settings: S3Table
 
     @classmethod
-    def object_store(cls, opts: dict) -> tuple[tuple, str] | None:
-        return ("s3", opts.get("endpoint_url") or "AWS S3", opts.get("bucket")), _prefix(opts)
+    def object_store(cls, settings: S3Table) -> tuple[tuple, str] | None:
+        return ("s3", settings.endpoint_url or "AWS S3", settings.bucket), _prefix(settings.prefix)
 
-    def __init__(self, name: str, **opts):
-        super().__init__(name, **opts)
-
-        def key(k):
-            return f"tiers.{name}.{k}"
-
-        self.bucket = opts.get("bucket")
-        if not isinstance(self.bucket, str) or not self.bucket:
-            raise errors.ConfigError(f"{key('bucket')}: missing (the bucket name)")
-        self.prefix = _prefix(opts)
-        self.endpoint_url = opts.get("endpoint_url") or None
-        self.region = opts.get("region") or None
-        self.storage_class = str(opts.get("storage_class") or self.default_storage_class).upper()
-        if not self.archive and self.storage_class in ARCHIVE_CLASSES:
-            raise errors.ConfigError(f"{key('storage_class')}: {self.storage_class} objects cannot be read without "
-                                     "a restore; use kind = \"s3-archive\" for them")
-        self.profile = opts.get("profile") or None
-        self.addressing_style = opts.get("addressing_style") or ("path" if self.endpoint_url else "auto")
-        if self.addressing_style not in ("auto", "path", "virtual"):
-            raise errors.ConfigError(f"{key('addressing_style')}: expected auto, path or virtual")
-        self._creds = {k: opts.get(k) for k in ("access_key_id", "secret_access_key", "session_token")}
-        if bool(self._creds["access_key_id"]) != bool(self._creds["secret_access_key"]):
-            raise errors.ConfigError(f"{key('access_key_id')}: access_key_id and secret_access_key go together")
-        self.threshold = parse_size(opts.get("multipart_threshold", "16MiB"), key("multipart_threshold"))
-        self.chunksize = parse_size(opts.get("multipart_chunksize", "8MiB"), key("multipart_chunksize"))
-        if not MIN_PART <= self.chunksize <= MAX_PART:
-            raise errors.ConfigError(f"{key('multipart_chunksize')}: must be between 5MiB and 5GiB (S3's part sizes)")
-        if self.threshold > MAX_PART:
-            raise errors.ConfigError(f"{key('multipart_threshold')}: at most 5GiB (S3's largest single PUT)")
-        self.connect_timeout = parse_duration(opts.get("connect_timeout", 5), key("connect_timeout"))
-        self.read_timeout = parse_duration(opts.get("read_timeout", 20), key("read_timeout"))
-        self.deadline = parse_duration(opts.get("deadline", 30), key("deadline"))
-        self.max_attempts = opts.get("max_attempts", 4)
-        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int) \
-                or not 1 <= self.max_attempts <= 100:
-            raise errors.ConfigError(f"{key('max_attempts')}: expected an integer from 1 to 100")
-        if min(self.connect_timeout, self.read_timeout, self.deadline) <= 0:
-            raise errors.ConfigError(f"{key('deadline')}: timeouts must be positive")
-        self.readahead = parse_size(opts.get("readahead", "4MiB"), key("readahead"))
-        if self.readahead > 64 * 1024**2:
-            raise errors.ConfigError(f"{key('readahead')}: at most 64MiB (it is held in memory per open file)")
+    def __init__(self, name: str, settings: S3Table | None = None, /, **options):
+        super().__init__(name, settings, **options)
+        s = self.settings
+        self.bucket = s.bucket
+        self.prefix = _prefix(s.prefix)
+        self.endpoint_url = s.endpoint_url
+        self.region = s.region
+        self.storage_class = s.storage_class
+        self.profile = s.profile
+        self.addressing_style = s.addressing_style
+        self._creds = {"access_key_id": s.access_key_id, "secret_access_key": s.secret_access_key,
+                       "session_token": s.session_token}
+        self.threshold = s.multipart_threshold
+        self.chunksize = s.multipart_chunksize
+        self.connect_timeout = s.connect_timeout
+        self.read_timeout = s.read_timeout
+        self.deadline = s.deadline
+        self.max_attempts = s.max_attempts
+        self.readahead = s.readahead
         self._client = None
         self._lock = threading.Lock()
         self._windows = _Windows(self.readahead)
@@ -461,26 +416,12 @@ class S3ArchiveTier(S3Tier):
     """Archive storage classes: a restore (RestoreObject) precedes reads."""
     kind = "s3-archive"
     archive = True
-    options = dict(S3Tier.options,
-                   restore_days=int,      # days S3 keeps the restored temporary copy (1)
-                   restore_tier=str)      # Expedited | Standard | Bulk (Standard)
-    default_storage_class = "GLACIER"
+    settings: S3ArchiveTable
 
-    def __init__(self, name: str, **opts):
-        super().__init__(name, **opts)
-        if self.storage_class not in ARCHIVE_CLASSES + ("GLACIER_IR",):
-            raise errors.ConfigError(f"tiers.{name}.storage_class: expected GLACIER, DEEP_ARCHIVE or GLACIER_IR "
-                                     f"for an s3-archive tier, got {self.storage_class!r}")
-        self.restore_days = opts.get("restore_days", 1)
-        if isinstance(self.restore_days, bool) or not isinstance(self.restore_days, int) \
-                or not 1 <= self.restore_days <= 30000:
-            raise errors.ConfigError(f"tiers.{name}.restore_days: expected a number of days from 1 to 30000")
-        tiers = {t.lower(): t for t in ("Expedited", "Standard", "Bulk")}
-        self.restore_tier = tiers.get(str(opts.get("restore_tier", "Standard")).lower())
-        if self.restore_tier is None:
-            raise errors.ConfigError(f"tiers.{name}.restore_tier: expected Expedited, Standard or Bulk")
-        if self.restore_tier == "Expedited" and self.storage_class == "DEEP_ARCHIVE":
-            raise errors.ConfigError(f"tiers.{name}.restore_tier: DEEP_ARCHIVE has no Expedited retrieval")
+    def __init__(self, name: str, settings: S3ArchiveTable | None = None, /, **options):
+        super().__init__(name, settings, **options)
+        self.restore_days = self.settings.restore_days
+        self.restore_tier = self.settings.restore_tier
 
     def prepare_restore(self, key: str) -> bool:
         """True when the object can be read now; otherwise make sure a

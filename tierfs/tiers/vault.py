@@ -3,7 +3,7 @@ staging area) holding archive copies as objects keyed by id.
 
 It stores like the disk tier but is an archive: files whose bytes are only
 here are `archived` and must be restored to an online tier before reading.
-`restore_delay` and `archive_delay` (seconds) imitate a slow medium: every
+`restore_delay` and `archive_delay` (durations) imitate a slow medium: every
 restore read / archive write waits that long first, so demos and tests can
 watch a move in progress.
 """
@@ -13,18 +13,19 @@ from __future__ import annotations
 import time
 from typing import BinaryIO
 
+from ..settings import VaultTable
 from .disk import DiskTier
 
 
 class VaultTier(DiskTier):
     kind = "vault"
     archive = True
-    options = {"path": str, "restore_delay": (int, float), "archive_delay": (int, float)}
+    settings: VaultTable
 
-    def __init__(self, name: str, **opts):
-        super().__init__(name, **opts)
-        self.restore_delay = float(opts.get("restore_delay", 0))
-        self.archive_delay = float(opts.get("archive_delay", 0))
+    def __init__(self, name: str, settings: VaultTable | None = None, /, **options):
+        super().__init__(name, settings, **options)
+        self.restore_delay = self.settings.restore_delay
+        self.archive_delay = self.settings.archive_delay
 
     def local_path(self, key: str) -> str | None:
         return None  # archive copies are never read or written in place
