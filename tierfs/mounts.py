@@ -23,6 +23,14 @@ class MountInfo:
     options: str
     device: str = ""  # "major:minor", the name of its backing device info in /sys/class/bdi
 
+    @property
+    def owner_uid(self) -> int | None:
+        """Who mounted it (a FUSE mount's user_id= option), None when not said."""
+        for o in self.options.split(","):
+            if o.startswith("user_id=") and o[8:].isdigit():
+                return int(o[8:])
+        return None
+
 
 def _unescape(s: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), s)
