@@ -126,7 +126,9 @@ def runtime_key(mountpoint: str) -> str:
 
 
 def pid_alive(pid: int) -> bool:
-    """True while the process runs (a zombie, exited but not yet reaped, is not alive)."""
+    """True while the process runs: the one liveness test (a zombie, exited
+    but not yet reaped, and a dead task are not alive: a SIGKILLed daemon
+    whose parent never reaps it must count as dead)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -135,6 +137,6 @@ def pid_alive(pid: int) -> bool:
         pass
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
     except (OSError, IndexError):
         return False
