@@ -23,7 +23,7 @@ Where, and who can read it:
   read it: a third user of an allow_other mount is told so, and passes
   --config;
 - $TIERFS_RUNTIME_DIR, when set, replaces both (tests; several daemons of
-  one user that want their own directory).
+  one user that want their own directory), with the same modes by uid.
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def file_name(mountpoint: str) -> str:
 def _own_directory(path: str) -> None:
     """Create the publishing directory (mode by who we are), or check that the
     one there is ours and not writable by others; OSError otherwise."""
-    mode = SYSTEM_DIR_MODE if path == SYSTEM_DIR else USER_DIR_MODE
+    mode = SYSTEM_DIR_MODE if os.getuid() == 0 else USER_DIR_MODE
     try:
         os.makedirs(path, mode=mode)
         os.chmod(path, mode)   # the umask may have narrowed it
@@ -134,7 +134,7 @@ def publish(rec: MountRecord) -> str | None:
         _sweep(d)
         fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".json")
         try:
-            os.fchmod(fd, SYSTEM_FILE_MODE if d == SYSTEM_DIR else USER_FILE_MODE)
+            os.fchmod(fd, SYSTEM_FILE_MODE if os.getuid() == 0 else USER_FILE_MODE)
             with os.fdopen(fd, "w") as f:
                 json.dump(asdict(rec), f, indent=1, default=str)
             path = os.path.join(d, file_name(rec.mountpoint))

@@ -59,6 +59,10 @@ def mount_config(m: mounts.MountInfo) -> tuple[config_mod.Config, str, runtime.M
     if rec.withheld:
         raise CliError(f"{m.mountpoint} was mounted with -o {', '.join(rec.withheld)} holding a credential, which its "
                        "runtime file does not keep; pass the mount's config with --config", client.EXIT_CONFIG)
+    if rec.config and os.path.exists(rec.config) and not os.access(rec.config, os.R_OK):
+        raise CliError(f"{m.mountpoint}: the config its daemon runs with, {rec.config}, is not readable by uid "
+                       f"{os.getuid()} (it may hold credentials); ask its owner, or run this as uid {rec.uid} or root",
+                       client.EXIT_PERMISSION)
     cfg = config_mod.read(rec.config, rec.overrides, home=rec.home)
     opts = "".join(f" -o {k}={v}" for k, v in rec.overrides.items())
     return cfg, f"daemon pid {rec.pid}: {rec.config or 'embedded default'}{opts}", rec
