@@ -227,6 +227,8 @@ def status(mount, config_path, as_json):
                 continue
             try:
                 targets.append(target_of(m, config_path))
+            except CliError as e:   # its runtime file or config is not ours to read: the others still are shown
+                problems.append(str(e))
             except errors.TierfsError as e:
                 problems.append(f"{m.mountpoint}: configuration: {e}")
         if not targets and not problems:

@@ -15,9 +15,10 @@ import sys
 
 import click
 
-from .. import client, config as config_mod, errors, mounts
+from .. import client, config as config_mod, mounts
 from ..client import CliError
 from ..display import echo
+from ..redact import redact_url
 from .common import CONTEXT
 from .target import mount_config
 
@@ -66,14 +67,14 @@ def fsck(mountpoint, config_path, repair, verify_data, as_json):
     try:
         if not cat.initialised():  # checking must not create a catalog
             if mp is not None:
-                raise CliError(f"{mp}: not a tierfs mount of catalog {cfg.catalog.split('@')[-1]} (it is empty; "
+                raise CliError(f"{mp}: not a tierfs mount of catalog {redact_url(cfg.catalog)} (it is empty; "
                                "give the mount's --config)", client.EXIT_NOT_TIERFS)
-            raise CliError(f"catalog {cfg.catalog.split('@')[-1]} is empty: nothing to check (no tierfs has "
+            raise CliError(f"catalog {redact_url(cfg.catalog)} is empty: nothing to check (no tierfs has "
                            "mounted it)", client.EXIT_CONFIG)
         cat.init()  # brings an older layout up to date (indexes) before checking it
         live = F.live_sessions(cat)
         if mp is not None and mounts.find_mount(mp) is None and not any(s.mountpoint == mp for s in cat.sessions()):
-            raise CliError(f"{mp}: not a tierfs mount of catalog {cfg.catalog.split('@')[-1]} "
+            raise CliError(f"{mp}: not a tierfs mount of catalog {redact_url(cfg.catalog)} "
                            "(give its --config)", client.EXIT_NOT_TIERFS)
         if repair and live:
             where = ", ".join(f"{s.mountpoint} (pid {s.pid} on {s.host})" for s in live)
@@ -87,8 +88,6 @@ def fsck(mountpoint, config_path, repair, verify_data, as_json):
             (lambda name: click.echo(f"  {name.replace('check_', '').replace('_', ' ')}...", err=True))
         result = F.run(cat, tiers, repair=repair, verify_data=verify_data, live=bool(live), progress=progress,
                        private_dirs=[os.path.join(cfg.state_dir, "staging")])
-    except errors.CatalogUnavailable as e:
-        raise CliError(str(e), client.EXIT_UNAVAILABLE) from None
     finally:
         cat.close()
     remaining = result.problems()
