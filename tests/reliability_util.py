@@ -26,7 +26,6 @@ from tests.conftest import ROOT, wait_for
 from tierfs import mounts
 from tierfs.catalog import open_catalog
 from tierfs.catalog.base import FileQuery
-from tierfs.fsck import pid_running
 
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -78,7 +77,7 @@ def track(pid: int) -> None:
 
 
 def gone(pid: int) -> bool:
-    return not pid_running(pid)
+    return not mounts.pid_alive(pid)
 
 
 @pytest.fixture

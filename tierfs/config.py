@@ -88,8 +88,9 @@ def reread(cfg: Config) -> Config:
     return read(cfg.path, cfg.overrides)
 
 
-def read(path: str | None, overrides: dict | None = None) -> Config:
-    """Parse the config file `path` (None: the embedded default) with -o overrides."""
+def read(path: str | None, overrides: dict | None = None, home: str | None = None) -> Config:
+    """Parse the config file `path` (None: the embedded default) with -o overrides; `home`: the
+    TIERFS_HOME defaults derive from (default: ours; a mount's runtime file names its daemon's)."""
     raw: dict = {}
     if path is not None:
         try:
@@ -103,7 +104,7 @@ def read(path: str | None, overrides: dict | None = None) -> Config:
             raise errors.ConfigError(f"config file {path}: invalid TOML: {e}") from None
         _warn_if_secrets_readable(path, raw)
     raw.update(overrides or {})
-    cfg = parse(raw, path)
+    cfg = parse(raw, path, home)
     cfg.overrides = dict(overrides or {})
     return cfg
 
@@ -146,9 +147,9 @@ def _refuse_shared_objects(tiers: dict[str, TierTable]) -> None:
         seen.append((name, store, prefix))
 
 
-def parse(raw: dict, path: str | None = None) -> Config:
+def parse(raw: dict, path: str | None = None, home: str | None = None) -> Config:
     """The config file's table `raw` validated, with the defaults filled in."""
-    home = tierfs_home()
+    home = home or tierfs_home()
     settings = validate(Settings, raw)
     if settings.tiers is None:
         settings.tiers = validate(Settings, {"tiers": embedded_tiers(home)}).tiers

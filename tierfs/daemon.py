@@ -24,7 +24,7 @@ import uuid
 import pyfuse3
 import trio
 
-from . import config as config_mod, errors, faults, logs, mounts
+from . import config as config_mod, errors, faults, logs, mounts, runtime
 from .catalog import open_catalog
 from .catalog.base import Catalog, Session, now_ns
 from .config import Config, prepare_embedded_dirs
@@ -367,16 +367,21 @@ class Daemon:
         except RuntimeError as e:
             raise errors.TierfsError(f"cannot mount on {self.mountpoint}: {e}") from e
         clean = False
+        record = runtime.MountRecord.of(mountpoint=self.mountpoint, config=self.cfg.path, overrides=self.cfg.overrides,
+                                        catalog=self.cfg.catalog, session=self.session_id,
+                                        home=config_mod.tierfs_home())
         try:
             def ready():
                 log.info("tierfs mounted on %s (catalog %s, tiers %s, session %s)", self.mountpoint,
                          redact_url(self.cfg.catalog), ", ".join(f"{n}:{t.kind}" for n, t in self.fs.tiers.items()),
                          self.session_id)
+                runtime.publish(record)   # before READY: `tierfs mount` returns with it in place
                 sd_notify("READY=1")
                 on_ready()
             trio.run(self._main, ready)
             clean = True
         finally:
+            runtime.remove(record)
             try:
                 pyfuse3.close(unmount=True)
             except Exception as e:  # noqa: BLE001

@@ -46,7 +46,7 @@ import stat
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterator, Sequence
 
-from . import errors, private
+from . import errors, mounts, private
 from .catalog.base import (ACTIVE_JOB_STATES, READABLE_STATES, ROOT_INO, Catalog, Changes, FileQuery, Inode, JobState,
                            Session, State, Transition, now_ns)
 from .tiers.base import Tier, sha256_stream
@@ -132,21 +132,11 @@ class Remedy:
     no_fix: str = ""
 
 
-def pid_running(pid: int) -> bool:
-    """True when process `pid` exists and is not a zombie (a SIGKILLed daemon
-    whose parent never reaps it must count as dead)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (OSError, IndexError):
-        return False
-
-
 def session_alive(s: Session, host: str | None = None) -> bool:
     if s.clean:
         return False
     if s.host == (host or socket.gethostname()):
-        return pid_running(s.pid)
+        return mounts.pid_alive(s.pid)
     return now_ns() - s.heartbeat_ns < SESSION_DEAD_S * 1e9
 
 

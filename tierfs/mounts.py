@@ -23,6 +23,14 @@ class MountInfo:
     options: str
     device: str = ""  # "major:minor", the name of its backing device info in /sys/class/bdi
 
+    @property
+    def owner_uid(self) -> int | None:
+        """Who mounted it (a FUSE mount's user_id= option), None when not said."""
+        for o in self.options.split(","):
+            if o.startswith("user_id=") and o[8:].isdigit():
+                return int(o[8:])
+        return None
+
 
 def _unescape(s: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), s)
@@ -118,7 +126,9 @@ def runtime_key(mountpoint: str) -> str:
 
 
 def pid_alive(pid: int) -> bool:
-    """True while the process runs (a zombie, exited but not yet reaped, is not alive)."""
+    """True while the process runs: the one liveness test (a zombie, exited
+    but not yet reaped, and a dead task are not alive: a SIGKILLed daemon
+    whose parent never reaps it must count as dead)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -127,6 +137,6 @@ def pid_alive(pid: int) -> bool:
         pass
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
     except (OSError, IndexError):
         return False

@@ -1,6 +1,8 @@
 """`tierfs policy check|run`: validate, preview and run lifecycle policies.
 
-Both read the config and the catalog directly (no mount needed). A real
+Both read the config and the catalog directly (no mount needed): --config,
+else, run inside a mount, that mount's config (target.config_here), else
+the usual lookup. A real
 `run` queues jobs in the catalog, which the mounted daemons' workers pick
 up within a second, and buries files of delete rules at once. It does not
 take the scheduler's lease: jobs are coalesced per file, so a scheduled run
@@ -18,17 +20,18 @@ import sys
 import click
 import trio
 
-from . import client, config as config_mod
-from .client import CliError
-from .display import echo, name_fields
-from .policy.engine import Action, Engine, JobExecutor
-from .policy.conditions import size_text
-from .policy.rules import parse_rules, parse_watermarks
-from .tiers import tier_class
+from .. import client
+from ..client import CliError
+from ..display import echo, name_fields
+from ..policy.conditions import size_text
+from ..policy.engine import Action, Engine, JobExecutor
+from ..policy.rules import parse_rules, parse_watermarks
+from ..tiers import tier_class
+from .common import CONTEXT, config_option
+from .target import config_here
 
-CONTEXT = dict(help_option_names=["-h", "--help"], max_content_width=100)
-_config_opt = click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False),
-                           help="TOML config (default: $TIERFS_CONFIG, /etc/tierfs/tierfs.toml, else the embedded default)")
+_config_opt = config_option("TOML config (default: inside a mount, the mount's; else $TIERFS_CONFIG, "
+                            "/etc/tierfs/tierfs.toml, the embedded default)")
 
 
 @click.group(context_settings=CONTEXT)
@@ -51,7 +54,7 @@ def check(config_path, as_json):
 
     Exits 6 with a message naming the rule and the key when something is wrong.
     """
-    cfg = config_mod.load(config_path)
+    cfg = config_here(config_path)
     rules = parse_rules(cfg)
     marks = parse_watermarks(cfg)
     usage = {}
@@ -96,8 +99,8 @@ def run(config_path, dry_run, names, as_json):
       tierfs policy run --dry-run
       tierfs policy run --rule cold --json
     """
-    from .catalog import open_catalog
-    cfg = config_mod.load(config_path)
+    from ..catalog import open_catalog
+    cfg = config_here(config_path)
     rules = parse_rules(cfg)
     if not rules:
         raise CliError(f"{cfg.path or 'the embedded default config'} has no [[policy]] tables", client.EXIT_USAGE)
@@ -141,5 +144,4 @@ def run(config_path, dry_run, names, as_json):
         sys.exit(client.EXIT_FAILED)
 
 
-def register(cli) -> None:
-    cli.add_command(policy)
+COMMANDS = (policy,)

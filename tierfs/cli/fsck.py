@@ -2,7 +2,7 @@
 
 The catalog and tiers come from --config (or $TIERFS_CONFIG, the system
 file, the embedded default), or from MOUNT: the config and -o overrides of
-the daemon serving that mountpoint. Exit status: 0 when no problem remains
+the daemon serving that mountpoint (its runtime file: target.py). Exit status: 0 when no problem remains
 (after repairs), 1 when some do, 6 for a bad config, 7 when the catalog
 cannot be reached, 3 when MOUNT is neither mounted nor known to the catalog.
 """
@@ -15,23 +15,24 @@ import sys
 
 import click
 
-from . import client, errors, mounts
-from .client import CliError
-from .display import echo
-
-CONTEXT = dict(help_option_names=["-h", "--help"], max_content_width=100)
+from .. import client, config as config_mod, mounts
+from ..client import CliError
+from ..display import echo
+from ..redact import redact_url
+from .common import CONTEXT
+from .target import mount_config
 
 
 def _load(config_path: str | None, mountpoint: str | None):
-    from .cli import load_config
-    from .cli_admin import daemon_config
+    """(config, absolute mountpoint or None): --config wins; else a running
+    MOUNT's own config; else the usual lookup."""
     if mountpoint is None:
-        return load_config(config_path), None
+        return config_mod.load(config_path), None
     mp = os.path.abspath(os.path.expanduser(mountpoint))
-    found = daemon_config(mp) if config_path is None and mounts.find_mount(mp) is not None else None
-    if found is not None:
-        return found[0], mp
-    return load_config(config_path), mp
+    m = mounts.find_mount(mp)
+    if config_path is None and m is not None and not mounts.is_stale(mp):
+        return mount_config(m)[0], mp
+    return config_mod.load(config_path), mp
 
 
 @click.command(context_settings=CONTEXT)
@@ -59,21 +60,21 @@ def fsck(mountpoint, config_path, repair, verify_data, as_json):
       tierfs fsck --repair -c /etc/tierfs/lab.toml     # after `tierfs umount`
       tierfs fsck --verify-data --json /mnt/lab        # a live mount: report only
     """
-    from . import fsck as F
-    from .catalog import open_catalog
+    from .. import fsck as F
+    from ..catalog import open_catalog
     cfg, mp = _load(config_path, mountpoint)
     cat = open_catalog(cfg.catalog)
     try:
         if not cat.initialised():  # checking must not create a catalog
             if mp is not None:
-                raise CliError(f"{mp}: not a tierfs mount of catalog {cfg.catalog.split('@')[-1]} (it is empty; "
+                raise CliError(f"{mp}: not a tierfs mount of catalog {redact_url(cfg.catalog)} (it is empty; "
                                "give the mount's --config)", client.EXIT_NOT_TIERFS)
-            raise CliError(f"catalog {cfg.catalog.split('@')[-1]} is empty: nothing to check (no tierfs has "
+            raise CliError(f"catalog {redact_url(cfg.catalog)} is empty: nothing to check (no tierfs has "
                            "mounted it)", client.EXIT_CONFIG)
         cat.init()  # brings an older layout up to date (indexes) before checking it
         live = F.live_sessions(cat)
         if mp is not None and mounts.find_mount(mp) is None and not any(s.mountpoint == mp for s in cat.sessions()):
-            raise CliError(f"{mp}: not a tierfs mount of catalog {cfg.catalog.split('@')[-1]} "
+            raise CliError(f"{mp}: not a tierfs mount of catalog {redact_url(cfg.catalog)} "
                            "(give its --config)", client.EXIT_NOT_TIERFS)
         if repair and live:
             where = ", ".join(f"{s.mountpoint} (pid {s.pid} on {s.host})" for s in live)
@@ -87,8 +88,6 @@ def fsck(mountpoint, config_path, repair, verify_data, as_json):
             (lambda name: click.echo(f"  {name.replace('check_', '').replace('_', ' ')}...", err=True))
         result = F.run(cat, tiers, repair=repair, verify_data=verify_data, live=bool(live), progress=progress,
                        private_dirs=[os.path.join(cfg.state_dir, "staging")])
-    except errors.CatalogUnavailable as e:
-        raise CliError(str(e), client.EXIT_UNAVAILABLE) from None
     finally:
         cat.close()
     remaining = result.problems()
@@ -106,5 +105,4 @@ def fsck(mountpoint, config_path, repair, verify_data, as_json):
     sys.exit(client.EXIT_FAILED if remaining else client.EXIT_OK)
 
 
-def register(cli: click.Group) -> None:
-    cli.add_command(fsck)
+COMMANDS = (fsck,)

@@ -1,205 +1,32 @@
-"""Operator commands that read the catalog: `tierfs status`, `find`, `du`,
-and `import` (which writes it).
+"""Operator commands that read the catalog: `tierfs status`, `find`, `du`.
 
-Which catalog: these commands take a mount (or a path inside one) and use
-the configuration that mount's daemon runs with, read from the daemon's
-command line (`tierfs mount MNT --foreground [--config FILE] [-o K=V]`),
-environment ($TIERFS_CONFIG, $TIERFS_HOME, and the -o options `tierfs mount`
-hands over in $TIERFS_MOUNT_OPTIONS) and working directory in /proc/PID.
---config overrides that; when no daemon process is visible
-(another user's mount), the usual lookup applies ($TIERFS_CONFIG,
-/etc/tierfs/tierfs.toml, the embedded default). Either way the catalog must
-list the mount's session (from its user.tierfs.stats attribute), or the
-command stops with exit code 6 instead of answering from the wrong catalog.
-
-Exit codes (tierfs/client.py): 3 not in a running tierfs mount, 4 no such
-file, 6 configuration, 7 catalog unreachable, 1 other failures.
+They take a mount (or a path inside one) and use the catalog of the
+configuration that mount's daemon runs with (target.py), or --config.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import grp
 import json
 import os
 import pwd
-import stat
 import sys
 import time
-from dataclasses import dataclass
 
 import click
 
-from . import client, config as config_mod, errors, mounts
-from .catalog.base import ROOT_INO, SCHEMA_VERSION, FileQuery, State
-from .client import CliError
-from .tierhealth import read_health
-from .display import echo, name_fields, printable
-from .redact import redact_url
-from .units import fmt_duration, fmt_size, parse_duration, parse_size
+from .. import client, errors, mounts
+from ..catalog.base import ROOT_INO, FileQuery, State
+from ..client import CliError
+from ..display import echo, name_fields, printable
+from ..redact import redact_url
+from ..tierhealth import read_health
+from ..units import fmt_duration, fmt_size, parse_duration, parse_size
+from .common import CONTEXT, config_option
+from .target import Place, Target, config_target, mount_of, open_catalog, place_of, target_of
 
-CONTEXT = dict(help_option_names=["-h", "--help"], max_content_width=100)
-_config_opt = click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False),
-                           help="TOML config (default: the one the mount's daemon runs with).")
-
-
-# ---- which config and catalog ------------------------------------------------
-@dataclass
-class Target:
-    """A mount (or a path inside one) and the configuration it runs with."""
-
-    mountpoint: str | None       # None: --config without a mount
-    cfg: config_mod.Config
-    how: str                     # where the config came from
-    pid: int | None = None       # the daemon, when visible
-    session: str | None = None   # its catalog session (user.tierfs.stats)
-
-
-
-
-@contextlib.contextmanager
-def _environ(values: dict[str, str | None]):
-    old = {k: os.environ.get(k) for k in values}
-    try:
-        for k, v in values.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def _proc_args(pid: str) -> list[str] | None:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            raw = f.read()
-    except OSError:
-        return None
-    if b"tierfs" not in raw or b"mount" not in raw:
-        return None
-    return [os.fsdecode(a) for a in raw.split(b"\0")[:-1]]
-
-
-def daemon_config(mp: str) -> tuple[config_mod.Config, str, int] | None:
-    """(config, how it was found, pid) of the daemon serving mountpoint `mp`,
-    from /proc/PID/{cmdline,environ,cwd} (its -o options are in its
-    environment: cli.daemon_options); None when no such process is visible.
-    The one place that recovers a running daemon's configuration."""
-    from .cli import OPTIONS_ENV, _parse_overrides, cli as root, daemon_options
-    mount_cmd = root.commands["mount"]
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit() or (args := _proc_args(pid)) is None or "mount" not in args:
-            continue
-        try:
-            ctx = mount_cmd.make_context("mount", args[args.index("mount") + 1:], resilient_parsing=True)
-            cwd = os.readlink(f"/proc/{pid}/cwd")
-        except (click.ClickException, OSError, ValueError):
-            continue
-        p = ctx.params
-        if not p.get("foreground") or not p.get("mountpoint"):
-            continue
-        if os.path.abspath(os.path.join(cwd, os.path.expanduser(p["mountpoint"]))) != mp:
-            continue
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
-        except OSError:
-            return None  # another user's daemon: fall back to the usual lookup
-        denv = {k: os.fsdecode(env[k.encode()]) if k.encode() in env else None
-                for k in ("TIERFS_HOME", "TIERFS_CONFIG")}
-        for k, v in denv.items():
-            if v:
-                denv[k] = os.path.join(cwd, os.path.expanduser(v))
-        conf = p.get("config_path")
-        if conf:
-            conf = os.path.join(cwd, os.path.expanduser(conf))
-        with _environ(denv):
-            options = daemon_options(p.get("options"), env.get(OPTIONS_ENV.encode()))
-            cfg = config_mod.load(conf, _parse_overrides(options))
-        return cfg, f"daemon pid {pid}: " + (cfg.path or "embedded default"), int(pid)
-    return None
-
-
-def config_target(config_path: str | None) -> Target:
-    """A catalog named by --config (or the default lookup), no mount involved."""
-    cfg = config_mod.load(config_path)
-    return Target(None, cfg, ("--config " if config_path else "default lookup: ") + (cfg.path or "embedded default"))
-
-
-def target_of(mp: str, config_path: str | None) -> Target:
-    """The Target of a running mountpoint (see the module doc)."""
-    found = None if config_path else daemon_config(mp)
-    if found is not None:
-        cfg, how, pid = found
-    else:
-        t = config_target(config_path)
-        cfg, how, pid = t.cfg, t.how, None
-    session = None
-    try:
-        session = json.loads(os.getxattr(mp, "user.tierfs.stats")).get("session")
-    except (OSError, ValueError):
-        pass  # xattrs = false: nothing to check against
-    return Target(mp, cfg, how, pid, session)
-
-
-def mount_of(path: str) -> mounts.MountInfo:
-    """The running tierfs mount containing `path` (CliError otherwise)."""
-    return client.check_in_mount(os.path.abspath(os.path.expanduser(path)))
-
-
-def open_catalog(t: Target):
-    """Open the target's catalog: one a mount has initialised (a reader never
-    creates one: without this, reads fail with "no such table" on SQLite and
-    answer from an empty database on MongoDB) and, for a mount, the one it uses."""
-    from .catalog import open_catalog as _open
-    url = t.cfg.catalog
-    cat = _open(url)
-    try:
-        if not cat.initialised():
-            hint = f" {t.how}" if t.how.startswith("--config ") else f"; config: {t.how}"
-            raise CliError(f"catalog {redact_url(url)} is empty: mount it once first (tierfs mount MOUNTPOINT{hint})",
-                           client.EXIT_CONFIG)
-        if cat.schema_version() < SCHEMA_VERSION:
-            cat.init()  # made by an older tierfs: queries need its current schema (as fsck and policy run do)
-        if t.session is not None and t.session not in {s.id for s in cat.sessions() if not s.clean}:
-            raise CliError(f"{t.mountpoint}: catalog {redact_url(url)} (config: {t.how}) is not the one this mount "
-                           f"uses (no live session {t.session}); pass the mount's config with --config",
-                           client.EXIT_CONFIG)
-    except BaseException:
-        cat.close()
-        raise
-    return cat
-
-
-@dataclass
-class Place:
-    """A path inside a mount, resolved to its catalog inode."""
-
-    target: Target
-    path: str            # absolute path as given
-    rel: str             # path relative to the mountpoint ("" = the mount's root)
-    ino: int
-    is_dir: bool
-
-
-def place_of(path: str, config_path: str | None) -> Place:
-    m = mount_of(path)
-    ap = os.path.abspath(os.path.expanduser(path))
-    try:
-        st = os.stat(ap)
-    except OSError as e:
-        raise client.os_error(path, e) from None
-    t = target_of(m.mountpoint, config_path)
-    rel = os.path.relpath(ap, m.mountpoint)
-    return Place(t, ap, "" if rel == "." else rel, st.st_ino, stat.S_ISDIR(st.st_mode))
-
+_config_opt = config_option()
 
 # ---- formatting helpers --------------------------------------------------------
 def _ts(t: float | None) -> str:
@@ -242,7 +69,7 @@ def _policy_status(cfg, cat) -> dict:
     if not cfg.policy:
         return {"configured": False, "rules": []}
     try:
-        from .policy.rules import parse_rules
+        from ..policy.rules import parse_rules
         rules = parse_rules(cfg)
     except (ImportError, errors.TierfsError) as e:
         return {"configured": True, "error": str(e), "rules": []}
@@ -261,7 +88,7 @@ def _policy_status(cfg, cat) -> dict:
 def _status_of(cfg, cat, targets: list[Target]) -> dict:
     st = cat.stats()
     tiers = {}
-    from .tiers import tier_class
+    from ..tiers import tier_class
     for name, tc in cfg.tiers.items():
         cls = tier_class(tc.kind)
         files, nbytes = (st.by_archive if cls.archive else st.by_tier).get(name, (0, 0))
@@ -389,7 +216,7 @@ def status(mount, config_path, as_json):
     """
     problems: list[str] = []   # mounts that cannot be shown (without MOUNT: the others still are)
     if mount is not None:
-        targets = [target_of(mount_of(mount).mountpoint, config_path)]
+        targets = [target_of(mount_of(mount), config_path)]
     else:
         targets = []
         for m in mounts.tierfs_mounts():
@@ -398,7 +225,9 @@ def status(mount, config_path, as_json):
                                 f"`tierfs mount {m.mountpoint}` recovers it")
                 continue
             try:
-                targets.append(target_of(m.mountpoint, config_path))
+                targets.append(target_of(m, config_path))
+            except CliError as e:   # its runtime file or config is not ours to read: the others still are shown
+                problems.append(str(e))
             except errors.TierfsError as e:
                 problems.append(f"{m.mountpoint}: configuration: {e}")
         if not targets and not problems:
@@ -473,7 +302,7 @@ def _query(p: Place, states, tier, inactive, older, sizes, owner, group, name, f
     if tier is not None:
         if tier not in cfg.tiers:
             raise CliError(f"--tier: no tier named {tier!r} (tiers: {', '.join(cfg.tiers)})", client.EXIT_USAGE)
-        from .tiers import tier_class
+        from ..tiers import tier_class
         tier_is_archive = tier_class(cfg.tiers[tier].kind).archive
     lo, hi = _size_range(sizes)
     under = None
@@ -668,172 +497,5 @@ def du(path, by, config_path, exact, as_json):
     echo(f"{'total':14} {files:>10} {size(nbytes):>12}  {p.path}")
 
 
-# ---- import ----------------------------------------------------------------------
-def _inplace_tier(cfg, src: str, name: str | None) -> tuple[str, str]:
-    """(tier name, its root) of the disk tier that holds SRC in place."""
-    def root(tc) -> str:
-        return os.path.realpath(os.path.expanduser(tc.path))
 
-    def holds(tc) -> bool:
-        r = root(tc)
-        return src == r or src.startswith(r.rstrip("/") + "/")
-    if name is not None:
-        tc = cfg.tiers.get(name)
-        if tc is None:
-            raise CliError(f"--tier: no tier named {name!r} (tiers: {', '.join(cfg.tiers)})", client.EXIT_CONFIG)
-        if tc.kind != "disk":
-            raise CliError(f"--tier {name}: --in-place needs a tier of kind \"disk\", not {tc.kind!r}",
-                           client.EXIT_CONFIG)
-        if not holds(tc):
-            raise CliError(f"--tier {name}: its path {root(tc)} does not contain {src}", client.EXIT_CONFIG)
-        return name, root(tc)
-    found = sorted((len(root(tc)), n) for n, tc in cfg.tiers.items() if tc.kind == "disk" and holds(tc))
-    if not found:
-        raise CliError(f"no disk tier has {src} under its path; add one to the mount's config and remount, e.g.\n"
-                       f"  [tiers.data]\n  kind = \"disk\"\n  path = \"{src}\"", client.EXIT_CONFIG)
-    n = found[-1][1]
-    return n, root(cfg.tiers[n])
-
-
-def _progress_bar(total_files: int, total_bytes: int, verb: str):
-    """A progress bar on stderr by bytes, when stderr is a terminal."""
-    if not sys.stderr.isatty():
-        return contextlib.nullcontext(), lambda files, nbytes: None
-    done = {"files": 0}
-    bar = click.progressbar(length=max(total_bytes, 1), label=verb, file=sys.stderr, width=30,
-                            item_show_func=lambda _: f"{done['files']}/{total_files} files")
-
-    def progress(files: int, nbytes: int) -> None:
-        done["files"] += files
-        bar.update(nbytes if total_bytes else 0, current_item=done["files"])
-    return bar, progress
-
-
-@click.command("import", context_settings=CONTEXT)
-@click.argument("src", type=click.Path(file_okay=False))
-@click.argument("dest", type=click.Path())
-@click.option("--in-place", "mode", flag_value="in-place",
-              help="Register the files where they are (no copy): SRC must be under a disk tier's path.")
-@click.option("--copy", "mode", flag_value="copy", default=True, help="Copy the files in through the mount (default).")
-@click.option("--tier", metavar="TIER", help="In place: the disk tier holding SRC (default: the one whose path "
-              "contains it). Copy: migrate/archive each file to TIER after copying.")
-@click.option("--defer-checksums", is_flag=True, help="Do not read the files for checksums now "
-              "(in place: a later run without this option computes the missing ones).")
-@click.option("--batch", default=1000, show_default=True, help="In place: entries per catalog transaction.")
-@_config_opt
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def import_cmd(src, dest, mode, tier, defer_checksums, batch, config_path, as_json):
-    """Bring an existing directory tree in (in place or by copy).
-
-    SRC/x appears as DEST/x (DEST, inside a running mount, is created if
-    missing).
-
-    
-    --copy (default) copies through the mount, like cp -a.
-    --in-place writes catalog entries pointing at the files where they are,
-    without copying a byte: SRC must be the path of a `disk` tier of the
-    mount's config, or under it. The files then belong to tierfs: writes,
-    archiving and deleting through the mount act on them, and DELETING AN
-    IMPORTED FILE THROUGH THE MOUNT DELETES THE SOURCE FILE. Do not change
-    them behind tierfs's back afterwards.
-
-    Interrupted? Run the same command again: what is already there is
-    skipped. A progress bar shows on a terminal; a summary ends the run.
-
-    
-    Examples:
-      tierfs import ~/old-results ~/tierfs/results
-      tierfs import --in-place /data/run42 /mnt/lab/run42     # [tiers.data] path = "/data"
-      tierfs import --in-place --defer-checksums /data/big /mnt/lab/big
-      tierfs import --copy --tier vault ~/scans /mnt/lab/scans
-    """
-    from . import importer
-    srcp = os.path.realpath(os.path.expanduser(src))
-    if not os.path.isdir(srcp):
-        raise CliError(f"{src}: no such directory", client.EXIT_NOT_FOUND)
-    if mounts.mount_of(srcp) is not None:
-        raise CliError(f"{src}: is inside a tierfs mount; import from outside it", client.EXIT_USAGE)
-    destp = os.path.abspath(os.path.expanduser(dest))
-    m = mount_of(os.path.dirname(destp) if not os.path.lexists(destp) else destp)
-    if destp == srcp or destp.startswith(srcp.rstrip("/") + "/") or m.mountpoint.startswith(srcp.rstrip("/") + "/"):
-        raise CliError(f"{dest}: the mount is inside {src}", client.EXIT_USAGE)
-    t = target_of(m.mountpoint, config_path)
-    if mode == "in-place":
-        tier_name, root = _inplace_tier(t.cfg, srcp, tier)
-        cat = open_catalog(t)
-    try:
-        if not os.path.lexists(destp):
-            os.mkdir(destp)
-        st = os.stat(destp)
-    except OSError as e:
-        raise client.os_error(dest, e) from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise CliError(f"{dest}: not a directory", client.EXIT_FAILED)
-    if not os.access(destp, os.W_OK):
-        raise CliError(f"{dest}: permission denied", client.EXIT_PERMISSION)
-    files, nbytes = importer.scan(srcp, lambda p: False) if sys.stderr.isatty() else (0, 0)
-    bar, progress = _progress_bar(files, nbytes, f"import {mode}")
-    with bar:
-        if mode == "in-place":
-            try:
-                job = importer.InPlaceImport(cat, src=srcp, dest_ino=st.st_ino, tier=tier_name, tier_root=root,
-                                             checksums=not defer_checksums, batch=batch, progress=progress,
-                                             cause=f"import in place from {srcp} by uid {os.getuid()}")
-                summary = job.run()
-            finally:
-                cat.close()
-            # Through the mount, so the daemon re-reads what it may have cached: DEST (new entries, link
-            # count) and what an earlier run registered and this one changed.
-            for rel, atime, mtime in [(".", None, None)] + job.touched():
-                try:
-                    if atime is None:
-                        os.utime(destp)
-                    else:
-                        os.utime(os.path.join(destp, rel), ns=(atime, mtime), follow_symlinks=False)
-                except OSError:
-                    pass  # not the owner: the mount shows the change once it forgets the entry
-        else:
-            tier_is_archive = False
-            if tier is not None:
-                if tier not in t.cfg.tiers:
-                    raise CliError(f"--tier: no tier named {tier!r} (tiers: {', '.join(t.cfg.tiers)})",
-                                   client.EXIT_USAGE)
-                from .tiers import tier_class
-                tier_is_archive = tier_class(t.cfg.tiers[tier].kind).archive
-            summary = importer.CopyImport(src=srcp, dest=destp, checksums=not defer_checksums, tier=tier,
-                                          tier_is_archive=tier_is_archive, progress=progress).run()
-    _print_summary(summary, srcp, destp, tier_name if mode == "in-place" else tier, as_json)
-    if summary.errors:
-        sys.exit(client.EXIT_FAILED)
-
-
-def _print_summary(s, src: str, dest: str, tier: str | None, as_json: bool) -> None:
-    if as_json:
-        click.echo(json.dumps(dict(s.as_dict(), src=src, dest=dest, tier=tier), indent=1))
-        return
-    how = f"registered in place on tier {tier}" if s.mode == "in-place" else "copied"
-    rate = f" ({s.files / s.seconds:.0f} files/s)" if s.seconds > 0 and s.files else ""
-    echo(f"import {src} -> {dest}: {s.files} files ({fmt_size(s.bytes)}), {s.dirs} directories, "
-               f"{s.symlinks} symlinks, {s.hardlinks} hard links {how} in {s.seconds:.1f}s{rate}")
-    if s.skipped:
-        echo(f"  {s.skipped} entries ({fmt_size(s.skipped_bytes)}) were already there (an earlier run): skipped")
-    if s.checksums or s.checksums_deferred:
-        later = " (run again without --defer-checksums to compute them)" if s.mode == "in-place" else \
-            " (the daemon records them)"
-        echo(f"  checksums: {s.checksums} {'computed' if s.mode == 'in-place' else 'verified'}"
-                   + (f", {s.checksums_deferred} deferred{later}" if s.checksums_deferred else ""))
-    if s.queued:
-        echo(f"  {s.queued} files queued to move to tier {tier} (see `tierfs queue`)")
-    if s.ignored:
-        echo(f"  {s.ignored} entries ignored (sockets, FIFOs, devices, other file systems)")
-    for e in s.errors[:20]:
-        echo(f"tierfs: {e}", err=True)
-    if len(s.errors) > 20:
-        echo(f"tierfs: ... and {len(s.errors) - 20} more errors", err=True)
-    if s.errors:
-        echo(f"  {len(s.errors)} errors; run the same command again to retry what failed")
-
-
-def register(cli) -> None:
-    for cmd in (status, find, du, import_cmd):
-        cli.add_command(cmd)
+COMMANDS = (status, find, du)

@@ -1,0 +1,151 @@
+"""Every command finds a mount through the runtime file its daemon publishes
+(tierfs/runtime.py), root or not, whatever the caller's own environment says.
+
+Real mounts through the real CLI; other users are `nobody` (tests/test_private_files.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import pwd
+import subprocess
+import sys
+
+import pytest
+
+from tierfs import __version__, mounts, runtime
+from tests.conftest import Mount, wait_for
+from tests.test_private_files import USER, _python_for, as_user, open_base, refused  # noqa: F401 - a fixture
+
+pytestmark = pytest.mark.mount
+
+POLICY = '\n[[policy]]\nname = "cold"\naction = "archive"\nto = "vault"\ninactive_for = "1d"\n'
+#: a rule only `tierfs policy run` runs (no interval, no watermark), which the file below matches
+BIG = '\n[[policy]]\nname = "big"\naction = "archive"\nto = "vault"\nmin_size = 50\nwatermark = false\n'
+
+
+def record_file(m: Mount, run_dir: str | None = None) -> str:
+    return os.path.join(run_dir or runtime.SYSTEM_DIR, runtime.file_name(m.mnt))
+
+
+def mode(path: str) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def dead_pid() -> int:
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
+
+
+def test_runtime_file_appears_with_its_fields_and_goes_at_umount(make_mount, tmp_path):
+    """Root's daemon, default directory: /run/tierfs (0755), the file 0644, nothing secret in it."""
+    other = f"sqlite:///{tmp_path}/other.db"
+    m = make_mount(options=("restore_mode=error", f"catalog={other}"))
+    path = record_file(m)
+    with open(path) as f:
+        rec = json.load(f)
+    assert rec == dict(pid=m.pid, mountpoint=m.mnt, config=m.config_path,
+                       overrides={"restore_mode": "error", "catalog": other}, catalog=other,
+                       session=m.stats()["session"], uid=0, home=m.home, version=__version__, withheld=[]), rec
+    assert mode(runtime.SYSTEM_DIR) == 0o755 and mode(path) == 0o644
+    m.stop()   # `tierfs umount`, which waits for the daemon it found in the file
+    assert not os.path.exists(path) and not mounts.pid_alive(m.pid)
+
+
+def test_stale_runtime_file_is_ignored_and_swept(make_mount, tmp_path):
+    run = str(tmp_path / "run")
+    m = make_mount(env={"TIERFS_RUNTIME_DIR": run})
+    path = record_file(m, run)
+    first = json.load(open(path))["pid"]
+    os.kill(m.pid, signal.SIGKILL)   # no chance to remove its file; auto_unmount removes the mount
+    m._wait_exit(10)
+    assert mounts.wait_mounted(m.mnt, 10, mounted=False) and os.path.exists(path)
+    os.environ[runtime.RUNTIME_ENV] = run
+    try:
+        assert runtime.find(m.mnt, 0) is None        # its pid is dead: ignored
+        # a dead daemon's file for another mountpoint, swept by the next mount that publishes here
+        ghost = runtime.MountRecord(pid=dead_pid(), mountpoint="/nowhere", config=None, overrides={},
+                                    catalog="sqlite:///x", session="s", uid=0, home="/h")
+        with open(os.path.join(run, runtime.file_name("/nowhere")), "w") as f:
+            json.dump(ghost.__dict__, f)
+        m.start()
+        rec = runtime.find(m.mnt, 0)
+        assert rec is not None and rec.pid == m.pid != first
+        assert sorted(os.listdir(run)) == [runtime.file_name(m.mnt)]
+    finally:
+        del os.environ[runtime.RUNTIME_ENV]
+    assert m.cli("status", "--json", m.mnt).returncode == 0
+
+
+def test_commands_use_the_mounts_config_not_the_callers_environment(make_mount, tmp_path):
+    """policy check inside a mount mounted with -c CONFIG and -o: that config; status and queue MNT
+    likewise, with $TIERFS_CONFIG and $TIERFS_HOME of the caller pointing elsewhere."""
+    other = f"sqlite:///{tmp_path}/other.db"
+    m = make_mount(config=POLICY + BIG, options=(f"catalog={other}",))
+    with open(m.path("f"), "wb") as f:
+        f.write(b"x" * 100)
+    elsewhere = {"TIERFS_HOME": str(tmp_path / "elsewhere"), "TIERFS_CONFIG": str(tmp_path / "nope.toml")}
+
+    def cli_in_mount(*args):
+        return subprocess.run([sys.executable, "-m", "tierfs.cli", *args], capture_output=True, text=True,
+                              timeout=120, env=dict(m.env, **elsewhere), cwd=m.mnt)
+    r = cli_in_mount("policy", "check", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["config"] == m.config_path and [x["name"] for x in out["rules"]] == ["cold", "big"], out
+    # -o catalog= is in force for policy run too: it finds the file in the mount's catalog (other.db)
+    r = cli_in_mount("policy", "run", "--dry-run", "--rule", "big", "--json")
+    assert r.returncode == 0, r.stderr
+    assert [a["path"] for a in json.loads(r.stdout)["actions"]] == ["/f"], r.stdout
+    s = json.loads(m.cli("status", "--json", m.mnt, env=elsewhere).stdout)
+    assert s[0]["catalog"] == other and s[0]["mounts"][0]["pid"] == m.pid, s
+    assert "catalog=" in s[0]["mounts"][0]["config"]
+    m.cli("archive", "--wait", m.path("f"))
+    jobs = json.loads(m.cli("queue", "--all", "--json", m.mnt, env=elsewhere).stdout)
+    assert [(j["kind"], j["state"], j["path"]) for j in jobs] == [("archive", "done", "/f")], jobs
+    # --config given explicitly still wins
+    r = m.cli("queue", m.mnt, "--config", str(tmp_path / "missing.toml"), check=False, env=elsewhere)
+    assert r.returncode == 6 and "does not exist" in r.stderr, r.stderr
+
+
+def _allow_other_mount(base: str, made: list, catalog_url: str, config_mode: int) -> Mount:
+    m = Mount(base, catalog_url, config="allow_other = true\n" + POLICY)
+    made.append(m)
+    m.start()
+    os.chmod(m.mnt, 0o755)
+    os.chmod(m.config_path, config_mode)
+    return m
+
+
+def test_another_user_gets_an_answer_from_a_catalog_it_may_read(open_base, mongod):
+    """A root mount on MongoDB (no per-user file permissions), allow_other: `nobody` sees its
+    queue and its policies through the runtime file (it answered from an embedded default under
+    nobody's own home, which does not exist)."""
+    base, made = open_base
+    m = _allow_other_mount(base, made, mongod.url(f"ro{os.getpid()}"), 0o644)
+    r = as_user(["queue", m.mnt])
+    assert r.returncode == 0 and r.stdout == "no jobs\n", (r.returncode, r.stdout, r.stderr)
+    py, env = _python_for(USER)
+    r = subprocess.run([*py, "-m", "tierfs.cli", "policy", "check", "--json"], user=USER,
+                       group=pwd.getpwnam(USER).pw_gid, extra_groups=[], capture_output=True, text=True,
+                       timeout=120, env=env, cwd=m.mnt)
+    assert r.returncode == 0 and json.loads(r.stdout)["config"] == m.config_path, (r.stdout, r.stderr)
+
+
+def test_another_user_is_told_why_not(open_base):
+    """A root mount on SQLite: the catalog (0600) and, when 0600, the config are root's only;
+    `nobody` gets one line and exit 5 for each, never the default lookup of its own home."""
+    base, made = open_base
+    m = _allow_other_mount(base, made, f"sqlite:///{base}/home/catalog.db", 0o644)
+    for args in (["queue", m.mnt], ["status", m.mnt], ["find", m.mnt], ["fsck", m.mnt]):
+        refused(as_user(args))
+    os.chmod(m.config_path, 0o600)
+    r = as_user(["queue", m.mnt])
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 5 and len(lines) == 1 and m.config_path in lines[0] and "not readable" in lines[0], \
+        (r.returncode, r.stderr)
+    wait_for(lambda: m.cli("status", m.mnt).returncode == 0, what="root still answered")

@@ -1,0 +1,348 @@
+"""Commands that act on files through the mount itself: `tierfs state`,
+`archive`, `restore`, `release`, `migrate` and `place`.
+
+They need no config and no catalog: requests are setxattr calls of
+user.tierfs.request on each file (the daemon sees the caller's uid and
+checks its permissions), answers the user.tierfs.* attributes the daemon
+serves (tierfs/client.py).
+"""
+
+from __future__ import annotations
+
+import datetime
+import errno
+import json
+import os
+import sys
+import time
+
+import click
+
+from .. import client, errors
+from ..client import CliError
+from ..display import echo, name_fields, printable
+from ..units import fmt_size
+from .common import CONTEXT, fail, with_options
+
+# ---- state ------------------------------------------------------------------
+def _ts(ns: int | None) -> str:
+    if not ns:
+        return "-"
+    return datetime.datetime.fromtimestamp(ns / 1e9).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("-r", "--recursive", is_flag=True, help="Every file under directories.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per file (a JSON list).")
+@click.option("-v", "--verbose", is_flag=True, help="Also the history and queued jobs of every file.")
+def state(paths, recursive, as_json, verbose):
+    """Show where each file's bytes are: state, tier, size, last access.
+
+    Archived files also say when, by what and to where they were archived,
+    and whether a restore is queued.
+
+    \b
+    Examples:
+      tierfs state ~/tierfs/data.bin
+      tierfs state -r --json ~/tierfs/project
+    """
+    rows = []
+    for p in paths:
+        client.check_in_mount(p)
+    tree = client.walk(paths, recursive, files_only=False)
+    for path in tree:
+        try:
+            inf = client.info(path)
+        except OSError as e:
+            raise client.os_error(path, e) from None
+        inf.update(name_fields("path", path))
+        if as_json:
+            rows.append(inf)
+        else:
+            _print_state(inf, verbose)
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+    for err in tree.errors:
+        echo(f"tierfs: {err}", err=True)
+    if tree.errors:
+        sys.exit(tree.errors[0].code)
+
+
+def _print_state(inf: dict, verbose: bool) -> None:
+    tier = inf.get("tier") or inf.get("archive_tier") or "-"
+    echo(f"{inf['path']}  {inf['state']}  {tier}  {fmt_size(inf.get('size', 0))}  "
+         f"accessed {_ts(inf.get('atime_ns'))}")
+    st = inf["state"]
+    if st in ("archived", "dual", "restoring", "lost", "archiving") or verbose:
+        if inf.get("archive_tier"):
+            echo(f"    archive copy: {inf['archive_tier']}/{inf.get('archive_location')}"
+                 f"  sha256 {(inf.get('checksum') or '-')[:16]}")
+        echo(f"    {st} since {_ts(inf.get('state_ns'))} by {inf.get('state_cause') or '-'}")
+        active = [j for j in inf.get("jobs", []) if j["state"] in ("pending", "running")]
+        for j in active:
+            err = f", last error: {j['last_error']}" if j.get("last_error") else ""
+            echo(f"    {j['kind']} {j['state']} (job {j['id']}, attempts {j['attempts']}{err})")
+        if st == "archived" and not any(j["kind"] == "restore" for j in active):
+            echo("    no restore queued (`tierfs restore` or open it to restore)")
+    if verbose:
+        for e in inf.get("events", []):
+            echo(f"    {_ts(e['time_ns'])} {e['from_state']} -> {e['to_state']}: {e['cause']} {e['detail']}")
+
+
+# ---- requests ---------------------------------------------------------------
+def _request(verb: str, paths, recursive: bool, wait: bool, timeout: float, opts: dict) -> None:
+    """Send `verb` for every regular file named (or under a directory, with -r).
+
+    Exit status: the first refusal's code; 1 when nothing was requested
+    because every path named was not a regular file; with --wait, 1 when a
+    job failed or was cancelled and 8 on timeout."""
+    mountpoints = {client.check_in_mount(p).mountpoint for p in paths}
+    for mp in mountpoints if opts.get("to") else ():
+        _check_tier_option(verb, opts["to"], mp)
+    tree = client.walk(paths, recursive)
+    words = [verb] + [k if v is True else f"{k}={v}" for k, v in opts.items() if v]
+    value = " ".join(words)
+    total = requested = 0
+    refused: list[CliError] = []
+    sent: list[tuple[str, dict]] = []   # with --wait: (file, its jobs of this kind before the request)
+    for f in tree:
+        try:
+            before = {"jobs": [j for j in client.info(f)["jobs"] if j["kind"] == verb]} if wait else None
+            try:
+                client.request(f, value)
+            except PermissionError:
+                if verb != "restore":
+                    raise
+                client.restore_by_open(f)  # the kernel lets only writers set user.* xattrs
+            total += os.lstat(f).st_size
+            if wait:
+                sent.append((f, before))
+            requested += 1
+        except OSError as e:
+            err = client.os_error(f, e, verb)
+            if e.errno == errno.EINVAL:
+                err = CliError(f"{printable(f)}: {verb}: {_why_invalid(verb, f)}", client.EXIT_FAILED)
+            echo(f"tierfs: {err}", err=True)
+            refused.append(err)
+    refused += tree.errors
+    for err in tree.errors:
+        echo(f"tierfs: {err}", err=True)
+    named = set(paths)
+    for path, what in tree.skipped:
+        if path in named:
+            echo(f"tierfs: {path}: {verb}: a {what}, not a regular file: skipped", err=True)
+    skipped = f"; skipped {len(tree.skipped)} non-regular file(s) (symlinks, FIFOs, devices...)" \
+        if tree.skipped else ""
+    echo(f"{verb}: {requested} file(s), {fmt_size(total)} requested"
+         + (f", {len(refused)} refused" if refused else "") + skipped)
+    if wait and sent:
+        _wait(verb, sent, timeout)
+    if refused:
+        sys.exit(refused[0].code)
+    if tree.skipped and not requested:
+        sys.exit(client.EXIT_FAILED)
+
+
+def _check_tier_option(verb: str, name: str, mountpoint: str) -> None:
+    """--to names a tier of the mount with the role `verb` needs (one message
+    instead of an EINVAL per file). The daemon checks again; a mount without
+    xattrs cannot be asked, and is left to it."""
+    try:
+        kinds = {n: t["kind"] for n, t in json.loads(os.getxattr(mountpoint, "user.tierfs.stats"))["tiers"].items()}
+    except (OSError, ValueError, KeyError):
+        return
+    from ..tiers import tier_class
+    archive = verb == "archive"
+    if name not in kinds:
+        raise CliError(f"--to {printable(name)}: no tier of that name on this mount (tiers: {', '.join(kinds)})",
+                       client.EXIT_USAGE)
+    try:
+        is_archive = tier_class(kinds[name]).archive
+    except errors.ConfigError:
+        return
+    if is_archive != archive:
+        role = "an archive" if is_archive else "an online"
+        raise CliError(f"--to {name}: is {role} tier; {verb} needs {'an archive' if archive else 'an online'} tier",
+                       client.EXIT_USAGE)
+
+
+#: Why the daemon refused a request with EINVAL (its reason does not travel through the errno), by the file's state.
+_INVALID = {
+    ("release", "online"): "is online, not dual: archive it first (or archive --keep-online)",
+    ("release", "archiving"): "is being archived, not dual yet: release it once the archive is done",
+    ("release", "lost"): "is lost (its archive copy is missing or corrupt): nothing to release",
+    ("migrate", "archived"): "is archived: restore it before migrating",
+    ("migrate", "restoring"): "is being restored: migrate it once it is online",
+    ("migrate", "lost"): "is lost (its archive copy is missing or corrupt)",
+}
+
+
+def _why_invalid(verb: str, path: str) -> str:
+    try:
+        st = client.state(path)
+    except OSError:
+        return os.strerror(errno.EINVAL)
+    if (verb, st) in _INVALID:
+        return _INVALID[verb, st]
+    if verb == "archive":
+        return "refused: this mount has no archive tier to send it to (see its config, or give --to)"
+    return f"refused for a file that is {st} (Invalid argument; the mount's log says why)"
+
+
+def _wait(verb: str, sent: list[tuple[str, dict]], timeout: float) -> None:
+    """Wait until the job behind each request has finished (done, failed or
+    cancelled), whatever state the file is in by then (a reader may have
+    restored a file archived meanwhile); report failures and a summary.
+    `sent`: (file, its info's jobs of this kind before the request); the
+    job is identified at the first look after it (client.job_for_request)."""
+    pending = dict(sent)
+    job_ids: dict[str, int | None] = {}
+    done = needless = 0      # needless: the request needed no job (archive of an archived file...)
+    failed: list[tuple[str, str]] = []
+    deadline = time.monotonic() + timeout
+    pause = 0.05
+    with click.progressbar(length=len(sent), label=f"waiting for {verb}", file=sys.stderr,
+                           show_pos=True, hidden=not sys.stderr.isatty()) as bar:
+        while pending and time.monotonic() < deadline:
+            for f, before in sorted(pending.items()):
+                try:
+                    inf = client.info(f)
+                except OSError as e:
+                    failed.append((f, f"{os.strerror(e.errno)} while waiting (deleted or renamed?)"))
+                else:
+                    if f not in job_ids:
+                        job_ids[f] = client.job_for_request(before, inf, verb)
+                    jid = job_ids[f]
+                    job = client.job_of(inf, jid) if jid is not None else None
+                    if job is not None and job["state"] not in client.JOB_FINISHED:
+                        continue
+                    if jid is None:
+                        needless += 1
+                    elif job is None or job["state"] == "done":   # None: 20 newer jobs since: long finished
+                        done += 1
+                    else:
+                        failed.append((f, job.get("last_error") or job["state"]))
+                del pending[f]
+                bar.update(1)
+            if pending:
+                time.sleep(pause)
+                pause = min(pause * 1.5, 1.0)   # 1,000 files: at most one info read per file per second
+    for f, err in failed:
+        echo(f"tierfs: {f}: {verb} failed: {err}", err=True)
+    echo(f"{verb}: {done} done, {len(failed)} failed" + (f", {needless} needed nothing" if needless else "")
+         + (f", {len(pending)} not finished" if pending else ""))
+    if pending:
+        fail(f"{len(pending)} file(s) not done after {timeout:.0f}s (still queued; see `tierfs state`)",
+             client.EXIT_TIMEOUT)
+    if failed:
+        sys.exit(client.EXIT_FAILED)
+
+
+_wait_opts = [
+    click.option("-r", "--recursive", is_flag=True, help="Every file under directories."),
+    click.option("--wait", "-w", is_flag=True, help="Wait (with a progress bar) until done."),
+    click.option("--timeout", default=3600.0, show_default=True, help="Seconds --wait waits."),
+]
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@with_options(_wait_opts)
+@click.option("--keep-online", is_flag=True, help="Keep the online copy too (the file becomes dual).")
+@click.option("--to", "to", metavar="TIER", help="Archive tier (default: default_archive).")
+def archive(paths, recursive, wait, timeout, keep_online, to):
+    """Queue files for archiving (their bytes move to an archive tier).
+
+    \b
+    Examples:
+      tierfs archive --wait ~/tierfs/big.raw
+      tierfs archive -r --keep-online --to vault ~/tierfs/project
+    """
+    _request("archive", paths, recursive, wait, timeout, {"keep_online": keep_online, "to": to})
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@with_options(_wait_opts)
+@click.option("--to", "to", metavar="TIER", help="Online tier to restore to (default: the placement).")
+def restore(paths, recursive, wait, timeout, to):
+    """Queue restores of archived files (all of a tree with -r, in one batch).
+
+    \b
+    Examples:
+      tierfs restore --wait ~/tierfs/big.raw
+      tierfs restore -r --wait ~/tierfs/dataset
+    """
+    _request("restore", paths, recursive, wait, timeout, {"to": to})
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("-r", "--recursive", is_flag=True, help="Every file under directories.")
+def release(paths, recursive):
+    """Drop the online copy of dual files (instant; the archive copy stays).
+
+    \b
+    Example:
+      tierfs release ~/tierfs/big.raw
+    """
+    _request("release", paths, recursive, False, 0, {})
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@with_options(_wait_opts)
+@click.option("--to", "to", metavar="TIER", required=True, help="Online tier to move the bytes to.")
+def migrate(paths, recursive, wait, timeout, to):
+    """Move files' bytes to another online tier (paths and inodes stay).
+
+    \b
+    Example:
+      tierfs migrate -r --wait --to s3 ~/tierfs/old-project
+    """
+    _request("migrate", paths, recursive, wait, timeout, {"to": to})
+
+
+# ---- placement ----------------------------------------------------------------
+@click.command(context_settings=CONTEXT)
+@click.argument("directory", type=click.Path())
+@click.argument("tier", required=False)
+@click.option("--clear", is_flag=True, help="Remove the directory's own placement (inherit again).")
+def place(directory, tier, clear):
+    """Show or set the tier new files under DIRECTORY go to.
+
+    Without TIER: print the effective placement and where it comes from.
+    With TIER: new files and subdirectories below DIRECTORY go to TIER
+    (inherited until another directory overrides it). Existing files stay
+    where they are (use `tierfs migrate -r --to TIER DIRECTORY`).
+
+    \b
+    Examples:
+      tierfs place ~/tierfs/scratch            # -> "disk (from default_tier)"
+      tierfs place ~/tierfs/results s3
+      tierfs place --clear ~/tierfs/results
+    """
+    client.check_in_mount(directory)
+    try:
+        if clear:
+            try:
+                os.removexattr(directory, "user.tierfs.placement")
+            except OSError as e:
+                if e.errno != errno.ENODATA:
+                    raise
+        elif tier:
+            os.setxattr(directory, "user.tierfs.placement", tier.encode())
+        value = os.getxattr(directory, "user.tierfs.effective_placement").decode()
+    except OSError as e:
+        err = client.os_error(directory, e, "placement")
+        if e.errno == errno.EINVAL and tier:
+            err = CliError(f"{printable(directory)}: cannot place on {tier!r}: not an online tier of this mount, "
+                           "or not a directory", client.EXIT_FAILED)
+        raise err from None
+    name, _, source = value.partition(" ")
+    echo(f"{directory}: {name} (from {source if source != 'default_tier' else 'default_tier'})")
+
+
+
+COMMANDS = (state, archive, restore, release, migrate, place)
