@@ -154,7 +154,7 @@ class FileSystem:
         self.cat_limiter = trio.CapacityLimiter(catalog.concurrency)
         self.cache_ttl = cfg.attr_timeout if catalog.shared else float("inf")
         self._cache = AttrCache(self.cache_ttl)
-        self.op_counts: collections.Counter[str] = collections.Counter()  # FUSE requests by operation (stats)
+        self._op_counts: collections.Counter[str] = collections.Counter()  # FUSE requests by operation (stats)
         self.placer = Placer(self)
         self.staging = Staging(self, self._cache, self.events, staging_dir or os.path.join(cfg.state_dir, "staging"))
         self.files = OpenFiles(OpenObjects(self.staging, self.tier))
@@ -170,7 +170,7 @@ class FileSystem:
 
     @property
     def cache(self) -> AttrCache:
-        return self._cache
+        return self._cache     # jobs.py: fs.cache.peek(ino) -> fs.cached(ino)
 
     @property
     def on_change(self) -> Callable[[], None]:
@@ -216,6 +216,10 @@ class FileSystem:
             await trio.to_thread.run_sync(functools.partial(pyfuse3.invalidate_inode, ino, attr_only=True))
         except Exception as e:  # noqa: BLE001 - not mounted (unit tests) or the kernel forgot it
             log.debug("invalidate inode %d: %s", ino, e)
+
+    def cached(self, ino: int) -> Inode | None:
+        """The cached copy of `ino` however old, without asking the catalog (None if not cached)."""
+        return self._cache.peek(ino)
 
     async def get(self, ino: int) -> Inode:
         inode = self._cache.fresh(ino)
@@ -898,7 +902,7 @@ class FileSystem:
     # ---- counters ----------------------------------------------------------
     def count_request(self, op: str) -> None:
         """One FUSE request of kind `op` (fuse_ops.py; user.tierfs.stats shows them)."""
-        self.op_counts[op] += 1
+        self._op_counts[op] += 1
 
     def stats(self) -> dict:
         """Counters of this daemon (user.tierfs.stats: tests, benchmarks and `tierfs status`)."""
@@ -910,7 +914,7 @@ class FileSystem:
             **self.offline.stats(),
             **self.staging.stats(),
             **self.checksums.stats(),
-            "requests": dict(self.op_counts),
+            "requests": dict(self._op_counts),
         }
 
     # ---- checksums -------------------------------------------------------
