@@ -23,6 +23,7 @@ import errno
 import logging
 import os
 import time
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -30,6 +31,10 @@ from . import errors
 from .catalog.base import ACTIVE_JOB_STATES, JobKind, JobState, READABLE_STATES, Changes, Inode, State, Transition, now_ns
 from .attrcache import AttrCache
 from .tiers.base import new_key
+
+if TYPE_CHECKING:
+    from .fs import FileSystem
+    from .requests import Requests
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +44,7 @@ POLL_S = 1.0
 class Offline:
     """Restore-on-open, content changes of archived files, and access tracking for one FileSystem."""
 
-    def __init__(self, fs, cache: AttrCache, requests):
+    def __init__(self, fs: FileSystem, cache: AttrCache, requests: Requests):
         self.fs = fs
         self.cache = cache              # the FileSystem's attribute cache (accesses set atime there first)
         self.requests = requests        # an open of an archived file queues its restore there
@@ -190,7 +195,7 @@ class NoArchive:
 
     track_reads = False
 
-    def __init__(self, fs, cache: AttrCache, requests):
+    def __init__(self, fs: FileSystem, cache: AttrCache, requests):
         pass
 
     def accessed(self, inode: Inode, flags: int) -> None:

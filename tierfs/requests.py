@@ -17,9 +17,14 @@ import errno
 import json
 import logging
 import stat
+from typing import TYPE_CHECKING
 
 from . import errors
 from .catalog.base import READABLE_STATES, Inode, JobKind, JobState, State
+from .services import Events
+
+if TYPE_CHECKING:
+    from .fs import FileSystem
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +83,7 @@ def _group_id(name: str | None) -> int | None:
 class Requests:
     """user.tierfs.request, .info and .stats for one FileSystem."""
 
-    def __init__(self, fs, events):
+    def __init__(self, fs: FileSystem, events: Events):
         self.fs = fs
         self.cfg = fs.cfg               # the daemon's live Config (a SIGHUP reload changes it in place)
         self.events = events            # a queued job wakes the job runner
@@ -249,7 +254,7 @@ def tier_allows(tier, caller) -> bool:
 class NoRequests:
     """No request attributes (a mount without archive machinery)."""
 
-    def __init__(self, fs, events):
+    def __init__(self, fs: FileSystem, events: Events):
         pass
 
     def may_manage(self, inode: Inode, caller) -> bool:
@@ -260,6 +265,3 @@ class NoRequests:
 
     async def getxattr(self, inode: Inode, name: bytes, caller) -> bytes:
         raise errors.NoAttr()
-
-    async def queue(self, inode: Inode, verb: str, opts: dict, caller, cause: str, check_perm: bool = True):
-        raise errors.TierfsError(f"inode {inode.ino} is {inode.state}", err=errno.EIO)
