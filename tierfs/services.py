@@ -27,6 +27,11 @@ class Service(Protocol):
     async def stop(self) -> None: ...
 
 
+class Collector(Service, Protocol):
+    def deleted(self) -> None:
+        """Objects became garbage: collect them soon, in a batch (gc.GarbageCollector)."""
+
+
 class Events(Protocol):
     """What the engine tells the background services."""
 
@@ -96,7 +101,7 @@ class Services:
 
     def __init__(self):
         self.all: list[Service] = []
-        self.gc = Idle()
+        self.gc: Collector = Idle()
         self.jobs: Service = Idle()
 
     def add(self, service: Service) -> Service:
