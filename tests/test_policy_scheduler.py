@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from tierfs import archive, config
+from tierfs.requests import Requests
 from tierfs.catalog.base import JobKind, JobState, Session, now_ns
 from tierfs.fs import FileSystem
 from tierfs.policy.clock import FakeClock
@@ -38,9 +39,8 @@ def make_fs(cfg, catalog, session_id: str) -> FileSystem:
         t.check()
     catalog.register_session(Session(id=session_id, host="h", pid=1, mountpoint="/m", started_ns=now_ns(),
                                      heartbeat_ns=now_ns()))
-    fs = FileSystem(cfg, catalog, tiers, session_id, staging_dir=f"{cfg.state_dir}/staging-{session_id}")
-    fs.offline = archive.Offline(fs, cfg)
-    return fs
+    return FileSystem(cfg, catalog, tiers, session_id, staging_dir=f"{cfg.state_dir}/staging-{session_id}",
+                      offline=archive.Offline, requests=Requests)
 
 
 def scheduler(cfg, catalog, session_id="s1", clock=None) -> PolicyScheduler:

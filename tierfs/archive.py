@@ -1,6 +1,5 @@
 """The offline-file contract: what happens when someone touches a file whose
-bytes are (also) on an archive tier, and the requests users make through
-the mount.
+bytes are (also) on an archive tier.
 
 - Opening an archived file restores it: `restore_mode = "block"` waits (all
   openers of one file share one restore; bounded by `block_timeout`, then
@@ -10,109 +9,52 @@ the mount.
   gets a new empty online object and the archive copy is dropped.
 - The first write to a `dual` file makes it `online` (the archive copy is
   no longer current and goes to garbage).
-- Requests arrive as setxattr of `user.tierfs.request` ("archive",
-  "archive keep_online to=TIER", "restore", "release", "migrate to=TIER",
-  "cancel"), so the daemon knows the caller's uid and checks permissions:
-  the owner, root, or a member of the `archivers` group.
-- `user.tierfs.info` (read-only) returns JSON with the whole catalog entry,
-  recent history and queued jobs: what `tierfs state` prints.
 - Access tracking: opens (or reads, with track = "read") set the cached
-  atime at once; the catalog gets them in batches (`flush_atimes`).
+  atime at once; the catalog gets them in batches (`flush_atimes`, run by
+  the `AtimeFlusher` service).
+
+The requests users make (user.tierfs.request, .info) are requests.py.
+A FileSystem without archive machinery gets `NoArchive`.
 """
 
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
-import stat
 import time
+from typing import TYPE_CHECKING
 
 import trio
 
 from . import errors
 from .catalog.base import ACTIVE_JOB_STATES, JobKind, JobState, READABLE_STATES, Changes, Inode, State, Transition, now_ns
+from .attrcache import AttrCache
 from .tiers.base import new_key
+
+if TYPE_CHECKING:
+    from .fs import FileSystem
+    from .requests import Requests
 
 log = logging.getLogger(__name__)
 
-REQUEST_XATTR = b"user.tierfs.request"
-INFO_XATTR = b"user.tierfs.info"
-PLACEMENT_XATTR = b"user.tierfs.placement"
-STATS_XATTR = b"user.tierfs.stats"
 POLL_S = 1.0
 
 
-def caller_groups(caller) -> set[int]:
-    """The caller's primary and supplementary groups (from /proc)."""
-    groups = {caller.gid}
-    try:
-        with open(f"/proc/{caller.pid}/status") as f:
-            for line in f:
-                if line.startswith("Groups:"):
-                    groups.update(int(g) for g in line.split()[1:])
-    except (OSError, ValueError):
-        pass
-    return groups
-
-
-def parse_request(value: bytes) -> tuple[str, dict]:
-    """b"archive keep_online to=vault" -> ("archive", {"keep_online": True, "to": "vault"})."""
-    try:
-        words = value.decode().strip().split()
-    except UnicodeDecodeError:
-        raise errors.Invalid("request is not text") from None
-    if not words:
-        raise errors.Invalid("empty request")
-    verb, opts = words[0], {}
-    if verb not in ("archive", "restore", "release", "migrate", "cancel"):
-        raise errors.Invalid(f"unknown request {verb!r} (archive, restore, release, migrate, cancel)")
-    allowed = {"archive": {"keep_online", "to"}, "migrate": {"to"}, "restore": {"to"}}.get(verb, set())
-    for w in words[1:]:
-        k, eq, v = w.partition("=")
-        if k not in allowed:
-            raise errors.Invalid(f"request {verb!r} takes no option {k!r}")
-        if k == "to" and not v:   # "to=" would silently mean the default tier
-            raise errors.Invalid("to= needs a tier name")
-        if k == "keep_online" and eq:
-            raise errors.Invalid("keep_online takes no value")
-        opts[k] = v if eq else True
-    return verb, opts
-
-
-def _group_id(name: str | None) -> int | None:
-    if not name:
-        return None
-    import grp
-    try:
-        return grp.getgrnam(name).gr_gid
-    except KeyError:
-        raise errors.ConfigError(f"archivers: no group named {name!r}") from None
-
-
 class Offline:
-    """Restore-on-open, requests, and access tracking for one FileSystem."""
+    """Restore-on-open, content changes of archived files, and access tracking for one FileSystem."""
 
-    def __init__(self, fs, cfg):
+    def __init__(self, fs: FileSystem, cache: AttrCache, requests: Requests):
         self.fs = fs
-        self.cfg = cfg                  # the daemon's live Config (a SIGHUP reload changes it in place)
+        self.cache = cache              # the FileSystem's attribute cache (accesses set atime there first)
+        self.requests = requests        # an open of an archived file queues its restore there
+        self.cfg = fs.cfg               # the daemon's live Config (a SIGHUP reload changes it in place)
         self.restore_events: dict[int, trio.Event] = {}
         self.restore_full: dict[int, errors.NoSpace] = {}  # restores waiting for space on their online tier
         self.waiters = 0
         self.max_waiters = 512          # blocked opens beyond this get EAGAIN at once
         self.atimes: dict[int, int] = {}  # ino -> latest access not yet in the catalog
         self.atime_flushed: dict[int, float] = {}  # ino -> monotonic time of its last catalog write
-        self.config_changed()           # ConfigError (stops the mount) for an unknown archivers group
-        self.wake_jobs = lambda: None   # set by the JobRunner
-
-    def check_config(self, cfg) -> None:
-        """ConfigError unless the `archivers` group of `cfg` exists (a reload)."""
-        _group_id(cfg.archivers)
-
-    def config_changed(self) -> None:
-        """The live Config was replaced (a reload): re-derive what is kept resolved."""
-        self.archivers_gid = _group_id(self.cfg.archivers)
 
     @property
     def track_reads(self) -> bool:
@@ -123,10 +65,17 @@ class Offline:
         if flags & os.O_ACCMODE == os.O_WRONLY:
             return  # only reading counts as an access (a write updates mtime instead)
         t = now_ns()
-        cached = self.fs.cache.peek(inode.ino)
+        cached = self.cache.peek(inode.ino)
         if cached is not None and t - cached.atime_ns > 1_000_000:
-            self.fs.cache.set(inode.ino, atime_ns=t)
+            self.cache.set(inode.ino, atime_ns=t)
         self.atimes[inode.ino] = t
+
+    def forget_access(self, ino: int) -> None:
+        """An explicit atime (touch -a) was stored: the pending access must not overwrite it."""
+        self.atimes.pop(ino, None)
+
+    def stats(self) -> dict:
+        return {"restore_waiters": self.waiters, "pending_atimes": len(self.atimes)}
 
     async def flush_atimes(self, force: bool = False) -> int:
         """Write pending access times: at most one catalog write per file per
@@ -156,7 +105,7 @@ class Offline:
         if inode.state == State.LOST:
             log.error("open inode %d: its archive copy is lost (missing or failed its checksum)", inode.ino)
             raise errors.TierfsError(f"inode {inode.ino} is lost", err=errno.EIO)
-        await self.queue(inode, "restore", {}, caller, cause=f"open by uid {caller.uid} (pid {caller.pid})",
+        await self.requests.queue(inode, "restore", {}, caller, cause=f"open by uid {caller.uid} (pid {caller.pid})",
                          check_perm=False)
         self._raise_if_full(inode.ino)
         if self.cfg.restore_mode == "error" or flags & os.O_NONBLOCK:
@@ -183,7 +132,7 @@ class Offline:
                         if failed:
                             raise errors.TierfsError(f"restore of inode {inode.ino} failed: {failed[-1].last_error}",
                                                      err=errno.EIO)
-                        await self.queue(fresh, "restore", {}, caller, cause="open (requeue)", check_perm=False)
+                        await self.requests.queue(fresh, "restore", {}, caller, cause="open (requeue)", check_perm=False)
             raise errors.TryAgain(f"restore of inode {inode.ino} did not finish within block_timeout")
         finally:
             self.waiters -= 1
@@ -239,171 +188,72 @@ class Offline:
         log.info("inode %d: written while dual: now online, archive copy on %s dropped", inode.ino, inode.archive_tier)
         return new
 
-    # ---- requests ----------------------------------------------------------
-    def may_manage(self, inode: Inode, caller) -> bool:
-        if caller.uid == 0 or caller.uid == inode.uid:
-            return True
-        return self.archivers_gid is not None and self.archivers_gid in caller_groups(caller)
 
-    def may_read(self, inode: Inode, caller) -> bool:
-        if caller.uid == 0:
-            return True
-        if caller.uid == inode.uid:
-            return bool(inode.mode & stat.S_IRUSR)
-        if inode.gid in caller_groups(caller):
-            return bool(inode.mode & stat.S_IRGRP)
-        return bool(inode.mode & stat.S_IROTH)
+class NoArchive:
+    """The offline contract of a FileSystem without archive machinery: no
+    file can be archived there, so nothing is restored or tracked."""
 
-    async def setxattr(self, ino: int, name: bytes, value: bytes, caller) -> bool:
-        if name != REQUEST_XATTR:
-            return False
-        try:
-            verb, opts = parse_request(value)
-            inode = await self.fs.get(ino)
-            if not inode.is_reg():
-                raise errors.Invalid("requests apply to regular files (use tierfs -r for directories)")
-            await self.queue(inode, verb, opts, caller, cause=f"command {verb} by uid {caller.uid}")
-        except errors.Invalid as e:   # EINVAL carries no reason to the caller: the log does
-            log.info("request %r on inode %d by uid %d refused: %s", value.decode(errors="replace"), ino,
-                     caller.uid, e)
-            raise
-        except errors.TierfsError as e:
-            if e.errno == errno.EAGAIN:
-                # An EAGAIN answer to SETXATTR reaches the caller as EOPNOTSUPP (kernel 6.18, measured):
-                # "busy, try again" must not read as "requests are not supported".
-                raise errors.TierfsError(str(e), err=errno.EBUSY) from e
-            raise
-        return True
+    track_reads = False
 
-    async def queue(self, inode: Inode, verb: str, opts: dict, caller, cause: str, check_perm: bool = True):
-        """Turn a request into a job (coalesced), or act at once (release, cancel)."""
-        fs = self.fs
-        if verb == "restore":
-            if not self.cfg.allow_unarchive:
-                log.warning("restore of inode %d by uid %d refused: allow_unarchive = false (retention)",
-                            inode.ino, caller.uid)
-                raise errors.PermissionDenied("restores are disabled by the administrator (allow_unarchive = false)")
-            if check_perm and not self.may_read(inode, caller):
-                raise errors.PermissionDenied(f"uid {caller.uid} may not read inode {inode.ino}")
-        elif check_perm and not self.may_manage(inode, caller):
-            log.warning("%s of inode %d by uid %d refused: not the owner, root or in the archivers group",
-                        verb, inode.ino, caller.uid)
-            raise errors.PermissionDenied(f"uid {caller.uid} may not {verb} inode {inode.ino}")
-        if verb == "cancel":
-            pending = [j.id for j in await fs.cat(fs.catalog.jobs, (JobState.PENDING,), inode.ino)]
-            await fs.cat(fs.catalog.cancel_jobs, pending)
-            return None
-        if verb == "restore":
-            target = opts.get("to")
-            if target:   # also when nothing needs restoring: a bad request is refused, never ignored
-                self._check_tier(target, archive=False, caller=caller)
-            if inode.state in READABLE_STATES:
-                return None
-            if inode.state == State.LOST:
-                raise errors.TierfsError(f"inode {inode.ino} is lost; nothing to restore", err=errno.EIO)
-            job, created = await fs.cat(fs.catalog.enqueue, inode.ino, JobKind.RESTORE, target_tier=target,
-                                        cause=cause)
-        elif verb == "release":
-            if inode.state == State.DUAL:
-                from .jobs import release_now
-                await release_now(fs, inode, cause)
-            elif inode.state not in (State.ARCHIVED, State.RESTORING):
-                raise errors.Invalid(f"inode {inode.ino} is {inode.state}, not dual: archive it first")
-            return None
-        elif verb == "archive":
-            target = opts.get("to") or self.cfg.default_archive
-            if not target:
-                raise errors.Invalid("no archive tier is configured")
-            self._check_tier(target, archive=True, caller=caller)
-            if inode.state == State.LOST:
-                raise errors.TierfsError(f"inode {inode.ino} is lost", err=errno.EIO)
-            if inode.state in (State.ARCHIVED, State.RESTORING):
-                return None
-            job, created = await fs.cat(fs.catalog.enqueue, inode.ino, JobKind.ARCHIVE, target_tier=target,
-                                        keep_online=bool(opts.get("keep_online")), cause=cause)
-        elif verb == "migrate":
-            target = opts.get("to")
-            if not target:
-                raise errors.Invalid("migrate needs to=TIER")
-            self._check_tier(target, archive=False, caller=caller)
-            if inode.state not in READABLE_STATES:
-                raise errors.Invalid(f"inode {inode.ino} is {inode.state}: restore it before migrating")
-            job, created = await fs.cat(fs.catalog.enqueue, inode.ino, JobKind.MIGRATE, target_tier=target,
-                                        cause=cause)
-        else:
-            raise errors.Invalid(f"unknown request {verb!r}")
-        if created:
-            log.info("queued %s of inode %d (job %d, %s)", verb, inode.ino, job.id, cause)
-            self.wake_jobs()
-        return job
+    def __init__(self, fs: FileSystem, cache: AttrCache, requests):
+        pass
 
-    def _check_tier(self, name: str, archive: bool, caller) -> None:
-        tier = self.fs.tiers.get(name)
-        if tier is None:
-            raise errors.Invalid(f"no tier named {name!r}")
-        if tier.archive != archive:
-            raise errors.Invalid(f"tier {name!r} is {'an archive' if tier.archive else 'an online'} tier")
-        if not tier_allows(tier, caller):
-            log.warning("uid %d may not use tier %s (allow_users/allow_groups)", caller.uid, name)
-            raise errors.PermissionDenied(f"uid {caller.uid} may not use tier {name}")
+    def accessed(self, inode: Inode, flags: int) -> None:
+        pass
 
-    # ---- info ----------------------------------------------------------------
-    async def getxattr(self, inode: Inode, name: bytes, caller) -> bytes:
-        if name == INFO_XATTR:
-            return json.dumps(await self.info(inode)).encode()
-        if name == STATS_XATTR:
-            return json.dumps(self.stats()).encode()
-        raise errors.NoAttr()
+    def forget_access(self, ino: int) -> None:
+        pass
+
+    async def flush_atimes(self, force: bool = False) -> int:
+        return 0
 
     def stats(self) -> dict:
-        """Counters of this daemon (for tests, benchmarks and `tierfs status`)."""
-        fs = self.fs
-        return {
-            "session": fs.session_id,
-            "tiers": {n: {"kind": t.kind, "reads": t.reads} for n, t in fs.tiers.items()},
-            "catalog": {"atime_writes": fs.catalog.atime_writes, "rows_read": fs.catalog.rows_read},
-            "open_files": len(fs.handles),
-            "restore_waiters": self.waiters,
-            "pending_atimes": len(self.atimes),
-            **fs.staging.stats(),
-            **fs.checksums.stats(),
-            "requests": dict(fs.requests),
-        }
+        return {"restore_waiters": 0, "pending_atimes": 0}
 
-    async def info(self, inode: Inode) -> dict:
-        fs = self.fs
-        inode = await fs.get(inode.ino)
-        d = {k: getattr(inode, k) for k in ("ino", "size", "atime_ns", "mtime_ns", "ctime_ns", "crtime_ns",
-                                            "tier", "location", "archive_tier", "archive_location",
-                                            "checksum", "data_version", "state_ns", "state_cause", "uid", "gid")}
-        d["state"] = str(inode.state)
-        d["events"] = [dict(time_ns=e.time_ns, from_state=e.from_state, to_state=e.to_state, cause=e.cause,
-                            detail=e.detail) for e in await fs.cat(fs.catalog.events, inode.ino, 10)]
-        d["jobs"] = [dict(id=j.id, kind=str(j.kind), state=str(j.state), attempts=j.attempts,
-                          last_error=j.last_error, target_tier=j.target_tier, cause=j.cause, created_ns=j.created_ns)
-                     for j in await fs.cat(fs.catalog.jobs, None, inode.ino, 20, newest_first=True)]
-        return d
+    async def ensure_online(self, inode: Inode, flags: int, caller) -> Inode:
+        raise errors.TierfsError(f"inode {inode.ino} is {inode.state}", err=errno.EIO)
+
+    async def drop_archived(self, inode: Inode, caller, why: str) -> Inode:
+        raise errors.TierfsError(f"inode {inode.ino} is {inode.state}", err=errno.EIO)
+
+    async def dirty_dual(self, inode: Inode) -> Inode:
+        return inode
+
+    def restore_finished(self, ino: int, full: errors.NoSpace | None = None) -> None:
+        pass
 
 
-def tier_allows(tier, caller) -> bool:
-    """allow_users / allow_groups of a tier (names or numbers); root always may."""
-    if caller.uid == 0 or (tier.allow_users is None and tier.allow_groups is None):
-        return True
-    import grp
-    import pwd
-    for u in tier.allow_users or []:
+class AtimeFlusher:
+    """The service that writes batched access times (a background service).
+
+    Pending atimes reach the catalog here, and the size and mtime of files
+    open for writing, at most once per file per atime_flush: a log a daemon
+    keeps open and appends to for months is in use, and policies must see
+    its mtime move (it reached the catalog only at close, so the catalog
+    showed it idle since it was opened). `stop` writes every pending access."""
+
+    def __init__(self, offline: Offline | NoArchive, flush_all, cfg):
+        self.offline = offline
+        self.flush_all = flush_all      # FileSystem.flush_all: cached sizes/mtimes to the catalog
+        self.cfg = cfg
+
+    async def run(self) -> None:
+        written = time.monotonic()
+        while True:
+            await trio.sleep(min(self.cfg.atime_flush, 5.0))
+            try:
+                await self.offline.flush_atimes()
+                if time.monotonic() - written >= self.cfg.atime_flush:
+                    written = time.monotonic()
+                    await self.flush_all()
+            except errors.TierfsError as e:
+                log.warning("writing access times: %s", e)
+
+    def wake(self) -> None:
+        pass
+
+    async def stop(self) -> None:
         try:
-            uid = u if isinstance(u, int) else pwd.getpwnam(u).pw_uid
-        except KeyError:
-            continue
-        if uid == caller.uid:
-            return True
-    groups = caller_groups(caller)
-    for g in tier.allow_groups or []:
-        try:
-            gid = g if isinstance(g, int) else grp.getgrnam(g).gr_gid
-        except KeyError:
-            continue
-        if gid in groups:
-            return True
-    return False
+            await self.offline.flush_atimes(force=True)
+        except errors.TierfsError as e:
+            log.error("writing access times at unmount: %s", e)

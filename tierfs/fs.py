@@ -9,9 +9,9 @@ Concurrency model (pyfuse3 runs each request as a trio task):
   catalog names cheap and local (catalog.inline_calls: the SQLite fast path),
   which run on the event loop: a thread round trip costs more than they do.
 - Between two awaits anything can happen, so read-modify-write of one inode
-  holds that inode's trio.Lock (`self.lock(ino)`); moves (jobs) take the
-  same lock for their final compare-and-swap, so an open-for-write and a
-  move's switch never interleave.
+  holds that inode's trio.Lock (`self.lock(ino)`, kept by openfiles.OpenFiles);
+  moves (jobs) take the same lock for their final compare-and-swap, so an
+  open-for-write and a move's switch never interleave.
 - Reads and writes of a local object use os.pread/os.pwrite on an fd kept
   per open inode (page-cache fast; this is the throughput path); every
   handle of an inode uses the same binding (tierfs/openfiles.py).
@@ -21,6 +21,13 @@ Concurrency model (pyfuse3 runs each request as a trio task):
   in the cache and reach the catalog on flush/fsync/release; attrcache.py
   states the two rules that keep an older catalog copy from replacing them.
   Catalog calls that return an inode go through `fetch`, which applies them.
+
+Collaborators come in at construction, typed: the offline contract
+(archive.Offline, or archive.NoArchive for a mount without archive machinery)
+and the user.tierfs.request handling (requests.Requests / NoRequests) as
+classes FileSystem instantiates with itself (they call back into it), and the
+`Events` the background services hear (services.py). tierfs/engine.py builds
+the whole engine.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ import logging
 import os
 import stat
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import trio
 
@@ -43,8 +50,17 @@ from . import errors
 from .attrcache import AttrCache
 from .checksums import Checksums
 from .catalog.base import READABLE_STATES, Catalog, DirEntry, Inode, State, now_ns
-from .openfiles import OpenObjects
+from .archive import NoArchive
+from .openfiles import Handle, InodeLock, OpenFiles, OpenObjects
+from .placement import Placer
+from .requests import NoRequests
+from .staging import Staging
+from .services import Events, NoEvents
 from .tiers.base import Tier, new_key
+
+if TYPE_CHECKING:
+    from .archive import Offline
+    from .requests import Requests
 
 log = logging.getLogger(__name__)
 
@@ -110,67 +126,55 @@ class Caller:
     umask: int = 0o022
 
 
-@dataclass
-class Handle:
-    """An open file and whether it wrote; the bytes are its inode's binding (openfiles.py)."""
+class _WritersView:
+    """`fs.writers.get(ino)` for tierfs/jobs.py until the merge moves it to fs.files.writing(ino)."""
 
-    fh: int
-    ino: int
-    flags: int
-    writable: bool
-    dirty: bool = False           # wrote since open (version already bumped, or bump_pending)
-    bump_pending: bool = False    # the version bump of this handle's writes rides on its next persist
+    def __init__(self, files: OpenFiles):
+        self.files = files
 
-
-class InodeLock:
-    """`async with fs.lock(ino)`: a trio.Lock whose uncontended acquire does
-    not yield. trio's acquire always passes through the scheduler (a round
-    of ~20-40 us here), and creating one file takes four inode locks."""
-
-    __slots__ = ("lock",)
-
-    def __init__(self):
-        self.lock = trio.Lock()
-
-    async def __aenter__(self) -> None:
-        try:
-            self.lock.acquire_nowait()
-        except trio.WouldBlock:
-            await self.lock.acquire()
-
-    async def __aexit__(self, *exc) -> None:
-        self.lock.release()
+    def get(self, ino: int, default=None):
+        return 1 if self.files.writing(ino) else default
 
 
 class FileSystem:
     """POSIX operations over a Catalog and a set of Tiers."""
 
     def __init__(self, cfg, catalog: Catalog, tiers: dict[str, Tier], session_id: str = "local",
-                 staging_dir: str | None = None):
+                 staging_dir: str | None = None, *, events: Events | None = None,
+                 offline: Callable[..., Offline | NoArchive] | None = None,
+                 requests: Callable[..., Requests | NoRequests] | None = None):
+        """`offline(fs, cache, requests)` and `requests(fs, events)` build the
+        offline contract and the request handling (default: none, archive.NoArchive
+        and requests.NoRequests); `events` hears moves, deletions and queued jobs."""
         self.cfg = cfg
         self.catalog = catalog
         self.tiers = tiers
         self.session_id = session_id
+        self.events: Events = events or NoEvents()
         self.cat_limiter = trio.CapacityLimiter(catalog.concurrency)
         self.cache_ttl = cfg.attr_timeout if catalog.shared else float("inf")
-        self.cache = AttrCache(self.cache_ttl)
-        self.lookups: dict[int, int] = {}      # kernel lookup counts
-        self.opens: dict[int, int] = {}        # open handles per inode
-        self.writers: dict[int, int] = {}      # open writable handles per inode
-        self.handles: dict[int, Handle] = {}
-        self.requests: collections.Counter[str] = collections.Counter()  # FUSE requests by operation (stats)
-        self._locks: dict[int, InodeLock] = {}
-        self._next_fh = 1
-        self.on_change: Callable[[], None] | None = None  # a move finished: wake the job runner, policies, GC
-        self.on_garbage: Callable[[], None] | None = None  # a file was deleted: wake the GC
-        # Hooks filled in by the archive machinery (tierfs/archive.py).
-        self.offline = None
-        from .placement import Placer
-        from .staging import Staging
+        self._cache = AttrCache(self.cache_ttl)
+        self._op_counts: collections.Counter[str] = collections.Counter()  # FUSE requests by operation (stats)
         self.placer = Placer(self)
-        self.staging = Staging(self, staging_dir or os.path.join(cfg.state_dir, "staging"))
-        self.objects = OpenObjects(self.staging, self.tier)  # what open files' handles read and write
-        self.checksums = Checksums(catalog, self.cat, self.compute_checksum)  # the daemon runs its backlog
+        self.staging = Staging(self, self._cache, self.events, staging_dir or os.path.join(cfg.state_dir, "staging"))
+        self.files = OpenFiles(OpenObjects(self.staging, self.tier))
+        self._objects = self.files.objects   # what open files' handles read and write
+        self.checksums = Checksums(catalog, self.cat, self.compute_checksum)  # a background service runs its backlog
+        self.requests = (requests or NoRequests)(self, self.events)
+        self.offline = (offline or NoArchive)(self, self._cache, self.requests)
+
+    # ---- for tierfs/jobs.py until the merge adapts it (files.writing, events.changed, attrs) ----
+    @property
+    def writers(self) -> "_WritersView":
+        return _WritersView(self.files)
+
+    @property
+    def cache(self) -> AttrCache:
+        return self._cache     # jobs.py: fs.cache.peek(ino) -> fs.cached(ino)
+
+    @property
+    def on_change(self) -> Callable[[], None]:
+        return self.events.changed
 
     # ---- plumbing --------------------------------------------------------
     async def cat(self, fn, *args, **kwargs):
@@ -181,15 +185,7 @@ class FileSystem:
         return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=self.cat_limiter)
 
     def lock(self, ino: int) -> InodeLock:
-        lk = self._locks.get(ino)
-        if lk is None:
-            lk = self._locks[ino] = InodeLock()
-        return lk
-
-    def _drop_lock(self, ino: int) -> None:
-        lk = self._locks.get(ino)
-        if lk is not None and not lk.lock.locked() and lk.lock.statistics().tasks_waiting == 0:
-            del self._locks[ino]
+        return self.files.lock(ino)
 
     def tier(self, name: str | None) -> Tier:
         t = self.tiers.get(name) if name else None
@@ -200,21 +196,20 @@ class FileSystem:
     def remember(self, inode: Inode, since: int | None = None) -> Inode:
         """Put a catalog copy in the cache (attrcache.AttrCache.remember);
         an open file the catalog moved follows its bytes (openfiles.py)."""
-        inode = self.cache.remember(inode, since)
-        if inode.ino in self.objects.bound:
-            self.objects.follow(inode)
+        inode = self._cache.remember(inode, since)
+        self._objects.follow(inode)
         return inode
 
     async def fetch(self, fn, *args, **kwargs) -> Inode:
         """Run a catalog call that returns an inode and cache its result; a
         content change made here while it ran is kept (attrcache.py, rule 2)."""
-        since = self.cache.seq
+        since = self._cache.seq
         return self.remember(await self.cat(fn, *args, **kwargs), since)
 
     async def invalidate(self, ino: int) -> None:
         """Tell the kernel to drop cached attributes of `ino` (after a move
         changed st_blocks or state); runs in a thread, as pyfuse3 requires."""
-        if not self.lookups.get(ino):
+        if not self.files.known(ino):
             return
         try:
             import pyfuse3
@@ -222,16 +217,20 @@ class FileSystem:
         except Exception as e:  # noqa: BLE001 - not mounted (unit tests) or the kernel forgot it
             log.debug("invalidate inode %d: %s", ino, e)
 
+    def cached(self, ino: int) -> Inode | None:
+        """The cached copy of `ino` however old, without asking the catalog (None if not cached)."""
+        return self._cache.peek(ino)
+
     async def get(self, ino: int) -> Inode:
-        inode = self.cache.fresh(ino)
+        inode = self._cache.fresh(ino)
         if inode is not None:
             return inode
         return await self.fetch(self.catalog.get, ino)
 
     def _evict(self, ino: int) -> None:
-        if not self.lookups.get(ino) and not self.opens.get(ino) and not self.cache.is_dirty(ino):
-            self.cache.evict(ino)
-            self._drop_lock(ino)
+        if not self.files.in_use(ino) and not self._cache.is_dirty(ino):
+            self._cache.evict(ino)
+            self.files.drop_lock(ino)
 
     def _check_name(self, name: bytes) -> None:
         if len(name) > NAME_MAX:
@@ -240,14 +239,14 @@ class FileSystem:
             raise errors.Invalid(f"invalid name {name!r}")
 
     def _count_lookup(self, inode: Inode, since: int | None = None) -> Inode:
-        self.lookups[inode.ino] = self.lookups.get(inode.ino, 0) + 1
+        self.files.looked_up(inode.ino)
         return self.remember(inode, since)
 
     # ---- namespace -------------------------------------------------------
     async def lookup(self, parent: int, name: bytes) -> Inode:
         if len(name) > NAME_MAX:
             raise errors.TierfsError("name too long", err=errno.ENAMETOOLONG)
-        since = self.cache.seq
+        since = self._cache.seq
         if name == b".":
             inode = await self.get(parent)
         elif name == b"..":
@@ -258,11 +257,8 @@ class FileSystem:
 
     async def forget(self, items: list[tuple[int, int]]) -> None:
         for ino, n in items:
-            left = self.lookups.get(ino, 0) - n
-            if left > 0:
-                self.lookups[ino] = left
+            if not self.files.forget(ino, n):
                 continue
-            self.lookups.pop(ino, None)
             await self._maybe_purge(ino)
             self._evict(ino)
 
@@ -272,24 +268,38 @@ class FileSystem:
         count only matters for directories, which may be a cwd); with a shared
         catalog `refresh` re-reads nlink (another mount may have unlinked it)
         and the catalog keeps it while another mount has it open."""
-        if self.opens.get(ino):
+        if self.files.is_open(ino):
             return
-        inode = self.cache.peek(ino)
+        inode = self._cache.peek(ino)
         if refresh and self.catalog.shared:
             try:
                 inode = await self.fetch(self.catalog.get, ino)
             except errors.NotFound:
-                self.cache.pop(ino)
+                self._cache.pop(ino)
                 return
         elif inode is None:
             return
-        if inode.nlink > 0 or (self.lookups.get(ino) and not inode.is_reg()):
+        if inode.nlink > 0 or (self.files.known(ino) and not inode.is_reg()):
             return
-        self.cache.forget_dirty(ino)
+        self._cache.forget_dirty(ino)
         purged = await self.cat(self.catalog.purge, ino)
-        self.cache.pop(ino)
-        if purged is not None and self.on_garbage:
-            self.on_garbage()
+        self._cache.pop(ino)
+        if purged is not None:
+            self.events.garbage()
+
+    async def purge_if_unused(self, ino: int, refresh: bool = False) -> None:
+        """A file lost its last name elsewhere (a policy deleted it): purge it
+        now, or at its last close / when the kernel forgets it."""
+        await self._maybe_purge(ino, refresh)
+
+    def known_unlinked(self, ino: int) -> bool:
+        """This mount knows `ino` has no name left (it purges it on release/forget)."""
+        inode = self._cache.peek(ino)
+        return inode is not None and inode.nlink == 0
+
+    def kernel_knows(self, ino: int) -> bool:
+        """The kernel holds a lookup on `ino` (worth invalidating its entries)."""
+        return self.files.known(ino)
 
     def _new_inode(self, parent: Inode, mode: int, caller: Caller, **kw) -> Inode:
         t = now_ns()
@@ -309,9 +319,9 @@ class FileSystem:
         return self._count_lookup(created)
 
     def _touch_parent(self, parent: int, t: int, dirs: int = 0) -> None:
-        p = self.cache.peek(parent)
+        p = self._cache.peek(parent)
         if p is not None:
-            self.cache.set(parent, mtime_ns=t, ctime_ns=t, nlink=p.nlink + dirs)
+            self._cache.set(parent, mtime_ns=t, ctime_ns=t, nlink=p.nlink + dirs)
 
     async def placement(self, parent: Inode, caller: Caller) -> Tier:
         """The online tier that new files under `parent` go to."""
@@ -364,9 +374,9 @@ class FileSystem:
 
     def _forget_name(self, inode: Inode) -> None:
         """Refresh the cached copy of an inode that just lost a name."""
-        if inode.ino in self.cache:
-            self.cache.set(inode.ino, nlink=inode.nlink, ctime_ns=inode.ctime_ns)
-        elif self.lookups.get(inode.ino) or self.opens.get(inode.ino):
+        if inode.ino in self._cache:
+            self._cache.set(inode.ino, nlink=inode.nlink, ctime_ns=inode.ctime_ns)
+        elif self.files.in_use(inode.ino):
             self.remember(inode)
 
     async def rmdir(self, parent: int, name: bytes) -> None:
@@ -386,17 +396,17 @@ class FileSystem:
             self.placer.forget()  # a moved directory inherits from its new parent
         # Directory nlinks and times changed in the catalog: drop cached parents.
         for p in {old_parent, new_parent}:
-            if p in self.cache:
+            if p in self._cache:
                 await self.fetch(self.catalog.get, p)
         if replaced is not None:
             self._forget_name(replaced)
             await self._maybe_purge(replaced.ino)
 
     async def readdir(self, ino: int, after_pos: int, batch: int = 1000) -> list[DirEntry]:
-        since = self.cache.seq
+        since = self._cache.seq
         entries = await self.cat(self.catalog.readdir, ino, after_pos, batch)
         for e in entries:  # readdirplus hands these attributes to the kernel: a file being written shows its size
-            if e.inode.ino in self.cache:
+            if e.inode.ino in self._cache:
                 e.inode = self.remember(e.inode, since)
         return entries
 
@@ -442,19 +452,18 @@ class FileSystem:
                 if "atime_ns" in changes:
                     # An explicit atime (touch -a) beats earlier accesses: the cache keeps atimes from moving
                     # backwards, and the pending batched access time must not overwrite it either.
-                    self.cache.set(ino, atime_ns=changes["atime_ns"])
-                    inode = self.cache.peek(ino)
-                    if self.offline is not None:
-                        self.offline.atimes.pop(ino, None)
+                    self._cache.set(ino, atime_ns=changes["atime_ns"])
+                    inode = self._cache.peek(ino)
+                    self.offline.forget_access(ino)
             return inode
 
     async def _store(self, ino: int, fn, changes: dict, **kw) -> Inode:
         """Write `changes` and every size/time cached ahead of the catalog
         with the catalog call `fn` (update or bump_version) in one transaction;
         the cache takes the result, keeping what changed here meanwhile."""
-        since = self.cache.seq
+        since = self._cache.seq
         # Bytes still in a staged copy: the catalog gets their size with the object (staging.py).
-        pending = None if self.staging.unuploaded(ino) else self.cache.to_persist(ino)
+        pending = None if self.staging.unuploaded(ino) else self._cache.to_persist(ino)
         values = dict(changes)
         if pending is not None:
             for k, v in pending[0].items():
@@ -462,22 +471,22 @@ class FileSystem:
         try:
             result = await self.cat(fn, ino, values, **kw)
         except errors.NotFound:
-            self.cache.forget_dirty(ino)  # purged (by another mount): nothing left to write
+            self._cache.forget_dirty(ino)  # purged (by another mount): nothing left to write
             raise
         if pending is not None:
-            since = self.cache.persisted(ino, pending[1])
+            since = self._cache.persisted(ino, pending[1])
         return self.remember(result, since)
 
     async def _truncate(self, inode: Inode, size: int, caller: Caller) -> Inode:
         if size < 0:
             raise errors.Invalid("negative size")
         if inode.state not in READABLE_STATES:
-            if size == 0 and self.offline is not None:
+            if size == 0:
                 return await self.offline.drop_archived(inode, caller, "truncate to 0")
             # setattr restored it before taking the lock; it went offline again meanwhile
             raise WentOffline(f"inode {inode.ino} went offline while truncating")
         await self._begin_write(inode.ino)
-        inode = self.cache.peek(inode.ino)
+        inode = self._cache.peek(inode.ino)
         tier = self.tier(inode.tier)
         path = tier.local_path(inode.location) if inode.location else None
         try:
@@ -490,7 +499,7 @@ class FileSystem:
         # A content change like a write: it supersedes every size a write cached before it
         # (the size those writes' flush would have persisted over this one: issue 13).
         t = now_ns()
-        self.cache.change(inode.ino, size=size, mtime_ns=t, ctime_ns=t)
+        self._cache.change(inode.ino, size=size, mtime_ns=t, ctime_ns=t)
         return await self._store(inode.ino, self.catalog.update, {})
 
     async def statfs(self) -> tuple[int, int, int]:
@@ -527,15 +536,13 @@ class FileSystem:
                                                     await self.cat(self.catalog.parent_of, inode.ino))
             where = "/" + (await self.cat(self.catalog.path_of, src)).decode(errors="replace") if src else "default_tier"
             return f"{tier} {where}".encode()
-        if self.offline is not None:
-            return await self.offline.getxattr(inode, name, caller)
-        raise errors.NoAttr()
+        return await self.requests.getxattr(inode, name, caller)
 
     async def setxattr(self, ino: int, name: bytes, value: bytes, caller: Caller,
                        create: bool = False, replace: bool = False) -> None:
         _user_namespace_only(name)
         if name.startswith(XATTR_PREFIX) and name not in STORED_XATTRS:
-            if self.offline is not None and await self.offline.setxattr(ino, name, value, caller):
+            if await self.requests.setxattr(ino, name, value, caller):
                 return
             raise errors.TierfsError(f"{name.decode(errors='replace')} is read-only", err=errno.EPERM)
         if name in STORED_XATTRS:
@@ -562,8 +569,7 @@ class FileSystem:
                                               err=errno.EPERM)
         elif name == OVERRIDE_XATTR:
             self._check_override(inode, caller)
-        elif name == PIN_XATTR and not (self.offline.may_manage(inode, caller) if self.offline is not None
-                                        else caller.uid in (0, inode.uid)):
+        elif name == PIN_XATTR and not self.requests.may_manage(inode, caller):
             log.warning("uid %d may not %s the pin of inode %d: not the owner, root or in the archivers group",
                         caller.uid, "set" if value is not None else "clear", inode.ino)
             raise errors.PermissionDenied("only the owner, root or the archivers group may pin or unpin",
@@ -587,11 +593,6 @@ class FileSystem:
             self.placer.forget()
 
     # ---- files -----------------------------------------------------------
-    def _new_fh(self) -> int:
-        fh = self._next_fh
-        self._next_fh += 1
-        return fh
-
     async def create(self, parent: int, name: bytes, mode: int, flags: int, caller: Caller) -> tuple[int, Inode]:
         p = await self.get(parent)
         tier = await self.placement(p, caller)
@@ -617,13 +618,12 @@ class FileSystem:
             if inode.is_dir():
                 raise errors.IsDir()
             if inode.state not in READABLE_STATES:
-                if writable and flags & os.O_TRUNC and self.offline is not None:
+                if writable and flags & os.O_TRUNC:
                     async with self.lock(ino):
                         inode = await self.offline.drop_archived(inode, caller, "open with O_TRUNC")
                 else:
                     inode = await self._need_online(inode, flags, caller)
-            if self.offline is not None:
-                self.offline.accessed(inode, flags)
+            self.offline.accessed(inode, flags)
             try:
                 fh = await self._open_handle(inode, flags)
             except WentOffline:
@@ -640,20 +640,15 @@ class FileSystem:
 
     async def _need_online(self, inode: Inode, flags: int, caller: Caller) -> Inode:
         """Make an offline file readable (restore), or raise TryAgain/EIO."""
-        if self.offline is None:
-            raise errors.TierfsError(f"inode {inode.ino} is {inode.state}", err=errno.EIO)
         return await self.offline.ensure_online(inode, flags, caller)
 
     async def _open_handle(self, inode: Inode, flags: int) -> int:
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY
         async with self.lock(inode.ino):
             ino = inode.ino
-            self.opens[ino] = self.opens.get(ino, 0) + 1
-            if writable:
-                self.writers[ino] = self.writers.get(ino, 0) + 1
+            first = self.files.opened(ino, writable)
             try:
-                fresh = await self._publish_open(ino, first=self.opens[ino] == 1 or
-                                                 (writable and self.writers[ino] == 1))
+                fresh = await self._publish_open(ino, first)
                 inode = fresh or await self.get(ino)
                 if inode.state not in READABLE_STATES:
                     raise WentOffline(f"inode {ino} went offline while opening")
@@ -668,20 +663,11 @@ class FileSystem:
         if not self.catalog.shared or not first:
             return None
         return await self.fetch(self.catalog.set_open, ino, self.session_id,
-                                bool(self.opens.get(ino)), bool(self.writers.get(ino)))
+                                self.files.is_open(ino), self.files.writing(ino))
 
     async def _drop_open(self, ino: int, writable: bool) -> None:
         """Undo the counts of one handle (and the catalog record when they reach 0)."""
-        self.opens[ino] = self.opens.get(ino, 1) - 1
-        last_open = not self.opens[ino]
-        if last_open:
-            del self.opens[ino]
-        last_writer = False
-        if writable:
-            self.writers[ino] = self.writers.get(ino, 1) - 1
-            last_writer = not self.writers[ino]
-            if last_writer:
-                del self.writers[ino]
+        last_open, last_writer = self.files.closed(ino, writable)
         if self.catalog.shared and (last_open or last_writer):
             try:
                 await self.cat(self.catalog.set_open, ino, self.session_id, not last_open, False)
@@ -690,29 +676,24 @@ class FileSystem:
 
     async def _attach_handle(self, inode: Inode, flags: int, writable: bool) -> int:
         """A handle on the binding of a readable file; the caller holds the lock."""
-        await self.objects.acquire(inode, writable, truncating=writable and bool(flags & os.O_TRUNC))
-        h = Handle(fh=self._new_fh(), ino=inode.ino, flags=flags, writable=writable)
-        self.handles[h.fh] = h
-        return h.fh
+        await self._objects.acquire(inode, writable, truncating=writable and bool(flags & os.O_TRUNC))
+        return self.files.add_handle(inode.ino, flags, writable).fh
 
     def handle(self, fh: int) -> Handle:
-        h = self.handles.get(fh)
-        if h is None:
-            raise errors.TierfsError(f"bad file handle {fh}", err=errno.EBADF)
-        return h
+        return self.files.handle(fh)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         h = self.handle(fh)
-        if self.offline is not None and self.offline.track_reads:
-            self.offline.accessed(self.cache.peek(h.ino), os.O_RDONLY)
-        b = self.objects.get(h.ino)
+        if self.offline.track_reads:
+            self.offline.accessed(self._cache.peek(h.ino), os.O_RDONLY)
+        b = self._objects.get(h.ino)
         if b.fd is not None:
             try:
                 return os.pread(b.fd, size, off)
             except OSError as e:  # fuse_ops logs it (one line)
                 raise errors.TierfsError(f"inode {h.ino}, {b.where}: {e.strerror}", err=e.errno or errno.EIO) from e
         if b.key is None:  # no object: a sparse file that was never written
-            inode = self.cache.peek(h.ino)
+            inode = self._cache.peek(h.ino)
             return b"\0" * max(0, min(size, inode.size - off))
         return await trio.to_thread.run_sync(b.tier.read, b.key, off, size)
 
@@ -722,7 +703,7 @@ class FileSystem:
         catalog, no checksum to clear and no archive copy to invalidate (a
         new file). Movers of this mount never switch a file open for writing,
         and the bump still happens before the handle closes (_persist_attrs)."""
-        b = self.objects.get(h.ino)
+        b = self._objects.get(h.ino)
         return (not self.catalog.shared and not b.staged and b.fd is not None and inode.state == State.ONLINE
                 and inode.checksum is None and not inode.archive_tier)
 
@@ -731,7 +712,7 @@ class FileSystem:
         move's compare-and-swap fails, and invalidate a dual file's archive copy.
         The caller holds lock(ino)."""
         inode = await self.get(ino)
-        if inode.archive_tier and inode.state in (State.DUAL, State.ARCHIVING) and self.offline is not None:
+        if inode.archive_tier and inode.state in (State.DUAL, State.ARCHIVING):
             await self.offline.dirty_dual(inode)
         await self.fetch(self.catalog.bump_version, ino, {})
 
@@ -756,17 +737,17 @@ class FileSystem:
     def _wrote(self, h: Handle, end: int) -> None:
         """After bytes changed through `h` up to offset `end`: the staged copy
         needs an upload, and size/mtime live in the cache until the next persist."""
-        if self.objects.get(h.ino).staged:
+        if self._objects.get(h.ino).staged:
             self.staging.mark_dirty(h.ino)
         t = now_ns()
-        self.cache.change(h.ino, size=max(self.cache.peek(h.ino).size, end), mtime_ns=t, ctime_ns=t)
+        self._cache.change(h.ino, size=max(self._cache.peek(h.ino).size, end), mtime_ns=t, ctime_ns=t)
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         h = self._writable(fh)
         await self._first_write(h)
         if h.flags & os.O_APPEND:
-            off = self.cache.peek(h.ino).size
-        b = self.objects.get(h.ino)
+            off = self._cache.peek(h.ino).size
+        b = self._objects.get(h.ino)
         try:
             n = os.pwrite(b.fd, buf, off)
         except OSError as e:
@@ -790,12 +771,12 @@ class FileSystem:
             raise errors.TierfsError(f"fallocate mode {mode:#x} is not supported", err=errno.EOPNOTSUPP)
         # The kernel holds the inode lock for the modes that change size or
         # bytes (as for write and truncate), so the size cannot move meanwhile.
-        size = self.cache.peek(h.ino).size
+        size = self._cache.peek(h.ino).size
         grows = not mode & FALLOC_FL_KEEP_SIZE and off + length > size
         changes = grows or (mode & FALLOC_FL_PUNCH_HOLE and off < size)
         if changes:
             await self._first_write(h)
-        b = self.objects.get(h.ino)
+        b = self._objects.get(h.ino)
         try:
             await trio.to_thread.run_sync(fallocate, b.fd, mode, off, length)
         except OSError as e:
@@ -816,8 +797,8 @@ class FileSystem:
         back from the page cache: ~0.1 ms for 256 KiB), so size, version and
         checksum go to the catalog in one transaction instead of a later
         checksum task's two; None when another path must compute it."""
-        b = self.objects.get(h.ino)
-        if (b.fd is None or b.staged or self.writers.get(h.ino) != 1 or inode.state != State.ONLINE
+        b = self._objects.get(h.ino)
+        if (b.fd is None or b.staged or not self.files.sole_writer(h.ino) or inode.state != State.ONLINE
                 or inode.size > INLINE_CHECKSUM_MAX):
             return None
         try:
@@ -833,7 +814,7 @@ class FileSystem:
         lock with h.dirty cleared first, so a concurrent write waits, then
         bumps the version again (clearing this checksum) as a first write."""
         async with self.lock(h.ino):
-            inode = self.cache.peek(h.ino)
+            inode = self._cache.peek(h.ino)
             sha = self._small_checksum(h, inode)
             if sha is None:
                 return False
@@ -857,7 +838,7 @@ class FileSystem:
         bump is pending, bump the version in the same transaction; with
         `checksum` (a close), a small file's checksum rides along too."""
         bump = h is not None and h.bump_pending
-        if (not self.cache.is_dirty(ino) and not bump) or self.staging.unuploaded(ino):
+        if (not self._cache.is_dirty(ino) and not bump) or self.staging.unuploaded(ino):
             return
         try:
             if checksum and h is not None and await self._persist_with_checksum(h):
@@ -872,14 +853,14 @@ class FileSystem:
 
     async def flush(self, fh: int) -> None:
         h = self.handle(fh)
-        if h.writable and self.objects.get(h.ino).staged:  # a reader's close must not fail for a writer's upload
+        if h.writable and self._objects.get(h.ino).staged:  # a reader's close must not fail for a writer's upload
             await self.staging.upload(h.ino)
         if h.dirty:
             await self._persist_attrs(h.ino, h, checksum=True)
 
     async def fsync(self, fh: int, datasync: bool) -> None:
         h = self.handle(fh)
-        b = self.objects.get(h.ino)
+        b = self._objects.get(h.ino)
         if b.staged:
             await self.staging.upload(h.ino)
         elif b.fd is not None and h.writable:
@@ -890,17 +871,17 @@ class FileSystem:
         await self._persist_attrs(h.ino, h)
 
     async def release(self, fh: int) -> None:
-        h = self.handles.pop(fh, None)
+        h = self.files.pop_handle(fh)
         if h is None:
             return
         try:
-            if h.writable and self.objects.get(h.ino).staged:
+            if h.writable and self._objects.get(h.ino).staged:
                 await self.staging.upload(h.ino)
             if h.dirty:
                 await self._persist_attrs(h.ino, h)
                 self.checksums.want(h.ino)
         finally:
-            self.objects.release(h.ino)
+            self._objects.release(h.ino)
             await self._drop_open(h.ino, h.writable)
             await self._maybe_purge(h.ino, refresh=True)
             self._evict(h.ino)
@@ -912,17 +893,35 @@ class FileSystem:
 
     async def flush_all(self) -> None:
         """Write every cached size/mtime to the catalog (unmount)."""
-        for ino in self.cache.dirty_inos():
+        for ino in self._cache.dirty_inos():
             try:
                 await self._persist_attrs(ino)
             except Exception as e:  # noqa: BLE001 - best effort at shutdown, logged
                 log.error("flushing attributes of inode %d: %s", ino, e)
 
+    # ---- counters ----------------------------------------------------------
+    def count_request(self, op: str) -> None:
+        """One FUSE request of kind `op` (fuse_ops.py; user.tierfs.stats shows them)."""
+        self._op_counts[op] += 1
+
+    def stats(self) -> dict:
+        """Counters of this daemon (user.tierfs.stats: tests, benchmarks and `tierfs status`)."""
+        return {
+            "session": self.session_id,
+            "tiers": {n: {"kind": t.kind, "reads": t.reads} for n, t in self.tiers.items()},
+            "catalog": {"atime_writes": self.catalog.atime_writes, "rows_read": self.catalog.rows_read},
+            "open_files": self.files.handle_count(),
+            **self.offline.stats(),
+            **self.staging.stats(),
+            **self.checksums.stats(),
+            "requests": dict(self._op_counts),
+        }
+
     # ---- checksums -------------------------------------------------------
     async def compute_checksum(self, ino: int) -> None:
         """Record the sha256 of a file's content after it was written, with a
         compare-and-swap on the content version (a later write wins)."""
-        if self.writers.get(ino):
+        if self.files.writing(ino):
             return  # still being written; the last release queues it again
         try:
             # The cache is authoritative for an unshared catalog: no catalog read.

@@ -28,7 +28,7 @@ def _guard(fn):
 
     @functools.wraps(fn)
     async def wrapper(self, *args):
-        self.fs.requests[name] += 1
+        self.fs.count_request(name)
         try:
             if faults.ACTIVE:
                 faults.bug(fn.__name__)
@@ -263,7 +263,7 @@ class Operations(pyfuse3.Operations):
         if not self.xattrs:
             raise pyfuse3.FUSEError(errno.ENOSYS)
         if not name.startswith(b"user."):
-            self.fs.requests["getxattr"] += 1
+            self.fs.count_request("getxattr")
             raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         return await self._getxattr(inode, name, ctx)
 

@@ -13,6 +13,11 @@ to 0 of an archived file), `follow` rebinds it; a release (the file becomes
 archived) keeps the old object bound: its bytes are the file's content, and
 it stays pinned. Bound objects are pinned: the garbage collector leaves them
 alone while a handle uses them.
+
+`OpenFiles` is everything this mount knows about files in use: handles, the
+open/writer counts per inode, the kernel's lookup counts, the bindings
+(`OpenObjects`) and the per-inode locks. Other modules ask it questions
+(`writing`, `in_use`, `is_pinned`, ...) instead of reading its counters.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ import logging
 import os
 from dataclasses import dataclass
 from typing import Callable
+
+import trio
 
 from . import errors
 from .catalog.base import READABLE_STATES, Inode
@@ -154,3 +161,141 @@ class OpenObjects:
         self._open(new, writable)
         self._close(b)
         b.tier, b.key, b.fd, b.fd_writable = new.tier, new.key, new.fd, new.fd_writable
+
+
+@dataclass
+class Handle:
+    """An open file and whether it wrote; the bytes are its inode's binding."""
+
+    fh: int
+    ino: int
+    flags: int
+    writable: bool
+    dirty: bool = False           # wrote since open (version already bumped, or bump_pending)
+    bump_pending: bool = False    # the version bump of this handle's writes rides on its next persist
+
+
+class InodeLock:
+    """`async with files.lock(ino)`: a trio.Lock whose uncontended acquire does
+    not yield. trio's acquire always passes through the scheduler (a round
+    of ~20-40 us here), and creating one file takes four inode locks."""
+
+    __slots__ = ("lock",)
+
+    def __init__(self):
+        self.lock = trio.Lock()
+
+    async def __aenter__(self) -> None:
+        try:
+            self.lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self.lock.acquire()
+
+    async def __aexit__(self, *exc) -> None:
+        self.lock.release()
+
+    def idle(self) -> bool:
+        return not self.lock.locked() and self.lock.statistics().tasks_waiting == 0
+
+
+class OpenFiles:
+    """Handles, open/writer/lookup counts, bindings and inode locks of one mount."""
+
+    def __init__(self, objects: OpenObjects):
+        self.objects = objects                 # what the handles read and write
+        self._handles: dict[int, Handle] = {}
+        self._opens: dict[int, int] = {}       # open handles per inode
+        self._writers: dict[int, int] = {}     # open writable handles per inode
+        self._lookups: dict[int, int] = {}     # kernel lookup counts
+        self._locks: dict[int, InodeLock] = {}
+        self._next_fh = 1
+
+    # ---- questions ---------------------------------------------------------
+    def writing(self, ino: int) -> bool:
+        """A handle of this mount has `ino` open for writing."""
+        return bool(self._writers.get(ino))
+
+    def sole_writer(self, ino: int) -> bool:
+        """Exactly one handle of this mount writes `ino`."""
+        return self._writers.get(ino) == 1
+
+    def is_open(self, ino: int) -> bool:
+        return bool(self._opens.get(ino))
+
+    def known(self, ino: int) -> bool:
+        """The kernel holds a lookup on `ino` (a name or attributes of it are cached there)."""
+        return bool(self._lookups.get(ino))
+
+    def in_use(self, ino: int) -> bool:
+        """Open here or known to the kernel."""
+        return self.is_open(ino) or self.known(ino)
+
+    def handle_count(self) -> int:
+        return len(self._handles)
+
+    def is_pinned(self, tier: str, key: str) -> bool:
+        """A handle reads or writes object `key` of `tier`: the collector must leave it."""
+        return self.objects.is_pinned(tier, key)
+
+    # ---- inode locks ---------------------------------------------------------
+    def lock(self, ino: int) -> InodeLock:
+        lk = self._locks.get(ino)
+        if lk is None:
+            lk = self._locks[ino] = InodeLock()
+        return lk
+
+    def drop_lock(self, ino: int) -> None:
+        lk = self._locks.get(ino)
+        if lk is not None and lk.idle():
+            del self._locks[ino]
+
+    # ---- kernel lookups --------------------------------------------------------
+    def looked_up(self, ino: int) -> None:
+        self._lookups[ino] = self._lookups.get(ino, 0) + 1
+
+    def forget(self, ino: int, n: int) -> bool:
+        """The kernel dropped `n` lookups; True when it holds none any more."""
+        left = self._lookups.get(ino, 0) - n
+        if left > 0:
+            self._lookups[ino] = left
+            return False
+        self._lookups.pop(ino, None)
+        return True
+
+    # ---- open counts -------------------------------------------------------------
+    def opened(self, ino: int, writable: bool) -> bool:
+        """Count one more handle; True when it is the first one, or the first writer."""
+        self._opens[ino] = self._opens.get(ino, 0) + 1
+        if writable:
+            self._writers[ino] = self._writers.get(ino, 0) + 1
+        return self._opens[ino] == 1 or (writable and self._writers[ino] == 1)
+
+    def closed(self, ino: int, writable: bool) -> tuple[bool, bool]:
+        """Count one handle fewer: (it was the last one, it was the last writer)."""
+        self._opens[ino] = self._opens.get(ino, 1) - 1
+        last_open = not self._opens[ino]
+        if last_open:
+            del self._opens[ino]
+        last_writer = False
+        if writable:
+            self._writers[ino] = self._writers.get(ino, 1) - 1
+            last_writer = not self._writers[ino]
+            if last_writer:
+                del self._writers[ino]
+        return last_open, last_writer
+
+    # ---- handles -------------------------------------------------------------------
+    def add_handle(self, ino: int, flags: int, writable: bool) -> Handle:
+        h = Handle(fh=self._next_fh, ino=ino, flags=flags, writable=writable)
+        self._next_fh += 1
+        self._handles[h.fh] = h
+        return h
+
+    def handle(self, fh: int) -> Handle:
+        h = self._handles.get(fh)
+        if h is None:
+            raise errors.TierfsError(f"bad file handle {fh}", err=errno.EBADF)
+        return h
+
+    def pop_handle(self, fh: int) -> Handle | None:
+        return self._handles.pop(fh, None)

@@ -16,7 +16,7 @@ import logging
 import time
 
 from . import errors
-from .archive import tier_allows
+from .requests import tier_allows
 from .catalog.base import ROOT_INO, Inode
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,9 @@ from dataclasses import asdict, dataclass
 import trio
 
 from . import errors, private
+from .attrcache import AttrCache
 from .catalog.base import READABLE_STATES, Changes, Inode, Transition
+from .services import Events
 from .tiers.base import CHUNK, Tier, new_key
 
 log = logging.getLogger(__name__)
@@ -64,8 +66,10 @@ class Leftover:
 
 
 class Staging:
-    def __init__(self, fs, directory: str):
+    def __init__(self, fs, cache: AttrCache, events: Events, directory: str):
         self.fs = fs
+        self.cache = cache      # the FileSystem's attribute cache (what a leftover records)
+        self.events = events    # an upload switched a file to its new object
         self.dir = directory
         self.copies: dict[int, StagedCopy] = {}
         self._wake = trio.Event()
@@ -171,8 +175,7 @@ class Staging:
         if c.failed:
             log.info("inode %d: the staged bytes are on tier %s now (%d bytes)", ino, c.tier.name, n)
             c.failed = ""
-        if fs.on_change:
-            fs.on_change()
+        self.events.changed()
 
     def release(self, ino: int) -> None:
         """Drop one user; the last one discards the copy, unless its upload
@@ -260,7 +263,7 @@ class Staging:
                     await self.upload(c.ino)
                     await self.fs.persist_attrs(c.ino)
                 except errors.TierfsError as e:
-                    inode = self.fs.cache.peek(c.ino)
+                    inode = self.cache.peek(c.ino)
                     if inode is not None:
                         keep[os.path.basename(c.path)] = asdict(Leftover(c.ino, c.tier.name, inode.data_version,
                                                                          inode.mtime_ns))

@@ -57,12 +57,11 @@ class DaemonExecutor(JobExecutor):
 
     def queued(self, job) -> None:
         self.recent.append(job.id)
-        if self.fs.offline is not None:
-            self.fs.offline.wake_jobs()
+        self.fs.events.queued()
 
     async def after_delete(self, a: Action) -> None:
         fs = self.fs
-        if a.parent and fs.lookups.get(a.parent):
+        if a.parent and fs.kernel_knows(a.parent):
             try:
                 import pyfuse3
                 pyfuse3.invalidate_entry_async(a.parent, os.fsencode(posixpath.basename(a.path)),
@@ -79,7 +78,13 @@ async def purge_when_free(fs, ino: int) -> None:
         await fs.fetch(fs.catalog.get, ino)
     except errors.NotFound:
         return
-    await fs._maybe_purge(ino)
+    await fs.purge_if_unused(ino)
+
+
+def check_policies(cfg) -> None:
+    """ConfigError naming the rule or tier unless `cfg`'s policies and watermarks are valid."""
+    parse_rules(cfg)
+    parse_watermarks(cfg)
 
 
 class PolicyScheduler:
@@ -108,8 +113,7 @@ class PolicyScheduler:
 
     def check_config(self, cfg) -> None:
         """ConfigError naming the rule or tier unless `cfg`'s policies and watermarks are valid (reload)."""
-        parse_rules(cfg)
-        parse_watermarks(cfg)
+        check_policies(cfg)
 
     def config_changed(self) -> None:
         """Rules, watermarks and timings from the live config (at start, and
@@ -140,6 +144,9 @@ class PolicyScheduler:
 
     def wake(self) -> None:
         self._wake.set()
+
+    async def stop(self) -> None:
+        pass    # nothing half done: a run's queued jobs are in the catalog
 
     async def run(self) -> None:
         self.started = self.clock.now()
@@ -286,8 +293,7 @@ class PolicyScheduler:
     async def sweep_buried(self) -> None:
         """Purge files buried by another process (`tierfs policy run`) when free."""
         for inode in await self.fs.cat(self.fs.catalog.unlinked):
-            cached = self.fs.cache.peek(inode.ino)
-            if cached is not None and cached.nlink == 0:
+            if self.fs.known_unlinked(inode.ino):
                 continue   # this mount already knows; it purges on release/forget
             if await self.fs.cat(self.fs.catalog.tombstones, inode.ino, 1):
                 await purge_when_free(self.fs, inode.ino)

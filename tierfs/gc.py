@@ -1,0 +1,86 @@
+"""The garbage collector: deletes tier objects nothing references any more
+(after an unlink, or the superseded copy of a move); a background service."""
+
+from __future__ import annotations
+
+import logging
+from typing import Awaitable, Callable
+
+import trio
+
+from . import errors, faults
+from .catalog.base import Catalog
+from .openfiles import OpenFiles
+from .tiers.base import Tier
+from .tiers.disk import in_place_key
+
+log = logging.getLogger("tierfs")
+
+#: the collector waits this long after a deletion wakes it, to batch the next ones
+GC_BATCH_S = 0.2
+#: ... and looks at the catalog's garbage at least this often
+GC_POLL_S = 2.0
+
+
+class GarbageCollector:
+    def __init__(self, catalog: Catalog, call: Callable[..., Awaitable], tiers: dict[str, Tier], files: OpenFiles):
+        self.catalog = catalog
+        self.call = call             # runs a blocking catalog call (FileSystem.cat)
+        self.tiers = tiers
+        self.files = files           # objects a handle uses are pinned: left alone
+        self._event = trio.Event()
+        self._urgent = False         # a move (not a deletion) woke the collector: no batching delay
+
+    def wake(self) -> None:
+        """A move finished: collect its garbage now (its space may be awaited)."""
+        self._urgent = True
+        self._event.set()
+
+    def deleted(self) -> None:
+        """Objects became garbage (a file was deleted): collect them in a batch."""
+        self._event.set()
+
+    async def stop(self) -> None:
+        pass
+
+    async def run(self) -> None:
+        while True:
+            self._event = trio.Event()
+            try:
+                await self.collect()
+            except errors.TierfsError as e:
+                log.warning("garbage collection: %s", e)
+            except Exception:  # noqa: BLE001 - keep the loop alive, log the bug
+                log.exception("garbage collection failed")
+            with trio.move_on_after(GC_POLL_S):
+                await self._event.wait()
+                if not self._urgent:
+                    await trio.sleep(GC_BATCH_S)  # an rm -r deletes thousands: collect them in batches
+            self._urgent = False
+
+    async def collect(self) -> int:
+        done = 0
+        while True:
+            items = await self.call(self.catalog.garbage, 200)
+            items = [g for g in items if not self.files.is_pinned(g.tier, g.key)]
+            if not items:
+                return done
+            removed = []
+            for g in items:
+                tier = self.tiers.get(g.tier)
+                if tier is None:
+                    continue  # a tier another mount has; it will collect it
+                if await self.call(self.catalog.references, g.tier, g.key):
+                    log.warning("garbage entry %s/%s is still referenced; keeping the object", g.tier, g.key)
+                elif in_place_key(g.key) and g.reason != "file deleted":
+                    # The original of an imported file (tierfs import --in-place): moving the file's bytes
+                    # elsewhere never deletes the user's own file; only deleting the file through tierfs does.
+                    log.info("keeping %s/%s, the original of an imported file (%s)", g.tier, g.key, g.reason)
+                else:
+                    faults.point("gc.before_delete")
+                    await trio.to_thread.run_sync(tier.delete, g.key)
+                removed.append(g.id)
+            if not removed:
+                return done
+            await self.call(self.catalog.remove_garbage, removed)
+            done += len(removed)
