@@ -150,8 +150,7 @@ class Engine:
 
     @property
     def jobs(self):
-        from tierfs.jobs import JobRunner
-        return next(e for e in self.daemon.extensions if isinstance(e, JobRunner))
+        return self.daemon.engine.jobs
 
     @property
     def catalog(self):
@@ -200,24 +199,11 @@ async def engine(tmp_path, **values) -> AsyncIterator[Engine]:
         cover()
         fs = daemon.fs
         # daemon._main without the signal loop and pyfuse3.main (the kernel is the test)
-        fs.on_change = daemon.wake
-        fs.on_garbage = daemon.wake_gc
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(daemon.gc_loop)
-                nursery.start_soon(fs.checksums.run)
-                nursery.start_soon(daemon.heartbeat_loop)
-                nursery.start_soon(daemon.atime_loop)
-                nursery.start_soon(fs.staging.run)
-                for ext in daemon.extensions:
-                    nursery.start_soon(ext.run)
+                daemon.engine.start(nursery)
                 yield Engine(daemon=daemon, fs=fs, clock=clock, home=home, nursery=nursery)
-                await fs.flush_all()
-                await fs.staging.shutdown()
-                await fs.offline.flush_atimes(force=True)
-                for ext in daemon.extensions:
-                    if hasattr(ext, "stop"):
-                        await ext.stop()
+                await daemon.engine.stop()
                 nursery.cancel_scope.cancel()
         finally:
             daemon.catalog.end_session(daemon.session_id, clean=True)

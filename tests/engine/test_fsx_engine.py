@@ -57,7 +57,7 @@ def test_fsx_in_process(tmp_path):
                 stats["requests"] += f.requests
                 stats["eagain"] += f.truncate_eagain
             await eng.idle()
-            await eng.daemon.collect_garbage()
+            await eng.daemon.engine.gc.collect()
             return eng.home
 
     t0 = time.monotonic()
