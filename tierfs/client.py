@@ -13,7 +13,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 
-from . import mounts
+from . import mounts, xattrs
 from .display import printable
 
 # Exit codes of the CLI (documented in the README).
@@ -59,7 +59,7 @@ def check_in_mount(path: str) -> mounts.MountInfo:
 
 def info(path: str) -> dict:
     try:
-        raw = os.getxattr(path, "user.tierfs.info", follow_symlinks=False)
+        raw = os.getxattr(path, xattrs.text(xattrs.INFO), follow_symlinks=False)
     except OSError as e:
         if e.errno in (errno.ENODATA, errno.ENOTSUP):
             st = os.lstat(path)
@@ -140,11 +140,11 @@ def walk(paths: list[str], recursive: bool, files_only: bool = True) -> Walk:
 
 
 def request(path: str, verb: str) -> None:
-    os.setxattr(path, "user.tierfs.request", verb.encode(), follow_symlinks=False)
+    os.setxattr(path, xattrs.text(xattrs.REQUEST), verb.encode(), follow_symlinks=False)
 
 
 def state(path: str) -> str:
-    return os.getxattr(path, "user.tierfs.state", follow_symlinks=False).decode()
+    return os.getxattr(path, xattrs.text(xattrs.STATE), follow_symlinks=False).decode()
 
 
 #: States in which a job is over (JobState in catalog/base.py); pending and running jobs are active.

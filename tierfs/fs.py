@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Callable
 
 import trio
 
-from . import errors
+from . import errors, xattrs
 from .attrcache import AttrCache
 from .checksums import Checksums
 from .catalog.base import READABLE_STATES, Catalog, DirEntry, Inode, State, now_ns
@@ -73,12 +73,8 @@ FALLOCATE_MODES = frozenset({0, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE | FALL
 #: Files up to this size get their checksum when their only writer closes them
 #: (in the same catalog transaction as size/mtime); larger ones in the background.
 INLINE_CHECKSUM_MAX = 256 * 1024
-XATTR_PREFIX = b"user.tierfs."
-PLACEMENT_XATTR = b"user.tierfs.placement"
-OVERRIDE_XATTR = b"user.tierfs.inactive_for"
-PIN_XATTR = b"user.tierfs.pin"
 #: user.tierfs.* attributes stored like any other (tierfs reads them: placement, policies)
-STORED_XATTRS = frozenset({PLACEMENT_XATTR, PIN_XATTR, OVERRIDE_XATTR})
+STORED_XATTRS = frozenset({xattrs.PLACEMENT, xattrs.PIN, xattrs.INACTIVE_FOR})
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -95,9 +91,9 @@ def fallocate(fd: int, mode: int, off: int, length: int) -> None:
 def validate_stored_xattr(name: bytes, value: bytes) -> None:
     """Reject values tierfs could not interpret later (EINVAL at setxattr)."""
     text = value.decode("utf-8", "replace").strip()
-    if name == PIN_XATTR and text not in ("0", "1"):
+    if name == xattrs.PIN and text not in ("0", "1"):
         raise errors.Invalid("user.tierfs.pin must be 0 or 1")
-    if name == b"user.tierfs.inactive_for":
+    if name == xattrs.INACTIVE_FOR:
         from .units import parse_duration
         try:
             parse_duration(text, "user.tierfs.inactive_for")
@@ -513,25 +509,25 @@ class FileSystem:
         return bs, total // bs, free // bs
 
     # ---- xattrs ----------------------------------------------------------
-    # user.tierfs.* names: READONLY_XATTRS are computed from the catalog entry;
+    # user.tierfs.* names (xattrs.py): the read-only ones are computed from the catalog entry;
     # user.tierfs.request is a write-only verb (archive.py); STORED_XATTRS are
     # ordinary stored attributes that tierfs itself interprets (validated here).
     async def getxattr(self, ino: int, name: bytes, caller: Caller) -> bytes:
         _user_namespace_only(name)
-        if name.startswith(XATTR_PREFIX) and name not in STORED_XATTRS:
+        if name.startswith(xattrs.PREFIX) and name not in STORED_XATTRS:
             return await self._virtual_xattr(await self.get(ino), name, caller)
         return await self.cat(self.catalog.getxattr, ino, name)
 
     async def _virtual_xattr(self, inode: Inode, name: bytes, caller: Caller) -> bytes:
-        if name == b"user.tierfs.state":
+        if name == xattrs.STATE:
             return str(inode.state).encode()
-        if name == b"user.tierfs.tier":
+        if name == xattrs.TIER:
             return (inode.tier or inode.archive_tier or "").encode()
-        if name == b"user.tierfs.checksum":
+        if name == xattrs.CHECKSUM:
             if inode.checksum is None:
                 raise errors.NoAttr("checksum not computed yet")
             return inode.checksum.encode()
-        if name == b"user.tierfs.effective_placement":
+        if name == xattrs.EFFECTIVE_PLACEMENT:
             tier, src = await self.placer.effective(inode.ino if inode.is_dir() else
                                                     await self.cat(self.catalog.parent_of, inode.ino))
             where = "/" + (await self.cat(self.catalog.path_of, src)).decode(errors="replace") if src else "default_tier"
@@ -541,14 +537,14 @@ class FileSystem:
     async def setxattr(self, ino: int, name: bytes, value: bytes, caller: Caller,
                        create: bool = False, replace: bool = False) -> None:
         _user_namespace_only(name)
-        if name.startswith(XATTR_PREFIX) and name not in STORED_XATTRS:
+        if name.startswith(xattrs.PREFIX) and name not in STORED_XATTRS:
             if await self.requests.setxattr(ino, name, value, caller):
                 return
             raise errors.TierfsError(f"{name.decode(errors='replace')} is read-only", err=errno.EPERM)
         if name in STORED_XATTRS:
             await self._check_stored(await self.get(ino), name, value, caller)
         await self.cat(self.catalog.setxattr, ino, name, value, create=create, replace=replace)
-        if name == PLACEMENT_XATTR:
+        if name == xattrs.PLACEMENT:
             self.placer.forget()
 
     async def listxattr(self, ino: int) -> list[bytes]:
@@ -559,17 +555,17 @@ class FileSystem:
         interprets, and which values it takes: write permission on the file is not
         enough, since each exempts or steers it (a pin exempts it from every policy,
         compliance deletion included)."""
-        if value is not None and name != PLACEMENT_XATTR:
+        if value is not None and name != xattrs.PLACEMENT:
             validate_stored_xattr(name, value)
-        if name == PLACEMENT_XATTR:
+        if name == xattrs.PLACEMENT:
             if value is not None:
                 await self.placer.validate(inode, value, caller)
             elif caller.uid not in (0, inode.uid):
                 raise errors.PermissionDenied("only the directory's owner or root may clear its placement",
                                               err=errno.EPERM)
-        elif name == OVERRIDE_XATTR:
+        elif name == xattrs.INACTIVE_FOR:
             self._check_override(inode, caller)
-        elif name == PIN_XATTR and not self.requests.may_manage(inode, caller):
+        elif name == xattrs.PIN and not self.requests.may_manage(inode, caller):
             log.warning("uid %d may not %s the pin of inode %d: not the owner, root or in the archivers group",
                         caller.uid, "set" if value is not None else "clear", inode.ino)
             raise errors.PermissionDenied("only the owner, root or the archivers group may pin or unpin",
@@ -584,12 +580,12 @@ class FileSystem:
 
     async def removexattr(self, ino: int, name: bytes, caller: Caller | None = None) -> None:
         _user_namespace_only(name)
-        if name.startswith(XATTR_PREFIX) and name not in STORED_XATTRS:
+        if name.startswith(xattrs.PREFIX) and name not in STORED_XATTRS:
             raise errors.TierfsError(f"{name.decode(errors='replace')} is read-only", err=errno.EPERM)
         if name in STORED_XATTRS:
             await self._check_stored(await self.get(ino), name, None, caller or Caller())
         await self.cat(self.catalog.removexattr, ino, name)
-        if name == PLACEMENT_XATTR:
+        if name == xattrs.PLACEMENT:
             self.placer.forget()
 
     # ---- files -----------------------------------------------------------

@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import errors
+from . import errors, xattrs
 from .catalog.base import Catalog, Inode, State, now_ns
 from .tiers.disk import in_place_key
 
@@ -557,13 +557,13 @@ class CopyImport:
 
     def _place(self, target: bytes) -> None:
         try:
-            where = os.getxattr(target, "user.tierfs.tier").decode()
+            where = os.getxattr(target, xattrs.text(xattrs.TIER)).decode()
         except OSError:
             where = ""
         if where == self.tier:
             return
         verb = f"archive to={self.tier}" if self.tier_is_archive else f"migrate to={self.tier}"
-        os.setxattr(target, "user.tierfs.request", verb.encode())
+        os.setxattr(target, xattrs.text(xattrs.REQUEST), verb.encode())
         self.summary.queued += 1
 
     def _verify(self) -> None:
@@ -574,7 +574,7 @@ class CopyImport:
             later = []
             for path, sha in todo:
                 try:
-                    got = os.getxattr(path, "user.tierfs.checksum").decode()
+                    got = os.getxattr(path, xattrs.text(xattrs.CHECKSUM)).decode()
                 except OSError as e:
                     if e.errno != errno.ENODATA:
                         self.walk.error(path, e)

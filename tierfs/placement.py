@@ -15,13 +15,12 @@ from __future__ import annotations
 import logging
 import time
 
-from . import errors
+from . import errors, xattrs
 from .requests import tier_allows
 from .catalog.base import ROOT_INO, Inode
 
 log = logging.getLogger(__name__)
 
-XATTR = b"user.tierfs.placement"
 
 
 class Placer:
@@ -34,7 +33,7 @@ class Placer:
 
     async def _own(self, ino: int) -> str | None:
         try:
-            return (await self.fs.cat(self.fs.catalog.getxattr, ino, XATTR)).decode()
+            return (await self.fs.cat(self.fs.catalog.getxattr, ino, xattrs.PLACEMENT)).decode()
         except errors.NoAttr:
             return None
 

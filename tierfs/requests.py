@@ -19,7 +19,7 @@ import logging
 import stat
 from typing import TYPE_CHECKING
 
-from . import errors
+from . import errors, xattrs
 from .catalog.base import READABLE_STATES, Inode, JobKind, JobState, State
 from .services import Events
 
@@ -28,9 +28,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-REQUEST_XATTR = b"user.tierfs.request"
-INFO_XATTR = b"user.tierfs.info"
-STATS_XATTR = b"user.tierfs.stats"
 
 
 def caller_groups(caller) -> set[int]:
@@ -112,7 +109,7 @@ class Requests:
         return bool(inode.mode & stat.S_IROTH)
 
     async def setxattr(self, ino: int, name: bytes, value: bytes, caller) -> bool:
-        if name != REQUEST_XATTR:
+        if name != xattrs.REQUEST:
             return False
         try:
             verb, opts = parse_request(value)
@@ -206,9 +203,9 @@ class Requests:
 
     # ---- info ----------------------------------------------------------------
     async def getxattr(self, inode: Inode, name: bytes, caller) -> bytes:
-        if name == INFO_XATTR:
+        if name == xattrs.INFO:
             return json.dumps(await self.info(inode)).encode()
-        if name == STATS_XATTR:
+        if name == xattrs.STATS:
             return json.dumps(self.fs.stats()).encode()
         raise errors.NoAttr()
 

@@ -16,7 +16,7 @@ import time
 
 import click
 
-from .. import client, errors, mounts
+from .. import client, errors, mounts, xattrs
 from ..catalog.base import ROOT_INO, FileQuery, State
 from ..client import CliError
 from ..display import echo, name_fields, printable
@@ -129,7 +129,7 @@ def _pending_uploads(mountpoint: str) -> dict:
     """Files whose written bytes wait in the daemon's staging area for their
     tier (an upload failed): only the daemon knows, through its stats."""
     try:
-        st = json.loads(os.getxattr(mountpoint, "user.tierfs.stats"))
+        st = json.loads(os.getxattr(mountpoint, xattrs.text(xattrs.STATS)))
     except (OSError, ValueError):
         return {}
     return {k: st[k] for k in ("pending_uploads", "pending_upload_bytes") if k in st}

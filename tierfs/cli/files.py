@@ -18,7 +18,7 @@ import time
 
 import click
 
-from .. import client, errors
+from .. import client, errors, xattrs
 from ..client import CliError
 from ..display import echo, name_fields, printable
 from ..units import fmt_size
@@ -149,7 +149,7 @@ def _check_tier_option(verb: str, name: str, mountpoint: str) -> None:
     instead of an EINVAL per file). The daemon checks again; a mount without
     xattrs cannot be asked, and is left to it."""
     try:
-        kinds = {n: t["kind"] for n, t in json.loads(os.getxattr(mountpoint, "user.tierfs.stats"))["tiers"].items()}
+        kinds = {n: t["kind"] for n, t in json.loads(os.getxattr(mountpoint, xattrs.text(xattrs.STATS)))["tiers"].items()}
     except (OSError, ValueError, KeyError):
         return
     from ..tiers import tier_class
@@ -327,13 +327,13 @@ def place(directory, tier, clear):
     try:
         if clear:
             try:
-                os.removexattr(directory, "user.tierfs.placement")
+                os.removexattr(directory, xattrs.text(xattrs.PLACEMENT))
             except OSError as e:
                 if e.errno != errno.ENODATA:
                     raise
         elif tier:
-            os.setxattr(directory, "user.tierfs.placement", tier.encode())
-        value = os.getxattr(directory, "user.tierfs.effective_placement").decode()
+            os.setxattr(directory, xattrs.text(xattrs.PLACEMENT), tier.encode())
+        value = os.getxattr(directory, xattrs.text(xattrs.EFFECTIVE_PLACEMENT)).decode()
     except OSError as e:
         err = client.os_error(directory, e, "placement")
         if e.errno == errno.EINVAL and tier:

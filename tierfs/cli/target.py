@@ -23,7 +23,7 @@ import os
 import stat
 from dataclasses import dataclass
 
-from .. import client, config as config_mod, mounts, runtime
+from .. import client, config as config_mod, mounts, runtime, xattrs
 from ..catalog.base import SCHEMA_VERSION
 from ..client import CliError
 from ..redact import redact_url
@@ -78,7 +78,7 @@ def target_of(m: mounts.MountInfo, config_path: str | None) -> Target:
         cfg, how, rec = mount_config(m)
     session = rec.session if rec else None
     try:
-        session = json.loads(os.getxattr(m.mountpoint, "user.tierfs.stats")).get("session")
+        session = json.loads(os.getxattr(m.mountpoint, xattrs.text(xattrs.STATS))).get("session")
     except (OSError, ValueError):
         pass  # xattrs = false: the runtime file's word (or nothing) to check against
     return Target(m.mountpoint, cfg, how, rec.pid if rec else None, session)

@@ -25,14 +25,12 @@ import posixpath
 import re
 from dataclasses import dataclass, field
 
-from .. import errors
+from .. import errors, xattrs
 from ..catalog.base import ACTIVE_JOB_STATES, ROOT_INO, FileQuery, Inode, State
 from ..units import duration_value
 from .criteria import CRITERIA, FIELD_CHECKS, Inactivity, size_text  # noqa: F401 - size_text: for the CLI
 from .rules import Rule
 
-PIN_XATTR = b"user.tierfs.pin"
-OVERRIDE_XATTR = b"user.tierfs.inactive_for"
 #: states a file must be in for each action to apply
 ACTION_STATES = {
     "archive": (State.ONLINE, State.DUAL),
@@ -137,7 +135,7 @@ class Lookups:
     def __init__(self, cat, catalog, rules: list[Rule]):
         self.cat = cat
         self.catalog = catalog
-        self.names = {PIN_XATTR, OVERRIDE_XATTR}
+        self.names = {xattrs.PIN, xattrs.INACTIVE_FOR}
         for r in rules:
             self.names.update(r.xattrs)
         self.dirs: dict[int, DirFacts] = {}
@@ -277,8 +275,8 @@ class Matcher:
         path, parent, d, own = f.path, f.parent, f.dir, f.own
         if f.skip:
             return f.skip, [], path, parent
-        pin = own.get(PIN_XATTR)
-        if is_pinned(pin) or (pin is None and is_pinned((d.inherited(PIN_XATTR) or (None,))[0])):
+        pin = own.get(xattrs.PIN)
+        if is_pinned(pin) or (pin is None and is_pinned((d.inherited(xattrs.PIN) or (None,))[0])):
             return "pinned", [], path, parent
         matched = []
         for c in CRITERIA:
@@ -289,7 +287,7 @@ class Matcher:
                 matched += got
         inactive, override_from = r.inactive_for, None
         if r.allow_user_override:
-            found = d.inherited(OVERRIDE_XATTR)
+            found = d.inherited(xattrs.INACTIVE_FOR)
             if found is not None:
                 try:
                     wanted = duration_value(found[0].decode(errors="replace").strip())

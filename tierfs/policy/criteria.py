@@ -34,7 +34,7 @@ import pwd
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from .. import errors
+from .. import errors, xattrs
 from ..units import duration_value, fmt_duration, fmt_size
 
 if TYPE_CHECKING:
@@ -222,7 +222,7 @@ def _parse_xattr(t: "PolicyTable", rule: "Rule", cx: Context) -> None:
         raise errors.ConfigError(f"{cx.key('xattr')}: expected a table like {{ \"user.classification\" = "
                                  f"\"internal\" }}, got {x!r}")
     for n, v in x.items():
-        if not n.startswith("user.") or n.startswith("user.tierfs."):
+        if not n.startswith("user.") or n.startswith(xattrs.text(xattrs.PREFIX)):
             raise errors.ConfigError(f"{cx.key('xattr')}: {n!r}: only user.* attributes (not user.tierfs.*) "
                                      "can be matched")
         vals = v if isinstance(v, list) else [v]
