@@ -25,7 +25,7 @@ import logging
 from typing import BinaryIO, Iterator
 
 from .. import errors
-from .base import CHUNK, Tier, retry_call
+from .base import Tier, copy_stream, retry_call
 
 log = logging.getLogger(__name__)
 
@@ -125,14 +125,8 @@ class GridFSTier(Tier):
     def put(self, key: str, src: BinaryIO) -> int:
         def upload():
             gin = self.bucket.open_upload_stream(key)
-            n = 0
             try:
-                while True:
-                    b = src.read(CHUNK * 4)
-                    if not b:
-                        break
-                    gin.write(b)
-                    n += len(b)
+                n = copy_stream(src, gin.write)
                 gin.close()     # inserts the files document: the revision becomes visible
             except BaseException:
                 try:

@@ -48,7 +48,7 @@ from typing import BinaryIO, Iterator
 
 from .. import errors
 from ..units import parse_duration, parse_size
-from .base import CHUNK, Tier, retry_call, sha256_stream
+from .base import CHUNK, Tier, copy_stream, retry_call, sha256_stream
 
 log = logging.getLogger(__name__)
 
@@ -542,10 +542,9 @@ class _ObjectReader(io.RawIOBase):
 
     def read(self, n: int = -1) -> bytes:
         if n is None or n < 0:   # in pieces, so a broken stream resumes where it broke
-            pieces = []
-            while piece := self.read(CHUNK * 8):
-                pieces.append(piece)
-            return b"".join(pieces)
+            out = bytearray()
+            copy_stream(self, out.extend, CHUNK * 8)
+            return bytes(out)
         while True:
             try:
                 data = self.body.read(n)
@@ -703,11 +702,7 @@ class _Windows:
 def _read_full(src: BinaryIO, n: int) -> bytes:
     """Up to n bytes from src (fewer only at its end)."""
     buf = bytearray()
-    while len(buf) < n:
-        b = src.read(min(n - len(buf), CHUNK * 4))
-        if not b:
-            break
-        buf += b
+    copy_stream(src, buf.extend, limit=n)
     return bytes(buf)
 
 
@@ -719,12 +714,9 @@ def _parts(first: bytes, src: BinaryIO, chunksize: int) -> Iterator[bytes]:
     n = 0
     while True:
         want = min(MAX_PART, chunksize << (n // PARTS_PER_DOUBLING))
-        while len(buf) < want and not eof:
-            b = src.read(min(want - len(buf), CHUNK * 4))
-            if b:
-                buf += b
-            else:
-                eof = True
+        if len(buf) < want and not eof:
+            need = want - len(buf)
+            eof = copy_stream(src, buf.extend, limit=need) < need
         if not buf:
             return
         part = bytes(buf[:want])
