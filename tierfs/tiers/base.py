@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 import hashlib
+import io
 import logging
 import time
 import uuid
@@ -146,7 +147,20 @@ class Tier(abc.ABC):
             raise errors.TierUnavailable(str(e)) from None
 
 
-class HashingReader:
+class RawReader(io.RawIOBase):
+    """A read-only stream defined by its read(n); readinto() follows from it
+    (io.BufferedReader and shutil call readinto)."""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        b = self.read(len(buf))
+        buf[: len(b)] = b
+        return len(b)
+
+
+class HashingReader(RawReader):
     """Wraps a binary stream and computes the sha256 and length of what passes."""
 
     def __init__(self, raw: BinaryIO):
@@ -159,11 +173,6 @@ class HashingReader:
         self.sha.update(b)
         self.nbytes += len(b)
         return b
-
-    def readinto(self, buf) -> int:
-        b = self.read(len(buf))
-        buf[: len(b)] = b
-        return len(b)
 
     def hexdigest(self) -> str:
         return self.sha.hexdigest()

@@ -20,12 +20,11 @@ uploadDate) and `<bucket>.chunks` documents hold (files_id, n, data).
 
 from __future__ import annotations
 
-import io
 import logging
 from typing import BinaryIO, Iterator
 
 from .. import errors
-from .base import Tier, copy_stream, retry_call
+from .base import RawReader, Tier, copy_stream, retry_call
 
 log = logging.getLogger(__name__)
 
@@ -202,14 +201,11 @@ class GridFSTier(Tier):
                 yield last
 
 
-class _Reader(io.RawIOBase):
+class _Reader(RawReader):
     """A whole-object stream over a GridOut that maps driver errors."""
 
     def __init__(self, tier: GridFSTier, gout, key: str):
         self.tier, self.gout, self.key = tier, gout, key
-
-    def readable(self) -> bool:
-        return True
 
     def read(self, n: int = -1) -> bytes:
         from pymongo.errors import PyMongoError
@@ -220,11 +216,6 @@ class _Reader(io.RawIOBase):
             raise errors.TierfsError(f"tier {self.tier.name}: object {self.key} is corrupt: {e}") from e
         except PyMongoError as e:
             raise errors.TierUnavailable(f"tier {self.tier.name} ({self.tier.safe_url}): read {self.key}: {e}") from e
-
-    def readinto(self, buf) -> int:
-        b = self.read(len(buf))
-        buf[: len(b)] = b
-        return len(b)
 
     def close(self) -> None:
         try:

@@ -48,7 +48,7 @@ from typing import BinaryIO, Iterator
 
 from .. import errors
 from ..units import parse_duration, parse_size
-from .base import CHUNK, Tier, copy_stream, retry_call, sha256_stream
+from .base import CHUNK, RawReader, Tier, copy_stream, retry_call, sha256_stream
 
 log = logging.getLogger(__name__)
 
@@ -524,7 +524,7 @@ class S3ArchiveTier(S3Tier):
             log.info("tier %s: restore of %s requested (%s, %d days)", self.name, key, tier, self.restore_days)
 
 
-class _ObjectReader(io.RawIOBase):
+class _ObjectReader(RawReader):
     """The body of a GET as a stream; a connection that breaks mid-way is
     resumed with a ranged GET pinned to the same ETag (bounded attempts)."""
 
@@ -536,9 +536,6 @@ class _ObjectReader(io.RawIOBase):
         self.length = int(resp.get("ContentLength") or 0)
         self.pos = 0
         self.resumes = 0
-
-    def readable(self) -> bool:
-        return True
 
     def read(self, n: int = -1) -> bytes:
         if n is None or n < 0:   # in pieces, so a broken stream resumes where it broke
@@ -561,11 +558,6 @@ class _ObjectReader(io.RawIOBase):
 
     def readall(self) -> bytes:
         return self.read(-1)
-
-    def readinto(self, buf) -> int:
-        data = self.read(len(buf))
-        buf[: len(data)] = data
-        return len(data)
 
     def _resume(self, why: BaseException) -> None:
         self.resumes += 1
