@@ -122,16 +122,6 @@ class Caller:
     umask: int = 0o022
 
 
-class _WritersView:
-    """`fs.writers.get(ino)` for tierfs/jobs.py until the merge moves it to fs.files.writing(ino)."""
-
-    def __init__(self, files: OpenFiles):
-        self.files = files
-
-    def get(self, ino: int, default=None):
-        return 1 if self.files.writing(ino) else default
-
-
 class FileSystem:
     """POSIX operations over a Catalog and a set of Tiers."""
 
@@ -158,19 +148,6 @@ class FileSystem:
         self.checksums = Checksums(catalog, self.cat, self.compute_checksum)  # a background service runs its backlog
         self.requests = (requests or NoRequests)(self, self.events)
         self.offline = (offline or NoArchive)(self, self._cache, self.requests)
-
-    # ---- for tierfs/jobs.py until the merge adapts it (files.writing, events.changed, attrs) ----
-    @property
-    def writers(self) -> "_WritersView":
-        return _WritersView(self.files)
-
-    @property
-    def cache(self) -> AttrCache:
-        return self._cache     # jobs.py: fs.cache.peek(ino) -> fs.cached(ino)
-
-    @property
-    def on_change(self) -> Callable[[], None]:
-        return self.events.changed
 
     # ---- plumbing --------------------------------------------------------
     async def cat(self, fn, *args, **kwargs):

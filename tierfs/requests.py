@@ -159,7 +159,7 @@ class Requests:
                                         cause=cause)
         elif verb == "release":
             if inode.state == State.DUAL:
-                from .jobs import release_now
+                from .moves import release_now
                 await release_now(fs, inode, cause)
             elif inode.state not in (State.ARCHIVED, State.RESTORING):
                 raise errors.Invalid(f"inode {inode.ino} is {inode.state}, not dual: archive it first")

@@ -22,7 +22,6 @@ the copytool wrote is made 0600 before it is used); tierfs/private.py.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -34,7 +33,7 @@ from typing import BinaryIO, Iterator
 
 from .. import errors, private
 from ..settings import CommandTable
-from .base import CHUNK, Tier
+from .base import HashingReader, Tier, copy_stream
 
 log = logging.getLogger(__name__)
 
@@ -88,16 +87,9 @@ class CommandTier(Tier):
 
     def put(self, key: str, src: BinaryIO) -> int:
         out = os.path.join(self.staging, "out", key)
-        h = hashlib.sha256()
-        n = 0
+        h = HashingReader(src)
         with self._create(out) as f:
-            while True:
-                b = src.read(CHUNK * 4)
-                if not b:
-                    break
-                f.write(b)
-                h.update(b)
-                n += len(b)
+            n = copy_stream(h, f.write)
         try:
             self._run("archive_command", key=key, path=out, size=n, sha256=h.hexdigest())
         finally:

@@ -19,7 +19,7 @@ from typing import BinaryIO, Iterator
 
 from .. import errors, private
 from ..settings import DiskTable
-from .base import CHUNK, Tier, sha256_stream
+from .base import Tier, copy_stream, sha256_stream
 
 TMP_PREFIX = ".tierfs-put-"   # temp files of atomic puts (cleanup_tmp removes only these)
 
@@ -105,17 +105,11 @@ class DiskTier(Tier):
     def put(self, key: str, src: BinaryIO) -> int:
         path = self._path(key)
         tmp = os.path.join(self.tmpdir, f"{TMP_PREFIX}{os.path.basename(key)}.{uuid.uuid4().hex[:8]}")
-        n = 0
         self._available()
         try:
             private.makedirs(os.path.dirname(path))
             with os.fdopen(private.create(tmp), "wb") as f:  # 0600 from the start: rename keeps the mode
-                while True:
-                    b = src.read(CHUNK * 4)
-                    if not b:
-                        break
-                    f.write(b)
-                    n += len(b)
+                n = copy_stream(src, f.write)
                 f.flush()
                 os.fsync(f.fileno())
             os.rename(tmp, path)

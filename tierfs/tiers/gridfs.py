@@ -20,13 +20,12 @@ uploadDate) and `<bucket>.chunks` documents hold (files_id, n, data).
 
 from __future__ import annotations
 
-import io
 import logging
 from typing import BinaryIO, Iterator
 
 from .. import errors
 from ..settings import GridFSTable
-from .base import CHUNK, Tier, retry_call
+from .base import RawReader, Tier, copy_stream, retry_call
 
 log = logging.getLogger(__name__)
 
@@ -119,14 +118,8 @@ class GridFSTier(Tier):
     def put(self, key: str, src: BinaryIO) -> int:
         def upload():
             gin = self.bucket.open_upload_stream(key)
-            n = 0
             try:
-                while True:
-                    b = src.read(CHUNK * 4)
-                    if not b:
-                        break
-                    gin.write(b)
-                    n += len(b)
+                n = copy_stream(src, gin.write)
                 gin.close()     # inserts the files document: the revision becomes visible
             except BaseException:
                 try:
@@ -202,14 +195,11 @@ class GridFSTier(Tier):
                 yield last
 
 
-class _Reader(io.RawIOBase):
+class _Reader(RawReader):
     """A whole-object stream over a GridOut that maps driver errors."""
 
     def __init__(self, tier: GridFSTier, gout, key: str):
         self.tier, self.gout, self.key = tier, gout, key
-
-    def readable(self) -> bool:
-        return True
 
     def read(self, n: int = -1) -> bytes:
         from pymongo.errors import PyMongoError
@@ -220,11 +210,6 @@ class _Reader(io.RawIOBase):
             raise errors.TierfsError(f"tier {self.tier.name}: object {self.key} is corrupt: {e}") from e
         except PyMongoError as e:
             raise errors.TierUnavailable(f"tier {self.tier.name} ({self.tier.safe_url}): read {self.key}: {e}") from e
-
-    def readinto(self, buf) -> int:
-        b = self.read(len(buf))
-        buf[: len(b)] = b
-        return len(b)
 
     def close(self) -> None:
         try:

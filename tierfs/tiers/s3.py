@@ -48,7 +48,7 @@ from typing import BinaryIO, Iterator
 
 from .. import errors
 from ..settings import MAX_PART, MIN_PART, S3_ARCHIVE_CLASSES as ARCHIVE_CLASSES, S3ArchiveTable, S3Table
-from .base import CHUNK, Tier, retry_call, sha256_stream
+from .base import CHUNK, RawReader, Tier, copy_stream, retry_call, sha256_stream
 
 log = logging.getLogger(__name__)
 
@@ -465,7 +465,7 @@ class S3ArchiveTier(S3Tier):
             log.info("tier %s: restore of %s requested (%s, %d days)", self.name, key, tier, self.restore_days)
 
 
-class _ObjectReader(io.RawIOBase):
+class _ObjectReader(RawReader):
     """The body of a GET as a stream; a connection that breaks mid-way is
     resumed with a ranged GET pinned to the same ETag (bounded attempts)."""
 
@@ -478,15 +478,11 @@ class _ObjectReader(io.RawIOBase):
         self.pos = 0
         self.resumes = 0
 
-    def readable(self) -> bool:
-        return True
-
     def read(self, n: int = -1) -> bytes:
         if n is None or n < 0:   # in pieces, so a broken stream resumes where it broke
-            pieces = []
-            while piece := self.read(CHUNK * 8):
-                pieces.append(piece)
-            return b"".join(pieces)
+            out = bytearray()
+            copy_stream(self, out.extend, CHUNK * 8)
+            return bytes(out)
         while True:
             try:
                 data = self.body.read(n)
@@ -503,11 +499,6 @@ class _ObjectReader(io.RawIOBase):
 
     def readall(self) -> bytes:
         return self.read(-1)
-
-    def readinto(self, buf) -> int:
-        data = self.read(len(buf))
-        buf[: len(data)] = data
-        return len(data)
 
     def _resume(self, why: BaseException) -> None:
         self.resumes += 1
@@ -644,11 +635,7 @@ class _Windows:
 def _read_full(src: BinaryIO, n: int) -> bytes:
     """Up to n bytes from src (fewer only at its end)."""
     buf = bytearray()
-    while len(buf) < n:
-        b = src.read(min(n - len(buf), CHUNK * 4))
-        if not b:
-            break
-        buf += b
+    copy_stream(src, buf.extend, limit=n)
     return bytes(buf)
 
 
@@ -660,12 +647,9 @@ def _parts(first: bytes, src: BinaryIO, chunksize: int) -> Iterator[bytes]:
     n = 0
     while True:
         want = min(MAX_PART, chunksize << (n // PARTS_PER_DOUBLING))
-        while len(buf) < want and not eof:
-            b = src.read(min(want - len(buf), CHUNK * 4))
-            if b:
-                buf += b
-            else:
-                eof = True
+        if len(buf) < want and not eof:
+            need = want - len(buf)
+            eof = copy_stream(src, buf.extend, limit=need) < need
         if not buf:
             return
         part = bytes(buf[:want])

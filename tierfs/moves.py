@@ -1,0 +1,382 @@
+"""The crash-safe move protocol: archive, restore and migrate as one skeleton.
+
+Every move (archive, restore, migrate) is:
+  1. mark: compare-and-swap the file's state (online -> archiving,
+     archived -> restoring) on its content version; migrate marks nothing;
+  2. record the destination key in the job *before* writing it, so a crash
+     can clean it up;
+  3. copy the source object to a fresh key on the destination, hashing it;
+  4. verify: read the destination back (or let the tier verify) and compare
+     the sha256 with the source's and with the recorded checksum;
+  5. switch: one Catalog.switch(Transition), a compare-and-swap on the
+     content version, points the file at the new copy and puts the
+     superseded object in `garbage`;
+  6. the garbage collector deletes the superseded object later.
+A crash at any step leaves the file readable from the old location or the
+new one; re-running the job is safe (steps are idempotent). A write during
+the copy bumps the content version, so the switch fails and the job retries.
+Fault points (tierfs/faults.py) sit between the steps.
+
+Step 1 and what comes before it differ per kind (Mover.archive / restore /
+migrate); each returns a `Move`, which holds every difference of steps 2-5,
+and Mover.move runs those steps once for all three. A release and the crash
+recovery are single switches (release_now, Mover.recover).
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import trio
+
+from . import errors, faults
+from .catalog.base import (READABLE_STATES, Changes, FileQuery, Inode, Job, JobKind, JobState, State, Transition,
+                           now_ns)
+from .tiers.base import HashingReader, Tier, new_key
+from .units import fmt_size
+
+log = logging.getLogger(__name__)
+
+BUSY_RETRY_S = 2.0       # file open for writing: try the move again soon
+
+
+class Retry(Exception):
+    """Put the job back in the queue (not a failure of the job itself)."""
+
+    def __init__(self, msg: str, delay: float, count: bool = True):
+        super().__init__(msg)
+        self.delay = delay
+        self.count = count  # counts towards job_max_attempts
+
+
+def settled(inode: Inode) -> State:
+    """The stable state a file left in a move's in-between state returns to
+    when the move stops: archiving -> online (dual when it kept an older
+    archive copy), restoring -> archived."""
+    if inode.state == State.RESTORING:
+        return State.ARCHIVED
+    return State.DUAL if inode.archive_tier else State.ONLINE
+
+
+@dataclass(frozen=True)
+class Move:
+    """One copy of a file's bytes to another tier, and its commit: what
+    archive, restore and migrate do differently in the steps they share."""
+    inode: Inode                  # as of the mark (the commit expects its data_version)
+    src: Tier
+    src_key: str | None           # None: a file never written on a remote tier (its content is empty)
+    dst: Tier
+    changes: Callable[[str, int, str], Changes]   # (sha256, bytes, destination key) -> what the commit changes
+    garbage: tuple[tuple[str, str], ...] = ()     # objects the commit leaves unreferenced (empty entries dropped)
+    #: the in-between state the move set (archiving, restoring): the commit expects it and a stopped move
+    #: settles the file back from it (settled()); None (migrate): the commit expects the state as read
+    marked: State | None = None
+    #: the commit needs the file closed for writing, on every mount; a restore does not: an opener waits for it
+    exclusive: bool = True
+    #: a content change during the copy makes the copy stale: copy again; a restore's copy is simply not
+    #: needed then (the file was truncated or rewritten: its bytes no longer come from the archive)
+    conflict_retries: bool = True
+    #: the source is the file's only copy: missing or corrupt, the file is lost (restore)
+    only_copy: bool = False
+
+    @property
+    def expect(self) -> State:
+        return self.marked or self.inode.state
+
+
+async def release_now(fs, inode: Inode, cause: str) -> Inode:
+    """Drop the online copy of a dual file (instant: one catalog switch)."""
+    async with fs.lock(inode.ino):
+        inode = await fs.get(inode.ino)
+        if inode.state != State.DUAL:
+            return inode
+        if fs.files.writing(inode.ino):
+            raise errors.TierfsError(f"inode {inode.ino} is open for writing: its online copy is in use",
+                                     err=errno.EBUSY)
+        faults.point("release.before_switch")
+        new = await fs.fetch(fs.catalog.switch, Transition(
+            inode.ino, inode.data_version, (State.DUAL,), Changes(state=State.ARCHIVED, tier=None, location=None),
+            cause, f"online copy on {inode.tier} released", garbage=((inode.tier, inode.location),),
+            no_writers_except=fs.session_id))
+    await fs.invalidate(inode.ino)
+    log.info("released inode %d: online copy on %s dropped, archive copy on %s (%s)",
+             inode.ino, inode.tier, inode.archive_tier, cause)
+    _wake(fs)
+    return new
+
+
+def _wake(fs) -> None:
+    """A move finished: its garbage, the jobs and the policies may go on (the daemon's wake)."""
+    fs.events.changed()
+
+
+class Mover:
+    """Runs one job's move (archive, restore, migrate, release) and the crash
+    recovery of files left mid-move; the job runner (jobs.py) decides when."""
+
+    def __init__(self, fs, cfg):
+        self.fs = fs
+        self.cfg = cfg
+
+    async def run(self, job: Job) -> None:
+        fs = self.fs
+        try:
+            inode = await fs.fetch(fs.catalog.get, job.ino)
+        except errors.NotFound:
+            return  # the file was deleted; nothing to move
+        await self._cleanup_previous_attempt(job, inode)
+        t0 = time.monotonic()
+        if job.kind == JobKind.RELEASE:
+            await release_now(fs, inode, job.cause)
+            return
+        prepare = {JobKind.ARCHIVE: self.archive, JobKind.RESTORE: self.restore, JobKind.MIGRATE: self.migrate}
+        mv = await prepare[job.kind](job, inode)
+        if mv is not None:
+            await self.move(job, mv, t0)
+
+    async def recover(self) -> None:
+        """After a crash: files left mid-move with no active job go back to
+        their stable state (archiving -> online, restoring -> archived)."""
+        fs = self.fs
+        active = {j.ino for j in await fs.cat(fs.catalog.jobs, (JobState.PENDING, JobState.RUNNING))}
+        for state in (State.ARCHIVING, State.RESTORING):
+            stuck = await fs.cat(lambda: list(fs.catalog.query(FileQuery(states=(state,)))))
+            for inode in stuck:
+                if inode.ino in active:
+                    continue
+                try:
+                    back = await self._settle(inode, "recovery", "no job was running it")
+                    log.warning("recovery: inode %d was %s with no job; now %s", inode.ino, state, back)
+                except errors.VersionConflict:
+                    pass
+
+    # ---- what differs: the checks and the mark, per kind ------------------
+    async def archive(self, job: Job, inode: Inode) -> Move | None:
+        fs = self.fs
+        if inode.state in (State.ARCHIVED, State.RESTORING, State.LOST):
+            return None
+        if inode.state == State.DUAL and inode.archive_tier == job.target_tier:
+            if not job.keep_online:
+                await release_now(fs, inode, job.cause)
+            return None
+        if fs.files.writing(inode.ino):
+            raise Retry("file is open for writing", BUSY_RETRY_S, count=False)
+        dst = fs.tier(job.target_tier)
+        if inode.state != State.ARCHIVING:
+            inode = await self._mark(inode, (State.ONLINE, State.DUAL), State.ARCHIVING, job.cause,
+                                     f"to {dst.name}")
+        else:  # a re-run after a crash: read the version under the lock too (see migrate)
+            async with fs.lock(inode.ino):
+                inode = await fs.fetch(fs.catalog.get, inode.ino)
+        # The source is where the file is as of the mark: a migrate that switched it between this job's
+        # first read and the mark moved it to another tier (the copy failed "object missing": fsx-handles).
+        src = fs.tier(inode.tier)
+        faults.point("archive.after_mark")
+        keep = job.keep_online
+
+        def changes(sha: str, n: int, key: str) -> Changes:
+            c = Changes(state=State.DUAL if keep else State.ARCHIVED, archive_tier=dst.name,
+                        archive_location=key, checksum=sha)
+            if not keep:
+                c.update(tier=None, location=None)
+            return c
+        # The older archive copy (a re-archive to another tier), and the online copy unless kept.
+        garbage = ((inode.archive_tier, inode.archive_location),) + (() if keep else ((inode.tier, inode.location),))
+        return Move(inode, src, inode.location, dst, changes, garbage, marked=State.ARCHIVING)
+
+    async def restore(self, job: Job, inode: Inode) -> Move | None:
+        fs = self.fs
+        if inode.state in READABLE_STATES:
+            return None
+        if inode.state == State.LOST:
+            raise errors.TierfsError(f"inode {inode.ino} is lost")
+        if not self.cfg.allow_unarchive:
+            raise errors.PermissionDenied("restores are disabled (allow_unarchive = false)")
+        src = fs.tier(inode.archive_tier)
+        dst = fs.tier(job.target_tier) if job.target_tier else await fs.placement_of(inode.ino)
+        if inode.state != State.RESTORING:
+            inode = await self._mark(inode, (State.ARCHIVED,), State.RESTORING, job.cause, f"from {src.name}")
+        faults.point("restore.after_mark")
+        ready = await trio.to_thread.run_sync(src.prepare_restore, inode.archive_location)
+        if not ready:
+            raise errors.Pending(f"tier {src.name} is still recalling {inode.archive_location}")
+        return Move(inode, src, inode.archive_location, dst,
+                    lambda sha, n, key: Changes(state=State.DUAL, tier=dst.name, location=key, checksum=sha,
+                                                atime_ns=now_ns()),
+                    marked=State.RESTORING, exclusive=False, conflict_retries=False, only_copy=True)
+
+    async def migrate(self, job: Job, inode: Inode) -> Move | None:
+        fs = self.fs
+        # Read the version under the inode lock, as archive's _mark does: a truncate bumps the
+        # version before it shrinks the object (both under the lock), so a version read in
+        # between let the copy take the old bytes and the switch succeed (fsx, under load).
+        async with fs.lock(inode.ino):
+            inode = await fs.fetch(fs.catalog.get, inode.ino)
+        if inode.state not in READABLE_STATES:
+            raise errors.Invalid(f"inode {inode.ino} is {inode.state}; restore it before migrating")
+        if inode.tier == job.target_tier:
+            return None
+        if fs.files.writing(inode.ino):
+            raise Retry("file is open for writing", BUSY_RETRY_S, count=False)
+        src, dst = fs.tier(inode.tier), fs.tier(job.target_tier)
+        version = inode.data_version
+        # The version moves on with the location: a concurrent archive of the same file (which
+        # copied from the old location) must fail its compare-and-swap, or it would switch to its
+        # own copy and strand this one on the destination tier.
+        return Move(inode, src, inode.location, dst,
+                    lambda sha, n, key: Changes(tier=dst.name, location=key, checksum=sha, data_version=version + 1),
+                    garbage=((src.name, inode.location),))
+
+    async def _mark(self, inode: Inode, from_states, to_state: State, cause: str, detail: str) -> Inode:
+        fs = self.fs
+        async with fs.lock(inode.ino):
+            inode = await fs.get(inode.ino)
+            if inode.state not in from_states:
+                raise Retry(f"file is {inode.state}", 0, count=False)
+            try:
+                new = await fs.fetch(fs.catalog.switch, Transition(
+                    inode.ino, inode.data_version, (inode.state,), Changes(state=to_state), cause, detail,
+                    no_writers_except=fs.session_id))
+            except errors.VersionConflict as e:
+                raise Retry(str(e), BUSY_RETRY_S, count=False) from None  # changed, or written on another mount
+            return new
+
+    # ---- what all moves share: record, copy, verify, switch ---------------
+    async def move(self, job: Job, mv: Move, t0: float) -> None:
+        fs, ino = self.fs, mv.inode.ino
+        dst_key = new_key()
+        await fs.cat(fs.catalog.update_job, job.id, {"dst_key": dst_key, "target_tier": mv.dst.name})
+        job.target_tier = mv.dst.name   # a restore picks its tier only now: the tier a wait for space is about
+        try:
+            sha, n = await self._copy(mv, dst_key, fault=f"{job.kind}.after_copy")
+        except BaseException as e:
+            await self._copy_failed(job, mv, dst_key, e)   # raises what the job should see instead, if anything
+            raise
+        if job.kind == JobKind.ARCHIVE:
+            faults.point("archive.after_verify")   # (restore and migrate have no point here: faults.POINTS)
+        commit = Transition(ino, mv.inode.data_version, (mv.expect,), mv.changes(sha, n, dst_key), job.cause,
+                            f"{mv.src.name} -> {mv.dst.name}, {n} bytes", garbage=mv.garbage, job_id=job.id,
+                            no_writers_except=fs.session_id if mv.exclusive else None)
+        async with fs.lock(ino):
+            if mv.exclusive and fs.files.writing(ino):
+                await self._abandon(job, mv, dst_key, "opened for writing during the copy")
+                raise Retry("file was opened for writing during the copy", BUSY_RETRY_S, count=False)
+            try:
+                await fs.fetch(fs.catalog.switch, commit)
+            except errors.VersionConflict:
+                if not mv.conflict_retries:
+                    await self._discard(job, mv.dst, dst_key)
+                    return
+                await self._abandon(job, mv, dst_key, "changed during the copy")
+                raise Retry("file changed during the copy", BUSY_RETRY_S, count=False) from None
+            except errors.NotFound:  # deleted (and purged) during the copy: nothing to move
+                await self._discard(job, mv.dst, dst_key)
+                return
+        await fs.invalidate(ino)   # the kernel drops the attributes it cached (st_blocks)
+        faults.point(f"{job.kind}.after_switch")
+        await self._log_done(f"{job.kind}d", mv, n, t0, job.cause)
+        _wake(fs)
+
+    async def _copy(self, mv: Move, dst_key: str, *, fault: str) -> tuple[str, int]:
+        """Copy with hashing, then verify the destination. Returns (sha256, bytes)."""
+        src, dst, expect_sha = mv.src, mv.dst, mv.inode.checksum
+
+        def copy():
+            # A file never written on a remote tier has no object yet: its content is empty.
+            with (io.BytesIO(b"") if mv.src_key is None else src.open_reader(mv.src_key)) as r:
+                h = HashingReader(r)
+                dst.put(dst_key, h)
+                return h.hexdigest(), h.nbytes
+        sha, n = await trio.to_thread.run_sync(copy)
+        faults.point(fault)
+        if expect_sha and sha != expect_sha:
+            raise errors.ChecksumMismatch(
+                f"{src.name}/{mv.src_key}: content sha256 {sha[:12]}.. differs from the recorded {expect_sha[:12]}..")
+        ok = await trio.to_thread.run_sync(dst.verify, dst_key, sha, n)
+        if not ok:
+            raise errors.ChecksumMismatch(f"copy on {dst.name}/{dst_key} does not match what was written")
+        return sha, n
+
+    async def _copy_failed(self, job: Job, mv: Move, dst_key: str, e: BaseException) -> None:
+        """The copy or its verification failed with `e`: undo it, and raise
+        what the job should see instead (a retry, the file lost), if not `e`."""
+        fs = self.fs
+        if mv.only_copy and isinstance(e, (errors.ChecksumMismatch, errors.ObjectMissing)):
+            await self._discard(job, mv.dst, dst_key)
+            await fs.fetch(fs.catalog.switch, Transition(mv.inode.ino, mv.inode.data_version, (mv.expect,),
+                                                         Changes(state=State.LOST), str(job.kind), str(e)))
+            log.error("inode %d is lost: %s", mv.inode.ino, e)
+            # The file is lost now: no later attempt can restore it (fsck brings it back if the copy returns).
+            raise errors.TierfsError(f"inode {mv.inode.ino} is lost: {e}") from e
+        bad = isinstance(e, errors.ChecksumMismatch)
+        # A checksum that differs because the file was written during the copy is no corruption.
+        changed = bad and await self._changed_since(mv.inode)
+        await self._abandon(job, mv, dst_key, "changed during the copy" if changed else
+                            "source failed its checksum" if bad else f"copy failed: {e}")
+        if changed:
+            raise Retry("file changed during the copy", BUSY_RETRY_S, count=False) from None
+
+    async def _changed_since(self, inode: Inode) -> bool:
+        """True when the file's content changed after `inode` was read (so a
+        checksum mismatch is a concurrent write, not corruption)."""
+        try:
+            return (await self.fs.cat(self.fs.catalog.get, inode.ino)).data_version != inode.data_version
+        except errors.NotFound:
+            return True
+
+    async def _abandon(self, job: Job, mv: Move, dst_key: str, why: str) -> None:
+        """Undo a stopped move: the destination object goes, the marked state settles back."""
+        fs = self.fs
+        await self._discard(job, mv.dst, dst_key)
+        if mv.marked is None:
+            return
+        with trio.CancelScope(shield=True):
+            try:
+                cur = await fs.cat(fs.catalog.get, mv.inode.ino)
+                if cur.state == mv.marked:
+                    # The history says the move stopped and why; not that `job.cause` settled the file.
+                    await self._settle(cur, f"{job.kind} not completed ({job.cause})", why)
+            except errors.TierfsError:
+                pass
+
+    async def _settle(self, inode: Inode, cause: str, detail: str) -> State:
+        """Switch a file out of its in-between state back to its stable one."""
+        back = settled(inode)
+        await self.fs.fetch(self.fs.catalog.switch, Transition(inode.ino, inode.data_version, (inode.state,),
+                                                               Changes(state=back), cause, detail))
+        return back
+
+    async def _discard(self, job: Job, dst: Tier, dst_key: str) -> None:
+        """Delete a copy this job made and no longer needs. A failure here is
+        logged, never raised: it must not replace the error that made the copy
+        useless (a restore to S3 recorded "endpoint down" from this cleanup
+        instead of the copy's own failure); fsck finds the object."""
+        with trio.CancelScope(shield=True):
+            try:
+                await trio.to_thread.run_sync(dst.delete, dst_key)
+                await self.fs.cat(self.fs.catalog.update_job, job.id, {"dst_key": None})
+            except errors.TierfsError as e:
+                log.warning("job %d: could not delete %s/%s (%s); fsck will find it", job.id, dst.name, dst_key, e)
+
+    async def _cleanup_previous_attempt(self, job: Job, inode: Inode) -> None:
+        """A previous attempt died after writing job.dst_key: delete that copy
+        unless the file already points at it (the switch happened)."""
+        if not job.dst_key or job.dst_key in (inode.location, inode.archive_location):
+            return
+        tier = self.fs.tiers.get(job.target_tier or "") or self.fs.tiers.get(self.cfg.default_tier)
+        if tier is not None:
+            await trio.to_thread.run_sync(tier.delete, job.dst_key)  # raises: the tier is away, the job waits
+        await self.fs.cat(self.fs.catalog.update_job, job.id, {"dst_key": None})
+
+    async def _log_done(self, verb: str, mv: Move, nbytes: int, t0: float, cause: str) -> None:
+        try:
+            path = "/" + (await self.fs.cat(self.fs.catalog.path_of, mv.inode.ino)).decode(errors="replace")
+        except errors.TierfsError:
+            path = f"inode {mv.inode.ino} (unlinked)"
+        log.info("%s %s: %s -> %s, %s, %.2fs (%s)", verb, path, mv.src.name, mv.dst.name, fmt_size(nbytes),
+                 time.monotonic() - t0, cause)
