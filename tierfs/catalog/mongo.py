@@ -4,69 +4,24 @@ Selected by a `mongodb://` (or `mongodb+srv://`) catalog URL; the database
 is the URL's path (default "tierfs"). Transactions need a replica set (a
 single-node one is enough) or a sharded cluster.
 
-Collections and their fields (the schema is the specification; the same
-fields as catalog/schema.py, with `_id` as the primary key):
+Collections: one per table of catalog/schema.py, which is the specification
+of every record: the same names, the same fields with the same meaning
+(times in integer nanoseconds, names, targets and xattrs as BSON binary).
+Where the documents differ from the tables:
 
-  meta      _id: setting name ("schema_version", ...); value: setting as text
-  counters  _id: counter name ("ino", "pos", "job", "event", "garbage");
-            seq: last number handed out (ino starts at 1 = the root, so the
-            first file is 2). Numbers are allocated outside transactions
-            ($inc on one document), so concurrent creates never conflict on
-            the counter; an aborted transaction leaves a gap, never a reuse.
-  inodes    _id: inode number (1 = root directory); mode: st_mode (type bits |
-            permission bits); uid, gid: owner; nlink: dentries pointing here
-            (+subdirs +1 for dirs), 0 = unlinked but still open; size: logical
-            size in bytes (may exceed stored bytes: sparse); atime_ns: last
-            access (batched by access tracking, never moves backwards);
-            mtime_ns: last content change; last_access_ns: max(atime_ns,
-            mtime_ns), what inactivity is measured from (base.Inode.
-            last_access_ns; indexed), kept so by every write of either time
-            (_update, set_atimes); ctime_ns: last metadata change;
-            crtime_ns: creation time; rdev: device number of device nodes, else
-            0; target: symlink target (BSON binary, any bytes) or null;
-            state: online|archiving|dual|archived|restoring|lost (base.State);
-            tier: online tier holding the bytes, null when archived or not a
-            file; location: object key on `tier`, null = no object (reads as
-            zeros); archive_tier / archive_location: the archive copy (dual,
-            archived, restoring, lost), else null; checksum: sha256 hex of the
-            content, null until finalised or after a write; data_version:
-            bumped on every content change (moves compare-and-swap on it);
-            state_ns: when `state` last changed; state_cause: why; open_gen:
-            bumped by set_open only so that it conflicts with a concurrent
-            switch() transaction (not part of the Inode record).
-  dentries  _id: pos, the stable readdir cookie (a counter, never reused);
-            parent: directory inode; name: file name (BSON binary: POSIX names
-            are bytes, invalid UTF-8 round-trips); ino: inode it points at.
-  xattrs    _id: ObjectId; ino: inode; name: full attribute name (binary);
-            value: attribute value (binary, <= 64 KiB).
-  jobs      _id: job id (counter); ino: file; kind: restore|archive|release|
-            migrate; state: pending|running|done|failed|cancelled; priority:
-            lower runs first (restores 0); target_tier: destination tier or
-            null; keep_online: archive leaves the file dual; cause: who/what
-            asked; session: session running it (state running) or null;
-            attempts: times started; not_before_ns: earliest start (retry
-            backoff); last_error: last failure; dst_key: object written on the
-            destination (cleaned up if the move dies) or null; created_ns,
-            updated_ns: when queued / last changed.
-  sessions  _id: random session id; host, pid: the daemon; mountpoint;
-            started_ns: registration; heartbeat_ns: last heartbeat (stale
-            sessions are reaped); clean: true once ended.
-  events    _id: event id (counter); ino; time_ns; from_state; to_state;
-            cause: command + uid, policy rule...; detail: tiers, bytes, errors.
-  garbage   _id: entry id (counter); tier; key: object to delete; created_ns:
-            when it became unreferenced; reason.
-  leases    _id: lease name ("policy"); holder: session id; expires_ns: the
-            lease is free after this time.
-  open_files _id: "ino:session"; ino; session: the mount holding the file
-            open; writing: true while it has a writable handle (moves skip
-            such files; purge waits until no mount has the file open).
-  tombstones _id: tombstone id (counter "tombstone"); ino: inode number the
-            deleted file had; path: its path then (binary); size, uid, gid,
-            crtime_ns, mtime_ns, atime_ns, state, tier, archive_tier,
-            checksum: the file as it was; deleted_ns: when; who: what deleted
-            it (policy rule, session, host); why: the values that matched.
-            Written by compliance deletions (policy action delete), never
-            removed.
+  _id       the table's primary key: meta.key, inodes.ino, dentries.pos,
+            jobs/events/garbage/tombstones.id, sessions.id, leases.name;
+            xattrs have an ObjectId, open_files the string "ino:session".
+  counters  (no table) _id: counter name ("ino", "pos", "job", "event",
+            "garbage", "tombstone"); seq: last number handed out (ino
+            starts at 1 = the root, so the first file is 2). Numbers are
+            allocated outside transactions ($inc on one document), so
+            concurrent creates never conflict on the counter; an aborted
+            transaction leaves a gap, never a reuse.
+  inodes    last_access_ns is stored, not generated: every write of atime_ns
+            or mtime_ns sets it (_update, set_atimes). open_gen: bumped by
+            set_open only so that it conflicts with a concurrent switch()
+            transaction (not part of the Inode record).
 
 Code: this module holds the client, the namespace and every atomic change;
 catalog/mongo_jobs.py (jobs, sessions, leases) and catalog/mongo_query.py
@@ -99,7 +54,7 @@ from pymongo.write_concern import WriteConcern
 from .. import errors
 from ..redact import redact_url
 from .base import (INODE_FIELDS, ROOT_INO, SCHEMA_VERSION, Catalog, DirEntry, Event, Garbage, Inode, JobState,
-                   State, Tombstone, Transition, now_ns)
+                   State, Tombstone, Transition, check_expected, now_ns)
 from .mongo_jobs import ACTIVE, MongoJobs
 from .mongo_query import MongoQueries, inode_of as _inode
 
@@ -655,14 +610,6 @@ class MongoCatalog(MongoJobs, MongoQueries, Catalog):
                     raise errors.TierfsError(f"directory loop above inode {ino}")
         return b"/".join(reversed(parts))
 
-    @staticmethod
-    def _check(inode: Inode, expect_version, expect_states) -> None:
-        if expect_version is not None and inode.data_version != expect_version:
-            raise errors.VersionConflict(
-                f"inode {inode.ino}: content version {inode.data_version} != expected {expect_version}")
-        if expect_states is not None and inode.state not in set(expect_states):
-            raise errors.VersionConflict(f"inode {inode.ino}: state {inode.state} not in {list(map(str, expect_states))}")
-
     def update(self, ino, changes, *, expect_version=None, expect_states=None) -> Inode:
         """Single-document atomic update; the expectations are part of its
         filter, so the compare-and-swap holds against other mounts."""
@@ -678,7 +625,7 @@ class MongoCatalog(MongoJobs, MongoQueries, Catalog):
             else:
                 doc = self.inodes.find_one(filt)
             if doc is None:
-                self._check(self._get(ino), expect_version, expect_states)
+                check_expected(self._get(ino), expect_version, expect_states)
                 raise errors.VersionConflict(f"inode {ino} changed concurrently")
         return _inode(doc)
 
@@ -725,7 +672,7 @@ class MongoCatalog(MongoJobs, MongoQueries, Catalog):
             inode = self._get(ino, s)
             if not inode.is_reg():
                 raise errors.Invalid(f"inode {ino} is not a regular file")
-            self._check(inode, expect_version, None)
+            check_expected(inode, expect_version, None)
             parts, cur = [], ino
             while cur != ROOT_INO:
                 d = self.dentries.find_one({"ino": cur}, {"parent": 1, "name": 1}, session=s)
@@ -818,7 +765,7 @@ class MongoCatalog(MongoJobs, MongoQueries, Catalog):
         garbage + history event + the job's dst_key cleared."""
         def fn(s):
             inode = self._get(t.ino, s)
-            self._check(inode, t.expect_version, t.expect_states)
+            check_expected(inode, t.expect_version, t.expect_states)
             if t.no_writers_except is not None:
                 w = self.open_files.find_one({"ino": t.ino, "writing": True,
                                               "session": {"$ne": t.no_writers_except}}, session=s)

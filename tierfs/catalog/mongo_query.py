@@ -10,13 +10,11 @@ import fnmatch
 from typing import Iterable, Iterator
 
 from .. import errors
-from .base import ACTIVE_JOB_STATES, INODE_FIELDS, ROOT_INO, CatalogStats, FileQuery, Inode, State
+from .base import ACTIVE_JOB_STATES, COUNT_BY_FIELDS, INODE_FIELDS, ROOT_INO, CatalogStats, FileQuery, Inode, State
 
 #: S_IFMT bits of a regular file / a directory, and the other type bits that must be clear.
 REG_SET, REG_CLEAR = 0o100000, 0o070000
 DIR_SET, DIR_CLEAR = 0o040000, 0o130000
-#: Fields count_by() can group on (as in catalog/base.py).
-COUNT_BY_FIELDS = ("state", "tier", "archive_tier", "uid", "gid")
 
 
 def inode_of(doc: dict) -> Inode:
