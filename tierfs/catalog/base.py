@@ -329,6 +329,12 @@ class FileQuery:
 COUNT_BY_FIELDS = ("state", "tier", "archive_tier", "uid", "gid")
 
 
+def check_count_by(by: str) -> None:
+    """Invalid unless count_by() can group on `by`."""
+    if by not in COUNT_BY_FIELDS:
+        raise errors.Invalid(f"cannot count by {by!r} (one of {', '.join(COUNT_BY_FIELDS)})")
+
+
 @dataclass
 class CatalogStats:
     """Counts for `tierfs status`."""

@@ -20,15 +20,18 @@ import pwd
 import socket
 import sqlite3
 import threading
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, TypeVar
 
 from .. import errors, private
 from . import schema as S
-from .base import (ACTIVE_JOB_STATES, COUNT_BY_FIELDS, INODE_FIELDS, JOB_PRIORITY, ROOT_INO, SCHEMA_VERSION, Catalog,
-                   CatalogStats, DirEntry, Event, FileQuery, Garbage, Inode, Job, JobKind, JobState,
-                   Session, State, Tombstone, Transition, check_expected, now_ns, resolve_paths)
+from .base import (ACTIVE_JOB_STATES, INODE_FIELDS, JOB_PRIORITY, ROOT_INO, SCHEMA_VERSION, CatalogStats, DirEntry,
+                   Event, FileQuery, Garbage, Inode, Job, JobKind, JobState, Session, State, Tombstone,
+                   check_count_by, check_expected, now_ns, resolve_paths)
+from .core import CatalogCore, Txn
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: How long a statement waits for another process's write lock before the catalog is unavailable.
 BUSY_TIMEOUT_S = 30
@@ -110,12 +113,99 @@ def _add_garbage(c: sqlite3.Connection, items, reason: str) -> None:
         c.executemany('INSERT INTO garbage (tier, "key", created_ns, reason) VALUES (?, ?, ?, ?)', rows)
 
 
-def _cancel_pending(c: sqlite3.Connection, ino: int, t: int) -> None:
-    """The file is deleted: its pending jobs are cancelled."""
-    c.execute("UPDATE jobs SET state = ?, last_error = ?, updated_ns = ? WHERE ino = ? AND state = ?",
-              (JobState.CANCELLED.value, "file deleted", t, ino, JobState.PENDING.value))
 
 
+class _SqliteTxn:
+    """core.Txn on one SQLite transaction."""
+
+    __slots__ = ("c",)
+
+    def __init__(self, c: sqlite3.Connection):
+        self.c = c
+
+    def find_inode(self, ino: int) -> Inode | None:
+        row = self.c.execute(_GET_SQL, (ino,)).fetchone()
+        return None if row is None else _inode_row(row)
+
+    def find_dentry(self, parent: int, name: bytes) -> tuple[int, int] | None:
+        return self.c.execute(_DENTRY_SQL, (parent, name)).fetchone()
+
+    def has_children(self, ino: int) -> bool:
+        return self.c.execute("SELECT pos FROM dentries WHERE parent = ? LIMIT 1", (ino,)).fetchone() is not None
+
+    def first_name(self, ino: int) -> tuple[int, bytes] | None:
+        return self.c.execute("SELECT parent, name FROM dentries WHERE ino = ? LIMIT 1", (ino,)).fetchone()
+
+    def names_of(self, ino: int) -> list[tuple[int, int]]:
+        return self.c.execute("SELECT pos, parent FROM dentries WHERE ino = ?", (ino,)).fetchall()
+
+    def insert_inode(self, inode: Inode) -> int:
+        return self.c.execute(_INSERT_INODE_SQL, _inode_values(inode)).lastrowid
+
+    def insert_inodes(self, inodes: list[Inode]) -> list[int]:
+        return [self.insert_inode(i) for i in inodes]
+
+    def taken_name(self, parent: int, names: list[bytes]) -> bytes | None:
+        for k in range(0, len(names), 500):
+            part = names[k:k + 500]
+            row = self.c.execute(f"SELECT name FROM dentries WHERE parent = ? AND name IN ({_marks(part)}) LIMIT 1",
+                                 (parent, *part)).fetchone()
+            if row is not None:
+                return row[0]
+        return None
+
+    def set_fields(self, ino: int, changes: dict) -> None:
+        _set(self.c, ino, changes)
+
+    def delete_inode(self, ino: int) -> None:
+        self.c.execute("DELETE FROM inodes WHERE ino = ?", (ino,))
+        self.c.execute("DELETE FROM xattrs WHERE ino = ?", (ino,))
+
+    def add_dentry(self, parent: int, name: bytes, ino: int) -> None:
+        try:
+            self.c.execute("INSERT INTO dentries (parent, name, ino) VALUES (?, ?, ?)", (parent, name, ino))
+        except sqlite3.IntegrityError:
+            raise errors.Exists(f"{name!r} exists in directory {parent}") from None
+
+    def add_dentries(self, rows: list[tuple[int, bytes, int]]) -> None:
+        try:
+            self.c.executemany("INSERT INTO dentries (parent, name, ino) VALUES (?, ?, ?)", rows)
+        except sqlite3.IntegrityError:
+            raise errors.Exists("a name in the batch exists (created meanwhile)") from None
+
+    def move_dentry(self, pos: int, parent: int, name: bytes) -> None:
+        self.c.execute("UPDATE dentries SET parent = ?, name = ? WHERE pos = ?", (parent, name, pos))
+
+    def point_dentry(self, pos: int, ino: int) -> None:
+        self.c.execute("UPDATE dentries SET ino = ? WHERE pos = ?", (ino, pos))
+
+    def del_dentry(self, pos: int) -> None:
+        self.c.execute("DELETE FROM dentries WHERE pos = ?", (pos,))
+
+    def cancel_pending_jobs(self, ino: int, now: int) -> None:
+        self.c.execute("UPDATE jobs SET state = ?, last_error = ?, updated_ns = ? WHERE ino = ? AND state = ?",
+                       (JobState.CANCELLED.value, "file deleted", now, ino, JobState.PENDING.value))
+
+    def open_anywhere(self, ino: int) -> bool:
+        return self.c.execute("SELECT 1 FROM open_files WHERE ino = ? LIMIT 1", (ino,)).fetchone() is not None
+
+    def other_writer(self, ino: int, session: str) -> str | None:
+        row = self.c.execute("SELECT session FROM open_files WHERE ino = ? AND writing AND session != ? LIMIT 1",
+                             (ino, session)).fetchone()
+        return None if row is None else row[0]
+
+    def add_event(self, ino: int, frm, to, cause: str, detail: str) -> None:
+        _event(self.c, ino, frm, to, cause, detail)
+
+    def add_garbage(self, items, reason: str) -> None:
+        _add_garbage(self.c, items, reason)
+
+    def clear_dst_key(self, job_id: int, now: int) -> None:
+        self.c.execute("UPDATE jobs SET dst_key = NULL, updated_ns = ? WHERE id = ?", (now, job_id))
+
+    def add_tombstone(self, values: dict) -> int:
+        return self.c.execute(f"INSERT INTO tombstones ({', '.join(values)}) VALUES ({_marks(values)})",
+                              tuple(values.values())).lastrowid
 
 
 def _refuse_unreadable(path: str) -> None:
@@ -167,7 +257,7 @@ def _private_files(path: str) -> None:
                         p, mode, e.strerror)
 
 
-class SqlCatalog(Catalog):
+class SqlCatalog(CatalogCore):
     """Catalog in an SQLite file chosen by URL (sqlite:///path; sqlite:// or
     sqlite:///:memory: for one in memory). `on_connect` runs on every
     connection it opens (tests count SQLite's work with a progress handler)."""
@@ -236,6 +326,10 @@ class SqlCatalog(Catalog):
                     conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+
+    def transaction(self, fn: Callable[[Txn], T]) -> T:
+        with self._tx() as c:
+            return fn(_SqliteTxn(c))
 
     # ---- lifecycle ---------------------------------------------------------
     def init(self, root_uid: int = 0, root_gid: int = 0, root_mode: int = 0o40755) -> None:
@@ -350,171 +444,6 @@ class SqlCatalog(Catalog):
             raise errors.NotFound(f"{name!r} in directory {parent}")
         return _inode_row(row)
 
-    def create(self, parent: int, name: bytes, inode: Inode) -> Inode:
-        with self._tx() as c:
-            p = _get(c, parent)
-            if not p.is_dir():
-                raise errors.NotDir(f"inode {parent} is not a directory")
-            if c.execute(_DENTRY_SQL, (parent, name)).fetchone() is not None:
-                raise errors.Exists(f"{name!r} exists in directory {parent}")
-            ino = c.execute(_INSERT_INODE_SQL, _inode_values(inode)).lastrowid
-            c.execute("INSERT INTO dentries (parent, name, ino) VALUES (?, ?, ?)", (parent, name, ino))
-            changes = dict(mtime_ns=inode.ctime_ns, ctime_ns=inode.ctime_ns)
-            if inode.is_dir():
-                changes["nlink"] = p.nlink + 1
-            _set(c, parent, changes)
-            return inode.copy(ino=ino)
-
-    def create_many(self, entries: Sequence[tuple[int, bytes, Inode]], ctime_ns: int) -> list[Inode]:
-        entries = list(entries)
-        if not entries:
-            return []
-        with self._tx() as c:
-            parents = {p: _get(c, p) for p in {e[0] for e in entries}}
-            for p in parents.values():
-                if not p.is_dir():
-                    raise errors.NotDir(f"inode {p.ino} is not a directory")
-            for pino in parents:
-                names = [n for p, n, _ in entries if p == pino]
-                for k in range(0, len(names), 500):
-                    part = names[k:k + 500]
-                    row = c.execute(f"SELECT name FROM dentries WHERE parent = ? AND name IN ({_marks(part)}) LIMIT 1",
-                                    (pino, *part)).fetchone()
-                    if row is not None:
-                        raise errors.Exists(f"{row[0]!r} exists in directory {pino}")
-            inos = [c.execute(_INSERT_INODE_SQL, _inode_values(inode)).lastrowid for _, _, inode in entries]
-            try:
-                c.executemany("INSERT INTO dentries (parent, name, ino) VALUES (?, ?, ?)",
-                              [(p, n, ino) for (p, n, _), ino in zip(entries, inos)])
-            except sqlite3.IntegrityError:  # a name twice in the batch
-                raise errors.Exists("a name in the batch exists (twice in the batch, or created meanwhile)") from None
-            for pino, p in parents.items():
-                subdirs = sum(1 for e in entries if e[0] == pino and e[2].is_dir())
-                _set(c, pino, dict(nlink=p.nlink + subdirs, mtime_ns=ctime_ns, ctime_ns=ctime_ns))
-            return [inode.copy(ino=ino) for (_, _, inode), ino in zip(entries, inos)]
-
-    def link(self, ino: int, parent: int, name: bytes, ctime_ns: int) -> Inode:
-        with self._tx() as c:
-            inode = _get(c, ino)
-            if inode.is_dir():
-                raise errors.PermissionDenied("hard links to directories are not allowed", err=1)  # EPERM
-            if not _get(c, parent).is_dir():
-                raise errors.NotDir(f"inode {parent} is not a directory")
-            if c.execute(_DENTRY_SQL, (parent, name)).fetchone() is not None:
-                raise errors.Exists(f"{name!r} exists in directory {parent}")
-            c.execute("INSERT INTO dentries (parent, name, ino) VALUES (?, ?, ?)", (parent, name, ino))
-            _set(c, ino, dict(nlink=inode.nlink + 1, ctime_ns=ctime_ns))
-            _set(c, parent, dict(mtime_ns=ctime_ns, ctime_ns=ctime_ns))
-            return inode.copy(nlink=inode.nlink + 1, ctime_ns=ctime_ns)
-
-    def unlink(self, parent: int, name: bytes, ctime_ns: int) -> Inode:
-        with self._tx() as c:
-            d = c.execute(_DENTRY_SQL, (parent, name)).fetchone()
-            if d is None:
-                raise errors.NotFound(f"{name!r} in directory {parent}")
-            inode = _get(c, d[1])
-            if inode.is_dir():
-                raise errors.IsDir(f"{name!r} is a directory")
-            c.execute("DELETE FROM dentries WHERE pos = ?", (d[0],))
-            _set(c, inode.ino, dict(nlink=inode.nlink - 1, ctime_ns=ctime_ns))
-            _set(c, parent, dict(mtime_ns=ctime_ns, ctime_ns=ctime_ns))
-            return inode.copy(nlink=inode.nlink - 1, ctime_ns=ctime_ns)
-
-    def rmdir(self, parent: int, name: bytes, ctime_ns: int) -> Inode:
-        with self._tx() as c:
-            d = c.execute(_DENTRY_SQL, (parent, name)).fetchone()
-            if d is None:
-                raise errors.NotFound(f"{name!r} in directory {parent}")
-            inode = _get(c, d[1])
-            if not inode.is_dir():
-                raise errors.NotDir(f"{name!r} is not a directory")
-            if c.execute("SELECT pos FROM dentries WHERE parent = ? LIMIT 1", (inode.ino,)).fetchone() is not None:
-                raise errors.NotEmpty(f"{name!r} is not empty")
-            c.execute("DELETE FROM dentries WHERE pos = ?", (d[0],))
-            _set(c, inode.ino, dict(nlink=0, ctime_ns=ctime_ns))
-            p = _get(c, parent)
-            _set(c, parent, dict(nlink=p.nlink - 1, mtime_ns=ctime_ns, ctime_ns=ctime_ns))
-            return inode.copy(nlink=0, ctime_ns=ctime_ns)
-
-    @staticmethod
-    def _is_ancestor(c: sqlite3.Connection, anc: int, ino: int) -> bool:
-        """True if directory `anc` is `ino` or one of its ancestors."""
-        seen = 0
-        while True:
-            if ino == anc:
-                return True
-            if ino == ROOT_INO or seen > 100000:
-                return False
-            row = c.execute("SELECT parent FROM dentries WHERE ino = ? LIMIT 1", (ino,)).fetchone()
-            if row is None:
-                return False
-            ino = row[0]
-            seen += 1
-
-    def rename(self, old_parent, old_name, new_parent, new_name, *, noreplace=False, exchange=False,
-               ctime_ns=0) -> Inode | None:
-        ctime_ns = ctime_ns or now_ns()
-        with self._tx() as c:
-            src = c.execute(_DENTRY_SQL, (old_parent, old_name)).fetchone()
-            if src is None:
-                raise errors.NotFound(f"{old_name!r} in directory {old_parent}")
-            dst = c.execute(_DENTRY_SQL, (new_parent, new_name)).fetchone()
-            if not _get(c, new_parent).is_dir():
-                raise errors.NotDir(f"inode {new_parent} is not a directory")
-            (src_pos, src_ino), (dst_pos, dst_ino) = src, dst or (None, None)
-            src_inode = _get(c, src_ino)
-            if src_inode.is_dir() and self._is_ancestor(c, src_ino, new_parent):
-                raise errors.Invalid("cannot move a directory into itself")
-            if exchange:
-                if dst is None:
-                    raise errors.NotFound(f"{new_name!r} in directory {new_parent}")
-                dst_inode = _get(c, dst_ino)
-                if dst_inode.is_dir() and self._is_ancestor(c, dst_ino, old_parent):
-                    raise errors.Invalid("cannot move a directory into itself")
-                c.execute("UPDATE dentries SET ino = ? WHERE pos = ?", (dst_ino, src_pos))
-                c.execute("UPDATE dentries SET ino = ? WHERE pos = ?", (src_ino, dst_pos))
-                if old_parent != new_parent and src_inode.is_dir() != dst_inode.is_dir():
-                    delta = 1 if src_inode.is_dir() else -1
-                    op, np_ = _get(c, old_parent), _get(c, new_parent)
-                    _set(c, old_parent, dict(nlink=op.nlink - delta))
-                    _set(c, new_parent, dict(nlink=np_.nlink + delta))
-                for ino in {src_ino, dst_ino}:
-                    _set(c, ino, dict(ctime_ns=ctime_ns))
-                for p in {old_parent, new_parent}:
-                    _set(c, p, dict(mtime_ns=ctime_ns, ctime_ns=ctime_ns))
-                return None
-            replaced = None
-            if dst is not None:
-                if dst_ino == src_ino:
-                    return None  # same inode (hard links or same name): POSIX says do nothing
-                if noreplace:
-                    raise errors.Exists(f"{new_name!r} exists in directory {new_parent}")
-                dst_inode = _get(c, dst_ino)
-                if dst_inode.is_dir():
-                    if not src_inode.is_dir():
-                        raise errors.IsDir(f"{new_name!r} is a directory")
-                    if c.execute("SELECT pos FROM dentries WHERE parent = ? LIMIT 1", (dst_ino,)).fetchone():
-                        raise errors.NotEmpty(f"{new_name!r} is not empty")
-                    replaced = dst_inode.copy(nlink=0, ctime_ns=ctime_ns)
-                    np_ = _get(c, new_parent)
-                    _set(c, new_parent, dict(nlink=np_.nlink - 1))
-                else:
-                    if src_inode.is_dir():
-                        raise errors.NotDir(f"{new_name!r} is not a directory")
-                    replaced = dst_inode.copy(nlink=dst_inode.nlink - 1, ctime_ns=ctime_ns)
-                _set(c, dst_ino, dict(nlink=replaced.nlink, ctime_ns=ctime_ns))
-                c.execute("DELETE FROM dentries WHERE pos = ?", (dst_pos,))
-            c.execute("UPDATE dentries SET parent = ?, name = ? WHERE pos = ?", (new_parent, new_name, src_pos))
-            if src_inode.is_dir() and old_parent != new_parent:
-                op = _get(c, old_parent)
-                _set(c, old_parent, dict(nlink=op.nlink - 1))
-                np_ = _get(c, new_parent)
-                _set(c, new_parent, dict(nlink=np_.nlink + 1))
-            _set(c, src_ino, dict(ctime_ns=ctime_ns))
-            for p in {old_parent, new_parent}:
-                _set(c, p, dict(mtime_ns=ctime_ns, ctime_ns=ctime_ns))
-            return replaced
-
     def readdir(self, parent: int, after_pos: int, limit: int) -> list[DirEntry]:
         with self._read() as c:
             rows = c.execute(f"SELECT dentries.pos, dentries.name, {_INODE_COLS_Q} FROM dentries "
@@ -547,18 +476,7 @@ class SqlCatalog(Catalog):
 
     def path_of(self, ino: int) -> bytes:
         with self._tx(write=False) as c:
-            return self._path_in(c, ino)
-
-    @staticmethod
-    def _path_in(c: sqlite3.Connection, ino: int) -> bytes:
-        parts = []
-        while ino != ROOT_INO:
-            row = c.execute("SELECT parent, name FROM dentries WHERE ino = ? LIMIT 1", (ino,)).fetchone()
-            if row is None:
-                raise errors.NotFound(f"inode {ino} has no name")
-            parts.append(row[1])
-            ino = row[0]
-        return b"/".join(reversed(parts))
+            return self._path_in(_SqliteTxn(c), ino)
 
     def update(self, ino, changes, *, expect_version=None, expect_states=None) -> Inode:
         with self._tx() as c:
@@ -574,45 +492,6 @@ class SqlCatalog(Catalog):
             changes = dict(changes, data_version=inode.data_version + 1, checksum=None)
             _set(c, ino, changes)
             return inode.copy(**changes)
-
-    def purge(self, ino: int) -> Inode | None:
-        with self._tx() as c:
-            row = c.execute(_GET_SQL, (ino,)).fetchone()
-            if row is None:
-                return None
-            inode = _inode_row(row)
-            if inode.nlink > 0 or ino == ROOT_INO:
-                return None
-            if c.execute("SELECT 1 FROM open_files WHERE ino = ? LIMIT 1", (ino,)).fetchone():
-                return None  # another mount still has it open; the last one to close purges it
-            c.execute("DELETE FROM inodes WHERE ino = ?", (ino,))
-            c.execute("DELETE FROM xattrs WHERE ino = ?", (ino,))
-            _cancel_pending(c, ino, now_ns())
-            _add_garbage(c, ((inode.tier, inode.location), (inode.archive_tier, inode.archive_location)),
-                         "file deleted")
-            return inode
-
-    def bury(self, ino: int, who: str, why: str, *, expect_version: int | None = None) -> Tombstone:
-        with self._tx() as c:
-            inode = _get(c, ino)
-            if not inode.is_reg():
-                raise errors.Invalid(f"inode {ino} is not a regular file")
-            check_expected(inode, expect_version, None)
-            path = self._path_in(c, ino)  # NotFound when it has no name any more
-            t = now_ns()
-            for pos, parent in c.execute("SELECT pos, parent FROM dentries WHERE ino = ?", (ino,)).fetchall():
-                c.execute("DELETE FROM dentries WHERE pos = ?", (pos,))
-                _set(c, parent, dict(mtime_ns=t, ctime_ns=t))
-            _set(c, ino, dict(nlink=0, ctime_ns=t))
-            _cancel_pending(c, ino, t)
-            values = dict(ino=ino, path=path, size=inode.size, uid=inode.uid, gid=inode.gid,
-                          crtime_ns=inode.crtime_ns, mtime_ns=inode.mtime_ns, atime_ns=inode.atime_ns,
-                          state=inode.state.value, tier=inode.tier, archive_tier=inode.archive_tier,
-                          checksum=inode.checksum, deleted_ns=t, who=who, why=why)
-            tid = c.execute(f"INSERT INTO tombstones ({', '.join(values)}) VALUES ({_marks(values)})",
-                            tuple(values.values())).lastrowid
-            _event(c, ino, inode.state, "deleted", who, why)
-            return Tombstone(id=tid, **values)
 
     def tombstones(self, ino: int | None = None, limit: int = 100) -> list[Tombstone]:
         where, args = ("WHERE ino = ? ", (ino,)) if ino is not None else ("", ())
@@ -665,27 +544,6 @@ class SqlCatalog(Catalog):
             _set(c, ino, dict(ctime_ns=now_ns()))
 
     # ---- state and moves ---------------------------------------------------
-    def switch(self, t: Transition) -> Inode:
-        with self._tx() as c:
-            inode = _get(c, t.ino)
-            check_expected(inode, t.expect_version, t.expect_states)
-            if t.no_writers_except is not None:
-                row = c.execute("SELECT session FROM open_files WHERE ino = ? AND writing AND session != ? LIMIT 1",
-                                (t.ino, t.no_writers_except)).fetchone()
-                if row is not None:
-                    raise errors.VersionConflict(
-                        f"inode {t.ino} is open for writing on another mount (session {row[0]})")
-            now = now_ns()
-            changes = dict(t.changes)
-            if "state" in changes and changes["state"] != inode.state:
-                changes.update(state_ns=now, state_cause=t.cause)
-                _event(c, t.ino, inode.state, changes["state"], t.cause, t.detail)
-            _set(c, t.ino, changes)
-            _add_garbage(c, t.garbage, t.cause)
-            if t.job_id is not None:
-                c.execute("UPDATE jobs SET dst_key = NULL, updated_ns = ? WHERE id = ?", (now, t.job_id))
-            return inode.copy(**changes)
-
     def set_open(self, ino, session, reading, writing) -> Inode:
         with self._tx() as c:
             inode = _get(c, ino)
@@ -1032,8 +890,7 @@ class SqlCatalog(Catalog):
         return resolve_paths(inos, names, cache)
 
     def count_by(self, q: FileQuery, by: str) -> dict:
-        if by not in COUNT_BY_FIELDS:
-            raise errors.Invalid(f"cannot count by {by!r} (one of {', '.join(COUNT_BY_FIELDS)})")
+        check_count_by(by)
         col = f"+inodes.{by}"  # every match is read anyway: scan, don't walk an index
         with self._tx(write=False) as c:
             with_, conds, args = self._inode_where(c, FileQuery(**{**q.__dict__, "order_by_last_access": False}))
