@@ -77,38 +77,38 @@ def _dir_inode(now: int) -> Inode:
 def load_sql(cat, n: int, now: int) -> None:
     """Bulk insert into the inodes and dentries tables (one transaction per
     50k rows), with the SQL module's own row builder."""
-    from sqlalchemy import insert
     from tierfs.catalog import schema as S
-    from tierfs.catalog.sql import _inode_values
+    cols = S.columns("inodes")[:-1]   # last_access_ns is generated
+    ins_i = f"INSERT INTO inodes ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+    ins_d = "INSERT INTO dentries (parent, name, ino) VALUES (?, ?, ?)"
+
+    def row(inode: Inode) -> tuple:
+        return tuple(inode.state.value if k == "state" else getattr(inode, k) for k in cols)
     ndirs = (n + PER_DIR - 1) // PER_DIR
     first_dir = ROOT_INO + 1
     first_file = first_dir + ndirs
-    with cat.engine.begin() as c:
-        rows = []
-        for d in range(ndirs):
-            v = _inode_values(_dir_inode(now))
-            v["ino"] = first_dir + d
-            rows.append(v)
-        c.execute(insert(S.inodes), rows)
-        c.execute(insert(S.dentries), [dict(parent=ROOT_INO, name=b"d%04d" % d, ino=first_dir + d)
-                                       for d in range(ndirs)])
+    conn = cat.connect()
+    with conn:   # one transaction
+        conn.execute("BEGIN")
+        conn.executemany(ins_i, [row(_dir_inode(now).copy(ino=first_dir + d)) for d in range(ndirs)])
+        conn.executemany(ins_d, [(ROOT_INO, b"d%04d" % d, first_dir + d) for d in range(ndirs)])
     batch_i, batch_d = [], []
 
     def flush():
-        with cat.engine.begin() as c:
-            c.execute(insert(S.inodes), batch_i)
-            c.execute(insert(S.dentries), batch_d)
+        with conn:
+            conn.execute("BEGIN")
+            conn.executemany(ins_i, batch_i)
+            conn.executemany(ins_d, batch_d)
         batch_i.clear()
         batch_d.clear()
     for k, (d, f, inode) in enumerate(_entries(n, now)):
-        v = _inode_values(inode)
-        v["ino"] = first_file + k
-        batch_i.append(v)
-        batch_d.append(dict(parent=first_dir + d, name=b"f%06d" % f, ino=first_file + k))
+        batch_i.append(row(inode.copy(ino=first_file + k)))
+        batch_d.append((first_dir + d, b"f%06d" % f, first_file + k))
         if len(batch_i) >= 50000:
             flush()
     if batch_i:
         flush()
+    conn.close()
     # No ANALYZE: a daemon's catalog never gets one, and SQLite's plan for the
     # candidate query differs with statistics (see RESULTS.md).
 
@@ -142,30 +142,14 @@ def load_mongo(cat, n: int, now: int) -> None:
 
 
 # ---- what the database examined -------------------------------------------------
-def sqlite_statement(cat, q: FileQuery) -> tuple[str, tuple]:
-    """The SQL statement and parameters SqlCatalog.query(q) really runs
-    (captured from the engine)."""
-    from sqlalchemy import event
-    captured = []
-
-    def hook(conn, cursor, statement, parameters, context, executemany):
-        captured.append((statement, parameters))
-    event.listen(cat.engine, "before_cursor_execute", hook)
-    try:
-        sum(1 for _ in cat.query(q))
-    finally:
-        event.remove(cat.engine, "before_cursor_execute", hook)
-    return [c for c in captured if "FROM inodes" in c[0]][-1]
-
-
 def sqlite_rows_fetched(conn, stmt: str, params) -> int:
     """How many table rows SQLite fetches for `stmt`: the statement is run
     with a counting function of a column only the table has as its first
     WHERE term. SQLite tests the terms an index entry answers before it
     fetches the row (a deferred seek), then the others in their order: the
-    function runs once per fetched row. `conn` is a SQLAlchemy connection;
+    function runs once per fetched row. `conn` is an sqlite3 connection;
     the plan must not change (checked)."""
-    dbapi = conn.connection.driver_connection
+    dbapi = conn
     calls = [0]
 
     def probe(_):
@@ -178,10 +162,10 @@ def sqlite_rows_fetched(conn, stmt: str, params) -> int:
     probed = f"{head}WHERE tierfs_fetch_probe(inodes.mode) AND {tail}"
 
     def plan(sql):
-        return [str(r[-1]) for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, params).all()]
+        return [str(r[-1]) for r in conn.execute("EXPLAIN QUERY PLAN " + sql, params).fetchall()]
     if plan(probed) != plan(stmt):
         raise RuntimeError(f"the fetch probe changed the plan: {plan(stmt)} -> {plan(probed)}")
-    conn.exec_driver_sql(probed, params).all()
+    conn.execute(probed, params).fetchall()
     return calls[0]
 
 
@@ -190,21 +174,24 @@ def examined_sql(cat, q: FileQuery) -> dict:
     catalog really ran), the index entries its range holds (what the search
     walks: keys_examined) and the table rows it fetches (examined: those
     whose index entry passes the index's terms)."""
-    stmt, params = sqlite_statement(cat, q)
+    stmt, params = cat.query_statement(q)
     states = [s.value for s in q.states]
     marks = ",".join("?" * len(states))
-    with cat.engine.connect() as c:
-        detail = " | ".join(str(r[-1]) for r in c.exec_driver_sql("EXPLAIN QUERY PLAN " + stmt, params).all())
+    c = cat.connect()
+    try:
+        detail = " | ".join(str(r[-1]) for r in c.execute("EXPLAIN QUERY PLAN " + stmt, params).fetchall())
         keys = None
         if "ix_inodes_state_last_access" in detail:  # (state, last_access_ns, size)
-            keys = c.exec_driver_sql(f"SELECT count(*) FROM inodes WHERE state IN ({marks}) AND last_access_ns < ?",
-                                     (*states, q.last_access_before_ns)).scalar()
+            keys = c.execute(f"SELECT count(*) FROM inodes WHERE state IN ({marks}) AND last_access_ns < ?",
+                             (*states, q.last_access_before_ns)).fetchone()[0]
         elif "ix_inodes_state_size" in detail:
-            keys = c.exec_driver_sql(f"SELECT count(*) FROM inodes WHERE state IN ({marks}) AND size >= ?",
-                                     (*states, q.min_size)).scalar()
+            keys = c.execute(f"SELECT count(*) FROM inodes WHERE state IN ({marks}) AND size >= ?",
+                             (*states, q.min_size)).fetchone()[0]
         elif "SCAN" in detail or "PRIMARY KEY" in detail:
-            keys = c.exec_driver_sql("SELECT count(*) FROM inodes").scalar()
+            keys = c.execute("SELECT count(*) FROM inodes").fetchone()[0]
         fetched = sqlite_rows_fetched(c, stmt, params)
+    finally:
+        c.close()
     return {"plan": detail, "examined": fetched, "keys_examined": keys}
 
 

@@ -301,8 +301,11 @@ def stored_last_access(catalog, ino: int) -> int:
     """last_access_ns as the catalog stores it: what its index holds."""
     if hasattr(catalog, "db"):
         return catalog.inodes.find_one({"_id": ino})["last_access_ns"]
-    with catalog.engine.connect() as c:
-        return c.exec_driver_sql("SELECT last_access_ns FROM inodes WHERE ino = ?", (ino,)).scalar()
+    c = catalog.connect()
+    try:
+        return c.execute("SELECT last_access_ns FROM inodes WHERE ino = ?", (ino,)).fetchone()[0]
+    finally:
+        c.close()
 
 
 def test_last_access_stays_the_later_of_atime_and_mtime_through_every_write(catalog):

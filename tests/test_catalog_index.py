@@ -13,6 +13,7 @@ random."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import sqlite3
@@ -20,7 +21,6 @@ import time
 
 import pytest
 from bson import json_util
-from sqlalchemy import inspect
 
 from bench.catalog_scale import examined_sql
 from tierfs import errors
@@ -46,8 +46,9 @@ def inode_indexes(cat) -> dict[str, list[str]]:
     """Index name -> its fields, as the database has them."""
     if backend(cat) == "mongo":
         return {name: [k for k, _ in ix["key"]] for name, ix in cat.inodes.index_information().items()}
-    with cat.engine.connect() as c:
-        return {ix["name"]: ix["column_names"] for ix in inspect(c).get_indexes("inodes")}
+    with contextlib.closing(cat.connect()) as c:
+        names = [r[1] for r in c.execute("PRAGMA index_list(inodes)") if not r[1].startswith("sqlite_")]
+        return {n: [r[2] for r in c.execute(f"PRAGMA index_info({n})")] for n in names}
 
 
 def test_a_fresh_catalog_has_the_index_and_not_the_previous_ones(catalog):
@@ -84,8 +85,8 @@ def stored_last_access(cat) -> dict[bytes, int]:
     if backend(cat) == "mongo":
         names = {d["ino"]: bytes(d["name"]) for d in cat.dentries.find()}
         return {names[d["_id"]]: d["last_access_ns"] for d in cat.inodes.find() if d["_id"] in names}
-    with cat.engine.connect() as c:
-        return {bytes(n): t for n, t in c.exec_driver_sql(
+    with contextlib.closing(cat.connect()) as c:
+        return {bytes(n): t for n, t in c.execute(
             "SELECT d.name, i.last_access_ns FROM inodes i JOIN dentries d ON d.ino = i.ino")}
 
 
@@ -216,10 +217,10 @@ def examined(cat, q: FileQuery) -> dict:
 def make_newest(cat, name: str) -> None:
     """Drop and create again an SQLite index: without statistics, SQLite
     breaks ties between equally rated indexes by their order in the schema."""
-    with cat.engine.begin() as c:
-        sql = c.exec_driver_sql("SELECT sql FROM sqlite_master WHERE name = ?", (name,)).scalar()
-        c.exec_driver_sql(f"DROP INDEX {name}")
-        c.exec_driver_sql(sql)
+    with contextlib.closing(cat.connect()) as c:
+        sql = c.execute("SELECT sql FROM sqlite_master WHERE name = ?", (name,)).fetchone()[0]
+        c.execute(f"DROP INDEX {name}")
+        c.execute(sql)
 
 
 def test_policy_query_fetches_only_the_candidates(catalog):
@@ -246,9 +247,9 @@ def without_size_in_the_index(cat) -> None:
         cat.inodes.drop_index(NEW_MONGO)
         cat.inodes.create_index([("state", 1), ("last_access_ns", 1)], name="state_last_access")
     else:
-        with cat.engine.begin() as c:
-            c.exec_driver_sql(f"DROP INDEX {NEW_SQL}")
-            c.exec_driver_sql("CREATE INDEX ix_inodes_state_last_access ON inodes (state, last_access_ns)")
+        with contextlib.closing(cat.connect()) as c:
+            c.execute(f"DROP INDEX {NEW_SQL}")
+            c.execute("CREATE INDEX ix_inodes_state_last_access ON inodes (state, last_access_ns)")
 
 
 def test_the_measure_sees_fetches_without_the_size_in_the_index(catalog):
@@ -277,12 +278,11 @@ def test_watermark_and_size_only_queries_still_use_an_index(catalog):
     big = FileQuery(states=(State.ONLINE,), min_size=(1 << 30) - (1 << 20))
     n_big = len(list(cat.query(big)))
     if backend(cat) == "sqlite":
-        from bench.catalog_scale import sqlite_statement
         for fq, index in ((lru, NEW_SQL),
                           (big, "ix_inodes_state_size"), (q, NEW_SQL)):
-            stmt, params = sqlite_statement(cat, fq)
-            with cat.engine.connect() as c:
-                plan = " | ".join(r[-1] for r in c.exec_driver_sql("EXPLAIN QUERY PLAN " + stmt, params))
+            stmt, params = cat.query_statement(fq)
+            with contextlib.closing(cat.connect()) as c:
+                plan = " | ".join(r[-1] for r in c.execute("EXPLAIN QUERY PLAN " + stmt, params))
             assert f"USING INDEX {index} " in plan, (fq, plan)
     else:
         e = examined(cat, big)

@@ -363,11 +363,17 @@ def test_watermark_run_frees_least_recently_used_first(catalog, tmp_path):
 
 def test_a_run_on_100k_entries_touches_only_the_candidates(sqlite_url, tmp_path):
     """Bulk-inserted synthetic catalog: 100,000 files, 50 of them cold and big."""
-    from sqlalchemy import event, insert, text
-
-    from tierfs.catalog import open_catalog
     from tierfs.catalog import schema as S
-    catalog = open_catalog(sqlite_url)
+    from tierfs.catalog.sql import SqlCatalog
+    ops = [0]
+
+    def count():
+        ops[0] += 1
+        return 0
+
+    def count_vm_steps(conn):
+        conn.set_progress_handler(count, 100)   # one tick per 100 SQLite VM instructions
+    catalog = SqlCatalog(sqlite_url, on_connect=count_vm_steps)
     catalog.init()
     now = now_ns()
     old = now - 200 * DAY_NS
@@ -381,19 +387,14 @@ def test_a_run_on_100k_entries_touches_only_the_candidates(sqlite_url, tmp_path)
                          target=None, state="online", tier="disk", location=f"k{ino}", archive_tier=None,
                          archive_location=None, checksum=None, data_version=0, state_ns=now, state_cause="create"))
         dents.append(dict(parent=ROOT_INO, name=b"f%d" % i, ino=ino))
-    with catalog.engine.begin() as c:
-        c.execute(insert(S.inodes), rows)
-        c.execute(insert(S.dentries), dents)
+    cols = S.columns("inodes")[:-1]   # last_access_ns is generated
+    c = catalog.connect()
+    with c:
+        c.execute("BEGIN")
+        c.executemany(f"INSERT INTO inodes ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                      [tuple(r[k] for k in cols) for r in rows])
+        c.executemany("INSERT INTO dentries (parent, name, ino) VALUES (:parent, :name, :ino)", dents)
     del rows, dents
-    ops = [0]
-
-    def count():
-        ops[0] += 1
-        return 0
-
-    @event.listens_for(catalog.engine, "checkout")
-    def _count_vm_steps(dbapi_conn, *_):
-        dbapi_conn.set_progress_handler(count, 100)   # one tick per 100 SQLite VM instructions
     cfg = make_cfg(tmp_path, dict(name="cold", action="archive", inactive_for="90d", min_size="1MB"))
     catalog.rows_read = 0
     ops[0] = 0
@@ -401,8 +402,9 @@ def test_a_run_on_100k_entries_touches_only_the_candidates(sqlite_url, tmp_path)
     assert len(report.actions) == 50 and catalog.rows_read == 50
     run_ops = ops[0]
     ops[0] = 0
-    with catalog.engine.connect() as c:
-        assert c.execute(text("SELECT count(*) FROM inodes WHERE size >= 0")).scalar() == 100_001
+    with c:
+        assert c.execute("SELECT count(*) FROM inodes WHERE size >= 0").fetchone()[0] == 100_001
+    c.close()
     full_scan = ops[0]
     print(f"VM steps/100: policy run {run_ops}, one full scan {full_scan}")
     assert run_ops * 20 < full_scan, (run_ops, full_scan)

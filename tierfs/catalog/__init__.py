@@ -3,11 +3,14 @@
 from .. import errors
 from .base import Catalog
 
+#: The URL schemes open_catalog serves (for the refusal of any other).
+SCHEMES = "sqlite:///PATH, mongodb://, mongodb+srv://"
+
 
 def open_catalog(url: str) -> Catalog:
-    """sqlite:///... and postgresql://... -> SQLAlchemy; mongodb://... -> MongoDB."""
+    """sqlite:///PATH -> the embedded SQLite catalog; mongodb://... -> MongoDB."""
     scheme = url.split(":", 1)[0].lower()
-    if scheme.startswith("sqlite") or scheme.startswith("postgresql"):
+    if scheme.startswith("sqlite"):
         from .sql import SqlCatalog
         return SqlCatalog(url)
     if scheme in ("mongodb", "mongodb+srv"):
@@ -16,4 +19,6 @@ def open_catalog(url: str) -> Catalog:
         except ImportError as e:
             raise errors.ConfigError(f"catalog: MongoDB support needs pymongo ({e})") from e
         return MongoCatalog(url)
-    raise errors.ConfigError(f"catalog: unsupported URL scheme {scheme!r} (use sqlite:///, postgresql://, mongodb://)")
+    if scheme.startswith("postgres"):
+        raise errors.ConfigError(f"catalog: PostgreSQL is not supported (any more); use one of {SCHEMES}")
+    raise errors.ConfigError(f"catalog: unsupported URL scheme {scheme!r} (use one of {SCHEMES})")

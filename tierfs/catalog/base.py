@@ -6,7 +6,7 @@ location, and an archive copy), the job queue, mount sessions, the history
 of state changes, and objects waiting to be deleted from tiers (garbage).
 
 Every implementation (catalog/sql.py, catalog/mongo.py) passes the shared
-conformance suite in tests/conformance/catalog_suite.py. Methods are
+conformance suite in tests/test_catalog_conformance.py. Methods are
 synchronous and may block; the daemon calls them from worker threads.
 Each method that changes more than one record is atomic: it happens
 entirely or not at all, also against other processes sharing the catalog.
@@ -19,6 +19,8 @@ import enum
 import time
 from dataclasses import dataclass, field, fields
 from typing import Iterable, Iterator, Sequence, TypedDict
+
+from .. import errors
 
 ROOT_INO = 1
 #: 2: inodes carry last_access_ns (see Inode.last_access_ns); version 1 catalogs are migrated at init.
@@ -47,6 +49,16 @@ def resolve_paths(inos: list[int], names: dict[int, tuple[int, bytes]], cache: d
                 cache[a] = p
         out[ino] = p
     return out
+
+
+def check_expected(inode: "Inode", expect_version: int | None, expect_states: Iterable["State"] | None) -> None:
+    """The compare-and-swap of update/switch/bury: VersionConflict unless the
+    inode still has `expect_version` and one of `expect_states` (None: any)."""
+    if expect_version is not None and inode.data_version != expect_version:
+        raise errors.VersionConflict(
+            f"inode {inode.ino}: content version {inode.data_version} != expected {expect_version}")
+    if expect_states is not None and inode.state not in set(expect_states):
+        raise errors.VersionConflict(f"inode {inode.ino}: state {inode.state} not in {list(map(str, expect_states))}")
 
 
 class State(str, enum.Enum):
@@ -315,6 +327,12 @@ class FileQuery:
 
 #: Fields count_by() can group on (`owner` in the CLI is uid).
 COUNT_BY_FIELDS = ("state", "tier", "archive_tier", "uid", "gid")
+
+
+def check_count_by(by: str) -> None:
+    """Invalid unless count_by() can group on `by`."""
+    if by not in COUNT_BY_FIELDS:
+        raise errors.Invalid(f"cannot count by {by!r} (one of {', '.join(COUNT_BY_FIELDS)})")
 
 
 @dataclass

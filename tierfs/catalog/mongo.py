@@ -4,69 +4,24 @@ Selected by a `mongodb://` (or `mongodb+srv://`) catalog URL; the database
 is the URL's path (default "tierfs"). Transactions need a replica set (a
 single-node one is enough) or a sharded cluster.
 
-Collections and their fields (the schema is the specification; the same
-fields as catalog/schema.py, with `_id` as the primary key):
+Collections: one per table of catalog/schema.py, which is the specification
+of every record: the same names, the same fields with the same meaning
+(times in integer nanoseconds, names, targets and xattrs as BSON binary).
+Where the documents differ from the tables:
 
-  meta      _id: setting name ("schema_version", ...); value: setting as text
-  counters  _id: counter name ("ino", "pos", "job", "event", "garbage");
-            seq: last number handed out (ino starts at 1 = the root, so the
-            first file is 2). Numbers are allocated outside transactions
-            ($inc on one document), so concurrent creates never conflict on
-            the counter; an aborted transaction leaves a gap, never a reuse.
-  inodes    _id: inode number (1 = root directory); mode: st_mode (type bits |
-            permission bits); uid, gid: owner; nlink: dentries pointing here
-            (+subdirs +1 for dirs), 0 = unlinked but still open; size: logical
-            size in bytes (may exceed stored bytes: sparse); atime_ns: last
-            access (batched by access tracking, never moves backwards);
-            mtime_ns: last content change; last_access_ns: max(atime_ns,
-            mtime_ns), what inactivity is measured from (base.Inode.
-            last_access_ns; indexed), kept so by every write of either time
-            (_update, set_atimes); ctime_ns: last metadata change;
-            crtime_ns: creation time; rdev: device number of device nodes, else
-            0; target: symlink target (BSON binary, any bytes) or null;
-            state: online|archiving|dual|archived|restoring|lost (base.State);
-            tier: online tier holding the bytes, null when archived or not a
-            file; location: object key on `tier`, null = no object (reads as
-            zeros); archive_tier / archive_location: the archive copy (dual,
-            archived, restoring, lost), else null; checksum: sha256 hex of the
-            content, null until finalised or after a write; data_version:
-            bumped on every content change (moves compare-and-swap on it);
-            state_ns: when `state` last changed; state_cause: why; open_gen:
-            bumped by set_open only so that it conflicts with a concurrent
-            switch() transaction (not part of the Inode record).
-  dentries  _id: pos, the stable readdir cookie (a counter, never reused);
-            parent: directory inode; name: file name (BSON binary: POSIX names
-            are bytes, invalid UTF-8 round-trips); ino: inode it points at.
-  xattrs    _id: ObjectId; ino: inode; name: full attribute name (binary);
-            value: attribute value (binary, <= 64 KiB).
-  jobs      _id: job id (counter); ino: file; kind: restore|archive|release|
-            migrate; state: pending|running|done|failed|cancelled; priority:
-            lower runs first (restores 0); target_tier: destination tier or
-            null; keep_online: archive leaves the file dual; cause: who/what
-            asked; session: session running it (state running) or null;
-            attempts: times started; not_before_ns: earliest start (retry
-            backoff); last_error: last failure; dst_key: object written on the
-            destination (cleaned up if the move dies) or null; created_ns,
-            updated_ns: when queued / last changed.
-  sessions  _id: random session id; host, pid: the daemon; mountpoint;
-            started_ns: registration; heartbeat_ns: last heartbeat (stale
-            sessions are reaped); clean: true once ended.
-  events    _id: event id (counter); ino; time_ns; from_state; to_state;
-            cause: command + uid, policy rule...; detail: tiers, bytes, errors.
-  garbage   _id: entry id (counter); tier; key: object to delete; created_ns:
-            when it became unreferenced; reason.
-  leases    _id: lease name ("policy"); holder: session id; expires_ns: the
-            lease is free after this time.
-  open_files _id: "ino:session"; ino; session: the mount holding the file
-            open; writing: true while it has a writable handle (moves skip
-            such files; purge waits until no mount has the file open).
-  tombstones _id: tombstone id (counter "tombstone"); ino: inode number the
-            deleted file had; path: its path then (binary); size, uid, gid,
-            crtime_ns, mtime_ns, atime_ns, state, tier, archive_tier,
-            checksum: the file as it was; deleted_ns: when; who: what deleted
-            it (policy rule, session, host); why: the values that matched.
-            Written by compliance deletions (policy action delete), never
-            removed.
+  _id       the table's primary key: meta.key, inodes.ino, dentries.pos,
+            jobs/events/garbage/tombstones.id, sessions.id, leases.name;
+            xattrs have an ObjectId, open_files the string "ino:session".
+  counters  (no table) _id: counter name ("ino", "pos", "job", "event",
+            "garbage", "tombstone"); seq: last number handed out (ino
+            starts at 1 = the root, so the first file is 2). Numbers are
+            allocated outside transactions ($inc on one document), so
+            concurrent creates never conflict on the counter; an aborted
+            transaction leaves a gap, never a reuse.
+  inodes    last_access_ns is stored, not generated: every write of atime_ns
+            or mtime_ns sets it (_update, set_atimes). open_gen: bumped by
+            set_open only so that it conflicts with a concurrent switch()
+            transaction (not part of the Inode record).
 
 Code: this module holds the client, the namespace and every atomic change;
 catalog/mongo_jobs.py (jobs, sessions, leases) and catalog/mongo_query.py
@@ -98,8 +53,9 @@ from pymongo.write_concern import WriteConcern
 
 from .. import errors
 from ..redact import redact_url
-from .base import (INODE_FIELDS, ROOT_INO, SCHEMA_VERSION, Catalog, DirEntry, Event, Garbage, Inode, JobState,
-                   State, Tombstone, Transition, now_ns)
+from .base import (INODE_FIELDS, ROOT_INO, SCHEMA_VERSION, DirEntry, Event, Garbage, Inode, JobState, State,
+                   Tombstone, check_expected, now_ns)
+from .core import CatalogCore, Txn
 from .mongo_jobs import ACTIVE, MongoJobs
 from .mongo_query import MongoQueries, inode_of as _inode
 
@@ -182,7 +138,7 @@ def _update(values: dict, inc: dict | None = None) -> dict | list:
     return [{"$set": first}, {"$set": {"last_access_ns": LAST_ACCESS}}]
 
 
-class MongoCatalog(MongoJobs, MongoQueries, Catalog):
+class MongoCatalog(MongoJobs, MongoQueries, CatalogCore):
     """Catalog in a MongoDB database chosen by URL (mongodb://host/db?replicaSet=rs0)."""
 
     shared = True
@@ -282,6 +238,10 @@ class MongoCatalog(MongoJobs, MongoQueries, Catalog):
                 time.sleep(delay)
                 delay = min(delay * 2, 0.2)
 
+    def transaction(self, fn: Callable[[Txn], T]) -> T:
+        """fn in a transaction (_txn), retried on transient errors."""
+        return self._txn(lambda s: fn(_MongoTxn(self, s)))
+
     def _next(self, name: str, n: int = 1) -> int:
         """Allocate n numbers from a counter (single-document $inc); returns the last."""
         doc = self.counters.find_one_and_update({"_id": name}, {"$inc": {"seq": n}}, upsert=True,
@@ -296,9 +256,6 @@ class MongoCatalog(MongoJobs, MongoQueries, Catalog):
 
     def _dentry(self, parent: int, name: bytes, s=None) -> dict | None:
         return self.dentries.find_one({"parent": parent, "name": name}, session=s)
-
-    def _has_children(self, ino: int, s) -> bool:
-        return self.dentries.find_one({"parent": ino}, {"_id": 1}, session=s) is not None
 
     def _set(self, ino: int, s, inc: dict | None = None, **values) -> None:
         upd = _update(_values(values), inc)
@@ -414,200 +371,6 @@ class MongoCatalog(MongoJobs, MongoQueries, Catalog):
             raise errors.NotFound(f"{name!r} in directory {parent}")
         return _inode(doc)
 
-    def create(self, parent: int, name: bytes, inode: Inode) -> Inode:
-        """Transaction: inode + dentry + the parent's times/nlink. The unique
-        (parent, name) index turns a race with another mount into Exists."""
-        with self._errors():
-            ino, pos = self._next("ino"), self._next("pos")
-
-        def fn(s):
-            p = self._get(parent, s)
-            if not p.is_dir():
-                raise errors.NotDir(f"inode {parent} is not a directory")
-            if self._dentry(parent, name, s) is not None:
-                raise errors.Exists(f"{name!r} exists in directory {parent}")
-            try:
-                self.inodes.insert_one(_inode_doc(inode.copy(ino=ino)), session=s)
-                self.dentries.insert_one({"_id": pos, "parent": parent, "name": name, "ino": ino}, session=s)
-            except DuplicateKeyError:
-                raise errors.Exists(f"{name!r} exists in directory {parent}") from None
-            self._set(parent, s, inc={"nlink": 1} if inode.is_dir() else None,
-                      mtime_ns=inode.ctime_ns, ctime_ns=inode.ctime_ns)
-            return inode.copy(ino=ino)
-        return self._txn(fn)
-
-    def create_many(self, entries, ctime_ns: int) -> list[Inode]:
-        """One transaction: every inode and dentry (insert_many) and each
-        parent's times and nlink; all or nothing."""
-        entries = list(entries)
-        if not entries:
-            return []
-        with self._errors():
-            last_ino, last_pos = self._next("ino", len(entries)), self._next("pos", len(entries))
-        first_ino, first_pos = last_ino - len(entries) + 1, last_pos - len(entries) + 1
-        out = [inode.copy(ino=first_ino + i) for i, (_, _, inode) in enumerate(entries)]
-        names: dict[int, list[bytes]] = {}
-        for parent, name, _ in entries:
-            if name in names.setdefault(parent, []):
-                raise errors.Exists(f"{name!r} given twice for directory {parent}")
-            names[parent].append(name)
-
-        def fn(s):
-            for parent, ns in names.items():
-                if not self._get(parent, s).is_dir():
-                    raise errors.NotDir(f"inode {parent} is not a directory")
-                taken = self.dentries.find_one({"parent": parent, "name": {"$in": ns}}, {"name": 1}, session=s)
-                if taken is not None:
-                    raise errors.Exists(f"{taken['name']!r} exists in directory {parent}")
-            try:
-                self.inodes.insert_many([_inode_doc(i) for i in out], session=s)
-                self.dentries.insert_many([{"_id": first_pos + k, "parent": parent, "name": name,
-                                            "ino": out[k].ino} for k, (parent, name, _) in enumerate(entries)],
-                                          session=s)
-            except BulkWriteError as e:
-                if all(w.get("code") == 11000 for w in e.details.get("writeErrors", [])):
-                    raise errors.Exists("a name was created concurrently") from None
-                raise
-            for parent in names:
-                dirs = sum(1 for (p, _, i) in entries if p == parent and i.is_dir())
-                self._set(parent, s, inc={"nlink": dirs} if dirs else None, mtime_ns=ctime_ns, ctime_ns=ctime_ns)
-            return out
-        return self._txn(fn)
-
-    def link(self, ino: int, parent: int, name: bytes, ctime_ns: int) -> Inode:
-        """Transaction: new dentry + nlink of the inode + the parent's times."""
-        with self._errors():
-            pos = self._next("pos")
-
-        def fn(s):
-            inode = self._get(ino, s)
-            if inode.is_dir():
-                raise errors.PermissionDenied("hard links to directories are not allowed", err=1)  # EPERM
-            if not self._get(parent, s).is_dir():
-                raise errors.NotDir(f"inode {parent} is not a directory")
-            if self._dentry(parent, name, s) is not None:
-                raise errors.Exists(f"{name!r} exists in directory {parent}")
-            try:
-                self.dentries.insert_one({"_id": pos, "parent": parent, "name": name, "ino": ino}, session=s)
-            except DuplicateKeyError:
-                raise errors.Exists(f"{name!r} exists in directory {parent}") from None
-            self._set(ino, s, inc={"nlink": 1}, ctime_ns=ctime_ns)
-            self._set(parent, s, mtime_ns=ctime_ns, ctime_ns=ctime_ns)
-            return inode.copy(nlink=inode.nlink + 1, ctime_ns=ctime_ns)
-        return self._txn(fn)
-
-    def unlink(self, parent: int, name: bytes, ctime_ns: int) -> Inode:
-        """Transaction: dentry removal + nlink decrement + the parent's times."""
-        def fn(s):
-            d = self._dentry(parent, name, s)
-            if d is None:
-                raise errors.NotFound(f"{name!r} in directory {parent}")
-            inode = self._get(d["ino"], s)
-            if inode.is_dir():
-                raise errors.IsDir(f"{name!r} is a directory")
-            self.dentries.delete_one({"_id": d["_id"]}, session=s)
-            self._set(inode.ino, s, inc={"nlink": -1}, ctime_ns=ctime_ns)
-            self._set(parent, s, mtime_ns=ctime_ns, ctime_ns=ctime_ns)
-            return inode.copy(nlink=inode.nlink - 1, ctime_ns=ctime_ns)
-        return self._txn(fn)
-
-    def rmdir(self, parent: int, name: bytes, ctime_ns: int) -> Inode:
-        """Transaction: emptiness check + dentry removal + both nlinks. A file
-        created in the directory by another mount meanwhile conflicts (its
-        create writes the directory's document), so the retry sees NotEmpty."""
-        def fn(s):
-            d = self._dentry(parent, name, s)
-            if d is None:
-                raise errors.NotFound(f"{name!r} in directory {parent}")
-            inode = self._get(d["ino"], s)
-            if not inode.is_dir():
-                raise errors.NotDir(f"{name!r} is not a directory")
-            if self._has_children(inode.ino, s):
-                raise errors.NotEmpty(f"{name!r} is not empty")
-            self.dentries.delete_one({"_id": d["_id"]}, session=s)
-            self._set(inode.ino, s, nlink=0, ctime_ns=ctime_ns)
-            self._set(parent, s, inc={"nlink": -1}, mtime_ns=ctime_ns, ctime_ns=ctime_ns)
-            return inode.copy(nlink=0, ctime_ns=ctime_ns)
-        return self._txn(fn)
-
-    def _is_ancestor(self, anc: int, ino: int, s) -> bool:
-        """True if directory `anc` is `ino` or one of its ancestors."""
-        for _ in range(100000):
-            if ino == anc:
-                return True
-            if ino == ROOT_INO:
-                return False
-            d = self.dentries.find_one({"ino": ino}, {"parent": 1}, session=s)
-            if d is None:
-                return False
-            ino = d["parent"]
-        return False
-
-    def rename(self, old_parent, old_name, new_parent, new_name, *, noreplace=False, exchange=False,
-               ctime_ns=0) -> Inode | None:
-        """Transaction: the dentry update(s), the replaced inode's nlink, the
-        parents' nlinks and times (overwrite and exchange included)."""
-        ctime_ns = ctime_ns or now_ns()
-
-        def fn(s):
-            src = self._dentry(old_parent, old_name, s)
-            if src is None:
-                raise errors.NotFound(f"{old_name!r} in directory {old_parent}")
-            dst = self._dentry(new_parent, new_name, s)
-            if not self._get(new_parent, s).is_dir():
-                raise errors.NotDir(f"inode {new_parent} is not a directory")
-            src_inode = self._get(src["ino"], s)
-            if src_inode.is_dir() and self._is_ancestor(src["ino"], new_parent, s):
-                raise errors.Invalid("cannot move a directory into itself")
-            parents = {old_parent, new_parent}
-            if exchange:
-                if dst is None:
-                    raise errors.NotFound(f"{new_name!r} in directory {new_parent}")
-                dst_inode = self._get(dst["ino"], s)
-                if dst_inode.is_dir() and self._is_ancestor(dst["ino"], old_parent, s):
-                    raise errors.Invalid("cannot move a directory into itself")
-                self.dentries.update_one({"_id": src["_id"]}, {"$set": {"ino": dst["ino"]}}, session=s)
-                self.dentries.update_one({"_id": dst["_id"]}, {"$set": {"ino": src["ino"]}}, session=s)
-                if old_parent != new_parent and src_inode.is_dir() != dst_inode.is_dir():
-                    delta = 1 if src_inode.is_dir() else -1
-                    self._set(old_parent, s, inc={"nlink": -delta})
-                    self._set(new_parent, s, inc={"nlink": delta})
-                for ino in {src["ino"], dst["ino"]}:
-                    self._set(ino, s, ctime_ns=ctime_ns)
-                for p in parents:
-                    self._set(p, s, mtime_ns=ctime_ns, ctime_ns=ctime_ns)
-                return None
-            replaced = None
-            if dst is not None:
-                if dst["ino"] == src["ino"]:
-                    return None  # same inode (hard links or same name): POSIX says do nothing
-                if noreplace:
-                    raise errors.Exists(f"{new_name!r} exists in directory {new_parent}")
-                dst_inode = self._get(dst["ino"], s)
-                if dst_inode.is_dir():
-                    if not src_inode.is_dir():
-                        raise errors.IsDir(f"{new_name!r} is a directory")
-                    if self._has_children(dst["ino"], s):
-                        raise errors.NotEmpty(f"{new_name!r} is not empty")
-                    replaced = dst_inode.copy(nlink=0, ctime_ns=ctime_ns)
-                    self._set(new_parent, s, inc={"nlink": -1})
-                else:
-                    if src_inode.is_dir():
-                        raise errors.NotDir(f"{new_name!r} is not a directory")
-                    replaced = dst_inode.copy(nlink=dst_inode.nlink - 1, ctime_ns=ctime_ns)
-                self._set(dst["ino"], s, nlink=replaced.nlink, ctime_ns=ctime_ns)
-                self.dentries.delete_one({"_id": dst["_id"]}, session=s)
-            self.dentries.update_one({"_id": src["_id"]}, {"$set": {"parent": new_parent, "name": new_name}},
-                                     session=s)
-            if src_inode.is_dir() and old_parent != new_parent:
-                self._set(old_parent, s, inc={"nlink": -1})
-                self._set(new_parent, s, inc={"nlink": 1})
-            self._set(src["ino"], s, ctime_ns=ctime_ns)
-            for p in parents:
-                self._set(p, s, mtime_ns=ctime_ns, ctime_ns=ctime_ns)
-            return replaced
-        return self._txn(fn)
-
     def readdir(self, parent: int, after_pos: int, limit: int) -> list[DirEntry]:
         """One aggregation: dentries in pos order joined with their inodes."""
         pipeline = [
@@ -643,25 +406,8 @@ class MongoCatalog(MongoJobs, MongoQueries, Catalog):
         return d["parent"]
 
     def path_of(self, ino: int) -> bytes:
-        parts = []
         with self._errors():
-            while ino != ROOT_INO:
-                d = self.dentries.find_one({"ino": ino}, {"parent": 1, "name": 1})
-                if d is None:
-                    raise errors.NotFound(f"inode {ino} has no name")
-                parts.append(d["name"])
-                ino = d["parent"]
-                if len(parts) > 100000:
-                    raise errors.TierfsError(f"directory loop above inode {ino}")
-        return b"/".join(reversed(parts))
-
-    @staticmethod
-    def _check(inode: Inode, expect_version, expect_states) -> None:
-        if expect_version is not None and inode.data_version != expect_version:
-            raise errors.VersionConflict(
-                f"inode {inode.ino}: content version {inode.data_version} != expected {expect_version}")
-        if expect_states is not None and inode.state not in set(expect_states):
-            raise errors.VersionConflict(f"inode {inode.ino}: state {inode.state} not in {list(map(str, expect_states))}")
+            return self._path_in(_MongoTxn(self, None), ino)
 
     def update(self, ino, changes, *, expect_version=None, expect_states=None) -> Inode:
         """Single-document atomic update; the expectations are part of its
@@ -678,7 +424,7 @@ class MongoCatalog(MongoJobs, MongoQueries, Catalog):
             else:
                 doc = self.inodes.find_one(filt)
             if doc is None:
-                self._check(self._get(ino), expect_version, expect_states)
+                check_expected(self._get(ino), expect_version, expect_states)
                 raise errors.VersionConflict(f"inode {ino} changed concurrently")
         return _inode(doc)
 
@@ -692,63 +438,6 @@ class MongoCatalog(MongoJobs, MongoQueries, Catalog):
         if doc is None:
             raise errors.NotFound(f"inode {ino}")
         return _inode(doc)
-
-    def purge(self, ino: int) -> Inode | None:
-        """Transaction: inode + xattrs deleted, pending jobs cancelled, its
-        objects added to garbage."""
-        def fn(s):
-            doc = self.inodes.find_one({"_id": ino}, session=s)
-            if doc is None:
-                return None
-            inode = _inode(doc)
-            if inode.nlink > 0 or ino == ROOT_INO:
-                return None
-            if self.open_files.find_one({"ino": ino}, {"_id": 1}, session=s) is not None:
-                return None  # another mount still has it open; the last one to close purges it
-            self.inodes.delete_one({"_id": ino}, session=s)
-            self.xattrs.delete_many({"ino": ino}, session=s)
-            self.jobs_c.update_many({"ino": ino, "state": JobState.PENDING.value},
-                                    {"$set": {"state": JobState.CANCELLED.value, "last_error": "file deleted",
-                                              "updated_ns": now_ns()}}, session=s)
-            self._add_garbage(s, [(inode.tier, inode.location), (inode.archive_tier, inode.archive_location)],
-                              "file deleted")
-            return inode
-        return self._txn(fn)
-
-    def bury(self, ino: int, who: str, why: str, *, expect_version: int | None = None) -> Tombstone:
-        """Transaction: every dentry of the file removed (the parents' times
-        set), nlink 0, pending jobs cancelled, tombstone + history event."""
-        with self._errors():
-            tid = self._next("tombstone")
-
-        def fn(s):
-            inode = self._get(ino, s)
-            if not inode.is_reg():
-                raise errors.Invalid(f"inode {ino} is not a regular file")
-            self._check(inode, expect_version, None)
-            parts, cur = [], ino
-            while cur != ROOT_INO:
-                d = self.dentries.find_one({"ino": cur}, {"parent": 1, "name": 1}, session=s)
-                if d is None:
-                    raise errors.NotFound(f"inode {cur} has no name")
-                parts.append(d["name"])
-                cur = d["parent"]
-            t = now_ns()
-            for d in list(self.dentries.find({"ino": ino}, {"parent": 1}, session=s)):
-                self.dentries.delete_one({"_id": d["_id"]}, session=s)
-                self._set(d["parent"], s, mtime_ns=t, ctime_ns=t)
-            self._set(ino, s, nlink=0, ctime_ns=t)
-            self.jobs_c.update_many({"ino": ino, "state": JobState.PENDING.value},
-                                    {"$set": {"state": JobState.CANCELLED.value, "last_error": "file deleted",
-                                              "updated_ns": t}}, session=s)
-            values = dict(ino=ino, path=b"/".join(reversed(parts)), size=inode.size, uid=inode.uid,
-                          gid=inode.gid, crtime_ns=inode.crtime_ns, mtime_ns=inode.mtime_ns,
-                          atime_ns=inode.atime_ns, state=inode.state.value, tier=inode.tier,
-                          archive_tier=inode.archive_tier, checksum=inode.checksum, deleted_ns=t, who=who, why=why)
-            self.tombstones_c.insert_one(dict(_id=tid, **values), session=s)
-            self._event(s, ino, inode.state, "deleted", who, why)
-            return Tombstone(id=tid, **values)
-        return self._txn(fn)
 
     def tombstones(self, ino: int | None = None, limit: int = 100) -> list[Tombstone]:
         with self._errors():
@@ -812,31 +501,6 @@ class MongoCatalog(MongoJobs, MongoQueries, Catalog):
             self._set(ino, None, ctime_ns=now_ns())
 
     # ---- state and moves ---------------------------------------------------
-    def switch(self, t: Transition) -> Inode:
-        """Transaction: compare-and-swap on (data_version, state) and, with
-        no_writers_except, on no other session writing (open_files) +
-        garbage + history event + the job's dst_key cleared."""
-        def fn(s):
-            inode = self._get(t.ino, s)
-            self._check(inode, t.expect_version, t.expect_states)
-            if t.no_writers_except is not None:
-                w = self.open_files.find_one({"ino": t.ino, "writing": True,
-                                              "session": {"$ne": t.no_writers_except}}, session=s)
-                if w is not None:
-                    raise errors.VersionConflict(
-                        f"inode {t.ino} is open for writing on another mount (session {w['session']})")
-            now = now_ns()
-            ch = dict(t.changes)
-            if "state" in ch and ch["state"] != inode.state:
-                ch.update(state_ns=now, state_cause=t.cause)
-                self._event(s, t.ino, inode.state, ch["state"], t.cause, t.detail)
-            self._set(t.ino, s, **ch)
-            self._add_garbage(s, t.garbage, t.cause)
-            if t.job_id is not None:
-                self.jobs_c.update_one({"_id": t.job_id}, {"$set": {"dst_key": None, "updated_ns": now}}, session=s)
-            return inode.copy(**ch)
-        return self._txn(fn)
-
     def set_open(self, ino, session, reading, writing) -> Inode:
         """Transaction: the (ino, session) record upserted or deleted, and the
         inode document written ($inc open_gen) so a concurrent switch()
@@ -901,6 +565,111 @@ class MongoCatalog(MongoJobs, MongoQueries, Catalog):
                                              {"archive_tier": tier, "archive_location": key}]}, {"_id": 1}):
                 return True
             return self.jobs_c.find_one({"dst_key": key, "state": {"$in": ACTIVE}}, {"_id": 1}) is not None
+
+class _MongoTxn:
+    """core.Txn on one MongoDB transaction (session `s` of MongoCatalog.transaction).
+    Numbers (inodes, dentries, events, tombstones) come from the counters
+    outside the transaction: a retried or aborted one leaves a gap, never a reuse."""
+
+    __slots__ = ("cat", "s")
+
+    def __init__(self, cat: "MongoCatalog", s):
+        self.cat, self.s = cat, s
+
+    def find_inode(self, ino: int) -> Inode | None:
+        doc = self.cat.inodes.find_one({"_id": ino}, session=self.s)
+        return None if doc is None else _inode(doc)
+
+    def find_dentry(self, parent: int, name: bytes) -> tuple[int, int] | None:
+        d = self.cat.dentries.find_one({"parent": parent, "name": name}, {"ino": 1}, session=self.s)
+        return None if d is None else (d["_id"], d["ino"])
+
+    def has_children(self, ino: int) -> bool:
+        return self.cat.dentries.find_one({"parent": ino}, {"_id": 1}, session=self.s) is not None
+
+    def first_name(self, ino: int) -> tuple[int, bytes] | None:
+        d = self.cat.dentries.find_one({"ino": ino}, {"parent": 1, "name": 1}, session=self.s)
+        return None if d is None else (d["parent"], d["name"])
+
+    def names_of(self, ino: int) -> list[tuple[int, int]]:
+        return [(d["_id"], d["parent"]) for d in self.cat.dentries.find({"ino": ino}, {"parent": 1}, session=self.s)]
+
+    def insert_inode(self, inode: Inode) -> int:
+        ino = self.cat._next("ino")
+        self.cat.inodes.insert_one(_inode_doc(inode.copy(ino=ino)), session=self.s)
+        return ino
+
+    def insert_inodes(self, inodes: list[Inode]) -> list[int]:
+        first = self.cat._next("ino", len(inodes)) - len(inodes) + 1
+        self.cat.inodes.insert_many([_inode_doc(i.copy(ino=first + k)) for k, i in enumerate(inodes)],
+                                    session=self.s)
+        return [first + k for k in range(len(inodes))]
+
+    def taken_name(self, parent: int, names: list[bytes]) -> bytes | None:
+        d = self.cat.dentries.find_one({"parent": parent, "name": {"$in": names}}, {"name": 1}, session=self.s)
+        return None if d is None else d["name"]
+
+    def set_fields(self, ino: int, changes: dict) -> None:
+        upd = _update(_values(changes))
+        if upd:
+            self.cat.inodes.update_one({"_id": ino}, upd, session=self.s)
+
+    def delete_inode(self, ino: int) -> None:
+        self.cat.inodes.delete_one({"_id": ino}, session=self.s)
+        self.cat.xattrs.delete_many({"ino": ino}, session=self.s)
+
+    def add_dentry(self, parent: int, name: bytes, ino: int) -> None:
+        try:   # the unique (parent, name) index turns a race with another mount into Exists
+            self.cat.dentries.insert_one({"_id": self.cat._next("pos"), "parent": parent, "name": name, "ino": ino},
+                                         session=self.s)
+        except DuplicateKeyError:
+            raise errors.Exists(f"{name!r} exists in directory {parent}") from None
+
+    def add_dentries(self, rows: list[tuple[int, bytes, int]]) -> None:
+        first = self.cat._next("pos", len(rows)) - len(rows) + 1
+        try:
+            self.cat.dentries.insert_many([{"_id": first + k, "parent": parent, "name": name, "ino": ino}
+                                           for k, (parent, name, ino) in enumerate(rows)], session=self.s)
+        except BulkWriteError as e:
+            if all(w.get("code") == 11000 for w in e.details.get("writeErrors", [])):
+                raise errors.Exists("a name was created concurrently") from None
+            raise
+
+    def move_dentry(self, pos: int, parent: int, name: bytes) -> None:
+        self.cat.dentries.update_one({"_id": pos}, {"$set": {"parent": parent, "name": name}}, session=self.s)
+
+    def point_dentry(self, pos: int, ino: int) -> None:
+        self.cat.dentries.update_one({"_id": pos}, {"$set": {"ino": ino}}, session=self.s)
+
+    def del_dentry(self, pos: int) -> None:
+        self.cat.dentries.delete_one({"_id": pos}, session=self.s)
+
+    def cancel_pending_jobs(self, ino: int, now: int) -> None:
+        self.cat.jobs_c.update_many({"ino": ino, "state": JobState.PENDING.value},
+                                    {"$set": {"state": JobState.CANCELLED.value, "last_error": "file deleted",
+                                              "updated_ns": now}}, session=self.s)
+
+    def open_anywhere(self, ino: int) -> bool:
+        return self.cat.open_files.find_one({"ino": ino}, {"_id": 1}, session=self.s) is not None
+
+    def other_writer(self, ino: int, session: str) -> str | None:
+        w = self.cat.open_files.find_one({"ino": ino, "writing": True, "session": {"$ne": session}}, session=self.s)
+        return None if w is None else w["session"]
+
+    def add_event(self, ino: int, frm, to, cause: str, detail: str) -> None:
+        self.cat._event(self.s, ino, frm, to, cause, detail)
+
+    def add_garbage(self, items, reason: str) -> None:
+        self.cat._add_garbage(self.s, items, reason)
+
+    def clear_dst_key(self, job_id: int, now: int) -> None:
+        self.cat.jobs_c.update_one({"_id": job_id}, {"$set": {"dst_key": None, "updated_ns": now}}, session=self.s)
+
+    def add_tombstone(self, values: dict) -> int:
+        tid = self.cat._next("tombstone")
+        self.cat.tombstones_c.insert_one(dict(_id=tid, **values), session=self.s)
+        return tid
+
 
 def _abort(s) -> None:
     try:

@@ -9,14 +9,11 @@ from __future__ import annotations
 import fnmatch
 from typing import Iterable, Iterator
 
-from .. import errors
-from .base import ACTIVE_JOB_STATES, INODE_FIELDS, ROOT_INO, CatalogStats, FileQuery, Inode, State
+from .base import ACTIVE_JOB_STATES, INODE_FIELDS, ROOT_INO, CatalogStats, FileQuery, Inode, State, check_count_by
 
 #: S_IFMT bits of a regular file / a directory, and the other type bits that must be clear.
 REG_SET, REG_CLEAR = 0o100000, 0o070000
 DIR_SET, DIR_CLEAR = 0o040000, 0o130000
-#: Fields count_by() can group on (as in catalog/base.py).
-COUNT_BY_FIELDS = ("state", "tier", "archive_tier", "uid", "gid")
 
 
 def inode_of(doc: dict) -> Inode:
@@ -186,8 +183,7 @@ class MongoQueries:
 
     def count_by(self, q: FileQuery, by: str) -> dict:
         """One $group aggregation over the matching inodes (each once)."""
-        if by not in COUNT_BY_FIELDS:
-            raise errors.Invalid(f"cannot count by {by!r} (one of {', '.join(COUNT_BY_FIELDS)})")
+        check_count_by(by)
         out: dict = {}
         with self._errors():
             if self._by_name(q):

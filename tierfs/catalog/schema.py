@@ -1,235 +1,214 @@
-"""The SQL schema of the catalog (SQLite by default, PostgreSQL-ready).
+"""The catalog's schema: the specification of every record, as the SQLite
+tables that store it (catalog/sql.py runs these statements as they are).
 
-The schema is the specification: every column says what it holds. Times are
-integer nanoseconds since the epoch. Names and symlink targets are bytes,
-because POSIX names are bytes (invalid UTF-8 must round-trip).
-The MongoDB catalog stores the same fields (catalog/mongo.py).
+Every column says what it holds. Times are integer nanoseconds since the
+epoch. Names and symlink targets are bytes (BLOB), because POSIX names are
+bytes (invalid UTF-8 must round-trip). The MongoDB catalog stores the same
+records with the same field names (catalog/mongo.py lists only where its
+documents differ: `_id` for the primary key, counters, open_gen).
+
+The statements are those the SQLAlchemy tables of tierfs before issue 15
+emitted, so catalogs made then and now have the same tables (tests/catalog/
+test_sqlite_compat.py opens one made by that code). INTEGER PRIMARY KEY
+columns are SQLite rowid aliases (numbers are max + 1, never reused while
+the highest row lives).
 """
 
-from sqlalchemy import (Boolean, Column, Computed, Index, Integer, LargeBinary, MetaData,
-                        String, Table, Text, UniqueConstraint, column)
-from sqlalchemy import BigInteger
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.functions import FunctionElement
+from __future__ import annotations
 
-metadata = MetaData()
+#: inodes.last_access_ns: what inactivity is measured from (base.Inode.last_access_ns). Generated: the
+#: database computes it on every write of atime_ns or mtime_ns, so no write path can leave it stale.
+#: VIRTUAL (computed when read; an index on it stores its values): ALTER TABLE can add only those, so
+#: catalogs made and migrated (sql.py MIGRATIONS[2]) alike have the same table. Last in the table
+#: because version 1 catalogs get it by ALTER TABLE ADD COLUMN, which appends.
+LAST_ACCESS = "INTEGER GENERATED ALWAYS AS (max(atime_ns, mtime_ns)) VIRTUAL"
+
+#: CREATE TABLE statements in creation order (table name -> statement).
+TABLES: dict[str, str] = {
+    # Catalog-wide settings; 'schema_version' drives migrations (sql.py MIGRATIONS).
+    "meta": """CREATE TABLE meta (
+	"key" VARCHAR(64) NOT NULL, -- setting name, e.g. 'schema_version'
+	value TEXT NOT NULL, -- setting value as text
+	PRIMARY KEY ("key")
+)""",
+    # One row per file, directory or symlink (base.Inode).
+    "inodes": """CREATE TABLE inodes (
+	ino INTEGER NOT NULL, -- inode number; 1 = root directory
+	mode INTEGER NOT NULL, -- st_mode: file type bits | permission bits
+	uid INTEGER NOT NULL, -- owner uid
+	gid INTEGER NOT NULL, -- owner gid
+	nlink INTEGER NOT NULL, -- dentries pointing here (+subdirs +1 for dirs); 0 = unlinked but still open
+	size INTEGER NOT NULL, -- logical size in bytes; may exceed stored bytes (sparse)
+	atime_ns INTEGER NOT NULL, -- last access (batched by the daemon's access tracking; never moves backwards)
+	mtime_ns INTEGER NOT NULL, -- last content modification
+	ctime_ns INTEGER NOT NULL, -- last metadata change
+	crtime_ns INTEGER NOT NULL, -- creation time
+	rdev INTEGER NOT NULL, -- device number of device nodes, else 0
+	target BLOB, -- symlink target bytes; NULL for non-symlinks
+	state VARCHAR(16) NOT NULL, -- online|archiving|dual|archived|restoring|lost (base.State)
+	tier VARCHAR(64), -- online tier holding the bytes; NULL when archived or not a file
+	location VARCHAR(255), -- object key on `tier`; NULL = no object (reads as zeros)
+	archive_tier VARCHAR(64), -- archive tier holding a copy (dual/archived/restoring/lost)
+	archive_location VARCHAR(255), -- object key on `archive_tier`
+	checksum VARCHAR(64), -- sha256 hex of the current content; NULL until finalised or after a write
+	data_version INTEGER NOT NULL, -- bumped on every content change; moves compare-and-swap on it
+	state_ns INTEGER NOT NULL, -- when `state` last changed
+	state_cause TEXT NOT NULL, -- why `state` last changed (command + uid, policy rule, create)
+	last_access_ns """ + LAST_ACCESS + """, -- max(atime_ns, mtime_ns), generated (base.Inode.last_access_ns)
+	PRIMARY KEY (ino)
+)""",
+    # The namespace: (parent, name) -> inode; rename updates one row.
+    "dentries": """CREATE TABLE dentries (
+	pos INTEGER NOT NULL, -- stable readdir cookie
+	parent INTEGER NOT NULL, -- directory inode containing the name
+	name BLOB NOT NULL, -- file name bytes (no '/' or NUL; <= 255 bytes)
+	ino INTEGER NOT NULL, -- inode the name points at
+	PRIMARY KEY (pos),
+	CONSTRAINT uq_dentries_parent_name UNIQUE (parent, name)
+)""",
+    # Extended attributes (user.* namespace).
+    "xattrs": """CREATE TABLE xattrs (
+	ino INTEGER NOT NULL, -- inode the attribute belongs to
+	name BLOB NOT NULL, -- full attribute name, e.g. b'user.project'
+	value BLOB NOT NULL, -- attribute value (<= 64 KiB)
+	PRIMARY KEY (ino, name)
+)""",
+    # The durable request queue, restore before archive (base.Job).
+    "jobs": """CREATE TABLE jobs (
+	id INTEGER NOT NULL, -- job id
+	ino INTEGER NOT NULL, -- file the job acts on
+	kind VARCHAR(16) NOT NULL, -- restore|archive|release|migrate
+	state VARCHAR(16) NOT NULL, -- pending|running|done|failed|cancelled
+	priority INTEGER NOT NULL, -- lower runs first; restores are 0
+	target_tier VARCHAR(64), -- destination tier, if the kind has one
+	keep_online BOOLEAN NOT NULL, -- archive: leave the file dual
+	cause TEXT NOT NULL, -- who/what asked (command + uid, policy rule)
+	session VARCHAR(64), -- session running it (state running)
+	attempts INTEGER NOT NULL, -- times started
+	not_before_ns INTEGER NOT NULL, -- earliest start (retry backoff)
+	last_error TEXT NOT NULL, -- last failure message
+	dst_key VARCHAR(255), -- object written on the destination; cleaned up if the move dies
+	created_ns INTEGER NOT NULL, -- when queued
+	updated_ns INTEGER NOT NULL, -- last change
+	PRIMARY KEY (id)
+)""",
+    # Mounted daemons sharing this catalog (base.Session).
+    "sessions": """CREATE TABLE sessions (
+	id VARCHAR(64) NOT NULL, -- random session id chosen at mount
+	host VARCHAR(255) NOT NULL, -- hostname of the daemon
+	pid INTEGER NOT NULL, -- daemon pid on that host
+	mountpoint TEXT NOT NULL, -- mountpoint path
+	started_ns INTEGER NOT NULL, -- registration time
+	heartbeat_ns INTEGER NOT NULL, -- last heartbeat; stale sessions get reaped
+	clean BOOLEAN NOT NULL, -- true once unmounted cleanly
+	PRIMARY KEY (id)
+)""",
+    # History of state transitions (base.Event).
+    "events": """CREATE TABLE events (
+	id INTEGER NOT NULL, -- event id
+	ino INTEGER NOT NULL, -- file
+	time_ns INTEGER NOT NULL, -- when
+	from_state VARCHAR(16) NOT NULL, -- state before
+	to_state VARCHAR(16) NOT NULL, -- state after
+	cause TEXT NOT NULL, -- command + uid, policy rule, restore on open...
+	detail TEXT NOT NULL, -- tier names, bytes, errors
+	PRIMARY KEY (id)
+)""",
+    # Tier objects no inode references; the daemon deletes them, idempotently (base.Garbage).
+    "garbage": """CREATE TABLE garbage (
+	id INTEGER NOT NULL, -- entry id
+	tier VARCHAR(64) NOT NULL, -- tier holding the object
+	"key" VARCHAR(255) NOT NULL, -- object key to delete
+	created_ns INTEGER NOT NULL, -- when it became unreferenced
+	reason TEXT NOT NULL, -- why (unlink, superseded by a move...)
+	PRIMARY KEY (id)
+)""",
+    # Compliance deletions (policy action delete): the file is gone, this record stays (base.Tombstone).
+    "tombstones": """CREATE TABLE tombstones (
+	id INTEGER NOT NULL, -- tombstone id
+	ino INTEGER NOT NULL, -- inode number the deleted file had
+	path BLOB NOT NULL, -- its path relative to the root when deleted
+	size INTEGER NOT NULL, -- logical size then
+	uid INTEGER NOT NULL, -- owner uid then
+	gid INTEGER NOT NULL, -- owner gid then
+	crtime_ns INTEGER NOT NULL, -- creation time
+	mtime_ns INTEGER NOT NULL, -- last modification
+	atime_ns INTEGER NOT NULL, -- last access
+	state VARCHAR(16) NOT NULL, -- state when deleted (online|dual|archived|lost)
+	tier VARCHAR(64), -- online tier that held the bytes, if any
+	archive_tier VARCHAR(64), -- archive tier that held a copy, if any
+	checksum VARCHAR(64), -- sha256 of the content, if known
+	deleted_ns INTEGER NOT NULL, -- when it was deleted
+	who TEXT NOT NULL, -- what deleted it (policy rule, session, host)
+	why TEXT NOT NULL, -- the values that matched (e.g. 'created 400d ago > 365d')
+	PRIMARY KEY (id)
+)""",
+    # Files open per mount when mounts share the catalog: moves skip files written elsewhere;
+    # unlinked files stay until no mount has them open.
+    "open_files": """CREATE TABLE open_files (
+	ino INTEGER NOT NULL, -- inode some mount has open
+	session VARCHAR(64) NOT NULL, -- session (mount) holding it open
+	writing BOOLEAN NOT NULL, -- true while that mount has a writable handle on it
+	PRIMARY KEY (ino, session)
+)""",
+    # Named leases so one mount at a time runs e.g. policies.
+    "leases": """CREATE TABLE leases (
+	name VARCHAR(64) NOT NULL, -- lease name, e.g. 'policy'
+	holder VARCHAR(64) NOT NULL, -- session id holding it
+	expires_ns INTEGER NOT NULL, -- lease is free after this time
+	PRIMARY KEY (name)
+)""",
+}
 
 
-class greatest(FunctionElement):
-    """The larger of its arguments: GREATEST(a, b) in PostgreSQL, the
-    two-argument max(a, b) in SQLite (which has no GREATEST)."""
-
-    name = "greatest"
-    inherit_cache = True
-
-
-@compiles(greatest)
-def _greatest(element, compiler, **kw) -> str:
-    return f"greatest({compiler.process(element.clauses, **kw)})"
-
-
-@compiles(greatest, "sqlite")
-def _greatest_sqlite(element, compiler, **kw) -> str:
-    return f"max({compiler.process(element.clauses, **kw)})"
-
-
-@compiles(Computed, "sqlite")
-def _virtual_in_sqlite(element, compiler, **kw) -> str:
-    """Generated columns are VIRTUAL in SQLite (computed when read; an index
-    on one stores its values): ALTER TABLE can add only those, so catalogs
-    made and migrated alike have the same table. PostgreSQL gets STORED
-    (persisted=True), the only kind it can index."""
-    expr = compiler.sql_compiler.process(element.sqltext, include_table=False, literal_binds=True)
-    return f"GENERATED ALWAYS AS ({expr}) VIRTUAL"
-
-
-# BigInteger maps to INTEGER on SQLite, so integer primary keys stay rowid aliases.
-Big = BigInteger().with_variant(Integer, "sqlite")
-
-meta = Table(
-    "meta", metadata,
-    Column("key", String(64), primary_key=True, comment="setting name, e.g. 'schema_version'"),
-    Column("value", Text, nullable=False, comment="setting value as text"),
-    comment="catalog-wide settings; 'schema_version' drives migrations",
-)
-
-inodes = Table(
-    "inodes", metadata,
-    Column("ino", Big, primary_key=True, autoincrement=True, comment="inode number; 1 = root directory"),
-    Column("mode", Integer, nullable=False, comment="st_mode: file type bits | permission bits"),
-    Column("uid", Integer, nullable=False, comment="owner uid"),
-    Column("gid", Integer, nullable=False, comment="owner gid"),
-    Column("nlink", Integer, nullable=False, comment="dentries pointing here (+subdirs +1 for dirs); 0 = unlinked but still open"),
-    Column("size", Big, nullable=False, comment="logical size in bytes; may exceed stored bytes (sparse)"),
-    Column("atime_ns", Big, nullable=False, comment="last access (batched by the daemon's access tracking)"),
-    Column("mtime_ns", Big, nullable=False, comment="last content modification"),
-    Column("ctime_ns", Big, nullable=False, comment="last metadata change"),
-    Column("crtime_ns", Big, nullable=False, comment="creation time"),
-    Column("rdev", Big, nullable=False, comment="device number of device nodes, else 0"),
-    Column("target", LargeBinary, nullable=True, comment="symlink target bytes; NULL for non-symlinks"),
-    Column("state", String(16), nullable=False, comment="online|archiving|dual|archived|restoring|lost (catalog/base.py State)"),
-    Column("tier", String(64), nullable=True, comment="online tier holding the bytes; NULL when archived or not a file"),
-    Column("location", String(255), nullable=True, comment="object key on `tier`; NULL = no object (reads as zeros)"),
-    Column("archive_tier", String(64), nullable=True, comment="archive tier holding a copy (dual/archived/restoring/lost)"),
-    Column("archive_location", String(255), nullable=True, comment="object key on `archive_tier`"),
-    Column("checksum", String(64), nullable=True, comment="sha256 hex of the current content; NULL until finalised or after a write"),
-    Column("data_version", Big, nullable=False, comment="bumped on every content change; moves compare-and-swap on it"),
-    Column("state_ns", Big, nullable=False, comment="when `state` last changed"),
-    Column("state_cause", Text, nullable=False, comment="why `state` last changed (command + uid, policy rule, create)"),
-    # Inactivity is measured from it (base.Inode.last_access_ns). A generated column: the database computes
-    # it on every write of atime_ns or mtime_ns, so no write path can leave it stale (SQLite: VIRTUAL, see
-    # _virtual_in_sqlite; PostgreSQL: STORED). Last in the table because version 1 catalogs get it by
-    # ALTER TABLE ADD COLUMN (sql.py MIGRATIONS[2]), which appends.
-    Column("last_access_ns", Big, Computed(greatest(column("atime_ns"), column("mtime_ns")), persisted=True),
-           comment="max(atime_ns, mtime_ns): last access or modification, whichever is later (generated)"),
-    comment="one row per file, directory or symlink",
-)
-# Indexes: sql.py init() gives a catalog made by an older tierfs every index below that it lacks
-# (create_all only indexes tables it creates) and drops those named in DROPPED_INDEXES.
-#
-# query()/query_names()/count_by() with states + last_access_before_ns (policy rules on inactivity, `tierfs
-# find --inactive`), and with states + order_by_last_access (watermark runs, least recently used first): the
-# search walks state = ? AND last_access_ns < ? in this index and tests min_size/max_size on the index entry,
-# so only rows that match all three are fetched (1M entries, 1% candidates: 10,000 rows instead of 91,046).
-Index("ix_inodes_state_last_access_size", inodes.c.state, inodes.c.last_access_ns, inodes.c.size)
-# query()/query_names()/count_by() with states + min_size/max_size but no atime bound (rules on size alone,
-# `tierfs find --size`). Either state index serves _unselective()'s count of the inodes in some states.
-Index("ix_inodes_state_size", inodes.c.state, inodes.c.size)
-# references() (is an online object still used?), FileQuery.tier, `tierfs status` bytes per tier.
-Index("ix_inodes_tier", inodes.c.tier, inodes.c.location)
-# references() of archive copies, FileQuery.archive_tier, `tierfs status` bytes per archive tier.
-Index("ix_inodes_archive", inodes.c.archive_tier, inodes.c.archive_location)
-# The checksummer's backlog after a restart (FileQuery.checksum_missing): files whose sha256 is not recorded
-# yet (partial: only those rows, a handful once the daemon has caught up).
-Index("ix_inodes_no_checksum", inodes.c.state, inodes.c.ino, sqlite_where=inodes.c.checksum.is_(None),
-      postgresql_where=inodes.c.checksum.is_(None))
-# unlinked(): inodes kept at nlink 0 while open, purged at recovery (partial: only those rows).
-Index("ix_inodes_nlink0", inodes.c.nlink, sqlite_where=inodes.c.nlink == 0,
-      postgresql_where=inodes.c.nlink == 0)
-
-dentries = Table(
-    "dentries", metadata,
-    Column("pos", Big, primary_key=True, autoincrement=True, comment="stable readdir cookie (never reused)"),
-    Column("parent", Big, nullable=False, comment="directory inode containing the name"),
-    Column("name", LargeBinary, nullable=False, comment="file name bytes (no '/' or NUL; <= 255 bytes)"),
-    Column("ino", Big, nullable=False, comment="inode the name points at"),
-    UniqueConstraint("parent", "name", name="uq_dentries_parent_name"),
-    comment="the namespace: (parent, name) -> inode; rename updates one row",
-)
-# lookup()/create()/rename() use uq_dentries_parent_name (parent, name); readdir() the same (parent) prefix.
-# parent_of(), path_of(), paths_of(), bury() and the name/subtree joins of query() go from an inode to its names.
-Index("ix_dentries_ino", dentries.c.ino)
-
-xattrs = Table(
-    "xattrs", metadata,
-    Column("ino", Big, primary_key=True, comment="inode the attribute belongs to"),
-    Column("name", LargeBinary, primary_key=True, comment="full attribute name, e.g. b'user.project'"),
-    Column("value", LargeBinary, nullable=False, comment="attribute value (<= 64 KiB)"),
-    comment="extended attributes (user.* namespace)",
-)
-
-jobs = Table(
-    "jobs", metadata,
-    Column("id", Big, primary_key=True, autoincrement=True, comment="job id"),
-    Column("ino", Big, nullable=False, comment="file the job acts on"),
-    Column("kind", String(16), nullable=False, comment="restore|archive|release|migrate"),
-    Column("state", String(16), nullable=False, comment="pending|running|done|failed|cancelled"),
-    Column("priority", Integer, nullable=False, comment="lower runs first; restores are 0"),
-    Column("target_tier", String(64), nullable=True, comment="destination tier, if the kind has one"),
-    Column("keep_online", Boolean, nullable=False, comment="archive: leave the file dual"),
-    Column("cause", Text, nullable=False, comment="who/what asked (command + uid, policy rule)"),
-    Column("session", String(64), nullable=True, comment="session running it (state running)"),
-    Column("attempts", Integer, nullable=False, comment="times started"),
-    Column("not_before_ns", Big, nullable=False, comment="earliest start (retry backoff)"),
-    Column("last_error", Text, nullable=False, comment="last failure message"),
-    Column("dst_key", String(255), nullable=True, comment="object written on the destination; cleaned up if the move dies"),
-    Column("created_ns", Big, nullable=False, comment="when queued"),
-    Column("updated_ns", Big, nullable=False, comment="last change"),
-    comment="the durable request queue (restore before archive)",
-)
-# claim(): the most urgent pending job (state, then priority, then age); jobs(states) for `tierfs queue`.
-Index("ix_jobs_runnable", jobs.c.state, jobs.c.priority, jobs.c.id)
-# enqueue()'s coalescing (an active job of this kind for this file?), jobs(ino=), purge()/bury() cancelling.
-Index("ix_jobs_ino", jobs.c.ino, jobs.c.kind, jobs.c.state)
-
-sessions = Table(
-    "sessions", metadata,
-    Column("id", String(64), primary_key=True, comment="random session id chosen at mount"),
-    Column("host", String(255), nullable=False, comment="hostname of the daemon"),
-    Column("pid", Integer, nullable=False, comment="daemon pid on that host"),
-    Column("mountpoint", Text, nullable=False, comment="mountpoint path"),
-    Column("started_ns", Big, nullable=False, comment="registration time"),
-    Column("heartbeat_ns", Big, nullable=False, comment="last heartbeat; stale sessions get reaped"),
-    Column("clean", Boolean, nullable=False, comment="true once unmounted cleanly"),
-    comment="mounted daemons sharing this catalog",
-)
-
-events = Table(
-    "events", metadata,
-    Column("id", Big, primary_key=True, autoincrement=True, comment="event id"),
-    Column("ino", Big, nullable=False, comment="file"),
-    Column("time_ns", Big, nullable=False, comment="when"),
-    Column("from_state", String(16), nullable=False, comment="state before"),
-    Column("to_state", String(16), nullable=False, comment="state after"),
-    Column("cause", Text, nullable=False, comment="command + uid, policy rule, restore on open..."),
-    Column("detail", Text, nullable=False, comment="tier names, bytes, errors"),
-    comment="history of state transitions",
-)
-# events(ino): a file's history, most recent first (`tierfs state -v`).
-Index("ix_events_ino", events.c.ino, events.c.id)
-
-garbage = Table(
-    "garbage", metadata,
-    Column("id", Big, primary_key=True, autoincrement=True, comment="entry id"),
-    Column("tier", String(64), nullable=False, comment="tier holding the object"),
-    Column("key", String(255), nullable=False, comment="object key to delete"),
-    Column("created_ns", Big, nullable=False, comment="when it became unreferenced"),
-    Column("reason", Text, nullable=False, comment="why (unlink, superseded by a move...)"),
-    comment="tier objects no inode references; the daemon deletes them (idempotently)",
-)
-
-tombstones = Table(
-    "tombstones", metadata,
-    Column("id", Big, primary_key=True, autoincrement=True, comment="tombstone id"),
-    Column("ino", Big, nullable=False, comment="inode number the deleted file had"),
-    Column("path", LargeBinary, nullable=False, comment="its path relative to the root when deleted"),
-    Column("size", Big, nullable=False, comment="logical size then"),
-    Column("uid", Integer, nullable=False, comment="owner uid then"),
-    Column("gid", Integer, nullable=False, comment="owner gid then"),
-    Column("crtime_ns", Big, nullable=False, comment="creation time"),
-    Column("mtime_ns", Big, nullable=False, comment="last modification"),
-    Column("atime_ns", Big, nullable=False, comment="last access"),
-    Column("state", String(16), nullable=False, comment="state when deleted (online|dual|archived|lost)"),
-    Column("tier", String(64), nullable=True, comment="online tier that held the bytes, if any"),
-    Column("archive_tier", String(64), nullable=True, comment="archive tier that held a copy, if any"),
-    Column("checksum", String(64), nullable=True, comment="sha256 of the content, if known"),
-    Column("deleted_ns", Big, nullable=False, comment="when it was deleted"),
-    Column("who", Text, nullable=False, comment="what deleted it (policy rule, session, host)"),
-    Column("why", Text, nullable=False, comment="the values that matched (e.g. 'created 400d ago > 365d')"),
-    comment="compliance deletions (policy action delete): the file is gone, this record stays",
-)
-# tombstones(ino): the deletions of one inode number, most recent first.
-Index("ix_tombstones_ino", tombstones.c.ino, tombstones.c.id)
-
-open_files = Table(
-    "open_files", metadata,
-    Column("ino", Big, primary_key=True, comment="inode some mount has open"),
-    Column("session", String(64), primary_key=True, comment="session (mount) holding it open"),
-    Column("writing", Boolean, nullable=False, comment="true while that mount has a writable handle on it"),
-    comment="files open per mount when mounts share the catalog: moves skip files written elsewhere; "
-            "unlinked files stay until no mount has them open",
-)
-
-leases = Table(
-    "leases", metadata,
-    Column("name", String(64), primary_key=True, comment="lease name, e.g. 'policy'"),
-    Column("holder", String(64), nullable=False, comment="session id holding it"),
-    Column("expires_ns", Big, nullable=False, comment="lease is free after this time"),
-    comment="named leases so one mount at a time runs e.g. policies",
-)
+#: Index name -> CREATE INDEX statement. sql.py init() gives a catalog made by an older tierfs every
+#: index here that it lacks, and drops those named in DROPPED_INDEXES.
+INDEXES: dict[str, str] = {
+    # query()/query_names()/count_by() with states + last_access_before_ns (policy rules on inactivity,
+    # `tierfs find --inactive`), and with states + order_by_last_access (watermark runs, least recently
+    # used first): the search walks state = ? AND last_access_ns < ? in this index and tests
+    # min_size/max_size on the index entry, so only rows that match all three are fetched (1M entries,
+    # 1% candidates: 10,000 rows instead of 91,046).
+    "ix_inodes_state_last_access_size": "CREATE INDEX ix_inodes_state_last_access_size ON inodes "
+                                        "(state, last_access_ns, size)",
+    # query()/query_names()/count_by() with states + min_size/max_size but no atime bound (rules on size
+    # alone, `tierfs find --size`). Either state index serves _unselective()'s count of inodes in some states.
+    "ix_inodes_state_size": "CREATE INDEX ix_inodes_state_size ON inodes (state, size)",
+    # references() (is an online object still used?), FileQuery.tier, `tierfs status` bytes per tier.
+    "ix_inodes_tier": "CREATE INDEX ix_inodes_tier ON inodes (tier, location)",
+    # references() of archive copies, FileQuery.archive_tier, `tierfs status` bytes per archive tier.
+    "ix_inodes_archive": "CREATE INDEX ix_inodes_archive ON inodes (archive_tier, archive_location)",
+    # The checksummer's backlog after a restart (FileQuery.checksum_missing): files whose sha256 is not
+    # recorded yet (partial: only those rows, a handful once the daemon has caught up).
+    "ix_inodes_no_checksum": "CREATE INDEX ix_inodes_no_checksum ON inodes (state, ino) WHERE checksum IS NULL",
+    # unlinked(): inodes kept at nlink 0 while open, purged at recovery (partial: only those rows).
+    "ix_inodes_nlink0": "CREATE INDEX ix_inodes_nlink0 ON inodes (nlink) WHERE nlink = 0",
+    # lookup()/create()/rename() use uq_dentries_parent_name (parent, name); readdir() its (parent) prefix.
+    # parent_of(), path_of(), paths_of(), bury() and the name/subtree joins of query() go from an inode to
+    # its names:
+    "ix_dentries_ino": "CREATE INDEX ix_dentries_ino ON dentries (ino)",
+    # claim(): the most urgent pending job (state, then priority, then age); jobs(states) for `tierfs queue`.
+    "ix_jobs_runnable": "CREATE INDEX ix_jobs_runnable ON jobs (state, priority, id)",
+    # enqueue()'s coalescing (an active job of this kind for this file?), jobs(ino=), purge()/bury() cancelling.
+    "ix_jobs_ino": "CREATE INDEX ix_jobs_ino ON jobs (ino, kind, state)",
+    # events(ino): a file's history, most recent first (`tierfs state -v`).
+    "ix_events_ino": "CREATE INDEX ix_events_ino ON events (ino, id)",
+    # tombstones(ino): the deletions of one inode number, most recent first.
+    "ix_tombstones_ino": "CREATE INDEX ix_tombstones_ino ON tombstones (ino, id)",
+}
 
 #: Indexes older catalogs have and this schema no longer wants; init() drops them.
 #: ix_inodes_state_atime (state, atime_ns) and ix_inodes_state_atime_size (state, atime_ns, size): no
 #: query bounds or orders by atime alone any more (inactivity is last_access_ns, indexed above); if kept,
 #: each would cost an index write per atime flush for nothing.
 DROPPED_INDEXES = ("ix_inodes_state_atime", "ix_inodes_state_atime_size")
+
+
+def columns(table: str) -> tuple[str, ...]:
+    """The column names of `table` in order, as its statement above defines them."""
+    out = []
+    for line in TABLES[table].splitlines()[1:]:
+        word = line.strip().split(" ", 1)[0].strip('"')
+        if word and word not in ("PRIMARY", "CONSTRAINT", ")"):
+            out.append(word)
+    return tuple(out)
