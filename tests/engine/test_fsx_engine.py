@@ -8,9 +8,6 @@ from __future__ import annotations
 import os
 import time
 
-import trio
-
-from tierfs.catalog.base import JobState
 from tests.engine.harness import Posix, engine, run
 from tests.fsmodel import Fsx
 from tests.reliability_util import assert_no_orphans
@@ -20,37 +17,13 @@ SEEDS = int(os.environ.get("TIERFS_FSX_ENGINE_SEEDS", "200"))
 OPS = 50
 
 
-class SettlingPosix(Posix):
-    """BUG workaround, remove with the fix of tests/engine/test_reused_inode.py:
-    a move running when its file is purged switches the next file that gets
-    the inode number (~1 seed in 200 read a deleted file's bytes). Deleting a
-    file here waits until no job is running on it; deletion during a move has
-    its own tests (test_fsx.py::test_unlink_during_move, on a mount)."""
-
-    async def _settle(self, path: str) -> None:
-        try:
-            ino = (await self.stat(path)).ino
-        except OSError:
-            return
-        while self.fs.catalog.jobs((JobState.RUNNING,), ino):
-            await trio.sleep(0.05)
-
-    async def unlink(self, path: str) -> None:
-        await self._settle(path)
-        await super().unlink(path)
-
-    async def rename(self, src: str, dst: str, **kw) -> None:
-        await self._settle(dst)                      # a rename over a file deletes it
-        await super().rename(src, dst, **kw)
-
-
 def test_fsx_in_process(tmp_path):
     """Every read matches the model across many seeds while moves run underneath."""
     stats = {"requests": 0, "eagain": 0}
 
     async def main():
         async with engine(tmp_path, job_retry_delay=1, block_timeout=3) as eng:
-            ops = SettlingPosix(eng.fs)
+            ops = Posix(eng.fs)
             for seed in range(SEEDS):
                 f = Fsx(ops, f"s{seed}", seed, OPS)
                 await f.run()

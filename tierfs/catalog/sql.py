@@ -53,7 +53,18 @@ _INODE_COLS_Q = ", ".join("inodes." + f for f in INODE_FIELDS)
 _GET_SQL = f"SELECT {_INODE_COLS} FROM inodes WHERE ino = ?"
 _DENTRY_SQL = "SELECT pos, ino FROM dentries WHERE parent = ? AND name = ?"
 _INSERT_FIELDS = tuple(f for f in INODE_FIELDS if f != "ino")
-_INSERT_INODE_SQL = f"INSERT INTO inodes ({', '.join(_INSERT_FIELDS)}) VALUES ({', '.join('?' * len(_INSERT_FIELDS))})"
+#: A new inode's number is above every number ever given, not only above the live ones: SQLite's
+#: rowid default (max + 1) handed a deleted file's number to the next file, and a move still
+#: running on the deleted file then switched the new one to the old bytes (tests/engine/
+#: test_reused_inode.py). meta 'ino_high' keeps the highest number deleted while it was the top.
+_NEXT_INO = ("(SELECT max(coalesce(max(ino), 0), coalesce((SELECT CAST(value AS INTEGER) FROM meta "
+             "WHERE \"key\" = 'ino_high'), 0)) + 1 FROM inodes)")
+_INSERT_INODE_SQL = (f"INSERT INTO inodes (ino, {', '.join(_INSERT_FIELDS)}) "
+                     f"VALUES ({_NEXT_INO}, {', '.join('?' * len(_INSERT_FIELDS))})")
+_KEEP_INO_HIGH_SQL = ("INSERT INTO meta (\"key\", value) SELECT 'ino_high', ?1 "
+                      "WHERE ?1 > coalesce((SELECT max(ino) FROM inodes), 0) "
+                      "ON CONFLICT (\"key\") DO UPDATE SET value = excluded.value "
+                      "WHERE CAST(value AS INTEGER) < CAST(excluded.value AS INTEGER)")
 _LOOKUP_SQL = (f"SELECT {', '.join('i.' + f for f in INODE_FIELDS)} FROM dentries d JOIN inodes i ON i.ino = d.ino "
                "WHERE d.parent = ? AND d.name = ?")
 _JOB_COLS = S.columns("jobs")
@@ -159,6 +170,7 @@ class _SqliteTxn:
 
     def delete_inode(self, ino: int) -> None:
         self.c.execute("DELETE FROM inodes WHERE ino = ?", (ino,))
+        self.c.execute(_KEEP_INO_HIGH_SQL, (ino,))
         self.c.execute("DELETE FROM xattrs WHERE ino = ?", (ino,))
 
     def add_dentry(self, parent: int, name: bytes, ino: int) -> None:
