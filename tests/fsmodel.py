@@ -1,4 +1,4 @@
-"""The randomized model test (fsx), shared by the mount (tests/test_fsx.py)
+"""The randomized model test (fsx), shared by the mount (tests/mount/test_fsx.py)
 and the in-process engine (tests/engine/test_fsx_engine.py).
 
 Each seed runs a short random sequence of writes, truncates, reads, renames,

@@ -6,7 +6,7 @@ file on a remote tier that is being written (staging.py), or a remote object
 read by range. Binding per inode rather than per handle is what makes every
 handle see every write: with per-handle objects, a reader opened before a
 migrate or an archive + restore kept reading the old object while writers
-wrote the new one (found by tests/test_fsx_handles.py).
+wrote the new one (found by tests/mount/test_fsx_handles.py).
 
 When a move gives an open file a new location (migrate, restore, a truncate
 to 0 of an archived file), `follow` rebinds it; a release (the file becomes

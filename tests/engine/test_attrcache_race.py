@@ -1,4 +1,4 @@
-"""The attribute-cache race of tests/test_attrcache.py (fsx seed 103), driven
+"""The attribute-cache race of tests/unit/test_attrcache.py (fsx seed 103), driven
 through real FileSystem calls: an archive job abandons its copy because the
 file was opened for writing; its state switch reads the row before the
 writer's flush commits and returns after the flush did. The size the flush

@@ -1,5 +1,5 @@
 """The randomized model test (tests/fsmodel.py) in-process: the same seeds
-and operations as tests/test_fsx.py on a mount, through FileSystem calls,
+and operations as tests/mount/test_fsx.py on a mount, through FileSystem calls,
 with the job workers moving the bytes underneath on the fake clock. Fast
 enough for many more seeds than the mount run; prints seeds per second."""
 

@@ -1,5 +1,5 @@
 """POSIX behaviour of the engine through FileSystem calls, without FUSE: the
-cases of tests/test_mount_posix.py, with the errno a syscall would get (the
+cases of tests/mount/test_posix.py, with the errno a syscall would get (the
 Posix helper raises OSError with the errno fuse_ops.py answers)."""
 
 from __future__ import annotations

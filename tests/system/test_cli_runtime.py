@@ -1,7 +1,7 @@
 """Every command finds a mount through the runtime file its daemon publishes
 (tierfs/runtime.py), root or not, whatever the caller's own environment says.
 
-Real mounts through the real CLI; other users are `nobody` (tests/test_private_files.py).
+Real mounts through the real CLI; other users are `nobody` (tests/mount/test_private_files.py).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 
 from tierfs import __version__, mounts, runtime
 from tests.conftest import Mount, wait_for
-from tests.test_private_files import USER, _python_for, as_user, open_base, refused  # noqa: F401 - a fixture
+from tests.mount.test_private_files import USER, _python_for, as_user, open_base, refused  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.mount
 

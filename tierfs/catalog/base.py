@@ -6,7 +6,7 @@ location, and an archive copy), the job queue, mount sessions, the history
 of state changes, and objects waiting to be deleted from tiers (garbage).
 
 Every implementation (catalog/sql.py, catalog/mongo.py) passes the shared
-conformance suite in tests/test_catalog_conformance.py. Methods are
+conformance suite in tests/catalog/test_conformance.py. Methods are
 synchronous and may block; the daemon calls them from worker threads.
 Each method that changes more than one record is atomic: it happens
 entirely or not at all, also against other processes sharing the catalog.

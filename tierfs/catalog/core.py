@@ -8,7 +8,7 @@ implements is storage: reads, single-record updates, xattrs, queries, jobs,
 sessions.
 
 A new POSIX rule goes here once, and the conformance suite
-(tests/test_catalog_conformance.py) checks it on every engine.
+(tests/catalog/test_conformance.py) checks it on every engine.
 """
 
 from __future__ import annotations

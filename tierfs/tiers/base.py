@@ -5,7 +5,7 @@ rename never touches bytes). The interface is deliberately small:
 put / open_reader / read (a range) / size / delete / keys, plus optional
 in-place access for local tiers and restore staging for archive tiers.
 
-Rules every tier follows (checked by tests/test_tier_conformance.py):
+Rules every tier follows (checked by tests/tiers/test_conformance.py):
 - put() is atomic: a reader sees the old object, the new one, or none.
 - delete() is idempotent: deleting a missing key is not an error.
 - Temporary failures raise errors.TierUnavailable after a bounded retry

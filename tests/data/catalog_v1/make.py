@@ -1,4 +1,4 @@
-"""Makes the catalogs of tests/test_catalog_index.py's migration test with
+"""Makes the catalogs of tests/catalog/test_index.py's migration test with
 the tierfs of schema version 1 (commit f50b51a), so the test upgrades
 catalogs that tierfs really made, not imitations:
 

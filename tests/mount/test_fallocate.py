@@ -16,8 +16,8 @@ import pytest
 
 from tests.conftest import file_info as info, wait_for
 from tests.reliability_util import home_of, tiers_config
-from tests.test_outages import kmounts  # noqa: F401 - fixture: kernel mounts undone at the end
-from tests.test_s3_mount import AWS_ENV, objects, s3_config
+from tests.system.test_outages import kmounts  # noqa: F401 - fixture: kernel mounts undone at the end
+from tests.mount.test_s3 import AWS_ENV, objects, s3_config
 from tierfs.fs import fallocate as fallocate_fd  # fallocate(2) with a mode (os has none)
 
 pytestmark = pytest.mark.mount
@@ -44,7 +44,7 @@ def put(path: str, data: bytes) -> None:
 
 
 def object_path(m, rel: str) -> str:
-    """The file's object on the disk tier (tests/test_fsck.py's layout)."""
+    """The file's object on the disk tier (tests/system/test_fsck.py's layout)."""
     key = info(m, rel)["location"]
     return os.path.join(m.home, "disk", "objects", key[:2], key)
 

@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import wait_for
 from tests.reliability_util import CatalogView, errors_of, fsck, home_of, mk, sha, stop, tiers_config, write  # noqa: F401
-from tests.test_outages import bound_vault, kmounts  # noqa: F401  (fixtures)
+from tests.system.test_outages import bound_vault, kmounts  # noqa: F401  (fixtures)
 from tierfs.catalog.base import JobKind, JobState
 
 

@@ -22,7 +22,7 @@ from tierfs import mounts
 from tierfs.catalog import open_catalog
 from tierfs.catalog.base import SCHEMA_VERSION
 from tests.conftest import wait_for
-from tests.test_catalog_index import DAY_NS, T0, load_v1
+from tests.catalog.test_index import DAY_NS, T0, load_v1
 
 pytestmark = pytest.mark.mount
 

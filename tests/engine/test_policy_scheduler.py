@@ -18,7 +18,7 @@ from tierfs.policy.clock import FakeClock
 from tierfs.policy.engine import Engine, JobExecutor
 from tierfs.policy.rules import parse_rules
 from tierfs.policy.scheduler import META_LAST_RUN, PolicyScheduler
-from tests.test_policy_engine import Tree
+from tests.engine.test_policy_engine import Tree
 
 HOUR, DAY = 3600.0, 86400.0
 

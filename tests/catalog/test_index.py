@@ -33,7 +33,7 @@ NEW_FIELDS = ["state", "last_access_ns", "size"]
 DAY_NS = 86400 * 10**9
 BIG = 256 << 20
 N, CANDIDATES = 4000, 40
-V1 = os.path.join(os.path.dirname(__file__), "data", "catalog_v1")
+V1 = os.path.join(os.path.dirname(__file__), "..", "data", "catalog_v1")
 T0 = 1_767_225_600 * 10**9   # 2026-01-01 00:00 UTC: V1's times are relative to it (make.py)
 
 

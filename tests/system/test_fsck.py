@@ -401,7 +401,7 @@ def test_files_imported_in_place_are_checked_by_their_path(mk, catalog_url, tmp_
     clean import checks clean, a source file deleted behind tierfs's back is
     reported by its path and repaired like any missing online copy, and the
     originals an archive leaves behind are no orphans."""
-    from tests.test_import import volume_mount
+    from tests.system.test_import import volume_mount
     m, vol = volume_mount(mk, tmp_path, catalog_url)
     src = vol / "data"
     src.mkdir()

@@ -3,7 +3,7 @@
 catalog built by bulk inserts.
 
 Measure `find --state archived` on a million entries:
-    .venv/bin/python -m tests.test_cli_admin 1000000
+    .venv/bin/python -m tests.system.test_cli_admin 1000000
 """
 
 import json

@@ -24,7 +24,7 @@ import random
 import time
 
 from tests.reliability_util import errors_of, fsck, home_of, mk, start, stop, tiers_config, wait_idle  # noqa: F401
-from tests.test_fsx import REQ, REQUESTS, _first_diff
+from tests.mount.test_fsx import REQ, REQUESTS, _first_diff
 
 MAX_SIZE = 64 * 1024
 MAX_HANDLES = 4

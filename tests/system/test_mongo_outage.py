@@ -13,7 +13,7 @@ import pytest
 from tests.mongod import MongoServer
 from tierfs import client, mounts
 
-from .conftest import ROOT, wait_for
+from tests.conftest import ROOT, wait_for
 
 pytestmark = [pytest.mark.mount, pytest.mark.mongo]
 

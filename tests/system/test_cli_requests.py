@@ -14,7 +14,7 @@ import time
 import pytest
 
 from tests.conftest import file_info as info, put_file as put, wait_for
-from tests.test_archive import _mount_with_vault
+from tests.mount.test_archive import _mount_with_vault
 from tierfs import client
 
 pytestmark = pytest.mark.mount

@@ -2,7 +2,7 @@
 the disk tier full. Each must give a clear error at the syscall (EIO, ENOSPC,
 EAGAIN) with one log line naming the cause, never an unbounded wait, no
 state corruption, and recovery without intervention when the resource
-returns. (MongoDB down: tests/test_mongo_outage.py; S3 down: the S3 tests.)
+returns. (MongoDB down: tests/system/test_mongo_outage.py; S3 down: the S3 tests.)
 
 Real kernel mounts: a 4 MiB tmpfs for "full", a bind mount for "unmounted",
 a read-only remount for "unwritable"; all undone in cleanup.

@@ -23,7 +23,7 @@ from tierfs.catalog.base import JobKind, JobState, State
 from tierfs.catalog.mongo import MongoCatalog
 from tierfs.mounts import runtime_key
 
-from .conftest import wait_for
+from tests.conftest import wait_for
 
 pytestmark = [pytest.mark.mount, pytest.mark.mongo]
 
