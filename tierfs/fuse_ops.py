@@ -58,6 +58,11 @@ def _caller(ctx) -> Caller:
     return Caller(uid=ctx.uid, gid=ctx.gid, pid=ctx.pid, umask=ctx.umask)
 
 
+#: pyfuse3 SetattrFields flag -> the Inode field it changes, from which EntryAttributes field
+SETATTR_FIELDS = (("update_mode", "mode", "st_mode"), ("update_uid", "uid", "st_uid"), ("update_gid", "gid", "st_gid"),
+                  ("update_size", "size", "st_size"), ("update_atime", "atime_ns", "st_atime_ns"),
+                  ("update_mtime", "mtime_ns", "st_mtime_ns"), ("update_ctime", "ctime_ns", "st_ctime_ns"))
+
 class Operations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
@@ -122,21 +127,7 @@ class Operations(pyfuse3.Operations):
 
     @_guard
     async def setattr(self, inode, attr, fields, fh, ctx):
-        changes = {}
-        if fields.update_mode:
-            changes["mode"] = attr.st_mode
-        if fields.update_uid:
-            changes["uid"] = attr.st_uid
-        if fields.update_gid:
-            changes["gid"] = attr.st_gid
-        if fields.update_size:
-            changes["size"] = attr.st_size
-        if fields.update_atime:
-            changes["atime_ns"] = attr.st_atime_ns
-        if fields.update_mtime:
-            changes["mtime_ns"] = attr.st_mtime_ns
-        if fields.update_ctime:
-            changes["ctime_ns"] = attr.st_ctime_ns
+        changes = {key: getattr(attr, st) for flag, key, st in SETATTR_FIELDS if getattr(fields, flag)}
         return self.attrs(await self.fs.setattr(inode, changes, fh, _caller(ctx)))
 
     @_guard

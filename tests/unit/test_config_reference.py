@@ -76,3 +76,9 @@ def test_the_generated_reference_covers_every_key():
     for key in settings.Settings.model_fields:
         assert f"\n{key} = " in "\n" + text
     assert "tiers.NAME (command).timeout = 3600" in text
+
+
+def test_the_readme_tier_options_table_is_the_generated_one():
+    """README's tier option table is `python -m tierfs.settings` verbatim: a new
+    option or default changes the model, and this test says to regenerate it."""
+    assert settings.tier_reference() in CONFIG, "regenerate README's tier options table: python -m tierfs.settings"
