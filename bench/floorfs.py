@@ -30,6 +30,8 @@ class FloorFS(pyfuse3.Operations):
         self.inos: dict[int, int] = {}                                # backing st_ino -> our inode
         self.lookups: dict[int, int] = {}
         self.fds: dict[int, int] = {}
+        self.dirs: dict[int, list] = {}                               # opendir handle -> its listing
+        self.next_dir = 1
         self.inos[os.lstat(backing).st_ino] = pyfuse3.ROOT_INODE
 
     # ---- helpers ----------------------------------------------------------------------
@@ -138,24 +140,35 @@ class FloorFS(pyfuse3.Operations):
 
     # ---- directories ------------------------------------------------------------------
     async def opendir(self, ino, ctx):
-        return ino
+        # One scandir per opendir (offsets are indices into it): the least any
+        # filesystem can do, so listing a big directory is not quadratic here.
+        try:
+            entries = list(os.scandir(self.paths[ino]))
+        except OSError as e:
+            raise self._err(e) from None
+        fh = self.next_dir
+        self.next_dir += 1
+        self.dirs[fh] = entries
+        return fh
 
-    async def readdir(self, ino, start, token):
-        entries = sorted(os.scandir(self.paths[ino]), key=lambda e: e.inode())
-        for e in entries:
-            if e.inode() <= start:
+    async def readdir(self, fh, start, token):
+        entries = self.dirs[fh]
+        for i in range(start, len(entries)):
+            e = entries[i]
+            try:
+                st = e.stat(follow_symlinks=False)
+            except OSError:
                 continue
-            st = e.stat(follow_symlinks=False)
             ours = self.inos.get(st.st_ino)
             if ours is None:
                 ours = self.inos[st.st_ino] = st.st_ino + 1
-            if not pyfuse3.readdir_reply(token, os.fsencode(e.name), self._attrs(ours, st), e.inode()):
+            if not pyfuse3.readdir_reply(token, os.fsencode(e.name), self._attrs(ours, st), i + 1):
                 return
             self.paths[ours] = e.path
             self.lookups[ours] = self.lookups.get(ours, 0) + 1
 
     async def releasedir(self, fh):
-        pass
+        self.dirs.pop(fh, None)
 
     async def statfs(self, ctx):
         v = os.statvfs(self.paths[pyfuse3.ROOT_INODE])
@@ -201,9 +214,57 @@ class FloorFS(pyfuse3.Operations):
                 del self.fds[ino]
         os.close(fh)
 
-    # ---- xattrs: none (like tierfs for every namespace but user.*) -------------------
+    # ---- links ------------------------------------------------------------------------
+    async def symlink(self, parent, name, target, ctx):
+        path = self._path(parent, name)
+        try:
+            os.symlink(target, path)
+            return self._enter(path)
+        except OSError as e:
+            raise self._err(e) from None
+
+    async def readlink(self, ino, ctx):
+        try:
+            return os.fsencode(os.readlink(self.paths[ino]))
+        except OSError as e:
+            raise self._err(e) from None
+
+    async def link(self, ino, new_parent, new_name, ctx):
+        path = self._path(new_parent, new_name)
+        try:
+            os.link(self.paths[ino], path)
+            return self._enter(path)
+        except OSError as e:
+            raise self._err(e) from None
+
+    # ---- xattrs: user.* passed to the backing file (like tierfs, nothing else) --------
     async def getxattr(self, ino, name, ctx):
-        raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
+        if not name.startswith(b"user."):
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
+        try:
+            return os.getxattr(self.paths[ino], name, follow_symlinks=False)
+        except OSError as e:
+            raise self._err(e) from None
+
+    async def setxattr(self, ino, name, value, ctx):
+        if not name.startswith(b"user."):
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
+        try:
+            os.setxattr(self.paths[ino], name, value, follow_symlinks=False)
+        except OSError as e:
+            raise self._err(e) from None
+
+    async def listxattr(self, ino, ctx):
+        try:
+            return [os.fsencode(n) for n in os.listxattr(self.paths[ino], follow_symlinks=False)]
+        except OSError as e:
+            raise self._err(e) from None
+
+    async def removexattr(self, ino, name, ctx):
+        try:
+            os.removexattr(self.paths[ino], name, follow_symlinks=False)
+        except OSError as e:
+            raise self._err(e) from None
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ import sys
 import time
 import traceback
 
-from . import cases_fs, cases_tierfs, catalog_scale, report, systems
+from . import cases_fs, cases_ops, cases_tierfs, catalog_scale, report, systems
 from .util import MiB, disk_of, drop_caches, drop_error, loadavg, machine
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
@@ -22,15 +22,18 @@ BENCH = os.path.dirname(os.path.abspath(__file__))
 PRESETS = {
     # full: the sizes issue 8 asks for
     "full": dict(runs=5, file_mib=1024, nfiles=10_000, tree_files=3000, catalog_entries=1_000_000,
-                 catalog_lookups=10_000, access_reads=100_000, archive_files=1000, archive_bytes=1_000_000),
+                 catalog_lookups=10_000, access_reads=100_000, archive_files=1000, archive_bytes=1_000_000,
+                 ops_n=500, ops_big=10_000, dbench_s=30),
     # quick: minutes, for iterating on a change
     "quick": dict(runs=3, file_mib=256, nfiles=2000, tree_files=600, catalog_entries=100_000,
-                  catalog_lookups=2000, access_reads=10_000, archive_files=100, archive_bytes=1_000_000),
+                  catalog_lookups=2000, access_reads=10_000, archive_files=100, archive_bytes=1_000_000,
+                  ops_n=500, ops_big=10_000, dbench_s=10),
     # tiny: seconds, for the smoke test
     "tiny": dict(runs=1, file_mib=4, nfiles=40, tree_files=30, catalog_entries=2000,
-                 catalog_lookups=100, access_reads=200, archive_files=4, archive_bytes=65536),
+                 catalog_lookups=100, access_reads=200, archive_files=4, archive_bytes=65536,
+                 ops_n=20, ops_big=100, dbench_s=2),
 }
-CASES = ["io", "meta", "catalog", "access", "archive"]
+CASES = ["io", "meta", "ops", "dbench", "catalog", "access", "archive"]
 #: systems listed here are remounts of another one for the listing figures only
 VARIANTS = {"tierfs": [("tierfs-noxattr", {"xattrs": "false"})], "mergerfs": [("mergerfs-nosys", "xattr=nosys")]}
 MAIN_SYSTEMS = ["native", "tierfs", "pyfuse3-floor", "mergerfs", "rclone-off", "rclone-full"]
@@ -137,11 +140,30 @@ class Bench:
                             self.results["notes"][vname] = {"remount of": name,
                                                             "options": dict(variants)[vname]}
                         self.log(f"  meta: { {k: round(min(v), 3) for k, v in runs.items()} } (best s)")
+                    if "ops" in self.cases:
+                        self.mark(f"{name} ops")
+                        with self.profiled(s, "ops"):
+                            self.results["cases"].setdefault("ops", {})[name] = cases_ops.ops(
+                                s, p["ops_n"], p["ops_big"], p["runs"], self.log)
+                    if "dbench" in self.cases:
+                        self.run_dbench(s)
                     self.results["notes"][name] = s.notes
             except Exception as e:  # noqa: BLE001 - one broken system must not lose the others' figures
                 self.results["meta"]["errors"].append(f"{name}: {e}")
                 self.log(f"{name}: FAILED: {e}\n{traceback.format_exc()}")
             self.mark(f"{name} done")
+
+    def run_dbench(self, s) -> None:
+        why = cases_ops.dbench_available()
+        if why:
+            if not any("dbench" in e for e in self.results["meta"]["errors"]):
+                self.results["meta"]["errors"].append(f"dbench: skipped: {why}")
+            return
+        self.mark(f"{s.name} dbench")
+        with self.profiled(s, "dbench"):
+            r = cases_ops.dbench(s, self.p["dbench_s"])
+        self.results["cases"].setdefault("dbench", {})[s.name] = r
+        self.log(f"  dbench: {r['mb_s']:.1f} MB/s")
 
     def run_catalog(self) -> None:
         p = self.p
@@ -209,7 +231,7 @@ class Bench:
         if not drop_caches():
             m["drop_caches_error"] = drop_error()
         t0 = time.monotonic()
-        if "io" in self.cases or "meta" in self.cases:
+        if {"io", "meta", "ops", "dbench"} & set(self.cases):
             self.run_fs_cases()
         if "catalog" in self.cases:
             self.run_catalog()
@@ -221,8 +243,7 @@ class Bench:
         if self.args.profile:
             from .profile import summarize
             self.results["profile_summary"] = {k: summarize(v) for k, v in self.results["profiles"].items()}
-        cols = [s for s in systems.ALL if s in self.results["cases"].get("io", {})
-                or s in self.results["cases"].get("meta", {})]
+        cols = [s for s in systems.ALL if any(s in self.results["cases"].get(c, {}) for c in ("io", "meta", "ops"))]
         text = report.render(self.results, cols)
         self.results["table_md"] = text
         with open(json_path, "w") as f:

@@ -122,6 +122,93 @@ def tierfs_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+# ---- per-operation latency (issue 16) ---------------------------------------------------
+def ops_value(results: dict, system: str, op: str):
+    """Median over the runs of the per-run median latency, µs (None if not run)."""
+    r = results.get("cases", {}).get("ops", {}).get(system)
+    return median(r["runs"].get(op, [])) if r else None
+
+
+def ops_label(results: dict, op: str) -> str:
+    from .cases_ops import LABELS
+    p = results["params"]
+    return LABELS[op].format(n=f"{p.get('ops_n', 0):,}", big=f"{p.get('ops_big', 0):,}")
+
+
+def xattrs_4096(results: dict, system: str):
+    r = results.get("cases", {}).get("ops", {}).get(system)
+    if not r or not r.get("xattrs_4096"):
+        return None, None
+    ok = [x["seconds"] for x in r["xattrs_4096"] if not x["error"]]
+    return (median(ok) if ok else None), r["xattrs_4096"][0]["error"]
+
+
+def ops_table(results: dict, systems: list[str]) -> str:
+    from .cases_ops import OPS
+    cols = [s for s in systems if s in results.get("cases", {}).get("ops", {})]
+    if not cols:
+        return ""
+    lines = ["| µs per operation (median) | " + " | ".join(cols) + " | tierfs / mergerfs | tierfs / floor |",
+             "|" + "---|" * (len(cols) + 3)]
+
+    def ratio(a, b):
+        return f"{a / b:.1f}x" if a and b else "-"
+    for op in OPS:
+        vals = {s: ops_value(results, s, op) for s in cols}
+        if not any(vals.values()):
+            continue
+        cells = [f"{vals[s]:,.0f}" if vals[s] is not None else "-" for s in cols]
+        t = vals.get("tierfs")
+        lines.append(f"| {ops_label(results, op)} | " + " | ".join(cells)
+                     + f" | {ratio(t, vals.get('mergerfs'))} | {ratio(t, vals.get('pyfuse3-floor'))} |")
+    cells = []
+    for s in cols:
+        v, err = xattrs_4096(results, s)
+        cells.append(f"{v:.3f} s" if v is not None else (err or "-"))
+    lines.append("| 4,096 setxattr on one file (total) | " + " | ".join(cells) + " | | |")
+    db = results.get("cases", {}).get("dbench", {})
+    if db:
+        cells = [f"{db[s]['mb_s']:,.1f} MB/s" if s in db else "-" for s in cols]
+        t, m = db.get("tierfs", {}).get("mb_s"), db.get("mergerfs", {}).get("mb_s")
+        f = db.get("pyfuse3-floor", {}).get("mb_s")
+        lines.append(f"| dbench -t {results['params'].get('dbench_s')} 2 (throughput) | " + " | ".join(cells)
+                     + f" | {ratio(t, m)} | {ratio(t, f)} |")
+        for opname in ("NTCreateX", "Rename", "Find", "QPathInformation", "Unlink", "ReadX", "WriteX"):
+            if any(opname in db.get(s, {}).get("ops", {}) for s in cols):
+                cells = [f"{db[s]['ops'][opname]['avg_ms'] * 1000:,.0f}" if opname in db.get(s, {}).get("ops", {})
+                         else "-" for s in cols]
+                lat = lambda s: db.get(s, {}).get("ops", {}).get(opname, {}).get("avg_ms")  # noqa: E731
+                lines.append(f"| dbench {opname}, mean µs | " + " | ".join(cells)
+                             + f" | {ratio(lat('tierfs'), lat('mergerfs'))} | {ratio(lat('tierfs'), lat('pyfuse3-floor'))} |")
+    return "\n".join(lines)
+
+
+def ops_targets(results: dict, add) -> None:
+    """Issue 16: each operation within 3x of mergerfs and 1.5x of the floor; dbench >= 1/3 of mergerfs;
+    4,096 setxattr < 0.5 s."""
+    from .cases_ops import OPS
+    if not results.get("cases", {}).get("ops"):
+        add("metadata operations within 3x of mergerfs and 1.5x of the pyfuse3 floor", None, "not run")
+    for op in OPS:
+        t, m, f = (ops_value(results, s, op) for s in ("tierfs", "mergerfs", "pyfuse3-floor"))
+        if t is None:
+            continue
+        ok = None if m is None and f is None else ((m is None or t <= 3 * m) and (f is None or t <= 1.5 * f))
+        if op == "listdir_big":
+            ok = None if m is None else t <= 3 * m
+        add(f"{ops_label(results, op)}: <= 3x mergerfs" + ("" if op == "listdir_big" else ", <= 1.5x floor"), ok,
+            f"tierfs {t:,.0f} µs, mergerfs {m or 0:,.0f} µs ({t / m if m else 0:.1f}x), floor {f or 0:,.0f} µs "
+            f"({t / f if f else 0:.1f}x)")
+    v, err = xattrs_4096(results, "tierfs")
+    if results.get("cases", {}).get("ops", {}).get("tierfs"):
+        add("4,096 setxattr on one file < 0.5 s", None if v is None and not err else (v is not None and v < 0.5),
+            f"{v:.3f} s" if v is not None else err)
+    db = results.get("cases", {}).get("dbench", {})
+    t, m = db.get("tierfs", {}).get("mb_s"), db.get("mergerfs", {}).get("mb_s")
+    add("dbench throughput >= 1/3 of mergerfs", None if None in (t, m) else t >= m / 3,
+        "not run" if None in (t, m) else f"tierfs {t:.1f} MB/s, mergerfs {m:.1f} MB/s ({t / m:.2f})")
+
+
 # ---- targets ------------------------------------------------------------------------
 def targets(results: dict) -> list[dict]:
     """Each target of issue 8 with its figures and met / missed / not run."""
@@ -177,6 +264,7 @@ def targets(results: dict) -> list[dict]:
             f"for {r['candidates']:,} candidates; fetched {ex if ex is None else format(ex, ',')} "
             f"(index entries {format(r['keys_examined'], ',') if r.get('keys_examined') is not None else '-'}) "
             f"(plan: {r.get('plan')})")
+    ops_targets(results, add)
     a = results.get("cases", {}).get("access")
     add("access tracking < 1 catalog write per file per flush interval",
         None if not a else a["writes_per_file_per_interval"] < 1 or a["atime_writes"] <= 1,
@@ -220,6 +308,9 @@ def render(results: dict, systems: list[str]) -> str:
            f"{'yes' if not m.get('drop_caches_error') else m['drop_caches_error']}.",
            "Ratios are speed relative to native (0.50x = half the throughput or twice the time).", ""]
     out += [fs_table(results, systems), ""]
+    ot = ops_table(results, systems)
+    if ot:
+        out += [ot, ""]
     if "catalog" in results.get("cases", {}):
         out += [catalog_table(results), ""]
     if results.get("cases", {}).get("access") or results.get("cases", {}).get("archive"):

@@ -47,14 +47,15 @@ def loadavg() -> list[float]:
 _drop_error: str | None = None
 
 
-def drop_caches() -> bool:
+def drop_caches(level: int = 3) -> bool:
     """Write back dirty pages and drop the page, dentry and inode caches
-    (root only). Returns False (once noted in drop_error()) if not permitted."""
+    (level 3; 2 = dentries and inodes only) (root only). Returns False (once
+    noted in drop_error()) if not permitted."""
     global _drop_error
     os.sync()
     try:
         with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("3\n")
+            f.write(f"{level}\n")
         return True
     except OSError as e:
         _drop_error = f"cannot drop the page cache: {e.strerror}; cold figures are warm"

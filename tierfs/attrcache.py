@@ -62,6 +62,11 @@ class AttrCache:
             return c.inode
         return None
 
+    @property
+    def fresh_set(self) -> "FreshSet":
+        """The inode numbers fresh() serves, as a container (`ino in cache.fresh_set`)."""
+        return FreshSet(self)
+
     def peek(self, ino: int) -> Inode | None:
         """The cached inode however old (None if not cached)."""
         c = self.entries.get(ino)
@@ -138,3 +143,15 @@ class AttrCache:
     def pop(self, ino: int) -> None:
         self.entries.pop(ino, None)
         self.dirty.pop(ino, None)
+
+
+class FreshSet:
+    """`ino in FreshSet(cache)`: cache.fresh(ino) would serve it."""
+
+    __slots__ = ("cache",)
+
+    def __init__(self, cache: AttrCache):
+        self.cache = cache
+
+    def __contains__(self, ino: int) -> bool:
+        return self.cache.fresh(ino) is not None

@@ -371,7 +371,7 @@ class MongoCatalog(MongoJobs, MongoQueries, CatalogCore):
             raise errors.NotFound(f"{name!r} in directory {parent}")
         return _inode(doc)
 
-    def readdir(self, parent: int, after_pos: int, limit: int) -> list[DirEntry]:
+    def readdir(self, parent: int, after_pos: int, limit: int, known=()) -> list[DirEntry]:
         """One aggregation: dentries in pos order joined with their inodes."""
         pipeline = [
             {"$match": {"parent": parent, "_id": {"$gt": after_pos}}},

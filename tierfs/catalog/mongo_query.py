@@ -9,7 +9,8 @@ from __future__ import annotations
 import fnmatch
 from typing import Iterable, Iterator
 
-from .base import ACTIVE_JOB_STATES, INODE_FIELDS, ROOT_INO, CatalogStats, FileQuery, Inode, State, check_count_by
+from .base import (ACTIVE_JOB_STATES, INODE_FIELDS, ROOT_INO, CatalogStats, FileQuery, Inode, State, check_count_by,
+                   inode_from_values)
 
 #: S_IFMT bits of a regular file / a directory, and the other type bits that must be clear.
 REG_SET, REG_CLEAR = 0o100000, 0o070000
@@ -18,9 +19,7 @@ DIR_SET, DIR_CLEAR = 0o040000, 0o130000
 
 def inode_of(doc: dict) -> Inode:
     """An Inode from its stored document (`_id` is the inode number)."""
-    d = {k: doc.get(k) for k in INODE_FIELDS if k != "ino"}
-    d["state"] = State(d["state"])
-    return Inode(ino=doc["_id"], **d)
+    return inode_from_values([doc["_id"] if k == "ino" else doc.get(k) for k in INODE_FIELDS])
 
 
 def _order(q: FileQuery):
