@@ -255,13 +255,18 @@ class FileSystem:
                 return
         elif inode is None:
             return
-        if inode.nlink > 0 or (self.files.known(ino) and not inode.is_reg()):
+        if inode.nlink > 0 or self._held_here(inode):
             return
         self._cache.forget_dirty(ino)
         purged = await self.cat(self.catalog.purge, ino)
         self._cache.pop(ino)
         if purged is not None:
             self.events.garbage()
+
+    def _held_here(self, inode: Inode) -> bool:
+        """This mount still uses the inode: open here, or a non-file the kernel
+        holds (a directory may be a cwd; a regular file is only used open)."""
+        return self.files.is_open(inode.ino) or (not inode.is_reg() and self.files.known(inode.ino))
 
     async def purge_if_unused(self, ino: int, refresh: bool = False) -> None:
         """A file lost its last name elsewhere (a policy deleted it): purge it
@@ -342,9 +347,16 @@ class FileSystem:
             return self._count_lookup(inode)
 
     async def unlink(self, parent: int, name: bytes) -> None:
+        # The name and, when it was the last one of an inode nothing here holds,
+        # the inode in one catalog transaction (_maybe_purge's rule).
         async with self.lock(parent):
-            inode = await self.cat(self.catalog.unlink, parent, name, now_ns())
+            inode, purged = await self.cat(self.catalog.remove, parent, name, now_ns(), self._held_here)
             self._touch_parent(parent, inode.ctime_ns)
+        if purged:
+            self._cache.forget_dirty(inode.ino)
+            self._cache.pop(inode.ino)
+            self.events.garbage()
+            return
         self._forget_name(inode)
         await self._maybe_purge(inode.ino)
 
@@ -858,16 +870,29 @@ class FileSystem:
             await self._persist_attrs(h.ino, h, checksum=True)
 
     async def fsync(self, fh: int, datasync: bool) -> None:
+        """The bytes and the catalog's size and times on disk when it returns:
+        the catalog commits, then one worker thread syncs the object and the
+        catalog's log (catalog.sync: an SQLite commit is on disk only at its
+        next checkpoint otherwise)."""
         h = self.handle(fh)
         b = self._objects.get(h.ino)
         if b.staged:
             await self.staging.upload(h.ino)
-        elif b.fd is not None and h.writable:
-            try:
-                await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, b.fd)
-            except OSError as e:
-                raise errors.TierfsError(f"fsync: {e.strerror}", err=e.errno or errno.EIO) from e
         await self._persist_attrs(h.ino, h)
+        fd = b.fd if not b.staged and b.fd is not None and h.writable else None
+
+        def sync() -> None:
+            if fd is not None:
+                try:
+                    (os.fdatasync if datasync else os.fsync)(fd)
+                except OSError as e:
+                    raise errors.TierfsError(f"fsync: {e.strerror}", err=e.errno or errno.EIO) from e
+            self.catalog.sync()
+        await trio.to_thread.run_sync(sync)
+
+    async def sync_catalog(self) -> None:
+        """What the catalog committed, on disk (fsyncdir: names live in the catalog only)."""
+        await trio.to_thread.run_sync(self.catalog.sync)
 
     async def release(self, fh: int) -> None:
         h = self.files.pop_handle(fh)

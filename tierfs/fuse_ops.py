@@ -215,8 +215,9 @@ class Operations(pyfuse3.Operations):
     async def releasedir(self, fh):
         pass
 
+    @_guard
     async def fsyncdir(self, fh, datasync):
-        pass
+        await self.fs.sync_catalog()   # names live in the catalog only
 
     @_guard
     async def statfs(self, ctx):

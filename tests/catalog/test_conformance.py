@@ -81,6 +81,47 @@ def test_link_unlink_purge_garbage(catalog):
     assert catalog.garbage() == []
 
 
+def test_remove_purges_the_last_name_in_one_call_unless_held(catalog):
+    """remove() = unlink() + purge() in one transaction; a held inode (open on this mount) or one
+    with names left stays; a directory is refused as unlink() refuses it."""
+    a = catalog.create(ROOT_INO, b"a", new(tier="disk", location="obj-a"))
+    d = catalog.create(ROOT_INO, b"d", new(DIR))
+    catalog.link(a.ino, d.ino, b"b", now_ns())
+    inode, purged = catalog.remove(ROOT_INO, b"a", now_ns(), lambda i: False)
+    assert (inode.nlink, purged) == (1, False)
+    assert catalog.get(a.ino).nlink == 1
+    seen = []
+    inode, purged = catalog.remove(d.ino, b"b", now_ns(), lambda i: seen.append(i.ino) or True)
+    assert (inode.nlink, purged, seen) == (0, False, [a.ino])
+    assert catalog.get(a.ino).nlink == 0 and catalog.garbage() == []
+    assert catalog.purge(a.ino).ino == a.ino
+    c = catalog.create(ROOT_INO, b"c", new(tier="disk", location="obj-c"))
+    inode, purged = catalog.remove(ROOT_INO, b"c", now_ns(), lambda i: False)
+    assert (inode.ino, inode.nlink, purged) == (c.ino, 0, True)
+    with pytest.raises(errors.NotFound):
+        catalog.get(c.ino)
+    with pytest.raises(errors.NotFound):
+        catalog.lookup(ROOT_INO, b"c")
+    assert sorted((x.tier, x.key) for x in catalog.garbage()) == [("disk", "obj-a"), ("disk", "obj-c")]
+    with pytest.raises(errors.IsDir):
+        catalog.remove(ROOT_INO, b"d", now_ns())
+
+
+def test_readdir_leaves_out_the_inodes_the_caller_knows(catalog):
+    d = catalog.create(ROOT_INO, b"d", new(DIR))
+    made = [catalog.create(d.ino, f"f{i}".encode(), new()) for i in range(5)]
+    full = catalog.readdir(d.ino, 0, 100)
+    assert [e.name for e in full] == [f"f{i}".encode() for i in range(5)]
+    assert [e.inode.ino for e in full] == [m.ino for m in made]
+    known = {made[1].ino, made[3].ino}
+    part = catalog.readdir(d.ino, 0, 100, known)
+    assert [(e.pos, e.name, e.ino) for e in part] == [(e.pos, e.name, e.ino) for e in full]
+    for e, f in zip(part, full):
+        # an engine may leave the known ones out (the caller sets them) or hand them anyway
+        assert (not e.has_inode() and e.ino in known) or e.inode == f.inode
+    assert [e.has_inode() for e in part if e.ino not in known] == [True, True, True]
+
+
 def test_rmdir(catalog):
     d = catalog.create(ROOT_INO, b"d", new(DIR))
     catalog.create(d.ino, b"f", new())

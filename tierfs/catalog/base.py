@@ -18,7 +18,7 @@ import abc
 import enum
 import time
 from dataclasses import dataclass, field, fields
-from typing import Container, Iterable, Iterator, Sequence, TypedDict
+from typing import Callable, Container, Iterable, Iterator, Sequence, TypedDict
 
 from .. import errors
 
@@ -452,6 +452,21 @@ class Catalog(abc.ABC):
     def unlink(self, parent: int, name: bytes, ctime_ns: int) -> Inode:
         """Remove a non-directory's name; returns the inode with nlink
         decremented (it stays in the catalog at nlink 0 until purge())."""
+
+    def sync(self) -> None:
+        """Make every change committed so far durable against a crash of the
+        machine (fsync of a file or directory calls it; blocking). A catalog
+        whose commits are durable when acknowledged has nothing to do: the
+        MongoDB catalog writes with w=majority, which journals."""
+
+    @abc.abstractmethod
+    def remove(self, parent: int, name: bytes, ctime_ns: int,
+               held: Callable[[Inode], bool] | None = None) -> tuple[Inode, bool]:
+        """unlink(), and when that was the inode's last name, purge() in the same
+        transaction unless the caller still holds it (`held(inode)`: open, or
+        known to its kernel) or another mount has it open. Returns the inode as
+        unlink() does and whether it was purged (one transaction where unlink +
+        purge took two: issue 16)."""
 
     @abc.abstractmethod
     def rmdir(self, parent: int, name: bytes, ctime_ns: int) -> Inode:

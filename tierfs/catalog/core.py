@@ -192,16 +192,26 @@ class CatalogCore(Catalog):
         return self.transaction(fn)
 
     def unlink(self, parent: int, name: bytes, ctime_ns: int) -> Inode:
-        def fn(t: Txn) -> Inode:
-            pos, ino = self._name_in(t, parent, name)
-            inode = self._inode_in(t, ino)
-            if inode.is_dir():
-                raise errors.IsDir(f"{name!r} is a directory")
-            t.del_dentry(pos)
-            t.set_fields(ino, dict(nlink=inode.nlink - 1, ctime_ns=ctime_ns))
-            self._touch_in(t, [parent], ctime_ns)
-            return inode.copy(nlink=inode.nlink - 1, ctime_ns=ctime_ns)
+        return self.transaction(lambda t: self._unlink_in(t, parent, name, ctime_ns))
+
+    def remove(self, parent: int, name: bytes, ctime_ns: int,
+               held: Callable[[Inode], bool] | None = None) -> tuple[Inode, bool]:
+        def fn(t: Txn) -> tuple[Inode, bool]:
+            inode = self._unlink_in(t, parent, name, ctime_ns)
+            if inode.nlink > 0 or (held is not None and held(inode)):
+                return inode, False
+            return inode, self._purge_in(t, inode) is not None
         return self.transaction(fn)
+
+    def _unlink_in(self, t: Txn, parent: int, name: bytes, ctime_ns: int) -> Inode:
+        pos, ino = self._name_in(t, parent, name)
+        inode = self._inode_in(t, ino)
+        if inode.is_dir():
+            raise errors.IsDir(f"{name!r} is a directory")
+        t.del_dentry(pos)
+        t.set_fields(ino, dict(nlink=inode.nlink - 1, ctime_ns=ctime_ns))
+        self._touch_in(t, [parent], ctime_ns)
+        return inode.copy(nlink=inode.nlink - 1, ctime_ns=ctime_ns)
 
     def rmdir(self, parent: int, name: bytes, ctime_ns: int) -> Inode:
         """A file created in the directory meanwhile by another mount conflicts
@@ -279,18 +289,19 @@ class CatalogCore(Catalog):
         return self.transaction(fn)
 
     def purge(self, ino: int) -> Inode | None:
-        def fn(t: Txn) -> Inode | None:
-            inode = t.find_inode(ino)
-            if inode is None or inode.nlink > 0 or ino == ROOT_INO:
-                return None
-            if t.open_anywhere(ino):
-                return None  # another mount still has it open; the last one to close purges it
-            t.delete_inode(ino)
-            t.cancel_pending_jobs(ino, now_ns())
-            t.add_garbage([(inode.tier, inode.location), (inode.archive_tier, inode.archive_location)],
-                          "file deleted")
-            return inode
-        return self.transaction(fn)
+        return self.transaction(lambda t: self._purge_in(t, t.find_inode(ino)))
+
+    @staticmethod
+    def _purge_in(t: Txn, inode: Inode | None) -> Inode | None:
+        if inode is None or inode.nlink > 0 or inode.ino == ROOT_INO:
+            return None
+        if t.open_anywhere(inode.ino):
+            return None  # another mount still has it open; the last one to close purges it
+        t.delete_inode(inode.ino)
+        t.cancel_pending_jobs(inode.ino, now_ns())
+        t.add_garbage([(inode.tier, inode.location), (inode.archive_tier, inode.archive_location)],
+                      "file deleted")
+        return inode
 
     def bury(self, ino: int, who: str, why: str, *, expect_version: int | None = None) -> Tombstone:
         def fn(t: Txn) -> Tombstone:
