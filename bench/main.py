@@ -14,7 +14,7 @@ import sys
 import time
 import traceback
 
-from . import cases_fs, cases_ops, cases_tierfs, catalog_scale, report, systems
+from . import cases_fs, cases_ops, cases_tierfs, catalog_scale, report, roundtrips, systems
 from .util import MiB, disk_of, drop_caches, drop_error, loadavg, machine
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
@@ -33,7 +33,7 @@ PRESETS = {
                  catalog_lookups=100, access_reads=200, archive_files=4, archive_bytes=65536,
                  ops_n=20, ops_big=100, dbench_s=2),
 }
-CASES = ["io", "meta", "ops", "dbench", "catalog", "access", "archive"]
+CASES = ["io", "meta", "ops", "dbench", "catalog", "roundtrips", "access", "archive"]
 #: systems listed here are remounts of another one for the listing figures only
 VARIANTS = {"tierfs": [("tierfs-noxattr", {"xattrs": "false"})], "mergerfs": [("mergerfs-nosys", "xattr=nosys")]}
 MAIN_SYSTEMS = ["native", "tierfs", "pyfuse3-floor", "mergerfs", "rclone-off", "rclone-full"]
@@ -190,6 +190,21 @@ class Bench:
             out["mongo"] = f"failed: {e}"
             self.log(traceback.format_exc())
 
+    def run_roundtrips(self) -> None:
+        why = catalog_scale.mongo_available()
+        if why:
+            self.results["cases"]["roundtrips"] = why
+            self.log(f"round trips on MongoDB: {why}")
+            return
+        self.mark("roundtrips")
+        self.log("round trips to mongod per FUSE request")
+        try:
+            self.results["cases"]["roundtrips"] = roundtrips.run(self.workdir, self.log)
+        except Exception as e:  # noqa: BLE001
+            self.results["cases"]["roundtrips"] = f"failed: {e}"
+            self.results["meta"]["errors"].append(f"roundtrips: {e}")
+            self.log(traceback.format_exc())
+
     def run_tierfs_cases(self) -> None:
         p = self.p
         s = systems.Tierfs(self.workdir, name="tierfs-jobs",
@@ -235,6 +250,8 @@ class Bench:
             self.run_fs_cases()
         if "catalog" in self.cases:
             self.run_catalog()
+        if "roundtrips" in self.cases:
+            self.run_roundtrips()
         if "access" in self.cases or "archive" in self.cases:
             self.run_tierfs_cases()
         m["load_end"] = loadavg()

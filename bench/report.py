@@ -209,6 +209,36 @@ def ops_targets(results: dict, add) -> None:
         "not run" if None in (t, m) else f"tierfs {t:.1f} MB/s, mergerfs {m:.1f} MB/s ({t / m:.2f})")
 
 
+def roundtrips_table(results: dict) -> str:
+    from .roundtrips import ROWS
+    r = results.get("cases", {}).get("roundtrips")
+    if not r:
+        return ""
+    if isinstance(r, str):
+        return f"MongoDB round trips per request: {r}"
+    lines = ["| MongoDB round trips per request | attrs cached (attr_timeout 1 s) | attrs expired (attr_timeout 0) | "
+             "commands (expired) |", "|---|---|---|---|"]
+    for row, label in ROWS:
+        c, e = r.get("cached", {}).get(row), r.get("expired", {}).get(row)
+        if c is None and e is None:
+            continue
+        cmds = ", ".join(e["commands"]) if e else ""
+        lines.append(f"| {label} | {c['n'] if c else '-'} | {e['n'] if e else '-'} | {cmds} |")
+    return "\n".join(lines)
+
+
+def roundtrips_target(results: dict, add) -> None:
+    r = results.get("cases", {}).get("roundtrips")
+    if not isinstance(r, dict):
+        add("MongoDB: at most 2 round trips per request", None, r or "not run")
+        return
+    from .roundtrips import ROWS
+    labels = dict(ROWS)
+    over = {row: v["n"] for row, v in r.get("cached", {}).items() if v["n"] > 2}
+    add("MongoDB: at most 2 round trips per request (attrs cached)", not over,
+        "over 2: " + ", ".join(f"{labels.get(k, k)} {n}" for k, n in over.items()) if over else "all <= 2")
+
+
 # ---- targets ------------------------------------------------------------------------
 def targets(results: dict) -> list[dict]:
     """Each target of issue 8 with its figures and met / missed / not run."""
@@ -265,6 +295,7 @@ def targets(results: dict) -> list[dict]:
             f"(index entries {format(r['keys_examined'], ',') if r.get('keys_examined') is not None else '-'}) "
             f"(plan: {r.get('plan')})")
     ops_targets(results, add)
+    roundtrips_target(results, add)
     a = results.get("cases", {}).get("access")
     add("access tracking < 1 catalog write per file per flush interval",
         None if not a else a["writes_per_file_per_interval"] < 1 or a["atime_writes"] <= 1,
@@ -313,6 +344,9 @@ def render(results: dict, systems: list[str]) -> str:
         out += [ot, ""]
     if "catalog" in results.get("cases", {}):
         out += [catalog_table(results), ""]
+    rt = roundtrips_table(results)
+    if rt:
+        out += [rt, ""]
     if results.get("cases", {}).get("access") or results.get("cases", {}).get("archive"):
         out += [tierfs_table(results), ""]
     out += ["Targets:", "", targets_table(results), ""]

@@ -873,7 +873,8 @@ class FileSystem:
         """The bytes and the catalog's size and times on disk when it returns:
         the catalog commits, then one worker thread syncs the object and the
         catalog's log (catalog.sync: an SQLite commit is on disk only at its
-        next checkpoint otherwise)."""
+        next checkpoint otherwise). Two threads syncing at once were slower
+        here (1-byte pwrite + fsync 966-1,051 µs against 703)."""
         h = self.handle(fh)
         b = self._objects.get(h.ino)
         if b.staged:

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from typing import Callable, Iterator, TypeVar
 
@@ -138,6 +139,10 @@ def _update(values: dict, inc: dict | None = None) -> dict | list:
     return [{"$set": first}, {"$set": {"last_access_ns": LAST_ACCESS}}]
 
 
+#: Counters handed out in blocks per catalog object (MongoCatalog._next): name -> block size.
+RANGED = {"ino": 1000, "pos": 1000, "garbage": 1000}
+
+
 class MongoCatalog(MongoJobs, MongoQueries, CatalogCore):
     """Catalog in a MongoDB database chosen by URL (mongodb://host/db?replicaSet=rs0)."""
 
@@ -173,6 +178,8 @@ class MongoCatalog(MongoJobs, MongoQueries, CatalogCore):
         self.garbage_c, self.leases = d.garbage, d.leases
         self.tombstones_c = d.tombstones
         self.open_files = d.open_files
+        self._ranges: dict[str, tuple[int, int]] = {}   # counter -> (next, last) of the block taken (_next)
+        self._ranges_lock = threading.Lock()
 
     # ---- plumbing ----------------------------------------------------------
     @contextlib.contextmanager
@@ -243,7 +250,25 @@ class MongoCatalog(MongoJobs, MongoQueries, CatalogCore):
         return self._txn(lambda s: fn(_MongoTxn(self, s)))
 
     def _next(self, name: str, n: int = 1) -> int:
-        """Allocate n numbers from a counter (single-document $inc); returns the last."""
+        """Allocate n numbers from a counter (single-document $inc); returns the
+        last. Inode numbers, dentry positions and garbage ids come one at a time
+        from a block of RANGED[name] this catalog object took: a round trip per
+        block instead of per number (create made two of them), and mounts do not
+        all write one document (JuiceFS allocates the same way). The numbers stay
+        unique but are increasing only within a block; jobs, events and
+        tombstones keep exact order (one $inc each)."""
+        block = RANGED.get(name)
+        if block is None or n != 1:
+            return self._take(name, n)
+        with self._ranges_lock:
+            lo, hi = self._ranges.get(name, (1, 0))
+            if lo > hi:
+                hi = self._take(name, block)
+                lo = hi - block + 1
+            self._ranges[name] = (lo + 1, hi)
+            return lo
+
+    def _take(self, name: str, n: int) -> int:
         doc = self.counters.find_one_and_update({"_id": name}, {"$inc": {"seq": n}}, upsert=True,
                                                 return_document=ReturnDocument.AFTER)
         return doc["seq"]
@@ -363,13 +388,14 @@ class MongoCatalog(MongoJobs, MongoQueries, CatalogCore):
             return self._get(ino)
 
     def lookup(self, parent: int, name: bytes) -> Inode:
-        """Two indexed reads (dentry, then inode); a name removed in between is NotFound."""
+        """One round trip: the dentry joined with its inode (two finds took two)."""
         with self._errors():
-            d = self._dentry(parent, name)
-            doc = self.inodes.find_one({"_id": d["ino"]}) if d else None
-        if doc is None:
+            rows = list(self.dentries.aggregate([
+                {"$match": {"parent": parent, "name": name}}, {"$limit": 1},
+                {"$lookup": {"from": "inodes", "localField": "ino", "foreignField": "_id", "as": "i"}}]))
+        if not rows or not rows[0]["i"]:
             raise errors.NotFound(f"{name!r} in directory {parent}")
-        return _inode(doc)
+        return _inode(rows[0]["i"][0])
 
     def readdir(self, parent: int, after_pos: int, limit: int, known=()) -> list[DirEntry]:
         """One aggregation: dentries in pos order joined with their inodes."""
@@ -506,15 +532,17 @@ class MongoCatalog(MongoJobs, MongoQueries, CatalogCore):
         inode document written ($inc open_gen) so a concurrent switch()
         transaction conflicts and retries instead of missing a new writer."""
         def fn(s):
-            inode = self._get(ino, s)
+            # the read and the open_gen bump in one command (they were two round trips)
+            doc = self.inodes.find_one_and_update({"_id": ino}, {"$inc": {"open_gen": 1}}, session=s)
+            if doc is None:
+                raise errors.NotFound(f"inode {ino}")
             key = f"{ino}:{session}"
             if reading or writing:
                 self.open_files.replace_one({"_id": key}, {"_id": key, "ino": ino, "session": session,
                                                            "writing": bool(writing)}, upsert=True, session=s)
             else:
                 self.open_files.delete_one({"_id": key}, session=s)
-            self.inodes.update_one({"_id": ino}, {"$inc": {"open_gen": 1}}, session=s)
-            return inode
+            return _inode(doc)
         return self._txn(fn)
 
     def add_event(self, ino, from_state, to_state, cause, detail="") -> None:
