@@ -16,7 +16,6 @@ the cache expired (attr_timeout 0: every inode read goes to mongod).
 from __future__ import annotations
 
 import os
-import textwrap
 
 import trio
 
@@ -123,28 +122,13 @@ async def _requests(fs, counter) -> dict[str, dict]:
     return out
 
 
-def _config(home: str, url: str, attr_timeout: float) -> str:
-    for sub in ("disk", "vault", "state"):
-        os.makedirs(os.path.join(home, sub), exist_ok=True)
-    return textwrap.dedent(f"""\
-        catalog = "{url}"
-        state_dir = "{home}/state"
-        attr_timeout = {attr_timeout}
-        [tiers.disk]
-        kind = "disk"
-        path = "{home}/disk"
-        [tiers.vault]
-        kind = "vault"
-        path = "{home}/vault"
-        """)
-
-
 def run(workdir: str, log) -> dict:
     """{column: {row: {"n": commands, "commands": [names]}}} on a fresh mongod."""
     import shutil
 
     import pymongo.monitoring
 
+    from tests.engine.harness import settings
     from tests.mongod import MongoServer
     from tierfs import config as config_mod
     from tierfs.daemon import Daemon
@@ -160,10 +144,9 @@ def run(workdir: str, log) -> dict:
         for column, timeout in (("cached", 1.0), ("expired", 0.0)):
             home = os.path.join(base, column)
             os.makedirs(home, exist_ok=True)
-            path = os.path.join(home, "tierfs.toml")
-            with open(path, "w") as f:
-                f.write(_config(home, server.url(f"rt_{column}"), timeout))
-            cfg = config_mod.load(path)
+            # the engine tests' configuration (disk, disk2, vault tiers) on this mongod
+            cfg = config_mod.parse(settings(home, catalog=server.url(f"rt_{column}"), attr_timeout=timeout),
+                                   os.path.join(home, "tierfs.toml"))
             daemon = Daemon(cfg, os.path.join(home, "mnt"))
             daemon.open()
             try:
