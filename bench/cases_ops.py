@@ -25,6 +25,7 @@ runs' medians. What each operation means exactly:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
@@ -84,50 +85,67 @@ def _read_small(path: str) -> None:
         os.close(fd)
 
 
-def one_run(root: str, n: int, big_listing: int) -> dict[str, list[float]]:
-    """Every operation once per item, in a fresh directory under root: {op: [µs each]}."""
+def one_run(root: str, n: int, big_listing: int) -> tuple[dict[str, list[float]], dict[str, str]]:
+    """Every operation once per item, in a fresh directory under root:
+    ({op: [µs each]}, {op: why it failed}). A system that lacks an operation
+    (rclone has no hard links or xattrs, no random writes without its cache)
+    reports the error for that operation and goes on with the others."""
     d = os.path.join(root, f"ops-{time.monotonic_ns()}")
     os.mkdir(d)
     names = [os.path.join(d, f"f{i:06d}") for i in range(n)]
     out: dict[str, list[float]] = {}
-    out["create"] = _timed(_create, names)
+    failed: dict[str, str] = {}
+
+    def op(name: str, fn, items) -> bool:
+        try:
+            out[name] = _timed(fn, items)
+            return True
+        except OSError as e:
+            failed[name] = f"{e.strerror or e}"
+            out[name] = []
+            return False
+
+    op("create", _create, names)
     drop_caches(level=2)
-    out["stat_cold"] = _timed(os.lstat, names)
-    out["stat_missing"] = _timed(_lstat_missing, [os.path.join(d, f"missing{i:06d}") for i in range(n)])
-    out["setxattr"] = _timed(lambda p: os.setxattr(p, "user.bench", XVALUE), names)
-    out["getxattr"] = _timed(lambda p: os.getxattr(p, "user.bench"), names)
-    out["read_small"] = _timed(_read_small, names)
-    out["statvfs"] = _timed(os.statvfs, [d] * n)
-    out["listdir"] = _timed(os.listdir, [d] * max(3, n // 50))
+    op("stat_cold", os.lstat, names)
+    op("stat_missing", _lstat_missing, [os.path.join(d, f"missing{i:06d}") for i in range(n)])
+    if op("setxattr", lambda p: os.setxattr(p, "user.bench", XVALUE), names):
+        op("getxattr", lambda p: os.getxattr(p, "user.bench"), names)
+    op("read_small", _read_small, names)
+    op("statvfs", os.statvfs, [d] * n)
+    op("listdir", os.listdir, [d] * max(3, n // 50))
     links = [os.path.join(d, f"l{i:06d}") for i in range(n)]
-    out["link"] = _timed(lambda i: os.link(names[i], links[i]), range(n))
+    op("link", lambda i: os.link(names[i], links[i]), range(n))
     syms = [os.path.join(d, f"s{i:06d}") for i in range(n)]
-    out["symlink"] = _timed(lambda i: os.symlink(f"f{i:06d}", syms[i]), range(n))
+    op("symlink", lambda i: os.symlink(f"f{i:06d}", syms[i]), range(n))
     renamed = [os.path.join(d, f"r{i:06d}") for i in range(n)]
-    out["rename"] = _timed(lambda i: os.rename(names[i], renamed[i]), range(n))
-    out["unlink"] = _timed(os.unlink, renamed)
+    if op("rename", lambda i: os.rename(names[i], renamed[i]), range(n)):
+        op("unlink", os.unlink, renamed)
     dirs = [os.path.join(d, f"d{i:06d}") for i in range(n)]
-    out["mkdir"] = _timed(os.mkdir, dirs)
-    out["rmdir"] = _timed(os.rmdir, dirs)
+    if op("mkdir", os.mkdir, dirs):
+        op("rmdir", os.rmdir, dirs)
     big = os.path.join(d, "big")
-    fd = os.open(big, os.O_RDWR | os.O_CREAT, 0o644)
+    rnd = random.Random(3)
+    offsets = [rnd.randrange(1 << 20) for _ in range(max(20, n // 5))]
     try:
-        os.write(fd, b"\0" * (1 << 20))
-        os.fsync(fd)
-        rnd = random.Random(3)
-        out["pwrite_fsync"] = _timed(lambda off: (os.pwrite(fd, b"x", off), os.fsync(fd)),
-                                     [rnd.randrange(1 << 20) for _ in range(max(20, n // 5))])
-    finally:
-        os.close(fd)
+        fd = os.open(big, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, b"\0" * (1 << 20))
+            os.fsync(fd)
+            op("pwrite_fsync", lambda off: (os.pwrite(fd, b"x", off), os.fsync(fd)), offsets)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        failed["pwrite_fsync"] = f"{e.strerror or e}"
     if big_listing:
         ld = os.path.join(d, "listing")
         os.mkdir(ld)
         for i in range(big_listing):
             _create(os.path.join(ld, f"e{i:06d}"))
         os.listdir(ld)
-        out["listdir_big"] = _timed(os.listdir, [ld] * 3)
+        op("listdir_big", os.listdir, [ld] * 3)
     rmtree_in(d)
-    return out
+    return out, failed
 
 
 def rmtree_in(d: str) -> None:
@@ -140,7 +158,10 @@ def rmtree_in(d: str) -> None:
 def many_xattrs(root: str, count: int = 4096) -> dict:
     """Seconds for `count` distinct user.* names on one file, or why it stopped."""
     p = os.path.join(root, f"xattrs-{time.monotonic_ns()}")
-    _create(p)
+    try:
+        _create(p)
+    except OSError as e:
+        return {"seconds": 0.0, "done": 0, "error": f"create: {e.strerror or e}"}
     t0 = time.perf_counter()
     done = 0
     err = None
@@ -151,7 +172,8 @@ def many_xattrs(root: str, count: int = 4096) -> dict:
     except OSError as e:
         err = f"{e.strerror} after {done}"
     s = time.perf_counter() - t0
-    os.unlink(p)
+    with contextlib.suppress(OSError):
+        os.unlink(p)
     return {"seconds": s, "done": done, "error": err}
 
 
@@ -159,15 +181,18 @@ def ops(system, n: int, big_listing: int, runs: int, log) -> dict:
     """Case "ops" on one system: {"runs": {op: [median µs of each run]}, "means": {...}, "xattrs_4096": [...]}."""
     med: dict[str, list[float]] = {k: [] for k in OPS}
     mean: dict[str, list[float]] = {k: [] for k in OPS}
+    errors: dict[str, str] = {}
     for r in range(runs):
-        res = one_run(system.path, n, big_listing if r == 0 else 0)
+        res, failed = one_run(system.path, n, big_listing if r == 0 else 0)
+        errors.update(failed)
         for k, v in res.items():
             if v:
                 med[k].append(statistics.median(v))
                 mean[k].append(statistics.fmean(v))
         log(f"  ops run {r + 1}: " + ", ".join(f"{k} {statistics.median(v):.0f}" for k, v in res.items() if v)
             + " (µs, median)")
-    return {"runs": med, "means": mean, "n": n, "xattrs_4096": [many_xattrs(system.path) for _ in range(runs)]}
+    return {"runs": med, "means": mean, "n": n, "errors": errors,
+            "xattrs_4096": [many_xattrs(system.path) for _ in range(runs)]}
 
 
 # ---- dbench --------------------------------------------------------------------------------------

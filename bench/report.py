@@ -155,9 +155,10 @@ def ops_table(results: dict, systems: list[str]) -> str:
         return f"{a / b:.1f}x" if a and b else "-"
     for op in OPS:
         vals = {s: ops_value(results, s, op) for s in cols}
-        if not any(vals.values()):
+        errs = {s: results["cases"]["ops"][s].get("errors", {}).get(op) for s in cols}
+        if not any(vals.values()) and not any(errs.values()):
             continue
-        cells = [f"{vals[s]:,.0f}" if vals[s] is not None else "-" for s in cols]
+        cells = [f"{vals[s]:,.0f}" if vals[s] is not None else (errs[s] or "-") for s in cols]
         t = vals.get("tierfs")
         lines.append(f"| {ops_label(results, op)} | " + " | ".join(cells)
                      + f" | {ratio(t, vals.get('mergerfs'))} | {ratio(t, vals.get('pyfuse3-floor'))} |")
@@ -166,9 +167,10 @@ def ops_table(results: dict, systems: list[str]) -> str:
         v, err = xattrs_4096(results, s)
         cells.append(f"{v:.3f} s" if v is not None else (err or "-"))
     lines.append("| 4,096 setxattr on one file (total) | " + " | ".join(cells) + " | | |")
-    db = results.get("cases", {}).get("dbench", {})
-    if db:
-        cells = [f"{db[s]['mb_s']:,.1f} MB/s" if s in db else "-" for s in cols]
+    db = {k: v for k, v in results.get("cases", {}).get("dbench", {}).items() if "mb_s" in v}
+    failed = {k: v["error"] for k, v in results.get("cases", {}).get("dbench", {}).items() if "error" in v}
+    if db or failed:
+        cells = [f"{db[s]['mb_s']:,.1f} MB/s" if s in db else "failed" if s in failed else "-" for s in cols]
         t, m = db.get("tierfs", {}).get("mb_s"), db.get("mergerfs", {}).get("mb_s")
         f = db.get("pyfuse3-floor", {}).get("mb_s")
         lines.append(f"| dbench -t {results['params'].get('dbench_s')} 2 (throughput) | " + " | ".join(cells)
@@ -205,8 +207,10 @@ def ops_targets(results: dict, add) -> None:
             f"{v:.3f} s" if v is not None else err)
     db = results.get("cases", {}).get("dbench", {})
     t, m = db.get("tierfs", {}).get("mb_s"), db.get("mergerfs", {}).get("mb_s")
+    f = db.get("pyfuse3-floor", {}).get("mb_s")
     add("dbench throughput >= 1/3 of mergerfs", None if None in (t, m) else t >= m / 3,
-        "not run" if None in (t, m) else f"tierfs {t:.1f} MB/s, mergerfs {m:.1f} MB/s ({t / m:.2f})")
+        "not run" if None in (t, m) else f"tierfs {t:.1f} MB/s, mergerfs {m:.1f} MB/s ({t / m:.2f}), pyfuse3 floor "
+        f"{f or 0:.1f} MB/s ({(f or 0) / m:.2f})")
 
 
 def roundtrips_table(results: dict) -> str:

@@ -66,6 +66,7 @@ class GarbageCollector:
             if not items:
                 return done
             removed = []
+            doomed: list[tuple[int, Tier, str]] = []
             for g in items:
                 tier = self.tiers.get(g.tier)
                 if tier is None:
@@ -77,10 +78,27 @@ class GarbageCollector:
                     # elsewhere never deletes the user's own file; only deleting the file through tierfs does.
                     log.info("keeping %s/%s, the original of an imported file (%s)", g.tier, g.key, g.reason)
                 else:
-                    faults.point("gc.before_delete")
-                    await trio.to_thread.run_sync(tier.delete, g.key)
+                    doomed.append((g.id, tier, g.key))
+                    continue
                 removed.append(g.id)
+            deleted: list[int] = []
+            try:
+                # One worker thread for the batch: a hand-off costs ~115 µs here, a local delete ~15
+                # (a thread per object made dbench's Unlink 2.6x the pyfuse3 floor's, issue 16).
+                await trio.to_thread.run_sync(_delete_all, doomed, deleted)
+            finally:
+                removed += deleted   # what was deleted before a failure leaves the catalog too
+                if removed:
+                    await self.call(self.catalog.remove_garbage, removed)
             if not removed:
                 return done
-            await self.call(self.catalog.remove_garbage, removed)
             done += len(removed)
+
+
+def _delete_all(doomed: list[tuple[int, Tier, str]], deleted: list[int]) -> None:
+    """Delete each (garbage id, tier, key), appending the id once its object is
+    gone; the first failure stops the batch (the rest stay garbage)."""
+    for gid, tier, key in doomed:
+        faults.point("gc.before_delete")
+        tier.delete(key)
+        deleted.append(gid)
