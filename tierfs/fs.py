@@ -558,7 +558,9 @@ class FileSystem:
             raise errors.TierfsError(f"{name.decode(errors='replace')} is read-only", err=errno.EPERM)
         if name in STORED_XATTRS:
             await self._check_stored(await self.get(ino), name, value, caller)
-        await self.cat(self.catalog.setxattr, ino, name, value, create=create, replace=replace)
+        t = now_ns()
+        await self.cat(self.catalog.setxattr, ino, name, value, create=create, replace=replace, ctime_ns=t)
+        self._cache.set(ino, ctime_ns=t)   # stat shows the change (POSIX: setxattr changes ctime)
         if name == xattrs.PLACEMENT:
             self.placer.forget()
 
@@ -599,7 +601,9 @@ class FileSystem:
             raise errors.TierfsError(f"{name.decode(errors='replace')} is read-only", err=errno.EPERM)
         if name in STORED_XATTRS:
             await self._check_stored(await self.get(ino), name, None, caller or Caller())
-        await self.cat(self.catalog.removexattr, ino, name)
+        t = now_ns()
+        await self.cat(self.catalog.removexattr, ino, name, t)
+        self._cache.set(ino, ctime_ns=t)
         if name == xattrs.PLACEMENT:
             self.placer.forget()
 

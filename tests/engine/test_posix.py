@@ -148,3 +148,24 @@ async def test_xattrs_and_tierfs_attributes(eng, tmp_path):
     big = b"v" * 65536
     await p.setxattr("f", "user.big", big)
     assert await p.getxattr("f", "user.big") == big
+
+
+@with_engine()
+async def test_setxattr_and_removexattr_change_the_ctime_stat_shows(eng, tmp_path):
+    """POSIX: an xattr change is an inode change. The kernel's stat of a name it holds is a
+    getattr, which the SQLite mount serves from its cache: the cache must have the new
+    ctime, equal to the catalog's (it kept the old one until issue 16)."""
+    import trio
+    p = Posix(eng.fs)
+    await p.write_file("f", b"x")
+    ino = (await p.stat("f")).ino                 # the "kernel" now holds f
+    c0 = (await eng.fs.getattr(ino)).ctime_ns
+    await trio.sleep(1)
+    await p.setxattr("f", "user.k", b"v")
+    c1 = (await eng.fs.getattr(ino)).ctime_ns
+    assert c1 > c0
+    assert eng.catalog.get(ino).ctime_ns == c1
+    await trio.sleep(1)
+    await p.removexattr("f", "user.k")
+    c2 = (await eng.fs.getattr(ino)).ctime_ns
+    assert c2 > c1 and eng.catalog.get(ino).ctime_ns == c2

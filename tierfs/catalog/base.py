@@ -540,14 +540,16 @@ class Catalog(abc.ABC):
 
     @abc.abstractmethod
     def setxattr(self, ino: int, name: bytes, value: bytes, *, create: bool = False,
-                 replace: bool = False) -> None: ...
+                 replace: bool = False, ctime_ns: int | None = None) -> None:
+        """Set the value (Exists with create, NoAttr with replace) and the
+        inode's ctime (`ctime_ns`, now if None)."""
 
     @abc.abstractmethod
     def listxattr(self, ino: int) -> list[bytes]: ...
 
     @abc.abstractmethod
-    def removexattr(self, ino: int, name: bytes) -> None:
-        """NoAttr if absent."""
+    def removexattr(self, ino: int, name: bytes, ctime_ns: int | None = None) -> None:
+        """NoAttr if absent; sets the inode's ctime (`ctime_ns`, now if None)."""
 
     # ---- state and moves -------------------------------------------------
     @abc.abstractmethod

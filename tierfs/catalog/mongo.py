@@ -498,7 +498,7 @@ class MongoCatalog(MongoJobs, MongoQueries, CatalogCore):
             raise errors.NoAttr(f"no attribute {name!r}")
         return d["value"]
 
-    def setxattr(self, ino, name, value, *, create=False, replace=False) -> None:
+    def setxattr(self, ino, name, value, *, create=False, replace=False, ctime_ns=None) -> None:
         """Single-document insert/update of the attribute (the unique (ino,
         name) index decides create races), then the inode's ctime."""
         with self._errors():
@@ -512,19 +512,19 @@ class MongoCatalog(MongoJobs, MongoQueries, CatalogCore):
                     raise errors.NoAttr(f"no attribute {name!r}")
             else:
                 self.xattrs.update_one({"ino": ino, "name": name}, {"$set": {"value": value}}, upsert=True)
-            self._set(ino, None, ctime_ns=now_ns())
+            self._set(ino, None, ctime_ns=ctime_ns or now_ns())
 
     def listxattr(self, ino: int) -> list[bytes]:
         with self._errors():
             # Sorted here: MongoDB orders binary values by length first.
             return sorted(d["name"] for d in self.xattrs.find({"ino": ino}, {"name": 1}))
 
-    def removexattr(self, ino: int, name: bytes) -> None:
+    def removexattr(self, ino: int, name: bytes, ctime_ns: int | None = None) -> None:
         """Single-document delete, then the inode's ctime."""
         with self._errors():
             if self.xattrs.delete_one({"ino": ino, "name": name}).deleted_count == 0:
                 raise errors.NoAttr(f"no attribute {name!r}")
-            self._set(ino, None, ctime_ns=now_ns())
+            self._set(ino, None, ctime_ns=ctime_ns or now_ns())
 
     # ---- state and moves ---------------------------------------------------
     def set_open(self, ino, session, reading, writing) -> Inode:

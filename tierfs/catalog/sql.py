@@ -606,7 +606,7 @@ class SqlCatalog(CatalogCore):
             raise errors.NoAttr(f"no attribute {name!r}")
         return row[0]
 
-    def setxattr(self, ino, name, value, *, create=False, replace=False) -> None:
+    def setxattr(self, ino, name, value, *, create=False, replace=False, ctime_ns=None) -> None:
         # One statement for the value (an upsert without flags), one for ctime.
         with self._tx() as c:
             if create:
@@ -620,17 +620,17 @@ class SqlCatalog(CatalogCore):
             else:
                 c.execute("INSERT INTO xattrs (ino, name, value) VALUES (?, ?, ?) "
                           "ON CONFLICT (ino, name) DO UPDATE SET value = excluded.value", (ino, name, value))
-            c.execute("UPDATE inodes SET ctime_ns = ? WHERE ino = ?", (now_ns(), ino))
+            c.execute("UPDATE inodes SET ctime_ns = ? WHERE ino = ?", (ctime_ns or now_ns(), ino))
 
     def listxattr(self, ino: int) -> list[bytes]:
         with self._read() as c:
             return [r[0] for r in c.execute("SELECT name FROM xattrs WHERE ino = ? ORDER BY name", (ino,)).fetchall()]
 
-    def removexattr(self, ino: int, name: bytes) -> None:
+    def removexattr(self, ino: int, name: bytes, ctime_ns: int | None = None) -> None:
         with self._tx() as c:
             if not c.execute("DELETE FROM xattrs WHERE ino = ? AND name = ?", (ino, name)).rowcount:
                 raise errors.NoAttr(f"no attribute {name!r}")
-            _set(c, ino, dict(ctime_ns=now_ns()))
+            c.execute("UPDATE inodes SET ctime_ns = ? WHERE ino = ?", (ctime_ns or now_ns(), ino))
 
     # ---- state and moves ---------------------------------------------------
     def set_open(self, ino, session, reading, writing) -> Inode:
