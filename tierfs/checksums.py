@@ -22,6 +22,10 @@ from .catalog.base import Catalog, FileQuery, State
 log = logging.getLogger(__name__)
 
 PAGE = 1000
+#: A file's checksum is computed once it has been closed this long: one deleted or written again
+#: meanwhile (temporary files, a build's outputs, dbench's files, appends in a loop) is not read
+#: back for nothing, or is read once instead of once per close.
+SETTLE_S = 1.0
 
 
 class Checksums:
@@ -29,13 +33,15 @@ class Checksums:
         self.catalog = catalog
         self.call = call            # runs a blocking catalog call (FileSystem.cat)
         self.compute = compute      # FileSystem.compute_checksum: records it (compare-and-swap on the version)
-        self.backlog: set[int] = set()
+        self.backlog: dict[int, float] = {}   # inode -> when it is due (insertion order = due order)
         self._wake = trio.Event()
         self.done = 0
 
     def want(self, ino: int) -> None:
-        """`ino` was closed after a write: compute its checksum soon. Never blocks or fails."""
-        self.backlog.add(ino)
+        """`ino` was closed after a write: compute its checksum SETTLE_S from
+        now (a later close postpones it). Never blocks or fails."""
+        self.backlog.pop(ino, None)
+        self.backlog[ino] = trio.current_time() + SETTLE_S
         self._wake.set()
 
     async def run(self) -> None:
@@ -44,7 +50,13 @@ class Checksums:
             await self._wake.wait()
             self._wake = trio.Event()
             while self.backlog:
-                ino = self.backlog.pop()
+                ino, due = next(iter(self.backlog.items()))
+                if due > trio.current_time():
+                    with trio.move_on_at(due):
+                        await self._wake.wait()   # a new close does not hurry the oldest
+                    self._wake = trio.Event() if self._wake.is_set() else self._wake
+                    continue
+                del self.backlog[ino]
                 faults.point("checksum.before_compute")
                 try:
                     await self.compute(ino)
@@ -67,7 +79,7 @@ class Checksums:
                 break
             for inode in page:
                 if inode.location:
-                    self.backlog.add(inode.ino)
+                    self.backlog.setdefault(inode.ino, 0.0)   # due now: closed before this run
                     found += 1
             after = page[-1].ino
         if found:
