@@ -391,25 +391,29 @@ class FileSystem:
             await self._maybe_purge(replaced.ino)
 
     async def readdir(self, ino: int, after_pos: int, batch: int = 1000) -> list[DirEntry]:
-        since = self._cache.seq
+        """Entries after `after_pos`; empty only at the end of the directory."""
         cache = self._cache
-        entries = await self.cat(self.catalog.readdir, ino, after_pos, batch, cache.fresh_set)
-        out = []
-        for e in entries:
-            # readdirplus hands these attributes to the kernel: what getattr would
-            # answer (a file being written shows its size), a cached copy as it is.
-            cached = cache.fresh(e.ino)
-            if cached is not None:
-                e.inode = cached
-            elif not e.has_inode():   # no longer fresh (the catalog call ran in a thread): ask again
-                try:
-                    e.inode = await self.fetch(self.catalog.get, e.ino)
-                except errors.NotFound:
-                    continue   # deleted meanwhile
-            elif e.ino in cache:
-                e.inode = self.remember(e.inode, since)
-            out.append(e)
-        return out
+        while True:
+            since = cache.seq
+            entries = await self.cat(self.catalog.readdir, ino, after_pos, batch, cache.fresh_set)
+            out = []
+            for e in entries:
+                # readdirplus hands these attributes to the kernel: what getattr would
+                # answer (a file being written shows its size), a cached copy as it is.
+                cached = cache.fresh(e.ino)
+                if cached is not None:
+                    e.inode = cached
+                elif not e.has_inode():   # no longer fresh (the catalog call ran in a thread): ask again
+                    try:
+                        e.inode = await self.fetch(self.catalog.get, e.ino)
+                    except errors.NotFound:
+                        continue   # deleted meanwhile
+                elif e.ino in cache:
+                    e.inode = self.remember(e.inode, since)
+                out.append(e)
+            if out or not entries:
+                return out
+            after_pos = entries[-1].pos   # every entry of this batch went meanwhile: the next ones
 
     def readdir_accepted(self, entry: DirEntry) -> None:
         """The kernel took an entry (readdirplus): it holds a lookup on it."""
