@@ -532,17 +532,15 @@ class MongoCatalog(MongoJobs, MongoQueries, CatalogCore):
         inode document written ($inc open_gen) so a concurrent switch()
         transaction conflicts and retries instead of missing a new writer."""
         def fn(s):
-            # the read and the open_gen bump in one command (they were two round trips)
-            doc = self.inodes.find_one_and_update({"_id": ino}, {"$inc": {"open_gen": 1}}, session=s)
-            if doc is None:
-                raise errors.NotFound(f"inode {ino}")
+            inode = self._get(ino, s)
             key = f"{ino}:{session}"
             if reading or writing:
                 self.open_files.replace_one({"_id": key}, {"_id": key, "ino": ino, "session": session,
                                                            "writing": bool(writing)}, upsert=True, session=s)
             else:
                 self.open_files.delete_one({"_id": key}, session=s)
-            return _inode(doc)
+            self.inodes.update_one({"_id": ino}, {"$inc": {"open_gen": 1}}, session=s)
+            return inode
         return self._txn(fn)
 
     def add_event(self, ino, from_state, to_state, cause, detail="") -> None:
