@@ -54,7 +54,8 @@ class Checksums:
                 if due > trio.current_time():
                     with trio.move_on_at(due):
                         await self._wake.wait()   # a new close does not hurry the oldest
-                    self._wake = trio.Event() if self._wake.is_set() else self._wake
+                    if self._wake.is_set():
+                        self._wake = trio.Event()
                     continue
                 del self.backlog[ino]
                 faults.point("checksum.before_compute")

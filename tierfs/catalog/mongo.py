@@ -279,9 +279,6 @@ class MongoCatalog(MongoJobs, MongoQueries, CatalogCore):
             raise errors.NotFound(f"inode {ino}")
         return _inode(doc)
 
-    def _dentry(self, parent: int, name: bytes, s=None) -> dict | None:
-        return self.dentries.find_one({"parent": parent, "name": name}, session=s)
-
     def _set(self, ino: int, s, inc: dict | None = None, **values) -> None:
         upd = _update(_values(values), inc)
         if upd:

@@ -77,9 +77,6 @@ def _marks(values) -> str:
     return ", ".join("?" * len(values))
 
 
-_inode_row = inode_from_values
-
-
 def _inode_values(inode: Inode) -> tuple:
     """The row of a new inode (no ino: the table assigns it), in _INSERT_FIELDS order."""
     return tuple(inode.state.value if k == "state" else getattr(inode, k) for k in _INSERT_FIELDS)
@@ -96,7 +93,7 @@ def _get(c: sqlite3.Connection, ino: int) -> Inode:
     row = c.execute(_GET_SQL, (ino,)).fetchone()
     if row is None:
         raise errors.NotFound(f"inode {ino}")
-    return _inode_row(row)
+    return inode_from_values(row)
 
 
 def _set(c: sqlite3.Connection, ino: int, changes: dict) -> None:
@@ -133,7 +130,7 @@ class _SqliteTxn:
 
     def find_inode(self, ino: int) -> Inode | None:
         row = self.c.execute(_GET_SQL, (ino,)).fetchone()
-        return None if row is None else _inode_row(row)
+        return None if row is None else inode_from_values(row)
 
     def find_dentry(self, parent: int, name: bytes) -> tuple[int, int] | None:
         return self.c.execute(_DENTRY_SQL, (parent, name)).fetchone()
@@ -512,13 +509,13 @@ class SqlCatalog(CatalogCore):
         row = self._one(_GET_SQL, (ino,))
         if row is None:
             raise errors.NotFound(f"inode {ino}")
-        return _inode_row(row)
+        return inode_from_values(row)
 
     def lookup(self, parent: int, name: bytes) -> Inode:
         row = self._one(_LOOKUP_SQL, (parent, name))
         if row is None:
             raise errors.NotFound(f"{name!r} in directory {parent}")
-        return _inode_row(row)
+        return inode_from_values(row)
 
     def readdir(self, parent: int, after_pos: int, limit: int, known: Container[int] = ()) -> list[DirEntry]:
         # Names first, then the inodes the caller does not hold: a listing of
@@ -588,7 +585,7 @@ class SqlCatalog(CatalogCore):
 
     def unlinked(self) -> list[Inode]:
         with self._read() as c:
-            return [_inode_row(r) for r in c.execute(f"SELECT {_INODE_COLS} FROM inodes WHERE nlink = 0").fetchall()]
+            return [inode_from_values(r) for r in c.execute(f"SELECT {_INODE_COLS} FROM inodes WHERE nlink = 0").fetchall()]
 
     def set_atimes(self, atimes: dict[int, int]) -> None:
         if not atimes:
@@ -935,7 +932,7 @@ class SqlCatalog(CatalogCore):
             rows = c.execute(*self._query_sql(c, q)).fetchall()
         self.rows_read += len(rows)
         for r in rows:
-            yield _inode_row(r)
+            yield inode_from_values(r)
 
     def query_names(self, q: FileQuery) -> Iterator[tuple[int, bytes, int]]:
         """Streams, on a connection of its own (its read transaction stays
