@@ -230,6 +230,8 @@ class Settings(Table):
     read_ahead_kb: Annotated[int, _range(0, 1_000_000, "an integer >= 0")] = Field(
         1024, description="kernel read-ahead of the mount (root only; 0: the kernel's 128)")
     allow_other: Flag = Field(False, description="let users other than the mounter use the mount")
+    passthrough: Flag = Field(True, description="FUSE passthrough: the kernel reads and writes files with local "
+                              "bytes itself (Linux 6.9+, a root daemon, tierfs's libfuse 3.17+ build)")
     allow_unarchive: Flag = Field(True, description="false: restores are refused (retention), EACCES")
     archivers: Text | None = Field(None, description="group whose members may archive/restore any file")
     workers: Count = Field(2, description="job worker tasks per mount")
