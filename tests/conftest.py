@@ -91,6 +91,11 @@ def s3_bucket(moto):
 
 
 # ---- mounts ---------------------------------------------------------------------
+#: TIERFS_TEST_PASSTHROUGH=0: every mount without FUSE passthrough (unless a test sets it), so
+#: the data path the daemon serves itself is tested too (dev/test runs tests/mount both ways).
+PASSTHROUGH_OFF = os.environ.get("TIERFS_TEST_PASSTHROUGH") == "0"
+
+
 class Mount:
     """A tierfs mounted through the real CLI, in the background."""
 
@@ -127,6 +132,8 @@ class Mount:
         extra = textwrap.dedent(self.extra_config)
         body = f'catalog = "{self.catalog_url}"\nstate_dir = "{self.home}/state"\n'
         top, tables = _split_toml(extra)
+        if PASSTHROUGH_OFF and "passthrough" not in top:
+            body += "passthrough = false\n"   # dev/test's second pass: the daemon's own read/write path
         body += top + "\n"
         if "[tiers." not in extra:
             body += self.default_tiers()

@@ -30,6 +30,7 @@ from .catalog import open_catalog
 from .catalog.base import Catalog, Session, now_ns
 from .config import Config, prepare_embedded_dirs
 from .engine import Engine, build_engine
+from .passthrough import Passthrough
 from .fs import FileSystem
 from .fuse_ops import Operations
 from .redact import redact_url
@@ -94,7 +95,8 @@ class Daemon:
         self._default_kernel_caches(self.cfg)
         self.engine = build_engine(self.cfg, self.catalog, tiers, self.session_id,
                                    staging_dir=os.path.join(self.cfg.state_dir, "staging",
-                                                            mounts.runtime_key(self.mountpoint)))
+                                                            mounts.runtime_key(self.mountpoint)),
+                                   passthrough=Passthrough(self.cfg.passthrough))
         self.fs = self.engine.fs
 
     def _default_kernel_caches(self, cfg: Config) -> None:
@@ -194,6 +196,11 @@ class Daemon:
         self.engine.services.changed()   # job limits or rules may let more run now
 
     # ---- main ------------------------------------------------------------
+    def _after_init(self) -> None:
+        """Once the kernel has our answer to FUSE INIT."""
+        self._set_read_ahead()
+        self.fs.passthrough.probe(self.fs.staging.dir)
+
     def _set_read_ahead(self) -> None:
         """A 1 MiB read-ahead lets the kernel send 1 MiB reads (8x fewer
         requests than with its 128 KiB default); only root may set it. The
@@ -226,7 +233,7 @@ class Daemon:
     def run(self, on_ready=lambda: None) -> None:
         ops = Operations(self.fs, attr_timeout=self.cfg.attr_timeout, entry_timeout=self.cfg.entry_timeout,
                          xattrs=self.cfg.xattrs,
-                         after_init=lambda: trio.lowlevel.current_trio_token().run_sync_soon(self._set_read_ahead))
+                         after_init=lambda: trio.lowlevel.current_trio_token().run_sync_soon(self._after_init))
         try:
             pyfuse3.init(ops, self.mountpoint, self.fuse_options())
         except RuntimeError as e:

@@ -27,6 +27,7 @@ from .fs import FileSystem
 from .gc import GarbageCollector
 from .heartbeat import Heartbeat
 from .jobs import JobRunner
+from .passthrough import NoPassthrough
 from .policy.scheduler import PolicyScheduler
 from .requests import Requests
 from .services import Services, Task
@@ -78,15 +79,16 @@ class Engine:
 
 
 def build_engine(cfg, catalog: Catalog, tiers: dict[str, Tier], session_id: str, *,
-                 staging_dir: str | None = None, clock=None) -> Engine:
+                 staging_dir: str | None = None, clock=None, passthrough: NoPassthrough | None = None) -> Engine:
     """The FileSystem over `catalog` and `tiers`, with the offline contract,
     requests, job runner, policy scheduler and every background service.
-    `clock`: the policy scheduler's (default the system clock). Raises
+    `clock`: the policy scheduler's (default the system clock); `passthrough`:
+    FUSE passthrough of the mount (default none: no kernel). Raises
     ConfigError for an unknown archivers group or an invalid [[policy]]."""
     services = Services()
     fs = FileSystem(cfg, catalog, tiers, session_id,
                     staging_dir=staging_dir or os.path.join(cfg.state_dir, "staging"),
-                    events=services, offline=Offline, requests=Requests)
+                    events=services, offline=Offline, requests=Requests, passthrough=passthrough)
     gc = services.gc = GarbageCollector(catalog, fs.cat, tiers, fs.files)
     runner = JobRunner(fs, cfg, session_id)
     policy = PolicyScheduler(fs, cfg, session_id, clock=clock)

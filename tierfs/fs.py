@@ -52,6 +52,7 @@ from .checksums import Checksums
 from .catalog.base import READABLE_STATES, Catalog, DirEntry, Inode, State, now_ns
 from .archive import NoArchive
 from .openfiles import Handle, InodeLock, OpenFiles, OpenObjects
+from .passthrough import NoPassthrough
 from .placement import Placer
 from .requests import NoRequests
 from .staging import Staging
@@ -130,10 +131,12 @@ class FileSystem:
     def __init__(self, cfg, catalog: Catalog, tiers: dict[str, Tier], session_id: str = "local",
                  staging_dir: str | None = None, *, events: Events | None = None,
                  offline: Callable[..., Offline | NoArchive] | None = None,
-                 requests: Callable[..., Requests | NoRequests] | None = None):
+                 requests: Callable[..., Requests | NoRequests] | None = None,
+                 passthrough: NoPassthrough | None = None):
         """`offline(fs, cache, requests)` and `requests(fs, events)` build the
         offline contract and the request handling (default: none, archive.NoArchive
-        and requests.NoRequests); `events` hears moves, deletions and queued jobs."""
+        and requests.NoRequests); `events` hears moves, deletions and queued jobs;
+        `passthrough` lets the kernel read and write local bytes itself (passthrough.py)."""
         self.cfg = cfg
         self.catalog = catalog
         self.tiers = tiers
@@ -146,7 +149,8 @@ class FileSystem:
         self._statfs: tuple[float, tuple[int, int, int]] | None = None   # (valid until, answer)
         self.placer = Placer(self)
         self.staging = Staging(self, self._cache, self.events, staging_dir or os.path.join(cfg.state_dir, "staging"))
-        self.files = OpenFiles(OpenObjects(self.staging, self.tier))
+        self.passthrough = passthrough or NoPassthrough()
+        self.files = OpenFiles(OpenObjects(self.staging, self.tier, self.passthrough))
         self._objects = self.files.objects   # what open files' handles read and write
         self.checksums = Checksums(catalog, self.cat, self.compute_checksum)  # a background service runs its backlog
         self.requests = (requests or NoRequests)(self, self.events)
@@ -229,7 +233,11 @@ class FileSystem:
             inode = await self.get(await self.cat(self.catalog.parent_of, parent))
         else:
             inode = await self.cat(self.catalog.lookup, parent, name)
-        return self._count_lookup(inode, since)
+        inode = self._count_lookup(inode, since)
+        if self.files.writing(inode.ino):
+            self._take_kernel_writes(inode.ino)   # (passthrough) the kernel would take an old size back
+            inode = self._cache.peek(inode.ino)
+        return inode
 
     async def forget(self, items: list[tuple[int, int]]) -> None:
         for ino, n in items:
@@ -423,6 +431,8 @@ class FileSystem:
 
     # ---- attributes ------------------------------------------------------
     async def getattr(self, ino: int) -> Inode:
+        if self.files.writing(ino):
+            self._take_kernel_writes(ino)
         return await self.get(ino)
 
     async def setattr(self, ino: int, changes: dict, fh: int | None, caller: Caller) -> Inode:
@@ -441,6 +451,9 @@ class FileSystem:
                 # Restore first, without holding the inode lock (the restore job needs it).
                 await self._need_online(inode, os.O_WRONLY, caller)
         async with self.lock(ino):
+            # (passthrough) the kernel's writes come before this change: an explicit mtime must not be
+            # replaced by the time of a write made before it
+            self._take_kernel_writes(ino)
             inode = await self.get(ino)
             t = now_ns()
             if "size" in changes:
@@ -493,6 +506,7 @@ class FileSystem:
             # setattr restored it before taking the lock; it went offline again meanwhile
             raise WentOffline(f"inode {inode.ino} went offline while truncating")
         await self._begin_write(inode.ino)
+        self._take_kernel_writes(inode.ino)   # (passthrough) what came before the truncate
         inode = self._cache.peek(inode.ino)
         tier = self.tier(inode.tier)
         path = tier.local_path(inode.location) if inode.location else None
@@ -507,6 +521,7 @@ class FileSystem:
         # (the size those writes' flush would have persisted over this one: issue 13).
         t = now_ns()
         self._cache.change(inode.ino, size=size, mtime_ns=t, ctime_ns=t)
+        self._objects.backing_settled(inode.ino)   # our own change, not the kernel's
         return await self._store(inode.ino, self.catalog.update, {})
 
     async def statfs(self) -> tuple[int, int, int]:
@@ -647,6 +662,12 @@ class FileSystem:
                 fh = await self._open_handle(inode, flags)
             except WentOffline:
                 continue
+            if writable and self._objects.in_passthrough(ino):
+                try:
+                    await self._passthrough_writer(fh)
+                except BaseException:
+                    await self.release(fh)
+                    raise
             if writable and flags & os.O_TRUNC and inode.size:
                 # libfuse enables atomic_o_trunc: the kernel leaves O_TRUNC to us
                 try:
@@ -700,6 +721,52 @@ class FileSystem:
 
     def handle(self, fh: int) -> Handle:
         return self.files.handle(fh)
+
+    def backing_id(self, fh: int) -> int:
+        """The FUSE passthrough backing id an open/create of `fh` answers with (0: none)."""
+        return self._objects.backing_id(self.handle(fh).ino)
+
+    # ---- passthrough: the kernel writes, the daemon only hears of it -------
+    async def _passthrough_writer(self, fh: int) -> None:
+        """A handle that will write through the kernel: the daemon cannot do
+        a first write's work before the first byte changes (write() is never
+        called). A file with an archive copy gets it at the open (as Lustre
+        HSM marks a file dirty at an open for writing): the archive copy
+        stops counting, so no release can drop the online bytes the kernel
+        is about to change, crash or not. Every other file gets it at the
+        close (or fsync, or stat) that finds it written (_kernel_writes): a
+        version bump and a cleared checksum for an open that wrote nothing
+        would make the checksum be read back again for nothing. Moves of this
+        mount and of others leave the file alone while it is open for
+        writing, so only a daemon crash between a write and the close can
+        leave its checksum behind the bytes (README, "What a crash can lose")."""
+        h = self.handle(fh)
+        inode = await self.get(h.ino)
+        if inode.archive_tier or inode.state != State.ONLINE:
+            await self._first_write(h)
+
+    def _take_kernel_writes(self, ino: int) -> None:
+        """Take what the kernel wrote to a passthrough file since the daemon
+        last looked (its size and mtime, from fstat of the backing file) into
+        the cache, as write() would have (getattr of a file open for writing,
+        flush, fsync, release, and before the daemon changes the file itself)."""
+        st = self._objects.backing_changed(ino)
+        if st is not None:
+            b = self._objects.get(ino)
+            b.written = True
+            if b.staged:
+                self.staging.mark_dirty(ino)
+            self._cache.change(ino, size=st.st_size, mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns)
+
+    async def _kernel_writes(self, ino: int, h: Handle) -> None:
+        """_take_kernel_writes, and a writer handle of a file the kernel wrote
+        becomes dirty, as at its first write() (its close persists size and
+        mtime and queues the checksum). Which of several writers wrote is
+        not known: each of them is taken as one."""
+        self._take_kernel_writes(ino)
+        b = self._objects.bound.get(ino)
+        if b is not None and b.written and h.writable and not h.dirty:
+            await self._first_write(h)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         h = self.handle(fh)
@@ -788,6 +855,7 @@ class FileSystem:
         h = self._writable(fh)
         if mode not in FALLOCATE_MODES:
             raise errors.TierfsError(f"fallocate mode {mode:#x} is not supported", err=errno.EOPNOTSUPP)
+        await self._kernel_writes(h.ino, h)   # (passthrough) the size the kernel's writes left
         # The kernel holds the inode lock for the modes that change size or
         # bytes (as for write and truncate), so the size cannot move meanwhile.
         size = self._cache.peek(h.ino).size
@@ -810,6 +878,7 @@ class FileSystem:
             raise errors.TierfsError(f"fallocate on {where}: {e.strerror}", err=e.errno or errno.EIO) from e
         if changes:
             self._wrote(h, 0 if mode & FALLOC_FL_KEEP_SIZE else off + length)
+        self._objects.backing_settled(h.ino)
 
     def _small_checksum(self, h: Handle, inode: Inode) -> str | None:
         """The sha256 of a small local file its only writer is closing (read
@@ -872,6 +941,8 @@ class FileSystem:
 
     async def flush(self, fh: int) -> None:
         h = self.handle(fh)
+        if h.writable:
+            await self._kernel_writes(h.ino, h)
         if h.writable and self._objects.get(h.ino).staged:  # a reader's close must not fail for a writer's upload
             await self.staging.upload(h.ino)
         if h.dirty:
@@ -885,6 +956,7 @@ class FileSystem:
         here (1-byte pwrite + fsync 966-1,051 µs against 703)."""
         h = self.handle(fh)
         b = self._objects.get(h.ino)
+        await self._kernel_writes(h.ino, h)
         if b.staged:
             await self.staging.upload(h.ino)
         await self._persist_attrs(h.ino, h)
@@ -908,6 +980,8 @@ class FileSystem:
         if h is None:
             return
         try:
+            if h.writable:
+                await self._kernel_writes(h.ino, h)
             if h.writable and self._objects.get(h.ino).staged:
                 await self.staging.upload(h.ino)
             if h.dirty:
@@ -944,6 +1018,7 @@ class FileSystem:
             "tiers": {n: {"kind": t.kind, "reads": t.reads} for n, t in self.tiers.items()},
             "catalog": {"atime_writes": self.catalog.atime_writes, "rows_read": self.catalog.rows_read},
             "open_files": self.files.handle_count(),
+            "passthrough": self.passthrough.describe(),
             **self.offline.stats(),
             **self.staging.stats(),
             **self.checksums.stats(),

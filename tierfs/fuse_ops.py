@@ -76,6 +76,7 @@ class Operations(pyfuse3.Operations):
         self.entry_timeout = entry_timeout
         self.xattrs = xattrs
         self.after_init = after_init  # called while the kernel's FUSE INIT is answered
+        self.enable_passthrough = fs.passthrough.enable   # asked for at INIT (our pyfuse3 patch reads it)
         self._readdir_fit = 64   # entries the last full readdir reply held, plus a few (readdir)
         self._attrs_memo: dict[int, tuple[Inode, pyfuse3.EntryAttributes]] = {}   # attrs()
 
@@ -237,11 +238,20 @@ class Operations(pyfuse3.Operations):
     @_guard
     async def create(self, parent_inode, name, mode, flags, ctx):
         fh, inode = await self.fs.create(parent_inode, name, mode, flags, _caller(ctx))
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True), self.attrs(inode)
+        return self._file_info(fh), self.attrs(inode)
 
     @_guard
     async def open(self, inode, flags, ctx):
-        fh = await self.fs.open(inode, flags, _caller(ctx))
+        return self._file_info(await self.fs.open(inode, flags, _caller(ctx)))
+
+    def _file_info(self, fh: int) -> pyfuse3.FileInfo:
+        """keep_cache: the page cache outlives a close (files change only
+        through this mount, or the attribute timeout tells). With a backing id
+        the kernel reads and writes the backing file itself and keeps no page
+        cache of its own (it refuses keep_cache then)."""
+        backing_id = self.fs.backing_id(fh)
+        if backing_id:
+            return pyfuse3.FileInfo(fh=fh, keep_cache=False, backing_id=backing_id)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
     @_guard

@@ -54,6 +54,19 @@ class Retry(Exception):
         self.count = count  # counts towards job_max_attempts
 
 
+def busy(fs, ino: int) -> str | None:
+    """Why this mount must not switch the file's bytes to another object now
+    (None: it may). Open for writing: the writes would go to the old object.
+    Open with FUSE passthrough: the kernel reads and writes the old object
+    itself and cannot be pointed at another one until the handles close
+    (openfiles.py)."""
+    if fs.files.writing(ino):
+        return "file is open for writing"
+    if fs.files.in_passthrough(ino):
+        return "file is open with FUSE passthrough (the kernel uses its current object until it is closed)"
+    return None
+
+
 def settled(inode: Inode) -> State:
     """The stable state a file left in a move's in-between state returns to
     when the move stops: archiving -> online (dual when it kept an older
@@ -95,9 +108,9 @@ async def release_now(fs, inode: Inode, cause: str) -> Inode:
         inode = await fs.get(inode.ino)
         if inode.state != State.DUAL:
             return inode
-        if fs.files.writing(inode.ino):
-            raise errors.TierfsError(f"inode {inode.ino} is open for writing: its online copy is in use",
-                                     err=errno.EBUSY)
+        why = busy(fs, inode.ino)
+        if why:
+            raise errors.TierfsError(f"inode {inode.ino}: {why}: its online copy is in use", err=errno.EBUSY)
         faults.point("release.before_switch")
         new = await fs.fetch(fs.catalog.switch, Transition(
             inode.ino, inode.data_version, (State.DUAL,), Changes(state=State.ARCHIVED, tier=None, location=None),
@@ -132,6 +145,9 @@ class Mover:
         await self._cleanup_previous_attempt(job, inode)
         t0 = time.monotonic()
         if job.kind == JobKind.RELEASE:
+            why = busy(fs, inode.ino)
+            if why:
+                raise Retry(why, BUSY_RETRY_S, count=False)
             await release_now(fs, inode, job.cause)
             return
         prepare = {JobKind.ARCHIVE: self.archive, JobKind.RESTORE: self.restore, JobKind.MIGRATE: self.migrate}
@@ -160,12 +176,15 @@ class Mover:
         fs = self.fs
         if inode.state in (State.ARCHIVED, State.RESTORING, State.LOST):
             return None
+        why = busy(fs, inode.ino)
         if inode.state == State.DUAL and inode.archive_tier == job.target_tier:
             if not job.keep_online:
+                if why:
+                    raise Retry(why, BUSY_RETRY_S, count=False)
                 await release_now(fs, inode, job.cause)
             return None
-        if fs.files.writing(inode.ino):
-            raise Retry("file is open for writing", BUSY_RETRY_S, count=False)
+        if why:
+            raise Retry(why, BUSY_RETRY_S, count=False)
         dst = fs.tier(job.target_tier)
         if inode.state != State.ARCHIVING:
             inode = await self._mark(inode, (State.ONLINE, State.DUAL), State.ARCHIVING, job.cause,
@@ -221,8 +240,9 @@ class Mover:
             raise errors.Invalid(f"inode {inode.ino} is {inode.state}; restore it before migrating")
         if inode.tier == job.target_tier:
             return None
-        if fs.files.writing(inode.ino):
-            raise Retry("file is open for writing", BUSY_RETRY_S, count=False)
+        why = busy(fs, inode.ino)
+        if why:
+            raise Retry(why, BUSY_RETRY_S, count=False)
         src, dst = fs.tier(inode.tier), fs.tier(job.target_tier)
         version = inode.data_version
         # The version moves on with the location: a concurrent archive of the same file (which
@@ -263,9 +283,10 @@ class Mover:
                             f"{mv.src.name} -> {mv.dst.name}, {n} bytes", garbage=mv.garbage, job_id=job.id,
                             no_writers_except=fs.session_id if mv.exclusive else None)
         async with fs.lock(ino):
-            if mv.exclusive and fs.files.writing(ino):
-                await self._abandon(job, mv, dst_key, "opened for writing during the copy")
-                raise Retry("file was opened for writing during the copy", BUSY_RETRY_S, count=False)
+            why = busy(fs, ino) if mv.exclusive else None
+            if why:
+                await self._abandon(job, mv, dst_key, f"{why} (opened during the copy)")
+                raise Retry(f"{why} (opened during the copy)", BUSY_RETRY_S, count=False)
             try:
                 await fs.fetch(fs.catalog.switch, commit)
             except errors.VersionConflict:

@@ -14,6 +14,21 @@ archived) keeps the old object bound: its bytes are the file's content, and
 it stays pinned. Bound objects are pinned: the garbage collector leaves them
 alone while a handle uses them.
 
+FUSE passthrough (passthrough.py) is decided per binding, when its first
+handle opens it: a binding whose bytes are in a local file (an object of a
+disk tier or an in-place original, opened read-write; a staged copy) gets a
+backing id, and every handle of it is then served by the kernel from that
+file; a binding without one (a remote object read by range, no passthrough on
+this mount) keeps all its handles on the daemon's read/write path. The kernel
+requires exactly that: every concurrent open of an inode uses the same backing
+file, and cached and passthrough opens of one inode cannot coexist. The
+kernel's backing file cannot be swapped under open handles, so a binding with
+a backing id never follows a move: movers of this mount leave such files alone
+(`passthrough`), and a move made by another mount marks the binding `stale`:
+readers go on reading the bytes they opened, a new writer gets EBUSY until
+they close. The daemon sees no reads or writes of such files: `backing_changed`
+tells fs.py when the backing file's size or times moved.
+
 `OpenFiles` is everything this mount knows about files in use: handles, the
 open/writer counts per inode, the kernel's lookup counts, the bindings
 (`OpenObjects`) and the per-inode locks. Other modules ask it questions
@@ -32,6 +47,7 @@ import trio
 
 from . import errors
 from .catalog.base import READABLE_STATES, Inode
+from .passthrough import NoPassthrough
 from .staging import Staging
 from .tiers.base import Tier
 
@@ -49,6 +65,10 @@ class Bound:
     fd_writable: bool = False  # fd was opened O_RDWR
     staged: bool = False       # fd is the staged copy of a remote-tier file
     users: int = 0             # handles using it
+    backing_id: int | None = None   # FUSE passthrough: the kernel reads and writes fd itself
+    seen: tuple[int, int] | None = None   # (size, mtime_ns) of fd when fs.py last looked (passthrough)
+    stale: bool = False        # passthrough, and the catalog moved the file elsewhere meanwhile
+    written: bool = False      # passthrough: the kernel changed fd while bound (fs.py's _take_kernel_writes)
 
     @property
     def where(self) -> str:
@@ -56,9 +76,11 @@ class Bound:
 
 
 class OpenObjects:
-    def __init__(self, staging: Staging, tier_of: Callable[[str | None], Tier]):
+    def __init__(self, staging: Staging, tier_of: Callable[[str | None], Tier],
+                 passthrough: NoPassthrough | None = None):
         self.staging = staging
         self.tier_of = tier_of
+        self.passthrough = passthrough or NoPassthrough()
         self.bound: dict[int, Bound] = {}
         self._pins: dict[tuple[str, str], int] = {}
 
@@ -68,6 +90,38 @@ class OpenObjects:
     def is_pinned(self, tier: str, key: str) -> bool:
         return (tier, key) in self._pins
 
+    def backing_id(self, ino: int) -> int:
+        """The backing id the open of `ino` answers with (0: none; the caller holds its lock)."""
+        b = self.bound.get(ino)
+        return b.backing_id or 0 if b is not None else 0
+
+    def in_passthrough(self, ino: int) -> bool:
+        """Handles of `ino` are served by the kernel from a backing file: the
+        file must not be moved while they are open (the kernel keeps that file)."""
+        b = self.bound.get(ino)
+        return b is not None and b.backing_id is not None
+
+    def backing_changed(self, ino: int) -> os.stat_result | None:
+        """The backing file's fstat when its size or mtime moved since the
+        last call (the kernel wrote it), else None."""
+        b = self.bound.get(ino)
+        if b is None or b.backing_id is None:
+            return None
+        st = os.fstat(b.fd)
+        now = (st.st_size, st.st_mtime_ns)
+        if now == b.seen:
+            return None
+        b.seen = now
+        return st
+
+    def backing_settled(self, ino: int) -> None:
+        """The daemon itself changed the backing file (truncate, fallocate)
+        and put the result in the cache: not a change the kernel made."""
+        b = self.bound.get(ino)
+        if b is not None and b.backing_id is not None:
+            st = os.fstat(b.fd)
+            b.seen = (st.st_size, st.st_mtime_ns)
+
     # ---- binding (the caller holds the inode's lock) ------------------------------
     async def acquire(self, inode: Inode, writable: bool, truncating: bool = False) -> Bound:
         """The binding of a readable file for one more handle (`truncating`:
@@ -76,6 +130,10 @@ class OpenObjects:
         if b is None:
             b = await self._bind(inode, writable, truncating)
             self.bound[inode.ino] = b
+        elif b.stale and writable:
+            raise errors.TierfsError(
+                f"inode {inode.ino} was moved by another mount while open here with FUSE passthrough; it can be "
+                f"opened for writing once its {b.users} open handle(s) here close", err=errno.EBUSY)
         elif writable and not b.staged and self._remote(b.tier, b.key):
             await self._stage(b, inode, truncating)  # readers bound to the remote object now see the writer's copy
         elif writable and b.fd is not None and not b.fd_writable:
@@ -92,6 +150,8 @@ class OpenObjects:
         if b.users > 0:
             return
         del self.bound[ino]
+        if b.backing_id is not None:
+            self.passthrough.unregister(b.backing_id)
         if b.staged:
             self.staging.release(ino)
         else:
@@ -103,6 +163,12 @@ class OpenObjects:
         if b is None or b.staged or inode.state not in READABLE_STATES:
             return
         if (b.tier.name if b.tier else None, b.key) == (inode.tier, inode.location):
+            return
+        if b.backing_id is not None:
+            if not b.stale:
+                b.stale = True
+                log.info("inode %d moved to %s/%s while open with FUSE passthrough: its %d handle(s) keep %s "
+                         "until they close", inode.ino, inode.tier, inode.location, b.users, b.where)
             return
         try:
             self._swap(b, self.tier_of(inode.tier) if inode.tier else None, inode.location, b.fd_writable)
@@ -121,7 +187,17 @@ class OpenObjects:
         if self.staging.get(inode.ino) is not None or (writable and self._remote(tier, inode.location)):
             await self._stage(b, inode, truncating)
         else:
-            self._open(b, writable)
+            # With passthrough every handle writes through the kernel's one backing file: open it
+            # read-write even for a reader, so a writer opening later can share it.
+            self._open(b, writable, try_writable=self.passthrough.active)
+        # A writer opening a file with an archive copy stays on the daemon's path: its first write()
+        # ends the archive copy, where passthrough would have to end it at the open, whether it writes or
+        # not (fs.py, _passthrough_writer; fallocate --keep-size opens for writing and changes nothing).
+        if b.fd is not None and b.fd_writable and not (writable and inode.archive_tier):
+            b.backing_id = self.passthrough.register(b.fd)
+            if b.backing_id is not None:
+                st = os.fstat(b.fd)
+                b.seen = (st.st_size, st.st_mtime_ns)
         return b
 
     async def _stage(self, b: Bound, inode: Inode, truncating: bool = False) -> None:
@@ -129,13 +205,23 @@ class OpenObjects:
         self._close(b)
         b.fd, b.fd_writable, b.staged = c.fd, True, True
 
-    def _open(self, b: Bound, writable: bool) -> None:
-        """Open b's object (local tiers) and pin it."""
+    def _open(self, b: Bound, writable: bool, try_writable: bool = False) -> None:
+        """Open b's object (local tiers) and pin it; `try_writable`: read-write
+        if the object allows it (a read-only file system, an immutable or
+        running file: read-only, and no passthrough for this binding)."""
         if b.tier is not None and b.key is not None:
             path = b.tier.local_path(b.key)
             if path is not None:
                 try:
-                    b.fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
+                    if try_writable and not writable:
+                        try:
+                            b.fd = os.open(path, os.O_RDWR)
+                            writable = True
+                        except OSError as e:
+                            if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ETXTBSY):
+                                raise
+                    if b.fd is None:
+                        b.fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
                 except OSError as e:
                     log.error("open inode %d: %s: %s", b.ino, b.where, e.strerror)
                     raise errors.TierfsError(f"{b.where}: {e.strerror}", err=e.errno or errno.EIO) from e
@@ -236,6 +322,10 @@ class OpenFiles:
     def is_pinned(self, tier: str, key: str) -> bool:
         """A handle reads or writes object `key` of `tier`: the collector must leave it."""
         return self.objects.is_pinned(tier, key)
+
+    def in_passthrough(self, ino: int) -> bool:
+        """The kernel reads and writes `ino`'s object itself (FUSE passthrough): no move may switch it."""
+        return self.objects.in_passthrough(ino)
 
     # ---- inode locks ---------------------------------------------------------
     def lock(self, ino: int) -> InodeLock:

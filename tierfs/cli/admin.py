@@ -118,21 +118,22 @@ def _status_of(cfg, cat, targets: list[Target]) -> dict:
                 jobs.setdefault(kind, {"pending": 0, "running": 0, "failed": 0})[jstate] = n
     return dict(catalog=redact_url(cfg.catalog),
                 mounts=[dict(mountpoint=t.mountpoint, pid=t.pid, session=t.session, config=t.how,
-                             **_pending_uploads(t.mountpoint))
+                             **_daemon_facts(t.mountpoint))
                         for t in targets if t.mountpoint],
                 sessions=sessions, tiers=tiers,
                 states={k: {"files": v[0], "bytes": v[1]} for k, v in sorted(st.by_state.items())},
                 jobs=jobs, policies=_policy_status(cfg, cat))
 
 
-def _pending_uploads(mountpoint: str) -> dict:
-    """Files whose written bytes wait in the daemon's staging area for their
-    tier (an upload failed): only the daemon knows, through its stats."""
+def _daemon_facts(mountpoint: str) -> dict:
+    """What only the mount's daemon knows, from its stats: files whose
+    written bytes wait in its staging area for their tier (an upload failed),
+    and whether the mount has FUSE passthrough (and why not)."""
     try:
         st = json.loads(os.getxattr(mountpoint, xattrs.text(xattrs.STATS)))
     except (OSError, ValueError):
         return {}
-    return {k: st[k] for k in ("pending_uploads", "pending_upload_bytes") if k in st}
+    return {k: st[k] for k in ("pending_uploads", "pending_upload_bytes", "passthrough") if k in st}
 
 
 def _print_status(s: dict) -> None:
@@ -141,6 +142,10 @@ def _print_status(s: dict) -> None:
     for m in s["mounts"]:
         pid = f"pid {m['pid']}, " if m["pid"] else ""
         out(f"mount     {m['mountpoint']}  ({pid}session {m['session'] or '?'}; config from {m['config']})")
+        pt = m.get("passthrough")
+        if pt is not None:
+            out("          passthrough: on (the kernel reads and writes local file bytes itself)" if pt["active"]
+                else f"          passthrough: off ({pt['why']})")
         if m.get("pending_uploads"):
             out(f"          {m['pending_uploads']} file(s) wait to upload ({fmt_size(m['pending_upload_bytes'])}): "
                 "their tier did not take them; retried until it does")
