@@ -716,8 +716,10 @@ class FileSystem:
 
     async def _attach_handle(self, inode: Inode, flags: int, writable: bool) -> int:
         """A handle on the binding of a readable file; the caller holds the lock."""
-        await self._objects.acquire(inode, writable, truncating=writable and bool(flags & os.O_TRUNC))
-        return self.files.add_handle(inode.ino, flags, writable).fh
+        b = await self._objects.acquire(inode, writable, truncating=writable and bool(flags & os.O_TRUNC))
+        h = self.files.add_handle(inode.ino, flags, writable)
+        h.seen_changes = b.changes   # (passthrough) writes made before it opened are not its own
+        return h.fh
 
     def handle(self, fh: int) -> Handle:
         return self.files.handle(fh)
@@ -753,20 +755,21 @@ class FileSystem:
         st = self._objects.backing_changed(ino)
         if st is not None:
             b = self._objects.get(ino)
-            b.written = True
+            b.changes += 1
             if b.staged:
                 self.staging.mark_dirty(ino)
             self._cache.change(ino, size=st.st_size, mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns)
 
     async def _kernel_writes(self, ino: int, h: Handle) -> None:
         """_take_kernel_writes, and a writer handle of a file the kernel wrote
-        becomes dirty, as at its first write() (its close persists size and
-        mtime and queues the checksum). Which of several writers wrote is
-        not known: each of them is taken as one."""
+        while it was open becomes dirty, as at its first write() (its close
+        persists size and mtime and queues the checksum). Which of several
+        writers wrote is not known: each one open meanwhile is taken as one."""
         self._take_kernel_writes(ino)
         b = self._objects.bound.get(ino)
-        if b is not None and b.written and h.writable and not h.dirty:
+        if b is not None and b.changes > h.seen_changes and h.writable and not h.dirty:
             await self._first_write(h)
+            h.seen_changes = b.changes
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         h = self.handle(fh)
@@ -980,6 +983,10 @@ class FileSystem:
         if h is None:
             return
         try:
+            if self.offline.track_reads and self._objects.in_passthrough(h.ino) and \
+                    h.flags & os.O_ACCMODE != os.O_WRONLY:
+                # track = "read": the kernel read it without telling us; its close is the last read we can know
+                self.offline.accessed(self._cache.peek(h.ino), os.O_RDONLY)
             if h.writable:
                 await self._kernel_writes(h.ino, h)
             if h.writable and self._objects.get(h.ino).staged:

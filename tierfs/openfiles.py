@@ -68,7 +68,7 @@ class Bound:
     backing_id: int | None = None   # FUSE passthrough: the kernel reads and writes fd itself
     seen: tuple[int, int] | None = None   # (size, mtime_ns) of fd when fs.py last looked (passthrough)
     stale: bool = False        # passthrough, and the catalog moved the file elsewhere meanwhile
-    written: bool = False      # passthrough: the kernel changed fd while bound (fs.py's _take_kernel_writes)
+    changes: int = 0           # passthrough: kernel writes to fd seen while bound (fs.py's _take_kernel_writes)
 
     @property
     def where(self) -> str:
@@ -258,6 +258,7 @@ class Handle:
     flags: int
     writable: bool
     dirty: bool = False           # wrote since open (version already bumped, or bump_pending)
+    seen_changes: int = 0         # passthrough: its binding's `changes` when it opened or last became dirty
     bump_pending: bool = False    # the version bump of this handle's writes rides on its next persist
 
 

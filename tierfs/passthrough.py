@@ -45,7 +45,7 @@ class NoPassthrough:
     @property
     def enable(self) -> bool:
         """Ask the kernel for passthrough at INIT (fuse_ops.Operations.enable_passthrough)."""
-        return self.active
+        return False
 
     def probe(self, scratch_dir: str) -> None:
         pass
@@ -67,8 +67,8 @@ class Passthrough(NoPassthrough):
         self._pyfuse3 = None
         self._told: set[int] = set()   # errnos of per-file refusals already logged
         why = self._unavailable(wanted)
-        super().__init__(why)
-        self.active = not why
+        super().__init__(why or "FUSE INIT has not happened yet (not mounted)")
+        self.asking = not why           # asked for at INIT; active once probe() saw the kernel agree
 
     def _unavailable(self, wanted: bool) -> str:
         """Why this daemon cannot ask for passthrough at all ("" when it can)."""
@@ -86,12 +86,16 @@ class Passthrough(NoPassthrough):
         self._pyfuse3 = pyfuse3
         return ""
 
+    @property
+    def enable(self) -> bool:
+        return self.asking
+
     def probe(self, scratch_dir: str) -> None:
         """After INIT: find out whether the kernel lets this daemon register
         backing files, with one BACKING_OPEN/CLOSE of a scratch file, and
         say once in the log whether the mount has passthrough."""
-        if not self.active:
-            (log.info if self._pyfuse3 is None and "configuration" in self.why else log.warning)(
+        if not self.asking:
+            (log.info if "configuration" in self.why else log.warning)(
                 "FUSE passthrough off for this mount: %s; file bytes pass through the daemon", self.why)
             return
         if not self._pyfuse3.passthrough_enabled():
@@ -103,8 +107,10 @@ class Passthrough(NoPassthrough):
                 self.unregister(self._pyfuse3.backing_open(f.fileno()))
         except OSError as e:
             self._refused(e)
-        if self.active:
-            log.info("FUSE passthrough on: the kernel reads and writes files with local bytes itself")
+            self._off(f"registering a scratch backing file failed: {e.strerror}")   # (if EPERM did not)
+            return
+        self.active, self.why = True, ""
+        log.info("FUSE passthrough on: the kernel reads and writes files with local bytes itself")
 
     def register(self, fd: int) -> int | None:
         """A backing id for open file `fd`; None: serve this file through the daemon."""
@@ -134,7 +140,7 @@ class Passthrough(NoPassthrough):
                      "daemon)", e.strerror)
 
     def _off(self, why: str) -> None:
-        if self.active:
-            self.active = False
+        if self.asking:
+            self.active = self.asking = False
             self.why = why
             log.warning("FUSE passthrough off for this mount: %s; file bytes pass through the daemon", why)

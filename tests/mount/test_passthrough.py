@@ -338,3 +338,17 @@ def test_concurrent_writers_and_stat_never_lose_bytes(pt):
     assert len(data) == 400_000 and data.count(b"a") == 200_000
     assert info(m, "c")["size"] == 400_000
     assert os.stat(p).st_size == 400_000
+
+
+@needs_passthrough
+def test_track_read_counts_the_close_of_a_passthrough_reader(make_mount):
+    """track = "read": the kernel's reads never reach the daemon, so the
+    close of a reader is the access it records (besides the open)."""
+    m = make_mount(config='passthrough = true\ntrack = "read"')
+    put(m, "a", 100_000)
+    with open(m.path("a"), "rb") as f:
+        opened = info(m, "a")["atime_ns"]
+        time.sleep(0.3)
+        before_close = time.time_ns()
+        f.read()
+    assert info(m, "a")["atime_ns"] >= before_close > opened
