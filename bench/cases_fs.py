@@ -13,7 +13,7 @@ import os
 import random
 import tarfile
 
-from .util import MiB, Timer, drop_caches, rmtree, run_timed
+from .util import DaemonRequests, MiB, Timer, drop_caches, rmtree, run_timed
 
 BLOCK = MiB
 
@@ -57,28 +57,33 @@ def read_file(path: str) -> tuple[float, int]:
     return t.s, total
 
 
-def seq_io(system, size: int, runs: int) -> dict:
-    """Case 1: write with fsync (runs times), then cold and cached reads."""
+def seq_io(system, size: int, runs: int) -> tuple[dict, dict]:
+    """Case 1: write with fsync (runs times), then cold and cached reads.
+    Returns (figures, the daemon's read/write requests during each timed step: see DaemonRequests)."""
     path = os.path.join(system.path, "big.bin")
     out = {"write": [], "read_cold": [], "read_cached": [], "background_after_write": []}
+    requests = DaemonRequests(system)
     for _ in range(runs):
         if os.path.exists(path):
             os.unlink(path)
         drop_caches()
-        out["write"].append(write_file(path, size))
+        with requests.counting("write"):
+            out["write"].append(write_file(path, size))
         # Work the system does after the write returned (tierfs: the sha256 of
         # the new content) is timed apart, so it does not land in the next figure.
         out["background_after_write"].append(system.quiesce(path))
     for _ in range(runs):
         drop_caches()
-        s, n = read_file(path)
+        with requests.counting("read_cold"):
+            s, n = read_file(path)
         assert n == size, f"{system.name}: read {n} bytes of {size}"
         out["read_cold"].append(s)
     read_file(path)  # fill the cache
     for _ in range(runs):
-        out["read_cached"].append(read_file(path)[0])
+        with requests.counting("read_cached"):
+            out["read_cached"].append(read_file(path)[0])
     os.unlink(path)
-    return out
+    return out, requests.by_step
 
 
 # ---- metadata -------------------------------------------------------------------

@@ -1,15 +1,18 @@
-"""Cases 4 and 5, which only tierfs has: access tracking overhead, and
-archive/restore through the real CLI (with one restore shared by
-concurrent openers). Counters come from the mount's user.tierfs.stats."""
+"""The cases only tierfs has: access tracking overhead, archive/restore
+through the real CLI (with one restore shared by concurrent openers), and
+the read speed of a restored file against an online one (issue 17).
+Counters come from the mount's user.tierfs.stats."""
 
 from __future__ import annotations
 
+import filecmp
 import math
 import os
 import threading
 import time
 
-from .util import Timer
+from .cases_fs import read_file, write_file
+from .util import DaemonRequests, Timer, drop_caches
 
 ATIME_FLUSH_S = 10.0   # the bench mount's atime_flush, so a run spans several flush intervals
 
@@ -110,4 +113,57 @@ def archive_restore(system, files: int, size: int, runs: int, openers: int, log)
         out["open_wait"].append(t.s)
         out["vault_reads"].append(system.stats()["tiers"]["vault"]["reads"] - before)
     log(f"  {openers} concurrent openers: vault reads per run {out['vault_reads']}")
+    return out
+
+
+def _state(path: str) -> str:
+    return os.getxattr(path, "user.tierfs.state").decode()
+
+
+def restored_read(system, size: int, runs: int, log) -> dict:
+    """Issue 17: a file archived and then restored reads as fast as a file that never left the
+    disk tier. Writes two files of `size` bytes, archives one (`tierfs archive --wait`) and restores
+    it (`tierfs restore --wait`: the file is then dual, its bytes back on the disk tier), then reads
+    both cold (page cache dropped before each read) and cached, `runs` times each, the two files
+    alternating (which goes first too) so that the load of the shared machine falls on both alike.
+    Counts the daemon's read/write requests during each read (DaemonRequests)."""
+    online, restored = (os.path.join(system.path, f"{n}.bin") for n in ("online", "restored"))
+    for path in (online, restored):
+        write_file(path, size)
+        system.quiesce(path)  # the checksum the archive job needs, computed before anything is timed
+    out = {"bytes": size, "runs": {f"{f}_{how}": [] for how in ("cold", "cached") for f in ("online", "restored")}}
+    with Timer() as t:
+        system.cli("archive", "--wait", "--timeout", "1800", restored, timeout=1900)
+    out["archive_s"], out["state_archived"] = t.s, _state(restored)
+    if out["state_archived"] != "archived":
+        raise RuntimeError(f"{system.name}: {restored} is {out['state_archived']} after archive --wait")
+    with Timer() as t:
+        system.cli("restore", "--wait", "--timeout", "1800", restored, timeout=1900)
+    out["restore_s"], out["state_restored"] = t.s, _state(restored)
+    if out["state_restored"] not in ("online", "dual"):
+        raise RuntimeError(f"{system.name}: {restored} is {out['state_restored']} after restore --wait")
+    requests = DaemonRequests(system)
+    pairs = [("online", online), ("restored", restored)]
+    for how in ("cold", "cached"):
+        if how == "cached":
+            for _, path in pairs:
+                read_file(path)  # fill the cache
+        for r in range(runs):
+            for name, path in pairs if r % 2 == 0 else pairs[::-1]:
+                if how == "cold":
+                    drop_caches()
+                with requests.counting(f"{name}_{how}"):
+                    s, n = read_file(path)
+                if n != size:
+                    raise RuntimeError(f"{system.name}: read {n} bytes of {size} from {path}")
+                out["runs"][f"{name}_{how}"].append(s)
+    # Both were written with the same bytes (write_file's pattern): the restored copy must read back as them.
+    if not filecmp.cmp(online, restored, shallow=False):
+        raise RuntimeError(f"{system.name}: the restored file does not read back the bytes written")
+    out["daemon_requests"] = requests.by_step
+    out["passthrough"] = system.passthrough()
+    for path in (online, restored):
+        os.unlink(path)
+    log(f"  restored read: archive {out['archive_s']:.1f} s, restore {out['restore_s']:.1f} s, best s "
+        + ", ".join(f"{k} {min(v):.3f}" for k, v in out["runs"].items()))
     return out

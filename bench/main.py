@@ -34,9 +34,16 @@ PRESETS = {
                  ops_n=20, ops_big=100, dbench_s=2),
 }
 CASES = ["io", "meta", "ops", "dbench", "catalog", "roundtrips", "access", "archive"]
+#: the cases run in a mount of each system of --systems ("archive" too, on tierfs systems: the read of a
+#: restored file against an online one, issue 17; the rest of it runs on one tierfs mount of its own)
+FS_CASES = ["io", "meta", "ops", "dbench"]
 #: systems listed here are remounts of another one for the listing figures only
 VARIANTS = {"tierfs": [("tierfs-noxattr", {"xattrs": "false"})], "mergerfs": [("mergerfs-nosys", "xattr=nosys")]}
-MAIN_SYSTEMS = ["native", "tierfs", "pyfuse3-floor", "mergerfs", "rclone-off", "rclone-full"]
+MAIN_SYSTEMS = ["native", "tierfs", "tierfs-nopt", "pyfuse3-floor", "mergerfs", "rclone-off", "rclone-full"]
+#: systems of MAIN_SYSTEMS that run only these cases unless --systems names them. Passthrough changes how
+#: a file's bytes travel (reads and writes), so tierfs without it is compared where bytes move; a second
+#: tierfs column for the metadata, operations and dbench cases would add tierfs's share of the full run again.
+DEFAULT_ONLY = {"tierfs-nopt": {"io", "archive"}}
 
 
 def parse_args(argv):
@@ -47,8 +54,9 @@ def parse_args(argv):
     p.add_argument("--runs", type=int, help="runs per figure (the median is reported)")
     p.add_argument("--json", dest="json_path", help="write the results here (default bench/results/DATE.json)")
     p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {','.join(CASES)}")
-    p.add_argument("--systems", default=",".join(MAIN_SYSTEMS),
-                   help=f"comma-separated subset of {','.join(MAIN_SYSTEMS)}")
+    p.add_argument("--systems", help=f"comma-separated subset of {','.join(systems.ALL)} (default: "
+                   f"{','.join(MAIN_SYSTEMS)}; " + "; ".join(f"{k} runs only {','.join(sorted(v))} unless named"
+                                                            for k, v in DEFAULT_ONLY.items()) + ")")
     p.add_argument("--no-variants", action="store_true", help="skip the xattrs-off remounts for ls/stat")
     p.add_argument("--workdir", default="/var/tmp/tierfs-bench", help="scratch directory (same disk as native)")
     p.add_argument("--profile", action="store_true", help="py-spy profiles of the tierfs daemon per case")
@@ -74,7 +82,8 @@ class Bench:
         self.p["tierfs_options"] = dict(o.split("=", 1) for o in args.tierfs_option)
         self.p["tierfs_read_ahead_kb"] = args.tierfs_read_ahead_kb
         self.cases = [c for c in args.cases.split(",") if c]
-        self.systems = [s for s in args.systems.split(",") if s]
+        self.systems = [s for s in args.systems.split(",") if s] if args.systems else list(MAIN_SYSTEMS)
+        self.only = {} if args.systems else DEFAULT_ONLY
         self.workdir = os.path.abspath(args.workdir)
         self.results = {
             "meta": {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -93,6 +102,12 @@ class Bench:
             s.options.update(self.p["tierfs_options"])
             s.set_read_ahead_kb = self.args.tierfs_read_ahead_kb
         return s
+
+    def fs_cases_of(self, s) -> list[str]:
+        """The cases of this run that mount system `s` (see FS_CASES and DEFAULT_ONLY)."""
+        cases = [c for c in self.cases if c in FS_CASES or (c == "archive" and isinstance(s, systems.Tierfs))]
+        only = self.only.get(s.name)
+        return [c for c in cases if only is None or c in only]
 
     def profiled(self, s, case: str):
         """A py-spy recording of the tierfs daemon during `case` (or nothing)."""
@@ -114,6 +129,15 @@ class Bench:
         else:
             self.p["tree"] = {"files": p["tree_files"]}
         for name in self.systems:
+            try:
+                s = self.make(name)
+            except ValueError as e:
+                self.results["meta"]["errors"].append(f"{name}: {e}")
+                self.log(f"{name}: {e}")
+                continue
+            cases = self.fs_cases_of(s)
+            if not cases:
+                continue
             why = systems.available(name)
             if why:
                 self.results["meta"]["errors"].append(f"{name}: skipped: {why}")
@@ -121,15 +145,22 @@ class Bench:
                 continue
             self.log(f"{name}: mounting")
             try:
-                with self.make(name) as s:
-                    if "io" in self.cases:
+                with s:
+                    if isinstance(s, systems.Tierfs):
+                        s.notes["passthrough"] = report.passthrough_label(s.passthrough())
+                    if "io" in cases:
                         self.mark(f"{name} io")
                         with self.profiled(s, "io"):
-                            runs = cases_fs.seq_io(s, p["file_mib"] * MiB, p["runs"])
-                        self.results["cases"].setdefault("io", {})[name] = {"runs": runs,
-                                                                          "bytes": p["file_mib"] * MiB}
-                        self.log(f"  io: { {k: round(min(v), 3) for k, v in runs.items()} } (best s)")
-                    if "meta" in self.cases:
+                            runs, requests = cases_fs.seq_io(s, p["file_mib"] * MiB, p["runs"])
+                        io = {"runs": runs, "bytes": p["file_mib"] * MiB}
+                        if isinstance(s, systems.Tierfs):
+                            io.update(daemon_requests=requests, passthrough=s.passthrough())
+                        self.results["cases"].setdefault("io", {})[name] = io
+                        self.log(f"  io: { {k: round(min(v), 3) for k, v in runs.items()} } (best s)"
+                                 + (f"; daemon read/write requests {requests}" if requests else ""))
+                    if "archive" in cases:
+                        self.run_restored_read(s)
+                    if "meta" in cases:
                         self.mark(f"{name} meta")
                         variants = [] if self.args.no_variants else VARIANTS.get(name, [])
                         with self.profiled(s, "meta"):
@@ -140,18 +171,29 @@ class Bench:
                             self.results["notes"][vname] = {"remount of": name,
                                                             "options": dict(variants)[vname]}
                         self.log(f"  meta: { {k: round(min(v), 3) for k, v in runs.items()} } (best s)")
-                    if "ops" in self.cases:
+                    if "ops" in cases:
                         self.mark(f"{name} ops")
                         with self.profiled(s, "ops"):
                             self.results["cases"].setdefault("ops", {})[name] = cases_ops.ops(
                                 s, p["ops_n"], p["ops_big"], p["runs"], self.log)
-                    if "dbench" in self.cases:
+                    if "dbench" in cases:
                         self.run_dbench(s)
                     self.results["notes"][name] = s.notes
             except Exception as e:  # noqa: BLE001 - one broken system must not lose the others' figures
                 self.results["meta"]["errors"].append(f"{name}: {e}")
                 self.log(f"{name}: FAILED: {e}\n{traceback.format_exc()}")
             self.mark(f"{name} done")
+
+    def run_restored_read(self, s) -> None:
+        self.mark(f"{s.name} restored read")
+        try:
+            with self.profiled(s, "restored"):
+                r = cases_tierfs.restored_read(s, self.p["file_mib"] * MiB, self.p["runs"], self.log)
+        except Exception as e:  # noqa: BLE001 - the system's other cases still run
+            r = {"error": str(e)[-300:]}
+            self.results["meta"]["errors"].append(f"{s.name} restored read: {e}")
+            self.log(f"  restored read FAILED: {e}\n{traceback.format_exc()}")
+        self.results["cases"].setdefault("restored_read", {})[s.name] = r
 
     def run_dbench(self, s) -> None:
         why = cases_ops.dbench_available()
@@ -251,7 +293,7 @@ class Bench:
         if not drop_caches():
             m["drop_caches_error"] = drop_error()
         t0 = time.monotonic()
-        if {"io", "meta", "ops", "dbench"} & set(self.cases):
+        if {*FS_CASES, "archive"} & set(self.cases):
             self.run_fs_cases()
         if "catalog" in self.cases:
             self.run_catalog()

@@ -243,6 +243,122 @@ def roundtrips_target(results: dict, add) -> None:
         "over 2: " + ", ".join(f"{labels.get(k, k)} {n}" for k, n in over.items()) if over else "all <= 2")
 
 
+# ---- FUSE passthrough (issue 17) ----------------------------------------------------------
+PT_SYSTEM = "tierfs"   # the system the issue 17 targets are about (passthrough = true, the default)
+IO_STEPS = [("write", "write + fsync"), ("read_cold", "read cold"), ("read_cached", "read cached")]
+
+
+def passthrough_label(pt: dict | None) -> str:
+    """A daemon's passthrough state ({"active", "why"} in user.tierfs.stats) in words."""
+    if pt is None:
+        return "not reported by the daemon"
+    return "active" if pt.get("active") else f"off: {pt.get('why') or 'no reason given'}"
+
+
+def daemon_requests(r: dict, step: str, how=median):
+    """(reads, writes) the daemon got during a step: `how` of the per-run counts, or None if not counted."""
+    c = r.get("daemon_requests", {}).get(step)
+    return None if c is None else (how(c["read"]), how(c["write"]))
+
+
+def _rw(rw) -> str:
+    return "-" if rw is None else f"{rw[0]:,.0f} / {rw[1]:,.0f}"
+
+
+def passthrough_tables(results: dict, systems: list[str]) -> str:
+    """Issue 17's figures: sequential I/O per system with the daemon's read/write requests, and the read of
+    a restored file against an online one per tierfs system."""
+    cases = results.get("cases", {})
+    io, rr = cases.get("io", {}), cases.get("restored_read", {})
+    lines = []
+    cols = [s for s in systems if s in io]
+    if cols:
+        lines += [f"| {results['params']['file_mib']} MiB, MB/s (x native) | passthrough | "
+                  + " | ".join(label for _, label in IO_STEPS) + " | "
+                  + " | ".join(f"daemon r / w: {label}" for _, label in IO_STEPS) + " |",
+                  "|" + "---|" * (2 + 2 * len(IO_STEPS))]
+        for s in cols:
+            cells = []
+            for metric, _ in IO_STEPS:
+                v, nat = (fs_value(results, "io", x, metric, "rate") for x in (s, "native"))
+                r = speed_ratio(v, nat, "rate")
+                cells.append(_fmt(v, "rate") + (f" ({r:.2f}x)" if r is not None and s != "native" else ""))
+            pt = passthrough_label(io[s]["passthrough"]) if "passthrough" in io[s] else "-"
+            lines.append(f"| {s} | {pt} | " + " | ".join(cells) + " | "
+                         + " | ".join(_rw(daemon_requests(io[s], m)) for m, _ in IO_STEPS) + " |")
+    if rr:
+        if lines:
+            lines.append("")
+        mib = next((r["bytes"] // MiB for r in rr.values() if "bytes" in r), "?")
+        lines += [f"| archived, restored, then read ({mib} MiB), MB/s | passthrough | online file, cold | "
+                  "restored, cold | online file, cached | restored, cached | daemon reads, cold: online / "
+                  "restored | daemon reads, cached: online / restored | archive --wait | restore --wait |",
+                  "|" + "---|" * 10]
+        for s, r in rr.items():
+            if "error" in r:
+                lines.append(f"| {s} | failed: {r['error']} |" + " |" * 8)
+                continue
+            cells = []
+            for how in ("cold", "cached"):
+                online, got = (fs_value(results, "restored_read", s, f"{f}_{how}", "rate")
+                               for f in ("online", "restored"))
+                cells += [_fmt(online, "rate"), _fmt(got, "rate") + (f" ({got / online:.2f}x online)"
+                                                                     if got and online else "")]
+            reads = [" / ".join("-" if rw is None else f"{rw[0]:,.0f}"
+                                for rw in (daemon_requests(r, f"{f}_{how}") for f in ("online", "restored")))
+                     for how in ("cold", "cached")]
+            lines.append(f"| {s} | {passthrough_label(r.get('passthrough'))} | " + " | ".join(cells + reads)
+                         + f" | {r['archive_s']:.2f} s | {r['restore_s']:.2f} s |")
+    if lines:
+        lines += ["", "daemon r / w: the FUSE read / write requests that reached the daemon per run (median; "
+                  "`requests` in user.tierfs.stats); with passthrough the kernel serves them from the object file."]
+    return "\n".join(lines)
+
+
+def passthrough_targets(results: dict, add) -> None:
+    """Issue 17, on tierfs with passthrough: write + fsync, cold and cached reads >= 0.9x native; no read
+    or write request reaches the daemon; a restored file reads >= 0.9x as fast as an online one."""
+    cases = results.get("cases", {})
+    io = cases.get("io", {}).get(PT_SYSTEM)
+    pt = io.get("passthrough") if io else None
+    for metric, label in IO_STEPS:
+        name = f"{results['params']['file_mib']} MiB {label} >= 0.9x native ({PT_SYSTEM}, passthrough)"
+        t, nat = (fs_value(results, "io", s, metric, "rate") for s in (PT_SYSTEM, "native"))
+        if None in (t, nat):
+            add(name, None, "not run")
+            continue
+        others = {s: fs_value(results, "io", s, metric, "rate") for s in ("tierfs-nopt", "pyfuse3-floor")}
+        figs = f"{PT_SYSTEM} {t:,.0f} MB/s = {t / nat:.2f}x native {nat:,.0f} MB/s; " + _figs(**others, unit="MB/s")
+        if not (pt or {}).get("active"):
+            # This run measured tierfs without passthrough: no verdict on passthrough from it.
+            add(name, None, f"passthrough {passthrough_label(pt)}; {figs}")
+        else:
+            add(name, t >= 0.9 * nat, figs)
+    rr = cases.get("restored_read", {}).get(PT_SYSTEM, {})
+    counted = {f"io {label}": daemon_requests(io, step, sum) for step, label in IO_STEPS} if io else {}
+    counted.update({f"restored file read {how}": daemon_requests(rr, f"restored_{how}", sum)
+                    for how in ("cold", "cached")})
+    counted = {k: v for k, v in counted.items() if v is not None}
+    add(f"read and write requests reaching the daemon: 0 ({PT_SYSTEM}, passthrough)",
+        None if not counted else not any(sum(v) for v in counted.values()),
+        "not run" if not counted else f"passthrough {passthrough_label(pt)}; reads / writes in all runs: "
+        + ", ".join(f"{k} {_rw(v)}" for k, v in counted.items()))
+    for s, r in cases.get("restored_read", {}).items():
+        name = f"restored file read (cold, cached) >= 0.9x the online file's ({s})"
+        if "error" in r:
+            add(name, False, f"failed: {r['error']}")
+            continue
+        rates = {how: tuple(fs_value(results, "restored_read", s, f"{f}_{how}", "rate") for f in ("restored", "online"))
+                 for how in ("cold", "cached")}
+        if None in (v for pair in rates.values() for v in pair):
+            add(name, None, "not run")
+            continue
+        add(name, all(got >= 0.9 * online for got, online in rates.values()),
+            ", ".join(f"{how} {got:,.0f} vs {online:,.0f} MB/s ({got / online:.2f}x)"
+                      for how, (got, online) in rates.items())
+            + f"; passthrough {passthrough_label(r.get('passthrough'))}")
+
+
 # ---- targets ------------------------------------------------------------------------
 def targets(results: dict) -> list[dict]:
     """Each target of issue 8 with its figures and met / missed / not run."""
@@ -309,6 +425,10 @@ def targets(results: dict) -> list[dict]:
     add("10 concurrent openers of one archived file: 1 vault read",
         None if not ar else all(x == 1 for x in ar["vault_reads"]),
         "not run" if not ar else f"vault reads per run {ar['vault_reads']}")
+    first = len(out)
+    passthrough_targets(results, add)
+    for t in out[first:]:
+        t["issue"] = 17   # printed in their own section (render)
     return out
 
 
@@ -317,9 +437,12 @@ def _figs(unit: str, **kw) -> str:
                      for k, x in kw.items() if x is not None)
 
 
-def targets_table(results: dict) -> str:
+def targets_table(results: dict, issue: int | None = None) -> str:
+    """The verdicts of one issue's section (`issue`), or of the others."""
     lines = ["| target | verdict | figures |", "|---|---|---|"]
     for t in results.get("targets", []):
+        if t.get("issue") != issue:
+            continue
         mark = {"met": "met", "missed": "**missed**"}.get(t["status"], t["status"])
         lines.append(f"| {t['target']} | {mark} | {t['figures']} |")
     return "\n".join(lines)
@@ -354,6 +477,9 @@ def render(results: dict, systems: list[str]) -> str:
     if results.get("cases", {}).get("access") or results.get("cases", {}).get("archive"):
         out += [tierfs_table(results), ""]
     out += ["Targets:", "", targets_table(results), ""]
+    pt = passthrough_tables(results, systems)
+    if pt:
+        out += ["Issue 17: passthrough", "", pt, "", targets_table(results, issue=17), ""]
     notes = results.get("notes", {})
     if notes:
         out.append("Systems:")

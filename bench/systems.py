@@ -107,6 +107,10 @@ class System:
     def stop(self) -> None:
         self._unmount()
 
+    def request_counts(self) -> dict | None:
+        """FUSE requests the daemon has received so far by operation, or None: it does not say."""
+        return None
+
     def restart(self) -> None:
         """Unmount and mount again over the same data (a really cold cache)."""
         self.stop()
@@ -241,6 +245,15 @@ class Tierfs(System):
     def stats(self) -> dict:
         return json.loads(os.getxattr(self.mnt, "user.tierfs.stats"))
 
+    def request_counts(self) -> dict:
+        """FUSE requests the daemon has received so far, by operation ("read", "write", ...)."""
+        return self.stats()["requests"]
+
+    def passthrough(self) -> dict | None:
+        """The daemon's FUSE passthrough state {"active": bool, "why": str}, or None from a daemon
+        that does not report it (before issue 17)."""
+        return self.stats().get("passthrough")
+
 
 class Mergerfs(System):
     """mergerfs over one branch: Debian's defaults unless `options` say otherwise."""
@@ -313,6 +326,8 @@ def make(name: str, workdir: str) -> System:
         return Tierfs(workdir)
     if name == "tierfs-noxattr":
         return Tierfs(workdir, name="tierfs-noxattr", options={"xattrs": "false"})
+    if name == "tierfs-nopt":
+        return Tierfs(workdir, name="tierfs-nopt", extra_config="passthrough = false")
     if name == "mergerfs":
         return Mergerfs(workdir)
     if name == "mergerfs-nosys":
@@ -324,8 +339,8 @@ def make(name: str, workdir: str) -> System:
     raise ValueError(f"unknown system {name!r}")
 
 
-ALL = ["native", "tierfs", "tierfs-noxattr", "pyfuse3-floor", "mergerfs", "mergerfs-nosys", "rclone-off",
-       "rclone-full"]
+ALL = ["native", "tierfs", "tierfs-nopt", "tierfs-noxattr", "pyfuse3-floor", "mergerfs", "mergerfs-nosys",
+       "rclone-off", "rclone-full"]
 
 
 def available(name: str) -> str | None:

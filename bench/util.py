@@ -127,6 +127,33 @@ def disk_of(path: str) -> dict:
     return d
 
 
+#: FUSE requests that carry a file's bytes: with passthrough (issue 17) the kernel serves them from the
+#: object file and the daemon sees none.
+DATA_OPS = ("read", "write")
+
+
+class DaemonRequests:
+    """The daemon's read and write requests during each timed step of a case, for systems that count
+    their requests (tierfs: `requests` in user.tierfs.stats; the others count nothing).
+    `by_step` = {step: {"read": [count per run], "write": [...]}}."""
+
+    def __init__(self, system):
+        self.system = system
+        self.by_step: dict[str, dict[str, list[int]]] = {}
+
+    @contextmanager
+    def counting(self, step: str):
+        """Counts around the block (the stats are read outside the timer the block holds)."""
+        before = self.system.request_counts()
+        yield
+        if before is None:
+            return
+        after = self.system.request_counts()
+        counts = self.by_step.setdefault(step, {op: [] for op in DATA_OPS})
+        for op in DATA_OPS:
+            counts[op].append(after.get(op, 0) - before.get(op, 0))
+
+
 @contextmanager
 def cwd(path: str):
     old = os.getcwd()
