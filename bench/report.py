@@ -256,7 +256,7 @@ def passthrough_label(pt: dict | None) -> str:
 
 
 def daemon_requests(r: dict, step: str, how=median):
-    """(reads, writes) the daemon got during a step: `how` of the per-run counts, or None if not counted."""
+    """(reads, writes) the daemon got during a step: `how` of the counts of its runs, or None if not counted."""
     c = r.get("daemon_requests", {}).get(step)
     return None if c is None else (how(c["read"]), how(c["write"]))
 
@@ -310,8 +310,9 @@ def passthrough_tables(results: dict, systems: list[str]) -> str:
             lines.append(f"| {s} | {passthrough_label(r.get('passthrough'))} | " + " | ".join(cells + reads)
                          + f" | {r['archive_s']:.2f} s | {r['restore_s']:.2f} s |")
     if lines:
-        lines += ["", "daemon r / w: the FUSE read / write requests that reached the daemon per run (median; "
-                  "`requests` in user.tierfs.stats); with passthrough the kernel serves them from the object file."]
+        lines += ["", "daemon r / w: the FUSE read / write requests that reached the daemon during one timed read or "
+                  "write (median over the runs; `requests` in user.tierfs.stats); with passthrough the kernel serves "
+                  "them from the object file."]
     return "\n".join(lines)
 
 
