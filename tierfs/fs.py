@@ -76,6 +76,11 @@ FALLOCATE_MODES = frozenset({0, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE | FALL
 INLINE_CHECKSUM_MAX = 256 * 1024
 #: How long a statfs answer is reused (fs.statfs): free space a second old, as df on NFS shows it.
 STATFS_TTL_S = 1.0
+#: passthrough: a writer's close that leaves less than this free where its bytes are says in the log that
+#: the tier is full (the kernel's ENOSPC went to the application without the daemon seeing it); at most
+#: once per FULL_TELL_S per tier
+FULL_BELOW = 1 << 20
+FULL_TELL_S = 60.0
 #: user.tierfs.* attributes stored like any other (tierfs reads them: placement, policies)
 STORED_XATTRS = frozenset({xattrs.PLACEMENT, xattrs.PIN, xattrs.INACTIVE_FOR})
 
@@ -147,6 +152,7 @@ class FileSystem:
         self._cache = AttrCache(self.cache_ttl)
         self._op_counts: collections.Counter[str] = collections.Counter()  # FUSE requests by operation (stats)
         self._statfs: tuple[float, tuple[int, int, int]] | None = None   # (valid until, answer)
+        self._full_told: dict[str, float] = {}   # where -> trio time it was last said full (passthrough)
         self.placer = Placer(self)
         self.staging = Staging(self, self._cache, self.events, staging_dir or os.path.join(cfg.state_dir, "staging"))
         self.passthrough = passthrough or NoPassthrough()
@@ -235,7 +241,7 @@ class FileSystem:
             inode = await self.cat(self.catalog.lookup, parent, name)
         inode = self._count_lookup(inode, since)
         if self.files.writing(inode.ino):
-            self._take_kernel_writes(inode.ino)   # (passthrough) the kernel would take an old size back
+            await self._note_kernel_writes(inode.ino)   # (passthrough) the kernel would take an old size back
             inode = self._cache.peek(inode.ino)
         return inode
 
@@ -432,7 +438,7 @@ class FileSystem:
     # ---- attributes ------------------------------------------------------
     async def getattr(self, ino: int) -> Inode:
         if self.files.writing(ino):
-            self._take_kernel_writes(ino)
+            await self._note_kernel_writes(ino)
         return await self.get(ino)
 
     async def setattr(self, ino: int, changes: dict, fh: int | None, caller: Caller) -> Inode:
@@ -549,6 +555,8 @@ class FileSystem:
     async def getxattr(self, ino: int, name: bytes, caller: Caller) -> bytes:
         _user_namespace_only(name)
         if name.startswith(xattrs.PREFIX) and name not in STORED_XATTRS:
+            if self.files.writing(ino):
+                await self._note_kernel_writes(ino)
             return await self._virtual_xattr(await self.get(ino), name, caller)
         return await self.cat(self.catalog.getxattr, ino, name)
 
@@ -747,18 +755,53 @@ class FileSystem:
         if inode.archive_tier or inode.state != State.ONLINE:
             await self._first_write(h)
 
-    def _take_kernel_writes(self, ino: int) -> None:
+    def _take_kernel_writes(self, ino: int) -> bool:
         """Take what the kernel wrote to a passthrough file since the daemon
         last looked (its size and mtime, from fstat of the backing file) into
-        the cache, as write() would have (getattr of a file open for writing,
-        flush, fsync, release, and before the daemon changes the file itself)."""
+        the cache, as write() would have (before the daemon changes the file
+        itself; _note_kernel_writes and _kernel_writes otherwise). True when
+        there was something."""
         st = self._objects.backing_changed(ino)
-        if st is not None:
-            b = self._objects.get(ino)
-            b.changes += 1
-            if b.staged:
-                self.staging.mark_dirty(ino)
-            self._cache.change(ino, size=st.st_size, mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns)
+        if st is None:
+            return False
+        b = self._objects.get(ino)
+        b.changes += 1
+        if b.staged:
+            self.staging.mark_dirty(ino)
+        self._cache.change(ino, size=st.st_size, mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns)
+        return True
+
+    async def _note_kernel_writes(self, ino: int) -> None:
+        """_take_kernel_writes for whoever looks at a file open for writing
+        (stat, lookup, user.tierfs.* attributes, the periodic attribute
+        flush): and a recorded checksum goes at once, as at a first write(),
+        so nobody is shown a checksum of bytes the file no longer has."""
+        if self._take_kernel_writes(ino) and self._cache.peek(ino).checksum is not None:
+            async with self.lock(ino):
+                if self._cache.peek(ino).checksum is not None:
+                    await self._begin_write(ino)
+
+    def _tell_if_full(self, ino: int) -> None:
+        """A passthrough writer closes where (almost) no space is left: its
+        writes may have got ENOSPC from the kernel, which the daemon never
+        sees; one log line says which tier is full, as write() says it."""
+        b = self._objects.bound.get(ino)
+        if b is None or b.backing_id is None:
+            return
+        try:
+            st = os.fstatvfs(b.fd)
+        except OSError:
+            return
+        free = st.f_bfree * st.f_frsize   # (root's view: the kernel writes with the daemon's credentials)
+        if free >= FULL_BELOW:
+            return
+        where = "the staging directory" if b.staged else f"tier {b.tier.name}"
+        now = trio.current_time()
+        if now - self._full_told.get(where, -FULL_TELL_S) < FULL_TELL_S:
+            return
+        self._full_told[where] = now
+        log.error("%s is full (%d bytes free): writes to it get ENOSPC (FUSE passthrough: from the kernel, "
+                  "not logged one by one)", where, free)
 
     async def _kernel_writes(self, ino: int, h: Handle) -> None:
         """_take_kernel_writes, and a writer handle of a file the kernel wrote
@@ -989,6 +1032,7 @@ class FileSystem:
                 self.offline.accessed(self._cache.peek(h.ino), os.O_RDONLY)
             if h.writable:
                 await self._kernel_writes(h.ino, h)
+                self._tell_if_full(h.ino)
             if h.writable and self._objects.get(h.ino).staged:
                 await self.staging.upload(h.ino)
             if h.dirty:
@@ -1006,7 +1050,13 @@ class FileSystem:
         await self._persist_attrs(ino)
 
     async def flush_all(self) -> None:
-        """Write every cached size/mtime to the catalog (unmount)."""
+        """Write every cached size/mtime to the catalog (unmount, and every
+        atime_flush: a file held open for writing gets its mtime there)."""
+        for ino in self._objects.passthrough_writers(self.files.writing):
+            try:
+                await self._note_kernel_writes(ino)
+            except Exception as e:  # noqa: BLE001 - best effort, logged
+                log.error("taking the kernel's writes to inode %d: %s", ino, e)
         for ino in self._cache.dirty_inos():
             try:
                 await self._persist_attrs(ino)

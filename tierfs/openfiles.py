@@ -101,6 +101,10 @@ class OpenObjects:
         b = self.bound.get(ino)
         return b is not None and b.backing_id is not None
 
+    def passthrough_writers(self, writing: Callable[[int], bool]) -> list[int]:
+        """Inodes served by the kernel that `writing` says are open for writing."""
+        return [ino for ino, b in self.bound.items() if b.backing_id is not None and writing(ino)]
+
     def backing_changed(self, ino: int) -> os.stat_result | None:
         """The backing file's fstat when its size or mtime moved since the
         last call (the kernel wrote it), else None."""

@@ -36,6 +36,12 @@ def test_bench_runs_on_tiny_sizes(tmp_path):
     assert isinstance(mongo, str) and mongo.startswith("n/a") or mongo["candidates"] == 20, mongo
     assert res["cases"]["access"]["atime_writes"] >= 1
     assert res["cases"]["archive"]["vault_reads"] == [1], res["cases"]["archive"]
+    # issue 17: tierfs with and without passthrough in one run, the daemon's read/write requests counted
+    assert res["cases"]["io"]["tierfs-nopt"]["passthrough"]["active"] is False
+    counts = res["cases"]["io"]["tierfs-nopt"]["daemon_requests"]["read_cold"]
+    assert counts["read"] and counts["read"][0] > 0, counts
+    assert "error" not in res["cases"]["restored_read"]["tierfs"], res["cases"]["restored_read"]
+    assert "Issue 17" in r.stdout
     assert {t["status"] for t in res["targets"]} <= {"met", "missed", "not run"}
     assert res["meta"]["load_start"] and res["meta"]["machine"]["nproc"]
     # every mount the bench made is gone
