@@ -24,7 +24,7 @@ requires exactly that: every concurrent open of an inode uses the same backing
 file, and cached and passthrough opens of one inode cannot coexist. The
 kernel's backing file cannot be swapped under open handles, so a binding with
 a backing id never follows a move: movers of this mount leave such files alone
-(`passthrough`), and a move made by another mount marks the binding `stale`:
+(`in_passthrough`), and a move made by another mount marks the binding `stale`:
 readers go on reading the bytes they opened, a new writer gets EBUSY until
 they close. The daemon sees no reads or writes of such files: `backing_changed`
 tells fs.py when the backing file's size or times moved.
