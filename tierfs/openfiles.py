@@ -111,20 +111,23 @@ class OpenObjects:
         b = self.bound.get(ino)
         if b is None or b.backing_id is None:
             return None
-        st = os.fstat(b.fd)
-        now = (st.st_size, st.st_mtime_ns)
-        if now == b.seen:
-            return None
-        b.seen = now
-        return st
+        before = b.seen
+        st = self._look(b)
+        return None if b.seen == before else st
 
     def backing_settled(self, ino: int) -> None:
         """The daemon itself changed the backing file (truncate, fallocate)
         and put the result in the cache: not a change the kernel made."""
         b = self.bound.get(ino)
         if b is not None and b.backing_id is not None:
-            st = os.fstat(b.fd)
-            b.seen = (st.st_size, st.st_mtime_ns)
+            self._look(b)
+
+    @staticmethod
+    def _look(b: Bound) -> os.stat_result:
+        """fstat of a backing file, remembered as what the daemon last saw of it."""
+        st = os.fstat(b.fd)
+        b.seen = (st.st_size, st.st_mtime_ns)
+        return st
 
     # ---- binding (the caller holds the inode's lock) ------------------------------
     async def acquire(self, inode: Inode, writable: bool, truncating: bool = False) -> Bound:
@@ -200,8 +203,7 @@ class OpenObjects:
         if b.fd is not None and b.fd_writable and not (writable and inode.archive_tier):
             b.backing_id = self.passthrough.register(b.fd)
             if b.backing_id is not None:
-                st = os.fstat(b.fd)
-                b.seen = (st.st_size, st.st_mtime_ns)
+                self._look(b)
         return b
 
     async def _stage(self, b: Bound, inode: Inode, truncating: bool = False) -> None:

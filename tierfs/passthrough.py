@@ -32,6 +32,9 @@ import tempfile
 
 log = logging.getLogger(__name__)
 
+EPERM_WHY = ("the kernel refused to register a backing file (EPERM: passthrough was not negotiated, or the daemon "
+             "lacks CAP_SYS_ADMIN)")
+
 
 class NoPassthrough:
     """The daemon's read/write path for every file (no kernel: the in-process engine; or not available)."""
@@ -65,6 +68,7 @@ class Passthrough(NoPassthrough):
 
     def __init__(self, wanted: bool):
         self._pyfuse3 = None
+        self._wanted = wanted
         self._told: set[int] = set()   # errnos of per-file refusals already logged
         why = self._unavailable(wanted)
         super().__init__(why or "FUSE INIT has not happened yet (not mounted)")
@@ -95,7 +99,7 @@ class Passthrough(NoPassthrough):
         backing files, with one BACKING_OPEN/CLOSE of a scratch file, and
         say once in the log whether the mount has passthrough."""
         if not self.asking:
-            (log.info if "configuration" in self.why else log.warning)(
+            (log.warning if self._wanted else log.info)(
                 "FUSE passthrough off for this mount: %s; file bytes pass through the daemon", self.why)
             return
         if not self._pyfuse3.passthrough_enabled():
@@ -106,8 +110,8 @@ class Passthrough(NoPassthrough):
             with tempfile.TemporaryFile(dir=scratch_dir) as f:
                 self.unregister(self._pyfuse3.backing_open(f.fileno()))
         except OSError as e:
-            self._refused(e)
-            self._off(f"registering a scratch backing file failed: {e.strerror}")   # (if EPERM did not)
+            self._off(EPERM_WHY if e.errno == errno.EPERM else
+                      f"registering a scratch backing file failed: {e.strerror}")
             return
         self.active, self.why = True, ""
         log.info("FUSE passthrough on: the kernel reads and writes files with local bytes itself")
@@ -132,8 +136,7 @@ class Passthrough(NoPassthrough):
 
     def _refused(self, e: OSError) -> None:
         if e.errno == errno.EPERM:
-            self._off("the kernel refused to register a backing file (EPERM: passthrough was not negotiated, "
-                      "or the daemon lacks CAP_SYS_ADMIN)")
+            self._off(EPERM_WHY)
         elif e.errno not in self._told:   # once per cause, not once per file
             self._told.add(e.errno)
             log.info("FUSE passthrough not used for a file: %s (such files are read and written through the "
