@@ -67,6 +67,13 @@ def busy(fs, ino: int) -> str | None:
     return None
 
 
+def retry_if_busy(fs, ino: int) -> None:
+    """A job's move of a busy file (busy()) goes back to the queue, uncounted."""
+    why = busy(fs, ino)
+    if why:
+        raise Retry(why, BUSY_RETRY_S, count=False)
+
+
 def settled(inode: Inode) -> State:
     """The stable state a file left in a move's in-between state returns to
     when the move stops: archiving -> online (dual when it kept an older
@@ -145,9 +152,7 @@ class Mover:
         await self._cleanup_previous_attempt(job, inode)
         t0 = time.monotonic()
         if job.kind == JobKind.RELEASE:
-            why = busy(fs, inode.ino)
-            if why:
-                raise Retry(why, BUSY_RETRY_S, count=False)
+            retry_if_busy(fs, inode.ino)
             await release_now(fs, inode, job.cause)
             return
         prepare = {JobKind.ARCHIVE: self.archive, JobKind.RESTORE: self.restore, JobKind.MIGRATE: self.migrate}
@@ -176,15 +181,12 @@ class Mover:
         fs = self.fs
         if inode.state in (State.ARCHIVED, State.RESTORING, State.LOST):
             return None
-        why = busy(fs, inode.ino)
         if inode.state == State.DUAL and inode.archive_tier == job.target_tier:
             if not job.keep_online:
-                if why:
-                    raise Retry(why, BUSY_RETRY_S, count=False)
+                retry_if_busy(fs, inode.ino)
                 await release_now(fs, inode, job.cause)
             return None
-        if why:
-            raise Retry(why, BUSY_RETRY_S, count=False)
+        retry_if_busy(fs, inode.ino)
         dst = fs.tier(job.target_tier)
         if inode.state != State.ARCHIVING:
             inode = await self._mark(inode, (State.ONLINE, State.DUAL), State.ARCHIVING, job.cause,
@@ -240,9 +242,7 @@ class Mover:
             raise errors.Invalid(f"inode {inode.ino} is {inode.state}; restore it before migrating")
         if inode.tier == job.target_tier:
             return None
-        why = busy(fs, inode.ino)
-        if why:
-            raise Retry(why, BUSY_RETRY_S, count=False)
+        retry_if_busy(fs, inode.ino)
         src, dst = fs.tier(inode.tier), fs.tier(job.target_tier)
         version = inode.data_version
         # The version moves on with the location: a concurrent archive of the same file (which
