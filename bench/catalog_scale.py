@@ -78,7 +78,7 @@ def load_sql(cat, n: int, now: int) -> None:
     """Bulk insert into the inodes and dentries tables (one transaction per
     50k rows), with the SQL module's own row builder."""
     from tierfs.catalog import schema as S
-    cols = S.columns("inodes")[:-1]   # last_access_ns is generated
+    cols = [k for k in S.columns("inodes") if k not in S.GENERATED]
     ins_i = f"INSERT INTO inodes ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
     ins_d = "INSERT INTO dentries (parent, name, ino) VALUES (?, ?, ?)"
 

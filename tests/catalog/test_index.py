@@ -99,7 +99,7 @@ def test_a_catalog_of_schema_version_1_is_migrated_when_opened(catalog_url):
         new, v1 = (NEW_MONGO, V1_MONGO) if backend(cat) == "mongo" else (NEW_SQL, V1_SQL)
         assert ix.get(v1) == ["state", "atime_ns", "size"] and new not in ix, ix
         cat.init()  # what a mount, fsck, a policy run or a catalog-reading command does
-        assert cat.schema_version() == SCHEMA_VERSION == 2
+        assert cat.schema_version() == SCHEMA_VERSION == 3
         ix = inode_indexes(cat)
         assert ix.get(new) == NEW_FIELDS and v1 not in ix, ix
         logs = cat.lookup(ROOT_INO, b"logs")
@@ -117,7 +117,7 @@ def test_a_catalog_of_schema_version_1_is_migrated_when_opened(catalog_url):
         assert stored_last_access(cat)[b"app.log"] == T0 - 100 * DAY_NS
         assert {i.ino for i in cat.query(inactive)} == {app.ino, cat.lookup(logs.ino, b"old.log").ino}
         cat.init()  # again: nothing left to do, nothing breaks
-        assert inode_indexes(cat) == ix and cat.schema_version() == 2
+        assert inode_indexes(cat) == ix and cat.schema_version() == SCHEMA_VERSION
     finally:
         cat.close()
 
@@ -145,7 +145,7 @@ def test_mongo_migration_waits_for_the_older_tierfs_to_unmount(mongod):
         assert cat.inodes.count_documents({"last_access_ns": {"$exists": True}}) == 0
         cat.end_session("old")
         cat.init()
-        assert cat.schema_version() == 2 and cat.inodes.count_documents({"last_access_ns": {"$exists": False}}) == 0
+        assert cat.schema_version() == SCHEMA_VERSION and cat.inodes.count_documents({"last_access_ns": {"$exists": False}}) == 0
     finally:
         cat.close()
 

@@ -42,8 +42,9 @@ def shape(path: str) -> dict[str, list]:
 def test_the_old_catalog_opens_reads_and_writes(old_url):
     cat = open_catalog(old_url)
     try:
-        assert cat.initialised() and cat.schema_version() == SCHEMA_VERSION
-        cat.init()   # what a mount does: nothing to migrate, nothing breaks
+        assert cat.initialised() and cat.schema_version() == 2
+        cat.init()   # what a mount does: version 3 adds columns (issue 18), nothing else changes
+        assert cat.schema_version() == SCHEMA_VERSION == 3
         docs = cat.lookup(ROOT_INO, b"docs")
         a = cat.lookup(docs.ino, b"a.txt")
         assert (a.size, a.tier, a.location, a.nlink, a.checksum) == (5, "disk", "k-a", 2, "c" * 64)
@@ -52,7 +53,9 @@ def test_the_old_catalog_opens_reads_and_writes(old_url):
         assert cat.get(cat.lookup(ROOT_INO, b"link").ino).target == b"docs/a.txt"
         cold = cat.lookup(ROOT_INO, b"cold.bin")
         assert (cold.state, cold.archive_tier, cold.archive_location) == (State.ARCHIVED, "vault", "v-cold")
+        assert (cold.archive_copies, cold.stub_size, cold.origin_tier, cold.origin_location) == (None, 0, None, None)
         job, = cat.jobs(ino=cold.ino)
+        assert (job.uid, job.more_targets) == (None, None)
         assert (job.kind, job.state, job.target_tier, job.keep_online) == (JobKind.RESTORE, JobState.PENDING,
                                                                            "disk", False)
         assert [e.to_state for e in cat.events(cold.ino)] == ["archived"]
@@ -80,12 +83,18 @@ def test_the_old_catalog_opens_reads_and_writes(old_url):
         cat.close()
 
 
-def test_a_new_catalog_has_the_tables_and_indexes_of_the_old_one(tmp_path):
+def test_a_new_catalog_has_the_tables_and_indexes_of_the_old_one_migrated(tmp_path, old_url):
+    """A catalog made now and the old one after its migration to version 3
+    have the same tables, columns (in order) and indexes."""
     new = tmp_path / "new.db"
-    cat = open_catalog(f"sqlite:///{new}")
-    cat.init()
-    cat.close()
-    assert shape(str(new)) == shape(OLD)
+    for url in (f"sqlite:///{new}", old_url):
+        cat = open_catalog(url)
+        cat.init()
+        cat.close()
+    migrated = shape(str(tmp_path / "catalog.db"))
+    assert shape(str(new)) == migrated
+    assert [c[0] for c in migrated["inodes"]][-4:] == ["archive_copies", "stub_size", "origin_tier", "origin_location"]
+    assert "stubs" in migrated and "stubs" not in shape(OLD)
 
 
 def test_postgresql_is_refused_naming_the_supported_schemes():

@@ -24,7 +24,7 @@ from .. import errors
 
 ROOT_INO = 1
 #: 2: inodes carry last_access_ns (see Inode.last_access_ns); version 1 catalogs are migrated at init.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def now_ns() -> int:
@@ -130,6 +130,10 @@ class Inode:
     data_version: int = 0           # bumped on every content change; moves compare-and-swap on it
     state_ns: int = 0               # when `state` last changed
     state_cause: str = ""           # why it last changed: "create", "command archive by uid 1000", "policy rule 'old'"...
+    archive_copies: str | None = None   # further archive copies beyond archive_tier: JSON [[tier, key], ...]; None = none
+    stub_size: int = 0              # first bytes kept online while archived (Catalog stubs); 0 = none
+    origin_tier: str | None = None      # a released in-place original: the in-place tier a restore puts it back on
+    origin_location: str | None = None  # ... and its key there (path relative to that tier's root)
 
     @property
     def last_access_ns(self) -> int:
@@ -235,6 +239,8 @@ class Job:
     dst_key: str | None = None       # object key written on the destination (durable so a crash can clean it up)
     created_ns: int = 0
     updated_ns: int = 0
+    uid: int | None = None           # uid of the user who asked; None = the daemon (policy, recovery)
+    more_targets: str | None = None  # archive: further archive tiers, JSON ["tier", ...], each verified first
 
 
 @dataclass
@@ -311,6 +317,10 @@ class Changes(TypedDict, total=False):
     atime_ns: int
     mtime_ns: int
     ctime_ns: int
+    archive_copies: str | None
+    stub_size: int
+    origin_tier: str | None
+    origin_location: str | None
 
 
 @dataclass(frozen=True)
@@ -595,7 +605,8 @@ class Catalog(abc.ABC):
     # ---- jobs ------------------------------------------------------------
     @abc.abstractmethod
     def enqueue(self, ino: int, kind: JobKind, *, target_tier: str | None = None,
-                keep_online: bool = False, cause: str = "") -> tuple[Job, bool]:
+                keep_online: bool = False, cause: str = "", uid: int | None = None,
+                more_targets: str | None = None) -> tuple[Job, bool]:
         """Queue a job unless an active one of the same kind exists for the
         file (coalescing). Returns (job, created)."""
 

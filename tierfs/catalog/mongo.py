@@ -104,8 +104,16 @@ def _add_last_access(db) -> None:
     db.inodes.update_many({}, [{"$set": {"last_access_ns": LAST_ACCESS}}])
 
 
+def _add_stub_size(db) -> None:
+    """Version 3 (issue 18): stub_size 0 on every inode that lacks it (the
+    other new fields, archive_copies, origin_*, and the jobs' uid and
+    more_targets, read as None when absent). An older tierfs still mounted
+    would create inodes without it: mongo_query reads a missing one as 0."""
+    db.inodes.update_many({"stub_size": {"$exists": False}}, {"$set": {"stub_size": 0}})
+
+
 #: Migrations: version -> function(db) upgrading from version-1.
-MIGRATIONS: dict[int, Callable] = {2: _add_last_access}
+MIGRATIONS: dict[int, Callable] = {2: _add_last_access, 3: _add_stub_size}
 
 
 def _inode_doc(inode: Inode) -> dict:

@@ -32,7 +32,8 @@ def session_of(doc: dict) -> Session:
 class MongoJobs:
     """enqueue / claim / ... / sessions / reap / meta / leases."""
 
-    def enqueue(self, ino, kind, *, target_tier=None, keep_online=False, cause="") -> tuple[Job, bool]:
+    def enqueue(self, ino, kind, *, target_tier=None, keep_online=False, cause="", uid=None,
+                more_targets=None) -> tuple[Job, bool]:
         """Single-document insert; the partial unique index "one_active"
         (ino, kind while pending/running) makes coalescing atomic: when two
         mounts queue the same job at once, one insert fails and returns the
@@ -47,7 +48,7 @@ class MongoJobs:
                 values = dict(_id=self._next("job"), ino=ino, kind=kind.value, state=JobState.PENDING.value,
                               priority=JOB_PRIORITY[kind], target_tier=target_tier, keep_online=keep_online,
                               cause=cause, session=None, attempts=0, not_before_ns=0, last_error="", dst_key=None,
-                              created_ns=t, updated_ns=t)
+                              created_ns=t, updated_ns=t, uid=uid, more_targets=more_targets)
                 try:
                     self.jobs_c.insert_one(values)
                 except DuplicateKeyError:

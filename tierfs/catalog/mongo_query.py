@@ -17,9 +17,13 @@ REG_SET, REG_CLEAR = 0o100000, 0o070000
 DIR_SET, DIR_CLEAR = 0o040000, 0o130000
 
 
+#: Values of fields a document may lack (made by an older tierfs, still mounted during a migration).
+_ABSENT = {"stub_size": 0}
+
+
 def inode_of(doc: dict) -> Inode:
     """An Inode from its stored document (`_id` is the inode number)."""
-    return inode_from_values([doc["_id"] if k == "ino" else doc.get(k) for k in INODE_FIELDS])
+    return inode_from_values([doc["_id"] if k == "ino" else doc.get(k, _ABSENT.get(k)) for k in INODE_FIELDS])
 
 
 def _order(q: FileQuery):

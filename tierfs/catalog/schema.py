@@ -23,6 +23,11 @@ from __future__ import annotations
 #: because version 1 catalogs get it by ALTER TABLE ADD COLUMN, which appends.
 LAST_ACCESS = "INTEGER GENERATED ALWAYS AS (max(atime_ns, mtime_ns)) VIRTUAL"
 
+#: Columns schema version 3 added (issue 18); catalogs made before get them by ALTER TABLE ADD COLUMN
+#: (sql.py MIGRATIONS[3]), which appends: so they are last in their tables here too.
+V3_COLUMNS = {"inodes": ("archive_copies", "stub_size", "origin_tier", "origin_location"),
+              "jobs": ("uid", "more_targets")}
+
 #: CREATE TABLE statements in creation order (table name -> statement).
 TABLES: dict[str, str] = {
     # Catalog-wide settings; 'schema_version' drives migrations (sql.py MIGRATIONS).
@@ -55,6 +60,10 @@ TABLES: dict[str, str] = {
 	state_ns INTEGER NOT NULL, -- when `state` last changed
 	state_cause TEXT NOT NULL, -- why `state` last changed (command + uid, policy rule, create)
 	last_access_ns """ + LAST_ACCESS + """, -- max(atime_ns, mtime_ns), generated (base.Inode.last_access_ns)
+	archive_copies TEXT, -- further archive copies beyond archive_tier: JSON [[tier, key], ...]; NULL = none
+	stub_size INTEGER NOT NULL DEFAULT 0, -- first bytes kept online while archived (table stubs); 0 = none
+	origin_tier VARCHAR(64), -- released in-place original: the in-place tier a restore puts the bytes back on
+	origin_location VARCHAR(255), -- ... and its key there (the path relative to that tier's root)
 	PRIMARY KEY (ino)
 )""",
     # The namespace: (parent, name) -> inode; rename updates one row.
@@ -90,6 +99,8 @@ TABLES: dict[str, str] = {
 	dst_key VARCHAR(255), -- object written on the destination; cleaned up if the move dies
 	created_ns INTEGER NOT NULL, -- when queued
 	updated_ns INTEGER NOT NULL, -- last change
+	uid INTEGER, -- uid of the user who asked; NULL = the daemon (policy, recovery)
+	more_targets TEXT, -- archive: further archive tiers, JSON ["tier", ...]; each holds a verified copy first
 	PRIMARY KEY (id)
 )""",
     # Mounted daemons sharing this catalog (base.Session).
@@ -151,6 +162,12 @@ TABLES: dict[str, str] = {
 	writing BOOLEAN NOT NULL, -- true while that mount has a writable handle on it
 	PRIMARY KEY (ino, session)
 )""",
+    # Partial-state files: the first bytes of an archived file, served without a restore (inodes.stub_size).
+    "stubs": """CREATE TABLE stubs (
+	ino INTEGER NOT NULL, -- the archived file
+	data BLOB NOT NULL, -- its first inodes.stub_size bytes
+	PRIMARY KEY (ino)
+)""",
     # Named leases so one mount at a time runs e.g. policies.
     "leases": """CREATE TABLE leases (
 	name VARCHAR(64) NOT NULL, -- lease name, e.g. 'policy'
@@ -202,6 +219,10 @@ INDEXES: dict[str, str] = {
 #: query bounds or orders by atime alone any more (inactivity is last_access_ns, indexed above); if kept,
 #: each would cost an index write per atime flush for nothing.
 DROPPED_INDEXES = ("ix_inodes_state_atime", "ix_inodes_state_atime_size")
+
+
+#: Columns the database computes (an INSERT names every column but these).
+GENERATED = ("last_access_ns",)
 
 
 def columns(table: str) -> tuple[str, ...]:

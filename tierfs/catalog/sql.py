@@ -44,8 +44,22 @@ def _add_last_access(c: sqlite3.Connection) -> None:
     c.execute(f"ALTER TABLE inodes ADD COLUMN last_access_ns {S.LAST_ACCESS}")
 
 
+def _add_copies_stubs_origins(c: sqlite3.Connection) -> None:
+    """Version 3 (issue 18): the inode columns of further archive copies,
+    stubs of partial-state files and released in-place originals, and the
+    job columns of who asked and further archive targets, as schema.py
+    defines them (the stubs table comes with init's table creation). Adding
+    columns with NULL or constant defaults rewrites no row."""
+    for table in ("inodes", "jobs"):
+        have = {r[1] for r in c.execute(f"PRAGMA table_xinfo({table})")}
+        for line in S.TABLES[table].splitlines()[1:]:
+            col = line.strip().split(" ", 1)[0]
+            if col in S.V3_COLUMNS[table] and col not in have:
+                c.execute(f"ALTER TABLE {table} ADD COLUMN {line.strip().split(' -- ')[0].rstrip(',')}")
+
+
 #: Migrations: version -> function(conn) upgrading from version-1.
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {2: _add_last_access}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {2: _add_last_access, 3: _add_copies_stubs_origins}
 
 _ACTIVE = tuple(s.value for s in ACTIVE_JOB_STATES)
 _INODE_COLS = ", ".join(INODE_FIELDS)
@@ -677,7 +691,8 @@ class SqlCatalog(CatalogCore):
                              (key, *_ACTIVE)).fetchone() is not None
 
     # ---- jobs --------------------------------------------------------------
-    def enqueue(self, ino, kind, *, target_tier=None, keep_online=False, cause="") -> tuple[Job, bool]:
+    def enqueue(self, ino, kind, *, target_tier=None, keep_online=False, cause="", uid=None,
+                more_targets=None) -> tuple[Job, bool]:
         kind = JobKind(kind)
         with self._tx() as c:
             row = c.execute(f"{_JOB_SQL} WHERE ino = ? AND kind = ? AND state IN ({_marks(_ACTIVE)}) LIMIT 1",
@@ -687,7 +702,8 @@ class SqlCatalog(CatalogCore):
             t = now_ns()
             job = Job(id=0, ino=ino, kind=kind, state=JobState.PENDING, priority=JOB_PRIORITY[kind],
                       target_tier=target_tier, keep_online=bool(keep_online), cause=cause, session=None, attempts=0,
-                      not_before_ns=0, last_error="", dst_key=None, created_ns=t, updated_ns=t)
+                      not_before_ns=0, last_error="", dst_key=None, created_ns=t, updated_ns=t, uid=uid,
+                      more_targets=more_targets)
             cols = _JOB_COLS[1:]
             job.id = c.execute(f"INSERT INTO jobs ({', '.join(cols)}) VALUES ({_marks(cols)})",
                                tuple(str(getattr(job, k)) if k in ("kind", "state") else getattr(job, k)
