@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING
 import trio
 
 from . import errors
-from .catalog.base import ACTIVE_JOB_STATES, JobKind, JobState, READABLE_STATES, Changes, Inode, State, Transition, now_ns
+from .catalog.base import (ACTIVE_JOB_STATES, JobKind, JobState, READABLE_STATES, Changes, Inode, State, Transition,
+                           copies_changes, copies_of, now_ns)
 from .attrcache import AttrCache
 from .tiers.base import new_key
 
@@ -163,12 +164,12 @@ class Offline:
         key = new_key()
         await trio.to_thread.run_sync(tier.create_empty, key)
         t = now_ns()
-        changes = Changes(state=State.ONLINE, tier=tier.name, location=key, archive_tier=None, archive_location=None,
+        changes = Changes(state=State.ONLINE, tier=tier.name, location=key, **copies_changes(()),
                           size=0, mtime_ns=t, ctime_ns=t, checksum=None, data_version=inode.data_version + 1)
         try:
             new = await self.fs.fetch(self.fs.catalog.switch, Transition(
                 inode.ino, inode.data_version, (inode.state,), changes, f"{why} by uid {caller.uid}",
-                "archive copy dropped", garbage=((inode.archive_tier, inode.archive_location),)))
+                "archive copy dropped", garbage=tuple(copies_of(inode))))
         except BaseException:
             await trio.to_thread.run_sync(tier.delete, key)
             raise
@@ -182,9 +183,8 @@ class Offline:
         """First write to a dual file: the archive copy is stale. Caller holds the inode lock."""
         state = State.ONLINE if inode.state == State.DUAL else inode.state
         new = await self.fs.fetch(self.fs.catalog.switch, Transition(
-            inode.ino, inode.data_version, (inode.state,), Changes(state=state, archive_tier=None, archive_location=None),
-            "write", f"archive copy on {inode.archive_tier} superseded",
-            garbage=((inode.archive_tier, inode.archive_location),)))
+            inode.ino, inode.data_version, (inode.state,), Changes(state=state, **copies_changes(())),
+            "write", f"archive copy on {inode.archive_tier} superseded", garbage=tuple(copies_of(inode))))
         log.info("inode %d: written while dual: now online, archive copy on %s dropped", inode.ino, inode.archive_tier)
         return new
 

@@ -12,7 +12,8 @@ session or tier object) and, with repair=True, fixes what is safe to fix:
   check_jobs            jobs running for a dead session, jobs for deleted files
   check_stuck_states    files left `archiving`/`restoring` with no job
   check_online_objects  online copies exist with the recorded size (and sha256: verify_data)
-  check_archive_objects archive copies exist with the recorded size (and sha256: verify_data)
+  check_archive_objects archive copies (every one of them) exist with the recorded size (and
+                        sha256: verify_data); a bad one is re-made from a good one
   check_lost            `lost` files whose copy came back and verifies
   check_garbage         garbage entries (pending deletes; entries still in use)
   check_orphan_objects  tier objects nothing refers to
@@ -48,8 +49,8 @@ from typing import Callable, Iterator, Sequence
 
 from . import errors, mounts, private
 from .catalog.base import (ACTIVE_JOB_STATES, READABLE_STATES, ROOT_INO, Catalog, Changes, FileQuery, Inode, JobState,
-                           Session, State, Transition, now_ns)
-from .tiers.base import Tier, sha256_stream
+                           Session, State, Transition, copies_changes, copies_of, now_ns)
+from .tiers.base import HashingReader, Tier, new_key, sha256_stream
 from .tiers.disk import in_place_key
 
 log = logging.getLogger(__name__)
@@ -518,6 +519,7 @@ class Fsck:
                     "(a mounted daemon computes them in the background)", fix=fix, severity=Severity.INFO)
 
     def check_archive_objects(self) -> None:
+        """Every archive copy of a file (copies_of: the primary, then the further ones)."""
         for inode in self.files():
             if not inode.archive_tier or inode.state == State.LOST:
                 continue
@@ -526,45 +528,90 @@ class Fsck:
                 self.report("archive", path, f"is {inode.state} but has no archive location",
                             no_fix="fix by hand")
                 continue
-            tier = self._usable(inode.archive_tier)
-            if tier is None:
-                continue
-            c = self._object_ok(tier, inode.archive_location, inode.size, inode.checksum)
-            if c.ok:
-                if c.problem:
+            copies = copies_of(inode)
+            good: list[tuple[str, str]] = []
+            bad: list[tuple[tuple[str, str], CopyCheck]] = []
+            for t, k in copies:
+                tier = self._usable(t)
+                if tier is None:
+                    continue
+                c = self._object_ok(tier, k, inode.size, inode.checksum)
+                if not c.ok:
+                    bad.append(((t, k), c))
+                elif c.problem:
                     self.report("archive", path, c.problem, severity=Severity.INFO)
+                else:
+                    good.append((t, k))
+            if not bad or self._recheck(inode, ("archive_tier", "archive_location", "archive_copies", "size")) is None:
                 continue
-            if self._recheck(inode, ("archive_tier", "archive_location", "size")) is None:
+            if len(bad) == len(copies):   # no copy to re-make them from: one finding for the file
+                r = self._archive_gone(inode, [cp for cp, c in bad if c.fault is not Fault.MISSING])
+                self.report("archive", path, "; ".join(c.problem for _, c in bad), fix=r.fix, no_fix=r.no_fix)
                 continue
-            garbage = [] if c.fault is Fault.MISSING else [(inode.archive_tier, inode.archive_location)]
-            if inode.state in (State.ONLINE, State.DUAL, State.ARCHIVING) and inode.tier:
-                fix = lambda i=inode, g=garbage: (self._switch(
-                    i, Changes(state=State.ONLINE if i.state == State.DUAL else i.state, archive_tier=None,
-                               archive_location=None), g, "archive copy bad"), "the archive copy is dropped")[1]
-            else:
-                fix = lambda i=inode: (self._switch(i, Changes(state=State.LOST), why="archive copy bad"),
-                                       "marked lost (reads fail with EIO; undone if the copy comes back)")[1]
-            self.report("archive", path, c.problem, fix=fix)
+            for copy, c in bad:
+                self.report("archive", path, c.problem,
+                            fix=(lambda i=inode, cp=copy, c=c, src=good[0]: self._remake(i, cp, c, src)) if good
+                            else None,
+                            no_fix="" if good else "no copy could be checked to re-make it from: run fsck again")
+
+    def _archive_gone(self, inode: Inode, garbage: list[tuple[str, str]]) -> Remedy:
+        """Every archive copy is missing or wrong: a file with an online copy
+        drops them (the wrong ones, `garbage`, go), any other is lost."""
+        if inode.state in (State.ONLINE, State.DUAL, State.ARCHIVING) and inode.tier:
+            return Remedy(lambda: (self._switch(
+                inode, Changes(state=State.ONLINE if inode.state == State.DUAL else inode.state,
+                               **copies_changes(())), garbage, "archive copy bad"), "the archive copy is dropped")[1])
+        return Remedy(lambda: (self._switch(inode, Changes(state=State.LOST), why="archive copy bad"),
+                               "marked lost (reads fail with EIO; undone if the copy comes back)")[1])
+
+    def _remake(self, inode: Inode, copy: tuple[str, str], c: CopyCheck, src: tuple[str, str]) -> str:
+        """Copy the good archive copy `src` to a new object on the bad copy's tier,
+        verify it against the file's checksum, and switch the file's copy to it
+        (the bad object goes to garbage; a crash before the switch leaves an
+        orphan the next fsck finds)."""
+        fresh = self.catalog.get(inode.ino)
+        if fresh.data_version != inode.data_version or copy not in copies_of(fresh):
+            return "the file changed since: left alone"
+        if not fresh.checksum:
+            raise errors.TierfsError("no checksum recorded to verify a new copy against")
+        s_tier, d_tier = self.tiers[src[0]], self.tiers[copy[0]]
+        if not s_tier.prepare_restore(src[1]):
+            raise errors.Pending(f"the good copy {src[0]}/{src[1]} is still being recalled: run fsck again")
+        key = new_key()
+        try:
+            with s_tier.open_reader(src[1]) as r:
+                h = HashingReader(r)
+                d_tier.put(key, h)
+            if h.hexdigest() != fresh.checksum or not d_tier.verify(key, fresh.checksum, h.nbytes):
+                raise errors.ChecksumMismatch(f"the copy from {src[0]}/{src[1]} does not match the recorded sha256")
+            copies = [(t, key if (t, k) == copy else k) for t, k in copies_of(fresh)]
+            self._switch(fresh, copies_changes(copies), [] if c.fault is Fault.MISSING else [copy],
+                         f"archive copy {copy[0]}/{copy[1]} bad: re-made from {src[0]}")
+        except BaseException:
+            d_tier.delete(key)
+            raise
+        return f"re-made from the copy on {src[0]} as {copy[0]}/{key}"
 
     def check_lost(self) -> None:
         """A `lost` file whose copy is back (and reads back right) becomes usable again."""
         for inode in self.catalog.query(FileQuery(states=(State.LOST,))):
             path = self.path(inode.ino)
             online = self._usable(inode.tier)
-            arch = self._usable(inode.archive_tier)
             saved = self.verify_data
             self.verify_data = True   # only proven copies bring a file back
             try:
                 on_ok = bool(online and inode.location and self._object_ok(online, inode.location, inode.size,
                                                                            inode.checksum).verified)
-                ar_ok = bool(arch and inode.archive_location and inode.checksum and self._object_ok(
-                    arch, inode.archive_location, inode.size, inode.checksum).verified)
+                # Any verified archive copy will do: a restore tries them in turn (the bad ones are reported
+                # by check_archive_objects once the file is no longer lost).
+                ar_ok = bool(inode.checksum) and any(
+                    (arch := self._usable(t)) and self._object_ok(arch, k, inode.size, inode.checksum).verified
+                    for t, k in copies_of(inode))
             finally:
                 self.verify_data = saved
             if on_ok:
                 state = State.DUAL if ar_ok else State.ONLINE
-                changes = Changes(state=state) if ar_ok else Changes(state=state, archive_tier=None,
-                                                                     archive_location=None)
+                changes = Changes(state=state) if ar_ok else Changes(state=state, **copies_changes(()))
             elif ar_ok:
                 state, changes = State.ARCHIVED, Changes(state=State.ARCHIVED, tier=None, location=None)
             else:
@@ -605,7 +652,7 @@ class Fsck:
     def _referenced(self) -> dict[str, set[str]]:
         refs: dict[str, set[str]] = {}
         for inode in self.inodes():
-            for t, k in ((inode.tier, inode.location), (inode.archive_tier, inode.archive_location)):
+            for t, k in ((inode.tier, inode.location), *copies_of(inode)):
                 if t and k:
                     refs.setdefault(t, set()).add(k)
         for g in self.catalog.garbage(limit=10**9):

@@ -29,20 +29,29 @@ import errno
 import io
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import trio
 
 from . import errors, faults
 from .catalog.base import (READABLE_STATES, Changes, FileQuery, Inode, Job, JobKind, JobState, State, Transition,
-                           now_ns)
+                           copies_changes, copies_of, missing_targets, now_ns, targets_of)
 from .tiers.base import HashingReader, Tier, new_key
 from .units import fmt_size
 
 log = logging.getLogger(__name__)
 
 BUSY_RETRY_S = 2.0       # file open for writing: try the move again soon
+
+
+class BadCopy(Exception):
+    """A restore's source, one archive copy, is missing or fails its checksum:
+    the restore goes on with the next copy (Mover.run)."""
+
+    def __init__(self, cause: errors.TierfsError):
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 class Retry(Exception):
@@ -101,12 +110,20 @@ class Move:
     #: a content change during the copy makes the copy stale: copy again; a restore's copy is simply not
     #: needed then (the file was truncated or rewritten: its bytes no longer come from the archive)
     conflict_retries: bool = True
-    #: the source is the file's only copy: missing or corrupt, the file is lost (restore)
-    only_copy: bool = False
+    #: the source is one archive copy (restore): found missing or corrupt, it is reported (BadCopy) and the
+    #: restore tries the file's next copy; the file is lost only when no copy is left (Mover.restore)
+    source_copy: bool = False
+    #: further destinations (an archive to several tiers): the same bytes go to each under the same key,
+    #: each verified, and the one commit points the file at all of them
+    more: tuple[Tier, ...] = ()
 
     @property
     def expect(self) -> State:
         return self.marked or self.inode.state
+
+    @property
+    def dsts(self) -> tuple[Tier, ...]:
+        return (self.dst, *self.more)
 
 
 async def release_now(fs, inode: Inode, cause: str) -> Inode:
@@ -135,6 +152,10 @@ def _wake(fs) -> None:
     fs.events.changed()
 
 
+def _names(tiers: tuple[Tier, ...]) -> str:
+    return ", ".join(t.name for t in tiers)
+
+
 class Mover:
     """Runs one job's move (archive, restore, migrate, release) and the crash
     recovery of files left mid-move; the job runner (jobs.py) decides when."""
@@ -156,9 +177,17 @@ class Mover:
             await release_now(fs, inode, job.cause)
             return
         prepare = {JobKind.ARCHIVE: self.archive, JobKind.RESTORE: self.restore, JobKind.MIGRATE: self.migrate}
-        mv = await prepare[job.kind](job, inode)
-        if mv is not None:
-            await self.move(job, mv, t0)
+        bad: dict[tuple[str, str], errors.TierfsError] = {}   # a restore's archive copies found missing or corrupt
+        while True:
+            mv = await (self.restore(job, inode, bad) if job.kind == JobKind.RESTORE else prepare[job.kind](job, inode))
+            if mv is None:
+                return
+            try:
+                await self.move(job, mv, t0)
+                return
+            except BadCopy as e:   # the next copy, if any (restore() says when none is left)
+                bad[(mv.src.name, mv.src_key)] = e.cause
+                inode = mv.inode
 
     async def recover(self) -> None:
         """After a crash: files left mid-move with no active job go back to
@@ -181,16 +210,17 @@ class Mover:
         fs = self.fs
         if inode.state in (State.ARCHIVED, State.RESTORING, State.LOST):
             return None
-        if inode.state == State.DUAL and inode.archive_tier == job.target_tier:
+        targets = targets_of(job)
+        if inode.state == State.DUAL and not missing_targets(inode, targets):
             if not job.keep_online:
                 retry_if_busy(fs, inode.ino)
                 await release_now(fs, inode, job.cause)
             return None
         retry_if_busy(fs, inode.ino)
-        dst = fs.tier(job.target_tier)
+        tiers = {name: fs.tier(name) for name in targets}
         if inode.state != State.ARCHIVING:
             inode = await self._mark(inode, (State.ONLINE, State.DUAL), State.ARCHIVING, job.cause,
-                                     f"to {dst.name}")
+                                     f"to {', '.join(targets)}")
         else:  # a re-run after a crash: read the version under the lock too (see migrate)
             async with fs.lock(inode.ino):
                 inode = await fs.fetch(fs.catalog.get, inode.ino)
@@ -199,18 +229,29 @@ class Mover:
         src = fs.tier(inode.tier)
         faults.point("archive.after_mark")
         keep = job.keep_online
+        # A dual file's verified copies on target tiers stay (the commit's compare-and-swap on the content
+        # version proves they still hold these bytes); only the missing targets get a copy.
+        kept = {t: k for t, k in copies_of(inode) if t in tiers}
+        new = [tiers[t] for t in missing_targets(inode, targets)]
+        if not new:   # a re-run after a crash that finds every copy made (by another job): nothing to copy
+            await self._settle(inode, job.cause, "every target already holds a copy")
+            return None
 
         def changes(sha: str, n: int, key: str) -> Changes:
-            c = Changes(state=State.DUAL if keep else State.ARCHIVED, archive_tier=dst.name,
-                        archive_location=key, checksum=sha)
+            c = Changes(state=State.DUAL if keep else State.ARCHIVED, checksum=sha,
+                        **copies_changes([(t, kept.get(t, key)) for t in targets]))
             if not keep:
                 c.update(tier=None, location=None)
             return c
-        # The older archive copy (a re-archive to another tier), and the online copy unless kept.
-        garbage = ((inode.archive_tier, inode.archive_location),) + (() if keep else ((inode.tier, inode.location),))
-        return Move(inode, src, inode.location, dst, changes, garbage, marked=State.ARCHIVING)
+        # The older archive copies not on a target (a re-archive to another tier), and the online copy unless kept.
+        garbage = tuple(c for c in copies_of(inode) if c[0] not in tiers) + (
+            () if keep else ((inode.tier, inode.location),))
+        return Move(inode, src, inode.location, new[0], changes, garbage, marked=State.ARCHIVING, more=tuple(new[1:]))
 
-    async def restore(self, job: Job, inode: Inode) -> Move | None:
+    async def restore(self, job: Job, inode: Inode, bad: dict[tuple[str, str], errors.TierfsError]) -> Move | None:
+        """The restore from the file's first usable archive copy (primary first) not in `bad`: a copy whose
+        tier is away or still recalling is passed over; none usable: the job waits for the first such
+        copy, or, when every copy is missing or corrupt (`bad`), the file is lost."""
         fs = self.fs
         if inode.state in READABLE_STATES:
             return None
@@ -218,18 +259,49 @@ class Mover:
             raise errors.TierfsError(f"inode {inode.ino} is lost")
         if not self.cfg.allow_unarchive:
             raise errors.PermissionDenied("restores are disabled (allow_unarchive = false)")
-        src = fs.tier(inode.archive_tier)
         dst = fs.tier(job.target_tier) if job.target_tier else await fs.placement_of(inode.ino)
         if inode.state != State.RESTORING:
-            inode = await self._mark(inode, (State.ARCHIVED,), State.RESTORING, job.cause, f"from {src.name}")
-        faults.point("restore.after_mark")
-        ready = await trio.to_thread.run_sync(src.prepare_restore, inode.archive_location)
-        if not ready:
-            raise errors.Pending(f"tier {src.name} is still recalling {inode.archive_location}")
-        return Move(inode, src, inode.archive_location, dst,
-                    lambda sha, n, key: Changes(state=State.DUAL, tier=dst.name, location=key, checksum=sha,
-                                                atime_ns=now_ns()),
-                    marked=State.RESTORING, exclusive=False, conflict_retries=False, only_copy=True)
+            inode = await self._mark(inode, (State.ARCHIVED,), State.RESTORING, job.cause,
+                                     f"from {inode.archive_tier}")
+        if not bad:
+            faults.point("restore.after_mark")
+        waits: list[errors.TierfsError] = []
+        for name, key in copies_of(inode):
+            if (name, key) in bad:
+                continue
+            try:
+                src = fs.tier(name)
+                if not await trio.to_thread.run_sync(src.prepare_restore, key):
+                    raise errors.Pending(f"tier {name} is still recalling {key}")
+            except (errors.ObjectMissing, errors.ChecksumMismatch) as e:
+                bad[(name, key)] = e
+                await self._bad_copy(inode, name, key, e)
+                continue
+            except errors.TierfsError as e:   # away, pending, not on this mount: the next copy may do
+                waits.append(e)
+                continue
+            return Move(inode, src, key, dst,
+                        lambda sha, n, key: Changes(state=State.DUAL, tier=dst.name, location=key, checksum=sha,
+                                                    atime_ns=now_ns()),
+                        marked=State.RESTORING, exclusive=False, conflict_retries=False, source_copy=True)
+        if waits or not bad:
+            raise waits[0] if waits else errors.TierfsError(f"inode {inode.ino} has no archive copy")
+        why = "; ".join(f"{t}/{k}: {e}" for (t, k), e in bad.items())
+        await fs.fetch(fs.catalog.switch, Transition(inode.ino, inode.data_version, (State.RESTORING,),
+                                                     Changes(state=State.LOST), str(job.kind), why))
+        log.error("inode %d is lost: %s", inode.ino, why)
+        # The file is lost now: no later attempt can restore it (fsck brings it back if a copy returns).
+        raise errors.TierfsError(f"inode {inode.ino} is lost: {why}")
+
+    async def _bad_copy(self, inode: Inode, tier: str, key: str, e: errors.TierfsError) -> None:
+        """A restore found one archive copy missing or corrupt: the log and the file's history say which,
+        so `tierfs fsck --verify-data --repair` (or an operator) re-makes it from a good one."""
+        log.error("inode %d: archive copy %s/%s is bad: %s", inode.ino, tier, key, e)
+        try:
+            await self.fs.cat(self.fs.catalog.add_event, inode.ino, str(inode.state), str(inode.state), "restore",
+                              f"archive copy {tier}/{key} bad: {e}")
+        except errors.TierfsError as e2:
+            log.warning("inode %d: recording the bad copy: %s", inode.ino, e2)
 
     async def migrate(self, job: Job, inode: Inode) -> Move | None:
         fs = self.fs
@@ -269,18 +341,23 @@ class Mover:
     # ---- what all moves share: record, copy, verify, switch ---------------
     async def move(self, job: Job, mv: Move, t0: float) -> None:
         fs, ino = self.fs, mv.inode.ino
-        dst_key = new_key()
-        await fs.cat(fs.catalog.update_job, job.id, {"dst_key": dst_key, "target_tier": mv.dst.name})
-        job.target_tier = mv.dst.name   # a restore picks its tier only now: the tier a wait for space is about
+        dst_key = new_key()   # the same key on every destination: the job records it once for all of them
+        if job.kind != JobKind.ARCHIVE:   # an archive's target_tier is its first target (targets_of), kept
+            job.target_tier = mv.dst.name   # a restore picks its tier only now: the tier a wait for space is about
+        await fs.cat(fs.catalog.update_job, job.id, {"dst_key": dst_key, "target_tier": job.target_tier})
         try:
             sha, n = await self._copy(mv, dst_key, fault=f"{job.kind}.after_copy")
+            for more in mv.more:
+                sha2, _ = await self._copy(replace(mv, dst=more), dst_key, fault=f"{job.kind}.after_copy")
+                if sha2 != sha:   # written between the copies (no checksum recorded to hold them to)
+                    raise errors.ChecksumMismatch(f"copy on {more.name} differs from the one on {mv.dst.name}")
         except BaseException as e:
             await self._copy_failed(job, mv, dst_key, e)   # raises what the job should see instead, if anything
             raise
         if job.kind == JobKind.ARCHIVE:
             faults.point("archive.after_verify")   # (restore and migrate have no point here: faults.POINTS)
         commit = Transition(ino, mv.inode.data_version, (mv.expect,), mv.changes(sha, n, dst_key), job.cause,
-                            f"{mv.src.name} -> {mv.dst.name}, {n} bytes", garbage=mv.garbage, job_id=job.id,
+                            f"{mv.src.name} -> {_names(mv.dsts)}, {n} bytes", garbage=mv.garbage, job_id=job.id,
                             no_writers_except=fs.session_id if mv.exclusive else None)
         async with fs.lock(ino):
             why = busy(fs, ino) if mv.exclusive else None
@@ -291,12 +368,12 @@ class Mover:
                 await fs.fetch(fs.catalog.switch, commit)
             except errors.VersionConflict:
                 if not mv.conflict_retries:
-                    await self._discard(job, mv.dst, dst_key)
+                    await self._discard(job, mv.dsts, dst_key)
                     return
                 await self._abandon(job, mv, dst_key, "changed during the copy")
                 raise Retry("file changed during the copy", BUSY_RETRY_S, count=False) from None
             except errors.NotFound:  # deleted (and purged) during the copy: nothing to move
-                await self._discard(job, mv.dst, dst_key)
+                await self._discard(job, mv.dsts, dst_key)
                 return
         await fs.invalidate(ino)   # the kernel drops the attributes it cached (st_blocks)
         faults.point(f"{job.kind}.after_switch")
@@ -326,14 +403,10 @@ class Mover:
     async def _copy_failed(self, job: Job, mv: Move, dst_key: str, e: BaseException) -> None:
         """The copy or its verification failed with `e`: undo it, and raise
         what the job should see instead (a retry, the file lost), if not `e`."""
-        fs = self.fs
-        if mv.only_copy and isinstance(e, (errors.ChecksumMismatch, errors.ObjectMissing)):
-            await self._discard(job, mv.dst, dst_key)
-            await fs.fetch(fs.catalog.switch, Transition(mv.inode.ino, mv.inode.data_version, (mv.expect,),
-                                                         Changes(state=State.LOST), str(job.kind), str(e)))
-            log.error("inode %d is lost: %s", mv.inode.ino, e)
-            # The file is lost now: no later attempt can restore it (fsck brings it back if the copy returns).
-            raise errors.TierfsError(f"inode {mv.inode.ino} is lost: {e}") from e
+        if mv.source_copy and isinstance(e, (errors.ChecksumMismatch, errors.ObjectMissing)):
+            await self._discard(job, mv.dsts, dst_key)
+            await self._bad_copy(mv.inode, mv.src.name, mv.src_key, e)
+            raise BadCopy(e) from e
         bad = isinstance(e, errors.ChecksumMismatch)
         # A checksum that differs because the file was written during the copy is no corruption.
         changed = bad and await self._changed_since(mv.inode)
@@ -353,7 +426,7 @@ class Mover:
     async def _abandon(self, job: Job, mv: Move, dst_key: str, why: str) -> None:
         """Undo a stopped move: the destination object goes, the marked state settles back."""
         fs = self.fs
-        await self._discard(job, mv.dst, dst_key)
+        await self._discard(job, mv.dsts, dst_key)
         if mv.marked is None:
             return
         with trio.CancelScope(shield=True):
@@ -372,14 +445,16 @@ class Mover:
                                                                Changes(state=back), cause, detail))
         return back
 
-    async def _discard(self, job: Job, dst: Tier, dst_key: str) -> None:
-        """Delete a copy this job made and no longer needs. A failure here is
-        logged, never raised: it must not replace the error that made the copy
-        useless (a restore to S3 recorded "endpoint down" from this cleanup
-        instead of the copy's own failure); fsck finds the object."""
+    async def _discard(self, job: Job, dsts: tuple[Tier, ...], dst_key: str) -> None:
+        """Delete the copies this job made (`dst_key` on each of `dsts`) and no
+        longer needs. A failure here is logged, never raised: it must not
+        replace the error that made the copy useless (a restore to S3 recorded
+        "endpoint down" from this cleanup instead of the copy's own failure);
+        fsck finds the object."""
         with trio.CancelScope(shield=True):
             try:
-                await trio.to_thread.run_sync(dst.delete, dst_key)
+                for dst in dsts:
+                    await trio.to_thread.run_sync(dst.delete, dst_key)
                 await self.fs.cat(self.fs.catalog.update_job, job.id, {"dst_key": None})
             except errors.TierfsError as e:
                 log.warning("job %d: could not delete %s/%s (%s); fsck will find it", job.id, dst.name, dst_key, e)
@@ -387,11 +462,13 @@ class Mover:
     async def _cleanup_previous_attempt(self, job: Job, inode: Inode) -> None:
         """A previous attempt died after writing job.dst_key: delete that copy
         unless the file already points at it (the switch happened)."""
-        if not job.dst_key or job.dst_key in (inode.location, inode.archive_location):
+        if not job.dst_key or job.dst_key in (inode.location, *(k for _, k in copies_of(inode))):
             return
-        tier = self.fs.tiers.get(job.target_tier or "") or self.fs.tiers.get(self.cfg.default_tier)
-        if tier is not None:
-            await trio.to_thread.run_sync(tier.delete, job.dst_key)  # raises: the tier is away, the job waits
+        # An archive's key is on each of its targets (Mover.move); a job without a target restored to the default.
+        for name in targets_of(job) or [self.cfg.default_tier]:
+            tier = self.fs.tiers.get(name) or self.fs.tiers.get(self.cfg.default_tier)
+            if tier is not None:
+                await trio.to_thread.run_sync(tier.delete, job.dst_key)  # raises: the tier is away, the job waits
         await self.fs.cat(self.fs.catalog.update_job, job.id, {"dst_key": None})
 
     async def _log_done(self, verb: str, mv: Move, nbytes: int, t0: float, cause: str) -> None:
@@ -399,5 +476,5 @@ class Mover:
             path = "/" + (await self.fs.cat(self.fs.catalog.path_of, mv.inode.ino)).decode(errors="replace")
         except errors.TierfsError:
             path = f"inode {mv.inode.ino} (unlinked)"
-        log.info("%s %s: %s -> %s, %s, %.2fs (%s)", verb, path, mv.src.name, mv.dst.name, fmt_size(nbytes),
+        log.info("%s %s: %s -> %s, %s, %.2fs (%s)", verb, path, mv.src.name, _names(mv.dsts), fmt_size(nbytes),
                  time.monotonic() - t0, cause)

@@ -1,8 +1,8 @@
 """The requests users make through the mount, and what it tells them.
 
 - Requests arrive as setxattr of `user.tierfs.request` ("archive",
-  "archive keep_online to=TIER", "restore", "release", "migrate to=TIER",
-  "cancel"), so the daemon knows the caller's uid and checks permissions:
+  "archive keep_online to=TIER", "archive to=TIER to=TIER2" (a copy on
+  each), "restore", "release", "migrate to=TIER", "cancel"), so the daemon knows the caller's uid and checks permissions:
   the owner, root, or a member of the `archivers` group.
 - `user.tierfs.info` (read-only) returns JSON with the whole catalog entry,
   recent history and queued jobs: what `tierfs state` prints;
@@ -20,7 +20,7 @@ import stat
 from typing import TYPE_CHECKING
 
 from . import errors, xattrs
-from .catalog.base import READABLE_STATES, Inode, JobKind, JobState, State
+from .catalog.base import READABLE_STATES, Inode, JobKind, JobState, State, copies_of, encode_targets, targets_of
 from .services import Events
 
 if TYPE_CHECKING:
@@ -63,6 +63,9 @@ def parse_request(value: bytes) -> tuple[str, dict]:
             raise errors.Invalid("to= needs a tier name")
         if k == "keep_online" and eq:
             raise errors.Invalid("keep_online takes no value")
+        if k == "to" and verb == "archive" and "to" in opts:   # archive to several tiers: a copy on each
+            opts.setdefault("more", []).append(v)
+            continue
         opts[k] = v if eq else True
     return verb, opts
 
@@ -168,13 +171,16 @@ class Requests:
             target = opts.get("to") or self.cfg.default_archive
             if not target:
                 raise errors.Invalid("no archive tier is configured")
-            self._check_tier(target, archive=True, caller=caller)
+            more = [t for t in dict.fromkeys(opts.get("more", ())) if t != target]
+            for name in (target, *more):
+                self._check_tier(name, archive=True, caller=caller)
             if inode.state == State.LOST:
                 raise errors.TierfsError(f"inode {inode.ino} is lost", err=errno.EIO)
             if inode.state in (State.ARCHIVED, State.RESTORING):
                 return None
             job, created = await fs.cat(fs.catalog.enqueue, inode.ino, JobKind.ARCHIVE, target_tier=target,
-                                        keep_online=bool(opts.get("keep_online")), cause=cause)
+                                        keep_online=bool(opts.get("keep_online")), cause=cause,
+                                        more_targets=encode_targets(more))
         elif verb == "migrate":
             target = opts.get("to")
             if not target:
@@ -216,10 +222,12 @@ class Requests:
                                             "tier", "location", "archive_tier", "archive_location",
                                             "checksum", "data_version", "state_ns", "state_cause", "uid", "gid")}
         d["state"] = str(inode.state)
+        d["copies"] = [list(c) for c in copies_of(inode)]   # every archive copy, [tier, key], the primary first
         d["events"] = [dict(time_ns=e.time_ns, from_state=e.from_state, to_state=e.to_state, cause=e.cause,
                             detail=e.detail) for e in await fs.cat(fs.catalog.events, inode.ino, 10)]
         d["jobs"] = [dict(id=j.id, kind=str(j.kind), state=str(j.state), attempts=j.attempts,
-                          last_error=j.last_error, target_tier=j.target_tier, cause=j.cause, created_ns=j.created_ns)
+                          last_error=j.last_error, target_tier=j.target_tier, targets=targets_of(j), cause=j.cause,
+                          created_ns=j.created_ns)
                      for j in await fs.cat(fs.catalog.jobs, None, inode.ino, 20, newest_first=True)]
         return d
 

@@ -257,7 +257,9 @@ class PolicyTable(Table):
     model_config = ConfigDict(extra="forbid", strict=True, arbitrary_types_allowed=True)
     name: Any = None
     action: Any = None
-    to: Annotated[str, _checked(lambda v: isinstance(v, str), "a tier name")] | None = None
+    to: Annotated[str | list[str], _checked(lambda v: isinstance(v, str) or (
+        isinstance(v, list) and bool(v) and all(isinstance(x, str) for x in v)),
+        "a tier name (archive: or a list of them, a copy on each)")] | None = None
     keep_online: Flag | None = None
     inactive_for: Duration | None = None
     older_than: Duration | None = None

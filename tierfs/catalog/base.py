@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import abc
 import enum
+import json
 import time
 from dataclasses import dataclass, field, fields
 from typing import Callable, Container, Iterable, Iterator, Sequence, TypedDict
@@ -165,6 +166,61 @@ class Inode:
         d.update(self.__dict__)
         d.update(changes)
         return new
+
+
+# ---- several archive copies (Inode.archive_copies, Job.more_targets) -------------------------------
+# The primary copy stays in archive_tier/archive_location (the indexed columns every query uses); the
+# further ones are JSON text: [[tier, key], ...] on the inode, ["tier", ...] on an archive job. These
+# helpers are the only code that reads or writes that text.
+
+def copies_of(inode: Inode) -> list[tuple[str, str]]:
+    """Every archive copy of the file as (tier, key): the primary first, then the further ones."""
+    out = [(inode.archive_tier, inode.archive_location)] if inode.archive_tier and inode.archive_location else []
+    return out + further_copies(inode.archive_copies)
+
+
+def missing_targets(inode: Inode, targets: Iterable[str]) -> list[str]:
+    """The archive tiers of `targets` on which the file has no archive copy yet."""
+    have = {t for t, _ in copies_of(inode)}
+    return [t for t in targets if t not in have]
+
+
+def further_copies(text: str | None) -> list[tuple[str, str]]:
+    """The copies Inode.archive_copies holds (beyond the primary) as (tier, key)."""
+    return [(t, k) for t, k in json.loads(text)] if text else []
+
+
+def count_further_copies(by_archive: dict[str, tuple[int, int]], rows: Iterable[tuple[int, str]]) -> None:
+    """Add the further copies of each (size, archive_copies) row to CatalogStats.by_archive: a file
+    with copies on two tiers counts on both."""
+    for size, text in rows:
+        for tier, _ in further_copies(text):
+            n, b = by_archive.get(tier, (0, 0))
+            by_archive[tier] = (n + 1, b + int(size or 0))
+
+
+def copies_changes(copies: Sequence[tuple[str, str]]) -> "Changes":
+    """The Changes that make `copies` (primary first) the file's archive copies; none: no archive copy."""
+    first = copies[0] if copies else (None, None)
+    rest = [list(c) for c in copies[1:]]
+    return Changes(archive_tier=first[0], archive_location=first[1],
+                   archive_copies=json.dumps(rest) if rest else None)
+
+
+def copy_pattern(tier: str, key: str) -> str:
+    """The text one copy is in Inode.archive_copies (a substring search for it: Catalog.references)."""
+    return json.dumps([tier, key])
+
+
+def targets_of(job: "Job") -> list[str]:
+    """Every archive tier an archive job copies to: its target_tier first, then its more_targets."""
+    more = json.loads(job.more_targets) if job.more_targets else []
+    return list(dict.fromkeys(t for t in [job.target_tier, *more] if t))
+
+
+def encode_targets(more: Sequence[str]) -> str | None:
+    """Job.more_targets for the further archive tiers `more` (None: none)."""
+    return json.dumps(list(more)) if more else None
 
 
 INODE_FIELDS = tuple(f.name for f in fields(Inode))

@@ -17,7 +17,7 @@ import abc
 from typing import Callable, Iterable, Protocol, Sequence, TypeVar
 
 from .. import errors
-from .base import ROOT_INO, Catalog, Inode, Tombstone, Transition, check_expected, now_ns
+from .base import ROOT_INO, Catalog, Inode, Tombstone, Transition, check_expected, copies_of, now_ns
 
 T = TypeVar("T")
 
@@ -299,8 +299,7 @@ class CatalogCore(Catalog):
             return None  # another mount still has it open; the last one to close purges it
         t.delete_inode(inode.ino)
         t.cancel_pending_jobs(inode.ino, now_ns())
-        t.add_garbage([(inode.tier, inode.location), (inode.archive_tier, inode.archive_location)],
-                      "file deleted")
+        t.add_garbage([(inode.tier, inode.location), *copies_of(inode)], "file deleted")
         return inode
 
     def bury(self, ino: int, who: str, why: str, *, expect_version: int | None = None) -> Tombstone:

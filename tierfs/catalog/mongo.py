@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import threading
 import time
 from typing import Callable, Iterator, TypeVar
@@ -55,7 +56,7 @@ from pymongo.write_concern import WriteConcern
 from .. import errors
 from ..redact import redact_url
 from .base import (INODE_FIELDS, ROOT_INO, SCHEMA_VERSION, DirEntry, Event, Garbage, Inode, JobState, State,
-                   Tombstone, check_expected, now_ns)
+                   Tombstone, check_expected, copy_pattern, now_ns)
 from .core import CatalogCore, Txn
 from .mongo_jobs import ACTIVE, MongoJobs
 from .mongo_query import MongoQueries, inode_of as _inode
@@ -594,6 +595,9 @@ class MongoCatalog(MongoJobs, MongoQueries, CatalogCore):
         with self._errors():
             if self.inodes.find_one({"$or": [{"tier": tier, "location": key},
                                              {"archive_tier": tier, "archive_location": key}]}, {"_id": 1}):
+                return True
+            # A further archive copy (Inode.archive_copies): a scan of the files that have some, no index.
+            if self.inodes.find_one({"archive_copies": {"$regex": re.escape(copy_pattern(tier, key))}}, {"_id": 1}):
                 return True
             return self.jobs_c.find_one({"dst_key": key, "state": {"$in": ACTIVE}}, {"_id": 1}) is not None
 

@@ -26,7 +26,8 @@ from .. import errors, private
 from . import schema as S
 from .base import (ACTIVE_JOB_STATES, INODE_FIELDS, JOB_PRIORITY, ROOT_INO, SCHEMA_VERSION, CatalogStats, DirEntry,
                    Event, FileQuery, Garbage, Inode, Job, JobKind, JobState, Session, State, Tombstone,
-                   check_count_by, check_expected, inode_from_values, now_ns, resolve_paths)
+                   check_count_by, check_expected, copy_pattern, count_further_copies, further_copies,
+                   inode_from_values, now_ns, resolve_paths)
 from .core import CatalogCore, Txn
 
 log = logging.getLogger(__name__)
@@ -687,6 +688,10 @@ class SqlCatalog(CatalogCore):
                          "SELECT ino FROM inodes WHERE archive_tier = ? AND archive_location = ? LIMIT 1",
                          (tier, key, tier, key)).fetchone() is not None:
                 return True
+            # A further archive copy (Inode.archive_copies): a scan of the files that have some, no index.
+            if c.execute("SELECT ino FROM inodes WHERE archive_copies IS NOT NULL AND instr(archive_copies, ?) > 0 "
+                         "LIMIT 1", (copy_pattern(tier, key),)).fetchone() is not None:
+                return True
             return c.execute(f"SELECT id FROM jobs WHERE dst_key = ? AND state IN ({_marks(_ACTIVE)}) LIMIT 1",
                              (key, *_ACTIVE)).fetchone() is not None
 
@@ -1011,6 +1016,8 @@ class SqlCatalog(CatalogCore):
                 for v, n, size in c.execute(f"SELECT {col}, count(*), coalesce(sum(inodes.size), 0) FROM inodes "
                                             f"WHERE {reg}{extra} GROUP BY {col}"):
                     by[v] = (n, int(size))
+            count_further_copies(st.by_archive, c.execute(
+                f"SELECT inodes.size, inodes.archive_copies FROM inodes WHERE {reg} AND inodes.archive_copies IS NOT NULL"))
             for state, kind, n in c.execute("SELECT state, kind, count(*) FROM jobs GROUP BY state, kind"):
                 st.jobs.setdefault(state, {})[kind] = n
         return st
@@ -1026,6 +1033,8 @@ class SqlCatalog(CatalogCore):
                     f"SELECT (SELECT MIN({col}) FROM inodes WHERE {col} > t.v) FROM t WHERE t.v IS NOT NULL) "
                     "SELECT v FROM t WHERE v IS NOT NULL")
                 out.update(r[0] for r in rows)
+            out.update(t for r in c.execute("SELECT archive_copies FROM inodes WHERE archive_copies IS NOT NULL")
+                       for t, _ in further_copies(r[0]))
             out.update(r[0] for r in c.execute("SELECT DISTINCT tier FROM garbage"))
             out.update(r[0] for r in c.execute(f"SELECT DISTINCT target_tier FROM jobs WHERE state IN "
                                                f"({_marks(_ACTIVE)}) AND target_tier IS NOT NULL", _ACTIVE))

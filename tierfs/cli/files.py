@@ -75,9 +75,9 @@ def _print_state(inf: dict, verbose: bool) -> None:
          f"accessed {_ts(inf.get('atime_ns'))}")
     st = inf["state"]
     if st in ("archived", "dual", "restoring", "lost", "archiving") or verbose:
-        if inf.get("archive_tier"):
-            echo(f"    archive copy: {inf['archive_tier']}/{inf.get('archive_location')}"
-                 f"  sha256 {(inf.get('checksum') or '-')[:16]}")
+        for t, k in inf.get("copies") or ([[inf["archive_tier"], inf.get("archive_location")]]
+                                          if inf.get("archive_tier") else []):
+            echo(f"    archive copy: {t}/{k}  sha256 {(inf.get('checksum') or '-')[:16]}")
         echo(f"    {st} since {_ts(inf.get('state_ns'))} by {inf.get('state_cause') or '-'}")
         active = [j for j in inf.get("jobs", []) if j["state"] in ("pending", "running")]
         for j in active:
@@ -99,9 +99,10 @@ def _request(verb: str, paths, recursive: bool, wait: bool, timeout: float, opts
     job failed or was cancelled and 8 on timeout."""
     mountpoints = {client.check_in_mount(p).mountpoint for p in paths}
     for mp in mountpoints if opts.get("to") else ():
-        _check_tier_option(verb, opts["to"], mp)
+        for name in _values(opts["to"]):
+            _check_tier_option(verb, name, mp)
     tree = client.walk(paths, recursive)
-    words = [verb] + [k if v is True else f"{k}={v}" for k, v in opts.items() if v]
+    words = [verb] + [k if v is True else f"{k}={x}" for k, v in opts.items() if v for x in _values(v)]
     value = " ".join(words)
     total = requested = 0
     refused: list[CliError] = []
@@ -142,6 +143,11 @@ def _request(verb: str, paths, recursive: bool, wait: bool, timeout: float, opts
         sys.exit(refused[0].code)
     if tree.skipped and not requested:
         sys.exit(client.EXIT_FAILED)
+
+
+def _values(v) -> tuple:
+    """An option's values: `--to` of archive may be given several times (a tuple)."""
+    return tuple(v) if isinstance(v, (tuple, list)) else (v,)
 
 
 def _check_tier_option(verb: str, name: str, mountpoint: str) -> None:
@@ -250,14 +256,20 @@ _wait_opts = [
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @with_options(_wait_opts)
 @click.option("--keep-online", is_flag=True, help="Keep the online copy too (the file becomes dual).")
-@click.option("--to", "to", metavar="TIER", help="Archive tier (default: default_archive).")
+@click.option("--to", "to", metavar="TIER", multiple=True,
+              help="Archive tier (default: default_archive); several: a verified copy on each.")
 def archive(paths, recursive, wait, timeout, keep_online, to):
     """Queue files for archiving (their bytes move to an archive tier).
+
+    With --to given twice or more, the file is archived only once a
+    verified copy is on every one of those tiers; a restore reads the
+    first copy that is available and good.
 
     \b
     Examples:
       tierfs archive --wait ~/tierfs/big.raw
       tierfs archive -r --keep-online --to vault ~/tierfs/project
+      tierfs archive --wait --to vault --to glacier ~/tierfs/thesis.tar
     """
     _request("archive", paths, recursive, wait, timeout, {"keep_online": keep_online, "to": to})
 

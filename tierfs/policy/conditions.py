@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass, field
 
 from .. import errors, xattrs
-from ..catalog.base import ACTIVE_JOB_STATES, ROOT_INO, FileQuery, Inode, State
+from ..catalog.base import ACTIVE_JOB_STATES, ROOT_INO, FileQuery, Inode, State, missing_targets
 from ..units import duration_value
 from .criteria import CRITERIA, FIELD_CHECKS, Inactivity, size_text  # noqa: F401 - size_text: for the CLI
 from .rules import Rule
@@ -249,7 +249,8 @@ class Matcher:
             return "other tier"
         if r.action == "migrate" and inode.tier == r.to:
             return "already there"
-        if r.action == "archive" and inode.state == State.DUAL and inode.archive_tier == r.to and r.keep_online:
+        if r.action == "archive" and inode.state == State.DUAL and not missing_targets(inode, r.targets) \
+                and r.keep_online:
             return "already there"
         return None
 

@@ -32,7 +32,7 @@ from typing import Awaitable, Callable
 import trio
 
 from .. import errors
-from ..catalog.base import Inode, JobKind
+from ..catalog.base import Inode, JobKind, encode_targets
 from .clock import SystemClock
 from .conditions import Lookups, Matcher, size_text
 from .rules import Rule
@@ -61,6 +61,7 @@ class Action:
     freed: int                  # online bytes this action frees (archive w/o keep_online, release, delete)
     parent: int = 0             # directory holding the name (to drop the kernel's entry on delete)
     done: str = ""              # real runs: "queued", "already queued", "deleted", "changed", "error: ..."
+    more_targets: tuple[str, ...] = ()   # archive: further archive tiers, a copy on each (Rule.more_to)
 
     @property
     def cause(self) -> str:
@@ -170,7 +171,8 @@ class JobExecutor:
             return await self.delete(a)
         kind = {"archive": JobKind.ARCHIVE, "release": JobKind.RELEASE, "migrate": JobKind.MIGRATE}[a.action]
         job, created = await self.cat(functools.partial(self.catalog.enqueue, a.ino, kind, target_tier=a.target,
-                                                        keep_online=a.keep_online, cause=a.cause))
+                                                        keep_online=a.keep_online, cause=a.cause,
+                                                        more_targets=encode_targets(a.more_targets)))
         if created:
             self.queued(job)
         return "queued" if created else "already queued"
@@ -263,7 +265,8 @@ class Engine:
         a = Action(rule=rule.name, action=rule.action, ino=inode.ino, path=path, size=inode.size,
                    state=str(inode.state), tier=inode.tier or inode.archive_tier, target=rule.to,
                    keep_online=rule.keep_online, reasons=reasons, data_version=inode.data_version,
-                   last_access_ns=inode.last_access_ns, freed=freed_bytes(rule, inode), parent=parent)
+                   last_access_ns=inode.last_access_ns, freed=freed_bytes(rule, inode), parent=parent,
+                   more_targets=rule.more_to)
         st.actions += 1
         st.bytes += a.size
         st.freed += a.freed

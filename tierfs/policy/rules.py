@@ -8,7 +8,8 @@ A rule is: conditions (all optional, ANDed) + one action + triggers + limits.
     [[policy]]
     name = "cold"                   # required, unique; shown in `tierfs state` and logs
     action = "archive"              # archive | release | migrate | delete
-    to = "vault"                    # archive: archive tier (default: default_archive); migrate: online tier
+    to = "vault"                    # archive: archive tier (default: default_archive), or a list of them
+                                    # (["vault", "glacier"]: a verified copy on each); migrate: online tier
     keep_online = false             # archive: leave the file dual
     inactive_for = "90d"            # neither read nor written for this (Inode.last_access_ns: later of atime, mtime)
     older_than = "1y"               # created before now - this (crtime)
@@ -62,6 +63,7 @@ class Rule:
     index: int                                  # position in the config (first rule = 0)
     action: str                                 # one of ACTIONS
     to: str | None = None                       # destination tier (archive, migrate)
+    more_to: tuple[str, ...] = ()               # archive: further archive tiers, a copy on each
     keep_online: bool = False
     inactive_for: float | None = None
     older_than: float | None = None
@@ -90,10 +92,16 @@ class Rule:
     enabled: bool = True
     text: dict[str, str] = field(default_factory=dict)   # key -> value as written (for explanations)
 
+    @property
+    def targets(self) -> list[str]:
+        """Every destination tier: `to`, then the further archive tiers."""
+        return [t for t in (self.to, *self.more_to) if t]
+
     def describe(self) -> str:
         """One line for `tierfs policy check`."""
         conds = [f"{k} {v}" for k, v in self.text.items()]
-        act = self.action + (f" to {self.to}" if self.to else "") + (" keep_online" if self.keep_online else "")
+        act = self.action + (f" to {', '.join(self.targets)}" if self.to else "") + (
+            " keep_online" if self.keep_online else "")
         trig = []
         if self.interval is not None:
             trig.append(f"every {fmt_duration(self.interval)}")
@@ -128,14 +136,18 @@ def parse_rule(raw, index: int, cfg) -> Rule:
     rule = Rule(name=name, index=index, action=action)
 
     # destination
-    to = t.to
+    to, more = (t.to[0], list(dict.fromkeys(t.to[1:]))) if isinstance(t.to, list) else (t.to, [])
+    if more and action != "archive":
+        raise errors.ConfigError(f"{key('to')}: a list of tiers is only for action = \"archive\" (a copy on each)")
     if action == "archive":
         to = to or cfg.default_archive
         if to is None:
             raise errors.ConfigError(f"{key('to')}: missing, and no archive tier is configured")
-        if not cx.archive.get(to):
-            raise errors.ConfigError(f"{key('to')}: no archive tier named {to!r} "
-                                     f"(archive tiers: {', '.join(n for n, a in cx.archive.items() if a) or 'none'})")
+        for name in (to, *more):
+            if not cx.archive.get(name):
+                raise errors.ConfigError(f"{key('to')}: no archive tier named {name!r} (archive tiers: "
+                                         f"{', '.join(n for n, a in cx.archive.items() if a) or 'none'})")
+        rule.more_to = tuple(m for m in more if m != to)
     elif action == "migrate":
         if to is None:
             raise errors.ConfigError(f"{key('to')}: missing (migrate needs the online tier to move to)")
