@@ -46,8 +46,9 @@ BUSY_RETRY_S = 2.0       # file open for writing: try the move again soon
 
 
 class BadCopy(Exception):
-    """A restore's source, one archive copy, is missing or fails its checksum:
-    the restore goes on with the next copy (Mover.run)."""
+    """A restore's source, one archive copy, is missing or fails its checksum,
+    or its tier went away during the copy: the restore goes on with the next
+    copy (Mover.run); `cause` says which (Mover.restore)."""
 
     def __init__(self, cause: errors.TierfsError):
         super().__init__(str(cause))
@@ -284,6 +285,7 @@ class Mover:
                         lambda sha, n, key: Changes(state=State.DUAL, tier=dst.name, location=key, checksum=sha,
                                                     atime_ns=now_ns()),
                         marked=State.RESTORING, exclusive=False, conflict_retries=False, source_copy=True)
+        waits += [e for e in bad.values() if not isinstance(e, (errors.ObjectMissing, errors.ChecksumMismatch))]
         if waits or not bad:
             raise waits[0] if waits else errors.TierfsError(f"inode {inode.ino} has no archive copy")
         why = "; ".join(f"{t}/{k}: {e}" for (t, k), e in bad.items())
@@ -407,6 +409,12 @@ class Mover:
             await self._discard(job, mv.dsts, dst_key)
             await self._bad_copy(mv.inode, mv.src.name, mv.src_key, e)
             raise BadCopy(e) from e
+        if mv.source_copy and isinstance(e, errors.TierUnavailable) and await self._away(mv.src):
+            # The copy's own tier went away (not the destination): the next copy may be readable.
+            await self._discard(job, mv.dsts, dst_key)
+            log.warning("inode %d: archive copy %s/%s cannot be read now (%s); trying the next copy",
+                        mv.inode.ino, mv.src.name, mv.src_key, e)
+            raise BadCopy(e) from e
         bad = isinstance(e, errors.ChecksumMismatch)
         # A checksum that differs because the file was written during the copy is no corruption.
         changed = bad and await self._changed_since(mv.inode)
@@ -414,6 +422,15 @@ class Mover:
                             "source failed its checksum" if bad else f"copy failed: {e}")
         if changed:
             raise Retry("file changed during the copy", BUSY_RETRY_S, count=False) from None
+
+    @staticmethod
+    async def _away(tier: Tier) -> bool:
+        """True when `tier` does not answer its probe (unmounted, unreachable)."""
+        try:
+            await trio.to_thread.run_sync(tier.probe)
+        except errors.TierfsError:
+            return True
+        return False
 
     async def _changed_since(self, inode: Inode) -> bool:
         """True when the file's content changed after `inode` was read (so a
