@@ -48,6 +48,14 @@ def vault_object(m, key: str):
     return m.vault / "objects" / key[:2] / key
 
 
+def corrupt(path) -> None:
+    """Overwrite 16 bytes of an archive object in place (bit rot on the medium)."""
+    os.chmod(path, 0o600)
+    with open(path, "r+b") as f:
+        f.seek(1000)
+        f.write(b"\xff" * 16)
+
+
 def archive2(m, *names, extra=()):
     m.cli("archive", "--wait", "--timeout", "60", "--to", "vault", "--to", "tape", *extra,
           *[m.path(n) for n in names])
@@ -100,11 +108,7 @@ def test_restore_falls_back_when_the_first_copy_is_corrupt(make_mount, tmp_path)
     data = put(m, "c.bin", 200_000)
     archive2(m, "c.bin")
     (_, vk), _ = copies(m, "c.bin")
-    p = vault_object(m, vk)
-    os.chmod(p, 0o600)
-    with open(p, "r+b") as f:
-        f.seek(1000)
-        f.write(b"\xff" * 16)
+    corrupt(vault_object(m, vk))
     assert open(m.path("c.bin"), "rb").read() == data
     assert f"archive copy vault/{vk} is bad" in m.log()
 
@@ -128,8 +132,7 @@ def test_every_copy_bad_makes_the_file_lost(make_mount, tmp_path):
     archive2(m, "l.bin")
     (_, vk), (_, tk) = copies(m, "l.bin")
     vault_object(m, vk).unlink()
-    with open(m.store / tk, "r+b") as f:
-        f.write(b"garbage!")
+    corrupt(m.store / tk)
     with pytest.raises(OSError) as e:
         open(m.path("l.bin"), "rb").read()
     assert e.value.errno == errno.EIO
@@ -189,8 +192,7 @@ def test_fsck_corrupt_copy_remade_and_bad_object_garbage(make_mount, tmp_path):
     archive2(m, "k.bin")
     (_, vk), _ = copies(m, "k.bin")
     p = vault_object(m, vk)
-    os.chmod(p, 0o600)
-    p.write_bytes(b"x" * len(data))
+    corrupt(p)
     m.stop()
     rc, found = fsck(m, "--verify-data", "--repair")
     fixed = [f for f in found["findings"] if f["check"] == "archive"]
