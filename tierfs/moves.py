@@ -177,16 +177,18 @@ class Mover:
             retry_if_busy(fs, inode.ino)
             await release_now(fs, inode, job.cause)
             return
-        prepare = {JobKind.ARCHIVE: self.archive, JobKind.RESTORE: self.restore, JobKind.MIGRATE: self.migrate}
-        bad: dict[tuple[str, str], errors.TierfsError] = {}   # a restore's archive copies found missing or corrupt
+        bad: dict[tuple[str, str], errors.TierfsError] = {}   # archive copies found missing, corrupt or away
         while True:
-            mv = await (self.restore(job, inode, bad) if job.kind == JobKind.RESTORE else prepare[job.kind](job, inode))
+            if job.kind == JobKind.MIGRATE:
+                mv = await self.migrate(job, inode)
+            else:   # restore, archive (an archived file's further copies): both read an archive copy
+                mv = await (self.archive if job.kind == JobKind.ARCHIVE else self.restore)(job, inode, bad)
             if mv is None:
                 return
             try:
                 await self.move(job, mv, t0)
                 return
-            except BadCopy as e:   # the next copy, if any (restore() says when none is left)
+            except BadCopy as e:   # the next copy, if any (_readable_copy says when none is left)
                 bad[(mv.src.name, mv.src_key)] = e.cause
                 inode = mv.inode
 
@@ -207,11 +209,13 @@ class Mover:
                     pass
 
     # ---- what differs: the checks and the mark, per kind ------------------
-    async def archive(self, job: Job, inode: Inode) -> Move | None:
+    async def archive(self, job: Job, inode: Inode, bad: dict[tuple[str, str], errors.TierfsError]) -> Move | None:
         fs = self.fs
-        if inode.state in (State.ARCHIVED, State.RESTORING, State.LOST):
+        if inode.state in (State.RESTORING, State.LOST):
             return None
         targets = targets_of(job)
+        if inode.state == State.ARCHIVED:
+            return await self._more_copies(job, inode, targets, bad)
         if inode.state == State.DUAL and not missing_targets(inode, targets):
             if not job.keep_online:
                 retry_if_busy(fs, inode.ino)
@@ -249,6 +253,24 @@ class Mover:
             () if keep else ((inode.tier, inode.location),))
         return Move(inode, src, inode.location, new[0], changes, garbage, marked=State.ARCHIVING, more=tuple(new[1:]))
 
+    async def _more_copies(self, job: Job, inode: Inode, targets: list[str],
+                           bad: dict[tuple[str, str], errors.TierfsError]) -> Move | None:
+        """An archived file gets the copies it lacks on `targets`, read from one
+        of its archive copies; it stays archived, and keeps its copies on other
+        tiers (nothing is re-archived). A restore meanwhile makes the commit's
+        compare-and-swap fail: the job retries, from the online copy then."""
+        new = [self.fs.tier(t) for t in missing_targets(inode, targets)]
+        if not new:
+            return None
+        found = await self._readable_copy(inode, bad)
+        if found is None:
+            raise errors.TierfsError(f"inode {inode.ino}: no archive copy is good to copy from")
+        src, key = found
+        have = copies_of(inode)
+        return Move(inode, src, key, new[0],
+                    lambda sha, n, k: Changes(checksum=sha, **copies_changes(have + [(t.name, k) for t in new])),
+                    exclusive=False, source_copy=True, more=tuple(new[1:]))
+
     async def restore(self, job: Job, inode: Inode, bad: dict[tuple[str, str], errors.TierfsError]) -> Move | None:
         """The restore from the file's first usable archive copy (primary first) not in `bad`: a copy whose
         tier is away or still recalling is passed over; none usable: the job waits for the first such
@@ -266,12 +288,34 @@ class Mover:
                                      f"from {inode.archive_tier}")
         if not bad:
             faults.point("restore.after_mark")
+        found = await self._readable_copy(inode, bad)
+        if found is None:
+            if not bad:
+                raise errors.TierfsError(f"inode {inode.ino} has no archive copy")
+            why = "; ".join(f"{t}/{k}: {e}" for (t, k), e in bad.items())
+            await fs.fetch(fs.catalog.switch, Transition(inode.ino, inode.data_version, (State.RESTORING,),
+                                                         Changes(state=State.LOST), str(job.kind), why))
+            log.error("inode %d is lost: %s", inode.ino, why)
+            # The file is lost now: no later attempt can restore it (fsck brings it back if a copy returns).
+            raise errors.TierfsError(f"inode {inode.ino} is lost: {why}")
+        src, key = found
+        return Move(inode, src, key, dst,
+                    lambda sha, n, key: Changes(state=State.DUAL, tier=dst.name, location=key, checksum=sha,
+                                                atime_ns=now_ns()),
+                    marked=State.RESTORING, exclusive=False, conflict_retries=False, source_copy=True)
+
+    async def _readable_copy(self, inode: Inode, bad: dict[tuple[str, str], errors.TierfsError]
+                             ) -> tuple[Tier, str] | None:
+        """The file's first archive copy (primary first) not in `bad` that can be read now: a copy whose
+        tier is away or still recalling is passed over, one found missing goes to `bad` (and is reported).
+        None when every copy is missing or corrupt; the first wait is raised (the job waits for it) when no
+        copy is readable now but one may become so."""
         waits: list[errors.TierfsError] = []
         for name, key in copies_of(inode):
             if (name, key) in bad:
                 continue
             try:
-                src = fs.tier(name)
+                src = self.fs.tier(name)
                 if not await trio.to_thread.run_sync(src.prepare_restore, key):
                     raise errors.Pending(f"tier {name} is still recalling {key}")
             except (errors.ObjectMissing, errors.ChecksumMismatch) as e:
@@ -281,27 +325,19 @@ class Mover:
             except errors.TierfsError as e:   # away, pending, not on this mount: the next copy may do
                 waits.append(e)
                 continue
-            return Move(inode, src, key, dst,
-                        lambda sha, n, key: Changes(state=State.DUAL, tier=dst.name, location=key, checksum=sha,
-                                                    atime_ns=now_ns()),
-                        marked=State.RESTORING, exclusive=False, conflict_retries=False, source_copy=True)
+            return src, key
         waits += [e for e in bad.values() if not isinstance(e, (errors.ObjectMissing, errors.ChecksumMismatch))]
-        if waits or not bad:
-            raise waits[0] if waits else errors.TierfsError(f"inode {inode.ino} has no archive copy")
-        why = "; ".join(f"{t}/{k}: {e}" for (t, k), e in bad.items())
-        await fs.fetch(fs.catalog.switch, Transition(inode.ino, inode.data_version, (State.RESTORING,),
-                                                     Changes(state=State.LOST), str(job.kind), why))
-        log.error("inode %d is lost: %s", inode.ino, why)
-        # The file is lost now: no later attempt can restore it (fsck brings it back if a copy returns).
-        raise errors.TierfsError(f"inode {inode.ino} is lost: {why}")
+        if waits:
+            raise waits[0]
+        return None
 
     async def _bad_copy(self, inode: Inode, tier: str, key: str, e: errors.TierfsError) -> None:
-        """A restore found one archive copy missing or corrupt: the log and the file's history say which,
-        so `tierfs fsck --verify-data --repair` (or an operator) re-makes it from a good one."""
+        """A read of one archive copy found it missing or corrupt: the log and the file's history say
+        which, so `tierfs fsck --verify-data --repair` (or an operator) re-makes it from a good one."""
         log.error("inode %d: archive copy %s/%s is bad: %s", inode.ino, tier, key, e)
         try:
-            await self.fs.cat(self.fs.catalog.add_event, inode.ino, str(inode.state), str(inode.state), "restore",
-                              f"archive copy {tier}/{key} bad: {e}")
+            await self.fs.cat(self.fs.catalog.add_event, inode.ino, str(inode.state), str(inode.state),
+                              "read of an archive copy", f"archive copy {tier}/{key} bad: {e}")
         except errors.TierfsError as e2:
             log.warning("inode %d: recording the bad copy: %s", inode.ino, e2)
 

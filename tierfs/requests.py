@@ -20,7 +20,8 @@ import stat
 from typing import TYPE_CHECKING
 
 from . import errors, xattrs
-from .catalog.base import READABLE_STATES, Inode, JobKind, JobState, State, copies_of, encode_targets, targets_of
+from .catalog.base import (READABLE_STATES, Inode, JobKind, JobState, State, copies_of, encode_targets,
+                           missing_targets, targets_of)
 from .services import Events
 
 if TYPE_CHECKING:
@@ -176,8 +177,9 @@ class Requests:
                 self._check_tier(name, archive=True, caller=caller)
             if inode.state == State.LOST:
                 raise errors.TierfsError(f"inode {inode.ino} is lost", err=errno.EIO)
-            if inode.state in (State.ARCHIVED, State.RESTORING):
-                return None
+            if inode.state == State.RESTORING or (inode.state == State.ARCHIVED
+                                                  and not missing_targets(inode, [target, *more])):
+                return None   # (an archived file only gets the copies it lacks: Mover.archive)
             job, created = await fs.cat(fs.catalog.enqueue, inode.ino, JobKind.ARCHIVE, target_tier=target,
                                         keep_online=bool(opts.get("keep_online")), cause=cause,
                                         more_targets=encode_targets(more))

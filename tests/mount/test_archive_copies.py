@@ -261,3 +261,17 @@ def test_dual_file_gets_only_the_missing_copy(make_mount, tmp_path):
     assert (t1, t2) == ("vault", "tape") and vk2 == vk   # the vault copy is kept, not made again
     assert m.state("g.bin") == "archived" and (m.store / tk).read_bytes() == data
     assert len(list((m.vault / "objects").rglob("*"))) == 2   # one object (and its fan-out directory)
+
+
+def test_archived_file_gets_the_missing_copy_from_its_archive_copy(make_mount, tmp_path):
+    m = two_tier_mount(make_mount, tmp_path)
+    data = put(m, "h.bin", 100_000)
+    m.cli("archive", "--wait", "--to", "vault", m.path("h.bin"))
+    [(_, vk)] = copies(m, "h.bin")
+    assert m.state("h.bin") == "archived"
+    archive2(m, "h.bin")
+    (t1, vk2), (t2, tk) = copies(m, "h.bin")
+    assert (t1, vk2, t2) == ("vault", vk, "tape") and m.state("h.bin") == "archived"
+    assert (m.store / tk).read_bytes() == data
+    vault_object(m, vk).unlink()
+    assert open(m.path("h.bin"), "rb").read() == data   # from the new copy
