@@ -42,13 +42,20 @@ import logging
 
 import trio
 
-from . import errors, faults, moves
+from typing import Callable
+
+from . import errors, faults
 from .catalog.base import Changes, Inode, Job, State, Transition, now_ns
 from .settings import archives_in_place
 from .tiers.base import Tier, sha256_stream
 from .units import fmt_size
 
 log = logging.getLogger(__name__)
+
+
+class Busy(errors.TierfsError):
+    """Not now: the file is busy or changed under the archive (the job goes
+    back to the queue, uncounted: moves.Retry)."""
 
 
 def in_place(tier: Tier) -> bool:
@@ -76,25 +83,22 @@ def _not_here(tier: Tier, inode: Inode) -> str:
             f"migrate it to {tier.name} first, or archive it to an archive tier")
 
 
-async def archive(fs, job: Job, inode: Inode, tier: Tier) -> None:
+async def archive(fs, job: Job, inode: Inode, tier: Tier, busy: Callable[[], str | None]) -> None:
     """Archive `inode` in place on `tier` (module doc); a re-run finishes a
-    transition a crash interrupted."""
+    transition a crash interrupted. `busy`: why the file must not switch
+    now (moves.busy), checked before the verification and at the switch."""
     ino = inode.ino
     async with fs.lock(ino):   # the version under the lock (see Mover.migrate)
         inode = await fs.fetch(fs.catalog.get, ino)
     if inode.state == State.ARCHIVED:
         await finish(inode, tier)
         return
-    if inode.state == State.DUAL and inode.archive_tier == tier.name:
-        # Restored to another tier (`restore --to`): its object here is in the archive class still.
-        moves.retry_if_busy(fs, ino)
-        await moves.release_now(fs, inode, job.cause)
-        return
     if inode.state not in (State.ONLINE, State.DUAL):
         return   # restoring, lost, or another move under way: nothing to do now
     if inode.tier != tier.name:
         raise errors.TierfsError(_not_here(tier, inode))
-    moves.retry_if_busy(fs, ino)
+    if busy():
+        raise Busy(busy())
     if inode.location is None:
         log.info("archive of inode %d in place on %s: the file has no object yet (empty): nothing to archive",
                  ino, tier.name)
@@ -103,7 +107,7 @@ async def archive(fs, job: Job, inode: Inode, tier: Tier) -> None:
     sha, n = await trio.to_thread.run_sync(_sha_of, tier, key)
     if n != inode.size or (inode.checksum and sha != inode.checksum):
         if (await fs.cat(fs.catalog.get, ino)).data_version != inode.data_version:
-            raise moves.Retry("file changed during the verification", moves.BUSY_RETRY_S, count=False)
+            raise Busy("file changed during the verification")
         raise errors.ChecksumMismatch(
             f"{tier.name}/{key}: {n} bytes with sha256 {sha[:12]}.., the catalog says {inode.size} bytes"
             + (f" with {inode.checksum[:12]}.." if inode.checksum else "") + ": not archived")
@@ -115,11 +119,13 @@ async def archive(fs, job: Job, inode: Inode, tier: Tier) -> None:
         job.cause, f"in place on {tier.name} ({tier.storage_class} -> {tier.archive_storage_class}), {n} bytes",
         garbage=garbage, job_id=job.id, no_writers_except=fs.session_id)
     async with fs.lock(ino):
-        moves.retry_if_busy(fs, ino)
+        why = busy()
+        if why:
+            raise Busy(f"{why} (opened during the verification)")
         try:
             await fs.fetch(fs.catalog.switch, commit)
         except errors.VersionConflict:
-            raise moves.Retry("file changed during the verification", moves.BUSY_RETRY_S, count=False) from None
+            raise Busy("file changed during the verification") from None
         except errors.NotFound:
             return   # deleted meanwhile: nothing to archive
     await fs.invalidate(ino)   # st_blocks is 0 now

@@ -180,8 +180,13 @@ class Mover:
     async def archive(self, job: Job, inode: Inode) -> Move | None:
         fs = self.fs
         here = fs.tiers.get(job.target_tier)
-        if here is not None and inplace.in_place(here):   # no copy: the object changes storage class
-            await inplace.archive(fs, job, inode, here)
+        # (a dual file whose archive copy is there already is released below, as for any archive tier)
+        if here is not None and inplace.in_place(here) and not (inode.state == State.DUAL
+                                                               and inode.archive_tier == here.name):
+            try:   # no copy: the object changes storage class
+                await inplace.archive(fs, job, inode, here, busy=lambda: busy(fs, inode.ino))
+            except inplace.Busy as e:
+                raise Retry(str(e), BUSY_RETRY_S, count=False) from None
             return None
         if inode.state in (State.ARCHIVED, State.RESTORING, State.LOST):
             return None
