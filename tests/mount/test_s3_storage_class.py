@@ -86,6 +86,7 @@ def s3m(make_mount, tmp_path, moto, s3_bucket):
 def test_archive_in_place_then_cat_restores(s3m, moto):
     m = s3m
     data = put(m, "cold.bin", 6 * MiB + 5)            # a multipart object
+    put(m, "warm.bin", 1000)                           # stays online on the same tier
     inf = info(m, "cold.bin")
     key = inf["location"]
     assert inf["tier"] == "s3" and storage_class(moto, m.bucket, key) == "STANDARD"
@@ -97,12 +98,21 @@ def test_archive_in_place_then_cat_restores(s3m, moto):
     assert (inf["archive_tier"], inf["archive_location"]) == ("s3", key)   # the same object
     assert inf["checksum"] == hashlib.sha256(data).hexdigest()
     assert os.stat(m.path("cold.bin")).st_blocks == 0
-    assert bucket_objects(moto, m.bucket) == {"data/" + key: (len(data), "GLACIER")}   # no second copy
+    warm = "data/" + info(m, "warm.bin")["location"]
+    assert bucket_objects(moto, m.bucket) == {"data/" + key: (len(data), "GLACIER"), warm: (1000, "STANDARD")}
     assert {b["Name"] for b in moto.client().list_buckets()["Buckets"]} == buckets     # no second bucket
-    status = m.cli("status", m.mnt).stdout
-    assert "archived in place: GLACIER" in status and "1" in status.split("archived in place")[0].split("\n")[-1]
+    # status and du count the archived object as archived bytes of the tier, apart from its online files
+    s3 = json.loads(m.cli("status", "--json", m.mnt).stdout)[0]["tiers"]["s3"]
+    assert (s3["files"], s3["bytes"]) == (1, 1000), s3
+    assert s3["archived_in_place"] == {"files": 1, "bytes": len(data), "storage_class": "GLACIER"}, s3
+    assert "(archived in place: GLACIER objects in the same bucket)" in m.cli("status", m.mnt).stdout
+    by_tier = json.loads(m.cli("du", "--by", "tier", "--json", m.mnt).stdout)["by_tier"]
+    assert by_tier["s3"] == {"role": "online", "files": 1, "bytes": 1000}, by_tier
+    assert by_tier["s3 in place"] == {"role": "archive", "files": 1, "bytes": len(data)}, by_tier
     state = m.cli("state", m.path("cold.bin")).stdout
     assert f"archive copy: s3/{key}" in state, state
+    r = m.cli("fsck", "--json", "--verify-data", m.mnt, check=False)   # the object is the file's one copy
+    assert r.returncode == 0, r.stdout + r.stderr
 
     moto.set_restore_progress(polls=3)                 # the restore needs a few polls of HEAD
     try:
@@ -115,7 +125,7 @@ def test_archive_in_place_then_cat_restores(s3m, moto):
     inf = info(m, "cold.bin")
     assert inf["state"] == "online" and (inf["tier"], inf["location"]) == ("s3", key)
     assert inf["archive_tier"] is None and inf["archive_location"] is None
-    assert bucket_objects(moto, m.bucket) == {"data/" + key: (len(data), "STANDARD")}
+    assert bucket_objects(moto, m.bucket) == {"data/" + key: (len(data), "STANDARD"), warm: (1000, "STANDARD")}
     assert os.stat(m.path("cold.bin")).st_blocks > 0
     # the object itself was read back after the class change: a full GET, not the put's ETag
     gets = [r for r in moto.requests[n0:] if r["method"] == "GET" and key in r["path"] and not r["range"]]
