@@ -97,8 +97,9 @@ async def archive(fs, job: Job, inode: Inode, tier: Tier, busy: Callable[[], str
         return   # restoring, lost, or another move under way: nothing to do now
     if inode.tier != tier.name:
         raise errors.TierfsError(_not_here(tier, inode))
-    if busy():
-        raise Busy(busy())
+    why = busy()
+    if why:
+        raise Busy(why)
     if inode.location is None:
         log.info("archive of inode %d in place on %s: the file has no object yet (empty): nothing to archive",
                  ino, tier.name)
@@ -137,14 +138,15 @@ async def archive(fs, job: Job, inode: Inode, tier: Tier, busy: Callable[[], str
 
 
 async def finish(inode: Inode, tier: Tier) -> None:
-    """An archived file of `tier` whose object is still in the online class
-    (a crash between the switch and the transition): transition it now."""
+    """An archived file of `tier` whose object is in the online class (a
+    crash between the switch and the transition, a transition that failed,
+    a copy made outside tierfs): transition it now."""
     if inode.archive_tier != tier.name or not inode.archive_location:
         return
     if await trio.to_thread.run_sync(tier.set_storage_class, inode.archive_location, tier.archive_storage_class):
-        log.warning("inode %d: archived in place but its object %s/%s was still in the online class "
-                    "(an interrupted archive): moved to %s now", inode.ino, tier.name, inode.archive_location,
-                    tier.archive_storage_class)
+        log.warning("inode %d: archived in place but its object %s/%s was in the online class (an archive "
+                    "interrupted, or a change outside tierfs): moved to %s now", inode.ino, tier.name,
+                    inode.archive_location, tier.archive_storage_class)
 
 
 async def restore(fs, job: Job, inode: Inode, tier: Tier) -> None:

@@ -172,7 +172,9 @@ class Requests:
                              keep_online=bool(opts.get("keep_online")))
             if inode.state == State.LOST:
                 raise errors.TierfsError(f"inode {inode.ino} is lost", err=errno.EIO)
-            if inode.state in (State.ARCHIVED, State.RESTORING):
+            # (archived in place: the job makes sure the object is in the archive class, inplace.finish)
+            if inode.state == State.RESTORING or (inode.state == State.ARCHIVED and not (
+                    target == inode.archive_tier and inplace.in_place(self.fs.tier(target)))):
                 return None
             job, created = await fs.cat(fs.catalog.enqueue, inode.ino, JobKind.ARCHIVE, target_tier=target,
                                         keep_online=bool(opts.get("keep_online")), cause=cause)

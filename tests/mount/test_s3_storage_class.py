@@ -211,7 +211,8 @@ def test_crash_between_switch_and_transition_leaves_it_restorable(mk, tmp_path, 
     m2 = mk(config=cfg, env=AWS_ENV)                    # the re-run finishes the transition
     wait_idle(m2.catalog_url, 60)
     assert storage_class(moto, s3_bucket, key) == "GLACIER"
-    assert "was still in the online class (an interrupted archive): moved to GLACIER now" in m2.log()
+    assert "was in the online class (an archive interrupted, or a change outside tierfs): moved to GLACIER now" \
+        in m2.log()
     assert m2.state("f") == "archived"
     assert cat_sha(m2, "f") == hashlib.sha256(data).hexdigest()
     assert m2.state("f") == "online" and storage_class(moto, s3_bucket, key) == "STANDARD"
@@ -298,3 +299,22 @@ def test_bad_options_are_config_errors(make_mount, tmp_path, moto, s3_bucket, ti
     r = m.cli("mount", m.mnt, "--config", m.config_path, check=False, timeout=60)
     assert r.returncode == 6, (r.stdout, r.stderr)
     assert says in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_archive_again_puts_a_strayed_object_back_in_the_archive_class(make_mount, tmp_path, moto, s3_bucket):
+    """An archived file whose object is in the online class (a transition
+    that failed for good, or someone's copy behind tierfs's back): asking
+    to archive it again moves the object back (inplace.finish)."""
+    m = make_mount(config=config(tmp_path, moto, s3_bucket, "GLACIER_IR"), env=AWS_ENV)
+    data = put(m, "f", 3000)
+    m.cli("archive", "--wait", "--timeout", "60", m.path("f"))
+    key = info(m, "f")["archive_location"]
+    moto.client().copy_object(Bucket=s3_bucket, Key="data/" + key, CopySource={"Bucket": s3_bucket,
+                              "Key": "data/" + key}, StorageClass="STANDARD", MetadataDirective="COPY")
+    r = m.cli("archive", "--wait", "--timeout", "60", m.path("f"))
+    assert "1 done" in r.stdout, r.stdout
+    assert storage_class(moto, s3_bucket, key) == "GLACIER_IR" and m.state("f") == "archived"
+    assert "was in the online class" in m.log()
+    m.cli("archive", "--wait", "--timeout", "60", m.path("f"))     # in its class already: nothing copied
+    assert m.log().count("was in the online class") == 1
+    assert cat_sha(m, "f") == hashlib.sha256(data).hexdigest()

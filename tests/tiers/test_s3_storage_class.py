@@ -100,3 +100,16 @@ def test_only_s3_tiers_archive_in_place():
     from tierfs.tiers.s3 import S3ArchiveTier
     with pytest.raises(errors.ConfigError, match="only for kind = \"s3\""):
         S3ArchiveTier("g", bucket="b", archive_storage_class="DEEP_ARCHIVE")
+
+
+def test_a_lost_answer_to_the_copy_is_no_failure(moto, s3_bucket, tier):
+    """The CopyObject went through but its answer was cut: the retry finds the
+    object changed (S3 refuses a GLACIER source, or a no-op copy), and the
+    class it wanted is there: done, not an error that fails the job."""
+    k = new_key()
+    tier.put(k, io.BytesIO(b"x" * 1000))
+    moto.inject("PUT", k, truncate_after=20)
+    n0 = len(moto.requests)
+    assert tier.set_storage_class(k, "GLACIER") is True
+    assert [r["fault"] for r in moto.requests[n0:] if r["method"] == "PUT"][0] == "truncated"
+    assert tier.storage_class_of(k) == "GLACIER"

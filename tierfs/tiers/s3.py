@@ -481,12 +481,19 @@ class S3Tier(Tier):
         self._windows.drop(key)
         src = {"Bucket": self.bucket, "Key": k}
         size = int(head["ContentLength"])
-        if size <= COPY_MAX:
-            self._call(f"change the storage class to {storage_class} of", key, lambda: self.client.copy_object(
-                Bucket=self.bucket, Key=k, CopySource=src, CopySourceIfMatch=head["ETag"],
-                StorageClass=storage_class, MetadataDirective="COPY"))
-        else:
-            self._copy_multipart(key, k, head, storage_class)
+        try:
+            if size <= COPY_MAX:
+                self._call(f"change the storage class to {storage_class} of", key, lambda: self.client.copy_object(
+                    Bucket=self.bucket, Key=k, CopySource=src, CopySourceIfMatch=head["ETag"],
+                    StorageClass=storage_class, MetadataDirective="COPY"))
+            else:
+                self._copy_multipart(key, k, head, storage_class)
+        except errors.TierfsError:
+            # A retry whose first attempt went through (its answer lost) finds a new ETag: done all the same.
+            now = self._head(key)
+            if now is None or (now.get("StorageClass") or "STANDARD") != storage_class \
+                    or int(now["ContentLength"]) != size:
+                raise
         log.info("tier %s: %s is %s now (was %s)", self.name, key, storage_class, head.get("StorageClass") or "STANDARD")
         return True
 
