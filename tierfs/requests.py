@@ -196,9 +196,13 @@ class Requests:
 
     def _archives_here(self, inode: Inode) -> str | None:
         """The default archive target of a file on a tier that archives in
-        place: that tier (the operator configured it for its own files)."""
-        tier = self.fs.tiers.get(inode.tier or inode.archive_tier or "")
-        return tier.name if tier is not None and inplace.in_place(tier) else None
+        place: that tier (the operator configured it for its own files). A
+        file's archive copy decides first: one in place there (a dual file
+        restored elsewhere) is released, one on another tier goes on as
+        before (default_archive)."""
+        name = inode.archive_tier or inode.tier
+        tier = self.fs.tiers.get(name or "")
+        return name if tier is not None and inplace.in_place(tier) else None
 
     def _check_tier(self, name: str, archive: bool, caller, inode: Inode | None = None,
                     keep_online: bool = False) -> None:

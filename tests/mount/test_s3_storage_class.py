@@ -177,7 +177,7 @@ def test_other_tiers_files_are_refused_and_restore_elsewhere_is_a_copy(s3m, moto
         ("s3", key)
     assert storage_class(moto, m.bucket, key) == "GLACIER"
     assert open(m.path("f"), "rb").read() == data
-    m.cli("release", m.path("f"))
+    m.cli("archive", "--wait", "--timeout", "60", m.path("f"))   # the default for it: release the disk copy
     assert m.state("f") == "archived"
     wait_idle(m.catalog_url, 30)
     assert bucket_objects(moto, m.bucket) == {"data/" + key: (len(data), "GLACIER")}
