@@ -34,7 +34,7 @@ from typing import Callable
 
 import trio
 
-from . import errors, faults
+from . import errors, faults, inplace
 from .catalog.base import (READABLE_STATES, Changes, FileQuery, Inode, Job, JobKind, JobState, State, Transition,
                            now_ns)
 from .tiers.base import HashingReader, Tier, new_key
@@ -179,6 +179,15 @@ class Mover:
     # ---- what differs: the checks and the mark, per kind ------------------
     async def archive(self, job: Job, inode: Inode) -> Move | None:
         fs = self.fs
+        here = fs.tiers.get(job.target_tier)
+        # (a dual file whose archive copy is there already is released below, as for any archive tier)
+        if here is not None and inplace.in_place(here) and not (inode.state == State.DUAL
+                                                               and inode.archive_tier == here.name):
+            try:   # no copy: the object changes storage class
+                await inplace.archive(fs, job, inode, here, busy=lambda: busy(fs, inode.ino))
+            except inplace.Busy as e:
+                raise Retry(str(e), BUSY_RETRY_S, count=False) from None
+            return None
         if inode.state in (State.ARCHIVED, State.RESTORING, State.LOST):
             return None
         if inode.state == State.DUAL and inode.archive_tier == job.target_tier:
@@ -219,13 +228,17 @@ class Mover:
         if not self.cfg.allow_unarchive:
             raise errors.PermissionDenied("restores are disabled (allow_unarchive = false)")
         src = fs.tier(inode.archive_tier)
-        dst = fs.tier(job.target_tier) if job.target_tier else await fs.placement_of(inode.ino)
+        same = inplace.restores_in_place(src, job.target_tier)
+        dst = src if same else fs.tier(job.target_tier) if job.target_tier else await fs.placement_of(inode.ino)
         if inode.state != State.RESTORING:
             inode = await self._mark(inode, (State.ARCHIVED,), State.RESTORING, job.cause, f"from {src.name}")
         faults.point("restore.after_mark")
         ready = await trio.to_thread.run_sync(src.prepare_restore, inode.archive_location)
         if not ready:
             raise errors.Pending(f"tier {src.name} is still recalling {inode.archive_location}")
+        if same:   # no copy: the object changes storage class back
+            await inplace.restore(fs, job, inode, src)
+            return None
         return Move(inode, src, inode.archive_location, dst,
                     lambda sha, n, key: Changes(state=State.DUAL, tier=dst.name, location=key, checksum=sha,
                                                 atime_ns=now_ns()),
