@@ -56,6 +56,7 @@ from .passthrough import NoPassthrough
 from .placement import Placer
 from .requests import NoRequests
 from .staging import Staging
+from .settings import archives_in_place
 from .services import Events, NoEvents
 from .tiers.base import Tier, new_key
 
@@ -1072,7 +1073,8 @@ class FileSystem:
         """Counters of this daemon (user.tierfs.stats: tests, benchmarks and `tierfs status`)."""
         return {
             "session": self.session_id,
-            "tiers": {n: {"kind": t.kind, "reads": t.reads} for n, t in self.tiers.items()},
+            "tiers": {n: {"kind": t.kind, "reads": t.reads, "archives_in_place": archives_in_place(t.settings)}
+                      for n, t in self.tiers.items()},
             "catalog": {"atime_writes": self.catalog.atime_writes, "rows_read": self.catalog.rows_read},
             "open_files": self.files.handle_count(),
             "passthrough": self.passthrough.describe(),

@@ -34,7 +34,7 @@ from typing import Callable
 
 import trio
 
-from . import errors, faults
+from . import errors, faults, inplace
 from .catalog.base import (READABLE_STATES, Changes, FileQuery, Inode, Job, JobKind, JobState, State, Transition,
                            copies_changes, copies_of, missing_targets, now_ns, targets_of)
 from .tiers.base import HashingReader, Tier, new_key
@@ -211,6 +211,18 @@ class Mover:
     # ---- what differs: the checks and the mark, per kind ------------------
     async def archive(self, job: Job, inode: Inode, bad: dict[tuple[str, str], errors.TierfsError]) -> Move | None:
         fs = self.fs
+        here = fs.tiers.get(job.target_tier)
+        # (a dual file whose archive copy is there already is released below, as for any archive tier)
+        if here is not None and inplace.in_place(here) and not (inode.state == State.DUAL
+                                                               and inode.archive_tier == here.name):
+            if job.more_targets:
+                raise errors.Invalid(f"tier {here.name} archives in place: it cannot be one of several archive "
+                                     "targets (archive there alone)")
+            try:   # no copy: the object changes storage class
+                await inplace.archive(fs, job, inode, here, busy=lambda: busy(fs, inode.ino))
+            except inplace.Busy as e:
+                raise Retry(str(e), BUSY_RETRY_S, count=False) from None
+            return None
         if inode.state in (State.RESTORING, State.LOST):
             return None
         targets = targets_of(job)
@@ -282,12 +294,19 @@ class Mover:
             raise errors.TierfsError(f"inode {inode.ino} is lost")
         if not self.cfg.allow_unarchive:
             raise errors.PermissionDenied("restores are disabled (allow_unarchive = false)")
-        dst = fs.tier(job.target_tier) if job.target_tier else await fs.placement_of(inode.ino)
+        primary = fs.tiers.get(inode.archive_tier)
+        same = primary is not None and inplace.restores_in_place(primary, job.target_tier)
+        dst = primary if same else fs.tier(job.target_tier) if job.target_tier else await fs.placement_of(inode.ino)
         if inode.state != State.RESTORING:
             inode = await self._mark(inode, (State.ARCHIVED,), State.RESTORING, job.cause,
                                      f"from {inode.archive_tier}")
         if not bad:
             faults.point("restore.after_mark")
+        if same:   # no copy: the object changes storage class back
+            if not await trio.to_thread.run_sync(primary.prepare_restore, inode.archive_location):
+                raise errors.Pending(f"tier {primary.name} is still recalling {inode.archive_location}")
+            await inplace.restore(fs, job, inode, primary)
+            return None
         found = await self._readable_copy(inode, bad)
         if found is None:
             if not bad:

@@ -19,7 +19,7 @@ import logging
 import stat
 from typing import TYPE_CHECKING
 
-from . import errors, xattrs
+from . import errors, inplace, xattrs
 from .catalog.base import (READABLE_STATES, Inode, JobKind, JobState, State, copies_of, encode_targets,
                            missing_targets, targets_of)
 from .services import Events
@@ -169,17 +169,23 @@ class Requests:
                 raise errors.Invalid(f"inode {inode.ino} is {inode.state}, not dual: archive it first")
             return None
         elif verb == "archive":
-            target = opts.get("to") or self.cfg.default_archive
+            target = opts.get("to") or self._archives_here(inode) or self.cfg.default_archive
             if not target:
                 raise errors.Invalid("no archive tier is configured")
             more = [t for t in dict.fromkeys(opts.get("more", ())) if t != target]
             for name in (target, *more):
-                self._check_tier(name, archive=True, caller=caller)
+                self._check_tier(name, archive=True, caller=caller, inode=inode,
+                                 keep_online=bool(opts.get("keep_online")))
+            if more and any(inplace.in_place(self.fs.tier(t)) for t in (target, *more)):
+                raise errors.Invalid("a tier that archives in place cannot be one of several archive targets")
             if inode.state == State.LOST:
                 raise errors.TierfsError(f"inode {inode.ino} is lost", err=errno.EIO)
-            if inode.state == State.RESTORING or (inode.state == State.ARCHIVED
-                                                  and not missing_targets(inode, [target, *more])):
-                return None   # (an archived file only gets the copies it lacks: Mover.archive)
+            # (archived in place: the job makes sure the object is in the archive class, inplace.finish;
+            # archived elsewhere: it only gets the copies it lacks, Mover.archive)
+            if inode.state == State.RESTORING or (inode.state == State.ARCHIVED and not (
+                    target == inode.archive_tier and inplace.in_place(self.fs.tier(target)))
+                    and not missing_targets(inode, [target, *more])):
+                return None
             job, created = await fs.cat(fs.catalog.enqueue, inode.ino, JobKind.ARCHIVE, target_tier=target,
                                         keep_online=bool(opts.get("keep_online")), cause=cause,
                                         more_targets=encode_targets(more))
@@ -199,11 +205,27 @@ class Requests:
             self.events.queued()
         return job
 
-    def _check_tier(self, name: str, archive: bool, caller) -> None:
+    def _archives_here(self, inode: Inode) -> str | None:
+        """The default archive target of a file on a tier that archives in
+        place: that tier (the operator configured it for its own files). A
+        file's archive copy decides first: one in place there (a dual file
+        restored elsewhere) is released, one on another tier goes on as
+        before (default_archive)."""
+        name = inode.archive_tier or inode.tier
+        tier = self.fs.tiers.get(name or "")
+        return name if tier is not None and inplace.in_place(tier) else None
+
+    def _check_tier(self, name: str, archive: bool, caller, inode: Inode | None = None,
+                    keep_online: bool = False) -> None:
         tier = self.fs.tiers.get(name)
         if tier is None:
             raise errors.Invalid(f"no tier named {name!r}")
-        if tier.archive != archive:
+        if archive and inode is not None and inplace.in_place(tier):
+            why = inplace.refusal(tier, inode) or (keep_online and f"tier {name} archives in place: the object "
+                                                   "itself changes class, no online copy can be kept")
+            if why:
+                raise errors.Invalid(why)
+        elif tier.archive != archive:
             raise errors.Invalid(f"tier {name!r} is {'an archive' if tier.archive else 'an online'} tier")
         if not tier_allows(tier, caller):
             log.warning("uid %d may not use tier %s (allow_users/allow_groups)", caller.uid, name)

@@ -120,7 +120,21 @@ class CommandTable(TierTable):
 
 
 S3_ARCHIVE_CLASSES = ("GLACIER", "DEEP_ARCHIVE")   # need a RestoreObject before GET
+#: classes an s3 tier may move its own objects to when it archives them in place (archive_storage_class);
+#: the others are read at once (no RestoreObject)
+S3_IN_PLACE_CLASSES = S3_ARCHIVE_CLASSES + ("GLACIER_IR", "INTELLIGENT_TIERING", "STANDARD_IA", "ONEZONE_IA")
 MIN_PART, MAX_PART = 5 * MiB, 5 * 1024**3          # S3's smallest (but the last) and largest part
+_RESTORE_TIERS = {t.lower(): t for t in ("Expedited", "Standard", "Bulk")}
+
+
+def _restore_tier(v: str) -> str:
+    if v.lower() not in _RESTORE_TIERS:
+        raise ValueError(f"expected Expedited, Standard or Bulk, got {v!r}")
+    return _RESTORE_TIERS[v.lower()]
+
+
+RestoreDays = Annotated[int, _range(1, 30000, "a number of days from 1 to 30000")]
+RestoreTier = Annotated[str, AfterValidator(_restore_tier)]
 
 
 class S3Table(TierTable):
@@ -144,10 +158,19 @@ class S3Table(TierTable):
     max_attempts: Annotated[int, _range(1, 100, "an integer from 1 to 100")] = Field(
         4, description="attempts per request")
     readahead: Size = Field(4 * MiB, description="largest read-ahead window of sequential reads (0 = off)")
+    archive_storage_class: Text | None = Field(
+        None, description="archive this tier's files in place: their objects move to this class (GLACIER, "
+        "DEEP_ARCHIVE, GLACIER_IR, INTELLIGENT_TIERING, STANDARD_IA, ONEZONE_IA), no second copy")
+    restore_days: RestoreDays = Field(1, description="archive_storage_class GLACIER/DEEP_ARCHIVE: days S3 keeps "
+                                      "the temporary copy a restore reads from")
+    restore_tier: RestoreTier = Field("Standard", description="archive_storage_class GLACIER/DEEP_ARCHIVE: "
+                                      "Expedited, Standard or Bulk retrieval")
 
     @model_validator(mode="after")
     def _consistent(self):
         self.storage_class = self.storage_class.upper()
+        if self.archive_storage_class is not None:
+            self._in_place_class()
         if self.addressing_style is None:
             self.addressing_style = "path" if self.endpoint_url else "auto"
         if self.kind == "s3" and self.storage_class in S3_ARCHIVE_CLASSES:
@@ -166,23 +189,32 @@ class S3Table(TierTable):
             raise Invalid("readahead", "at most 64MiB (it is held in memory per open file)")
         return self
 
+    def _in_place_class(self) -> None:
+        cls = self.archive_storage_class = self.archive_storage_class.upper()
+        if self.kind != "s3":
+            raise Invalid("archive_storage_class", "only for kind = \"s3\" (an s3-archive tier's objects are "
+                          "archived already)")
+        if cls not in S3_IN_PLACE_CLASSES:
+            raise Invalid("archive_storage_class", f"expected one of {', '.join(S3_IN_PLACE_CLASSES)}, got {cls!r}")
+        if cls == self.storage_class:
+            raise Invalid("archive_storage_class", f"is the tier's storage_class ({cls}): archiving would change "
+                          "nothing")
+        if self.restore_tier == "Expedited" and cls == "DEEP_ARCHIVE":
+            raise Invalid("restore_tier", "DEEP_ARCHIVE has no Expedited retrieval")
 
-_RESTORE_TIERS = {t.lower(): t for t in ("Expedited", "Standard", "Bulk")}
 
-
-def _restore_tier(v: str) -> str:
-    if v.lower() not in _RESTORE_TIERS:
-        raise ValueError(f"expected Expedited, Standard or Bulk, got {v!r}")
-    return _RESTORE_TIERS[v.lower()]
+def archives_in_place(table: TierTable) -> bool:
+    """A tier that archives its own files by changing their objects' storage
+    class (an s3 tier with archive_storage_class): an online tier that is
+    also the archive target of the files on it."""
+    return isinstance(table, S3Table) and table.archive_storage_class is not None
 
 
 class S3ArchiveTable(S3Table):
     kind: Literal["s3-archive"]
     storage_class: Text = Field("GLACIER", description="GLACIER, DEEP_ARCHIVE or GLACIER_IR")
-    restore_days: Annotated[int, _range(1, 30000, "a number of days from 1 to 30000")] = Field(
-        1, description="days S3 keeps a restored temporary copy")
-    restore_tier: Annotated[str, AfterValidator(_restore_tier)] = Field(
-        "Standard", description="Expedited, Standard or Bulk")
+    restore_days: RestoreDays = Field(1, description="days S3 keeps a restored temporary copy")
+    restore_tier: RestoreTier = Field("Standard", description="Expedited, Standard or Bulk")
 
     @model_validator(mode="after")
     def _archive_class(self):

@@ -88,6 +88,7 @@ def _policy_status(cfg, cat) -> dict:
 def _status_of(cfg, cat, targets: list[Target]) -> dict:
     st = cat.stats()
     tiers = {}
+    from ..settings import archives_in_place
     from ..tiers import tier_class
     for name, tc in cfg.tiers.items():
         cls = tier_class(tc.kind)
@@ -107,6 +108,9 @@ def _status_of(cfg, cat, targets: list[Target]) -> dict:
                            default=name in (cfg.default_tier, cfg.default_archive), files=files, bytes=nbytes,
                            usage=usage, high_watermark=tc.high_watermark, low_watermark=tc.low_watermark,
                            health=read_health(cat.get_meta, name))
+        if archives_in_place(tc):   # its archived objects are in the bucket too, in the archive class
+            n, b = st.by_archive.get(name, (0, 0))
+            tiers[name]["archived_in_place"] = dict(files=n, bytes=b, storage_class=tc.archive_storage_class)
     now = time.time_ns()
     sessions = [dict(id=s.id, host=s.host, pid=s.pid, mountpoint=s.mountpoint,
                      heartbeat_age_s=round((now - s.heartbeat_ns) / 1e9, 1))
@@ -163,6 +167,10 @@ def _print_status(s: dict) -> None:
               if t["high_watermark"] is not None else "-")
         role = t["role"] + ("*" if t["default"] else "")
         out(f"{name:12} {t['kind']:10} {role:8} {t['files']:>9} {fmt_size(t['bytes']):>9} {cap:>9} {used:>6}  {wm}")
+        a = t.get("archived_in_place")
+        if a is not None:
+            out(f"{'':12} {'':10} {'archive':8} {a['files']:>9} {fmt_size(a['bytes']):>9}  "
+                f"(archived in place: {a['storage_class']} objects in the same bucket)")
         h = t.get("health")
         if h:
             since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(h["since_ns"] / 1e9))
@@ -471,8 +479,9 @@ def du(path, by, config_path, exact, as_json):
             by_tier = {}
             for field_, role in (("tier", "online"), ("archive_tier", "archive")):
                 for name, (n, b) in cat.count_by(q, field_).items():
-                    if name is not None:
-                        by_tier[name] = {"role": role, "files": n, "bytes": b}
+                    if name is not None:   # (a tier archiving in place holds both: its archived files apart)
+                        by_tier[name if name not in by_tier else f"{name} in place"] = {"role": role, "files": n,
+                                                                                        "bytes": b}
         by_owner = ({_user(uid): {"uid": uid, "files": n, "bytes": b} for uid, (n, b) in cat.count_by(q, "uid").items()}
                     if by == "owner" else None)
         total = cat.count_by(q, "gid") if by_state is None else by_state

@@ -123,7 +123,7 @@ def _request(verb: str, paths, recursive: bool, wait: bool, timeout: float, opts
         except OSError as e:
             err = client.os_error(f, e, verb)
             if e.errno == errno.EINVAL:
-                err = CliError(f"{printable(f)}: {verb}: {_why_invalid(verb, f)}", client.EXIT_FAILED)
+                err = CliError(f"{printable(f)}: {verb}: {_why_invalid(verb, f, opts)}", client.EXIT_FAILED)
             echo(f"tierfs: {err}", err=True)
             refused.append(err)
     refused += tree.errors
@@ -154,10 +154,12 @@ def _check_tier_option(verb: str, name: str, mountpoint: str) -> None:
     """--to names a tier of the mount with the role `verb` needs (one message
     instead of an EINVAL per file). The daemon checks again; a mount without
     xattrs cannot be asked, and is left to it."""
-    try:
-        kinds = {n: t["kind"] for n, t in json.loads(os.getxattr(mountpoint, xattrs.text(xattrs.STATS)))["tiers"].items()}
-    except (OSError, ValueError, KeyError):
+    tiers = _tiers_of(mountpoint)
+    if tiers is None:
         return
+    kinds = {n: t.get("kind") for n, t in tiers.items()}
+    if verb == "archive" and tiers.get(name, {}).get("archives_in_place"):
+        return   # an online tier archiving its own files in place: the daemon checks each file is on it
     from ..tiers import tier_class
     archive = verb == "archive"
     if name not in kinds:
@@ -184,16 +186,43 @@ _INVALID = {
 }
 
 
-def _why_invalid(verb: str, path: str) -> str:
+def _why_invalid(verb: str, path: str, opts: dict) -> str:
     try:
         st = client.state(path)
     except OSError:
         return os.strerror(errno.EINVAL)
     if (verb, st) in _INVALID:
         return _INVALID[verb, st]
+    in_place = [t for t in _values(opts.get("to")) if t and _archives_in_place(path, t)] if verb == "archive" else []
+    if in_place and len(_values(opts["to"])) > 1:
+        return f"tier {in_place[0]} archives in place: it cannot be one of several --to tiers"
+    if in_place:
+        to = in_place[0]
+        if opts.get("keep_online"):
+            return f"tier {to} archives in place (the object itself changes storage class): --keep-online " \
+                   "cannot keep an online copy"
+        inf = client.info(path)
+        return (f"tier {to} archives in place (archive_storage_class): it archives only files stored on it, "
+                f"and this file is on {inf.get('tier') or inf.get('archive_tier')}; migrate it to {to} "
+                "first, or archive it to an archive tier")
     if verb == "archive":
         return "refused: this mount has no archive tier to send it to (see its config, or give --to)"
     return f"refused for a file that is {st} (Invalid argument; the mount's log says why)"
+
+
+def _tiers_of(mountpoint: str) -> dict | None:
+    """The mount's tiers as its daemon reports them (name -> kind, archives_in_place...); None when it
+    cannot be asked (no xattrs)."""
+    try:
+        return json.loads(os.getxattr(mountpoint, xattrs.text(xattrs.STATS)))["tiers"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _archives_in_place(path: str, tier: str) -> bool:
+    """`tier`, on the mount of `path`, archives its own files in place (archive_storage_class)."""
+    tiers = _tiers_of(client.check_in_mount(path).mountpoint) or {}
+    return bool(tiers.get(tier, {}).get("archives_in_place"))
 
 
 def _wait(verb: str, sent: list[tuple[str, dict]], timeout: float) -> None:
@@ -257,7 +286,8 @@ _wait_opts = [
 @with_options(_wait_opts)
 @click.option("--keep-online", is_flag=True, help="Keep the online copy too (the file becomes dual).")
 @click.option("--to", "to", metavar="TIER", multiple=True,
-              help="Archive tier (default: default_archive); several: a verified copy on each.")
+              help="Archive tier, or the file's own s3 tier when it has archive_storage_class (default: that, "
+              "for a file on such a tier; else default_archive). Several: a verified copy on each.")
 def archive(paths, recursive, wait, timeout, keep_online, to):
     """Queue files for archiving (their bytes move to an archive tier).
 

@@ -46,7 +46,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .. import errors
-from ..settings import PolicyTable, validate
+from ..settings import PolicyTable, archives_in_place, validate
 from ..tiers import tier_class
 from ..units import fmt_duration
 from .criteria import CRITERIA, Context
@@ -129,6 +129,7 @@ def parse_rule(raw, index: int, cfg) -> Rule:
                                  if name is None else f"{label}: name: expected a non-empty string without "
                                  f"quotes, got {name!r}")
     cx = Context(label, {n: tier_class(tt.kind).archive for n, tt in cfg.tiers.items()}, raw)
+    in_place = {n for n, tt in cfg.tiers.items() if archives_in_place(tt)}
     key = cx.key
     action = t.action
     if action not in ACTIONS:
@@ -143,10 +144,13 @@ def parse_rule(raw, index: int, cfg) -> Rule:
         to = to or cfg.default_archive
         if to is None:
             raise errors.ConfigError(f"{key('to')}: missing, and no archive tier is configured")
-        for name in (to, *more):
-            if not cx.archive.get(name):
-                raise errors.ConfigError(f"{key('to')}: no archive tier named {name!r} (archive tiers: "
-                                         f"{', '.join(n for n, a in cx.archive.items() if a) or 'none'})")
+        for dest in (to, *more):
+            if not cx.archive.get(dest) and dest not in in_place:
+                targets = [n for n, a in cx.archive.items() if a or n in in_place]
+                raise errors.ConfigError(f"{key('to')}: no archive tier named {dest!r} "
+                                         f"(archive tiers: {', '.join(targets) or 'none'})")
+        if more and any(n in in_place for n in (to, *more)):
+            raise errors.ConfigError(f"{key('to')}: a tier that archives in place cannot be one of several")
         rule.more_to = tuple(m for m in more if m != to)
     elif action == "migrate":
         if to is None:
@@ -164,6 +168,8 @@ def parse_rule(raw, index: int, cfg) -> Rule:
 
     for c in CRITERIA:
         c.parse(t, rule, cx)
+    if action == "archive" and to in in_place:
+        _in_place(rule, key)
 
     # user overrides
     rule.allow_user_override = bool(t.allow_user_override)
@@ -206,6 +212,19 @@ def parse_rule(raw, index: int, cfg) -> Rule:
     elif rule.confirm_delete:
         raise errors.ConfigError(f"{key('confirm_delete')}: only for action = \"delete\"")
     return rule
+
+
+def _in_place(rule: Rule, key) -> None:
+    """A rule archiving to a tier that archives in place (archive_storage_class)
+    applies to the files on that tier only: it has no copy to make of others."""
+    if rule.keep_online:
+        raise errors.ConfigError(f"{key('keep_online')}: tier {rule.to!r} archives in place (the object itself "
+                                 "changes storage class): no online copy can be kept")
+    if rule.tier not in (None, rule.to):
+        raise errors.ConfigError(f"{key('tier')}: tier {rule.to!r} archives in place and takes only its own files, "
+                                 f"not those of {rule.tier!r}")
+    rule.tier, rule.tier_is_archive = rule.to, False
+    rule.text.setdefault("tier", rule.to)
 
 
 def parse_rules(cfg) -> list[Rule]:

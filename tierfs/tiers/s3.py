@@ -28,6 +28,12 @@ S3-compatible store such as MinIO), keyed by id under an optional prefix.
   `restore_days` and `restore_tier`) and answers False until HEAD's
   x-amz-restore says it is ready; reads of a still-archived object raise
   errors.Pending (EAGAIN), never a bare EIO.
+- An `s3` tier with `archive_storage_class` archives its files in place
+  (tierfs/inplace.py): set_storage_class() moves an object to another
+  class with a CopyObject onto its own key (metadata kept; a multipart
+  copy above 5 GiB), and prepare_restore() (RestoreObject, as above, with
+  the tier's `restore_days` / `restore_tier`) makes a GLACIER or
+  DEEP_ARCHIVE object readable before it moves back.
 
 boto3 is imported on first use: loading a config that names an s3 tier
 must not pay for it. The client is thread-safe and shared by all threads.
@@ -55,6 +61,8 @@ log = logging.getLogger(__name__)
 MAX_PARTS = 10_000              # S3's limit on parts per upload
 PARTS_PER_DOUBLING = 1000       # part size doubles after this many parts
 SHA_META = "tierfs-sha256"      # user metadata key holding the sha256 of single-part objects
+COPY_MAX = MAX_PART             # S3's largest CopyObject; larger objects are copied in parts
+COPY_PART = 1024**3             # part size of such a copy (a 5 TiB object: 5120 parts)
 RECENT_PUTS = 10_000            # how many put() results verify() remembers
 WINDOWS = 16                    # read-ahead windows kept (one per key, least recently used dropped)
 TEMP_CODES = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling",
@@ -139,6 +147,9 @@ class S3Tier(Tier):
         self.deadline = s.deadline
         self.max_attempts = s.max_attempts
         self.readahead = s.readahead
+        self.archive_storage_class = s.archive_storage_class   # None: files are archived to other tiers only
+        self.restore_days = s.restore_days
+        self.restore_tier = s.restore_tier
         self._client = None
         self._lock = threading.Lock()
         self._windows = _Windows(self.readahead)
@@ -398,9 +409,119 @@ class S3Tier(Tier):
 
     def _readable(self, head: dict) -> bool:
         """GET works on this object now (not archived, or restored)."""
-        if head.get("StorageClass", "STANDARD") not in ARCHIVE_CLASSES:
+        # ArchiveStatus: an INTELLIGENT_TIERING object in one of its opt-in archive access tiers
+        if head.get("StorageClass", "STANDARD") not in ARCHIVE_CLASSES and not head.get("ArchiveStatus"):
             return True
         return 'ongoing-request="false"' in (head.get("Restore") or "")
+
+    # ---- restores, and archiving in place (archive_storage_class) -------------
+    def prepare_restore(self, key: str) -> bool:
+        """True when the object can be read now; otherwise make sure a
+        restore is running and answer False (the job polls again later)."""
+        head = self._head(key)
+        if head is None:
+            raise errors.ObjectMissing(f"tier {self.name}: object {key} is missing")
+        if self._readable(head):
+            return True
+        if 'ongoing-request="true"' in (head.get("Restore") or ""):
+            log.debug("tier %s: restore of %s still running", self.name, key)
+            return False
+        self._request_restore(key, head)
+        head = self._head(key)   # some stores (and moto) restore at once
+        return head is not None and self._readable(head)
+
+    def _request_restore(self, key: str, head: dict) -> None:
+        from botocore.exceptions import ClientError
+        k = self._k(key)
+        # An INTELLIGENT_TIERING object comes back to its frequent access tier for good: S3 takes no Days
+        days = {} if head.get("StorageClass") == "INTELLIGENT_TIERING" else {"Days": self.restore_days}
+
+        def restore():
+            tier = self.restore_tier
+            while True:
+                try:
+                    self.client.restore_object(Bucket=self.bucket, Key=k, RestoreRequest={
+                        **days, "GlacierJobParameters": {"Tier": tier}})
+                    return tier
+                except ClientError as e:
+                    if _code(e) == "RestoreAlreadyInProgress":   # 409: asked already, still running
+                        return None
+                    if _code(e) == "GlacierExpeditedRetrievalNotAvailable" and tier == "Expedited":
+                        log.warning("tier %s: no Expedited capacity for %s; asking for a Standard restore",
+                                    self.name, key)
+                        tier = "Standard"
+                        continue
+                    raise
+
+        tier = self._call("request restore of", key, restore)
+        if tier is not None:
+            self.restores += 1
+            log.info("tier %s: restore of %s requested (%s, %d days)", self.name, key, tier, self.restore_days)
+
+    def storage_class_of(self, key: str) -> str:
+        """The object's storage class now (ObjectMissing if it is gone)."""
+        head = self._head(key)
+        if head is None:
+            raise errors.ObjectMissing(f"tier {self.name}: object {key} is missing")
+        return head.get("StorageClass") or "STANDARD"   # S3 leaves STANDARD out of HEAD's answer
+
+    def set_storage_class(self, key: str, storage_class: str) -> bool:
+        """Move the object to `storage_class` in place: a CopyObject onto the
+        same key (a multipart copy above S3's 5 GiB CopyObject limit), its
+        metadata kept. False when it is in that class already (S3 refuses a
+        copy onto itself that changes nothing). An object of an archive class
+        must be restored first (errors.Pending otherwise)."""
+        head = self._head(key)
+        if head is None:
+            raise errors.ObjectMissing(f"tier {self.name}: object {key} is missing")
+        if (head.get("StorageClass") or "STANDARD") == storage_class:
+            return False
+        k = self._k(key)
+        self._remember(key, None)   # a new object under the key: the put's ETag no longer vouches for it
+        self._windows.drop(key)
+        src = {"Bucket": self.bucket, "Key": k}
+        size = int(head["ContentLength"])
+        try:
+            if size <= COPY_MAX:
+                self._call(f"change the storage class to {storage_class} of", key, lambda: self.client.copy_object(
+                    Bucket=self.bucket, Key=k, CopySource=src, CopySourceIfMatch=head["ETag"],
+                    StorageClass=storage_class, MetadataDirective="COPY"))
+            else:
+                self._copy_multipart(key, k, head, storage_class)
+        except errors.TierfsError:
+            # A retry whose first attempt went through (its answer lost) finds a new ETag: done all the same.
+            now = self._head(key)
+            if now is None or (now.get("StorageClass") or "STANDARD") != storage_class \
+                    or int(now["ContentLength"]) != size:
+                raise
+        log.info("tier %s: %s is %s now (was %s)", self.name, key, storage_class, head.get("StorageClass") or "STANDARD")
+        return True
+
+    def _copy_multipart(self, key: str, k: str, head: dict, storage_class: str) -> None:
+        """set_storage_class() of an object above COPY_MAX: UploadPartCopy of
+        ranges of the object itself (pinned to its ETag), then complete."""
+        size = int(head["ContentLength"])
+        part = max(self.chunksize, -(-size // MAX_PARTS), COPY_PART)
+        up = self._call("start multipart copy of", key, lambda: self.client.create_multipart_upload(
+            Bucket=self.bucket, Key=k, StorageClass=storage_class, Metadata=head.get("Metadata") or {},
+            **({"ContentType": head["ContentType"]} if head.get("ContentType") else {})))
+        upload_id, parts = up["UploadId"], []
+        try:
+            for n, off in enumerate(range(0, size, part), start=1):
+                rng = f"bytes={off}-{min(off + part, size) - 1}"
+                resp = self._call(f"copy part {n} of", key, lambda: self.client.upload_part_copy(
+                    Bucket=self.bucket, Key=k, UploadId=upload_id, PartNumber=n, CopySourceRange=rng,
+                    CopySource={"Bucket": self.bucket, "Key": k}, CopySourceIfMatch=head["ETag"]))
+                parts.append({"PartNumber": n, "ETag": resp["CopyPartResult"]["ETag"]})
+            self._call("complete multipart copy of", key, lambda: self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=k, UploadId=upload_id, MultipartUpload={"Parts": parts}))
+        except BaseException:
+            try:
+                self._call("abort multipart copy of", key, lambda: self.client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=k, UploadId=upload_id))
+            except Exception as e:  # noqa: BLE001 - the original error matters more
+                log.warning("tier %s: could not abort the copy of %s (%s)", self.name, key, e)
+            raise
 
     def close(self) -> None:
         with self._lock:
@@ -417,52 +538,6 @@ class S3ArchiveTier(S3Tier):
     kind = "s3-archive"
     archive = True
     settings: S3ArchiveTable
-
-    def __init__(self, name: str, settings: S3ArchiveTable | None = None, /, **options):
-        super().__init__(name, settings, **options)
-        self.restore_days = self.settings.restore_days
-        self.restore_tier = self.settings.restore_tier
-
-    def prepare_restore(self, key: str) -> bool:
-        """True when the object can be read now; otherwise make sure a
-        restore is running and answer False (the job polls again later)."""
-        head = self._head(key)
-        if head is None:
-            raise errors.ObjectMissing(f"tier {self.name}: object {key} is missing")
-        if self._readable(head):
-            return True
-        if 'ongoing-request="true"' in (head.get("Restore") or ""):
-            log.debug("tier %s: restore of %s still running", self.name, key)
-            return False
-        self._request_restore(key)
-        head = self._head(key)   # some stores (and moto) restore at once
-        return head is not None and self._readable(head)
-
-    def _request_restore(self, key: str) -> None:
-        from botocore.exceptions import ClientError
-        k = self._k(key)
-
-        def restore():
-            tier = self.restore_tier
-            while True:
-                try:
-                    self.client.restore_object(Bucket=self.bucket, Key=k, RestoreRequest={
-                        "Days": self.restore_days, "GlacierJobParameters": {"Tier": tier}})
-                    return tier
-                except ClientError as e:
-                    if _code(e) == "RestoreAlreadyInProgress":   # 409: asked already, still running
-                        return None
-                    if _code(e) == "GlacierExpeditedRetrievalNotAvailable" and tier == "Expedited":
-                        log.warning("tier %s: no Expedited capacity for %s; asking for a Standard restore",
-                                    self.name, key)
-                        tier = "Standard"
-                        continue
-                    raise
-
-        tier = self._call("request restore of", key, restore)
-        if tier is not None:
-            self.restores += 1
-            log.info("tier %s: restore of %s requested (%s, %d days)", self.name, key, tier, self.restore_days)
 
 
 class _ObjectReader(RawReader):
