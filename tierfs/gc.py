@@ -71,7 +71,7 @@ class GarbageCollector:
                 tier = self.tiers.get(g.tier)
                 if tier is None:
                     continue  # a tier another mount has; it will collect it
-                if await self.call(self.catalog.references, g.tier, g.key):
+                if await self.call(self.catalog.references, g.tier, g.key, further=tier.archive):
                     log.warning("garbage entry %s/%s is still referenced; keeping the object", g.tier, g.key)
                 elif in_place_key(g.key) and g.reason != "file deleted":
                     # The original of an imported file (tierfs import --in-place): moving the file's bytes

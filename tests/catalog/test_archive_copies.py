@@ -15,6 +15,7 @@ def test_further_copies_are_referenced_purged_and_counted(catalog):
     assert copies_of(got) == [("vault", "k1"), ("tape", "k2")]
     assert catalog.references("vault", "k1") and catalog.references("tape", "k2")
     assert not catalog.references("tape", "k1") and not catalog.references("vault", "k2")
+    assert not catalog.references("tape", "k2", further=False)   # (the collector's question for an online tier)
     st = catalog.stats()
     assert st.by_archive == {"vault": (1, 7), "tape": (1, 7)}
     assert {"vault", "tape"} <= catalog.tiers_in_use()

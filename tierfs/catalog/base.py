@@ -655,8 +655,12 @@ class Catalog(abc.ABC):
     def remove_garbage(self, ids: Iterable[int]) -> None: ...
 
     @abc.abstractmethod
-    def references(self, tier: str, key: str) -> bool:
-        """True when some inode points at (tier, key) online or in the archive."""
+    def references(self, tier: str, key: str, *, further: bool = True) -> bool:
+        """True when some inode points at (tier, key) online or in the archive
+        (or an active job is writing `key`). further=False leaves out the
+        further archive copies (Inode.archive_copies), which only archive
+        tiers hold: their search reads every file that has some (a partial
+        index), so the garbage collector skips it for an online tier."""
 
     # ---- jobs ------------------------------------------------------------
     @abc.abstractmethod

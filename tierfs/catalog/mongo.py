@@ -336,6 +336,8 @@ class MongoCatalog(MongoJobs, MongoQueries, CatalogCore):
             self.inodes.create_index([("state", A), ("size", A)], name="state_size")        # policy: big files
             self.inodes.create_index([("tier", A), ("location", A)], name="tier_location")  # references, per tier
             self.inodes.create_index([("archive_tier", A), ("archive_location", A)], name="archive_location")
+            self.inodes.create_index([("archive_copies", A)], name="archive_copies",      # references()
+                                     partialFilterExpression={"archive_copies": {"$type": "string"}})
             self.inodes.create_index([("state", A), ("_id", A)], name="no_checksum",       # checksum backlog
                                      partialFilterExpression={"checksum": {"$type": "null"}})
             self.inodes.create_index([("nlink", A)], name="unlinked",                       # unlinked()
@@ -591,13 +593,14 @@ class MongoCatalog(MongoJobs, MongoQueries, CatalogCore):
             with self._errors():
                 self.garbage_c.delete_many({"_id": {"$in": ids}})
 
-    def references(self, tier: str, key: str) -> bool:
+    def references(self, tier: str, key: str, *, further: bool = True) -> bool:
         with self._errors():
             if self.inodes.find_one({"$or": [{"tier": tier, "location": key},
                                              {"archive_tier": tier, "archive_location": key}]}, {"_id": 1}):
                 return True
-            # A further archive copy (Inode.archive_copies): a scan of the files that have some, no index.
-            if self.inodes.find_one({"archive_copies": {"$regex": re.escape(copy_pattern(tier, key))}}, {"_id": 1}):
+            # A further archive copy (Inode.archive_copies): the files that have some (index archive_copies).
+            if further and self.inodes.find_one(
+                    {"archive_copies": {"$type": "string", "$regex": re.escape(copy_pattern(tier, key))}}, {"_id": 1}):
                 return True
             return self.jobs_c.find_one({"dst_key": key, "state": {"$in": ACTIVE}}, {"_id": 1}) is not None
 

