@@ -2,7 +2,8 @@
 (the garbage collector keeps them), garbage on purge, counted per tier by
 stats(), listed by tiers_in_use()."""
 
-from tierfs.catalog.base import ROOT_INO, Changes, Inode, State, Transition, copies_changes, copies_of
+from tierfs.catalog.base import (ROOT_INO, Changes, Inode, JobKind, State, Transition, copies_changes, copies_of,
+                                 encode_targets)
 
 
 def test_further_copies_are_referenced_purged_and_counted(catalog):
@@ -19,6 +20,8 @@ def test_further_copies_are_referenced_purged_and_counted(catalog):
     st = catalog.stats()
     assert st.by_archive == {"vault": (1, 7), "tape": (1, 7)}
     assert {"vault", "tape"} <= catalog.tiers_in_use()
+    catalog.enqueue(a.ino, JobKind.ARCHIVE, target_tier="vault", more_targets=encode_targets(["glacier"]))
+    assert "glacier" in catalog.tiers_in_use()   # an active job's further target
     catalog.unlink(ROOT_INO, b"a", 1)
     catalog.purge(a.ino)
     assert sorted((g.tier, g.key) for g in catalog.garbage()) == [("tape", "k2"), ("vault", "k1")]

@@ -214,8 +214,12 @@ def copy_pattern(tier: str, key: str) -> str:
 
 def targets_of(job: "Job") -> list[str]:
     """Every archive tier an archive job copies to: its target_tier first, then its more_targets."""
-    more = json.loads(job.more_targets) if job.more_targets else []
-    return list(dict.fromkeys(t for t in [job.target_tier, *more] if t))
+    return list(dict.fromkeys(t for t in [job.target_tier, *further_targets(job.more_targets)] if t))
+
+
+def further_targets(text: str | None) -> list[str]:
+    """The tiers Job.more_targets holds."""
+    return json.loads(text) if text else []
 
 
 def encode_targets(more: Sequence[str]) -> str | None:

@@ -10,7 +10,8 @@ import fnmatch
 from typing import Iterable, Iterator
 
 from .base import (ACTIVE_JOB_STATES, INODE_FIELDS, ROOT_INO, CatalogStats, FileQuery, Inode, State, check_count_by,
-                   count_further_copies, further_copies, inode_from_values)
+                   count_further_copies, further_copies, further_targets,
+                   inode_from_values)
 
 #: S_IFMT bits of a regular file / a directory, and the other type bits that must be clear.
 REG_SET, REG_CLEAR = 0o100000, 0o070000
@@ -208,8 +209,11 @@ class MongoQueries:
         with self._errors():
             out = {t for t in self.inodes.distinct("tier") if t}
             out |= {t for t in self.inodes.distinct("archive_tier") if t}
-            out |= {t for d in self.inodes.find({"archive_copies": {"$ne": None}}, {"archive_copies": 1})
-                    for t, _ in further_copies(d["archive_copies"])}
+            out |= {t for d in self.inodes.find({"archive_copies": {"$type": "string"}}, {"archive_copies": 1})
+                    for t, _ in further_copies(d["archive_copies"])}   # (the partial index archive_copies)
+            out |= {t for d in self.jobs_c.find({"state": {"$in": [s.value for s in ACTIVE_JOB_STATES]},
+                                                 "more_targets": {"$type": "string"}}, {"more_targets": 1})
+                    for t in further_targets(d["more_targets"])}
             out |= {t for t in self.garbage_c.distinct("tier") if t}
             out |= {t for t in self.jobs_c.distinct("target_tier", {"state": {"$in": [s.value for s in ACTIVE_JOB_STATES]}}) if t}
         return out
@@ -226,7 +230,7 @@ class MongoQueries:
                 for r in self.inodes.aggregate([{"$match": match}, {"$group": {"_id": f"${field_}", **grp}}]):
                     out[r["_id"]] = (r["n"], int(r["b"]))
             count_further_copies(st.by_archive, ((d.get("size"), d["archive_copies"]) for d in self.inodes.find(
-                {**reg, "archive_copies": {"$ne": None}}, {"size": 1, "archive_copies": 1})))
+                {**reg, "archive_copies": {"$type": "string"}}, {"size": 1, "archive_copies": 1})))
             for r in self.jobs_c.aggregate([{"$group": {"_id": {"s": "$state", "k": "$kind"}, "n": {"$sum": 1}}}]):
                 st.jobs.setdefault(r["_id"]["s"], {})[r["_id"]["k"]] = r["n"]
         return st

@@ -26,7 +26,7 @@ from .. import errors, private
 from . import schema as S
 from .base import (ACTIVE_JOB_STATES, INODE_FIELDS, JOB_PRIORITY, ROOT_INO, SCHEMA_VERSION, CatalogStats, DirEntry,
                    Event, FileQuery, Garbage, Inode, Job, JobKind, JobState, Session, State, Tombstone,
-                   check_count_by, check_expected, copy_pattern, count_further_copies, further_copies,
+                   check_count_by, check_expected, copy_pattern, count_further_copies, further_copies, further_targets,
                    inode_from_values, now_ns, resolve_paths)
 from .core import CatalogCore, Txn
 
@@ -689,8 +689,9 @@ class SqlCatalog(CatalogCore):
                          (tier, key, tier, key)).fetchone() is not None:
                 return True
             # A further archive copy (Inode.archive_copies): the files that have some (ix_inodes_copies).
-            if further and c.execute("SELECT ino FROM inodes WHERE archive_copies IS NOT NULL AND instr(archive_copies, ?) > 0 "
-                         "LIMIT 1", (copy_pattern(tier, key),)).fetchone() is not None:
+            if further and c.execute("SELECT ino FROM inodes WHERE archive_copies IS NOT NULL "
+                                     "AND instr(archive_copies, ?) > 0 LIMIT 1",
+                                     (copy_pattern(tier, key),)).fetchone() is not None:
                 return True
             return c.execute(f"SELECT id FROM jobs WHERE dst_key = ? AND state IN ({_marks(_ACTIVE)}) LIMIT 1",
                              (key, *_ACTIVE)).fetchone() is not None
@@ -1016,8 +1017,9 @@ class SqlCatalog(CatalogCore):
                 for v, n, size in c.execute(f"SELECT {col}, count(*), coalesce(sum(inodes.size), 0) FROM inodes "
                                             f"WHERE {reg}{extra} GROUP BY {col}"):
                     by[v] = (n, int(size))
-            count_further_copies(st.by_archive, c.execute(
-                f"SELECT inodes.size, inodes.archive_copies FROM inodes WHERE {reg} AND inodes.archive_copies IS NOT NULL"))
+            count_further_copies(st.by_archive, c.execute(   # ix_inodes_copies: only the files with some
+                f"SELECT inodes.size, inodes.archive_copies FROM inodes "
+                f"WHERE {reg} AND inodes.archive_copies IS NOT NULL"))
             for state, kind, n in c.execute("SELECT state, kind, count(*) FROM jobs GROUP BY state, kind"):
                 st.jobs.setdefault(state, {})[kind] = n
         return st
@@ -1035,6 +1037,8 @@ class SqlCatalog(CatalogCore):
                 out.update(r[0] for r in rows)
             out.update(t for r in c.execute("SELECT archive_copies FROM inodes WHERE archive_copies IS NOT NULL")
                        for t, _ in further_copies(r[0]))
+            out.update(t for r in c.execute(f"SELECT more_targets FROM jobs WHERE state IN ({_marks(_ACTIVE)}) "
+                                            "AND more_targets IS NOT NULL", _ACTIVE) for t in further_targets(r[0]))
             out.update(r[0] for r in c.execute("SELECT DISTINCT tier FROM garbage"))
             out.update(r[0] for r in c.execute(f"SELECT DISTINCT target_tier FROM jobs WHERE state IN "
                                                f"({_marks(_ACTIVE)}) AND target_tier IS NOT NULL", _ACTIVE))
