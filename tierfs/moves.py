@@ -37,6 +37,7 @@ import trio
 from . import errors, faults, inplace
 from .catalog.base import (READABLE_STATES, Changes, FileQuery, Inode, Job, JobKind, JobState, State, Transition,
                            now_ns)
+from .policy.rules import rule_of
 from .tiers.base import HashingReader, Tier, new_key
 from .units import fmt_size
 
@@ -103,10 +104,34 @@ class Move:
     conflict_retries: bool = True
     #: the source is the file's only copy: missing or corrupt, the file is lost (restore)
     only_copy: bool = False
+    #: the commit leaves the file archived with its first `stub` bytes online (partial-state files)
+    stub: int = 0
 
     @property
     def expect(self) -> State:
         return self.marked or self.inode.state
+
+
+def stub_bytes(cfg, archive_tier: str | None, cause: str) -> int:
+    """How many first bytes of a file going archived on `archive_tier` stay
+    online as its stub: the stub_bytes of the policy rule that queued the
+    move (its cause), else the archive tier's."""
+    rule = rule_of(cause, cfg)
+    if rule is not None and rule.stub_bytes is not None:
+        return rule.stub_bytes
+    return getattr(cfg.tiers.get(archive_tier or ""), "stub_bytes", 0)
+
+
+async def _head(fs, inode: Inode, cause: str) -> bytes | None:
+    """The stub a release keeps: the online copy's first bytes (None: no stub).
+    Read under the inode lock, before the switch that compares the same
+    data_version: a write in between bumps it, and the switch fails."""
+    n = min(stub_bytes(fs.cfg, inode.archive_tier, cause), inode.size)
+    if not n:
+        return None
+    if inode.location is None:
+        return b"\0" * n   # no object: the file reads as zeros
+    return await trio.to_thread.run_sync(fs.tier(inode.tier).read, inode.location, 0, n)
 
 
 async def release_now(fs, inode: Inode, cause: str) -> Inode:
@@ -118,11 +143,12 @@ async def release_now(fs, inode: Inode, cause: str) -> Inode:
         why = busy(fs, inode.ino)
         if why:
             raise errors.TierfsError(f"inode {inode.ino}: {why}: its online copy is in use", err=errno.EBUSY)
+        stub = await _head(fs, inode, cause)
         faults.point("release.before_switch")
         new = await fs.fetch(fs.catalog.switch, Transition(
             inode.ino, inode.data_version, (State.DUAL,), Changes(state=State.ARCHIVED, tier=None, location=None),
             cause, f"online copy on {inode.tier} released", garbage=((inode.tier, inode.location),),
-            no_writers_except=fs.session_id))
+            no_writers_except=fs.session_id, stub=stub))
     await fs.invalidate(inode.ino)
     log.info("released inode %d: online copy on %s dropped, archive copy on %s (%s)",
              inode.ino, inode.tier, inode.archive_tier, cause)
@@ -217,7 +243,8 @@ class Mover:
             return c
         # The older archive copy (a re-archive to another tier), and the online copy unless kept.
         garbage = ((inode.archive_tier, inode.archive_location),) + (() if keep else ((inode.tier, inode.location),))
-        return Move(inode, src, inode.location, dst, changes, garbage, marked=State.ARCHIVING)
+        return Move(inode, src, inode.location, dst, changes, garbage, marked=State.ARCHIVING,
+                    stub=0 if keep else stub_bytes(self.cfg, dst.name, job.cause))
 
     async def restore(self, job: Job, inode: Inode) -> Move | None:
         fs = self.fs
@@ -286,7 +313,7 @@ class Mover:
         await fs.cat(fs.catalog.update_job, job.id, {"dst_key": dst_key, "target_tier": mv.dst.name})
         job.target_tier = mv.dst.name   # a restore picks its tier only now: the tier a wait for space is about
         try:
-            sha, n = await self._copy(mv, dst_key, fault=f"{job.kind}.after_copy")
+            sha, n, head = await self._copy(mv, dst_key, fault=f"{job.kind}.after_copy")
         except BaseException as e:
             await self._copy_failed(job, mv, dst_key, e)   # raises what the job should see instead, if anything
             raise
@@ -294,7 +321,8 @@ class Mover:
             faults.point("archive.after_verify")   # (restore and migrate have no point here: faults.POINTS)
         commit = Transition(ino, mv.inode.data_version, (mv.expect,), mv.changes(sha, n, dst_key), job.cause,
                             f"{mv.src.name} -> {mv.dst.name}, {n} bytes", garbage=mv.garbage, job_id=job.id,
-                            no_writers_except=fs.session_id if mv.exclusive else None)
+                            no_writers_except=fs.session_id if mv.exclusive else None,
+                            stub=head if mv.stub else None)
         async with fs.lock(ino):
             why = busy(fs, ino) if mv.exclusive else None
             if why:
@@ -316,17 +344,19 @@ class Mover:
         await self._log_done(f"{job.kind}d", mv, n, t0, job.cause)
         _wake(fs)
 
-    async def _copy(self, mv: Move, dst_key: str, *, fault: str) -> tuple[str, int]:
-        """Copy with hashing, then verify the destination. Returns (sha256, bytes)."""
+    async def _copy(self, mv: Move, dst_key: str, *, fault: str) -> tuple[str, int, bytes]:
+        """Copy with hashing, then verify the destination. Returns (sha256,
+        bytes, the first mv.stub bytes): the stub comes from the stream the
+        checksum is of, so the commit's compare-and-swap covers it too."""
         src, dst, expect_sha = mv.src, mv.dst, mv.inode.checksum
 
         def copy():
             # A file never written on a remote tier has no object yet: its content is empty.
             with (io.BytesIO(b"") if mv.src_key is None else src.open_reader(mv.src_key)) as r:
-                h = HashingReader(r)
+                h = HashingReader(r, head=mv.stub)
                 dst.put(dst_key, h)
-                return h.hexdigest(), h.nbytes
-        sha, n = await trio.to_thread.run_sync(copy)
+                return h.hexdigest(), h.nbytes, bytes(h.first)
+        sha, n, head = await trio.to_thread.run_sync(copy)
         faults.point(fault)
         if expect_sha and sha != expect_sha:
             raise errors.ChecksumMismatch(
@@ -334,7 +364,7 @@ class Mover:
         ok = await trio.to_thread.run_sync(dst.verify, dst_key, sha, n)
         if not ok:
             raise errors.ChecksumMismatch(f"copy on {dst.name}/{dst_key} does not match what was written")
-        return sha, n
+        return sha, n, head
 
     async def _copy_failed(self, job: Job, mv: Move, dst_key: str, e: BaseException) -> None:
         """The copy or its verification failed with `e`: undo it, and raise

@@ -98,19 +98,40 @@ class TierTable(Table):
     low_watermark: Fraction | None = Field(None, description="online tiers: usage a watermark run stops at")
 
 
+#: the largest stub_bytes: stubs live in the catalog (one row per archived file), so a million archived
+#: files with 1 MiB stubs already take 1 TB of catalog
+MAX_STUB = MiB
+
+
+def _stub_size(v: int) -> int:
+    if not 0 <= v <= MAX_STUB:
+        raise ValueError(f"expected a size from 0 to 1MiB (stubs are kept in the catalog), got {v}")
+    return v
+
+
+#: bytes kept online, at most MAX_STUB
+StubSize = Annotated[Size, AfterValidator(_stub_size)]
+
+
+class ArchiveTable(TierTable):
+    """Keys every archive tier kind accepts."""
+    stub_bytes: StubSize = Field(0, description="first bytes of an archived file kept online (partial-state "
+                                 "files: reads within them need no restore); at most 1MiB")
+
+
 class DiskTable(TierTable):
     kind: Literal["disk"]
     path: Text = Field(description="directory holding objects/ and tmp/")
 
 
-class VaultTable(TierTable):
+class VaultTable(ArchiveTable):
     kind: Literal["vault"]
     path: Text = Field(description="directory holding the archive copies")
     restore_delay: Duration = Field(0.0, description="wait before every restore read (imitates a slow medium)")
     archive_delay: Duration = Field(0.0, description="wait before every archive write")
 
 
-class CommandTable(TierTable):
+class CommandTable(ArchiveTable):
     kind: Literal["command"]
     archive_command: Text = Field(description="stores {path} as {key} (exit 0 done, 75 pending)")
     restore_command: Text = Field(description="writes object {key} to {path}")
@@ -210,7 +231,7 @@ def archives_in_place(table: TierTable) -> bool:
     return isinstance(table, S3Table) and table.archive_storage_class is not None
 
 
-class S3ArchiveTable(S3Table):
+class S3ArchiveTable(S3Table, ArchiveTable):
     kind: Literal["s3-archive"]
     storage_class: Text = Field("GLACIER", description="GLACIER, DEEP_ARCHIVE or GLACIER_IR")
     restore_days: RestoreDays = Field(1, description="days S3 keeps a restored temporary copy")
@@ -315,6 +336,7 @@ class PolicyTable(Table):
         = None
     confirm_delete: Flag | None = None
     enabled: Flag | None = None
+    stub_bytes: StubSize | None = None
 
 
 # ---- errors -----------------------------------------------------------------------------------

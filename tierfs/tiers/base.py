@@ -163,14 +163,18 @@ class RawReader(io.RawIOBase):
 class HashingReader(RawReader):
     """Wraps a binary stream and computes the sha256 and length of what passes."""
 
-    def __init__(self, raw: BinaryIO):
+    def __init__(self, raw: BinaryIO, head: int = 0):
         self.raw = raw
         self.sha = hashlib.sha256()
         self.nbytes = 0
+        self.head = head            # keep this many first bytes in `first` (an archive's stub: moves.py)
+        self.first = bytearray()
 
     def read(self, n: int = -1) -> bytes:
         b = self.raw.read(n if n is not None and n >= 0 else CHUNK * 8)
         self.sha.update(b)
+        if len(self.first) < self.head:
+            self.first += b[:self.head - len(self.first)]
         self.nbytes += len(b)
         return b
 
