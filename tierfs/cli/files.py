@@ -78,6 +78,8 @@ def _print_state(inf: dict, verbose: bool) -> None:
         if inf.get("archive_tier"):
             echo(f"    archive copy: {inf['archive_tier']}/{inf.get('archive_location')}"
                  f"  sha256 {(inf.get('checksum') or '-')[:16]}")
+        if inf.get("stub_size"):
+            echo(f"    stub: first {inf['stub_size']} bytes online (reads within them need no restore)")
         echo(f"    {st} since {_ts(inf.get('state_ns'))} by {inf.get('state_cause') or '-'}")
         active = [j for j in inf.get("jobs", []) if j["state"] in ("pending", "running")]
         for j in active:
