@@ -859,17 +859,21 @@ class FileSystem:
         return await trio.to_thread.run_sync(b.tier.read, b.key, off, size)
 
     async def _read_stub(self, h: Handle, off: int, size: int) -> bytes | None:
-        """A read of a stub handle: served from the stub when it starts in it
-        (cut at the stub's end: the open's direct_io hands the program the
-        short read, and its next read starts beyond); else (or the file was
-        restored or changed meanwhile) the handle moves to the online copy,
-        restoring the file as an open would, and None says read that."""
+        """A read of a stub handle: served from the stub when it lies within
+        it; else (or the file was restored or changed meanwhile) the handle
+        moves to the online copy, restoring the file as an open would, and
+        None says read that. An O_NONBLOCK reader gets what the stub has of
+        a read that starts in it (a short read, which the open's direct_io
+        hands over as it is), where a blocking one would wait: file(1) opens
+        so and reads 7 MiB at once for a header. A blocking read is never cut
+        short: the page cache (mmap, exec) takes a short read for the end of
+        the file, shrinks the size it caches and zero-fills the rest."""
         inode = await self.get(h.ino)
         if inode.state not in READABLE_STATES and inode.data_version == h.stub.version:
             end = min(off + size, inode.size)
             if off >= end:
                 return b""
-            if off < len(h.stub.data):
+            if off < len(h.stub.data) and (end <= len(h.stub.data) or h.flags & os.O_NONBLOCK):
                 return h.stub.data[off:end]
         await self._leave_stub(h)
         return None

@@ -251,9 +251,10 @@ class Operations(pyfuse3.Operations):
         the kernel reads and writes the backing file itself and keeps no page
         cache of its own (it refuses keep_cache then)."""
         if self.fs.reads_stub(fh):
-            # A read running past the stub is cut at its end (the rest needs a restore): with direct_io
-            # the program gets that short read as it is, where the page cache would take it for the end
-            # of the file (and shrink the size it caches); and no page outlives the stub.
+            # direct_io: an O_NONBLOCK read running past the stub is cut at its end (fs.py, _read_stub),
+            # and only direct_io hands a short read to the program as it is (the page cache takes it for
+            # the end of the file); nor does a direct_io open put the inode in the kernel's caching mode,
+            # which would refuse the passthrough opens that follow a restore while this one is open.
             return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
         backing_id = self.fs.backing_id(fh)
         if backing_id:
