@@ -164,15 +164,21 @@ def test_a_file_smaller_than_the_stub_is_never_restored(stub_mount):
 def test_read_beyond_the_stub_in_error_mode_is_eagain(make_mount):
     m = stub_mount_of(make_mount, settings='restore_mode = "error"')
     data = put(m, "e.bin", 200_000)
-    archive(m, "e.bin")
+    other = put(m, "f.bin", 200_000)
+    archive(m, "e.bin", "f.bin")
+    fd = os.open(m.path("f.bin"), os.O_RDONLY)
+    try:
+        assert os.pread(fd, STUB - 1000, 0) == other[:STUB - 1000]
+        with pytest.raises(BlockingIOError):        # running past the stub: a blocking read is never cut short
+            os.pread(fd, 2000, STUB - 1000)
+    finally:
+        os.close(fd)
     fd = os.open(m.path("e.bin"), os.O_RDONLY)     # the open queues nothing
     try:
         assert os.pread(fd, 100, 1000) == data[1000:1100]
         assert not restores(m, "e.bin")
         with pytest.raises(BlockingIOError):
             os.pread(fd, 100, 100_000)
-        with pytest.raises(BlockingIOError):        # blocking reads are never cut short
-            os.pread(fd, STUB, 1000)
         assert len(restores(m, "e.bin")) == 1       # the read queued the restore
         wait_for(lambda: m.state("e.bin") == "dual", timeout=30, what="the restore the read queued")
         assert os.pread(fd, 100, 100_000) == data[100_000:100_100]   # the same handle reads on
