@@ -5,8 +5,10 @@ where the fixture is stub_mount."""
 
 import os
 import sqlite3
+import struct
 import subprocess
 import time
+import zlib
 
 import pytest
 
@@ -96,19 +98,28 @@ def test_file_reads_its_header_from_the_stub(stub_mount):
     """file(1) opens with O_NONBLOCK and reads 7 MiB at once: that read is cut at the stub's end
     (direct_io hands the short read over; through the page cache file read zeros after it and said
     'MPEG-4 LOAS'). It then preads as many bytes at the end of the file
-    (libmagic's buffer_fill, for magic at negative offsets): beyond the stub of a big file, so
-    EAGAIN (file carries on) with a restore queued, as for any O_NONBLOCK read beyond the stub;
-    a file within the stub is never restored."""
+    (libmagic's buffer_fill, for magic at negative offsets) only when no magic at the start matched:
+    for a big file of no known type that read is beyond the stub, so EAGAIN (file carries on) with a
+    restore queued, as for any O_NONBLOCK read beyond the stub. A known format, or a file within the
+    stub, is never restored."""
     m = stub_mount
     small = b"GIF89a" + b"\x01\x00\x01\x00" + bytes(30)
     with open(m.path("small.gif"), "wb") as f:
         f.write(small)
+    ihdr = b"IHDR" + struct.pack(">IIBBBBB", 4000, 3000, 8, 2, 0, 0, 0)
+    with open(m.path("photo.png"), "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + ihdr + struct.pack(">I", zlib.crc32(ihdr))
+                + os.urandom(3_000_000))
     put(m, "big.bin", 3_000_000)
-    archive(m, "small.gif", "big.bin")
+    archive(m, "small.gif", "photo.png", "big.bin")
     reads = vault_reads(m)
     r = run("file", "-b", m.path("small.gif"), text=True)
     assert r.returncode == 0 and r.stdout.startswith("GIF image data"), r
-    assert m.state("small.gif") == "archived" and vault_reads(m) == reads and not restores(m, "small.gif")
+    r = run("file", "-b", m.path("photo.png"), text=True)
+    assert r.returncode == 0 and r.stdout.startswith("PNG image data, 4000 x 3000"), r
+    for name in ("small.gif", "photo.png"):
+        assert m.state(name) == "archived" and not restores(m, name)
+    assert vault_reads(m) == reads
     r = run("file", "-b", m.path("big.bin"), text=True)
     assert r.returncode == 0 and r.stdout.strip() == "data", r
     assert [j["cause"].split(" (")[0] for j in restores(m, "big.bin")] == ["open by uid 0"]
