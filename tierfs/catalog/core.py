@@ -340,7 +340,7 @@ class CatalogCore(Catalog):
                 changes.update(state_ns=now, state_cause=tr.cause)
                 t.add_event(tr.ino, inode.state, changes["state"], tr.cause, tr.detail)
             t.set_fields(tr.ino, changes)
-            t.add_garbage(tr.garbage, tr.cause)
+            t.add_garbage(tr.garbage, tr.garbage_reason or tr.cause)
             if tr.job_id is not None:
                 t.clear_dst_key(tr.job_id, now)
             return inode.copy(**changes)

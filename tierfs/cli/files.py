@@ -79,6 +79,9 @@ def _print_state(inf: dict, verbose: bool) -> None:
             echo(f"    archive copy: {inf['archive_tier']}/{inf.get('archive_location')}"
                  f"  sha256 {(inf.get('checksum') or '-')[:16]}")
         echo(f"    {st} since {_ts(inf.get('state_ns'))} by {inf.get('state_cause') or '-'}")
+        if inf.get("origin_location"):
+            echo(f"    in-place original released from {inf['origin_tier']}/{printable(inf['origin_location'])} "
+                 "(a restore puts it back there)")
         active = [j for j in inf.get("jobs", []) if j["state"] in ("pending", "running")]
         for j in active:
             err = f", last error: {j['last_error']}" if j.get("last_error") else ""
@@ -178,6 +181,19 @@ _INVALID = {
 }
 
 
+def _kept_original(path: str) -> str:
+    """Why the daemon refused to release a dual file: its online copy is a file imported in place on a
+    tier without release_originals (moves.kept_original, the only EINVAL of a dual file's release)."""
+    try:
+        inf = client.info(path)
+    except OSError:
+        inf = {}
+    tier, where = inf.get("tier") or "?", inf.get("location") or "?"
+    return (f"its online copy is the original {printable(where)} imported in place on tier {tier}, which keeps "
+            f"originals: set release_originals = true in [tiers.{tier}] to let release delete them once their "
+            "archive copy is verified")
+
+
 def _why_invalid(verb: str, path: str) -> str:
     try:
         st = client.state(path)
@@ -185,6 +201,8 @@ def _why_invalid(verb: str, path: str) -> str:
         return os.strerror(errno.EINVAL)
     if (verb, st) in _INVALID:
         return _INVALID[verb, st]
+    if (verb, st) == ("release", "dual"):
+        return _kept_original(path)
     if verb == "archive":
         return "refused: this mount has no archive tier to send it to (see its config, or give --to)"
     return f"refused for a file that is {st} (Invalid argument; the mount's log says why)"
