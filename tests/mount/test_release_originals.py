@@ -17,35 +17,16 @@ import pytest
 
 from tests.conftest import wait_for
 from tests.reliability_util import track, wait_dead
+from tests.system.test_import import volume_mount
 
 pytestmark = pytest.mark.mount
 
 
-def volume_mount(make_mount, tmp_path, *, release_originals: bool, extra: str = "", env=None):
+def opt_in_mount(make_mount, tmp_path, *, release_originals: bool = True, top: str = "", env=None):
     """A mount with the usual disk and vault tiers and a disk tier `volume` rooted at
-    tmp_path/volume (the user's tree); returns (mount, volume path)."""
-    vol = tmp_path / "volume"
-    vol.mkdir(exist_ok=True)
-    home = tmp_path / "home"
-    for d in ("disk", "vault"):
-        (home / d).mkdir(parents=True, exist_ok=True)
-    m = make_mount(env=env, config=textwrap.dedent(f"""
-        default_tier = "disk"
-        {extra}
-        [tiers.disk]
-        kind = "disk"
-        path = "{home}/disk"
-
-        [tiers.vault]
-        kind = "vault"
-        path = "{home}/vault"
-
-        [tiers.volume]
-        kind = "disk"
-        path = "{vol}"
-        release_originals = {"true" if release_originals else "false"}
-    """))
-    return m, vol
+    tmp_path/volume (the user's tree), with or without release_originals."""
+    return volume_mount(make_mount, tmp_path, top=top, env=env,
+                        volume=f"release_originals = {'true' if release_originals else 'false'}\n")
 
 
 def make_project(vol) -> dict[str, bytes]:
@@ -57,6 +38,17 @@ def make_project(vol) -> dict[str, bytes]:
         p.write_bytes(data)
         p.chmod(0o640)
     return files
+
+
+def released_project(m, vol) -> tuple[dict[str, bytes], object]:
+    """vol/proj imported in place and proj/a.bin archived (so released), its original gone;
+    returns (the project's bytes, the original's path)."""
+    files = make_project(vol)
+    m.cli("import", "--in-place", str(vol / "proj"), m.path("proj"))
+    m.cli("archive", "--wait", "--timeout", "60", m.path("proj", "a.bin"))
+    orig = vol / "proj" / "a.bin"
+    wait_for(lambda: not orig.exists(), 10, what="the original deleted")
+    return files, orig
 
 
 def bytes_under(root) -> int:
@@ -84,7 +76,7 @@ def info(m, rel: str) -> dict:
 
 
 def test_release_deletes_originals_and_a_read_puts_them_back(make_mount, tmp_path):
-    m, vol = volume_mount(make_mount, tmp_path, release_originals=True)
+    m, vol = opt_in_mount(make_mount, tmp_path)
     files = make_project(vol)
     m.cli("import", "--in-place", str(vol / "proj"), m.path("proj"))
     tree = bytes_under(vol)
@@ -132,7 +124,11 @@ def test_release_deletes_originals_and_a_read_puts_them_back(make_mount, tmp_pat
 
 
 def test_without_the_opt_in_release_is_refused_and_originals_stay(make_mount, tmp_path):
-    m, vol = volume_mount(make_mount, tmp_path, release_originals=False)
+    m, vol = opt_in_mount(make_mount, tmp_path, release_originals=False, top=textwrap.dedent("""
+        [[policy]]
+        name = "free"
+        action = "release"
+    """))
     files = make_project(vol)
     m.cli("import", "--in-place", str(vol / "proj"), m.path("proj"))
     m.cli("archive", "--wait", "--keep-online", "--timeout", "60", m.path("proj", "a.bin"))
@@ -154,10 +150,16 @@ def test_without_the_opt_in_release_is_refused_and_originals_stay(make_mount, tm
     assert "kept online: its online copy is the in-place original proj/sub/b.bin" in \
         m.cli("state", "-v", m.path("proj", "sub", "b.bin")).stdout
     assert "stays dual" in m.log()
-    # a release job (the policy's path) ends with the reason; the file stays dual
-    with open(m.path("proj", "c.txt"), "rb") as f:
-        assert f.read() == files["c.txt"]
-    m.cli("archive", "--wait", "--keep-online", "--timeout", "60", m.path("proj", "c.txt"))
+    # a release job (the policy's path) ends with the reason, in one log line; the files stay dual
+    m.cli("policy", "run", "--rule", "free", "-c", m.config_path)
+
+    def failed():
+        return [j for j in json.loads(m.cli("queue", m.mnt, "--failed", "--json").stdout)
+                if j["kind"] == "release"]
+    jobs = wait_for(lambda: len(failed()) == 2 and failed(), 30, what="the two release jobs ending")
+    assert all("set release_originals = true in [tiers.volume]" in j["last_error"] for j in jobs), jobs
+    assert m.state("proj/a.bin") == m.state("proj/sub/b.bin") == "dual"
+    assert m.log().count("failed: inode") == 2, m.log()
 
     for rel, data in files.items():
         assert (vol / "proj" / rel).read_bytes() == data
@@ -165,12 +167,8 @@ def test_without_the_opt_in_release_is_refused_and_originals_stay(make_mount, tm
 
 
 def test_restore_never_overwrites_a_file_that_took_the_path(make_mount, tmp_path):
-    m, vol = volume_mount(make_mount, tmp_path, release_originals=True)
-    files = make_project(vol)
-    m.cli("import", "--in-place", str(vol / "proj"), m.path("proj"))
-    m.cli("archive", "--wait", "--timeout", "60", m.path("proj", "a.bin"))
-    orig = vol / "proj" / "a.bin"
-    wait_for(lambda: not orig.exists(), 10, what="the original deleted")
+    m, vol = opt_in_mount(make_mount, tmp_path)
+    files, orig = released_project(m, vol)
     orig.write_bytes(b"another tool wrote a new file here")
 
     with open(m.path("proj", "a.bin"), "rb") as f:
@@ -184,12 +182,8 @@ def test_restore_never_overwrites_a_file_that_took_the_path(make_mount, tmp_path
 def test_restore_into_a_path_taken_during_the_copy_keeps_both(make_mount, tmp_path):
     """The path was free when the restore chose it and taken before the copy was linked
     there: the link fails (no overwrite), the bytes stay on the tier as an object."""
-    m, vol = volume_mount(make_mount, tmp_path, release_originals=True)
-    files = make_project(vol)
-    m.cli("import", "--in-place", str(vol / "proj"), m.path("proj"))
-    m.cli("archive", "--wait", "--timeout", "60", m.path("proj", "a.bin"))
-    orig = vol / "proj" / "a.bin"
-    wait_for(lambda: not orig.exists(), 10, what="the original deleted")
+    m, vol = opt_in_mount(make_mount, tmp_path)
+    files, orig = released_project(m, vol)
     m.stop()
     # the vault reads slowly: the path is taken while the restore copies
     m.extra_config = m.extra_config.replace('kind = "vault"', 'kind = "vault"\nrestore_delay = "2s"')
@@ -207,7 +201,7 @@ def test_restore_into_a_path_taken_during_the_copy_keeps_both(make_mount, tmp_pa
 
 
 def test_policy_archive_frees_the_originals(make_mount, tmp_path):
-    m, vol = volume_mount(make_mount, tmp_path, release_originals=True, extra=textwrap.dedent("""
+    m, vol = opt_in_mount(make_mount, tmp_path, top=textwrap.dedent("""
         [[policy]]
         name = "to-tape"
         action = "archive"
@@ -225,7 +219,7 @@ def test_policy_archive_frees_the_originals(make_mount, tmp_path):
 
 
 def test_a_crash_before_the_collector_deletes_the_original_is_finished_later(make_mount, tmp_path):
-    m, vol = volume_mount(make_mount, tmp_path, release_originals=True, env={"TIERFS_FAULT": "gc.before_delete"})
+    m, vol = opt_in_mount(make_mount, tmp_path, env={"TIERFS_FAULT": "gc.before_delete"})
     track(m.pid)
     files = make_project(vol)
     m.cli("import", "--in-place", str(vol / "proj"), m.path("proj"))
@@ -243,12 +237,8 @@ def test_a_crash_before_the_collector_deletes_the_original_is_finished_later(mak
 
 
 def test_a_crash_during_a_restore_leaves_nothing_at_the_path(make_mount, tmp_path):
-    m, vol = volume_mount(make_mount, tmp_path, release_originals=True)
-    files = make_project(vol)
-    m.cli("import", "--in-place", str(vol / "proj"), m.path("proj"))
-    m.cli("archive", "--wait", "--timeout", "60", m.path("proj", "a.bin"))
-    orig = vol / "proj" / "a.bin"
-    wait_for(lambda: not orig.exists(), 10, what="the original deleted")
+    m, vol = opt_in_mount(make_mount, tmp_path)
+    files, orig = released_project(m, vol)
     m.stop()
     m.env["TIERFS_FAULT"] = "restore.after_copy"
     m.start()
