@@ -174,7 +174,7 @@ async def release_now(fs, inode: Inode, cause: str) -> Inode:
         faults.point("release.before_switch")
         new = await fs.fetch(fs.catalog.switch, Transition(
             inode.ino, inode.data_version, (State.DUAL,), changes,
-            cause, f"online copy on {inode.tier} released" + (f" (in-place original {inode.location} deleted)"
+            cause, f"online copy on {inode.tier} released" + (f" (in-place original {inode.location}: the collector deletes it)"
                                                               if original else ""),
             garbage=((inode.tier, inode.location),), garbage_reason=RELEASED_ORIGINAL if original else "",
             no_writers_except=fs.session_id))
@@ -236,8 +236,8 @@ class Mover:
         fs = self.fs
         if inode.state in (State.ARCHIVED, State.RESTORING, State.LOST):
             return None
-        kept = None if job.keep_online else kept_original(fs, inode)
         if inode.state == State.DUAL and inode.archive_tier == job.target_tier:
+            kept = None if job.keep_online else kept_original(fs, inode)
             if kept:
                 log.info("job %d: inode %d stays dual: %s", job.id, inode.ino, kept)
             elif not job.keep_online:

@@ -22,10 +22,11 @@ from tests.system.test_import import volume_mount
 pytestmark = pytest.mark.mount
 
 
-def opt_in_mount(make_mount, tmp_path, *, release_originals: bool = True, top: str = "", env=None):
+def opt_in_mount(make_mount, tmp_path, *, release_originals: bool = True, top: str = "", env=None,
+                 catalog_url=None):
     """A mount with the usual disk and vault tiers and a disk tier `volume` rooted at
     tmp_path/volume (the user's tree), with or without release_originals."""
-    return volume_mount(make_mount, tmp_path, top=top, env=env,
+    return volume_mount(make_mount, tmp_path, catalog_url, top=top, env=env,
                         volume=f"release_originals = {'true' if release_originals else 'false'}\n")
 
 
@@ -75,8 +76,8 @@ def info(m, rel: str) -> dict:
     return json.loads(os.getxattr(m.path(rel), "user.tierfs.info"))
 
 
-def test_release_deletes_originals_and_a_read_puts_them_back(make_mount, tmp_path):
-    m, vol = opt_in_mount(make_mount, tmp_path)
+def test_release_deletes_originals_and_a_read_puts_them_back(make_mount, tmp_path, catalog_url):
+    m, vol = opt_in_mount(make_mount, tmp_path, catalog_url=catalog_url)
     files = make_project(vol)
     m.cli("import", "--in-place", str(vol / "proj"), m.path("proj"))
     tree = bytes_under(vol)
@@ -114,7 +115,7 @@ def test_release_deletes_originals_and_a_read_puts_them_back(make_mount, tmp_pat
     assert "release: 1 file(s)" in r.stdout
     assert m.state("proj/a.bin") == "archived"
     wait_for(lambda: not orig.exists(), 10, what="the original deleted again")
-    assert "online copy on volume released (in-place original proj/a.bin deleted)" in \
+    assert "online copy on volume released (in-place original proj/a.bin: the collector deletes it)" in \
         m.cli("state", "-v", m.path("proj", "a.bin")).stdout
     # restore -r puts both back
     m.cli("restore", "-r", "--wait", "--timeout", "60", m.path("proj"))
