@@ -254,3 +254,33 @@ def test_a_crash_during_a_restore_leaves_nothing_at_the_path(make_mount, tmp_pat
         assert f.read() == files["a.bin"]
     assert orig.read_bytes() == files["a.bin"]
     assert info(m, "proj/a.bin")["location"] == "proj/a.bin"
+
+
+def test_a_crash_between_putting_back_and_the_switch_is_undone_then_redone(make_mount, tmp_path):
+    """The state a daemon killed right after linking a restored copy at the original's
+    path (before its switch) leaves: the job's copy on the tier with a second name at the
+    path, the file still archived. The next attempt removes that name (only because it
+    is the same inode as its own copy), deletes the copy, and restores again."""
+    from tests.reliability_util import CatalogView
+    from tierfs.catalog.base import JobKind
+    m, vol = opt_in_mount(make_mount, tmp_path)
+    files, orig = released_project(m, vol)
+    m.stop()
+    key = "0123456789abcdef0123456789abcdef"
+    obj = vol / "objects" / key[:2] / key
+    obj.parent.mkdir(parents=True, exist_ok=True)
+    obj.write_bytes(files["a.bin"])
+    os.link(obj, orig)
+    view = CatalogView(m.catalog_url)
+    try:
+        ino = view.ino("proj/a.bin")
+        job, _ = view.cat.enqueue(ino, JobKind.RESTORE, target_tier="volume", cause="test")
+        view.cat.update_job(job.id, {"dst_key": key})
+    finally:
+        view.close()
+    m.start()
+    wait_for(lambda: m.state("proj/a.bin") == "dual", 20, what="the restore done")
+    assert orig.read_bytes() == files["a.bin"]
+    assert info(m, "proj/a.bin")["location"] == "proj/a.bin"
+    wait_for(lambda: not obj.exists(), 10, what="the first attempt's copy deleted")
+    assert orig.stat().st_nlink == 1
