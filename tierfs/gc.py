@@ -100,7 +100,6 @@ class GarbageCollector:
                 return done
             done += len(removed)
 
-
     async def _delete_originals(self, originals: list[tuple[Garbage, DiskTier]], done: list[int]) -> None:
         """Delete the in-place originals of released files (release_originals), appending each garbage
         id once it is settled. Under `originals` lock: a restore may be putting a file back at one of
