@@ -301,6 +301,10 @@ def restore(paths, recursive, wait, timeout, to):
 def release(paths, recursive):
     """Drop the online copy of dual files (instant; the archive copy stays).
 
+    A file imported in place keeps its original unless its tier has
+    release_originals = true: then the original is deleted from the tree once
+    the archive copy verifies, and a restore puts it back at the same path.
+
     \b
     Example:
       tierfs release ~/tierfs/big.raw
