@@ -25,6 +25,7 @@ recovery are single switches (release_now, Mover.recover).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import logging
@@ -39,6 +40,7 @@ from .catalog.base import (READABLE_STATES, Changes, FileQuery, Inode, Job, JobK
                            now_ns)
 from .policy.rules import rule_of
 from .tiers.base import HashingReader, Tier, new_key
+from .tiers.disk import RELEASED_ORIGINAL, DiskTier, in_place_key, releases_originals
 from .units import fmt_size
 
 log = logging.getLogger(__name__)
@@ -106,6 +108,11 @@ class Move:
     only_copy: bool = False
     #: the commit leaves the file archived with its first `stub` bytes online (partial-state files)
     stub: int = 0
+    #: restore of a released in-place original: the verified copy is also put back at this path of
+    #: `dst` (DiskTier.put_back), and the file points there
+    origin: str | None = None
+    garbage_reason: str = ""      # the collector's reason for `garbage` (default: the cause)
+    note: str = ""                # added to the history's detail
 
     @property
     def expect(self) -> State:
@@ -132,10 +139,47 @@ async def _head(fs, inode: Inode, cause: str) -> bytes | None:
     if inode.location is None:
         return b"\0" * n   # no object: the file reads as zeros
     return await trio.to_thread.run_sync(fs.tier(inode.tier).read, inode.location, 0, n)
+def kept_original(fs, inode: Inode) -> str | None:
+    """Why a release must keep this file's online copy (None: it may drop it): the copy is a file
+    imported in place, the user's own, on a tier without release_originals."""
+    if inode.location is None or not in_place_key(inode.location):
+        return None
+    tier = fs.tiers.get(inode.tier or "")
+    if releases_originals(tier):
+        return None
+    where = f"tier {inode.tier}" + (" (not configured on this mount)" if tier is None else "")
+    return (f"its online copy is the in-place original {inode.location} on {where}, which keeps originals: "
+            f"set release_originals = true in [tiers.{inode.tier}] to let a release delete them")
+
+
+def released_original(inode: Inode) -> Changes:
+    """What the switch that drops an in-place original records: where a restore puts it back."""
+    return Changes(origin_tier=inode.tier, origin_location=inode.location)
+
+
+async def _verify_archive_copy(fs, inode: Inode) -> None:
+    """Before an in-place original goes: the archive copy still matches the recorded checksum
+    (tier.verify; an archive tier that cannot read back cheaply trusts its manifest)."""
+    tier = fs.tier(inode.archive_tier)
+    if not inode.checksum:
+        raise errors.Invalid(f"inode {inode.ino} has no recorded checksum to verify its archive copy against")
+    if not await trio.to_thread.run_sync(tier.verify, inode.archive_location, inode.checksum, inode.size):
+        raise errors.ChecksumMismatch(f"inode {inode.ino}: archive copy {tier.name}/{inode.archive_location} does "
+                                      "not match the recorded sha256; the in-place original is kept")
 
 
 async def release_now(fs, inode: Inode, cause: str) -> Inode:
-    """Drop the online copy of a dual file (instant: one catalog switch)."""
+    """Drop the online copy of a dual file (one catalog switch). An in-place original goes only
+    from a tier with release_originals (else Invalid: kept_original) and only once the archive
+    copy verifies; the switch records where it was (a restore puts it back there) and hands it to
+    the collector (RELEASED_ORIGINAL)."""
+    verified = None
+    if inode.state == State.DUAL and inode.location and in_place_key(inode.location):
+        why = kept_original(fs, inode)
+        if why:
+            raise errors.Invalid(f"inode {inode.ino} not released: {why}")
+        await _verify_archive_copy(fs, inode)
+        verified = inode
     async with fs.lock(inode.ino):
         inode = await fs.get(inode.ino)
         if inode.state != State.DUAL:
@@ -143,11 +187,20 @@ async def release_now(fs, inode: Inode, cause: str) -> Inode:
         why = busy(fs, inode.ino)
         if why:
             raise errors.TierfsError(f"inode {inode.ino}: {why}: its online copy is in use", err=errno.EBUSY)
+        changes = Changes(state=State.ARCHIVED, tier=None, location=None)
+        original = inode.location is not None and in_place_key(inode.location)
+        if original:
+            if verified is None or (verified.data_version, verified.archive_location, verified.location) != \
+                    (inode.data_version, inode.archive_location, inode.location):
+                raise errors.VersionConflict(f"inode {inode.ino} changed while its archive copy was verified")
+            changes.update(released_original(inode))
         stub = await _head(fs, inode, cause)
         faults.point("release.before_switch")
         new = await fs.fetch(fs.catalog.switch, Transition(
-            inode.ino, inode.data_version, (State.DUAL,), Changes(state=State.ARCHIVED, tier=None, location=None),
-            cause, f"online copy on {inode.tier} released", garbage=((inode.tier, inode.location),),
+            inode.ino, inode.data_version, (State.DUAL,), changes,
+            cause, f"online copy on {inode.tier} released" + (f" (in-place original {inode.location}: the collector deletes it)"
+                                                              if original else ""),
+            garbage=((inode.tier, inode.location),), garbage_reason=RELEASED_ORIGINAL if original else "",
             no_writers_except=fs.session_id, stub=stub))
     await fs.invalidate(inode.ino)
     log.info("released inode %d: online copy on %s dropped, archive copy on %s (%s)",
@@ -217,7 +270,10 @@ class Mover:
         if inode.state in (State.ARCHIVED, State.RESTORING, State.LOST):
             return None
         if inode.state == State.DUAL and inode.archive_tier == job.target_tier:
-            if not job.keep_online:
+            kept = None if job.keep_online else kept_original(fs, inode)
+            if kept:
+                log.info("job %d: inode %d stays dual: %s", job.id, inode.ino, kept)
+            elif not job.keep_online:
                 retry_if_busy(fs, inode.ino)
                 await release_now(fs, inode, job.cause)
             return None
@@ -233,18 +289,28 @@ class Mover:
         # first read and the mark moved it to another tier (the copy failed "object missing": fsx-handles).
         src = fs.tier(inode.tier)
         faults.point("archive.after_mark")
-        keep = job.keep_online
+        kept = None if job.keep_online else kept_original(fs, inode)   # as of the mark
+        if kept:
+            log.info("job %d: archiving inode %d, which stays dual: %s", job.id, inode.ino, kept)
+        keep = job.keep_online or bool(kept)
+        # An in-place original goes once this move's copy is verified (Mover._copy), from a tier with
+        # release_originals; the switch records where it was.
+        original = not keep and inode.location is not None and in_place_key(inode.location)
 
         def changes(sha: str, n: int, key: str) -> Changes:
             c = Changes(state=State.DUAL if keep else State.ARCHIVED, archive_tier=dst.name,
                         archive_location=key, checksum=sha)
             if not keep:
                 c.update(tier=None, location=None)
+            if original:
+                c.update(released_original(inode))
             return c
         # The older archive copy (a re-archive to another tier), and the online copy unless kept.
         garbage = ((inode.archive_tier, inode.archive_location),) + (() if keep else ((inode.tier, inode.location),))
         return Move(inode, src, inode.location, dst, changes, garbage, marked=State.ARCHIVING,
-                    stub=0 if keep else stub_bytes(self.cfg, dst.name, job.cause))
+                    stub=0 if keep else stub_bytes(self.cfg, dst.name, job.cause),
+                    garbage_reason=RELEASED_ORIGINAL if original else "",
+                    note=f"; kept online: {kept}" if kept else "")
 
     async def restore(self, job: Job, inode: Inode) -> Move | None:
         fs = self.fs
@@ -256,7 +322,7 @@ class Mover:
             raise errors.PermissionDenied("restores are disabled (allow_unarchive = false)")
         src = fs.tier(inode.archive_tier)
         same = inplace.restores_in_place(src, job.target_tier)
-        dst = src if same else fs.tier(job.target_tier) if job.target_tier else await fs.placement_of(inode.ino)
+        dst, origin = (src, None) if same else await self._restore_destination(job, inode)
         if inode.state != State.RESTORING:
             inode = await self._mark(inode, (State.ARCHIVED,), State.RESTORING, job.cause, f"from {src.name}")
         faults.point("restore.after_mark")
@@ -268,8 +334,31 @@ class Mover:
             return None
         return Move(inode, src, inode.archive_location, dst,
                     lambda sha, n, key: Changes(state=State.DUAL, tier=dst.name, location=key, checksum=sha,
-                                                atime_ns=now_ns()),
-                    marked=State.RESTORING, exclusive=False, conflict_retries=False, only_copy=True)
+                                                atime_ns=now_ns(), origin_tier=None, origin_location=None),
+                    marked=State.RESTORING, exclusive=False, conflict_retries=False, only_copy=True, origin=origin)
+
+    async def _restore_destination(self, job: Job, inode: Inode) -> tuple[Tier, str | None]:
+        """Where a restore puts the bytes, and the in-place path it puts them back at (or None):
+        `restore --to`'s tier; a released in-place original's own path when its tier is here with
+        release_originals and nothing is at the path; else the placement (said in the log)."""
+        fs = self.fs
+        # (an earlier attempt recorded the tier it chose as the job's target: the origin's is no choice)
+        if job.target_tier and job.target_tier != inode.origin_tier:
+            return fs.tier(job.target_tier), None
+        if not (inode.origin_tier and inode.origin_location):
+            return await fs.placement_of(inode.ino), None
+        tier = fs.tiers.get(inode.origin_tier)
+        if not releases_originals(tier):
+            why = f"tier {inode.origin_tier} is " + ("not configured here" if tier is None else
+                                                     "no longer set to release_originals")
+        else:
+            why = await trio.to_thread.run_sync(tier.vacancy, inode.origin_location)
+        if why is None:
+            return tier, inode.origin_location
+        dst = await fs.placement_of(inode.ino)
+        log.warning("restore of inode %d goes to tier %s, not back to %s on tier %s: %s", inode.ino, dst.name,
+                    inode.origin_location, inode.origin_tier, why)
+        return dst, None
 
     async def migrate(self, job: Job, inode: Inode) -> Move | None:
         fs = self.fs
@@ -319,8 +408,41 @@ class Mover:
             raise
         if job.kind == JobKind.ARCHIVE:
             faults.point("archive.after_verify")   # (restore and migrate have no point here: faults.POINTS)
-        commit = Transition(ino, mv.inode.data_version, (mv.expect,), mv.changes(sha, n, dst_key), job.cause,
-                            f"{mv.src.name} -> {mv.dst.name}, {n} bytes", garbage=mv.garbage, job_id=job.id,
+        # Putting a file back at its in-place path and the switch that points it there happen under the
+        # lock the collector deletes released originals under (gc.py): the path is ours from the link on.
+        async with fs.files.originals if mv.origin else contextlib.nullcontext():
+            key = await self._put_back(mv, dst_key) if mv.origin else dst_key
+            if not await self._commit(job, mv, sha, n, dst_key, key, head):
+                return
+        await fs.invalidate(ino)   # the kernel drops the attributes it cached (st_blocks)
+        faults.point(f"{job.kind}.after_switch")
+        await self._log_done(f"{job.kind}d", mv, n, t0, job.cause)
+        _wake(fs)
+
+    async def _put_back(self, mv: Move, dst_key: str) -> str:
+        """Give the verified copy `dst_key` its released original's path too (DiskTier.put_back);
+        the key the file will use: that path, or `dst_key` when the path was taken meanwhile or
+        cannot be made (the copy stays where it is, on the same tier, and the log says so)."""
+        inode = mv.inode
+        try:
+            await trio.to_thread.run_sync(mv.dst.put_back, dst_key, mv.origin, inode.mode, inode.uid, inode.gid,
+                                          inode.atime_ns, inode.mtime_ns)
+        except errors.TierfsError as e:
+            log.warning("restore of inode %d: not put back at %s (%s); its bytes are object %s on tier %s",
+                        inode.ino, mv.origin, e, dst_key, mv.dst.name)
+            return dst_key
+        return mv.origin
+
+    async def _commit(self, job: Job, mv: Move, sha: str, n: int, dst_key: str, key: str,
+                      head: bytes) -> bool:
+        """The switch of a move whose copy `dst_key` is verified; the file points at `key` (`dst_key`,
+        or the in-place path it was put back at, and then `dst_key` is a second name to collect).
+        False: the move is not needed any more (a restore of a file rewritten or deleted meanwhile)."""
+        fs, ino = self.fs, mv.inode.ino
+        garbage = mv.garbage + (((mv.dst.name, dst_key),) if key != dst_key else ())
+        commit = Transition(ino, mv.inode.data_version, (mv.expect,), mv.changes(sha, n, key), job.cause,
+                            f"{mv.src.name} -> {mv.dst.name}, {n} bytes{mv.note}", garbage=garbage,
+                            garbage_reason=mv.garbage_reason, job_id=job.id,
                             no_writers_except=fs.session_id if mv.exclusive else None,
                             stub=head if mv.stub else None)
         async with fs.lock(ino):
@@ -332,17 +454,26 @@ class Mover:
                 await fs.fetch(fs.catalog.switch, commit)
             except errors.VersionConflict:
                 if not mv.conflict_retries:
+                    await self._take_back(mv, key, dst_key)
                     await self._discard(job, mv.dst, dst_key)
-                    return
+                    return False
                 await self._abandon(job, mv, dst_key, "changed during the copy")
                 raise Retry("file changed during the copy", BUSY_RETRY_S, count=False) from None
             except errors.NotFound:  # deleted (and purged) during the copy: nothing to move
+                await self._take_back(mv, key, dst_key)
                 await self._discard(job, mv.dst, dst_key)
-                return
-        await fs.invalidate(ino)   # the kernel drops the attributes it cached (st_blocks)
-        faults.point(f"{job.kind}.after_switch")
-        await self._log_done(f"{job.kind}d", mv, n, t0, job.cause)
-        _wake(fs)
+                return False
+        return True
+
+    async def _take_back(self, mv: Move, key: str, dst_key: str) -> None:
+        """The switch did not happen: the in-place path the copy was put back at goes with it."""
+        if key != dst_key:
+            with trio.CancelScope(shield=True):
+                try:
+                    await trio.to_thread.run_sync(mv.dst.take_back, key, dst_key)
+                except errors.TierfsError as e:
+                    log.warning("inode %d: could not remove %s/%s, put back for a restore that did not "
+                                "complete (%s)", mv.inode.ino, mv.dst.name, key, e)
 
     async def _copy(self, mv: Move, dst_key: str, *, fault: str) -> tuple[str, int, bytes]:
         """Copy with hashing, then verify the destination. Returns (sha256,
@@ -434,6 +565,9 @@ class Mover:
             return
         tier = self.fs.tiers.get(job.target_tier or "") or self.fs.tiers.get(self.cfg.default_tier)
         if tier is not None:
+            if isinstance(tier, DiskTier) and inode.origin_tier == tier.name and inode.origin_location:
+                # a restore put the copy back at the original's path and died before its switch
+                await trio.to_thread.run_sync(tier.take_back, inode.origin_location, job.dst_key)
             await trio.to_thread.run_sync(tier.delete, job.dst_key)  # raises: the tier is away, the job waits
         await self.fs.cat(self.fs.catalog.update_job, job.id, {"dst_key": None})
 

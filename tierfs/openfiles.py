@@ -314,6 +314,9 @@ class OpenFiles:
         self._lookups: dict[int, int] = {}     # kernel lookup counts
         self._locks: dict[int, InodeLock] = {}
         self._next_fh = 1
+        #: held by a restore that puts a file back at its in-place path (link + switch, moves.py) and by the
+        #: collector deleting released originals (check + unlink, gc.py): neither sees the other half-done
+        self.originals = trio.Lock()
 
     # ---- questions ---------------------------------------------------------
     def writing(self, ino: int) -> bool:

@@ -234,7 +234,8 @@ class Requests:
         d = {k: getattr(inode, k) for k in ("ino", "size", "atime_ns", "mtime_ns", "ctime_ns", "crtime_ns",
                                             "tier", "location", "archive_tier", "archive_location",
                                             "checksum", "data_version", "state_ns", "state_cause", "uid", "gid",
-                                            "stub_size")}
+                                            "stub_size",
+                                            "origin_tier", "origin_location")}
         d["state"] = str(inode.state)
         d["events"] = [dict(time_ns=e.time_ns, from_state=e.from_state, to_state=e.to_state, cause=e.cause,
                             detail=e.detail) for e in await fs.cat(fs.catalog.events, inode.ino, 10)]

@@ -122,6 +122,9 @@ class ArchiveTable(TierTable):
 class DiskTable(TierTable):
     kind: Literal["disk"]
     path: Text = Field(description="directory holding objects/ and tmp/")
+    release_originals: Flag = Field(False, description="files imported in place: their originals are deleted when "
+                                    "their file is released after its archive copy is verified (a restore puts "
+                                    "them back at their path); false: their release is refused")
 
 
 class VaultTable(ArchiveTable):

@@ -336,6 +336,7 @@ class Transition:
     cause: str                      # the history's cause, and state_cause when the state changes
     detail: str = ""                # the history's detail ("disk -> vault, 1234 bytes")
     garbage: tuple[tuple[str, str], ...] = ()   # (tier, key) objects no longer referenced after the commit
+    garbage_reason: str = ""        # the garbage's reason, for the collector (default: the cause)
     job_id: int | None = None       # the job whose dst_key the commit clears (its copy is now referenced)
     no_writers_except: str | None = None
     #: partial-state files: keep these first bytes online (stub_size = len; b"" drops the stub); None: the

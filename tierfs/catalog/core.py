@@ -348,7 +348,7 @@ class CatalogCore(Catalog):
                 changes["stub_size"] = len(stub)
                 t.set_stub(tr.ino, stub)
             t.set_fields(tr.ino, changes)
-            t.add_garbage(tr.garbage, tr.cause)
+            t.add_garbage(tr.garbage, tr.garbage_reason or tr.cause)
             if tr.job_id is not None:
                 t.clear_dst_key(tr.job_id, now)
             return inode.copy(**changes)

@@ -81,6 +81,9 @@ def _print_state(inf: dict, verbose: bool) -> None:
         if inf.get("stub_size"):
             echo(f"    stub: first {inf['stub_size']} bytes online (reads within them need no restore)")
         echo(f"    {st} since {_ts(inf.get('state_ns'))} by {inf.get('state_cause') or '-'}")
+        if inf.get("origin_location"):
+            echo(f"    in-place original released from {inf['origin_tier']}/{printable(inf['origin_location'])} "
+                 "(a restore puts it back there)")
         active = [j for j in inf.get("jobs", []) if j["state"] in ("pending", "running")]
         for j in active:
             err = f", last error: {j['last_error']}" if j.get("last_error") else ""
@@ -182,6 +185,19 @@ _INVALID = {
 }
 
 
+def _kept_original(path: str) -> str:
+    """Why the daemon refused to release a dual file: its online copy is a file imported in place on a
+    tier without release_originals (moves.kept_original, the only EINVAL of a dual file's release)."""
+    try:
+        inf = client.info(path)
+    except OSError:
+        inf = {}
+    tier, where = inf.get("tier") or "?", inf.get("location") or "?"
+    return (f"its online copy is the original {printable(where)} imported in place on tier {tier}, which keeps "
+            f"originals: set release_originals = true in [tiers.{tier}] to let release delete them once their "
+            "archive copy is verified")
+
+
 def _why_invalid(verb: str, path: str, opts: dict) -> str:
     try:
         st = client.state(path)
@@ -197,6 +213,8 @@ def _why_invalid(verb: str, path: str, opts: dict) -> str:
         return (f"tier {opts['to']} archives in place (archive_storage_class): it archives only files stored on it, "
                 f"and this file is on {inf.get('tier') or inf.get('archive_tier')}; migrate it to {opts['to']} "
                 "first, or archive it to an archive tier")
+    if (verb, st) == ("release", "dual"):
+        return _kept_original(path)
     if verb == "archive":
         return "refused: this mount has no archive tier to send it to (see its config, or give --to)"
     return f"refused for a file that is {st} (Invalid argument; the mount's log says why)"
@@ -310,6 +328,10 @@ def restore(paths, recursive, wait, timeout, to):
 @click.option("-r", "--recursive", is_flag=True, help="Every file under directories.")
 def release(paths, recursive):
     """Drop the online copy of dual files (instant; the archive copy stays).
+
+    A file imported in place keeps its original unless its tier has
+    release_originals = true: then the original is deleted from the tree once
+    the archive copy verifies, and a restore puts it back at the same path.
 
     \b
     Example:
