@@ -176,6 +176,22 @@ def test_a_failed_copytool_restore_is_restore_failed(make_mount, tmp_path):
     assert r.returncode == client.EXIT_FAILED and "drive 2 jammed" in r.stderr, r.stdout + r.stderr
 
 
+def test_a_policys_archive_names_no_user(make_mount, tmp_path):
+    m = notify_mount(make_mount, tmp_path, textwrap.dedent("""
+        [[policy]]
+        name = "big"
+        action = "archive"
+        to = "vault"
+        min_size = "1MB"
+        interval = "1s"
+        """))
+    put(m, "big.bin", 1_500_000)
+    (run,) = wait_runs(m, 1)
+    e = run["env"]
+    assert e["TIERFS_EVENT"] == b"archived" and e["TIERFS_PATH"] == b"/big.bin"
+    assert e["TIERFS_UID"] == b"" and e["TIERFS_USER"] == b"" and e["TIERFS_CAUSE"].startswith(b"policy rule 'big'")
+
+
 def test_names_reach_the_command_as_they_are_never_interpreted(make_mount, tmp_path):
     m = notify_mount(make_mount, tmp_path)
     marker = f"pwned-{uuid.uuid4().hex[:8]}"
