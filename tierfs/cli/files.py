@@ -227,7 +227,7 @@ def _poll(verb: str, files: list[str], look, timeout: float, t0: float) -> None:
     one failed, 8 when some had not ended after `timeout` seconds.
 
     look -> None: not yet; ("done", bytes); ("needless", 0): nothing to do;
-    ("failed", why)."""
+    ("failed", what happened: "restore failed: ...")."""
     pending = list(files)
     done = needless = nbytes = 0
     failed: list[tuple[str, str]] = []
@@ -240,7 +240,7 @@ def _poll(verb: str, files: list[str], look, timeout: float, t0: float) -> None:
                 try:
                     outcome = look(f, client.info(f))
                 except OSError as e:
-                    outcome = ("failed", f"{os.strerror(e.errno)} while waiting (deleted or renamed?)")
+                    outcome = ("failed", f"{verb}: {os.strerror(e.errno)} while waiting (deleted or renamed?)")
                 if outcome is None:
                     continue
                 what, value = outcome
@@ -257,7 +257,7 @@ def _poll(verb: str, files: list[str], look, timeout: float, t0: float) -> None:
                 time.sleep(pause)
                 pause = min(pause * 1.5, 1.0)   # 1,000 files: at most one info read per file per second
     for f, err in failed:
-        echo(f"tierfs: {f}: {verb} failed: {err}", err=True)
+        echo(f"tierfs: {f}: {err}", err=True)
     past, already = _DONE[verb]
     echo(f"{past} {done} file{'s' if done != 1 else ''}, {fmt_size(nbytes)} in {time.monotonic() - t0:.1f}s"
          + (f" ({needless} {already})" if needless else "") + (f"; {len(failed)} failed" if failed else "")
@@ -288,7 +288,7 @@ def _wait(verb: str, sent: list[tuple[str, dict]], timeout: float, t0: float) ->
         if job is None or job["state"] == "done":   # None: 20 newer jobs since: long finished
             return "done", inf.get("size", 0)
         if job["state"] in client.JOB_FINISHED:
-            return "failed", job.get("last_error") or job["state"]
+            return "failed", f"{verb} failed: {job.get('last_error') or job['state']}"
         return None
     _poll(verb, [f for f, _ in sent], look, timeout, t0)
 
@@ -394,10 +394,10 @@ def wait(paths, recursive, timeout):
         if inf["state"] in ("online", "dual", "archiving"):
             return ("done", inf.get("size", 0)) if f in seen else ("needless", 0)
         if inf["state"] == "lost":
-            return "failed", "is lost (its archive copy is missing or corrupt)" + (
-                f": {restores[-1]['last_error']}" if restores and restores[-1].get("last_error") else "")
+            why = restores[-1].get("last_error") if restores else None
+            return "failed", f"is lost ({why or 'its archive copy is missing or corrupt'})"
         if restores and restores[-1]["state"] != "done":
-            return "failed", restores[-1].get("last_error") or restores[-1]["state"]
+            return "failed", f"restore failed: {restores[-1].get('last_error') or restores[-1]['state']}"
         return "failed", f"is {inf['state']} and no restore is queued (`tierfs restore` it)"
     if files:
         _poll("restore", files, look, timeout, t0)
