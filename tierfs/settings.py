@@ -286,8 +286,9 @@ class Settings(Table):
     notify_command: Argv | None = Field(None, description="run when a restore is done or failed, a file archived "
                                         "or lost; no shell, the facts in TIERFS_* variables")
     notify_timeout: Duration = Field(30.0, description="longest run of notify_command (then it is killed)")
-    notify_batch_window: Duration = Field(5.0, description="events of one kind for one user this close together "
-                                          "make one notify_command run (0: one run per event)")
+    notify_batch_window: Duration = Field(5.0, description="one notify_command run gathers a requester's events of "
+                                          "one kind while they have such jobs queued, and this long after the last "
+                                          "(0: one run per event)")
     on_unclean: Literal["warn", "refuse"] = Field("warn", description="previous daemon died without unmounting")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
     track: Literal["open", "read"] = Field("open", description="what counts as an access")

@@ -235,6 +235,20 @@ def test_a_dataset_restore_is_one_run(make_mount, tmp_path):
     assert sorted(run["lines"].splitlines()) == sorted(sizes)
 
 
+def test_a_dataset_restore_on_a_slow_medium_is_still_one_run(make_mount, tmp_path):
+    """Restores end two at a time every 2.5 s, more than the 1 s window: the batch waits for the
+    requester's queue to drain (a window alone made one run per pair)."""
+    m = notify_mount(make_mount, tmp_path, window=1, restore_delay=2.5)
+    for i in range(6):
+        put(m, f"ds/f{i}", 100)
+    m.cli("archive", "-r", "--wait", m.path("ds"))
+    wait_runs(m, 1)
+    m.cli("restore", "-r", "--wait", m.path("ds"))
+    time.sleep(3)   # > the window after the last restore
+    assert [(r["env"]["TIERFS_EVENT"], r["env"]["TIERFS_COUNT"]) for r in runs(m)] \
+        == [(b"archived", b"6"), (b"restored", b"6")]
+
+
 def test_a_slow_notifier_is_killed_at_its_deadline_and_delays_no_restore(make_mount, tmp_path):
     started = tmp_path / "started"
     m = notify_mount(make_mount, tmp_path, "notify_timeout = 1",
