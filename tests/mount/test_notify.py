@@ -7,6 +7,7 @@ The notifier of these tests is a script recording each run: its exact
 environment (`env -0`), its arguments and both path lists."""
 
 import errno
+import functools
 import os
 import pwd
 import subprocess
@@ -36,7 +37,7 @@ NOBODY = pwd.getpwnam("nobody").pw_uid
 
 
 def notify_mount(make_mount, tmp_path, settings: str = "", window: float = 0, command: str | None = None,
-                 **vault):
+                 catalog_url: str | None = None, **vault):
     """A mount with a disk and a vault tier whose notify_command records its runs in tmp_path/'runs dir'
     (a directory name with a space: the command line is split like a shell's, not on spaces)."""
     out = tmp_path / "runs dir"
@@ -45,7 +46,7 @@ def notify_mount(make_mount, tmp_path, settings: str = "", window: float = 0, co
     script.write_text(RECORDER)
     script.chmod(0o755)
     cmd = command or f"{script} '{out}'"
-    m = _mount_with_vault(make_mount, tmp_path, f"job_retry_delay = 1\nnotify_batch_window = {window}\n"
+    m = _mount_with_vault(functools.partial(make_mount, catalog_url=catalog_url), tmp_path, f"job_retry_delay = 1\nnotify_batch_window = {window}\n"
                           f"notify_command = {toml_str(cmd)}\n{settings}", **vault)
     m.runs_dir = out
     return m
@@ -79,8 +80,8 @@ def events(m) -> list[str]:
     return [r["env"]["TIERFS_EVENT"].decode() for r in runs(m)]
 
 
-def test_restore_asked_by_a_user_tells_their_uid_and_name(make_mount, tmp_path):
-    m = notify_mount(make_mount, tmp_path, "allow_other = true")
+def test_restore_asked_by_a_user_tells_their_uid_and_name(make_mount, tmp_path, catalog_url):
+    m = notify_mount(make_mount, tmp_path, "allow_other = true", catalog_url=catalog_url)
     os.chmod(m.mnt, 0o1777)
     # nobody's own file, archived and restored at nobody's request: the setxattr `tierfs archive` and
     # `tierfs restore` send (the CLI's interpreter lives under /root here, out of nobody's reach)
