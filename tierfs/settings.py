@@ -71,7 +71,10 @@ def _argv(v):
     """A command line split like a shell would (quotes, backslashes; nothing
     substituted), or a list of words: an argv, run without a shell."""
     import shlex
-    argv = shlex.split(v) if isinstance(v, str) else v
+    try:
+        argv = shlex.split(v) if isinstance(v, str) else v
+    except ValueError as e:   # "No closing quotation"
+        raise ValueError(f"cannot split {v!r} into words like a shell: {str(e).lower()}") from None
     if not isinstance(argv, list) or not argv or not all(isinstance(a, str) and a for a in argv):
         raise ValueError(f"expected a command line or a list of words, got {v!r}")
     return argv
