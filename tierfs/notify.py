@@ -130,6 +130,10 @@ class Notifier:
         self._dropped = 0
         self._batches: dict[tuple[str, int | None], Batch] = {}
         self._slots = trio.CapacityLimiter(RUNNERS)
+        self._nursery: trio.Nursery | None = None   # run()'s: the runs live there
+        self._runs = 0                  # runs started (or waiting for a slot), not finished
+        self._untold = 0                # ... and the events they carry
+        self._idle = trio.Event()       # set when _runs drops to 0
 
     # ---- from the job runner -------------------------------------------------
     def job_ended(self, job: Job, error: str | None) -> None:
@@ -145,29 +149,38 @@ class Notifier:
 
     # ---- the service ---------------------------------------------------------
     async def run(self) -> None:
-        async with trio.open_nursery() as nursery:
+        async with trio.open_nursery() as self._nursery:
             while True:
                 due = min((b.due for b in self._batches.values()), default=math.inf)
                 with trio.move_on_after(max(0.0, due - time.monotonic()) if due < math.inf else math.inf):
                     job, error = await self._recv.receive()
                     with trio.CancelScope(shield=True):   # a deadline here must not drop the job's end
                         await self._take(job, error)
-                await self._send_due(nursery, force=False)
+                await self._send_due(force=False)
 
     def wake(self) -> None:
         pass
 
     async def stop(self) -> None:
-        """At unmount: what is known is sent now (each run still bounded by notify_timeout)."""
+        """At unmount: what is gathered is sent now, and the runs get one
+        notify_timeout in all to finish (then the daemon's end kills them: an
+        unmount must not wait 400 runs of a hung notifier)."""
+        if self._nursery is None:
+            return   # never started
         while True:
             try:
                 job, error = self._recv.receive_nowait()
             except trio.WouldBlock:
                 break
             await self._take(job, error)
-        if self._batches:
-            async with trio.open_nursery() as nursery:
-                await self._send_due(nursery, force=True)
+        await self._send_due(force=True)
+        with trio.move_on_after(self.cfg.notify_timeout):
+            while self._runs:
+                self._idle = trio.Event()
+                await self._idle.wait()
+        if self._runs:
+            log.warning("unmount: %d notify_command run(s) for %d event(s) not done within notify_timeout (%.0fs): "
+                        "dropped", self._runs, self._untold, self.cfg.notify_timeout)
 
     # ---- events and batches -------------------------------------------------
     async def _take(self, job: Job, error: str | None) -> None:
@@ -208,7 +221,7 @@ class Notifier:
         return Event(kind, inode.ino, path, inode.size, tier or "", job.uid, job.cause,
                      job.cause if error is None else error)
 
-    async def _send_due(self, nursery: trio.Nursery, force: bool) -> None:
+    async def _send_due(self, force: bool) -> None:
         """Send the batches whose window passed and whose requester has no
         job of their kind left (all of them when `force`: the unmount)."""
         now = time.monotonic()
@@ -223,7 +236,9 @@ class Notifier:
                 b.due = now + max(self.cfg.notify_batch_window, 1.0)   # look again then
                 continue
             del self._batches[key]
-            nursery.start_soon(self._run_command, b.events)
+            self._runs += 1
+            self._untold += len(b.events)
+            self._nursery.start_soon(self._run_command, b.events)
 
     async def _queued(self) -> set[tuple[JobKind, int | None]]:
         """(kind, requester) of the jobs queued or running (any mount)."""
@@ -238,17 +253,23 @@ class Notifier:
 
     # ---- one run ------------------------------------------------------------
     async def _run_command(self, events: list[Event]) -> None:
-        async with self._slots:
-            argv = self.cfg.notify_command
-            if not argv:
-                return
-            what = f"{events[0].kind} of {printable(events[0].path)}" + \
-                (f" and {len(events) - 1} more" if len(events) > 1 else "")
-            t0 = time.monotonic()
-            try:
-                await self._run(argv, events, what, t0)
-            except Exception:  # noqa: BLE001 - a notifier's trouble must never reach the mount
-                log.exception("notify_command for %s", what)
+        try:
+            async with self._slots:
+                argv = self.cfg.notify_command
+                if not argv:
+                    return
+                what = f"{events[0].kind} of {printable(events[0].path)}" + \
+                    (f" and {len(events) - 1} more" if len(events) > 1 else "")
+                t0 = time.monotonic()
+                try:
+                    await self._run(argv, events, what, t0)
+                except Exception:  # noqa: BLE001 - a notifier's trouble must never reach the mount
+                    log.exception("notify_command for %s", what)
+        finally:
+            self._runs -= 1
+            self._untold -= len(events)
+            if not self._runs:
+                self._idle.set()
 
     async def _run(self, argv: list[str], events: list[Event], what: str, t0: float) -> None:
         timeout = self.cfg.notify_timeout

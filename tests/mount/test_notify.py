@@ -267,6 +267,20 @@ def test_a_slow_notifier_is_killed_at_its_deadline_and_delays_no_restore(make_mo
     assert f"touch {started}" not in ps
 
 
+def test_unmount_waits_one_notify_timeout_for_a_hung_notifier_not_one_per_run(make_mount, tmp_path):
+    m = notify_mount(make_mount, tmp_path, "notify_timeout = 3", command="sleep 61.25")
+    for i in range(10):
+        put(m, f"h{i}", 100)
+    m.cli("archive", "--wait", *[m.path(f"h{i}") for i in range(10)])
+    t0 = time.monotonic()
+    m.stop()
+    took = time.monotonic() - t0
+    assert took < 3 + 8, took   # 10 runs of 3 s, 4 at a time, would be 9 s more
+    assert "notify_command run(s) for" in m.log() and "not done within notify_timeout (3s): dropped" in m.log()
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert "sleep 61.25" not in ps   # the runs cut short at the daemon's end are killed too
+
+
 def test_a_broken_notifier_is_one_log_line(make_mount, tmp_path):
     m = notify_mount(make_mount, tmp_path, command=f"{tmp_path}/no-such-notifier --flag")
     put(m, "b.bin", 100)
