@@ -46,8 +46,10 @@ class JobRunner:
     COUNTED = (errors.ObjectMissing, errors.ChecksumMismatch)
     DECLINE_S = 600.0   # how long a job needing a tier this mount lacks is left to others
 
-    def __init__(self, fs, cfg, session_id: str):
+    def __init__(self, fs, cfg, session_id: str, ended=None):
         self.fs = fs
+        #: told of every job that ended, done (error None) or failed (notify.Notifier.job_ended); never blocks
+        self.ended = ended or (lambda job, error: None)
         self.cfg = cfg
         self.session_id = session_id
         self.moves = Mover(fs, cfg)
@@ -132,6 +134,7 @@ class JobRunner:
                 await self._fail(job, f"internal error: {e!r}")
             else:
                 await self._record(self.fs.catalog.finish_job, job.id, JobState.DONE)
+                self.ended(job, None)
         finally:
             self.running -= 1
             self.busy[tier] -= 1
@@ -179,3 +182,4 @@ class JobRunner:
             await self._record(self.fs.catalog.finish_job, job.id, JobState.FAILED, msg)
         except errors.TierfsError as e:
             log.error("recording failure of job %d: %s", job.id, e)
+        self.ended(job, msg)

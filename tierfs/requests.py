@@ -156,7 +156,7 @@ class Requests:
             if inode.state == State.LOST:
                 raise errors.TierfsError(f"inode {inode.ino} is lost; nothing to restore", err=errno.EIO)
             job, created = await fs.cat(fs.catalog.enqueue, inode.ino, JobKind.RESTORE, target_tier=target,
-                                        cause=cause)
+                                        cause=cause, uid=caller.uid)
         elif verb == "release":
             if inode.state == State.DUAL:
                 from .moves import release_now
@@ -177,7 +177,7 @@ class Requests:
                     target == inode.archive_tier and inplace.in_place(self.fs.tier(target)))):
                 return None
             job, created = await fs.cat(fs.catalog.enqueue, inode.ino, JobKind.ARCHIVE, target_tier=target,
-                                        keep_online=bool(opts.get("keep_online")), cause=cause)
+                                        keep_online=bool(opts.get("keep_online")), cause=cause, uid=caller.uid)
         elif verb == "migrate":
             target = opts.get("to")
             if not target:
@@ -186,7 +186,7 @@ class Requests:
             if inode.state not in READABLE_STATES:
                 raise errors.Invalid(f"inode {inode.ino} is {inode.state}: restore it before migrating")
             job, created = await fs.cat(fs.catalog.enqueue, inode.ino, JobKind.MIGRATE, target_tier=target,
-                                        cause=cause)
+                                        cause=cause, uid=caller.uid)
         else:
             raise errors.Invalid(f"unknown request {verb!r}")
         if created:
@@ -240,7 +240,8 @@ class Requests:
         d["events"] = [dict(time_ns=e.time_ns, from_state=e.from_state, to_state=e.to_state, cause=e.cause,
                             detail=e.detail) for e in await fs.cat(fs.catalog.events, inode.ino, 10)]
         d["jobs"] = [dict(id=j.id, kind=str(j.kind), state=str(j.state), attempts=j.attempts,
-                          last_error=j.last_error, target_tier=j.target_tier, cause=j.cause, created_ns=j.created_ns)
+                          last_error=j.last_error, target_tier=j.target_tier, cause=j.cause, created_ns=j.created_ns,
+                          uid=j.uid)
                      for j in await fs.cat(fs.catalog.jobs, None, inode.ino, 20, newest_first=True)]
         return d
 

@@ -67,6 +67,21 @@ def _names(v):
     return v
 
 
+def _argv(v):
+    """A command line split like a shell would (quotes, backslashes; nothing
+    substituted), or a list of words: an argv, run without a shell."""
+    import shlex
+    try:
+        argv = shlex.split(v) if isinstance(v, str) else v
+    except ValueError as e:   # "No closing quotation"
+        raise ValueError(f"cannot split {v!r} into words like a shell: {str(e).lower()}") from None
+    if not isinstance(argv, list) or not argv or not all(isinstance(a, str) and a for a in argv):
+        raise ValueError(f"expected a command line or a list of words, got {v!r}")
+    return argv
+
+
+#: a command run without a shell: "notify-send 'restore done'" or ["mail", "-s", "done", "ops"]
+Argv = Annotated[list[str], BeforeValidator(_argv)]
 #: user or group names or ids, one or a list
 Names = Annotated[list[Any], BeforeValidator(_names)]
 
@@ -295,6 +310,12 @@ class Settings(Table):
     job_retry_delay: Duration = Field(30.0, description="delay before a failed job is retried")
     job_retry_max_delay: Duration = Field(600.0, description="longest wait between attempts of a waiting job")
     job_max_attempts: Count = Field(5, description="failures before a job is marked failed")
+    notify_command: Argv | None = Field(None, description="run when a restore is done or failed, a file archived "
+                                        "or lost; no shell, the facts in TIERFS_* variables")
+    notify_timeout: Duration = Field(30.0, description="longest run of notify_command (then it is killed)")
+    notify_batch_window: Duration = Field(5.0, description="one notify_command run gathers a requester's events of "
+                                          "one kind while they have such jobs queued, and this long after the last "
+                                          "(0: one run per event)")
     on_unclean: Literal["warn", "refuse"] = Field("warn", description="previous daemon died without unmounting")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
     track: Literal["open", "read"] = Field("open", description="what counts as an access")
