@@ -43,7 +43,7 @@ class JobRunner:
     #: failures that heal by themselves: wait, however long it takes
     TRANSIENT = (errors.TierUnavailable, errors.CatalogUnavailable, errors.NoSpace, errors.Pending)
     #: failures a later attempt may not see (a copy put back, a re-read): counted towards job_max_attempts
-    COUNTED = (errors.ObjectMissing, errors.ChecksumMismatch)
+    COUNTED = (errors.ObjectMissing, errors.ChecksumMismatch, errors.CopytoolFailed)
     DECLINE_S = 600.0   # how long a job needing a tier this mount lacks is left to others
 
     def __init__(self, fs, cfg, session_id: str):
@@ -148,6 +148,9 @@ class JobRunner:
         self.waits[job.id] = n + 1
         delay = min(self.cfg.job_retry_delay * 2 ** min(n, 30), max(self.cfg.job_retry_max_delay,
                                                                     self.cfg.job_retry_delay))
+        hint = e.retry_s if isinstance(e, errors.Pending) else None
+        if hint is not None:   # the tier knows when to ask again (a batch due in 3 s): no backoff
+            delay = max(hint, 0.1)
         why = None
         if isinstance(e, (errors.TierUnavailable, errors.NoSpace)):
             inode = self.fs.cached(job.ino)
@@ -155,9 +158,9 @@ class JobRunner:
             names = [job.target_tier] + ([inode.tier, inode.archive_tier] if inode is not None else [])
             why = await self.health.diagnose(names, need)
         reason = why or str(e)
-        # One line when the wait starts; the attempts while it lasts only at debug level.
-        (log.warning if n == 0 else log.debug)("job %d (%s inode %d) waits: %s; next attempt in %.0fs", job.id,
-                                               job.kind, job.ino, reason, delay)
+        # One line when the wait starts (a batch tier's "queued": info, the tier logs each batch); then debug.
+        level = log.debug if n else log.info if hint is not None else log.warning
+        level("job %d (%s inode %d) waits: %s; next attempt in %.0fs", job.id, job.kind, job.ino, reason, delay)
         await self._record(self.fs.catalog.retry_job, job.id, f"{WAITING}{reason}", delay, count=False)
 
     async def _record(self, fn, *args, **kw) -> None:

@@ -117,6 +117,11 @@ class CommandTable(TierTable):
     delete_command: Text | None = Field(None, description="removes {key} (default: the copy is only forgotten)")
     staging: Text | None = Field(None, description="staging directory (default: state_dir/command-NAME)")
     timeout: Duration = Field(3600.0, description="longest run of one command")
+    restore_batch_command: Text | None = Field(
+        None, description="restores the objects listed in {list} in one run (default: restore_command per object)")
+    batch_max_files: Count = Field(100, description="most objects in one batch")
+    batch_max_bytes: Size | None = Field(None, description="most bytes in one batch (default: no limit)")
+    batch_wait: Duration = Field(30.0, description="how long a batch gathers requests before it runs")
 
 
 S3_ARCHIVE_CLASSES = ("GLACIER", "DEEP_ARCHIVE")   # need a RestoreObject before GET

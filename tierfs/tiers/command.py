@@ -22,6 +22,7 @@ the copytool wrote is made 0600 before it is used); tierfs/private.py.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -29,11 +30,13 @@ import os
 import re
 import shlex
 import subprocess
+import time
 from typing import BinaryIO, Iterator
 
 from .. import errors, private
 from ..settings import CommandTable
-from .base import HashingReader, Tier, copy_stream
+from . import batch
+from .base import HashingReader, Tier, copy_stream, sha256_stream
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +54,15 @@ class CommandTier(Tier):
         self.timeout = self.settings.timeout
         self.manifest = os.path.join(self.staging, "manifest")
         self.restored = os.path.join(self.staging, "restored")
+        #: restore requests waiting for a batch (restore_batch_command), else None: one run per object
+        self.restore_batch = (batch.Requests(os.path.join(self.staging, "batch-restore"))
+                              if self.settings.restore_batch_command else None)
 
     def check(self) -> None:
         for d in (self.staging, self.manifest, self.restored, os.path.join(self.staging, "out")):
             private.makedirs(d)
+        if self.restore_batch is not None:
+            self.restore_batch.check()
 
     @staticmethod
     def _create(path: str) -> BinaryIO:
@@ -68,22 +76,26 @@ class CommandTier(Tier):
     def probe(self) -> None:
         """Only the copytool knows whether its medium is there (it answers pending)."""
 
-    def _run(self, which: str, **values) -> int:
+    def _exec(self, which: str, **values) -> subprocess.CompletedProcess:
+        """Run a command with its placeholders shell-quoted; TierUnavailable when it times out."""
         template = getattr(self.settings, which)
         # Only the documented placeholders are replaced; other braces (shell { ...; }) stay.
-        cmd = re.sub(r"\{(key|path|size|sha256)\}",
+        cmd = re.sub(r"\{(key|path|size|sha256|list|results)\}",
                      lambda m: shlex.quote(str(values[m.group(1)])) if m.group(1) in values else m.group(0),
                      template)
         try:
-            r = subprocess.run(["/bin/sh", "-c", cmd], capture_output=True, text=True, timeout=self.timeout)
+            return subprocess.run(["/bin/sh", "-c", cmd], capture_output=True, text=True, timeout=self.timeout)
         except subprocess.TimeoutExpired:
             raise errors.TierUnavailable(f"tier {self.name}: {which} timed out after {self.timeout:.0f}s") from None
+
+    def _run(self, which: str, **values) -> int:
+        r = self._exec(which, **values)
         if r.returncode == 0:
             return 0
         if r.returncode == EX_TEMPFAIL:
             raise errors.Pending(f"tier {self.name}: {which} for {values.get('key')} is pending "
-                                 f"(exit 75): {r.stderr.strip()[-300:]}")
-        raise errors.TierfsError(f"tier {self.name}: {which} exited {r.returncode}: {r.stderr.strip()[-300:]}")
+                                 f"(exit 75): {_tail(r.stderr)}")
+        raise errors.TierfsError(f"tier {self.name}: {which} exited {r.returncode}: {_tail(r.stderr)}")
 
     def put(self, key: str, src: BinaryIO) -> int:
         out = os.path.join(self.staging, "out", key)
@@ -114,6 +126,8 @@ class CommandTier(Tier):
         path = os.path.join(self.restored, key)
         if os.path.exists(path):
             return True
+        if self.restore_batch is not None:
+            return self._prepare_batched(key, path)
         self.restores += 1
         tmp = path + ".part"
         self._run("restore_command", key=key, path=tmp)  # exit 75 raises Pending with the command's reason
@@ -122,6 +136,113 @@ class CommandTier(Tier):
         private.tighten(tmp)  # the copytool's umask made it; restored/ (0700) kept others out meanwhile
         os.rename(tmp, path)
         return True
+
+    # ---- restore batches (tierfs/tiers/batch.py) ------------------------------------------
+    def _prepare_batched(self, key: str, path: str) -> bool:
+        """Join the next restore batch; run it when it is due (in this job's
+        thread; one at a time per tier). Pending until a batch restored `key`,
+        with the time to ask again (errors.Pending.retry_s)."""
+        q, s = self.restore_batch, self.settings
+        ran = False
+        while True:
+            req = q.get(key)
+            if req is None:
+                meta = self._meta(key) or {}
+                req = q.put(batch.Request(key, meta.get("size"), meta.get("sha256"), time.time()))
+                if os.path.exists(path):   # a batch restored it since our look: no second recall
+                    q.remove(key)
+                    return True
+                self.restores += 1
+            if req.state == batch.FAILED:
+                q.remove(key)   # the next attempt of the job asks again
+                raise errors.CopytoolFailed(req.message)
+            now = time.time()
+            if req.not_before > now:
+                raise errors.Pending(f"{req.message}; next batch in {req.not_before - now:.0f}s",
+                                     retry_s=req.not_before - now)
+            nxt = batch.plan(q.all(), now, s.batch_wait, s.batch_max_files, s.batch_max_bytes)
+            if ran or nxt.due_at > now:
+                wait = max(nxt.due_at - now, 0.0)
+                raise errors.Pending(f"tier {self.name}: queued for the next restore batch "
+                                     f"({len(nxt.requests)} of {s.batch_max_files} objects, due in {wait:.0f}s)",
+                                     retry_s=wait)
+            with q.lock() as mine:
+                if not mine:
+                    # Ask again after a quarter of the time it has run (1 s to 30 s): a
+                    # 10-minute tape batch's jobs ask about 40 times each, each answer a stat.
+                    took = q.running_for(now)
+                    raise errors.Pending(f"tier {self.name}: a restore batch is running ({took:.0f}s so far)",
+                                         retry_s=min(max(took / 4, 1.0), 30.0))
+                # Under the lock: the batch that just ended may have restored these.
+                nxt = batch.plan(q.all(), time.time(), s.batch_wait, s.batch_max_files, s.batch_max_bytes)
+                if nxt.requests:
+                    self._run_restore_batch(nxt.requests)
+            ran = True
+            if os.path.exists(path):
+                return True
+
+    def _run_restore_batch(self, requests: tuple[batch.Request, ...]) -> None:
+        """One restore_batch_command run; each object restored becomes restored/KEY
+        (after its size and sha256 match the manifest), the others are marked
+        pending or failed with their reason."""
+        q = self.restore_batch
+        parts = {r.key: os.path.join(self.restored, r.key + ".part") for r in requests}
+        listing, results = os.path.join(q.dir, "list"), os.path.join(q.dir, "results")
+        for p in (*parts.values(), results):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(p)   # left by a crashed run: the copytool writes them afresh
+        with self._create(listing) as f:
+            f.write(batch.list_lines((r.key, parts[r.key], r.size, r.sha256) for r in requests).encode())
+        t0 = time.monotonic()
+        try:
+            run = self._exec("restore_batch_command", list=listing, results=results)
+            rc, why = run.returncode, _tail(run.stderr)
+        except errors.TierUnavailable as e:   # timed out: the objects it did not finish stay queued
+            rc, why = None, str(e)
+        which = f"tier {self.name}: restore_batch_command"
+        reason = (why if rc is None else f"{which} is pending (exit 75): {why}" if rc == EX_TEMPFAIL
+                  else f"{which} exited {rc}: {why}")
+        said = batch.read_results(results, parts, which)
+        counts = {batch.DONE: 0, batch.PENDING: 0, batch.FAILED: 0}
+        for r in requests:
+            state, msg = batch.outcome(r.key, said, rc, why)
+            msg = f"{which} reports {r.key} {state}: {msg}" if r.key in said else reason
+            if state == batch.DONE:
+                bad = self._check_restored(parts[r.key], r)
+                if bad is None:
+                    private.tighten(parts[r.key])
+                    os.rename(parts[r.key], os.path.join(self.restored, r.key))
+                    q.remove(r.key)
+                    counts[state] += 1
+                    continue
+                state, msg = batch.FAILED, f"{which}: {bad}"
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(parts[r.key])
+            counts[state] += 1
+            if state == batch.PENDING:
+                delay = batch.pending_delay(self.settings.batch_wait, r.tries + 1)
+                q.update(r, state=state, message=msg, tries=r.tries + 1, not_before=time.time() + delay)
+            else:
+                q.update(r, state=state, message=msg)
+        os.unlink(listing)
+        (log.info if counts[batch.DONE] == len(requests) else log.warning)(
+            "tier %s: restore batch of %d objects in %.1fs: %d done, %d pending, %d failed (exit %s)%s",
+            self.name, len(requests), time.monotonic() - t0, counts[batch.DONE], counts[batch.PENDING],
+            counts[batch.FAILED], "timeout" if rc is None else rc, "" if rc == 0 else f": {why}")
+
+    @staticmethod
+    def _check_restored(path: str, r: batch.Request) -> str | None:
+        """Why the bytes a copytool restored to `path` are not object r (None: they are)."""
+        try:
+            with open(path, "rb") as f:
+                sha, n = sha256_stream(f)
+        except FileNotFoundError:
+            return f"reported {r.key} done but wrote nothing to {path}"
+        if r.size is not None and n != r.size:
+            return f"restored {n} bytes of {r.key}, the manifest says {r.size}"
+        if r.sha256 and sha != r.sha256:
+            return f"restored {r.key} with sha256 {sha[:12]}.., the manifest says {r.sha256[:12]}.."
+        return None
 
     def open_reader(self, key: str) -> BinaryIO:
         self.reads += 1
@@ -153,6 +274,11 @@ class CommandTier(Tier):
 
     def private_entries(self) -> Iterator[tuple[str, int]]:
         return private.walk_modes(self.staging)
+
+
+def _tail(stderr: str) -> str:
+    """What a job keeps of a command's stderr: its last 300 characters."""
+    return stderr.strip()[-300:]
 
 
 class _ConsumeOnClose(io.FileIO):

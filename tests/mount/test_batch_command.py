@@ -1,0 +1,171 @@
+"""Restore batches of a `command` tier (restore_batch_command) through a real
+mount: `tierfs restore -r` of many files runs the copytool once per
+batch_max_files, the list is sorted by key with its four columns, a results
+file fails one object without failing the batch, exit 75 keeps the whole
+batch queued with its reason, and batch_wait gathers requests that arrive
+over time. The copytool is a script written here: it logs each run and copies
+objects from a directory standing for the tape."""
+
+import hashlib
+import json
+import math
+import os
+import sys
+import textwrap
+import time
+
+import pytest
+
+from tests.conftest import file_info as info, put_file as put, wait_for
+
+pytestmark = pytest.mark.mount
+
+COPYTOOL = textwrap.dedent('''
+    """Test copytool: restore_batch LIST RESULTS TAPE RUNS CONTROL."""
+    import json, os, shutil, sys, time
+    listing, results, tape, runs, control = sys.argv[1:6]
+    lines = open(listing).read().splitlines()
+    ctl = json.load(open(control)) if os.path.exists(control) else {}
+    with open(runs, "a") as f:
+        f.write(json.dumps({"t": time.time(), "lines": lines}) + "\\n")
+    if ctl.get("exit") == 75:
+        print(ctl.get("say", "tape not in the library"), file=sys.stderr)
+        sys.exit(75)
+    out = []
+    for line in lines:
+        key, path, size, sha = line.split("\\t")
+        if key in ctl.get("fail", ()):
+            out.append(f"{key}\\tfailed\\tbad block on tape T0001")
+            continue
+        shutil.copyfile(os.path.join(tape, key), path)
+    with open(results, "w") as f:
+        f.write("".join(x + "\\n" for x in out))
+''')
+
+
+def tape_mount(make_mount, tmp_path, *, files=5, wait=1.0, top=""):
+    """A mount with a disk tier and a `command` tier `tape` whose restores are batched."""
+    tape, home = tmp_path / "tape", tmp_path / "home"
+    tape.mkdir()
+    (home / "disk").mkdir(parents=True)
+    tool = tmp_path / "copytool.py"
+    tool.write_text(COPYTOOL)
+    runs, control = tmp_path / "runs.jsonl", tmp_path / "control.json"
+    m = make_mount(config=f"""
+        restore_mode = "error"
+        job_retry_delay = 1
+        {top}
+        [tiers.disk]
+        kind = "disk"
+        path = "{home}/disk"
+        [tiers.tape]
+        kind = "command"
+        archive_command = "cp {{path}} {tape}/{{key}}"
+        restore_command = "echo per-object restore used >&2; exit 1"
+        restore_batch_command = "{sys.executable} {tool} {{list}} {{results}} {tape} {runs} {control}"
+        batch_max_files = {files}
+        batch_wait = {wait}
+    """)
+    m.runs = lambda: [json.loads(x) for x in runs.read_text().splitlines()] if runs.exists() else []
+    m.control = lambda **c: control.write_text(json.dumps(c))
+    return m
+
+
+def archived_set(m, n, prefix="d/f", size=20_000):
+    """n files archived to the tape: {relative path: bytes}."""
+    datas = {f"{prefix}{i:03d}.bin": put(m, f"{prefix}{i:03d}.bin", size + i) for i in range(n)}
+    m.cli("archive", "--wait", "--timeout", "120", "--to", "tape", "-r", m.path(os.path.dirname(prefix)))
+    assert all(m.state(p) == "archived" for p in datas)
+    return datas
+
+
+def test_restore_r_runs_one_command_per_batch(make_mount, tmp_path):
+    m = tape_mount(make_mount, tmp_path, files=5, wait=3)
+    datas = archived_set(m, 12)
+    keys = {info(m, p)["archive_location"]: p for p in datas}
+    t0 = time.monotonic()
+    m.cli("restore", "-r", "--wait", "--timeout", "120", m.path("d"))
+    took = time.monotonic() - t0
+    for p, d in datas.items():
+        assert m.state(p) == "dual"
+        assert hashlib.sha256(open(m.path(p), "rb").read()).digest() == hashlib.sha256(d).digest()
+    runs = m.runs()
+    assert 1 <= len(runs) <= math.ceil(12 / 5), runs
+    listed = [line.split("\t") for r in runs for line in r["lines"]]
+    assert sorted(k for k, *_ in listed) == sorted(keys)   # each object once
+    for r in runs:
+        ks = [line.split("\t")[0] for line in r["lines"]]
+        assert ks == sorted(ks) and len(ks) <= 5
+    staged = os.path.join(m.home, "state", "command-tape", "restored")
+    for key, path, size, sha in listed:
+        assert os.path.dirname(path) == staged
+        assert int(size) == len(datas[keys[key]]) and sha == hashlib.sha256(datas[keys[key]]).hexdigest()
+    assert os.listdir(staged) == []   # every restored staging file was consumed
+    assert "per-object restore used" not in m.log()
+    print(f"restore -r of 12 files: {len(runs)} copytool runs, {took:.1f}s")
+
+
+def test_results_file_fails_one_object_only(make_mount, tmp_path):
+    m = tape_mount(make_mount, tmp_path, files=10, wait=1, top="job_max_attempts = 2")
+    datas = archived_set(m, 4)
+    bad = "d/f002.bin"
+    bad_key = info(m, bad)["archive_location"]
+    m.control(fail=[bad_key])
+    r = m.cli("restore", "-r", "--wait", "--timeout", "120", m.path("d"), check=False)
+    assert r.returncode == 1, r.stdout + r.stderr
+    for p, d in datas.items():
+        if p != bad:
+            assert m.state(p) == "dual" and open(m.path(p), "rb").read() == d
+    assert m.state(bad) in ("archived", "restoring")   # (a failed restore job leaves it restoring, as today)
+    job = [j for j in info(m, bad)["jobs"] if j["kind"] == "restore"][-1]
+    assert job["state"] == "failed" and job["attempts"] == 2
+    assert "bad block on tape T0001" in job["last_error"]
+    # the failed object was asked for again in a later batch (an attempt each), alone
+    runs = m.runs()
+    assert [line.split("\t")[0] for line in runs[-1]["lines"]] == [bad_key]
+    assert sum(bad_key in line for r in runs for line in r["lines"]) == 2
+    # once the tape reads, a new restore brings it back
+    m.control()
+    m.cli("restore", "--wait", "--timeout", "60", m.path(bad))
+    assert open(m.path(bad), "rb").read() == datas[bad]
+
+
+def test_pending_batch_stays_queued_with_its_reason(make_mount, tmp_path):
+    m = tape_mount(make_mount, tmp_path, files=10, wait=1)
+    datas = archived_set(m, 3)
+    m.control(exit=75, say="please load tape T0007")
+    m.cli("restore", "-r", m.path("d"))
+
+    def all_waiting():
+        q = json.loads(m.cli("queue", "--json", m.mnt).stdout)
+        return len(q) == 3 and all("please load tape T0007" in j["last_error"] for j in q) and q
+    q = wait_for(all_waiting, timeout=30, what="the batch's reason on every queued job")
+    assert {j["kind"] for j in q} == {"restore"}
+    assert all(m.state(p) in ("restoring", "archived") for p in datas)
+    out = m.cli("queue", m.mnt).stdout
+    assert "please load tape T0007" in out
+    # the requests outlive a restart
+    m.stop()
+    m.start()
+    m.control()
+    wait_for(lambda: all(m.state(p) == "dual" for p in datas), timeout=60, what="restores once the tape is in")
+    for p, d in datas.items():
+        assert open(m.path(p), "rb").read() == d
+    runs = m.runs()
+    assert all(len(r["lines"]) == 3 for r in runs), runs   # every run carried the whole batch
+    assert len(runs) >= 2
+
+
+def test_batch_wait_gathers_requests_over_time(make_mount, tmp_path):
+    m = tape_mount(make_mount, tmp_path, files=100, wait=2.5)
+    datas = archived_set(m, 4)
+    first = time.time()
+    for p in datas:
+        m.cli("restore", m.path(p))
+        time.sleep(0.3)
+    wait_for(lambda: all(m.state(p) == "dual" for p in datas), timeout=60, what="restores")
+    runs = m.runs()
+    assert len(runs) == 1 and len(runs[0]["lines"]) == 4, runs
+    assert runs[0]["t"] - first >= 2.5 - 0.2   # it waited for batch_wait from the first request
+    for p, d in datas.items():
+        assert open(m.path(p), "rb").read() == d
