@@ -113,7 +113,8 @@ class VaultTable(TierTable):
 class CommandTable(TierTable):
     kind: Literal["command"]
     archive_command: Text = Field(description="stores {path} as {key} (exit 0 done, 75 pending)")
-    restore_command: Text = Field(description="writes object {key} to {path}")
+    restore_command: Text | None = Field(
+        None, description="writes object {key} to {path} (required without restore_batch_command)")
     delete_command: Text | None = Field(None, description="removes {key} (default: the copy is only forgotten)")
     staging: Text | None = Field(None, description="staging directory (default: state_dir/command-NAME)")
     timeout: Duration = Field(3600.0, description="longest run of one command")
@@ -122,6 +123,14 @@ class CommandTable(TierTable):
     batch_max_files: Count = Field(100, description="most objects in one batch")
     batch_max_bytes: Size | None = Field(None, description="most bytes in one batch (default: no limit)")
     batch_wait: Duration = Field(30.0, description="how long a batch gathers requests before it runs")
+
+    @model_validator(mode="after")
+    def _restore_commands(self):
+        if self.restore_batch_command is None and self.restore_command is None:
+            raise Invalid("restore_command", "required (or restore_batch_command)")
+        if self.restore_batch_command is not None and "{list}" not in self.restore_batch_command:
+            raise Invalid("restore_batch_command", "must name the list of objects with {list}")
+        return self
 
 
 S3_ARCHIVE_CLASSES = ("GLACIER", "DEEP_ARCHIVE")   # need a RestoreObject before GET
