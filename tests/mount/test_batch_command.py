@@ -43,7 +43,7 @@ COPYTOOL = textwrap.dedent('''
 ''')
 
 
-def tape_mount(make_mount, tmp_path, *, files=5, wait=1.0, top=""):
+def tape_mount(make_mount, tmp_path, *, files=5, wait=1.0, retry=1, top=""):
     """A mount with a disk tier and a `command` tier `tape` whose restores are batched."""
     tape, home = tmp_path / "tape", tmp_path / "home"
     tape.mkdir()
@@ -53,7 +53,7 @@ def tape_mount(make_mount, tmp_path, *, files=5, wait=1.0, top=""):
     runs, control = tmp_path / "runs.jsonl", tmp_path / "control.json"
     m = make_mount(config=f"""
         restore_mode = "error"
-        job_retry_delay = 1
+        job_retry_delay = {retry}
         {top}
         [tiers.disk]
         kind = "disk"
@@ -157,14 +157,15 @@ def test_pending_batch_stays_queued_with_its_reason(make_mount, tmp_path):
 
 
 def test_batch_wait_gathers_requests_over_time(make_mount, tmp_path):
-    m = tape_mount(make_mount, tmp_path, files=100, wait=2.5)
+    # job_retry_delay = 30: the jobs come back when their batch is due (the tier's hint), not 30 s later
+    m = tape_mount(make_mount, tmp_path, files=100, wait=2.5, retry=30)
     datas = archived_set(m, 4)
     first = time.time()
     for p in datas:   # restore_mode = "error": an open queues the restore and fails EAGAIN
         with pytest.raises(BlockingIOError):
             open(m.path(p), "rb")
         time.sleep(0.3)
-    wait_for(lambda: all(m.state(p) == "dual" for p in datas), timeout=60, what="restores")
+    wait_for(lambda: all(m.state(p) == "dual" for p in datas), timeout=2.5 + 10, what="restores")
     runs = m.runs()
     assert len(runs) == 1 and len(runs[0]["lines"]) == 4, runs
     assert runs[0]["t"] - first >= 2.5 - 0.2   # it waited for batch_wait from the first request
