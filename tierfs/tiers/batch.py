@@ -79,6 +79,25 @@ def plan(requests: Iterable[Request], now: float, wait: float, max_files: int, m
     return Plan(tuple(chosen), now if full else chosen[0].since + wait)
 
 
+@dataclass
+class Ran:
+    """One run of a batch command: each object's (outcome, message), for the tier to act on."""
+    which: str                               # "tier NAME: restore_batch_command"
+    outcomes: dict[str, tuple[str, str]]
+    returncode: int | None                   # None: timed out
+    stderr: str                              # its tail
+    seconds: float
+
+    def log(self) -> None:
+        """One line per batch: warning unless every object is done."""
+        n = {o: sum(s == o for s, _ in self.outcomes.values()) for o in OUTCOMES}
+        (log.info if n[DONE] == len(self.outcomes) else log.warning)(
+            "%s: batch of %d objects in %.1fs: %d done, %d pending, %d failed (exit %s)%s", self.which,
+            len(self.outcomes), self.seconds, n[DONE], n[PENDING], n[FAILED],
+            "timeout" if self.returncode is None else self.returncode,
+            "" if self.returncode == 0 else f": {self.stderr}")
+
+
 def pending_delay(wait: float, tries: int) -> float:
     """Backoff of a request the copytool answered pending `tries` times: batch_wait (at least 1 s), doubling."""
     return min(max(wait, 1.0) * 2 ** min(tries - 1, 30), PENDING_MAX_S)

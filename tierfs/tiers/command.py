@@ -187,48 +187,56 @@ class CommandTier(Tier):
         pending or failed with their reason."""
         q = self.restore_batch
         parts = {r.key: os.path.join(self.restored, r.key + ".part") for r in requests}
-        listing, results = os.path.join(q.dir, "list"), os.path.join(q.dir, "results")
-        for p in (*parts.values(), results):
+        for p in parts.values():
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(p)   # left by a crashed run: the copytool writes them afresh
-        with self._create(listing) as f:
-            f.write(batch.list_lines((r.key, parts[r.key], r.size, r.sha256) for r in requests).encode())
-        t0 = time.monotonic()
-        try:
-            run = self._exec("restore_batch_command", list=listing, results=results)
-            rc, why = run.returncode, _tail(run.stderr)
-        except errors.TierUnavailable as e:   # timed out: the objects it did not finish stay queued
-            rc, why = None, str(e)
-        which = f"tier {self.name}: restore_batch_command"
-        reason = (why if rc is None else f"{which} is pending (exit 75): {why}" if rc == EX_TEMPFAIL
-                  else f"{which} exited {rc}: {why}")
-        said = batch.read_results(results, parts, which)
-        counts = {batch.DONE: 0, batch.PENDING: 0, batch.FAILED: 0}
+        ran = self._run_batch("restore_batch_command", q, requests, parts)
         for r in requests:
-            state, msg = batch.outcome(r.key, said, rc, why)
-            msg = f"{which} reports {r.key} {state}: {msg}" if r.key in said else reason
+            state, msg = ran.outcomes[r.key]
             if state == batch.DONE:
                 bad = self._check_restored(parts[r.key], r)
                 if bad is None:
                     private.tighten(parts[r.key])
                     os.rename(parts[r.key], os.path.join(self.restored, r.key))
                     q.remove(r.key)
-                    counts[state] += 1
                     continue
-                state, msg = batch.FAILED, f"{which}: {bad}"
+                state, msg = batch.FAILED, f"{ran.which}: {bad}"
+                ran.outcomes[r.key] = (state, msg)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(parts[r.key])
-            counts[state] += 1
             if state == batch.PENDING:
                 delay = batch.pending_delay(self.settings.batch_wait, r.tries + 1)
                 q.update(r, state=state, message=msg, tries=r.tries + 1, not_before=time.time() + delay)
             else:
                 q.update(r, state=state, message=msg)
-        os.unlink(listing)
-        (log.info if counts[batch.DONE] == len(requests) else log.warning)(
-            "tier %s: restore batch of %d objects in %.1fs: %d done, %d pending, %d failed (exit %s)%s",
-            self.name, len(requests), time.monotonic() - t0, counts[batch.DONE], counts[batch.PENDING],
-            counts[batch.FAILED], "timeout" if rc is None else rc, "" if rc == 0 else f": {why}")
+        ran.log()
+
+    def _run_batch(self, which: str, q: batch.Requests, requests: tuple[batch.Request, ...],
+                   paths: dict[str, str]) -> batch.Ran:
+        """Run `which` once over `requests` (each object's bytes at paths[key]),
+        listed sorted by key; each object's outcome and the reason."""
+        listing, results = os.path.join(q.dir, "list"), os.path.join(q.dir, "results")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(results)   # a crashed run's: only this run's results count
+        with self._create(listing) as f:
+            f.write(batch.list_lines((r.key, paths[r.key], r.size, r.sha256) for r in requests).encode())
+        t0 = time.monotonic()
+        try:
+            run = self._exec(which, list=listing, results=results)
+            rc, why = run.returncode, _tail(run.stderr)
+        except errors.TierUnavailable as e:   # timed out: the objects it did not finish stay queued
+            rc, why = None, str(e)
+        finally:
+            os.unlink(listing)
+        label = f"tier {self.name}: {which}"
+        reason = (why if rc is None else f"{label} is pending (exit 75): {why}" if rc == EX_TEMPFAIL
+                  else f"{label} exited {rc}: {why}")
+        said = batch.read_results(results, paths, label)
+        outcomes = {}
+        for r in requests:
+            state, msg = batch.outcome(r.key, said, rc, why)
+            outcomes[r.key] = (state, f"{label} reports {r.key} {state}: {msg}" if r.key in said else reason)
+        return batch.Ran(label, outcomes, rc, why, time.monotonic() - t0)
 
     @staticmethod
     def _check_restored(path: str, r: batch.Request) -> str | None:
