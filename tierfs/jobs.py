@@ -61,27 +61,48 @@ class JobRunner:
     def wake(self) -> None:
         self._wake.set()
 
+    def _limit(self, tier: str) -> int:
+        """Jobs that may run at once towards `tier`."""
+        t = self.fs.tiers.get(tier)
+        return max(self.cfg.tier_concurrency, t.batch_slots if t is not None else 0)
+
+    def _parks(self, job: Job) -> bool:
+        """An archive to a tier that batches them waits inside put() for its
+        batch (tiers/command.py): it holds no worker, or two workers would
+        make every batch a batch of two."""
+        t = self.fs.tiers.get(job.target_tier or "")
+        return job.kind == JobKind.ARCHIVE and t is not None and t.batch_slots > 0
+
     async def run(self) -> None:
         await self.moves.recover()
+        # Parked archive jobs each hold a thread (put() waits in it): room for them beyond trio's 40.
+        trio.to_thread.current_default_thread_limiter().total_tokens += sum(
+            t.batch_slots for t in self.fs.tiers.values())
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.health.run, self._tier_back)
             while True:
                 started = False
-                if self.running < self.cfg.workers:
-                    busy = [t for t, n in self.busy.items() if n >= self.cfg.tier_concurrency]
+                free = self.running < self.cfg.workers
+                # Workers all busy: archives to a batching tier with room may still start.
+                batching = [n for n, t in self.fs.tiers.items() if t.batch_slots > self.busy.get(n, 0)]
+                if free or batching:
+                    busy = [t for t, n in self.busy.items() if n >= self._limit(t)]
                     now = time.monotonic()
                     self.declined = {j: t for j, t in self.declined.items() if t > now}
                     try:
-                        job = await self.fs.cat(self.fs.catalog.claim, self.session_id, None, busy,
-                                                tiers=list(self.fs.tiers), skip=list(self.declined))
+                        job = await self.fs.cat(self.fs.catalog.claim, self.session_id,
+                                                None if free else [JobKind.ARCHIVE], busy,
+                                                tiers=list(self.fs.tiers) if free else batching,
+                                                skip=list(self.declined))
                     except errors.TierfsError as e:
                         log.warning("claiming jobs: %s", e)
                         job = None
                     if job is not None:
-                        self.running += 1
+                        parked = self._parks(job)
+                        self.running += not parked
                         tier = job.target_tier or ""
                         self.busy[tier] = self.busy.get(tier, 0) + 1
-                        nursery.start_soon(self._run_one, job, tier)
+                        nursery.start_soon(self._run_one, job, tier, parked)
                         started = True
                 if not started:
                     with trio.move_on_after(POLL_S):
@@ -97,7 +118,7 @@ class JobRunner:
                 log.debug("waking job %d: %s", jid, e)
         self.wake()
 
-    async def _run_one(self, job: Job, tier: str) -> None:
+    async def _run_one(self, job: Job, tier: str, parked: bool = False) -> None:
         t0 = time.monotonic()
         waited: errors.TierfsError | None = None
         try:
@@ -133,7 +154,7 @@ class JobRunner:
             else:
                 await self._record(self.fs.catalog.finish_job, job.id, JobState.DONE)
         finally:
-            self.running -= 1
+            self.running -= not parked
             self.busy[tier] -= 1
             self.wake()
             if waited is None:

@@ -120,6 +120,8 @@ class CommandTable(TierTable):
     timeout: Duration = Field(3600.0, description="longest run of one command")
     restore_batch_command: Text | None = Field(
         None, description="restores the objects listed in {list} in one run (default: restore_command per object)")
+    archive_batch_command: Text | None = Field(
+        None, description="stores the objects listed in {list} in one run (default: archive_command per object)")
     batch_max_files: Count = Field(100, description="most objects in one batch")
     batch_max_bytes: Size | None = Field(None, description="most bytes in one batch (default: no limit)")
     batch_wait: Duration = Field(30.0, description="how long a batch gathers requests before it runs")
@@ -128,8 +130,9 @@ class CommandTable(TierTable):
     def _restore_commands(self):
         if self.restore_batch_command is None and self.restore_command is None:
             raise Invalid("restore_command", "required (or restore_batch_command)")
-        if self.restore_batch_command is not None and "{list}" not in self.restore_batch_command:
-            raise Invalid("restore_batch_command", "must name the list of objects with {list}")
+        for k in ("restore_batch_command", "archive_batch_command"):
+            if getattr(self, k) is not None and "{list}" not in getattr(self, k):
+                raise Invalid(k, "must name the list of objects with {list}")
         return self
 
 

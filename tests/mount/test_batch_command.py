@@ -21,36 +21,40 @@ from tests.conftest import file_info as info, put_file as put, wait_for
 pytestmark = pytest.mark.mount
 
 COPYTOOL = textwrap.dedent('''
-    """Test copytool: restore_batch LIST RESULTS TAPE RUNS CONTROL."""
+    """Test copytool: copytool.py restore|archive LIST RESULTS TAPE RUNS CONTROL."""
     import json, os, shutil, sys, time
-    listing, results, tape, runs, control = sys.argv[1:6]
+    mode, listing, results, tape, runs, control = sys.argv[1:7]
     lines = open(listing).read().splitlines()
     ctl = json.load(open(control)) if os.path.exists(control) else {}
     with open(runs, "a") as f:
-        f.write(json.dumps({"t": time.time(), "lines": lines}) + "\\n")
+        f.write(json.dumps({"mode": mode, "t": time.time(), "lines": lines}) + "\\n")
     if ctl.get("exit") == 75:
         print(ctl.get("say", "tape not in the library"), file=sys.stderr)
         sys.exit(75)
     out = []
     for line in lines:
         key, path, size, sha = line.split("\\t")
-        if key in ctl.get("fail", ()):
+        if key in ctl.get("fail", ()) or int(size) in ctl.get("fail_size", ()):
             out.append(f"{key}\\tfailed\\tbad block on tape T0001")
-            continue
-        shutil.copyfile(os.path.join(tape, key), path)
+        elif mode == "restore":
+            shutil.copyfile(os.path.join(tape, key), path)
+        else:
+            shutil.copyfile(path, os.path.join(tape, key))
     with open(results, "w") as f:
         f.write("".join(x + "\\n" for x in out))
 ''')
 
 
-def tape_mount(make_mount, tmp_path, *, files=5, wait=1.0, retry=1, top=""):
-    """A mount with a disk tier and a `command` tier `tape` whose restores are batched."""
+def tape_mount(make_mount, tmp_path, *, files=5, wait=1.0, retry=1, top="", archive=False):
+    """A mount with a disk tier and a `command` tier `tape` whose restores (and archives) are batched."""
     tape, home = tmp_path / "tape", tmp_path / "home"
     tape.mkdir()
     (home / "disk").mkdir(parents=True)
     tool = tmp_path / "copytool.py"
     tool.write_text(COPYTOOL)
     runs, control = tmp_path / "runs.jsonl", tmp_path / "control.json"
+    tool_args = f"{{list}} {{results}} {tape} {runs} {control}"
+    batch_archive = f'archive_batch_command = "{sys.executable} {tool} archive {tool_args}"' if archive else ""
     m = make_mount(config=f"""
         restore_mode = "error"
         job_retry_delay = {retry}
@@ -62,11 +66,13 @@ def tape_mount(make_mount, tmp_path, *, files=5, wait=1.0, retry=1, top=""):
         kind = "command"
         archive_command = "cp {{path}} {tape}/{{key}}"
         restore_command = "echo per-object restore used >&2; exit 1"
-        restore_batch_command = "{sys.executable} {tool} {{list}} {{results}} {tape} {runs} {control}"
+        restore_batch_command = "{sys.executable} {tool} restore {tool_args}"
+        {batch_archive}
         batch_max_files = {files}
         batch_wait = {wait}
     """)
-    m.runs = lambda: [json.loads(x) for x in runs.read_text().splitlines()] if runs.exists() else []
+    m.runs = lambda mode="restore": [r for r in map(json.loads, runs.read_text().splitlines() if runs.exists() else [])
+                                     if r["mode"] == mode]
     m.control = lambda **c: control.write_text(json.dumps(c))
     return m
 
@@ -169,5 +175,42 @@ def test_batch_wait_gathers_requests_over_time(make_mount, tmp_path):
     runs = m.runs()
     assert len(runs) == 1 and len(runs[0]["lines"]) == 4, runs
     assert runs[0]["t"] - first >= 2.5 - 0.2   # it waited for batch_wait from the first request
+    for p, d in datas.items():
+        assert open(m.path(p), "rb").read() == d
+
+
+def test_archive_r_runs_one_command_per_batch(make_mount, tmp_path):
+    m = tape_mount(make_mount, tmp_path, files=5, wait=2, archive=True, top="job_max_attempts = 2")
+    datas = {f"a/f{i:03d}.bin": put(m, f"a/f{i:03d}.bin", 20_000 + i) for i in range(12)}
+    bad = "a/f004.bin"
+    m.control(fail_size=[len(datas[bad])])
+    r = m.cli("archive", "-r", "--wait", "--timeout", "120", "--to", "tape", m.path("a"), check=False)
+    assert r.returncode == 1, r.stdout + r.stderr   # the one the copytool failed
+    runs = m.runs("archive")
+    # 12 files in batches of 5 (the failed one's second attempt joins a later batch or runs alone)
+    assert len(runs) <= math.ceil(12 / 5) + 1 and sum(len(r["lines"]) for r in runs) == 12 + 1, runs
+    for r in runs:
+        ks = [line.split("\t")[0] for line in r["lines"]]
+        assert ks == sorted(ks) and len(ks) <= 5
+    staged = os.path.join(m.home, "state", "command-tape")
+    for p, d in datas.items():
+        if p == bad:
+            continue
+        i = info(m, p)
+        assert m.state(p) == "archived" and i["archive_tier"] == "tape"
+        assert open(tmp_path / "tape" / i["archive_location"], "rb").read() == d   # on "tape", byte for byte
+        line = next(x for r in runs for x in r["lines"] if x.startswith(i["archive_location"]))
+        assert line.split("\t")[1:] == [os.path.join(staged, "out", i["archive_location"]), str(len(d)),
+                                        hashlib.sha256(d).hexdigest()]
+    job = [j for j in info(m, bad)["jobs"] if j["kind"] == "archive"][-1]
+    assert m.state(bad) == "online" and job["state"] == "failed" and job["attempts"] == 2
+    assert "bad block on tape T0001" in job["last_error"]
+    # nothing left behind: staged bytes, requests, or a manifest entry of the failed copies
+    assert os.listdir(os.path.join(staged, "out")) == []
+    assert os.listdir(os.path.join(staged, "batch-archive", "requests")) == []
+    assert sorted(os.listdir(os.path.join(staged, "manifest"))) == sorted(
+        info(m, p)["archive_location"] for p in datas if p != bad)
+    # and they come back through restore batches
+    m.cli("restore", "-r", "--wait", "--timeout", "120", m.path("a"))
     for p, d in datas.items():
         assert open(m.path(p), "rb").read() == d

@@ -44,6 +44,8 @@ class Tier(abc.ABC):
     kind: str = ""
     #: archive tiers hold copies that need a restore before they can be read
     archive: bool = False
+    #: archive jobs that may wait inside put() at once for a batch (jobs.py gives them no worker); 0: none
+    batch_slots: int = 0
     def __init__(self, name: str, settings: TierTable | None = None, /, **options: Any):
         """`settings`: the tier's validated [tiers.NAME] table (settings.py);
         without it, `options` are validated as that table (tests, tools)."""

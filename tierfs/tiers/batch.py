@@ -23,6 +23,7 @@ import fcntl
 import json
 import logging
 import os
+import uuid
 from dataclasses import asdict, dataclass, replace
 from typing import Iterable, Iterator
 
@@ -33,6 +34,9 @@ log = logging.getLogger(__name__)
 DONE, PENDING, FAILED, QUEUED = "done", "pending", "failed", "queued"
 OUTCOMES = (DONE, PENDING, FAILED)
 EX_TEMPFAIL = 75
+#: this process, in the archive requests its put() calls wait for: after a crash, the requests of
+#: the dead process are stale (their jobs copy again under new keys) and no batch takes them
+OWNER = uuid.uuid4().hex
 #: longest wait before a request the copytool answered pending is tried again (the runner's
 #: job_retry_max_delay default): a library that needs an operator is asked every 10 min at most
 PENDING_MAX_S = 600.0
@@ -49,6 +53,7 @@ class Request:
     message: str = ""
     tries: int = 0            # batches that answered pending (the backoff exponent)
     not_before: float = 0.0   # a pending request waits until then
+    owner: str = ""           # archive: the process whose put() waits for it (OWNER); another's is stale
 
 
 @dataclass(frozen=True)
@@ -60,10 +65,11 @@ class Plan:
 
 def plan(requests: Iterable[Request], now: float, wait: float, max_files: int, max_bytes: int | None) -> Plan:
     """The next batch: eligible requests (queued, or pending past their
-    not_before), oldest first, up to max_files and max_bytes (a first object
+    not_before; not failed or done), oldest first, up to max_files and max_bytes (a first object
     larger than max_bytes goes alone). Due when it is full or its oldest
     request is `wait` old; due_at is infinite when nothing is eligible."""
-    ready = sorted((r for r in requests if r.state != FAILED and r.not_before <= now), key=lambda r: (r.since, r.key))
+    ready = sorted((r for r in requests if r.state in (QUEUED, PENDING) and r.not_before <= now),
+                   key=lambda r: (r.since, r.key))
     chosen: list[Request] = []
     total, full = 0, False
     for r in ready:

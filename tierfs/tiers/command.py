@@ -57,12 +57,17 @@ class CommandTier(Tier):
         #: restore requests waiting for a batch (restore_batch_command), else None: one run per object
         self.restore_batch = (batch.Requests(os.path.join(self.staging, "batch-restore"))
                               if self.settings.restore_batch_command else None)
+        #: archive requests whose put() waits for a batch (archive_batch_command), else None
+        self.archive_batch = (batch.Requests(os.path.join(self.staging, "batch-archive"))
+                              if self.settings.archive_batch_command else None)
+        self.batch_slots = self.settings.batch_max_files if self.archive_batch is not None else 0
 
     def check(self) -> None:
         for d in (self.staging, self.manifest, self.restored, os.path.join(self.staging, "out")):
             private.makedirs(d)
-        if self.restore_batch is not None:
-            self.restore_batch.check()
+        for q in (self.restore_batch, self.archive_batch):
+            if q is not None:
+                q.check()
 
     @staticmethod
     def _create(path: str) -> BinaryIO:
@@ -103,7 +108,10 @@ class CommandTier(Tier):
         with self._create(out) as f:
             n = copy_stream(h, f.write)
         try:
-            self._run("archive_command", key=key, path=out, size=n, sha256=h.hexdigest())
+            if self.archive_batch is not None:
+                self._archive_batched(key, n, h.hexdigest())
+            else:
+                self._run("archive_command", key=key, path=out, size=n, sha256=h.hexdigest())
         finally:
             os.unlink(out)
         with self._create(os.path.join(self.manifest, key)) as f:
@@ -237,6 +245,71 @@ class CommandTier(Tier):
             state, msg = batch.outcome(r.key, said, rc, why)
             outcomes[r.key] = (state, f"{label} reports {r.key} {state}: {msg}" if r.key in said else reason)
         return batch.Ran(label, outcomes, rc, why, time.monotonic() - t0)
+
+    # ---- archive batches -----------------------------------------------------------------
+    def _archive_batched(self, key: str, size: int, sha256: str) -> None:
+        """Join the next archive batch and wait in this thread until a batch
+        has stored out/KEY (put() must be durable when it returns); the put()
+        that finds the batch due runs it. The runner lets batch_max_files
+        archive jobs wait here at once (batch_slots), so a batch can fill."""
+        q, s = self.archive_batch, self.settings
+        q.put(batch.Request(key, size, sha256, time.time(), owner=batch.OWNER))
+        # At most batch_max_files puts wait, so at most the running batch and ours come first.
+        give_up = time.monotonic() + s.batch_wait + 2 * self.timeout + 60
+        try:
+            while True:
+                r = q.get(key)
+                if r is None:
+                    raise errors.TierfsError(f"tier {self.name}: the archive request of {key} vanished")
+                if r.state == batch.DONE:
+                    return
+                if r.state == batch.FAILED:
+                    raise errors.CopytoolFailed(r.message)
+                if r.state == batch.PENDING:   # the job waits (and copies again later), as with archive_command
+                    raise errors.Pending(r.message)
+                now = time.time()
+                nxt = self._archive_plan(now)
+                if nxt.due_at <= now:
+                    with q.lock() as mine:
+                        if mine:
+                            self._drop_stale_archives()
+                            nxt = self._archive_plan(time.time())
+                            if nxt.requests:
+                                self._run_archive_batch(nxt.requests)
+                            continue
+                if time.monotonic() > give_up:
+                    raise errors.TierUnavailable(f"tier {self.name}: no archive batch took {key} in "
+                                                 f"{s.batch_wait + 2 * self.timeout + 60:.0f}s")
+                time.sleep(min(max(nxt.due_at - now, 0.05), 1.0))
+        finally:
+            q.remove(key)
+
+    def _archive_plan(self, now: float) -> batch.Plan:
+        s = self.settings
+        mine = [r for r in self.archive_batch.all() if r.owner == batch.OWNER]
+        return batch.plan(mine, now, s.batch_wait, s.batch_max_files, s.batch_max_bytes)
+
+    def _drop_stale_archives(self) -> None:
+        """Requests of a process that died waiting: their jobs copy again under
+        new keys (and delete these keys first), so their staged bytes go."""
+        for r in self.archive_batch.all():
+            if r.owner != batch.OWNER:
+                log.warning("tier %s: dropping archive request %s of a previous run", self.name, r.key)
+                self.archive_batch.remove(r.key)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(self.staging, "out", r.key))
+
+    def _run_archive_batch(self, requests: tuple[batch.Request, ...]) -> None:
+        """One archive_batch_command run over the staged out/KEY files; each
+        request gets its outcome, which its waiting put() acts on."""
+        q = self.archive_batch
+        ran = self._run_batch("archive_batch_command", q, requests,
+                              {r.key: os.path.join(self.staging, "out", r.key) for r in requests})
+        for r in requests:
+            state, msg = ran.outcomes[r.key]
+            # Answered: no later batch takes it (plan() skips done and failed, and pending until then).
+            q.update(r, state=state, message=msg, not_before=time.time() + batch.PENDING_MAX_S)
+        ran.log()
 
     @staticmethod
     def _check_restored(path: str, r: batch.Request) -> str | None:
