@@ -214,3 +214,23 @@ def test_archive_r_runs_one_command_per_batch(make_mount, tmp_path):
     m.cli("restore", "-r", "--wait", "--timeout", "120", m.path("a"))
     for p, d in datas.items():
         assert open(m.path(p), "rb").read() == d
+
+
+def test_pending_archive_batch_waits_and_copies_again(make_mount, tmp_path):
+    m = tape_mount(make_mount, tmp_path, files=10, wait=1, archive=True)
+    datas = {f"a/f{i}.bin": put(m, f"a/f{i}.bin", 30_000 + i) for i in range(3)}
+    m.control(exit=75, say="no scratch tape in the library")
+    m.cli("archive", "-r", "--to", "tape", m.path("a"))
+
+    def all_waiting():
+        q = json.loads(m.cli("queue", "--json", m.mnt).stdout)
+        return len(q) == 3 and all("no scratch tape in the library" in j["last_error"] for j in q) and q
+    wait_for(all_waiting, timeout=30, what="the batch's reason on every queued archive")
+    assert all(m.state(p) in ("online", "archiving") for p in datas)
+    assert os.listdir(tmp_path / "tape") == []
+    m.control()
+    wait_for(lambda: all(m.state(p) == "archived" for p in datas), timeout=60, what="archives once a tape is in")
+    assert sorted(os.listdir(tmp_path / "tape")) == sorted(info(m, p)["archive_location"] for p in datas)
+    assert os.listdir(os.path.join(m.home, "state", "command-tape", "out")) == []
+    for p, d in datas.items():
+        assert open(tmp_path / "tape" / info(m, p)["archive_location"], "rb").read() == d
