@@ -234,3 +234,25 @@ def test_pending_archive_batch_waits_and_copies_again(make_mount, tmp_path):
     assert os.listdir(os.path.join(m.home, "state", "command-tape", "out")) == []
     for p, d in datas.items():
         assert open(tmp_path / "tape" / info(m, p)["archive_location"], "rb").read() == d
+
+
+def test_crash_while_archives_wait_for_their_batch(make_mount, tmp_path):
+    """SIGKILL while put()s wait for a batch: after the restart the files are
+    readable, their jobs copy again, and no staged bytes, request or tape copy
+    of the dead run is left."""
+    m = tape_mount(make_mount, tmp_path, files=10, wait=60, archive=True)
+    datas = {f"a/f{i}.bin": put(m, f"a/f{i}.bin", 40_000 + i) for i in range(3)}
+    m.cli("archive", "-r", "--to", "tape", m.path("a"))
+    staged = os.path.join(m.home, "state", "command-tape")
+    wait_for(lambda: len(os.listdir(os.path.join(staged, "batch-archive", "requests"))) == 3, timeout=30,
+             what="three puts waiting for their batch")
+    m.kill()
+    m.extra_config = m.extra_config.replace("batch_wait = 60", "batch_wait = 1")
+    m.start()
+    for p, d in datas.items():   # readable at once (from the online copy)
+        assert open(m.path(p), "rb").read() == d
+    wait_for(lambda: all(m.state(p) == "archived" for p in datas), timeout=60, what="archives after the restart")
+    assert sorted(os.listdir(tmp_path / "tape")) == sorted(info(m, p)["archive_location"] for p in datas)
+    assert os.listdir(os.path.join(staged, "out")) == []
+    assert os.listdir(os.path.join(staged, "batch-archive", "requests")) == []
+    assert len(m.runs("archive")) == 1

@@ -109,14 +109,18 @@ class CommandTier(Tier):
             n = copy_stream(h, f.write)
         try:
             if self.archive_batch is not None:
-                self._archive_batched(key, n, h.hexdigest())
-            else:
-                self._run("archive_command", key=key, path=out, size=n, sha256=h.hexdigest())
+                self._archive_batched(key, n, h.hexdigest())   # the batch recorded it in the manifest
+                return n
+            self._run("archive_command", key=key, path=out, size=n, sha256=h.hexdigest())
         finally:
             os.unlink(out)
-        with self._create(os.path.join(self.manifest, key)) as f:
-            f.write(json.dumps({"size": n, "sha256": h.hexdigest()}).encode())
+        self._record(key, n, h.hexdigest())
         return n
+
+    def _record(self, key: str, size: int, sha256: str) -> None:
+        """The manifest entry of a stored object (verify, fsck, delete_command)."""
+        with self._create(os.path.join(self.manifest, key)) as f:
+            f.write(json.dumps({"size": size, "sha256": sha256}).encode())
 
     def _meta(self, key: str) -> dict | None:
         try:
@@ -255,7 +259,8 @@ class CommandTier(Tier):
         q, s = self.archive_batch, self.settings
         q.put(batch.Request(key, size, sha256, time.time(), owner=batch.OWNER))
         # At most batch_max_files puts wait, so at most the running batch and ours come first.
-        give_up = time.monotonic() + s.batch_wait + 2 * self.timeout + 60
+        limit = s.batch_wait + 2 * self.timeout + 60
+        give_up, replan = time.monotonic() + limit, 0.0
         try:
             while True:
                 r = q.get(key)
@@ -267,20 +272,24 @@ class CommandTier(Tier):
                     raise errors.CopytoolFailed(r.message)
                 if r.state == batch.PENDING:   # the job waits (and copies again later), as with archive_command
                     raise errors.Pending(r.message)
-                now = time.time()
-                nxt = self._archive_plan(now)
-                if nxt.due_at <= now:
-                    with q.lock() as mine:
-                        if mine:
-                            self._drop_stale_archives()
-                            nxt = self._archive_plan(time.time())
-                            if nxt.requests:
-                                self._run_archive_batch(nxt.requests)
-                            continue
                 if time.monotonic() > give_up:
-                    raise errors.TierUnavailable(f"tier {self.name}: no archive batch took {key} in "
-                                                 f"{s.batch_wait + 2 * self.timeout + 60:.0f}s")
-                time.sleep(min(max(nxt.due_at - now, 0.05), 1.0))
+                    raise errors.TierUnavailable(f"tier {self.name}: no archive batch took {key} in {limit:.0f}s")
+                now = time.time()
+                # Between looks at the plan (all requests) only our own request is read: 100 waiters
+                # reading 100 requests every second during a 10-minute tape batch is 10,000 reads a second.
+                if now >= replan:
+                    nxt = self._archive_plan(now)
+                    replan = nxt.due_at
+                    if nxt.due_at <= now:
+                        with q.lock() as mine:
+                            if mine:
+                                self._drop_stale_archives()
+                                nxt = self._archive_plan(time.time())
+                                if nxt.requests:
+                                    self._run_archive_batch(nxt.requests)
+                                continue
+                            replan = now + min(max(q.running_for(now) / 4, 1.0), 30.0)   # as restores ask again
+                time.sleep(min(max(replan - now, 0.05), 1.0))
         finally:
             q.remove(key)
 
@@ -307,6 +316,8 @@ class CommandTier(Tier):
                               {r.key: os.path.join(self.staging, "out", r.key) for r in requests})
         for r in requests:
             state, msg = ran.outcomes[r.key]
+            if state == batch.DONE:   # recorded now, not by the waiting put(): a crash before it returns
+                self._record(r.key, r.size, r.sha256)   # leaves an entry, so delete() removes the copy
             # Answered: no later batch takes it (plan() skips done and failed, and pending until then).
             q.update(r, state=state, message=msg, not_before=time.time() + batch.PENDING_MAX_S)
         ran.log()
@@ -349,6 +360,10 @@ class CommandTier(Tier):
                 os.unlink(p)
             except FileNotFoundError:
                 pass
+        if self.archive_batch is not None:   # a put() that died waiting for its batch (a crash)
+            self.archive_batch.remove(key)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.staging, "out", key))
 
     def keys(self) -> Iterator[str]:
         yield from sorted(os.listdir(self.manifest)) if os.path.isdir(self.manifest) else ()
