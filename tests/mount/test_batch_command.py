@@ -45,7 +45,7 @@ COPYTOOL = textwrap.dedent('''
 ''')
 
 
-def tape_mount(make_mount, tmp_path, *, files=5, wait=1.0, retry=1, top="", archive=False):
+def tape_mount(make_mount, tmp_path, *, files=5, wait=1.0, retry=1, top="", archive=False, catalog_url=None):
     """A mount with a disk tier and a `command` tier `tape` whose restores (and archives) are batched."""
     tape, home = tmp_path / "tape", tmp_path / "home"
     tape.mkdir()
@@ -70,7 +70,7 @@ def tape_mount(make_mount, tmp_path, *, files=5, wait=1.0, retry=1, top="", arch
         {batch_archive}
         batch_max_files = {files}
         batch_wait = {wait}
-    """)
+    """, catalog_url=catalog_url)
     m.runs = lambda mode="restore": [r for r in map(json.loads, runs.read_text().splitlines() if runs.exists() else [])
                                      if r["mode"] == mode]
     m.control = lambda **c: control.write_text(json.dumps(c))
@@ -179,8 +179,10 @@ def test_batch_wait_gathers_requests_over_time(make_mount, tmp_path):
         assert open(m.path(p), "rb").read() == d
 
 
-def test_archive_r_runs_one_command_per_batch(make_mount, tmp_path):
-    m = tape_mount(make_mount, tmp_path, files=5, wait=2, archive=True, top="job_max_attempts = 2")
+def test_archive_r_runs_one_command_per_batch(make_mount, tmp_path, catalog_url):
+    """On each catalog backend: the runner's claim of archive jobs beyond `workers`."""
+    m = tape_mount(make_mount, tmp_path, files=5, wait=2, archive=True, top="job_max_attempts = 2",
+                   catalog_url=catalog_url)
     datas = {f"a/f{i:03d}.bin": put(m, f"a/f{i:03d}.bin", 20_000 + i) for i in range(12)}
     bad = "a/f004.bin"
     m.control(fail_size=[len(datas[bad])])

@@ -100,6 +100,8 @@ def test_config_needs_a_restore_command_and_a_list_placeholder():
     assert "tiers.tape.restore_command: required (or restore_batch_command)" in err()
     assert "tiers.tape.restore_batch_command: must name the list of objects with {list}" in err(
         restore_batch_command="tape-recall")
+    assert "tiers.tape.archive_batch_command: must name the list of objects with {list}" in err(
+        restore_command="r", archive_batch_command="tape-store {results}")
     cfg = config.parse({"tiers": {"disk": {"kind": "disk", "path": "/x"},
                                   "tape": {**COMMAND, "restore_batch_command": "recall {list}", "batch_wait": "2m",
                                            "batch_max_bytes": "1TiB"}}})

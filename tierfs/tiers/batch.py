@@ -1,13 +1,14 @@
 """Batches of a `command` tier: requests gathered on disk, run by one copytool call.
 
 A tape library mounts and seeks once per copytool run; one run per file makes
-`tierfs restore -r` of 200 files 200 mounts. With `restore_batch_command`, a
-restore request is a small file under staging/batch-restore/requests/ (it
-outlives a restart); a batch runs when the oldest request is `batch_wait` old
-or `batch_max_files` / `batch_max_bytes` are reached (plan()), with the list
-of its objects sorted by key (the copytool's order on the medium), and the
-copytool reports each object's outcome (outcomes()). This module holds that
-bookkeeping; tierfs/tiers/command.py runs the commands and moves the bytes.
+`tierfs restore -r` of 200 files 200 mounts. With `restore_batch_command`
+(`archive_batch_command`), a request is a small file under
+staging/batch-restore/requests/ (batch-archive/); a batch runs when the
+oldest request is `batch_wait` old or `batch_max_files` / `batch_max_bytes`
+are reached (plan()), with the list of its objects sorted by key (the
+copytool's order on the medium), and the copytool reports each object's
+outcome (outcome()). This module holds that bookkeeping;
+tierfs/tiers/command.py runs the commands and moves the bytes.
 
 List file: one line per object, tab-separated: KEY, PATH (where the bytes go
 on the staging area), SIZE, SHA256. Results file (optional, written by the

@@ -11,8 +11,26 @@ Exit status: 0 = done; 75 (EX_TEMPFAIL) = pending: an operator or a slow
 recall must act, keep the request queued and retry later; anything else =
 failed (its stderr is logged and kept as the job's last error).
 
-`archive_command` and `restore_command` are required; `delete_command` is
-optional (without it, deleting an archive copy only forgets it). Each run has
+`archive_command` and `restore_command` (or `restore_batch_command`) are
+required; `delete_command` is optional (without it, deleting an archive copy
+only forgets it).
+
+Batches (tierfs/tiers/batch.py): with `restore_batch_command` /
+`archive_batch_command`, one run handles many objects, so a tape mounts and
+seeks once per batch, not once per file. The command gets
+  {list}     a file listing the objects, one a line, sorted by key:
+             KEY<TAB>PATH<TAB>SIZE<TAB>SHA256 (PATH: where to write the
+             bytes (restore) or where they are (archive))
+  {results}  a file the command may write: KEY<TAB>done|pending|failed[<TAB>why]
+             per object; an object it does not name follows the exit status.
+A restore request waits on disk (staging/batch-restore, a restart keeps it)
+and its job is told when to ask again (errors.Pending.retry_s); an archive's
+put() waits in its thread for the batch (put() must be durable when it
+returns) and the runner lets `batch_max_files` of them wait (batch_slots).
+A batch runs when its oldest request is `batch_wait` old or it holds
+`batch_max_files` objects or `batch_max_bytes`; one at a time per tier and
+kind (a lock file). A restored object is checked against the manifest (size,
+sha256) before it is used. Each run has
 a `timeout` (a duration such as "1h" or 90, default 3600 s). Staging files live in `staging`
 (default: state_dir/command-<tier name>). A small manifest there records the
 size and sha256 of each stored key (for fsck and verify). The staging
