@@ -112,7 +112,8 @@ class VaultTable(TierTable):
 
 class CommandTable(TierTable):
     kind: Literal["command"]
-    archive_command: Text = Field(description="stores {path} as {key} (exit 0 done, 75 pending)")
+    archive_command: Text | None = Field(
+        None, description="stores {path} as {key} (exit 0 done, 75 pending; required without archive_batch_command)")
     restore_command: Text | None = Field(
         None, description="writes object {key} to {path} (required without restore_batch_command)")
     delete_command: Text | None = Field(None, description="removes {key} (default: the copy is only forgotten)")
@@ -127,9 +128,10 @@ class CommandTable(TierTable):
     batch_wait: Duration = Field(30.0, description="how long a batch gathers requests before it runs")
 
     @model_validator(mode="after")
-    def _restore_commands(self):
-        if self.restore_batch_command is None and self.restore_command is None:
-            raise Invalid("restore_command", "required (or restore_batch_command)")
+    def _commands(self):
+        for one, many in (("archive_command", "archive_batch_command"), ("restore_command", "restore_batch_command")):
+            if getattr(self, one) is None and getattr(self, many) is None:
+                raise Invalid(one, f"required (or {many})")
         for k in ("restore_batch_command", "archive_batch_command"):
             if getattr(self, k) is not None and "{list}" not in getattr(self, k):
                 raise Invalid(k, "must name the list of objects with {list}")

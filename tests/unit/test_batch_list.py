@@ -95,9 +95,12 @@ COMMAND = {"kind": "command", "archive_command": "cp {path} /x/{key}"}
 def test_config_needs_a_restore_command_and_a_list_placeholder():
     def err(**table):
         with pytest.raises(errors.ConfigError) as e:
-            config.parse({"tiers": {"disk": {"kind": "disk", "path": "/x"}, "tape": {**COMMAND, **table}}})
+            tape = {k: v for k, v in {**COMMAND, **table}.items() if v is not None}   # None: the key left out
+            config.parse({"tiers": {"disk": {"kind": "disk", "path": "/x"}, "tape": tape}})
         return str(e.value)
     assert "tiers.tape.restore_command: required (or restore_batch_command)" in err()
+    assert "tiers.tape.archive_command: required (or archive_batch_command)" in err(
+        archive_command=None, restore_command="r")
     assert "tiers.tape.restore_batch_command: must name the list of objects with {list}" in err(
         restore_batch_command="tape-recall")
     assert "tiers.tape.archive_batch_command: must name the list of objects with {list}" in err(

@@ -11,7 +11,7 @@ Exit status: 0 = done; 75 (EX_TEMPFAIL) = pending: an operator or a slow
 recall must act, keep the request queued and retry later; anything else =
 failed (its stderr is logged and kept as the job's last error).
 
-`archive_command` and `restore_command` (or `restore_batch_command`) are
+`archive_command` and `restore_command` (or their batch forms) are
 required; `delete_command` is optional (without it, deleting an archive copy
 only forgets it).
 
