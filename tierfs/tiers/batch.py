@@ -93,6 +93,7 @@ class Ran:
     outcomes: dict[str, tuple[str, str]]
     returncode: int | None                   # None: timed out
     stderr: str                              # its tail
+    reason: str                              # what an object the results do not name is told
     seconds: float
 
     def log(self) -> None:
