@@ -273,6 +273,8 @@ class CommandTier(Tier):
         reason = (why if rc is None else f"{label} is pending (exit 75): {why}" if rc == EX_TEMPFAIL
                   else f"{label} exited {rc}: {why}")
         said = batch.read_results(results, paths, label)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(results)   # the copytool made it with its umask: fsck would call it too open
         outcomes = {}
         for r in requests:
             state, msg = batch.outcome(r.key, said, rc, why)
@@ -389,8 +391,12 @@ class CommandTier(Tier):
                 os.unlink(p)
             except FileNotFoundError:
                 pass
-        if self.archive_batch is not None:   # a put() that died waiting for its batch (a crash)
-            self.archive_batch.remove(key)
+        # A deleted object's batch requests go: a restore request no batch should recall, or the
+        # request and staged bytes of a put() that died waiting for its batch (a crash).
+        for q in (self.restore_batch, self.archive_batch):
+            if q is not None:
+                q.remove(key)
+        if self.archive_batch is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(self.staging, "out", key))
 
