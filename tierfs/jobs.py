@@ -61,6 +61,11 @@ class JobRunner:
     def wake(self) -> None:
         self._wake.set()
 
+    def stop_waiting(self) -> None:
+        """Unmount: jobs waiting inside a tier for a batch stop waiting (Tier.stop_waiting)."""
+        for t in self.fs.tiers.values():
+            t.stop_waiting()
+
     def _limit(self, tier: str) -> int:
         """Jobs that may run at once towards `tier`."""
         t = self.fs.tiers.get(tier)

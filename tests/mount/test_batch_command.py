@@ -258,3 +258,23 @@ def test_crash_while_archives_wait_for_their_batch(make_mount, tmp_path):
     assert os.listdir(os.path.join(staged, "out")) == []
     assert os.listdir(os.path.join(staged, "batch-archive", "requests")) == []
     assert len(m.runs("archive")) == 1
+
+
+def test_unmount_does_not_wait_for_an_archive_batch_to_fill(make_mount, tmp_path):
+    """Archives waiting for a batch that has not started leave at unmount (was:
+    the unmount waited the rest of batch_wait); the next mount archives them."""
+    m = tape_mount(make_mount, tmp_path, files=10, wait=60, archive=True)
+    datas = {f"a/f{i}.bin": put(m, f"a/f{i}.bin", 10_000 + i) for i in range(3)}
+    m.cli("archive", "-r", "--to", "tape", m.path("a"))
+    staged = os.path.join(m.home, "state", "command-tape")
+    wait_for(lambda: len(os.listdir(os.path.join(staged, "batch-archive", "requests"))) == 3, timeout=30,
+             what="three puts waiting for their batch")
+    t0 = time.monotonic()
+    m.stop()
+    assert time.monotonic() - t0 < 20
+    assert m.runs("archive") == [] and os.listdir(os.path.join(staged, "out")) == []
+    m.extra_config = m.extra_config.replace("batch_wait = 60", "batch_wait = 1")
+    m.start()
+    wait_for(lambda: all(m.state(p) == "archived" for p in datas), timeout=60, what="archives at the next mount")
+    assert sorted(os.listdir(tmp_path / "tape")) == sorted(info(m, p)["archive_location"] for p in datas)
+    assert len(m.runs("archive")) == 1

@@ -136,6 +136,9 @@ class Tier(abc.ABC):
     def close(self) -> None:
         """Release connections."""
 
+    def stop_waiting(self) -> None:
+        """Unmount: end waits that are no I/O (a put() waiting for a batch) soon."""
+
     def check(self) -> None:
         """Raise ConfigError/TierUnavailable if the tier is unusable (at mount)."""
 

@@ -32,7 +32,7 @@ from .. import private
 
 log = logging.getLogger(__name__)
 
-DONE, PENDING, FAILED, QUEUED = "done", "pending", "failed", "queued"
+DONE, PENDING, FAILED, QUEUED, RUNNING = "done", "pending", "failed", "queued", "running"
 OUTCOMES = (DONE, PENDING, FAILED)
 EX_TEMPFAIL = 75
 #: this process, in the archive requests its put() calls wait for: after a crash, the requests of
@@ -50,7 +50,7 @@ class Request:
     size: int | None          # from the manifest (None: tierfs has no record of the object)
     sha256: str | None
     since: float              # wall-clock time of the request (batch_wait counts from the oldest)
-    state: str = QUEUED       # queued, pending (the copytool said so), failed (its job takes the message)
+    state: str = QUEUED       # queued, running (archive), pending (the copytool said so), failed, done (archive)
     message: str = ""
     tries: int = 0            # batches that answered pending (the backoff exponent)
     not_before: float = 0.0   # a pending request waits until then

@@ -48,6 +48,7 @@ import os
 import re
 import shlex
 import subprocess
+import threading
 import time
 from typing import BinaryIO, Iterator
 
@@ -79,6 +80,7 @@ class CommandTier(Tier):
         self.archive_batch = (batch.Requests(os.path.join(self.staging, "batch-archive"))
                               if self.settings.archive_batch_command else None)
         self.batch_slots = self.settings.batch_max_files if self.archive_batch is not None else 0
+        self._stopping = threading.Event()
 
     def check(self) -> None:
         for d in (self.staging, self.manifest, self.restored, os.path.join(self.staging, "out")):
@@ -303,6 +305,8 @@ class CommandTier(Tier):
                     raise errors.CopytoolFailed(r.message)
                 if r.state == batch.PENDING:   # the job waits (and copies again later), as with archive_command
                     raise errors.Pending(r.message)
+                if self._stopping.is_set() and r.state == batch.QUEUED:   # (a running batch's: wait for it)
+                    raise errors.TierUnavailable(f"tier {self.name}: unmounting before the archive batch ran")
                 if time.monotonic() > give_up:
                     raise errors.TierUnavailable(f"tier {self.name}: no archive batch took {key} in {limit:.0f}s")
                 now = time.time()
@@ -320,9 +324,15 @@ class CommandTier(Tier):
                                     self._run_archive_batch(nxt.requests)
                                 continue
                             replan = now + min(max(q.running_for(now) / 4, 1.0), 30.0)   # as restores ask again
-                time.sleep(min(max(replan - now, 0.05), 1.0))
+                self._stopping.wait(min(max(replan - now, 0.05), 1.0))
         finally:
             q.remove(key)
+
+    def stop_waiting(self) -> None:
+        """Unmount: put()s waiting for a batch that has not started leave
+        (their jobs copy again at the next mount) rather than hold the
+        unmount for the rest of batch_wait; a running batch is waited for."""
+        self._stopping.set()
 
     def _archive_plan(self, now: float) -> batch.Plan:
         s = self.settings
@@ -343,6 +353,7 @@ class CommandTier(Tier):
         """One archive_batch_command run over the staged out/KEY files; each
         request gets its outcome, which its waiting put() acts on."""
         q = self.archive_batch
+        requests = tuple(q.update(r, state=batch.RUNNING) for r in requests)   # their put()s wait for it
         ran = self._run_batch("archive_batch_command", q, requests,
                               {r.key: os.path.join(self.staging, "out", r.key) for r in requests})
         for r in requests:
