@@ -238,43 +238,46 @@ def test_pending_archive_batch_waits_and_copies_again(make_mount, tmp_path):
         assert open(tmp_path / "tape" / info(m, p)["archive_location"], "rb").read() == d
 
 
-def test_crash_while_archives_wait_for_their_batch(make_mount, tmp_path):
-    """SIGKILL while put()s wait for a batch: after the restart the files are
-    readable, their jobs copy again, and no staged bytes, request or tape copy
-    of the dead run is left."""
+def archives_waiting(make_mount, tmp_path):
+    """A mount whose three archive jobs wait inside the tier for a batch due in 60 s:
+    (mount, {path: bytes}, the tier's staging directory)."""
     m = tape_mount(make_mount, tmp_path, files=10, wait=60, archive=True)
     datas = {f"a/f{i}.bin": put(m, f"a/f{i}.bin", 40_000 + i) for i in range(3)}
     m.cli("archive", "-r", "--to", "tape", m.path("a"))
     staged = os.path.join(m.home, "state", "command-tape")
     wait_for(lambda: len(os.listdir(os.path.join(staged, "batch-archive", "requests"))) == 3, timeout=30,
              what="three puts waiting for their batch")
-    m.kill()
+    return m, datas, staged
+
+
+def restart_and_archive(m, datas, tmp_path):
+    """Mount again with batch_wait = 1: the jobs copy again and archive in one batch, nothing else on tape."""
     m.extra_config = m.extra_config.replace("batch_wait = 60", "batch_wait = 1")
     m.start()
     for p, d in datas.items():   # readable at once (from the online copy)
         assert open(m.path(p), "rb").read() == d
-    wait_for(lambda: all(m.state(p) == "archived" for p in datas), timeout=60, what="archives after the restart")
+    wait_for(lambda: all(m.state(p) == "archived" for p in datas), timeout=60, what="archives at the next mount")
     assert sorted(os.listdir(tmp_path / "tape")) == sorted(info(m, p)["archive_location"] for p in datas)
+    assert len(m.runs("archive")) == 1
+
+
+def test_crash_while_archives_wait_for_their_batch(make_mount, tmp_path):
+    """SIGKILL while put()s wait for a batch: after the restart the files are
+    readable, their jobs copy again, and no staged bytes, request or tape copy
+    of the dead run is left."""
+    m, datas, staged = archives_waiting(make_mount, tmp_path)
+    m.kill()
+    restart_and_archive(m, datas, tmp_path)
     assert os.listdir(os.path.join(staged, "out")) == []
     assert os.listdir(os.path.join(staged, "batch-archive", "requests")) == []
-    assert len(m.runs("archive")) == 1
 
 
 def test_unmount_does_not_wait_for_an_archive_batch_to_fill(make_mount, tmp_path):
     """Archives waiting for a batch that has not started leave at unmount (was:
     the unmount waited the rest of batch_wait); the next mount archives them."""
-    m = tape_mount(make_mount, tmp_path, files=10, wait=60, archive=True)
-    datas = {f"a/f{i}.bin": put(m, f"a/f{i}.bin", 10_000 + i) for i in range(3)}
-    m.cli("archive", "-r", "--to", "tape", m.path("a"))
-    staged = os.path.join(m.home, "state", "command-tape")
-    wait_for(lambda: len(os.listdir(os.path.join(staged, "batch-archive", "requests"))) == 3, timeout=30,
-             what="three puts waiting for their batch")
+    m, datas, staged = archives_waiting(make_mount, tmp_path)
     t0 = time.monotonic()
     m.stop()
     assert time.monotonic() - t0 < 20
     assert m.runs("archive") == [] and os.listdir(os.path.join(staged, "out")) == []
-    m.extra_config = m.extra_config.replace("batch_wait = 60", "batch_wait = 1")
-    m.start()
-    wait_for(lambda: all(m.state(p) == "archived" for p in datas), timeout=60, what="archives at the next mount")
-    assert sorted(os.listdir(tmp_path / "tape")) == sorted(info(m, p)["archive_location"] for p in datas)
-    assert len(m.runs("archive")) == 1
+    restart_and_archive(m, datas, tmp_path)
