@@ -36,6 +36,8 @@ COPYTOOL = textwrap.dedent('''
         key, path, size, sha = line.split("\\t")
         if key in ctl.get("fail", ()) or int(size) in ctl.get("fail_size", ()):
             out.append(f"{key}\\tfailed\\tbad block on tape T0001")
+        elif mode == "restore" and key in ctl.get("corrupt", ()):
+            open(path, "wb").write(b"x" * int(size))   # right size, wrong bytes
         elif mode == "restore":
             shutil.copyfile(os.path.join(tape, key), path)
         else:
@@ -131,6 +133,25 @@ def test_results_file_fails_one_object_only(make_mount, tmp_path):
     assert [line.split("\t")[0] for line in runs[-1]["lines"]] == [bad_key]
     assert sum(bad_key in line for r in runs for line in r["lines"]) == 2
     # once the tape reads, a new restore brings it back
+    m.control()
+    m.cli("restore", "--wait", "--timeout", "60", m.path(bad))
+    assert open(m.path(bad), "rb").read() == datas[bad]
+
+
+def test_restored_bytes_that_differ_from_the_manifest_fail_the_job_not_the_file(make_mount, tmp_path):
+    """A copytool that writes the wrong bytes: the object fails its check
+    against the manifest (sha256), its job fails with that reason, and the
+    file stays restorable (the copy's checksum check would mark it lost)."""
+    m = tape_mount(make_mount, tmp_path, files=10, wait=1, top="job_max_attempts = 1")
+    datas = archived_set(m, 3)
+    bad = "d/f001.bin"
+    m.control(corrupt=[info(m, bad)["archive_location"]])
+    r = m.cli("restore", "-r", "--wait", "--timeout", "60", m.path("d"), check=False)
+    assert r.returncode == 1, r.stdout + r.stderr
+    job = [j for j in info(m, bad)["jobs"] if j["kind"] == "restore"][-1]
+    assert job["state"] == "failed" and "the manifest says" in job["last_error"]
+    assert m.state(bad) in ("archived", "restoring")
+    assert all(m.state(p) == "dual" for p in datas if p != bad)
     m.control()
     m.cli("restore", "--wait", "--timeout", "60", m.path(bad))
     assert open(m.path(bad), "rb").read() == datas[bad]
