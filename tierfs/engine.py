@@ -37,7 +37,8 @@ from .tiers.base import Tier
 
 class JobService:
     """jobs.JobRunner behind the Service protocol: it leaves nothing to do
-    at unmount (a running job is the catalog's, and resumes at the next mount)."""
+    at unmount (a running job is the catalog's, and resumes at the next mount)
+    but to end the waits of archives for a batch that has not started."""
 
     def __init__(self, runner: JobRunner):
         self.runner = runner
@@ -49,7 +50,7 @@ class JobService:
         self.runner.wake()
 
     async def stop(self) -> None:
-        pass
+        self.runner.stop_waiting()
 
 
 @dataclass

@@ -151,11 +151,30 @@ class VaultTable(ArchiveTable):
 
 class CommandTable(ArchiveTable):
     kind: Literal["command"]
-    archive_command: Text = Field(description="stores {path} as {key} (exit 0 done, 75 pending)")
-    restore_command: Text = Field(description="writes object {key} to {path}")
+    archive_command: Text | None = Field(
+        None, description="stores {path} as {key} (exit 0 done, 75 pending; required without archive_batch_command)")
+    restore_command: Text | None = Field(
+        None, description="writes object {key} to {path} (required without restore_batch_command)")
     delete_command: Text | None = Field(None, description="removes {key} (default: the copy is only forgotten)")
     staging: Text | None = Field(None, description="staging directory (default: state_dir/command-NAME)")
     timeout: Duration = Field(3600.0, description="longest run of one command")
+    restore_batch_command: Text | None = Field(
+        None, description="restores the objects listed in {list} in one run (default: restore_command per object)")
+    archive_batch_command: Text | None = Field(
+        None, description="stores the objects listed in {list} in one run (default: archive_command per object)")
+    batch_max_files: Count = Field(100, description="most objects in one batch")
+    batch_max_bytes: Size | None = Field(None, description="most bytes in one batch (default: no limit)")
+    batch_wait: Duration = Field(30.0, description="how long a batch gathers requests before it runs")
+
+    @model_validator(mode="after")
+    def _commands(self):
+        for one, many in (("archive_command", "archive_batch_command"), ("restore_command", "restore_batch_command")):
+            if getattr(self, one) is None and getattr(self, many) is None:
+                raise Invalid(one, f"required (or {many})")
+        for k in ("restore_batch_command", "archive_batch_command"):
+            if getattr(self, k) is not None and "{list}" not in getattr(self, k):
+                raise Invalid(k, "must name the list of objects with {list}")
+        return self
 
 
 S3_ARCHIVE_CLASSES = ("GLACIER", "DEEP_ARCHIVE")   # need a RestoreObject before GET

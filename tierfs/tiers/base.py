@@ -44,6 +44,8 @@ class Tier(abc.ABC):
     kind: str = ""
     #: archive tiers hold copies that need a restore before they can be read
     archive: bool = False
+    #: archive jobs that may wait inside put() at once for a batch (jobs.py gives them no worker); 0: none
+    batch_slots: int = 0
     def __init__(self, name: str, settings: TierTable | None = None, /, **options: Any):
         """`settings`: the tier's validated [tiers.NAME] table (settings.py);
         without it, `options` are validated as that table (tests, tools)."""
@@ -133,6 +135,9 @@ class Tier(abc.ABC):
 
     def close(self) -> None:
         """Release connections."""
+
+    def stop_waiting(self) -> None:
+        """Unmount: end waits that are no I/O (a put() waiting for a batch) soon."""
 
     def check(self) -> None:
         """Raise ConfigError/TierUnavailable if the tier is unusable (at mount)."""
