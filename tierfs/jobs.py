@@ -211,4 +211,5 @@ class JobRunner:
             await self._record(self.fs.catalog.finish_job, job.id, JobState.FAILED, msg)
         except errors.TierfsError as e:
             log.error("recording failure of job %d: %s", job.id, e)
+        await self.moves.failed(job, msg)
         self.ended(job, msg)

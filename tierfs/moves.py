@@ -539,6 +539,24 @@ class Mover:
             except errors.TierfsError:
                 pass
 
+    async def failed(self, job: Job, why: str) -> None:
+        """A job failed for good: the file it left in its own in-between state
+        goes back to its stable one. A copy that fails is undone by _abandon;
+        this is for what fails before a copy starts (a copytool's
+        restore_command exiting 3 left the file `restoring`, with no job, until
+        the next mount's recovery). Only the job's own mark is settled
+        (restoring for a restore, archiving for an archive): jobs coalesce per
+        file and kind, so no other job of the kind can hold it."""
+        own = {JobKind.RESTORE: State.RESTORING, JobKind.ARCHIVE: State.ARCHIVING}.get(job.kind)
+        with trio.CancelScope(shield=True):
+            try:
+                inode = await self.fs.cat(self.fs.catalog.get, job.ino)
+                if own is not None and inode.state == own:
+                    back = await self._settle(inode, f"{job.kind} failed ({job.cause})", why)
+                    log.info("inode %d: %s failed; the file is %s again", inode.ino, job.kind, back)
+            except errors.TierfsError as e:
+                log.debug("settling inode %d after job %d failed: %s", job.ino, job.id, e)
+
     async def _settle(self, inode: Inode, cause: str, detail: str) -> State:
         """Switch a file out of its in-between state back to its stable one."""
         back = settled(inode)

@@ -170,9 +170,10 @@ def test_a_failed_copytool_restore_is_restore_failed(make_mount, tmp_path):
     e = runs(m)[-1]["env"]
     assert e["TIERFS_TIER"] == b"tape" and b"drive 2 jammed" in e["TIERFS_REASON"]
     assert e["TIERFS_CAUSE"] == b"command restore by uid 0"
-    # (the file stays `restoring` with no job until the next mount's recovery: a failure of
-    # prepare_restore does not settle it back; moves.py, reported, not this feature's)
-    assert m.state("t.bin") in ("archived", "restoring")
+    # The failed restore settles the file back (it stayed `restoring`, with no job, until the next
+    # mount's recovery: a failure before the copy was never undone).
+    assert m.state("t.bin") == "archived"
+    assert "restore failed (command restore by uid 0)" in m.cli("state", "-v", m.path("t.bin")).stdout
     r = m.cli("wait", m.path("t.bin"), "--timeout", "20", check=False)   # a failed restore is not waited for
     assert r.returncode == client.EXIT_FAILED and "drive 2 jammed" in r.stderr, r.stdout + r.stderr
 
