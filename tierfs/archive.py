@@ -5,6 +5,10 @@ bytes are (also) on an archive tier.
   openers of one file share one restore; bounded by `block_timeout`, then
   EAGAIN while the restore goes on); `"error"`, or O_NONBLOCK in either
   mode, fails at once with EAGAIN after queueing the restore (DMAPI style).
+- Partial-state files: an archived file with a stub (its first stub_size
+  bytes kept online, Catalog.stub) opened for reading is not restored at
+  the open: reads within the stub are served from it, and the first read
+  beyond it restores as above (fs.py, `serves_stub`).
 - O_TRUNC / truncate to 0 of an archived file needs no restore: the file
   gets a new empty online object and the archive copy is dropped.
 - The first write to a `dual` file makes it `online` (the archive copy is
@@ -40,6 +44,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 POLL_S = 1.0
+
+
+def serves_stub(inode: Inode) -> bool:
+    """Reads of this offline file within its first stub_size bytes need no
+    restore (archived or restoring with a stub; a lost file reads EIO)."""
+    return inode.stub_size > 0 and inode.state in (State.ARCHIVED, State.RESTORING)
 
 
 class Offline:

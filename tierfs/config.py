@@ -188,7 +188,7 @@ def parse(raw: dict, path: str | None = None, home: str | None = None) -> Config
 LIVE_KEYS = frozenset({
     "default_tier", "default_archive", "restore_mode", "block_timeout", "read_ahead_kb", "allow_unarchive",
     "archivers", "workers", "tier_concurrency", "job_retry_delay", "job_retry_max_delay", "job_max_attempts",
-    "on_unclean", "log_level",
+    "on_unclean", "log_level", "notify_command", "notify_timeout", "notify_batch_window",
     "track", "atime_flush", "policy"})
 #: tier options that are policy, not storage: live too (as tiers.NAME.KEY)
 LIVE_TIER_OPTIONS = ("high_watermark", "low_watermark")

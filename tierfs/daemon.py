@@ -96,7 +96,7 @@ class Daemon:
         self.engine = build_engine(self.cfg, self.catalog, tiers, self.session_id,
                                    staging_dir=os.path.join(self.cfg.state_dir, "staging",
                                                             mounts.runtime_key(self.mountpoint)),
-                                   passthrough=Passthrough(self.cfg.passthrough))
+                                   passthrough=Passthrough(self.cfg.passthrough), mountpoint=self.mountpoint)
         self.fs = self.engine.fs
 
     def _default_kernel_caches(self, cfg: Config) -> None:

@@ -27,6 +27,7 @@ from .fs import FileSystem
 from .gc import GarbageCollector
 from .heartbeat import Heartbeat
 from .jobs import JobRunner
+from .notify import Notifier
 from .passthrough import NoPassthrough
 from .policy.scheduler import PolicyScheduler
 from .requests import Requests
@@ -36,7 +37,8 @@ from .tiers.base import Tier
 
 class JobService:
     """jobs.JobRunner behind the Service protocol: it leaves nothing to do
-    at unmount (a running job is the catalog's, and resumes at the next mount)."""
+    at unmount (a running job is the catalog's, and resumes at the next mount)
+    but to end the waits of archives for a batch that has not started."""
 
     def __init__(self, runner: JobRunner):
         self.runner = runner
@@ -48,7 +50,7 @@ class JobService:
         self.runner.wake()
 
     async def stop(self) -> None:
-        pass
+        self.runner.stop_waiting()
 
 
 @dataclass
@@ -79,18 +81,21 @@ class Engine:
 
 
 def build_engine(cfg, catalog: Catalog, tiers: dict[str, Tier], session_id: str, *,
-                 staging_dir: str | None = None, clock=None, passthrough: NoPassthrough | None = None) -> Engine:
+                 staging_dir: str | None = None, clock=None, passthrough: NoPassthrough | None = None,
+                 mountpoint: str = "") -> Engine:
     """The FileSystem over `catalog` and `tiers`, with the offline contract,
     requests, job runner, policy scheduler and every background service.
     `clock`: the policy scheduler's (default the system clock); `passthrough`:
-    FUSE passthrough of the mount (default none: no kernel). Raises
+    FUSE passthrough of the mount (default none: no kernel); `mountpoint`:
+    what notify_command is told (TIERFS_MOUNT). Raises
     ConfigError for an unknown archivers group or an invalid [[policy]]."""
     services = Services()
     fs = FileSystem(cfg, catalog, tiers, session_id,
                     staging_dir=staging_dir or os.path.join(cfg.state_dir, "staging"),
                     events=services, offline=Offline, requests=Requests, passthrough=passthrough)
     gc = services.gc = GarbageCollector(catalog, fs.cat, tiers, fs.files)
-    runner = JobRunner(fs, cfg, session_id)
+    notifier = Notifier(fs, cfg, mountpoint)
+    runner = JobRunner(fs, cfg, session_id, ended=notifier.job_ended)
     policy = PolicyScheduler(fs, cfg, session_id, clock=clock)
     services.add(gc)
     services.add(Task(fs.checksums.run))
@@ -100,5 +105,6 @@ def build_engine(cfg, catalog: Catalog, tiers: dict[str, Tier], session_id: str,
     services.add(AtimeFlusher(fs.offline, fs.flush_all, cfg))
     services.add(policy)
     services.jobs = services.add(JobService(runner))
+    services.add(notifier)   # stops after the jobs: what ended before the unmount is still told
     return Engine(fs=fs, offline=fs.offline, requests=fs.requests, jobs=runner, policy=policy, gc=gc,
                   services=services)

@@ -104,6 +104,19 @@ class VersionConflict(TierfsError):
 
 class Pending(TierfsError):
     """An archive tier accepted a request that completes later (an operator
-    must act, a slow recall is running): keep the job queued and retry."""
+    must act, a slow recall is running): keep the job queued and retry.
+    `retry_s`: when the tier knows the answer will be there (a batch due in
+    3 s), the job comes back then instead of after the runner's backoff."""
 
     errno = errno.EAGAIN
+
+    def __init__(self, message: str = "", *, retry_s: float | None = None):
+        super().__init__(message)
+        self.retry_s = retry_s
+
+
+class CopytoolFailed(TierfsError):
+    """A copytool reported that one object of its batch failed: the job
+    counts an attempt and tries again in a later batch (job_max_attempts)."""
+
+    errno = errno.EIO

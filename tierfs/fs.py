@@ -50,8 +50,8 @@ from . import errors, xattrs
 from .attrcache import AttrCache
 from .checksums import Checksums
 from .catalog.base import READABLE_STATES, Catalog, DirEntry, Inode, State, now_ns
-from .archive import NoArchive
-from .openfiles import Handle, InodeLock, OpenFiles, OpenObjects
+from .archive import NoArchive, serves_stub
+from .openfiles import Handle, InodeLock, OpenFiles, OpenObjects, StubRead
 from .passthrough import NoPassthrough
 from .placement import Placer
 from .requests import NoRequests
@@ -664,11 +664,12 @@ class FileSystem:
                 if writable and flags & os.O_TRUNC:
                     async with self.lock(ino):
                         inode = await self.offline.drop_archived(inode, caller, "open with O_TRUNC")
-                else:
+                elif writable or not serves_stub(inode):
                     inode = await self._need_online(inode, flags, caller)
+                # else a reader of a file with a stub: the restore waits for its first read beyond the stub
             self.offline.accessed(inode, flags)
             try:
-                fh = await self._open_handle(inode, flags)
+                fh = await self._open_handle(inode, flags, caller)
             except WentOffline:
                 continue
             if writable and self._objects.in_passthrough(ino):
@@ -691,7 +692,7 @@ class FileSystem:
         """Make an offline file readable (restore), or raise TryAgain/EIO."""
         return await self.offline.ensure_online(inode, flags, caller)
 
-    async def _open_handle(self, inode: Inode, flags: int) -> int:
+    async def _open_handle(self, inode: Inode, flags: int, caller: Caller | None = None) -> int:
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY
         async with self.lock(inode.ino):
             ino = inode.ino
@@ -700,7 +701,9 @@ class FileSystem:
                 fresh = await self._publish_open(ino, first)
                 inode = fresh or await self.get(ino)
                 if inode.state not in READABLE_STATES:
-                    raise WentOffline(f"inode {ino} went offline while opening")
+                    if writable or not serves_stub(inode):
+                        raise WentOffline(f"inode {ino} went offline while opening")
+                    return await self._attach_stub(inode, flags, caller or Caller())
                 return await self._attach_handle(inode, flags, writable)
             except BaseException:
                 await self._drop_open(ino, writable)
@@ -730,12 +733,33 @@ class FileSystem:
         h.seen_changes = b.changes   # (passthrough) writes made before it opened are not its own
         return h.fh
 
+    async def _attach_stub(self, inode: Inode, flags: int, caller: Caller) -> int:
+        """A handle reading an offline file's stub, bound to no object (the
+        caller holds the lock). The stub is read between two reads of the
+        inode: another mount's switch in between (a restore, a new stub) is
+        seen, and the open starts again."""
+        ino = inode.ino
+        before = await self.fetch(self.catalog.get, ino)
+        data = await self.cat(self.catalog.stub, ino)
+        now = await self.fetch(self.catalog.get, ino)
+        if (now.data_version, now.state_ns) != (before.data_version, before.state_ns) or not serves_stub(now) \
+                or len(data) != now.stub_size:
+            raise WentOffline(f"inode {ino} changed while its stub was read")
+        h = self.files.add_handle(ino, flags, False)
+        h.stub = StubRead(data, now.data_version, caller)
+        return h.fh
+
     def handle(self, fh: int) -> Handle:
         return self.files.handle(fh)
 
+    def reads_stub(self, fh: int) -> bool:
+        """The handle reads an offline file's stub (fuse_ops answers its open with direct_io)."""
+        return self.handle(fh).stub is not None
+
     def backing_id(self, fh: int) -> int:
         """The FUSE passthrough backing id an open/create of `fh` answers with (0: none)."""
-        return self._objects.backing_id(self.handle(fh).ino)
+        h = self.handle(fh)
+        return 0 if h.stub is not None else self._objects.backing_id(h.ino)
 
     # ---- passthrough: the kernel writes, the daemon only hears of it -------
     async def _passthrough_writer(self, fh: int) -> None:
@@ -819,6 +843,10 @@ class FileSystem:
         h = self.handle(fh)
         if self.offline.track_reads:
             self.offline.accessed(self._cache.peek(h.ino), os.O_RDONLY)
+        if h.stub is not None:
+            data = await self._read_stub(h, off, size)
+            if data is not None:
+                return data
         b = self._objects.get(h.ino)
         if b.fd is not None:
             try:
@@ -829,6 +857,43 @@ class FileSystem:
             inode = self._cache.peek(h.ino)
             return b"\0" * max(0, min(size, inode.size - off))
         return await trio.to_thread.run_sync(b.tier.read, b.key, off, size)
+
+    async def _read_stub(self, h: Handle, off: int, size: int) -> bytes | None:
+        """A read of a stub handle: served from the stub when it lies within
+        it; else (or the file was restored or changed meanwhile) the handle
+        moves to the online copy, restoring the file as an open would, and
+        None says read that. An O_NONBLOCK reader gets what the stub has of
+        a read that starts in it (a short read, which the open's direct_io
+        hands over as it is), where a blocking one would wait: file(1) opens
+        so and reads 7 MiB at once for a header. A blocking read is never cut
+        short: the page cache (mmap, exec) takes a short read for the end of
+        the file, shrinks the size it caches and zero-fills the rest."""
+        inode = await self.get(h.ino)
+        if inode.state not in READABLE_STATES and inode.data_version == h.stub.version:
+            end = min(off + size, inode.size)
+            if off >= end:
+                return b""
+            if off < len(h.stub.data) and (end <= len(h.stub.data) or h.flags & os.O_NONBLOCK):
+                return h.stub.data[off:end]
+        await self._leave_stub(h)
+        return None
+
+    async def _leave_stub(self, h: Handle) -> None:
+        """Bind a stub handle to the file's online copy, restoring it first
+        (block mode waits; error mode and O_NONBLOCK: EAGAIN, restore queued)."""
+        for _ in range(5):
+            inode = await self.get(h.ino)
+            if inode.state not in READABLE_STATES:
+                await self._need_online(inode, h.flags, h.stub.caller)
+            async with self.lock(h.ino):
+                if h.stub is None:
+                    return   # a concurrent read of the same handle did it
+                inode = await self.get(h.ino)
+                if inode.state in READABLE_STATES:
+                    await self._objects.acquire(inode, False)
+                    h.stub = None
+                    return
+        raise errors.TryAgain(f"inode {h.ino} keeps going offline while reading")
 
     def _can_defer_bump(self, h: Handle, inode: Inode) -> bool:
         """True when the first write of a handle need not bump the version
@@ -1002,6 +1067,8 @@ class FileSystem:
         next checkpoint otherwise). Two threads syncing at once were slower
         here (1-byte pwrite + fsync 966-1,051 µs against 703)."""
         h = self.handle(fh)
+        if h.stub is not None:
+            return   # a reader of an offline file's stub: nothing of it to make durable
         b = self._objects.get(h.ino)
         await self._kernel_writes(h.ino, h)
         if b.staged:
@@ -1040,7 +1107,8 @@ class FileSystem:
                 await self._persist_attrs(h.ino, h)
                 self.checksums.want(h.ino)
         finally:
-            self._objects.release(h.ino)
+            if h.stub is None:   # a stub handle has no binding
+                self._objects.release(h.ino)
             await self._drop_open(h.ino, h.writable)
             await self._maybe_purge(h.ino, refresh=True)
             self._evict(h.ino)

@@ -112,8 +112,9 @@ class Operations(pyfuse3.Operations):
         a.st_rdev = inode.rdev
         a.st_size = inode.size
         a.st_blksize = 131072
-        # Offline files occupy no online space (as `du` should show).
-        a.st_blocks = 0 if inode.state in (State.ARCHIVED, State.RESTORING, State.LOST) else (inode.size + 511) // 512
+        # Offline files occupy no online space but their stub's (as `du` should show).
+        on = inode.stub_size if inode.state in (State.ARCHIVED, State.RESTORING, State.LOST) else inode.size
+        a.st_blocks = (on + 511) // 512
         a.st_atime_ns = inode.atime_ns
         a.st_mtime_ns = inode.mtime_ns
         a.st_ctime_ns = inode.ctime_ns
@@ -249,6 +250,12 @@ class Operations(pyfuse3.Operations):
         through this mount, or the attribute timeout tells). With a backing id
         the kernel reads and writes the backing file itself and keeps no page
         cache of its own (it refuses keep_cache then)."""
+        if self.fs.reads_stub(fh):
+            # direct_io: an O_NONBLOCK read running past the stub is cut at its end (fs.py, _read_stub),
+            # and only direct_io hands a short read to the program as it is (the page cache takes it for
+            # the end of the file); nor does a direct_io open put the inode in the kernel's caching mode,
+            # which would refuse the passthrough opens that follow a restore while this one is open.
+            return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
         backing_id = self.fs.backing_id(fh)
         if backing_id:
             return pyfuse3.FileInfo(fh=fh, keep_cache=False, backing_id=backing_id)

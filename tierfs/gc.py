@@ -9,10 +9,10 @@ from typing import Awaitable, Callable
 import trio
 
 from . import errors, faults
-from .catalog.base import Catalog
+from .catalog.base import Catalog, Garbage
 from .openfiles import OpenFiles
 from .tiers.base import Tier
-from .tiers.disk import in_place_key
+from .tiers.disk import RELEASED_ORIGINAL, DiskTier, in_place_key
 
 log = logging.getLogger("tierfs")
 
@@ -67,10 +67,14 @@ class GarbageCollector:
                 return done
             removed = []
             doomed: list[tuple[int, Tier, str]] = []
+            originals: list[tuple[Garbage, DiskTier]] = []
             for g in items:
                 tier = self.tiers.get(g.tier)
                 if tier is None:
                     continue  # a tier another mount has; it will collect it
+                if in_place_key(g.key) and g.reason == RELEASED_ORIGINAL and isinstance(tier, DiskTier):
+                    originals.append((g, tier))
+                    continue
                 if await self.call(self.catalog.references, g.tier, g.key, further=tier.archive):
                     log.warning("garbage entry %s/%s is still referenced; keeping the object", g.tier, g.key)
                 elif in_place_key(g.key) and g.reason != "file deleted":
@@ -86,6 +90,8 @@ class GarbageCollector:
                 # One worker thread for the batch: a hand-off costs ~115 µs here, a local delete ~15
                 # (a thread per object made dbench's Unlink 2.6x the pyfuse3 floor's, issue 16).
                 await trio.to_thread.run_sync(_delete_all, doomed, deleted)
+                if originals:
+                    await self._delete_originals(originals, deleted)
             finally:
                 removed += deleted   # what was deleted before a failure leaves the catalog too
                 if removed:
@@ -93,6 +99,29 @@ class GarbageCollector:
             if not removed:
                 return done
             done += len(removed)
+
+    async def _delete_originals(self, originals: list[tuple[Garbage, DiskTier]], done: list[int]) -> None:
+        """Delete the in-place originals of released files (release_originals), appending each garbage
+        id once it is settled. Under `originals` lock: a restore may be putting a file back at one of
+        these paths (its link and its switch happen together under it), and the check that nothing
+        references the path must still hold when the file goes."""
+        async with self.files.originals:
+            doomed = []
+            for g, tier in originals:
+                if await self.call(self.catalog.references, g.tier, g.key):
+                    log.info("keeping %s/%s: a restore put its file back there", g.tier, g.key)
+                    done.append(g.id)
+                else:
+                    doomed.append((g, tier))
+
+            def delete() -> None:
+                for g, tier in doomed:
+                    faults.point("gc.before_delete")
+                    if not tier.delete_original(g.key, g.created_ns):
+                        log.warning("keeping %s/%s: the file at that path changed after its release (another "
+                                    "file put there?); not the released original", g.tier, g.key)
+                    done.append(g.id)
+            await trio.to_thread.run_sync(delete)
 
 
 def _delete_all(doomed: list[tuple[int, Tier, str]], deleted: list[int]) -> None:

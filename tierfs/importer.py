@@ -347,7 +347,8 @@ class InPlaceImport:
     def _moved_off(self, st: os.stat_result, old: Inode) -> bool:
         """Is `old` an entry an earlier run registered for this source file whose
         bytes have moved since (archived, migrated, restored to a new object)?
-        The source stays where it was (a move never deletes the original) but
+        The source stays where it was (a move never deletes the original; a release
+        does only on a tier with release_originals, and then leaves no source here) but
         nothing records that it was the entry's: a regular file whose bytes
         are not an imported file of this tier, with the source's size and
         mtime (what the import copied from it, and what a move keeps), is

@@ -43,11 +43,13 @@ class JobRunner:
     #: failures that heal by themselves: wait, however long it takes
     TRANSIENT = (errors.TierUnavailable, errors.CatalogUnavailable, errors.NoSpace, errors.Pending)
     #: failures a later attempt may not see (a copy put back, a re-read): counted towards job_max_attempts
-    COUNTED = (errors.ObjectMissing, errors.ChecksumMismatch)
+    COUNTED = (errors.ObjectMissing, errors.ChecksumMismatch, errors.CopytoolFailed)
     DECLINE_S = 600.0   # how long a job needing a tier this mount lacks is left to others
 
-    def __init__(self, fs, cfg, session_id: str):
+    def __init__(self, fs, cfg, session_id: str, ended=None):
         self.fs = fs
+        #: told of every job that ended, done (error None) or failed (notify.Notifier.job_ended); never blocks
+        self.ended = ended or (lambda job, error: None)
         self.cfg = cfg
         self.session_id = session_id
         self.moves = Mover(fs, cfg)
@@ -61,27 +63,53 @@ class JobRunner:
     def wake(self) -> None:
         self._wake.set()
 
+    def stop_waiting(self) -> None:
+        """Unmount: jobs waiting inside a tier for a batch stop waiting (Tier.stop_waiting)."""
+        for t in self.fs.tiers.values():
+            t.stop_waiting()
+
+    def _limit(self, tier: str) -> int:
+        """Jobs that may run at once towards `tier`."""
+        t = self.fs.tiers.get(tier)
+        return max(self.cfg.tier_concurrency, t.batch_slots if t is not None else 0)
+
+    def _parks(self, job: Job) -> bool:
+        """An archive to a tier that batches them waits inside put() for its
+        batch (tiers/command.py): it holds no worker, or two workers would
+        make every batch a batch of two."""
+        t = self.fs.tiers.get(job.target_tier or "")
+        return job.kind == JobKind.ARCHIVE and t is not None and t.batch_slots > 0
+
     async def run(self) -> None:
         await self.moves.recover()
+        # Parked archive jobs each hold a thread (put() waits in it): room for them beyond trio's 40.
+        trio.to_thread.current_default_thread_limiter().total_tokens += sum(
+            t.batch_slots for t in self.fs.tiers.values())
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.health.run, self._tier_back)
             while True:
                 started = False
-                if self.running < self.cfg.workers:
-                    busy = [t for t, n in self.busy.items() if n >= self.cfg.tier_concurrency]
+                free = self.running < self.cfg.workers
+                # Workers all busy: archives to a batching tier with room may still start.
+                batching = [n for n, t in self.fs.tiers.items() if t.batch_slots > self.busy.get(n, 0)]
+                if free or batching:
+                    busy = [t for t, n in self.busy.items() if n >= self._limit(t)]
                     now = time.monotonic()
                     self.declined = {j: t for j, t in self.declined.items() if t > now}
                     try:
-                        job = await self.fs.cat(self.fs.catalog.claim, self.session_id, None, busy,
-                                                tiers=list(self.fs.tiers), skip=list(self.declined))
+                        job = await self.fs.cat(self.fs.catalog.claim, self.session_id,
+                                                None if free else [JobKind.ARCHIVE], busy,
+                                                tiers=list(self.fs.tiers) if free else batching,
+                                                skip=list(self.declined))
                     except errors.TierfsError as e:
                         log.warning("claiming jobs: %s", e)
                         job = None
                     if job is not None:
-                        self.running += 1
+                        parked = self._parks(job)
+                        self.running += not parked
                         tier = job.target_tier or ""
                         self.busy[tier] = self.busy.get(tier, 0) + 1
-                        nursery.start_soon(self._run_one, job, tier)
+                        nursery.start_soon(self._run_one, job, tier, parked)
                         started = True
                 if not started:
                     with trio.move_on_after(POLL_S):
@@ -97,7 +125,7 @@ class JobRunner:
                 log.debug("waking job %d: %s", jid, e)
         self.wake()
 
-    async def _run_one(self, job: Job, tier: str) -> None:
+    async def _run_one(self, job: Job, tier: str, parked: bool = False) -> None:
         t0 = time.monotonic()
         waited: errors.TierfsError | None = None
         try:
@@ -132,8 +160,9 @@ class JobRunner:
                 await self._fail(job, f"internal error: {e!r}")
             else:
                 await self._record(self.fs.catalog.finish_job, job.id, JobState.DONE)
+                self.ended(job, None)
         finally:
-            self.running -= 1
+            self.running -= not parked
             self.busy[tier] -= 1
             self.wake()
             if waited is None:
@@ -148,6 +177,9 @@ class JobRunner:
         self.waits[job.id] = n + 1
         delay = min(self.cfg.job_retry_delay * 2 ** min(n, 30), max(self.cfg.job_retry_max_delay,
                                                                     self.cfg.job_retry_delay))
+        hint = e.retry_s if isinstance(e, errors.Pending) else None
+        if hint is not None:   # the tier knows when to ask again (a batch due in 3 s): no backoff
+            delay = max(hint, 0.1)
         why = None
         if isinstance(e, (errors.TierUnavailable, errors.NoSpace)):
             inode = self.fs.cached(job.ino)
@@ -155,9 +187,9 @@ class JobRunner:
             names = [job.target_tier] + ([inode.tier, inode.archive_tier] if inode is not None else [])
             why = await self.health.diagnose(names, need)
         reason = why or str(e)
-        # One line when the wait starts; the attempts while it lasts only at debug level.
-        (log.warning if n == 0 else log.debug)("job %d (%s inode %d) waits: %s; next attempt in %.0fs", job.id,
-                                               job.kind, job.ino, reason, delay)
+        # One line when the wait starts (a batch tier's "queued": info, the tier logs each batch); then debug.
+        level = log.debug if n else log.info if hint is not None else log.warning
+        level("job %d (%s inode %d) waits: %s; next attempt in %.0fs", job.id, job.kind, job.ino, reason, delay)
         await self._record(self.fs.catalog.retry_job, job.id, f"{WAITING}{reason}", delay, count=False)
 
     async def _record(self, fn, *args, **kw) -> None:
@@ -179,3 +211,5 @@ class JobRunner:
             await self._record(self.fs.catalog.finish_job, job.id, JobState.FAILED, msg)
         except errors.TierfsError as e:
             log.error("recording failure of job %d: %s", job.id, e)
+        await self.moves.failed(job, msg)
+        self.ended(job, msg)

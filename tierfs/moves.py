@@ -25,6 +25,7 @@ recovery are single switches (release_now, Mover.recover).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import logging
@@ -37,7 +38,9 @@ import trio
 from . import errors, faults, inplace
 from .catalog.base import (READABLE_STATES, Changes, FileQuery, Inode, Job, JobKind, JobState, State, Transition,
                            copies_changes, copies_of, missing_targets, now_ns, targets_of)
+from .policy.rules import rule_of
 from .tiers.base import HashingReader, Tier, new_key
+from .tiers.disk import RELEASED_ORIGINAL, DiskTier, in_place_key, releases_originals
 from .units import fmt_size
 
 log = logging.getLogger(__name__)
@@ -48,7 +51,7 @@ BUSY_RETRY_S = 2.0       # file open for writing: try the move again soon
 class BadCopy(Exception):
     """A restore's source, one archive copy, is missing or fails its checksum,
     or its tier went away during the copy: the restore goes on with the next
-    copy (Mover.run); `cause` says which (Mover.restore)."""
+    copy (Mover.run); `cause` says which (Mover._readable_copy)."""
 
     def __init__(self, cause: errors.TierfsError):
         super().__init__(str(cause))
@@ -117,6 +120,13 @@ class Move:
     #: further destinations (an archive to several tiers): the same bytes go to each under the same key,
     #: each verified, and the one commit points the file at all of them
     more: tuple[Tier, ...] = ()
+    #: the commit leaves the file archived with its first `stub` bytes online (partial-state files)
+    stub: int = 0
+    #: restore of a released in-place original: the verified copy is also put back at this path of
+    #: `dst` (DiskTier.put_back), and the file points there
+    origin: str | None = None
+    garbage_reason: str = ""      # the collector's reason for `garbage` (default: the cause)
+    note: str = ""                # added to the history's detail
 
     @property
     def expect(self) -> State:
@@ -127,8 +137,67 @@ class Move:
         return (self.dst, *self.more)
 
 
+def stub_bytes(cfg, archive_tier: str | None, cause: str) -> int:
+    """How many first bytes of a file going archived on `archive_tier` stay
+    online as its stub: the stub_bytes of the policy rule that queued the
+    move (its cause), else the archive tier's."""
+    rule = rule_of(cause, cfg)
+    if rule is not None and rule.stub_bytes is not None:
+        return rule.stub_bytes
+    return getattr(cfg.tiers.get(archive_tier or ""), "stub_bytes", 0)
+
+
+async def _head(fs, inode: Inode, cause: str) -> bytes | None:
+    """The stub a release keeps: the online copy's first bytes (None: no stub).
+    Read under the inode lock, before the switch that compares the same
+    data_version: a write in between bumps it, and the switch fails."""
+    n = min(stub_bytes(fs.cfg, inode.archive_tier, cause), inode.size)
+    if not n:
+        return None
+    if inode.location is None:
+        return b"\0" * n   # no object: the file reads as zeros
+    return await trio.to_thread.run_sync(fs.tier(inode.tier).read, inode.location, 0, n)
+def kept_original(fs, inode: Inode) -> str | None:
+    """Why a release must keep this file's online copy (None: it may drop it): the copy is a file
+    imported in place, the user's own, on a tier without release_originals."""
+    if inode.location is None or not in_place_key(inode.location):
+        return None
+    tier = fs.tiers.get(inode.tier or "")
+    if releases_originals(tier):
+        return None
+    where = f"tier {inode.tier}" + (" (not configured on this mount)" if tier is None else "")
+    return (f"its online copy is the in-place original {inode.location} on {where}, which keeps originals: "
+            f"set release_originals = true in [tiers.{inode.tier}] to let a release delete them")
+
+
+def released_original(inode: Inode) -> Changes:
+    """What the switch that drops an in-place original records: where a restore puts it back."""
+    return Changes(origin_tier=inode.tier, origin_location=inode.location)
+
+
+async def _verify_archive_copy(fs, inode: Inode) -> None:
+    """Before an in-place original goes: the archive copy still matches the recorded checksum
+    (tier.verify; an archive tier that cannot read back cheaply trusts its manifest)."""
+    tier = fs.tier(inode.archive_tier)
+    if not inode.checksum:
+        raise errors.Invalid(f"inode {inode.ino} has no recorded checksum to verify its archive copy against")
+    if not await trio.to_thread.run_sync(tier.verify, inode.archive_location, inode.checksum, inode.size):
+        raise errors.ChecksumMismatch(f"inode {inode.ino}: archive copy {tier.name}/{inode.archive_location} does "
+                                      "not match the recorded sha256; the in-place original is kept")
+
+
 async def release_now(fs, inode: Inode, cause: str) -> Inode:
-    """Drop the online copy of a dual file (instant: one catalog switch)."""
+    """Drop the online copy of a dual file (one catalog switch). An in-place original goes only
+    from a tier with release_originals (else Invalid: kept_original) and only once the archive
+    copy verifies; the switch records where it was (a restore puts it back there) and hands it to
+    the collector (RELEASED_ORIGINAL)."""
+    verified = None
+    if inode.state == State.DUAL and inode.location and in_place_key(inode.location):
+        why = kept_original(fs, inode)
+        if why:
+            raise errors.Invalid(f"inode {inode.ino} not released: {why}")
+        await _verify_archive_copy(fs, inode)
+        verified = inode
     async with fs.lock(inode.ino):
         inode = await fs.get(inode.ino)
         if inode.state != State.DUAL:
@@ -136,11 +205,21 @@ async def release_now(fs, inode: Inode, cause: str) -> Inode:
         why = busy(fs, inode.ino)
         if why:
             raise errors.TierfsError(f"inode {inode.ino}: {why}: its online copy is in use", err=errno.EBUSY)
+        changes = Changes(state=State.ARCHIVED, tier=None, location=None)
+        original = inode.location is not None and in_place_key(inode.location)
+        if original:
+            if verified is None or (verified.data_version, verified.archive_location, verified.location) != \
+                    (inode.data_version, inode.archive_location, inode.location):
+                raise errors.VersionConflict(f"inode {inode.ino} changed while its archive copy was verified")
+            changes.update(released_original(inode))
+        stub = await _head(fs, inode, cause)
         faults.point("release.before_switch")
         new = await fs.fetch(fs.catalog.switch, Transition(
-            inode.ino, inode.data_version, (State.DUAL,), Changes(state=State.ARCHIVED, tier=None, location=None),
-            cause, f"online copy on {inode.tier} released", garbage=((inode.tier, inode.location),),
-            no_writers_except=fs.session_id))
+            inode.ino, inode.data_version, (State.DUAL,), changes,
+            cause, f"online copy on {inode.tier} released" + (f" (in-place original {inode.location}: the collector deletes it)"
+                                                              if original else ""),
+            garbage=((inode.tier, inode.location),), garbage_reason=RELEASED_ORIGINAL if original else "",
+            no_writers_except=fs.session_id, stub=stub))
     await fs.invalidate(inode.ino)
     log.info("released inode %d: online copy on %s dropped, archive copy on %s (%s)",
              inode.ino, inode.tier, inode.archive_tier, cause)
@@ -229,7 +308,10 @@ class Mover:
         if inode.state == State.ARCHIVED:
             return await self._more_copies(job, inode, targets, bad)
         if inode.state == State.DUAL and not missing_targets(inode, targets):
-            if not job.keep_online:
+            kept = None if job.keep_online else kept_original(fs, inode)
+            if kept:
+                log.info("job %d: inode %d stays dual: %s", job.id, inode.ino, kept)
+            elif not job.keep_online:
                 retry_if_busy(fs, inode.ino)
                 await release_now(fs, inode, job.cause)
             return None
@@ -245,25 +327,37 @@ class Mover:
         # first read and the mark moved it to another tier (the copy failed "object missing": fsx-handles).
         src = fs.tier(inode.tier)
         faults.point("archive.after_mark")
-        keep = job.keep_online
+        kept = None if job.keep_online else kept_original(fs, inode)   # as of the mark
+        if kept:
+            log.info("job %d: archiving inode %d, which stays dual: %s", job.id, inode.ino, kept)
+        keep = job.keep_online or bool(kept)
+        # An in-place original goes once this move's copy is verified (Mover._copy), from a tier with
+        # release_originals; the switch records where it was.
+        original = not keep and inode.location is not None and in_place_key(inode.location)
         # A dual file's verified copies on target tiers stay (the commit's compare-and-swap on the content
         # version proves they still hold these bytes); only the missing targets get a copy.
-        kept = {t: k for t, k in copies_of(inode) if t in tiers}
+        have = {t: k for t, k in copies_of(inode) if t in tiers}
         new = [tiers[t] for t in missing_targets(inode, targets)]
         if not new:   # a re-run after a crash that finds every copy made (by another job): nothing to copy
             await self._settle(inode, job.cause, "every target already holds a copy")
             return None
+        dst = new[0]
 
         def changes(sha: str, n: int, key: str) -> Changes:
             c = Changes(state=State.DUAL if keep else State.ARCHIVED, checksum=sha,
-                        **copies_changes([(t, kept.get(t, key)) for t in targets]))
+                        **copies_changes([(t, have.get(t, key)) for t in targets]))
             if not keep:
                 c.update(tier=None, location=None)
+            if original:
+                c.update(released_original(inode))
             return c
         # The older archive copies not on a target (a re-archive to another tier), and the online copy unless kept.
         garbage = tuple(c for c in copies_of(inode) if c[0] not in tiers) + (
             () if keep else ((inode.tier, inode.location),))
-        return Move(inode, src, inode.location, new[0], changes, garbage, marked=State.ARCHIVING, more=tuple(new[1:]))
+        return Move(inode, src, inode.location, dst, changes, garbage, marked=State.ARCHIVING,
+                    stub=0 if keep else stub_bytes(self.cfg, targets[0], job.cause),
+                    garbage_reason=RELEASED_ORIGINAL if original else "",
+                    note=f"; kept online: {kept}" if kept else "", more=tuple(new[1:]))
 
     async def _more_copies(self, job: Job, inode: Inode, targets: list[str],
                            bad: dict[tuple[str, str], errors.TierfsError]) -> Move | None:
@@ -296,7 +390,7 @@ class Mover:
             raise errors.PermissionDenied("restores are disabled (allow_unarchive = false)")
         primary = fs.tiers.get(inode.archive_tier)
         same = primary is not None and inplace.restores_in_place(primary, job.target_tier)
-        dst = primary if same else fs.tier(job.target_tier) if job.target_tier else await fs.placement_of(inode.ino)
+        dst, origin = (primary, None) if same else await self._restore_destination(job, inode)
         if inode.state != State.RESTORING:
             inode = await self._mark(inode, (State.ARCHIVED,), State.RESTORING, job.cause,
                                      f"from {inode.archive_tier}")
@@ -320,8 +414,8 @@ class Mover:
         src, key = found
         return Move(inode, src, key, dst,
                     lambda sha, n, key: Changes(state=State.DUAL, tier=dst.name, location=key, checksum=sha,
-                                                atime_ns=now_ns()),
-                    marked=State.RESTORING, exclusive=False, conflict_retries=False, source_copy=True)
+                                                atime_ns=now_ns(), origin_tier=None, origin_location=None),
+                    marked=State.RESTORING, exclusive=False, conflict_retries=False, source_copy=True, origin=origin)
 
     async def _readable_copy(self, inode: Inode, bad: dict[tuple[str, str], errors.TierfsError]
                              ) -> tuple[Tier, str] | None:
@@ -359,6 +453,29 @@ class Mover:
                               "read of an archive copy", f"archive copy {tier}/{key} bad: {e}")
         except errors.TierfsError as e2:
             log.warning("inode %d: recording the bad copy: %s", inode.ino, e2)
+
+    async def _restore_destination(self, job: Job, inode: Inode) -> tuple[Tier, str | None]:
+        """Where a restore puts the bytes, and the in-place path it puts them back at (or None):
+        `restore --to`'s tier; a released in-place original's own path when its tier is here with
+        release_originals and nothing is at the path; else the placement (said in the log)."""
+        fs = self.fs
+        # (an earlier attempt recorded the tier it chose as the job's target: the origin's is no choice)
+        if job.target_tier and job.target_tier != inode.origin_tier:
+            return fs.tier(job.target_tier), None
+        if not (inode.origin_tier and inode.origin_location):
+            return await fs.placement_of(inode.ino), None
+        tier = fs.tiers.get(inode.origin_tier)
+        if not releases_originals(tier):
+            why = f"tier {inode.origin_tier} is " + ("not configured here" if tier is None else
+                                                     "no longer set to release_originals")
+        else:
+            why = await trio.to_thread.run_sync(tier.vacancy, inode.origin_location)
+        if why is None:
+            return tier, inode.origin_location
+        dst = await fs.placement_of(inode.ino)
+        log.warning("restore of inode %d goes to tier %s, not back to %s on tier %s: %s", inode.ino, dst.name,
+                    inode.origin_location, inode.origin_tier, why)
+        return dst, None
 
     async def migrate(self, job: Job, inode: Inode) -> Move | None:
         fs = self.fs
@@ -403,9 +520,9 @@ class Mover:
             job.target_tier = mv.dst.name   # a restore picks its tier only now: the tier a wait for space is about
         await fs.cat(fs.catalog.update_job, job.id, {"dst_key": dst_key, "target_tier": job.target_tier})
         try:
-            sha, n = await self._copy(mv, dst_key, fault=f"{job.kind}.after_copy")
+            sha, n, head = await self._copy(mv, dst_key, fault=f"{job.kind}.after_copy")
             for more in mv.more:
-                sha2, _ = await self._copy(replace(mv, dst=more), dst_key, fault=f"{job.kind}.after_copy")
+                sha2, _, _ = await self._copy(replace(mv, dst=more, stub=0), dst_key, fault=f"{job.kind}.after_copy")
                 if sha2 != sha:   # written between the copies (no checksum recorded to hold them to)
                     raise errors.ChecksumMismatch(f"copy on {more.name} differs from the one on {mv.dst.name}")
         except BaseException as e:
@@ -413,9 +530,43 @@ class Mover:
             raise
         if job.kind == JobKind.ARCHIVE:
             faults.point("archive.after_verify")   # (restore and migrate have no point here: faults.POINTS)
-        commit = Transition(ino, mv.inode.data_version, (mv.expect,), mv.changes(sha, n, dst_key), job.cause,
-                            f"{mv.src.name} -> {_names(mv.dsts)}, {n} bytes", garbage=mv.garbage, job_id=job.id,
-                            no_writers_except=fs.session_id if mv.exclusive else None)
+        # Putting a file back at its in-place path and the switch that points it there happen under the
+        # lock the collector deletes released originals under (gc.py): the path is ours from the link on.
+        async with fs.files.originals if mv.origin else contextlib.nullcontext():
+            key = await self._put_back(mv, dst_key) if mv.origin else dst_key
+            if not await self._commit(job, mv, sha, n, dst_key, key, head):
+                return
+        await fs.invalidate(ino)   # the kernel drops the attributes it cached (st_blocks)
+        faults.point(f"{job.kind}.after_switch")
+        await self._log_done(f"{job.kind}d", mv, n, t0, job.cause)
+        _wake(fs)
+
+    async def _put_back(self, mv: Move, dst_key: str) -> str:
+        """Give the verified copy `dst_key` its released original's path too (DiskTier.put_back);
+        the key the file will use: that path, or `dst_key` when the path was taken meanwhile or
+        cannot be made (the copy stays where it is, on the same tier, and the log says so)."""
+        inode = mv.inode
+        try:
+            await trio.to_thread.run_sync(mv.dst.put_back, dst_key, mv.origin, inode.mode, inode.uid, inode.gid,
+                                          inode.atime_ns, inode.mtime_ns)
+        except errors.TierfsError as e:
+            log.warning("restore of inode %d: not put back at %s (%s); its bytes are object %s on tier %s",
+                        inode.ino, mv.origin, e, dst_key, mv.dst.name)
+            return dst_key
+        return mv.origin
+
+    async def _commit(self, job: Job, mv: Move, sha: str, n: int, dst_key: str, key: str,
+                      head: bytes) -> bool:
+        """The switch of a move whose copy `dst_key` is verified; the file points at `key` (`dst_key`,
+        or the in-place path it was put back at, and then `dst_key` is a second name to collect).
+        False: the move is not needed any more (a restore of a file rewritten or deleted meanwhile)."""
+        fs, ino = self.fs, mv.inode.ino
+        garbage = mv.garbage + (((mv.dst.name, dst_key),) if key != dst_key else ())
+        commit = Transition(ino, mv.inode.data_version, (mv.expect,), mv.changes(sha, n, key), job.cause,
+                            f"{mv.src.name} -> {_names(mv.dsts)}, {n} bytes{mv.note}", garbage=garbage,
+                            garbage_reason=mv.garbage_reason, job_id=job.id,
+                            no_writers_except=fs.session_id if mv.exclusive else None,
+                            stub=head if mv.stub else None)
         async with fs.lock(ino):
             why = busy(fs, ino) if mv.exclusive else None
             if why:
@@ -425,29 +576,40 @@ class Mover:
                 await fs.fetch(fs.catalog.switch, commit)
             except errors.VersionConflict:
                 if not mv.conflict_retries:
+                    await self._take_back(mv, key, dst_key)
                     await self._discard(job, mv.dsts, dst_key)
-                    return
+                    return False
                 await self._abandon(job, mv, dst_key, "changed during the copy")
                 raise Retry("file changed during the copy", BUSY_RETRY_S, count=False) from None
             except errors.NotFound:  # deleted (and purged) during the copy: nothing to move
+                await self._take_back(mv, key, dst_key)
                 await self._discard(job, mv.dsts, dst_key)
-                return
-        await fs.invalidate(ino)   # the kernel drops the attributes it cached (st_blocks)
-        faults.point(f"{job.kind}.after_switch")
-        await self._log_done(f"{job.kind}d", mv, n, t0, job.cause)
-        _wake(fs)
+                return False
+        return True
 
-    async def _copy(self, mv: Move, dst_key: str, *, fault: str) -> tuple[str, int]:
-        """Copy with hashing, then verify the destination. Returns (sha256, bytes)."""
+    async def _take_back(self, mv: Move, key: str, dst_key: str) -> None:
+        """The switch did not happen: the in-place path the copy was put back at goes with it."""
+        if key != dst_key:
+            with trio.CancelScope(shield=True):
+                try:
+                    await trio.to_thread.run_sync(mv.dst.take_back, key, dst_key)
+                except errors.TierfsError as e:
+                    log.warning("inode %d: could not remove %s/%s, put back for a restore that did not "
+                                "complete (%s)", mv.inode.ino, mv.dst.name, key, e)
+
+    async def _copy(self, mv: Move, dst_key: str, *, fault: str) -> tuple[str, int, bytes]:
+        """Copy with hashing, then verify the destination. Returns (sha256,
+        bytes, the first mv.stub bytes): the stub comes from the stream the
+        checksum is of, so the commit's compare-and-swap covers it too."""
         src, dst, expect_sha = mv.src, mv.dst, mv.inode.checksum
 
         def copy():
             # A file never written on a remote tier has no object yet: its content is empty.
             with (io.BytesIO(b"") if mv.src_key is None else src.open_reader(mv.src_key)) as r:
-                h = HashingReader(r)
+                h = HashingReader(r, head=mv.stub)
                 dst.put(dst_key, h)
-                return h.hexdigest(), h.nbytes
-        sha, n = await trio.to_thread.run_sync(copy)
+                return h.hexdigest(), h.nbytes, bytes(h.first)
+        sha, n, head = await trio.to_thread.run_sync(copy)
         faults.point(fault)
         if expect_sha and sha != expect_sha:
             raise errors.ChecksumMismatch(
@@ -455,7 +617,7 @@ class Mover:
         ok = await trio.to_thread.run_sync(dst.verify, dst_key, sha, n)
         if not ok:
             raise errors.ChecksumMismatch(f"copy on {dst.name}/{dst_key} does not match what was written")
-        return sha, n
+        return sha, n, head
 
     async def _copy_failed(self, job: Job, mv: Move, dst_key: str, e: BaseException) -> None:
         """The copy or its verification failed with `e`: undo it, and raise
@@ -510,6 +672,24 @@ class Mover:
             except errors.TierfsError:
                 pass
 
+    async def failed(self, job: Job, why: str) -> None:
+        """A job failed for good: the file it left in its own in-between state
+        goes back to its stable one. A copy that fails is undone by _abandon;
+        this is for what fails before a copy starts (a copytool's
+        restore_command exiting 3 left the file `restoring`, with no job, until
+        the next mount's recovery). Only the job's own mark is settled
+        (restoring for a restore, archiving for an archive): jobs coalesce per
+        file and kind, so no other job of the kind can hold it."""
+        own = {JobKind.RESTORE: State.RESTORING, JobKind.ARCHIVE: State.ARCHIVING}.get(job.kind)
+        with trio.CancelScope(shield=True):
+            try:
+                inode = await self.fs.cat(self.fs.catalog.get, job.ino)
+                if own is not None and inode.state == own:
+                    back = await self._settle(inode, f"{job.kind} failed ({job.cause})", why)
+                    log.info("inode %d: %s failed; the file is %s again", inode.ino, job.kind, back)
+            except errors.TierfsError as e:
+                log.debug("settling inode %d after job %d failed: %s", job.ino, job.id, e)
+
     async def _settle(self, inode: Inode, cause: str, detail: str) -> State:
         """Switch a file out of its in-between state back to its stable one."""
         back = settled(inode)
@@ -539,8 +719,12 @@ class Mover:
         # An archive's key is on each of its targets (Mover.move); a job without a target restored to the default.
         for name in targets_of(job) or [self.cfg.default_tier]:
             tier = self.fs.tiers.get(name) or self.fs.tiers.get(self.cfg.default_tier)
-            if tier is not None:
-                await trio.to_thread.run_sync(tier.delete, job.dst_key)  # raises: the tier is away, the job waits
+            if tier is None:
+                continue
+            if isinstance(tier, DiskTier) and inode.origin_tier == tier.name and inode.origin_location:
+                # a restore put the copy back at the original's path and died before its switch
+                await trio.to_thread.run_sync(tier.take_back, inode.origin_location, job.dst_key)
+            await trio.to_thread.run_sync(tier.delete, job.dst_key)  # raises: the tier is away, the job waits
         await self.fs.cat(self.fs.catalog.update_job, job.id, {"dst_key": None})
 
     async def _log_done(self, verb: str, mv: Move, nbytes: int, t0: float, cause: str) -> None:

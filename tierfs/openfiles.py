@@ -256,6 +256,17 @@ class OpenObjects:
 
 
 @dataclass
+class StubRead:
+    """A reader of an offline file's stub (partial-state files): no binding,
+    no backing id; fs.py serves reads within the stub from `data` and binds
+    the handle at its first read beyond (restoring the file)."""
+
+    data: bytes                   # the file's first stub_size bytes, as of the open
+    version: int                  # the file's data_version they are of
+    caller: object                # the opener (fs.Caller): the restore a read beyond the stub queues is theirs
+
+
+@dataclass
 class Handle:
     """An open file and whether it wrote; the bytes are its inode's binding."""
 
@@ -266,6 +277,7 @@ class Handle:
     dirty: bool = False           # wrote since open (version already bumped, or bump_pending)
     seen_changes: int = 0         # passthrough: its binding's `changes` when it opened or last became dirty
     bump_pending: bool = False    # the version bump of this handle's writes rides on its next persist
+    stub: StubRead | None = None  # reads an offline file's stub, bound to no object yet
 
 
 class InodeLock:
@@ -302,6 +314,9 @@ class OpenFiles:
         self._lookups: dict[int, int] = {}     # kernel lookup counts
         self._locks: dict[int, InodeLock] = {}
         self._next_fh = 1
+        #: held by a restore that puts a file back at its in-place path (link + switch, moves.py) and by the
+        #: collector deleting released originals (check + unlink, gc.py): neither sees the other half-done
+        self.originals = trio.Lock()
 
     # ---- questions ---------------------------------------------------------
     def writing(self, ino: int) -> bool:

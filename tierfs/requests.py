@@ -160,7 +160,7 @@ class Requests:
             if inode.state == State.LOST:
                 raise errors.TierfsError(f"inode {inode.ino} is lost; nothing to restore", err=errno.EIO)
             job, created = await fs.cat(fs.catalog.enqueue, inode.ino, JobKind.RESTORE, target_tier=target,
-                                        cause=cause)
+                                        cause=cause, uid=caller.uid)
         elif verb == "release":
             if inode.state == State.DUAL:
                 from .moves import release_now
@@ -187,7 +187,7 @@ class Requests:
                     and not missing_targets(inode, [target, *more])):
                 return None
             job, created = await fs.cat(fs.catalog.enqueue, inode.ino, JobKind.ARCHIVE, target_tier=target,
-                                        keep_online=bool(opts.get("keep_online")), cause=cause,
+                                        keep_online=bool(opts.get("keep_online")), cause=cause, uid=caller.uid,
                                         more_targets=encode_targets(more))
         elif verb == "migrate":
             target = opts.get("to")
@@ -197,7 +197,7 @@ class Requests:
             if inode.state not in READABLE_STATES:
                 raise errors.Invalid(f"inode {inode.ino} is {inode.state}: restore it before migrating")
             job, created = await fs.cat(fs.catalog.enqueue, inode.ino, JobKind.MIGRATE, target_tier=target,
-                                        cause=cause)
+                                        cause=cause, uid=caller.uid)
         else:
             raise errors.Invalid(f"unknown request {verb!r}")
         if created:
@@ -244,14 +244,16 @@ class Requests:
         inode = await fs.get(inode.ino)
         d = {k: getattr(inode, k) for k in ("ino", "size", "atime_ns", "mtime_ns", "ctime_ns", "crtime_ns",
                                             "tier", "location", "archive_tier", "archive_location",
-                                            "checksum", "data_version", "state_ns", "state_cause", "uid", "gid")}
+                                            "checksum", "data_version", "state_ns", "state_cause", "uid", "gid",
+                                            "stub_size",
+                                            "origin_tier", "origin_location")}
         d["state"] = str(inode.state)
         d["copies"] = [list(c) for c in copies_of(inode)]   # every archive copy, [tier, key], the primary first
         d["events"] = [dict(time_ns=e.time_ns, from_state=e.from_state, to_state=e.to_state, cause=e.cause,
                             detail=e.detail) for e in await fs.cat(fs.catalog.events, inode.ino, 10)]
         d["jobs"] = [dict(id=j.id, kind=str(j.kind), state=str(j.state), attempts=j.attempts,
                           last_error=j.last_error, target_tier=j.target_tier, targets=targets_of(j), cause=j.cause,
-                          created_ns=j.created_ns)
+                          created_ns=j.created_ns, uid=j.uid)
                      for j in await fs.cat(fs.catalog.jobs, None, inode.ino, 20, newest_first=True)]
         return d
 

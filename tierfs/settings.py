@@ -67,6 +67,21 @@ def _names(v):
     return v
 
 
+def _argv(v):
+    """A command line split like a shell would (quotes, backslashes; nothing
+    substituted), or a list of words: an argv, run without a shell."""
+    import shlex
+    try:
+        argv = shlex.split(v) if isinstance(v, str) else v
+    except ValueError as e:   # "No closing quotation"
+        raise ValueError(f"cannot split {v!r} into words like a shell: {str(e).lower()}") from None
+    if not isinstance(argv, list) or not argv or not all(isinstance(a, str) and a for a in argv):
+        raise ValueError(f"expected a command line or a list of words, got {v!r}")
+    return argv
+
+
+#: a command run without a shell: "notify-send 'restore done'" or ["mail", "-s", "done", "ops"]
+Argv = Annotated[list[str], BeforeValidator(_argv)]
 #: user or group names or ids, one or a list
 Names = Annotated[list[Any], BeforeValidator(_names)]
 
@@ -98,25 +113,68 @@ class TierTable(Table):
     low_watermark: Fraction | None = Field(None, description="online tiers: usage a watermark run stops at")
 
 
+#: the largest stub_bytes: stubs live in the catalog (one row per archived file), so a million archived
+#: files with 1 MiB stubs already take 1 TB of catalog
+MAX_STUB = MiB
+
+
+def _stub_size(v: int) -> int:
+    if not 0 <= v <= MAX_STUB:
+        raise ValueError(f"expected a size from 0 to 1MiB (stubs are kept in the catalog), got {v}")
+    return v
+
+
+#: bytes kept online, at most MAX_STUB
+StubSize = Annotated[Size, AfterValidator(_stub_size)]
+
+
+class ArchiveTable(TierTable):
+    """Keys every archive tier kind accepts."""
+    stub_bytes: StubSize = Field(0, description="first bytes of an archived file kept online (partial-state "
+                                 "files: reads within them need no restore); at most 1MiB")
+
+
 class DiskTable(TierTable):
     kind: Literal["disk"]
     path: Text = Field(description="directory holding objects/ and tmp/")
+    release_originals: Flag = Field(False, description="files imported in place: their originals are deleted when "
+                                    "their file is released after its archive copy is verified (a restore puts "
+                                    "them back at their path); false: their release is refused")
 
 
-class VaultTable(TierTable):
+class VaultTable(ArchiveTable):
     kind: Literal["vault"]
     path: Text = Field(description="directory holding the archive copies")
     restore_delay: Duration = Field(0.0, description="wait before every restore read (imitates a slow medium)")
     archive_delay: Duration = Field(0.0, description="wait before every archive write")
 
 
-class CommandTable(TierTable):
+class CommandTable(ArchiveTable):
     kind: Literal["command"]
-    archive_command: Text = Field(description="stores {path} as {key} (exit 0 done, 75 pending)")
-    restore_command: Text = Field(description="writes object {key} to {path}")
+    archive_command: Text | None = Field(
+        None, description="stores {path} as {key} (exit 0 done, 75 pending; required without archive_batch_command)")
+    restore_command: Text | None = Field(
+        None, description="writes object {key} to {path} (required without restore_batch_command)")
     delete_command: Text | None = Field(None, description="removes {key} (default: the copy is only forgotten)")
     staging: Text | None = Field(None, description="staging directory (default: state_dir/command-NAME)")
     timeout: Duration = Field(3600.0, description="longest run of one command")
+    restore_batch_command: Text | None = Field(
+        None, description="restores the objects listed in {list} in one run (default: restore_command per object)")
+    archive_batch_command: Text | None = Field(
+        None, description="stores the objects listed in {list} in one run (default: archive_command per object)")
+    batch_max_files: Count = Field(100, description="most objects in one batch")
+    batch_max_bytes: Size | None = Field(None, description="most bytes in one batch (default: no limit)")
+    batch_wait: Duration = Field(30.0, description="how long a batch gathers requests before it runs")
+
+    @model_validator(mode="after")
+    def _commands(self):
+        for one, many in (("archive_command", "archive_batch_command"), ("restore_command", "restore_batch_command")):
+            if getattr(self, one) is None and getattr(self, many) is None:
+                raise Invalid(one, f"required (or {many})")
+        for k in ("restore_batch_command", "archive_batch_command"):
+            if getattr(self, k) is not None and "{list}" not in getattr(self, k):
+                raise Invalid(k, "must name the list of objects with {list}")
+        return self
 
 
 S3_ARCHIVE_CLASSES = ("GLACIER", "DEEP_ARCHIVE")   # need a RestoreObject before GET
@@ -210,7 +268,7 @@ def archives_in_place(table: TierTable) -> bool:
     return isinstance(table, S3Table) and table.archive_storage_class is not None
 
 
-class S3ArchiveTable(S3Table):
+class S3ArchiveTable(S3Table, ArchiveTable):
     kind: Literal["s3-archive"]
     storage_class: Text = Field("GLACIER", description="GLACIER, DEEP_ARCHIVE or GLACIER_IR")
     restore_days: RestoreDays = Field(1, description="days S3 keeps a restored temporary copy")
@@ -271,6 +329,12 @@ class Settings(Table):
     job_retry_delay: Duration = Field(30.0, description="delay before a failed job is retried")
     job_retry_max_delay: Duration = Field(600.0, description="longest wait between attempts of a waiting job")
     job_max_attempts: Count = Field(5, description="failures before a job is marked failed")
+    notify_command: Argv | None = Field(None, description="run when a restore is done or failed, a file archived "
+                                        "or lost; no shell, the facts in TIERFS_* variables")
+    notify_timeout: Duration = Field(30.0, description="longest run of notify_command (then it is killed)")
+    notify_batch_window: Duration = Field(5.0, description="one notify_command run gathers a requester's events of "
+                                          "one kind while they have such jobs queued, and this long after the last "
+                                          "(0: one run per event)")
     on_unclean: Literal["warn", "refuse"] = Field("warn", description="previous daemon died without unmounting")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
     track: Literal["open", "read"] = Field("open", description="what counts as an access")
@@ -317,6 +381,7 @@ class PolicyTable(Table):
         = None
     confirm_delete: Flag | None = None
     enabled: Flag | None = None
+    stub_bytes: StubSize | None = None
 
 
 # ---- errors -----------------------------------------------------------------------------------

@@ -560,3 +560,63 @@ def test_open_files_registry(catalog):
     catalog.reap_sessions(t)
     catalog.switch(Transition(b.ino, b.data_version, (State.ONLINE,), Changes(state=State.ARCHIVING), "t",
                               no_writers_except="live"))
+
+
+# ---- partial-state files: stubs (issue 18) ---------------------------------------------------------
+def _archived_with_stub(catalog, name: bytes, head: bytes):
+    a = catalog.create(ROOT_INO, name, new(tier="disk", location=f"k-{name.decode()}", size=100000))
+    return catalog.switch(Transition(a.ino, a.data_version, (State.ONLINE,),
+                                     Changes(state=State.ARCHIVED, tier=None, location=None, archive_tier="vault",
+                                             archive_location=f"a-{name.decode()}"),
+                                     "archive", garbage=(("disk", f"k-{name.decode()}"),), stub=head))
+
+
+def test_stub_is_stored_with_the_switch_and_kept_while_offline(catalog):
+    head = bytes(range(256)) * 16 + b"\x00tail"
+    a = _archived_with_stub(catalog, b"a", head)
+    assert a.stub_size == len(head) and catalog.get(a.ino).stub_size == len(head)
+    assert catalog.stub(a.ino) == head
+    # archived -> restoring -> archived (a restore that stopped): the stub stays
+    r = catalog.switch(Transition(a.ino, a.data_version, (State.ARCHIVED,), Changes(state=State.RESTORING), "open"))
+    assert r.stub_size == len(head) and catalog.stub(a.ino) == head
+    catalog.switch(Transition(a.ino, a.data_version, (State.RESTORING,), Changes(state=State.ARCHIVED), "stop"))
+    assert catalog.get(a.ino).stub_size == len(head) and catalog.stub(a.ino) == head
+    # a refused switch leaves the stub alone, and stores none of its own
+    with pytest.raises(errors.VersionConflict):
+        catalog.switch(Transition(a.ino, a.data_version + 1, (State.ARCHIVED,), Changes(state=State.ARCHIVED), "x",
+                                  stub=b"other"))
+    assert catalog.stub(a.ino) == head
+    assert catalog.stub(ROOT_INO) == b""   # no stub: empty
+
+
+def test_stub_goes_when_the_file_is_online_again_or_replaced(catalog):
+    a = _archived_with_stub(catalog, b"a", b"x" * 1000)
+    # restored: dual, the stub goes in the same commit
+    d = catalog.switch(Transition(a.ino, a.data_version, (State.ARCHIVED,),
+                                  Changes(state=State.DUAL, tier="disk", location="k-back"), "restore"))
+    assert d.stub_size == 0 and catalog.get(a.ino).stub_size == 0 and catalog.stub(a.ino) == b""
+    # released again with a new stub
+    r = catalog.switch(Transition(a.ino, a.data_version, (State.DUAL,), Changes(state=State.ARCHIVED, tier=None,
+                                                                              location=None), "release",
+                                  stub=b"y" * 10))
+    assert r.stub_size == 10 and catalog.stub(a.ino) == b"y" * 10
+    # O_TRUNC of the archived file: online, archive copy dropped, stub gone
+    o = catalog.switch(Transition(a.ino, a.data_version, (State.ARCHIVED,),
+                                  Changes(state=State.ONLINE, tier="disk", location="k-new", archive_tier=None,
+                                          archive_location=None, size=0, data_version=a.data_version + 1), "trunc"))
+    assert o.stub_size == 0 and catalog.stub(a.ino) == b""
+    # an explicit empty stub drops it too
+    b = _archived_with_stub(catalog, b"b", b"z" * 5)
+    catalog.switch(Transition(b.ino, b.data_version, (State.ARCHIVED,), Changes(state=State.ARCHIVED), "x", stub=b""))
+    assert catalog.get(b.ino).stub_size == 0 and catalog.stub(b.ino) == b""
+
+
+def test_stub_is_removed_with_the_inode(catalog):
+    a = _archived_with_stub(catalog, b"a", b"a" * 100)
+    b = _archived_with_stub(catalog, b"b", b"b" * 100)
+    catalog.unlink(ROOT_INO, b"a", now_ns())
+    assert catalog.stub(a.ino) == b"a" * 100        # unlinked but not purged (maybe still open)
+    catalog.purge(a.ino)
+    assert catalog.stub(a.ino) == b""
+    catalog.bury(b.ino, "policy rule 'r'", "old")
+    assert catalog.purge(b.ino) is not None and catalog.stub(b.ino) == b""

@@ -312,7 +312,7 @@ def test_archive_again_puts_a_strayed_object_back_in_the_archive_class(make_moun
     moto.client().copy_object(Bucket=s3_bucket, Key="data/" + key, CopySource={"Bucket": s3_bucket,
                               "Key": "data/" + key}, StorageClass="STANDARD", MetadataDirective="COPY")
     r = m.cli("archive", "--wait", "--timeout", "60", m.path("f"))
-    assert "1 done" in r.stdout, r.stdout
+    assert "archived 1 file, " in r.stdout, r.stdout
     assert storage_class(moto, s3_bucket, key) == "GLACIER_IR" and m.state("f") == "archived"
     assert "was in the online class" in m.log()
     m.cli("archive", "--wait", "--timeout", "60", m.path("f"))     # in its class already: nothing copied

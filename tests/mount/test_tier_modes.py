@@ -116,8 +116,8 @@ def test_objects_are_private_whatever_the_umask(make_mount, shared_dir, tmp_path
         f.write(b"a third secret\n")
     m.cli("migrate", "--wait", "--to", "volume", "--timeout", "60", m.path("u"))   # an object on the in-place tier
     m.cli("import", "--in-place", src, m.path("imported"))
-    m.cli("archive", "--wait", "--timeout", "60", m.path("imported", "theirs.txt"))
-    m.cli("restore", "--wait", "--timeout", "60", m.path("imported", "theirs.txt"))
+    m.cli("archive", "--wait", "--keep-online", "--timeout", "60", m.path("imported", "theirs.txt"))
+    m.cli("migrate", "--wait", "--to", "disk", "--timeout", "60", m.path("imported", "theirs.txt"))
     wait_idle(m.catalog_url)
 
     staging = os.path.join(m.home, "state", "staging")

@@ -50,7 +50,7 @@ def test_archive_wait_returns_when_readers_restore_the_files_meanwhile(make_moun
         t.join()
     took = time.monotonic() - t0
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "archive: 6 done, 0 failed" in r.stdout, r.stdout
+    assert "archived 6 files, 6" in r.stdout, r.stdout
     assert restored == set(names) and {m.state(n) for n in names} == {"dual"}
     assert took < 20, took
 
@@ -77,7 +77,7 @@ def test_a_file_with_a_long_job_history_shows_and_waits_for_its_current_job(make
     wait_for(lambda: m.state("h.bin") == "archived", timeout=30, what="archived")
     rewrite()
     r = m.cli("archive", "--wait", "--timeout", "30", m.path("h.bin"))
-    assert "archive: 1 done, 0 failed" in r.stdout, r.stdout
+    assert "archived 1 file, 1.0kB in " in r.stdout, r.stdout
     assert m.state("h.bin") == "archived"
 
 
@@ -92,7 +92,7 @@ def test_wait_reports_failed_jobs_and_what_needed_nothing(make_mount, tmp_path):
     r = m.cli("restore", "--wait", "--timeout", "60", m.path("a"), m.path("b"), check=False, timeout=120)
     # b is online: its restore needs no job; a's fails (its only copy is missing: the file is lost)
     assert r.returncode == client.EXIT_FAILED, r.stdout + r.stderr
-    assert "restore: 0 done, 1 failed, 1 needed nothing" in r.stdout, r.stdout
+    assert "restored 0 files, 0B in " in r.stdout and "s (1 already online); 1 failed" in r.stdout, r.stdout
     assert f"{m.path('a')}: restore failed: " in r.stderr and r.stderr.count("\n") == 1, r.stderr
 
 
@@ -134,7 +134,7 @@ def test_recursive_commands_on_a_1000_level_tree(make_mount, tmp_path):
     assert [os.path.basename(row["path"]) for row in rows] == ["middle", "leaf"]
     # (restore -r walks the same way: each walk of this tree costs about 5 s through FUSE here)
     r = m.cli("archive", "-r", "--wait", "--timeout", "60", top)
-    assert "archive: 2 file(s)" in r.stdout and "2 done, 0 failed" in r.stdout, r.stdout
+    assert "archive: 2 file(s)" in r.stdout and "archived 2 files, 200B in " in r.stdout, r.stdout
     assert m.state(rel + "/leaf") == "archived"
 
 

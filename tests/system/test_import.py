@@ -20,15 +20,17 @@ from tierfs.importer import InPlaceImport
 pytestmark = pytest.mark.mount
 
 
-def volume_mount(make_mount, tmp_path, catalog_url=None, name="mnt"):
+def volume_mount(make_mount, tmp_path, catalog_url=None, name="mnt", *, top: str = "", volume: str = "",
+                 env: dict | None = None):
     """A mount whose config has a disk tier `volume` rooted at tmp_path/volume
-    (besides the usual disk and vault tiers); returns (mount, volume path)."""
+    (besides the usual disk and vault tiers); returns (mount, volume path).
+    `top`: more config before the tiers; `volume`: more keys of the volume tier."""
     vol = tmp_path / "volume"
     vol.mkdir(exist_ok=True)
     home = tmp_path / "home"
     for d in ("disk", "vault"):
         (home / d).mkdir(parents=True, exist_ok=True)
-    m = make_mount(catalog_url=catalog_url, name=name, config=textwrap.dedent(f"""
+    m = make_mount(catalog_url=catalog_url, name=name, env=env, config=textwrap.dedent(top) + textwrap.dedent(f"""
         [tiers.disk]
         kind = "disk"
         path = "{home}/disk"
@@ -40,7 +42,7 @@ def volume_mount(make_mount, tmp_path, catalog_url=None, name="mnt"):
         [tiers.volume]
         kind = "disk"
         path = "{vol}"
-    """))
+    """) + textwrap.dedent(volume))
     return m, vol
 
 
@@ -256,7 +258,7 @@ def test_release_or_migrate_never_deletes_an_imported_source(make_mount, tmp_pat
     m.cli("import", "--in-place", str(src), m.path("keep"))
     m.cli("archive", "--wait", "--timeout", "60", m.path("keep", "a.bin"))  # archive, then release
     m.cli("migrate", "--wait", "--timeout", "60", "--to", "disk", m.path("keep", "b.bin"))
-    assert m.state("keep/a.bin") == "archived"
+    assert m.state("keep/a.bin") == "dual"   # the tier has no release_originals: the original stays online
     deadline = time.monotonic() + 5  # the garbage collector runs every 2 s
     while time.monotonic() < deadline:
         assert (src / "a.bin").exists() and (src / "b.bin").exists()
@@ -281,7 +283,8 @@ def test_in_place_import_resumes_after_files_were_archived(make_mount, tmp_path,
     m.cli("migrate", "--wait", "--to", "disk", "--timeout", "60", m.path("proj", "migrated.bin"))
     m.cli("restore", "--wait", "--timeout", "60", m.path("proj", "restored.bin"))
     states = {n: m.state(f"proj/{n}") for n in names}
-    assert states == {"archived.bin": "archived", "dual.bin": "dual", "migrated.bin": "online",
+    # (an archive of an in-place file without release_originals keeps its original: dual)
+    assert states == {"archived.bin": "dual", "dual.bin": "dual", "migrated.bin": "online",
                       "restored.bin": "dual", "sub/kept.bin": "online"}, states
     (src / "new.bin").write_bytes(b"arrived later")
     r = m.cli("import", "--in-place", "--json", str(src), m.path("proj"), check=False)

@@ -396,8 +396,12 @@ class Transition:
     cause: str                      # the history's cause, and state_cause when the state changes
     detail: str = ""                # the history's detail ("disk -> vault, 1234 bytes")
     garbage: tuple[tuple[str, str], ...] = ()   # (tier, key) objects no longer referenced after the commit
+    garbage_reason: str = ""        # the garbage's reason, for the collector (default: the cause)
     job_id: int | None = None       # the job whose dst_key the commit clears (its copy is now referenced)
     no_writers_except: str | None = None
+    #: partial-state files: keep these first bytes online (stub_size = len; b"" drops the stub); None: the
+    #: stub stays, unless the commit makes the file readable online again, which drops it (Catalog.switch)
+    stub: bytes | None = None
 
     def __post_init__(self):
         unknown = set(self.changes) - set(Changes.__annotations__)
@@ -629,8 +633,16 @@ class Catalog(abc.ABC):
         no_writers_except, no other session has it open for writing: see
         set_open), apply `t.changes`, add `t.garbage` to garbage, record
         (cause, detail) in the history when the state changes, and clear the
-        job's dst_key. Else VersionConflict and nothing changes. Returns the
-        inode as committed."""
+        job's dst_key. The file's stub (stub()) goes with it: `t.stub` set
+        stores those bytes as the stub (stub_size = their length); a commit
+        that leaves the file in a readable state drops the stub (the stub is
+        the online part of an offline file only). Else VersionConflict and
+        nothing changes. Returns the inode as committed."""
+
+    @abc.abstractmethod
+    def stub(self, ino: int) -> bytes:
+        """The first stub_size bytes of an offline file kept online (b"": no
+        stub). switch() stores and drops them; purge() removes them."""
 
     @abc.abstractmethod
     def set_open(self, ino: int, session: str, reading: bool, writing: bool) -> Inode:

@@ -17,7 +17,7 @@ import abc
 from typing import Callable, Iterable, Protocol, Sequence, TypeVar
 
 from .. import errors
-from .base import ROOT_INO, Catalog, Inode, Tombstone, Transition, check_expected, copies_of, now_ns
+from .base import READABLE_STATES, ROOT_INO, Catalog, Inode, Tombstone, Transition, check_expected, copies_of, now_ns
 
 T = TypeVar("T")
 
@@ -45,7 +45,7 @@ class Txn(Protocol):
         """One of `names` that `parent` has already, or None."""
     def set_fields(self, ino: int, changes: dict) -> None: ...
     def delete_inode(self, ino: int) -> None:
-        """The inode and its xattrs."""
+        """The inode, its xattrs and its stub."""
     def add_dentry(self, parent: int, name: bytes, ino: int) -> None:
         """Exists when the name is taken (a concurrent create)."""
     def add_dentries(self, rows: list[tuple[int, bytes, int]]) -> None:
@@ -65,6 +65,8 @@ class Txn(Protocol):
     def clear_dst_key(self, job_id: int, now: int) -> None: ...
     def add_tombstone(self, values: dict) -> int:
         """Store a tombstone (Tombstone's fields but id); returns its id."""
+    def set_stub(self, ino: int, data: bytes) -> None:
+        """Store `data` as the inode's stub (b"": remove it)."""
 
 
 class CatalogCore(Catalog):
@@ -338,8 +340,14 @@ class CatalogCore(Catalog):
             if "state" in changes and changes["state"] != inode.state:
                 changes.update(state_ns=now, state_cause=tr.cause)
                 t.add_event(tr.ino, inode.state, changes["state"], tr.cause, tr.detail)
+            stub = tr.stub
+            if stub is None and inode.stub_size and changes.get("state", inode.state) in READABLE_STATES:
+                stub = b""   # online again (restored, written, truncated): the stub was only for reads while offline
+            if stub is not None:
+                changes["stub_size"] = len(stub)
+                t.set_stub(tr.ino, stub)
             t.set_fields(tr.ino, changes)
-            t.add_garbage(tr.garbage, tr.cause)
+            t.add_garbage(tr.garbage, tr.garbage_reason or tr.cause)
             if tr.job_id is not None:
                 t.clear_dst_key(tr.job_id, now)
             return inode.copy(**changes)

@@ -11,7 +11,8 @@ Where the documents differ from the tables:
 
   _id       the table's primary key: meta.key, inodes.ino, dentries.pos,
             jobs/events/garbage/tombstones.id, sessions.id, leases.name;
-            xattrs have an ObjectId, open_files the string "ino:session".
+            xattrs have an ObjectId, open_files the string "ino:session",
+            stubs the inode number.
   counters  (no table) _id: counter name ("ino", "pos", "job", "event",
             "garbage", "tombstone"); seq: last number handed out (ino
             starts at 1 = the root, so the first file is 2). Numbers are
@@ -48,8 +49,9 @@ from typing import Callable, Iterator, TypeVar
 
 import pymongo
 from pymongo import ReturnDocument, UpdateOne
-from pymongo.errors import (BulkWriteError, ConfigurationError, ConnectionFailure, DuplicateKeyError, InvalidURI,
-                            OperationFailure, PyMongoError, ServerSelectionTimeoutError)
+from pymongo.errors import (BulkWriteError, CollectionInvalid, ConfigurationError, ConnectionFailure,
+                            DuplicateKeyError, InvalidURI, OperationFailure, PyMongoError,
+                            ServerSelectionTimeoutError)
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
@@ -186,6 +188,7 @@ class MongoCatalog(MongoJobs, MongoQueries, CatalogCore):
         self.xattrs, self.jobs_c, self.sessions_c, self.events_c = d.xattrs, d.jobs, d.sessions, d.events
         self.garbage_c, self.leases = d.garbage, d.leases
         self.tombstones_c = d.tombstones
+        self.stubs = d.stubs
         self.open_files = d.open_files
         self._ranges: dict[str, tuple[int, int]] = {}   # counter -> (next, last) of the block taken (_next)
         self._ranges_lock = threading.Lock()
@@ -353,6 +356,14 @@ class MongoCatalog(MongoJobs, MongoQueries, CatalogCore):
             self.garbage_c.create_index([("tier", A), ("key", A)], name="tier_key")
             self.sessions_c.create_index([("clean", A), ("heartbeat_ns", A)], name="live")
             self.tombstones_c.create_index([("ino", A), ("_id", A)], name="ino_id")
+            # stubs (partial-state files: _id ino, data the first stub_size bytes): made here because its
+            # first write is inside a switch() transaction, and a transaction creates no collection on a
+            # sharded cluster (nor before MongoDB 4.4)
+            if "stubs" not in self.db.list_collection_names(filter={"name": "stubs"}):
+                try:
+                    self.db.create_collection("stubs")
+                except CollectionInvalid:
+                    pass   # another mount's init made it first
             self.open_files.create_index([("ino", A), ("writing", A)], name="ino_writing")   # switch, purge
             self.open_files.create_index([("session", A)], name="session")                   # reaping
             self._drop_indexes(DROPPED_INDEXES)
@@ -497,6 +508,11 @@ class MongoCatalog(MongoJobs, MongoQueries, CatalogCore):
             self.inodes.bulk_write([UpdateOne({"_id": ino}, {"$max": {"atime_ns": t, "last_access_ns": t}})
                                     for ino, t in atimes.items()], ordered=False)
         self.atime_writes += len(atimes)
+
+    def stub(self, ino: int) -> bytes:
+        with self._errors():
+            d = self.stubs.find_one({"_id": ino})
+        return b"" if d is None else bytes(d["data"])
 
     # ---- xattrs ------------------------------------------------------------
     def getxattr(self, ino: int, name: bytes) -> bytes:
@@ -655,6 +671,7 @@ class _MongoTxn:
     def delete_inode(self, ino: int) -> None:
         self.cat.inodes.delete_one({"_id": ino}, session=self.s)
         self.cat.xattrs.delete_many({"ino": ino}, session=self.s)
+        self.cat.stubs.delete_one({"_id": ino}, session=self.s)
 
     def add_dentry(self, parent: int, name: bytes, ino: int) -> None:
         try:   # the unique (parent, name) index turns a race with another mount into Exists
@@ -702,6 +719,12 @@ class _MongoTxn:
 
     def clear_dst_key(self, job_id: int, now: int) -> None:
         self.cat.jobs_c.update_one({"_id": job_id}, {"$set": {"dst_key": None, "updated_ns": now}}, session=self.s)
+
+    def set_stub(self, ino: int, data: bytes) -> None:
+        if data:
+            self.cat.stubs.replace_one({"_id": ino}, {"_id": ino, "data": data}, upsert=True, session=self.s)
+        else:
+            self.cat.stubs.delete_one({"_id": ino}, session=self.s)
 
     def add_tombstone(self, values: dict) -> int:
         tid = self.cat._next("tombstone")

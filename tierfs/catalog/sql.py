@@ -181,6 +181,7 @@ class _SqliteTxn:
         self.c.execute("DELETE FROM inodes WHERE ino = ?", (ino,))
         self.c.execute(_KEEP_INO_HIGH_SQL, (ino,))
         self.c.execute("DELETE FROM xattrs WHERE ino = ?", (ino,))
+        self.c.execute("DELETE FROM stubs WHERE ino = ?", (ino,))
 
     def add_dentry(self, parent: int, name: bytes, ino: int) -> None:
         try:
@@ -223,6 +224,12 @@ class _SqliteTxn:
 
     def clear_dst_key(self, job_id: int, now: int) -> None:
         self.c.execute("UPDATE jobs SET dst_key = NULL, updated_ns = ? WHERE id = ?", (now, job_id))
+
+    def set_stub(self, ino: int, data: bytes) -> None:
+        if data:
+            self.c.execute("INSERT OR REPLACE INTO stubs (ino, data) VALUES (?, ?)", (ino, data))
+        else:
+            self.c.execute("DELETE FROM stubs WHERE ino = ?", (ino,))
 
     def add_tombstone(self, values: dict) -> int:
         return self.c.execute(f"INSERT INTO tombstones ({', '.join(values)}) VALUES ({_marks(values)})",
@@ -305,7 +312,8 @@ class SqlCatalog(CatalogCore):
             # hand-off costs ~115 µs here, more than any of them (issue 16: rename 378 -> ? µs).
             self.inline_calls = frozenset({"get", "lookup", "create", "update", "bump_version", "unlink",
                                            "purge", "remove", "references", "rename", "link", "rmdir", "readdir",
-                                           "getxattr", "setxattr", "listxattr", "removexattr", "parent_of"})
+                                           "getxattr", "setxattr", "listxattr", "removexattr", "parent_of",
+                                           "stub"})
 
     # ---- plumbing ----------------------------------------------------------
     def connect(self) -> sqlite3.Connection:
@@ -609,6 +617,10 @@ class SqlCatalog(CatalogCore):
             c.executemany("UPDATE inodes SET atime_ns = ? WHERE ino = ? AND atime_ns < ?",
                           [(t, ino, t) for ino, t in atimes.items()])
         self.atime_writes += len(atimes)
+
+    def stub(self, ino: int) -> bytes:
+        row = self._one("SELECT data FROM stubs WHERE ino = ?", (ino,))
+        return b"" if row is None else bytes(row[0])
 
     # ---- xattrs ------------------------------------------------------------
     def getxattr(self, ino: int, name: bytes) -> bytes:

@@ -5,7 +5,7 @@ stderr and an exit code (common.failure, the one mapping), and registers
 the command groups, one module each:
 
     mount.py      mount, umount
-    files.py      state, archive, restore, release, migrate, place (through the mount's xattrs)
+    files.py      state, archive, restore, release, migrate, wait, place (through the mount's xattrs)
     queue.py      queue (the catalog's jobs)
     admin.py      status, find, du (catalog queries)
     importing.py  import

@@ -1,5 +1,5 @@
 """Commands that act on files through the mount itself: `tierfs state`,
-`archive`, `restore`, `release`, `migrate` and `place`.
+`archive`, `restore`, `release`, `migrate`, `wait` and `place`.
 
 They need no config and no catalog: requests are setxattr calls of
 user.tierfs.request on each file (the daemon sees the caller's uid and
@@ -78,7 +78,12 @@ def _print_state(inf: dict, verbose: bool) -> None:
         for t, k in inf.get("copies") or ([[inf["archive_tier"], inf.get("archive_location")]]
                                           if inf.get("archive_tier") else []):
             echo(f"    archive copy: {t}/{k}  sha256 {(inf.get('checksum') or '-')[:16]}")
+        if inf.get("stub_size"):
+            echo(f"    stub: first {inf['stub_size']} bytes online (reads within them need no restore)")
         echo(f"    {st} since {_ts(inf.get('state_ns'))} by {inf.get('state_cause') or '-'}")
+        if inf.get("origin_location"):
+            echo(f"    in-place original released from {inf['origin_tier']}/{printable(inf['origin_location'])} "
+                 "(a restore puts it back there)")
         active = [j for j in inf.get("jobs", []) if j["state"] in ("pending", "running")]
         for j in active:
             err = f", last error: {j['last_error']}" if j.get("last_error") else ""
@@ -97,6 +102,7 @@ def _request(verb: str, paths, recursive: bool, wait: bool, timeout: float, opts
     Exit status: the first refusal's code; 1 when nothing was requested
     because every path named was not a regular file; with --wait, 1 when a
     job failed or was cancelled and 8 on timeout."""
+    t0 = time.monotonic()
     mountpoints = {client.check_in_mount(p).mountpoint for p in paths}
     for mp in mountpoints if opts.get("to") else ():
         for name in _values(opts["to"]):
@@ -138,7 +144,7 @@ def _request(verb: str, paths, recursive: bool, wait: bool, timeout: float, opts
     echo(f"{verb}: {requested} file(s), {fmt_size(total)} requested"
          + (f", {len(refused)} refused" if refused else "") + skipped)
     if wait and sent:
-        _wait(verb, sent, timeout)
+        _wait(verb, sent, timeout, t0)
     if refused:
         sys.exit(refused[0].code)
     if tree.skipped and not requested:
@@ -186,6 +192,19 @@ _INVALID = {
 }
 
 
+def _kept_original(path: str) -> str:
+    """Why the daemon refused to release a dual file: its online copy is a file imported in place on a
+    tier without release_originals (moves.kept_original, the only EINVAL of a dual file's release)."""
+    try:
+        inf = client.info(path)
+    except OSError:
+        inf = {}
+    tier, where = inf.get("tier") or "?", inf.get("location") or "?"
+    return (f"its online copy is the original {printable(where)} imported in place on tier {tier}, which keeps "
+            f"originals: set release_originals = true in [tiers.{tier}] to let release delete them once their "
+            "archive copy is verified")
+
+
 def _why_invalid(verb: str, path: str, opts: dict) -> str:
     try:
         st = client.state(path)
@@ -205,6 +224,8 @@ def _why_invalid(verb: str, path: str, opts: dict) -> str:
         return (f"tier {to} archives in place (archive_storage_class): it archives only files stored on it, "
                 f"and this file is on {inf.get('tier') or inf.get('archive_tier')}; migrate it to {to} "
                 "first, or archive it to an archive tier")
+    if (verb, st) == ("release", "dual"):
+        return _kept_original(path)
     if verb == "archive":
         return "refused: this mount has no archive tier to send it to (see its config, or give --to)"
     return f"refused for a file that is {st} (Invalid argument; the mount's log says why)"
@@ -225,53 +246,81 @@ def _archives_in_place(path: str, tier: str) -> bool:
     return bool(tiers.get(tier, {}).get("archives_in_place"))
 
 
-def _wait(verb: str, sent: list[tuple[str, dict]], timeout: float) -> None:
-    """Wait until the job behind each request has finished (done, failed or
-    cancelled), whatever state the file is in by then (a reader may have
-    restored a file archived meanwhile); report failures and a summary.
-    `sent`: (file, its info's jobs of this kind before the request); the
-    job is identified at the first look after it (client.job_for_request)."""
-    pending = dict(sent)
-    job_ids: dict[str, int | None] = {}
-    done = needless = 0      # needless: the request needed no job (archive of an archived file...)
+#: past tense and "nothing to do" of each verb --wait waits for: `restored 200 files, 1.2GB in 14.3s (3 already online)`
+_DONE = {"archive": ("archived", "already archived"), "restore": ("restored", "already online"),
+         "migrate": ("migrated", "already there")}
+
+
+def _poll(verb: str, files: list[str], look, timeout: float, t0: float) -> None:
+    """Look at each file until `look(path, info)` says how it ended, then
+    print each failure with its error and one completion line; exit 1 when
+    one failed, 8 when some had not ended after `timeout` seconds.
+
+    look -> None: not yet; ("done", bytes); ("needless", 0): nothing to do;
+    ("failed", what happened: "restore failed: ...")."""
+    pending = list(files)
+    done = needless = nbytes = 0
     failed: list[tuple[str, str]] = []
     deadline = time.monotonic() + timeout
     pause = 0.05
-    with click.progressbar(length=len(sent), label=f"waiting for {verb}", file=sys.stderr,
+    with click.progressbar(length=len(files), label=f"waiting for {verb}", file=sys.stderr,
                            show_pos=True, hidden=not sys.stderr.isatty()) as bar:
         while pending and time.monotonic() < deadline:
-            for f, before in sorted(pending.items()):
+            for f in list(pending):
                 try:
-                    inf = client.info(f)
+                    outcome = look(f, client.info(f))
                 except OSError as e:
-                    failed.append((f, f"{os.strerror(e.errno)} while waiting (deleted or renamed?)"))
+                    outcome = ("failed", f"{verb}: {os.strerror(e.errno)} while waiting (deleted or renamed?)")
+                if outcome is None:
+                    continue
+                what, value = outcome
+                if what == "done":
+                    done += 1
+                    nbytes += value
+                elif what == "needless":
+                    needless += 1
                 else:
-                    if f not in job_ids:
-                        job_ids[f] = client.job_for_request(before, inf, verb)
-                    jid = job_ids[f]
-                    job = client.job_of(inf, jid) if jid is not None else None
-                    if job is not None and job["state"] not in client.JOB_FINISHED:
-                        continue
-                    if jid is None:
-                        needless += 1
-                    elif job is None or job["state"] == "done":   # None: 20 newer jobs since: long finished
-                        done += 1
-                    else:
-                        failed.append((f, job.get("last_error") or job["state"]))
-                del pending[f]
+                    failed.append((f, value))
+                pending.remove(f)
                 bar.update(1)
             if pending:
                 time.sleep(pause)
                 pause = min(pause * 1.5, 1.0)   # 1,000 files: at most one info read per file per second
     for f, err in failed:
-        echo(f"tierfs: {f}: {verb} failed: {err}", err=True)
-    echo(f"{verb}: {done} done, {len(failed)} failed" + (f", {needless} needed nothing" if needless else "")
-         + (f", {len(pending)} not finished" if pending else ""))
+        echo(f"tierfs: {f}: {err}", err=True)
+    past, already = _DONE[verb]
+    echo(f"{past} {done} file{'s' if done != 1 else ''}, {fmt_size(nbytes)} in {time.monotonic() - t0:.1f}s"
+         + (f" ({needless} {already})" if needless else "") + (f"; {len(failed)} failed" if failed else "")
+         + (f"; {len(pending)} not finished" if pending else ""))
     if pending:
         fail(f"{len(pending)} file(s) not done after {timeout:.0f}s (still queued; see `tierfs state`)",
              client.EXIT_TIMEOUT)
     if failed:
         sys.exit(client.EXIT_FAILED)
+
+
+def _wait(verb: str, sent: list[tuple[str, dict]], timeout: float, t0: float) -> None:
+    """Wait until the job behind each request has finished (done, failed or
+    cancelled), whatever state the file is in by then (a reader may have
+    restored a file archived meanwhile); report failures and a summary.
+    `sent`: (file, its info's jobs of this kind before the request); the
+    job is identified at the first look after it (client.job_for_request)."""
+    before = dict(sent)
+    job_ids: dict[str, int | None] = {}
+
+    def look(f: str, inf: dict):
+        if f not in job_ids:
+            job_ids[f] = client.job_for_request(before[f], inf, verb)
+        jid = job_ids[f]
+        if jid is None:
+            return "needless", 0
+        job = client.job_of(inf, jid)
+        if job is None or job["state"] == "done":   # None: 20 newer jobs since: long finished
+            return "done", inf.get("size", 0)
+        if job["state"] in client.JOB_FINISHED:
+            return "failed", f"{verb} failed: {job.get('last_error') or job['state']}"
+        return None
+    _poll(verb, [f for f, _ in sent], look, timeout, t0)
 
 
 _wait_opts = [
@@ -325,6 +374,10 @@ def restore(paths, recursive, wait, timeout, to):
 def release(paths, recursive):
     """Drop the online copy of dual files (instant; the archive copy stays).
 
+    A file imported in place keeps its original unless its tier has
+    release_originals = true: then the original is deleted from the tree once
+    the archive copy verifies, and a restore puts it back at the same path.
+
     \b
     Example:
       tierfs release ~/tierfs/big.raw
@@ -344,6 +397,54 @@ def migrate(paths, recursive, wait, timeout, to):
       tierfs migrate -r --wait --to s3 ~/tierfs/old-project
     """
     _request("migrate", paths, recursive, wait, timeout, {"to": to})
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("-r", "--recursive", is_flag=True, help="Every file under directories.")
+@click.option("--timeout", default=3600.0, show_default=True, help="Seconds to wait (then exit 8).")
+def wait(paths, recursive, timeout):
+    """Wait until the restores queued for files are over, whoever queued them.
+
+    Returns when no restore is queued or running for any file named (an
+    open, another user's `tierfs restore`, a policy). Exit 0 when every file
+    is readable (online or dual), 1 when a restore failed, a file is lost
+    or archived with no restore queued, 8 on timeout. Archive jobs are not
+    waited for (`tierfs archive --wait` does that).
+
+    \b
+    Examples:
+      tierfs wait ~/tierfs/big.raw
+      tierfs wait -r --timeout 600 ~/tierfs/dataset && echo ready
+    """
+    t0 = time.monotonic()
+    for p in paths:
+        client.check_in_mount(p)
+    tree = client.walk(paths, recursive)
+    files = list(tree)
+    for err in tree.errors:
+        echo(f"tierfs: {err}", err=True)
+    seen: set[str] = set()   # files seen with a restore queued or running: "restored" once readable
+
+    def look(f: str, inf: dict):
+        restores = sorted((j for j in inf.get("jobs", []) if j["kind"] == "restore"), key=lambda j: j["id"])
+        if any(j["state"] not in client.JOB_FINISHED for j in restores):   # (a restoring file has one)
+            seen.add(f)
+            return None
+        if inf["state"] in ("online", "dual", "archiving"):
+            return ("done", inf.get("size", 0)) if f in seen else ("needless", 0)
+        if inf["state"] == "lost":
+            why = restores[-1].get("last_error") if restores else None
+            return "failed", f"is lost ({why or 'its archive copy is missing or corrupt'})"
+        if restores and restores[-1]["state"] != "done":
+            return "failed", f"restore failed: {restores[-1].get('last_error') or restores[-1]['state']}"
+        return "failed", f"is {inf['state']} and no restore is queued (`tierfs restore` it)"
+    if files:
+        _poll("restore", files, look, timeout, t0)
+    if tree.errors:
+        sys.exit(tree.errors[0].code)
+    if not files:
+        fail("no regular file to wait for" + (f" (skipped {len(tree.skipped)} non-regular)" if tree.skipped else ""))
 
 
 # ---- placement ----------------------------------------------------------------
@@ -387,4 +488,4 @@ def place(directory, tier, clear):
 
 
 
-COMMANDS = (state, archive, restore, release, migrate, place)
+COMMANDS = (state, archive, restore, release, migrate, wait, place)

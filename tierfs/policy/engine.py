@@ -35,7 +35,7 @@ from .. import errors
 from ..catalog.base import Inode, JobKind, encode_targets
 from .clock import SystemClock
 from .conditions import Lookups, Matcher, size_text
-from .rules import Rule
+from .rules import Rule, cause_of
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class Action:
 
     @property
     def cause(self) -> str:
-        return f"policy rule '{self.rule}' ({', '.join(self.reasons)})"
+        return cause_of(self.rule, self.reasons)
 
     def key(self) -> tuple:
         """What makes two runs' actions the same decision."""

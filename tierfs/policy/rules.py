@@ -11,6 +11,7 @@ A rule is: conditions (all optional, ANDed) + one action + triggers + limits.
     to = "vault"                    # archive: archive tier (default: default_archive), or a list of them
                                     # (["vault", "glacier"]: a verified copy on each); migrate: online tier
     keep_online = false             # archive: leave the file dual
+    stub_bytes = "64KiB"            # archive, release: first bytes kept online (default: the archive tier's)
     inactive_for = "90d"            # neither read nor written for this (Inode.last_access_ns: later of atime, mtime)
     older_than = "1y"               # created before now - this (crtime)
     modified_before = "30d"         # mtime older than this (a duration) or before a date ("2024-01-01")
@@ -43,6 +44,7 @@ Every error names the rule and the key and raises errors.ConfigError.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from .. import errors
@@ -65,6 +67,7 @@ class Rule:
     to: str | None = None                       # destination tier (archive, migrate)
     more_to: tuple[str, ...] = ()               # archive: further archive tiers, a copy on each
     keep_online: bool = False
+    stub_bytes: int | None = None               # archive, release: overrides the archive tier's stub_bytes
     inactive_for: float | None = None
     older_than: float | None = None
     modified_age: float | None = None           # modified_before given as a duration
@@ -165,6 +168,10 @@ def parse_rule(raw, index: int, cfg) -> Rule:
         if action != "archive":
             raise errors.ConfigError(f"{key('keep_online')}: only for action = \"archive\"")
         rule.keep_online = t.keep_online
+    if t.stub_bytes is not None:
+        if action not in ("archive", "release"):
+            raise errors.ConfigError(f"{key('stub_bytes')}: only for action = \"archive\" or \"release\"")
+        rule.stub_bytes = t.stub_bytes
 
     for c in CRITERIA:
         c.parse(t, rule, cx)
@@ -225,6 +232,26 @@ def _in_place(rule: Rule, key) -> None:
                                  f"not those of {rule.tier!r}")
     rule.tier, rule.tier_is_archive = rule.to, False
     rule.text.setdefault("tier", rule.to)
+
+
+def cause_of(rule: str, reasons: list[str]) -> str:
+    """The cause a rule's jobs carry (`tierfs state` shows it; rule_of reads the rule back)."""
+    return f"policy rule '{rule}' ({', '.join(reasons)})"
+
+
+_CAUSE = re.compile(r"policy rule '([^']+)' \(")
+
+
+def rule_of(cause: str, cfg) -> Rule | None:
+    """The rule of the config that queued a job with this cause (cause_of),
+    if it still exists; None for a job a user or the daemon asked for."""
+    m = _CAUSE.match(cause)
+    if m is None:
+        return None
+    for i, raw in enumerate(cfg.policy):
+        if isinstance(raw, dict) and raw.get("name") == m.group(1):
+            return parse_rule(raw, i, cfg)
+    return None
 
 
 def parse_rules(cfg) -> list[Rule]:

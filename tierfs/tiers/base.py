@@ -44,6 +44,8 @@ class Tier(abc.ABC):
     kind: str = ""
     #: archive tiers hold copies that need a restore before they can be read
     archive: bool = False
+    #: archive jobs that may wait inside put() at once for a batch (jobs.py gives them no worker); 0: none
+    batch_slots: int = 0
     def __init__(self, name: str, settings: TierTable | None = None, /, **options: Any):
         """`settings`: the tier's validated [tiers.NAME] table (settings.py);
         without it, `options` are validated as that table (tests, tools)."""
@@ -134,6 +136,9 @@ class Tier(abc.ABC):
     def close(self) -> None:
         """Release connections."""
 
+    def stop_waiting(self) -> None:
+        """Unmount: end waits that are no I/O (a put() waiting for a batch) soon."""
+
     def check(self) -> None:
         """Raise ConfigError/TierUnavailable if the tier is unusable (at mount)."""
 
@@ -163,14 +168,18 @@ class RawReader(io.RawIOBase):
 class HashingReader(RawReader):
     """Wraps a binary stream and computes the sha256 and length of what passes."""
 
-    def __init__(self, raw: BinaryIO):
+    def __init__(self, raw: BinaryIO, head: int = 0):
         self.raw = raw
         self.sha = hashlib.sha256()
         self.nbytes = 0
+        self.head = head            # keep this many first bytes in `first` (an archive's stub: moves.py)
+        self.first = bytearray()
 
     def read(self, n: int = -1) -> bytes:
         b = self.raw.read(n if n is not None and n >= 0 else CHUNK * 8)
         self.sha.update(b)
+        if len(self.first) < self.head:
+            self.first += b[:self.head - len(self.first)]
         self.nbytes += len(b)
         return b
 

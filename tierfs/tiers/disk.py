@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import uuid
 from typing import BinaryIO, Iterator
 
@@ -24,9 +25,18 @@ from .base import Tier, copy_stream, sha256_stream
 TMP_PREFIX = ".tierfs-put-"   # temp files of atomic puts (cleanup_tmp removes only these)
 
 
+#: garbage reason of an in-place original whose file was released (release_originals): the collector deletes it
+RELEASED_ORIGINAL = "in-place original released"
+
+
 def in_place_key(key: str) -> bool:
     """Keys with a "/" name files imported in place: paths relative to the tier's root."""
     return "/" in key
+
+
+def releases_originals(tier: Tier | None) -> bool:
+    """An online disk tier whose in-place originals a release may delete (release_originals)."""
+    return isinstance(tier, DiskTier) and isinstance(tier.settings, DiskTable) and tier.settings.release_originals
 
 
 class DiskTier(Tier):
@@ -156,12 +166,133 @@ class DiskTier(Tier):
             raise self._oserror(e, key, "stat") from e
 
     def delete(self, key: str) -> None:
+        if in_place_key(key):
+            self._delete_in_place(key, None)
+            return
         try:
             os.unlink(self._path(key))
         except FileNotFoundError:
             pass
         except OSError as e:
             raise self._oserror(e, key, "delete") from e
+
+    # ---- in-place originals (keys with "/": the user's own files in the user's tree) --------------
+    # Every call below reaches the file through its directories without following a symlink
+    # (_parent): the tree is the users', and the daemon is usually root, so a directory swapped for a
+    # symlink must not make it delete, or create, a file elsewhere (/etc/...).
+
+    def _parent(self, key: str) -> tuple[int, str]:
+        """(fd of the directory holding in-place `key`, its last name); FileNotFoundError when
+        that directory is gone, NotADirectoryError / ELOOP when a component is not a directory."""
+        self._path(key)   # Invalid for an absolute key or one with ".."
+        *dirs, name = [c for c in key.split("/") if c]
+        fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY)
+        try:
+            for d in dirs:
+                nfd = os.open(d, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                os.close(fd)
+                fd = nfd
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, name
+
+    def _delete_in_place(self, key: str, unless_changed_after_ns: int | None) -> bool:
+        self._available()   # an unmounted share: its files are not gone, they wait
+        try:
+            dirfd, name = self._parent(key)
+        except (FileNotFoundError, NotADirectoryError):
+            return True     # its directory is gone, and the file with it
+        except OSError as e:
+            raise self._oserror(e, key, "delete") from e
+        try:
+            if unless_changed_after_ns is not None:
+                st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+                if not stat.S_ISREG(st.st_mode) or st.st_ctime_ns > unless_changed_after_ns:
+                    return False
+            os.unlink(name, dir_fd=dirfd)
+            return True
+        except FileNotFoundError:
+            return True
+        except OSError as e:
+            raise self._oserror(e, key, "delete") from e
+        finally:
+            os.close(dirfd)
+
+    def delete_original(self, key: str, released_ns: int) -> bool:
+        """Delete a released in-place original (its directories stay: they are the user's).
+        False, and the file stays, when what is at the path changed after `released_ns`
+        (ctime later: another file was put there meanwhile, or this one was changed) or is
+        not a regular file."""
+        return self._delete_in_place(key, released_ns)
+
+    def vacancy(self, key: str) -> str | None:
+        """Why a restore cannot put a file back at in-place path `key` (None: it can):
+        something is there, or its directory is gone."""
+        try:
+            self._available()
+            dirfd, name = self._parent(key)
+        except errors.TierUnavailable as e:
+            return str(e)
+        except OSError as e:
+            return f"its directory is gone ({e.strerror})"
+        try:
+            os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+            return "another file is at that path"
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            return f"cannot look at it ({e.strerror})"
+        finally:
+            os.close(dirfd)
+
+    def put_back(self, obj_key: str, key: str, mode: int, uid: int, gid: int, atime_ns: int, mtime_ns: int) -> None:
+        """Give object `obj_key` (a verified copy on this tier) the in-place path `key` too, with
+        the file's mode, owner and times: a hard link, so the path appears whole or not at all,
+        and never over a file that appeared there meanwhile. Exists when the path is taken;
+        another TierfsError when it cannot be made (its directory is gone, another filesystem)."""
+        src = self._path(obj_key)
+        try:
+            dirfd, name = self._parent(key)
+        except OSError as e:
+            raise errors.TierfsError(f"tier {self.name}: cannot reach the directory of {key} ({e.strerror})",
+                                     err=e.errno or errno.EIO) from None
+        try:
+            os.link(src, name, dst_dir_fd=dirfd, follow_symlinks=False)
+        except FileExistsError:
+            raise errors.Exists(f"tier {self.name}: {key} exists") from None
+        except OSError as e:
+            raise self._oserror(e, key, "put back") from e
+        finally:
+            os.close(dirfd)
+        fd = os.open(src, os.O_RDONLY)   # the same inode, reached through our own private directory
+        try:
+            try:
+                os.fchown(fd, uid, gid)
+            except PermissionError:
+                pass   # a daemon that is not root: its files are its user's anyway
+            os.fchmod(fd, stat.S_IMODE(mode) & ~(stat.S_ISUID | stat.S_ISGID))
+            os.utime(fd, ns=(atime_ns, mtime_ns))
+        finally:
+            os.close(fd)
+
+    def take_back(self, key: str, obj_key: str) -> None:
+        """Undo put_back: remove in-place `key` if it is still a name of object `obj_key`."""
+        try:
+            dirfd, name = self._parent(key)
+        except OSError:
+            return
+        try:
+            st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+            obj = os.stat(self._path(obj_key))
+            if (st.st_dev, st.st_ino) == (obj.st_dev, obj.st_ino):
+                os.unlink(name, dir_fd=dirfd)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise self._oserror(e, key, "delete") from e
+        finally:
+            os.close(dirfd)
 
     def keys(self) -> Iterator[str]:
         if not os.path.isdir(self.objdir):
