@@ -26,7 +26,7 @@ POINTS = (
     "gc.before_delete",        # garbage entry about to be deleted from its tier
     "checksum.before_compute",  # a closed file's checksum is about to be computed in the background
 )
-#: the points of archiving in place (inplace.py), which need an S3 tier: their crash tests are in
+#: the points of archiving in place (storage_class.py), which need an S3 tier: their crash tests are in
 #: tests/mount/test_s3_storage_class.py (tests/system/test_faults.py runs POINTS on vault tiers)
 IN_PLACE_POINTS = (
     "archive.before_transition",  # archived in place: catalog switched, the object still in the online class

@@ -35,7 +35,7 @@ from typing import Callable
 
 import trio
 
-from . import errors, faults, inplace
+from . import errors, faults, storage_class
 from .catalog.base import (READABLE_STATES, Changes, FileQuery, Inode, Job, JobKind, JobState, State, Transition,
                            copies_changes, copies_of, missing_targets, now_ns, targets_of)
 from .policy.rules import rule_of
@@ -292,14 +292,14 @@ class Mover:
         fs = self.fs
         here = fs.tiers.get(job.target_tier)
         # (a dual file whose archive copy is there already is released below, as for any archive tier)
-        if here is not None and inplace.in_place(here) and not (inode.state == State.DUAL
+        if here is not None and storage_class.in_place(here) and not (inode.state == State.DUAL
                                                                and inode.archive_tier == here.name):
             if job.more_targets:
                 raise errors.Invalid(f"tier {here.name} archives in place: it cannot be one of several archive "
                                      "targets (archive there alone)")
             try:   # no copy: the object changes storage class
-                await inplace.archive(fs, job, inode, here, busy=lambda: busy(fs, inode.ino))
-            except inplace.Busy as e:
+                await storage_class.archive(fs, job, inode, here, busy=lambda: busy(fs, inode.ino))
+            except storage_class.Busy as e:
                 raise Retry(str(e), BUSY_RETRY_S, count=False) from None
             return None
         if inode.state in (State.RESTORING, State.LOST):
@@ -389,7 +389,7 @@ class Mover:
         if not self.cfg.allow_unarchive:
             raise errors.PermissionDenied("restores are disabled (allow_unarchive = false)")
         primary = fs.tiers.get(inode.archive_tier)
-        same = primary is not None and inplace.restores_in_place(primary, job.target_tier)
+        same = primary is not None and storage_class.restores_in_place(primary, job.target_tier)
         dst, origin = (primary, None) if same else await self._restore_destination(job, inode)
         if inode.state != State.RESTORING:
             inode = await self._mark(inode, (State.ARCHIVED,), State.RESTORING, job.cause,
@@ -399,7 +399,7 @@ class Mover:
         if same:   # no copy: the object changes storage class back
             if not await trio.to_thread.run_sync(primary.prepare_restore, inode.archive_location):
                 raise errors.Pending(f"tier {primary.name} is still recalling {inode.archive_location}")
-            await inplace.restore(fs, job, inode, primary)
+            await storage_class.restore(fs, job, inode, primary)
             return None
         found = await self._readable_copy(inode, bad)
         if found is None:

@@ -19,7 +19,7 @@ import logging
 import stat
 from typing import TYPE_CHECKING
 
-from . import errors, inplace, xattrs
+from . import errors, storage_class, xattrs
 from .catalog.base import (READABLE_STATES, Inode, JobKind, JobState, State, copies_of, encode_targets,
                            missing_targets, targets_of)
 from .services import Events
@@ -176,14 +176,14 @@ class Requests:
             for name in (target, *more):
                 self._check_tier(name, archive=True, caller=caller, inode=inode,
                                  keep_online=bool(opts.get("keep_online")))
-            if more and any(inplace.in_place(self.fs.tier(t)) for t in (target, *more)):
+            if more and any(storage_class.in_place(self.fs.tier(t)) for t in (target, *more)):
                 raise errors.Invalid("a tier that archives in place cannot be one of several archive targets")
             if inode.state == State.LOST:
                 raise errors.TierfsError(f"inode {inode.ino} is lost", err=errno.EIO)
-            # (archived in place: the job makes sure the object is in the archive class, inplace.finish;
+            # (archived in place: the job makes sure the object is in the archive class, storage_class.finish;
             # archived elsewhere: it only gets the copies it lacks, Mover.archive)
             if inode.state == State.RESTORING or (inode.state == State.ARCHIVED and not (
-                    target == inode.archive_tier and inplace.in_place(self.fs.tier(target)))
+                    target == inode.archive_tier and storage_class.in_place(self.fs.tier(target)))
                     and not missing_targets(inode, [target, *more])):
                 return None
             job, created = await fs.cat(fs.catalog.enqueue, inode.ino, JobKind.ARCHIVE, target_tier=target,
@@ -213,15 +213,15 @@ class Requests:
         before (default_archive)."""
         name = inode.archive_tier or inode.tier
         tier = self.fs.tiers.get(name or "")
-        return name if tier is not None and inplace.in_place(tier) else None
+        return name if tier is not None and storage_class.in_place(tier) else None
 
     def _check_tier(self, name: str, archive: bool, caller, inode: Inode | None = None,
                     keep_online: bool = False) -> None:
         tier = self.fs.tiers.get(name)
         if tier is None:
             raise errors.Invalid(f"no tier named {name!r}")
-        if archive and inode is not None and inplace.in_place(tier):
-            why = inplace.refusal(tier, inode) or (keep_online and f"tier {name} archives in place: the object "
+        if archive and inode is not None and storage_class.in_place(tier):
+            why = storage_class.refusal(tier, inode) or (keep_online and f"tier {name} archives in place: the object "
                                                    "itself changes class, no online copy can be kept")
             if why:
                 raise errors.Invalid(why)

@@ -1,5 +1,5 @@
 """Archiving in place on an s3 tier with `archive_storage_class`
-(tierfs/inplace.py), through a real mount against moto's HTTP server: the
+(tierfs/storage_class.py), through a real mount against moto's HTTP server: the
 object changes storage class in its bucket (no second copy, no second
 bucket), the file becomes archived, and reading it restores it
 (RestoreObject, then back to STANDARD); instant classes read back at
@@ -304,7 +304,7 @@ def test_bad_options_are_config_errors(make_mount, tmp_path, moto, s3_bucket, ti
 def test_archive_again_puts_a_strayed_object_back_in_the_archive_class(make_mount, tmp_path, moto, s3_bucket):
     """An archived file whose object is in the online class (a transition
     that failed for good, or someone's copy behind tierfs's back): asking
-    to archive it again moves the object back (inplace.finish)."""
+    to archive it again moves the object back (storage_class.finish)."""
     m = make_mount(config=config(tmp_path, moto, s3_bucket, "GLACIER_IR"), env=AWS_ENV)
     data = put(m, "f", 3000)
     m.cli("archive", "--wait", "--timeout", "60", m.path("f"))

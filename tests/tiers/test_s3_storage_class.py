@@ -1,4 +1,4 @@
-"""S3Tier.set_storage_class (archiving in place, tierfs/inplace.py) against
+"""S3Tier.set_storage_class (archiving in place, tierfs/storage_class.py) against
 moto's HTTP server: a CopyObject onto the same key keeps bytes and
 metadata; a GLACIER object is restored before it can move back; above the
 CopyObject limit the copy goes in parts; the options are checked."""

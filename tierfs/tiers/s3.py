@@ -29,7 +29,7 @@ S3-compatible store such as MinIO), keyed by id under an optional prefix.
   x-amz-restore says it is ready; reads of a still-archived object raise
   errors.Pending (EAGAIN), never a bare EIO.
 - An `s3` tier with `archive_storage_class` archives its files in place
-  (tierfs/inplace.py): set_storage_class() moves an object to another
+  (tierfs/storage_class.py): set_storage_class() moves an object to another
   class with a CopyObject onto its own key (metadata kept; a multipart
   copy above 5 GiB), and prepare_restore() (RestoreObject, as above, with
   the tier's `restore_days` / `restore_tier`) makes a GLACIER or

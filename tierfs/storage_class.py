@@ -1,4 +1,4 @@
-"""Archiving in place: an s3 tier with `archive_storage_class` archives the
+"""Archiving by storage class: an s3 tier with `archive_storage_class` archives the
 files on it by moving their objects to that storage class in the same
 bucket (what Clowder's archival extractor does), with no second copy.
 
