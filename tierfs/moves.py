@@ -450,7 +450,7 @@ class Mover:
         log.error("inode %d: archive copy %s/%s is bad: %s", inode.ino, tier, key, e)
         try:
             await self.fs.cat(self.fs.catalog.add_event, inode.ino, str(inode.state), str(inode.state),
-                              "read of an archive copy", f"archive copy {tier}/{key} bad: {e}")
+                              "restore", f"archive copy {tier}/{key} bad: {e}")
         except errors.TierfsError as e2:
             log.warning("inode %d: recording the bad copy: %s", inode.ino, e2)
 
