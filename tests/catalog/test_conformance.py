@@ -54,6 +54,28 @@ def test_readdir_paging_is_stable(catalog):
     assert seen == [f"f{i:02d}".encode() for i in range(25)]
 
 
+def test_list_dir_joins_inodes_and_the_attributes_asked_for(catalog):
+    d = catalog.create(ROOT_INO, b"d", new(DIR))
+    b = catalog.create(d.ino, b"b", new(size=7, tier="disk", location="kb"))
+    a = catalog.create(d.ino, b"a\xff\n", new(size=3))
+    sub = catalog.create(d.ino, b"sub", new(DIR))
+    catalog.link(b.ino, d.ino, b"b2", now_ns())
+    catalog.create(ROOT_INO, b"elsewhere", new())
+    catalog.setxattr(b.ino, b"user.tierfs.pin", b"1")
+    catalog.setxattr(b.ino, b"user.tierfs.placement", b"disk")
+    catalog.setxattr(b.ino, b"user.other", b"x")
+    catalog.setxattr(sub.ino, b"user.tierfs.placement", b"s3")
+    got = catalog.list_dir(d.ino, [b"user.tierfs.pin", b"user.tierfs.placement"])
+    # sorted by name bytes (b"a\xff\n" < b"b" < b"b2" < b"sub", however long each is)
+    assert [(e.name, e.inode.ino) for e in got] == [(b"a\xff\n", a.ino), (b"b", b.ino), (b"b2", b.ino), (b"sub", sub.ino)]
+    assert [e.xattrs for e in got] == [{}, {b"user.tierfs.pin": b"1", b"user.tierfs.placement": b"disk"},
+                                       {b"user.tierfs.pin": b"1", b"user.tierfs.placement": b"disk"},
+                                       {b"user.tierfs.placement": b"s3"}]
+    assert got[1].inode == catalog.get(b.ino) and got[3].inode.is_dir()
+    assert [e.xattrs for e in catalog.list_dir(d.ino)] == [{}, {}, {}, {}]
+    assert catalog.list_dir(sub.ino, [b"user.tierfs.pin"]) == []
+
+
 def test_binary_and_long_names(catalog):
     weird = b"bad \xff\xfe utf8 \n newline"
     long = b"x" * 255

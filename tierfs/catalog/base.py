@@ -281,6 +281,16 @@ class DirEntry:
 
 
 @dataclass
+class Listed:
+    """One entry of a directory listing (Catalog.list_dir): its name, its
+    inode, and those of the attributes asked for that it has."""
+
+    name: bytes
+    inode: Inode
+    xattrs: dict[bytes, bytes] = field(default_factory=dict)
+
+
+@dataclass
 class Job:
     """A queued request to move bytes. Field comments are the schema's spec."""
 
@@ -559,6 +569,12 @@ class Catalog(abc.ABC):
         """Entries of `parent` with pos > after_pos, in pos order. Entries whose
         inode number is in `known` (the caller holds a current copy) may come
         without the inode (DirEntry.has_inode() False): the caller sets it."""
+
+    @abc.abstractmethod
+    def list_dir(self, parent: int, xattr_names: Sequence[bytes] = ()) -> list[Listed]:
+        """Every entry of directory `parent` with its inode and its attributes
+        named in `xattr_names` (`tierfs ls`), sorted by name bytes, in one
+        query: a listing costs one round trip per directory, not one per file."""
 
     @abc.abstractmethod
     def parent_of(self, ino: int) -> int:

@@ -7,9 +7,9 @@ the namespace and its atomic changes.
 from __future__ import annotations
 
 import fnmatch
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
-from .base import (ACTIVE_JOB_STATES, INODE_FIELDS, ROOT_INO, CatalogStats, FileQuery, Inode, State, check_count_by,
+from .base import (ACTIVE_JOB_STATES, INODE_FIELDS, ROOT_INO, CatalogStats, FileQuery, Inode, Listed, State, check_count_by,
                    count_further_copies, further_copies, further_targets,
                    inode_from_values)
 
@@ -139,6 +139,22 @@ class MongoQueries:
         self.rows_read += len(docs)
         for d in docs:
             yield inode_of(d)
+
+    def list_dir(self, parent: int, xattr_names: Sequence[bytes] = ()) -> list[Listed]:
+        """One aggregation: the directory's dentries joined with their inodes
+        and the attributes asked for; sorted here, by name bytes (MongoDB
+        orders binary values by length first)."""
+        pipe: list[dict] = [{"$match": {"parent": parent}},
+                            {"$lookup": {"from": "inodes", "localField": "ino", "foreignField": "_id", "as": "i"}}]
+        if xattr_names:
+            pipe.append({"$lookup": {"from": "xattrs", "let": {"ino": "$ino"}, "as": "x", "pipeline": [
+                {"$match": {"$expr": {"$eq": ["$ino", "$$ino"]}, "name": {"$in": list(xattr_names)}}}]}})
+        with self._errors():
+            rows = list(self.dentries.aggregate(pipe))
+        out = [Listed(bytes(r["name"]), inode_of(r["i"][0]), {bytes(x["name"]): bytes(x["value"]) for x in r.get("x", ())})
+               for r in rows if r["i"]]
+        out.sort(key=lambda e: (e.name, e.inode.ino))
+        return out
 
     def query_names(self, q: FileQuery) -> Iterator[tuple[int, bytes, int]]:
         """(parent, name, ino) per name; one aggregation (see _name_rows)."""
