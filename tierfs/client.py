@@ -73,6 +73,12 @@ _KINDS = {stat.S_IFLNK: "symbolic link", stat.S_IFIFO: "FIFO", stat.S_IFSOCK: "s
           stat.S_IFCHR: "character device", stat.S_IFBLK: "block device"}
 
 
+def kind_of(mode: int) -> str:
+    """What st_mode says an entry is: "file", "directory", "symbolic link", "FIFO"..."""
+    return {stat.S_IFREG: "file", stat.S_IFDIR: "directory"}.get(stat.S_IFMT(mode)) or \
+        _KINDS.get(stat.S_IFMT(mode), "special file")
+
+
 @dataclass
 class Walk:
     """The regular files named and, with recursive, those under the named
@@ -109,7 +115,7 @@ class Walk:
         if stat.S_ISREG(mode) or not self.files_only:
             yield path
         else:
-            self.skipped.append((path, _KINDS.get(stat.S_IFMT(mode), "special file")))
+            self.skipped.append((path, kind_of(mode)))
 
     def _tree(self, top: str):
         stack = [top]

@@ -19,7 +19,7 @@ import logging
 import stat
 from typing import TYPE_CHECKING
 
-from . import errors, storage_class, xattrs
+from . import errors, pins, storage_class, xattrs
 from .catalog.base import (READABLE_STATES, Inode, JobKind, JobState, State, copies_of, encode_targets,
                            missing_targets, targets_of)
 from .services import Events
@@ -249,6 +249,7 @@ class Requests:
                                             "origin_tier", "origin_location")}
         d["state"] = str(inode.state)
         d["copies"] = [list(c) for c in copies_of(inode)]   # every archive copy, [tier, key], the primary first
+        d.update((await fs.cat(pins.resolve, fs.catalog, inode.ino)).fields())   # pinned, pin_from
         d["events"] = [dict(time_ns=e.time_ns, from_state=e.from_state, to_state=e.to_state, cause=e.cause,
                             detail=e.detail) for e in await fs.cat(fs.catalog.events, inode.ino, 10)]
         d["jobs"] = [dict(id=j.id, kind=str(j.kind), state=str(j.state), attempts=j.attempts,

@@ -338,7 +338,8 @@ def _find_opts(f):
         click.option("--state", "states", multiple=True, type=click.Choice(STATES),
                      help="Files in this state (repeat for several)."),
         click.option("--tier", metavar="TIER", help="Files with a copy on this tier (online or archive)."),
-        click.option("--inactive", metavar="AGE", help="Neither accessed nor modified for AGE (90d, 12h, 1y)."),
+        click.option("--inactive", metavar="AGE", help="Neither accessed nor modified for AGE (90d, 12h, 1y). Access times reach the "
+                     "catalog every atime_flush (60s): up to that much behind `tierfs state`."),
         click.option("--older", metavar="AGE", help="Created more than AGE ago."),
         click.option("--size", "sizes", multiple=True, metavar="[+-]N",
                      help="Bigger than +N, smaller than -N, or exactly N bytes (1M = 10^6, 1MiB = 2^20)."),

@@ -8,6 +8,7 @@ the command groups, one module each:
     files.py      state, archive, restore, release, migrate, wait, place (through the mount's xattrs)
     queue.py      queue (the catalog's jobs)
     admin.py      status, find, du (catalog queries)
+    listing.py    ls (a listing with states, from the catalog)
     importing.py  import
     policy.py     policy check | run
     fsck.py       fsck
@@ -27,7 +28,7 @@ import click
 
 from .. import errors
 from ..client import CliError
-from . import admin, files, fsck, importing, mount, policy, queue
+from . import admin, files, fsck, importing, listing, mount, policy, queue
 from .common import CONTEXT, fail, failure
 
 
@@ -56,7 +57,7 @@ def cli():
     """
 
 
-for _module in (mount, files, queue, admin, importing, policy, fsck):
+for _module in (mount, files, listing, queue, admin, importing, policy, fsck):
     for _command in _module.COMMANDS:
         cli.add_command(_command)
 

@@ -13,12 +13,13 @@ import datetime
 import errno
 import json
 import os
+import stat
 import sys
 import time
 
 import click
 
-from .. import client, errors, xattrs
+from .. import client, errors, pins, xattrs
 from ..client import CliError
 from ..display import echo, name_fields, printable
 from ..units import fmt_size
@@ -37,15 +38,28 @@ def _ts(ns: int | None) -> str:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per file (a JSON list).")
 @click.option("-v", "--verbose", is_flag=True, help="Also the history and queued jobs of every file.")
 def state(paths, recursive, as_json, verbose):
-    """Show where each file's bytes are: state, tier, size, last access.
+    """Show where each file's bytes are: state, tier, size, last access, pin.
 
     Archived files also say when, by what and to where they were archived,
-    and whether a restore is queued.
+    and whether a restore is queued. A directory shows its entry count, the
+    tier new files in it go to (placement) and its pin; with -r, every
+    entry below it too. "pinned (from /a)": a pin set on directory /a
+    (relative to the mount) keeps policies away from it.
+
+    "accessed" is the mount's current value; `tierfs find --inactive` and
+    `tierfs ls` read the catalog, which the mount updates every atime_flush
+    (60 s by default), so they may lag behind it by that much.
+
+    All of this comes from one attribute, the documented way to ask
+    without tierfs's CLI: `getfattr -n user.tierfs.info FILE` (JSON).
+    `getfattr -d` lists no user.tierfs.* attribute, on purpose (so cp -a
+    and rsync -X do not copy them); name them with -n.
 
     \b
     Examples:
       tierfs state ~/tierfs/data.bin
       tierfs state -r --json ~/tierfs/project
+      getfattr --only-values -n user.tierfs.info ~/tierfs/data.bin | jq .state
     """
     rows = []
     for p in paths:
@@ -54,25 +68,64 @@ def state(paths, recursive, as_json, verbose):
     for path in tree:
         try:
             inf = client.info(path)
+            mode = os.lstat(path).st_mode
+            inf = _directory(path, inf) if stat.S_ISDIR(mode) else dict(inf, type=client.kind_of(mode))
         except OSError as e:
             raise client.os_error(path, e) from None
         inf.update(name_fields("path", path))
         if as_json:
             rows.append(inf)
+        elif inf["type"] == "directory":
+            _print_directory(inf)
+        elif inf["type"] != "file":
+            echo(f"{inf['path']}  {inf['type']}{_pin(inf)}")
         else:
             _print_state(inf, verbose)
     if as_json:
         click.echo(json.dumps(rows, indent=1))
+    elif verbose:
+        echo("(getfattr -d lists no user.tierfs.* attribute; `getfattr -n user.tierfs.info FILE` gives this as JSON)")
     for err in tree.errors:
         echo(f"tierfs: {err}", err=True)
     if tree.errors:
         sys.exit(tree.errors[0].code)
 
 
+#: What user.tierfs.info says of a directory that describes a file's bytes (a directory has none).
+_BYTES_FIELDS = ("state", "tier", "location", "archive_tier", "archive_location", "checksum", "data_version",
+                 "size", "stub_size", "copies", "origin_tier", "origin_location", "state_ns", "state_cause")
+
+
+def _directory(path: str, inf: dict) -> dict:
+    """A directory's info: its entries and placement instead of the file fields."""
+    d = {k: v for k, v in inf.items() if k not in _BYTES_FIELDS}
+    d["type"] = "directory"
+    with os.scandir(path) as it:
+        d["entries"] = sum(1 for _ in it)
+    try:
+        placement, _, source = os.getxattr(path, xattrs.text(xattrs.EFFECTIVE_PLACEMENT)).decode().partition(" ")
+        d.update(placement=placement, placement_from=source)
+    except OSError:   # a mount without xattrs
+        d.update(placement=None, placement_from=None)
+    return d
+
+
+def _pin(inf: dict) -> str:
+    """"  pinned", "  pinned (from /a)" when a directory above pins it, or nothing."""
+    text = pins.Pin.of(inf).text()
+    return "  " + text if text else ""
+
+
+def _print_directory(inf: dict) -> None:
+    n = inf["entries"]
+    where = f"  placement {inf['placement']} (from {inf['placement_from']})" if inf.get("placement") else ""
+    echo(f"{inf['path']}  directory  {n} entr{'y' if n == 1 else 'ies'}{where}{_pin(inf)}")
+
+
 def _print_state(inf: dict, verbose: bool) -> None:
     tier = inf.get("tier") or inf.get("archive_tier") or "-"
     echo(f"{inf['path']}  {inf['state']}  {tier}  {fmt_size(inf.get('size', 0))}  "
-         f"accessed {_ts(inf.get('atime_ns'))}")
+         f"accessed {_ts(inf.get('atime_ns'))}{_pin(inf)}")
     st = inf["state"]
     if st in ("archived", "dual", "restoring", "lost", "archiving") or verbose:
         for t, k in inf.get("copies") or ([[inf["archive_tier"], inf.get("archive_location")]]

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from .. import errors, xattrs
 from ..catalog.base import ACTIVE_JOB_STATES, ROOT_INO, FileQuery, Inode, State, missing_targets
+from ..pins import is_pinned
 from ..units import duration_value
 from .criteria import CRITERIA, FIELD_CHECKS, Inactivity, size_text  # noqa: F401 - size_text: for the CLI
 from .rules import Rule
@@ -107,10 +108,6 @@ class DirFacts:
                 return d.own[name], d.path or "/"
             d = d.parent
         return None
-
-
-def is_pinned(value: bytes | None) -> bool:
-    return value is not None and value.strip().lower() not in (b"", b"0", b"false", b"no", b"off")
 
 
 @dataclass
