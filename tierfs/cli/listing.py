@@ -107,7 +107,7 @@ def _print(entries: list[Entry], long: bool) -> None:
 
 def _json(e: Entry) -> dict:
     i = e.inode
-    d = dict(**name_fields("path", e.path), type=_state(i) if not i.is_reg() else "file", ino=i.ino,
+    d = dict(**name_fields("path", e.path), type=client.kind_of(i.mode), ino=i.ino,
              mode=oct(i.mode), uid=i.uid, owner=_user(i.uid), gid=i.gid, group=_group(i.gid),
              mtime_ns=i.mtime_ns, atime_ns=i.atime_ns, **e.pin.fields())
     if i.is_reg():
