@@ -1,6 +1,6 @@
 """Hostile file names in the CLI's output (issue 14, defect 8): any user can
 plant a name holding terminal escape sequences, a newline or bytes that are
-not UTF-8 in a shared directory; root's `tierfs state`, `find`, `queue`,
+not UTF-8 in a shared directory; root's `tierfs state`, `ls`, `find`, `queue`,
 `du`, `status`, `fsck` and `policy run` must show it escaped (display.py),
 `find -0` must give it raw, and `--json` exactly (path_b64 when not UTF-8)."""
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -70,6 +71,16 @@ def test_hostile_names_are_escaped_in_every_listing(make_mount):
     assert_clean(r.stdout)
     assert sorted(line.split("  ")[0] for line in r.stdout.decode().splitlines()) == sorted(shown)
     rows = json.loads(run(m, "state", "-r", "--json", base).stdout)
+    exact = {base64.b64decode(x["path_b64"]) if "path_b64" in x else os.fsencode(x["path"]) for x in rows}
+    assert exact == {os.path.join(base, n) for n in HOSTILE}
+
+    r = run(m, "ls", "-l", base)
+    assert r.returncode == 0, r.stderr
+    assert_clean(r.stdout)
+    assert sorted(line.split("  ")[-1] for line in r.stdout.decode().splitlines()) == sorted(HOSTILE.values())
+    out = run(m, "ls", "--json", base).stdout
+    assert not re.search(rb"\\u[dD][89a-fA-F]", out), out   # no lone surrogate, which strict parsers reject
+    rows = json.loads(out)
     exact = {base64.b64decode(x["path_b64"]) if "path_b64" in x else os.fsencode(x["path"]) for x in rows}
     assert exact == {os.path.join(base, n) for n in HOSTILE}
 
