@@ -40,7 +40,7 @@ from typing import Callable
 
 from . import errors, xattrs
 from .catalog.base import Catalog, Inode, State, now_ns
-from .tiers.disk import in_place_key
+from .tiers.disk import in_place_key, own_dirs
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,8 @@ class Summary:
     skipped_bytes: int = 0
     checksums: int = 0             # sha256 computed (or verified, by copy)
     checksums_deferred: int = 0    # files registered without a checksum
-    ignored: int = 0               # sockets, FIFOs, devices, other file systems, the tier's own directories
+    ignored: int = 0               # sockets, FIFOs, devices, other file systems
+    tier_dirs: list[str] = field(default_factory=list)   # in place: the tier's own directories met in SRC, skipped
     queued: int = 0                # copy --tier: migrations/archives requested afterwards
     errors: list[str] = field(default_factory=list)   # one line per entry that failed
     seconds: float = 0.0
@@ -152,8 +153,12 @@ class _Walk:
                 log.info("import: skipping %s (not a file, directory or symlink)", e.path)
                 self.summary.ignored += 1
                 continue
-            if fmt == stat.S_IFDIR and (st.st_dev != self.dev or self.skip_dir(e.path)):
-                log.info("import: skipping %s (another file system, or the tier's own directory)", e.path)
+            if fmt == stat.S_IFDIR and self.skip_dir(e.path):
+                log.info("import: skipping %s (the tier's own directory)", e.path)
+                self.summary.tier_dirs.append(e.path)
+                continue
+            if fmt == stat.S_IFDIR and st.st_dev != self.dev:
+                log.info("import: skipping %s (another file system)", e.path)
                 self.summary.ignored += 1
                 continue
             name = os.fsencode(e.name)
@@ -190,7 +195,7 @@ class InPlaceImport:
         self.progress = progress
         self.cause = cause or f"import in place by uid {os.getuid()}"
         self.summary = Summary(mode="in-place")
-        own = {os.path.join(self.root, "objects"), os.path.join(self.root, "tmp")}
+        own = set(own_dirs(self.root))
         self.walk = _Walk(self.src, self.summary, skip_dir=lambda p: p in own)
         # Entries waiting for the next transaction, each with what to do once it has an inode number:
         # ("dir", source path, stat) or ("file", (st_dev, st_ino)) for a hard-linked file, or None.

@@ -6,6 +6,7 @@ errors. Runs on every catalog backend where the fixture takes catalog_url."""
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -303,3 +304,37 @@ def test_in_place_import_resumes_after_files_were_archived(make_mount, tmp_path,
     s = json.loads(r.stdout)
     assert r.returncode == 1 and len(s["errors"]) == 1 and "mine.txt: another entry" in s["errors"][0], s
     assert open(m.path("proj", "mine.txt"), "rb").read() == b"made through the mount"
+
+
+def test_in_place_import_of_a_tier_root_names_the_tiers_own_directories(make_mount, tmp_path):
+    """The tier's objects/ and tmp/ (made at mount inside the user's tree) are skipped and said to be
+    the tier's, not counted with sockets and FIFOs among the ignored entries."""
+    m, vol = volume_mount(make_mount, tmp_path)
+    assert sorted(os.listdir(vol)) == ["objects", "tmp"]   # made by the mount's tier check
+    make_tree(vol / "data", 2, 3)
+    os.mkfifo(vol / "data" / "fifo")
+    r = m.cli("import", "--in-place", str(vol), m.path("vol"))
+    assert f"  objects/ and tmp/ under {vol} are tier volume's own directories (its objects): skipped\n" \
+        in r.stdout, r.stdout
+    assert "  1 entries ignored (sockets, FIFOs, devices, other file systems)\n" in r.stdout, r.stdout
+    assert sorted(os.listdir(m.path("vol"))) == ["data"]
+    s = json.loads(m.cli("import", "--in-place", "--json", str(vol), m.path("vol")).stdout)
+    assert (s["ignored"], sorted(s["tier_dirs"])) == (1, [str(vol / "objects"), str(vol / "tmp")]), s
+
+
+@pytest.mark.parametrize("mode", ["copy", "in-place"])
+def test_import_progress_bar_ends_at_every_file(make_mount, tmp_path, mode):
+    """On a terminal (script(1) gives the command one), the bar's file count ends at 10/10: the last
+    file's count came after its last bytes, a step of 0 that click did not draw (it ended at 9/10)."""
+    m, vol = volume_mount(make_mount, tmp_path)
+    src = vol / "src"
+    src.mkdir()
+    for i in range(10):
+        (src / f"f{i}").write_bytes(os.urandom(1000 + i))
+    typescript = tmp_path / "typescript"
+    cmd = [sys.executable, "-m", "tierfs.cli", "import", f"--{mode}", str(src), m.path("in")]
+    r = subprocess.run(["script", "-qec", " ".join(cmd), str(typescript)], capture_output=True, env=m.env,
+                       cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), timeout=120)
+    assert r.returncode == 0, typescript.read_bytes()[-2000:]
+    counts = re.findall(r"(\d+/\d+) files", typescript.read_bytes().decode())
+    assert counts and counts[-1] == "10/10", counts

@@ -17,6 +17,7 @@ from ..client import CliError
 from ..display import echo
 from ..units import fmt_size
 from .common import CONTEXT, config_option
+from ..tiers.disk import own_dirs as tier_dirs
 from .target import mount_of, open_catalog, target_of
 
 def _inplace_tier(cfg, src: str, name: str | None) -> tuple[str, str]:
@@ -55,7 +56,11 @@ def _progress_bar(total_files: int, total_bytes: int, verb: str):
 
     def progress(files: int, nbytes: int) -> None:
         done["files"] += files
-        bar.update(nbytes if total_bytes else 0, current_item=done["files"])
+        if nbytes and total_bytes:
+            bar.update(nbytes, current_item=done["files"])
+        else:   # a file finished after its last bytes: click renders only on steps, so show the count itself
+            bar.current_item = done["files"]
+            bar.render_progress()
     return bar, progress
 
 
@@ -121,7 +126,8 @@ def import_cmd(src, dest, mode, tier, defer_checksums, batch, config_path, as_js
         raise CliError(f"{dest}: not a directory", client.EXIT_FAILED)
     if not os.access(destp, os.W_OK):
         raise CliError(f"{dest}: permission denied", client.EXIT_PERMISSION)
-    files, nbytes = importer.scan(srcp, lambda p: False) if sys.stderr.isatty() else (0, 0)
+    own = set(tier_dirs(root)) if mode == "in-place" else set()
+    files, nbytes = importer.scan(srcp, lambda p: p in own) if sys.stderr.isatty() else (0, 0)
     bar, progress = _progress_bar(files, nbytes, f"import {mode}")
     with bar:
         if mode == "in-place":
@@ -174,6 +180,10 @@ def _print_summary(s, src: str, dest: str, tier: str | None, as_json: bool) -> N
                    + (f", {s.checksums_deferred} deferred{later}" if s.checksums_deferred else ""))
     if s.queued:
         echo(f"  {s.queued} files queued to move to tier {tier} (see `tierfs queue`)")
+    if s.tier_dirs:
+        names = " and ".join(os.path.relpath(d, src) + "/" for d in s.tier_dirs)
+        echo(f"  {names} under {src} {'are' if len(s.tier_dirs) > 1 else 'is'} tier {tier}'s own "
+             f"{'directories' if len(s.tier_dirs) > 1 else 'directory'} (its objects): skipped")
     if s.ignored:
         echo(f"  {s.ignored} entries ignored (sockets, FIFOs, devices, other file systems)")
     for e in s.errors[:20]:

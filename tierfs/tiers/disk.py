@@ -39,6 +39,12 @@ def releases_originals(tier: Tier | None) -> bool:
     return isinstance(tier, DiskTier) and isinstance(tier.settings, DiskTable) and tier.settings.release_originals
 
 
+def own_dirs(root: str) -> tuple[str, str]:
+    """The directories a disk tier keeps under its root: objects/ and tmp/ (an import in place of
+    that root skips them)."""
+    return os.path.join(root, "objects"), os.path.join(root, "tmp")
+
+
 class DiskTier(Tier):
     kind = "disk"
     settings: DiskTable
@@ -46,8 +52,7 @@ class DiskTier(Tier):
     def __init__(self, name: str, settings: DiskTable | None = None, /, **options):
         super().__init__(name, settings, **options)
         self.root = os.path.abspath(os.path.expanduser(self.settings.path))
-        self.objdir = os.path.join(self.root, "objects")
-        self.tmpdir = os.path.join(self.root, "tmp")
+        self.objdir, self.tmpdir = own_dirs(self.root)
 
     def check(self) -> None:
         if not os.path.isdir(self.root):
