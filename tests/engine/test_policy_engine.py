@@ -133,7 +133,7 @@ def test_matched_values_and_totals(tree, catalog, tmp_path):
     assert a.reasons == [idle, "size 5MB >= 1MB", "under /", "path *.raw"]
     assert a.cause == f"policy rule 'cold' ({idle}, size 5MB >= 1MB, under /, path *.raw)"
     assert a.line() == f"archive -> vault /old_big.raw (5MB): rule 'cold': {idle}, size 5MB >= 1MB, under /, path *.raw"
-    assert report.totals() == dict(files=3, bytes=10 * MB, freed=10 * MB, candidates=5)  # old_small: size, scratch.tmp: path
+    assert report.totals() == dict(files=3, bytes=10 * MB, freed=10 * MB, candidates=5, already_queued=0)  # old_small: size, scratch.tmp: path
     assert "would act on 3 file(s), 10MB, freeing 10MB online" in report.summary()
 
 
@@ -419,3 +419,29 @@ def test_a_run_on_100k_entries_touches_only_the_candidates(sqlite_url, tmp_path)
     print(f"VM steps/100: watermark run {ops[0]}, rows read {catalog.rows_read}")
     assert ops[0] * 20 < full_scan and catalog.rows_read <= 2 * 20
     catalog.close()
+
+
+def test_files_queued_meanwhile_are_counted_apart_from_those_acted_on(tree, catalog, tmp_path):
+    """A request queued for a file after the rule chose it, before its job was queued (a user's
+    `tierfs archive`, another mount's run): the run did not act on it; it says so apart ("already
+    queued"), in the rule's stats, the totals, the summary and the JSON."""
+    cfg = make_cfg(tmp_path, dict(name="big", action="archive", to="vault", min_size="40MB"))
+    for name in ("a", "b", "c"):
+        tree.file(name, 50 * MB)   # (the tree fixture's files are smaller)
+    rival = {tree.inos["a"], tree.inos["c"]}
+
+    async def cat(fn, *args):
+        target = getattr(fn, "args", (None,))[0]   # JobExecutor.apply: partial(catalog.enqueue, ino, ...)
+        if getattr(fn, "func", None) == catalog.enqueue and target in rival:
+            catalog.enqueue(target, JobKind.ARCHIVE, target_tier="vault", cause="command archive by uid 1000")
+        return fn(*args)
+    rules = parse_rules(cfg)
+    engine = Engine(catalog, rules, cat=cat, clock=FakeClock(), executor=JobExecutor(catalog, cat))
+    report = trio.run(functools.partial(engine.run, None, dry_run=False))
+    st = report.rules[0]
+    assert (st.candidates, st.actions, st.already_queued, st.bytes) == (3, 1, 2, 50 * MB)
+    assert sorted(a.done for a in report.actions) == ["already queued", "already queued", "queued"]
+    assert report.summary() == "acted on 1 file(s), 50MB, freeing 50MB online (3 candidate(s) read, 2 already queued)"
+    d = report.to_dict()
+    assert (d["totals"]["files"], d["totals"]["already_queued"], d["rules"][0]["already_queued"]) == (1, 2, 2)
+    assert len(catalog.jobs([JobState.PENDING])) == 3

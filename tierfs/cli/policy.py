@@ -132,7 +132,8 @@ def run(config_path, dry_run, names, as_json):
         for st in report.rules:
             skipped = ", ".join(f"{n} {k}" for k, n in sorted(st.skipped.items()))
             click.echo(f"rule '{st.rule}': {st.candidates} candidate(s), {st.actions} file(s), "
-                       f"{size_text(st.bytes)}" + (f"; skipped: {skipped}" if skipped else "")
+                       f"{size_text(st.bytes)}" + (f", {st.already_queued} already queued" if st.already_queued else "")
+                       + (f"; skipped: {skipped}" if skipped else "")
                        + (f"; stopped: {st.stopped}" if st.stopped else ""))
         click.echo(("dry run: " if dry_run else "") + report.summary())
         queued = sum(st.applied.get("queued", 0) for st in report.rules)

@@ -87,7 +87,8 @@ class RuleStats:
 
     rule: str
     candidates: int = 0                 # rows the indexed query returned
-    actions: int = 0
+    actions: int = 0                    # files acted on (real runs: not those another request had queued meanwhile)
+    already_queued: int = 0             # real runs: chosen, but a job for them was queued meanwhile (not in actions)
     bytes: int = 0
     freed: int = 0
     skipped: Counter = field(default_factory=Counter)   # reason -> files (pinned, excluded, queued, ...)
@@ -107,18 +108,21 @@ class Report:
 
     def totals(self) -> dict:
         return dict(files=sum(r.actions for r in self.rules), bytes=sum(r.bytes for r in self.rules),
-                    freed=sum(r.freed for r in self.rules), candidates=sum(r.candidates for r in self.rules))
+                    freed=sum(r.freed for r in self.rules), candidates=sum(r.candidates for r in self.rules),
+                    already_queued=sum(r.already_queued for r in self.rules))
 
     def summary(self) -> str:
         t = self.totals()
         verb = "would act on" if self.dry_run else "acted on"
+        already = f", {t['already_queued']} already queued" if t["already_queued"] else ""
         return (f"{verb} {t['files']} file(s), {size_text(t['bytes'])}, freeing {size_text(t['freed'])} online "
-                f"({t['candidates']} candidate(s) read)")
+                f"({t['candidates']} candidate(s) read{already})")
 
     def to_dict(self) -> dict:
         return dict(dry_run=self.dry_run, trigger=self.trigger, now_ns=self.now_ns, totals=self.totals(),
                     rules=[dict(rule=r.rule, candidates=r.candidates, actions=r.actions, bytes=r.bytes,
-                                freed=r.freed, skipped=dict(r.skipped), stopped=r.stopped,
+                                freed=r.freed, already_queued=r.already_queued, skipped=dict(r.skipped),
+                                stopped=r.stopped,
                                 applied=dict(r.applied)) for r in self.rules],
                     actions=[a.to_dict() for a in self.actions])
 
@@ -278,6 +282,11 @@ class Engine:
                 a.done = f"error: {e}"
                 log.warning("policy rule '%s': %s %s: %s", rule.name, rule.action, path, e)
             st.applied[a.done.split(":")[0]] += 1
+            if a.done == "already queued":   # a request (a user, another mount's run) got there first: not ours
+                st.actions -= 1
+                st.bytes -= a.size
+                st.freed -= a.freed
+                st.already_queued += 1
         if collect:
             report.actions.append(a)
         if on_action is not None:
