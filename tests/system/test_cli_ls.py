@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -223,6 +224,7 @@ def measure(n: int) -> None:
                   f"{len(r.stdout.splitlines())} lines, exit {r.returncode}")
     finally:
         m.cleanup()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 if __name__ == "__main__":
