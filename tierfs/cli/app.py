@@ -11,6 +11,7 @@ the command groups, one module each:
     importing.py  import
     policy.py     policy check | run
     fsck.py       fsck
+    config.py     config show | check | example
 
 Which mount, config and catalog a command acts on: target.py (the mount's
 runtime file, tierfs/runtime.py). The root imports the command modules,
@@ -27,7 +28,7 @@ import click
 
 from .. import errors
 from ..client import CliError
-from . import admin, files, fsck, importing, mount, policy, queue
+from . import admin, config, files, fsck, importing, mount, policy, queue
 from .common import CONTEXT, fail, failure
 
 
@@ -56,7 +57,7 @@ def cli():
     """
 
 
-for _module in (mount, files, queue, admin, importing, policy, fsck):
+for _module in (mount, files, queue, admin, importing, policy, fsck, config):
     for _command in _module.COMMANDS:
         cli.add_command(_command)
 
