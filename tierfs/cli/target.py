@@ -13,8 +13,9 @@ code 6 instead of answering from the wrong catalog.
 
 A command whose MOUNT is optional (queue, policy, find, du, fsck) given
 none acts on the implied mount (implied_mount): the one containing the
-working directory, else the only running mount of this user, else, with
-no mount running, the usual lookup; with several it asks to name one.
+working directory, else ($TIERFS_CONFIG unset) the only running mount of
+this user, else, with no mount running, the usual lookup; with several it
+asks to name one.
 `status` without MOUNT shows every running mount.
 
 Exit codes (tierfs/client.py): 3 not in a running tierfs mount, 4 no such
@@ -122,14 +123,17 @@ def open_catalog(t: Target):
 
 def implied_mount() -> mounts.MountInfo | None:
     """The mount a command given no MOUNT acts on, the one rule for all:
-    the running mount containing the working directory, else the only
-    running mount of this user (the one live runtime file where our daemons
-    publish), else None (no mount: the usual config lookup). Several: a
+    the running mount containing the working directory, else (unless
+    $TIERFS_CONFIG names a config) the only running mount of this user (the
+    one live runtime file where our daemons publish), else None (no mount:
+    the usual config lookup). Several: a
     usage error listing them, since picking one would answer about the wrong
     catalog."""
     here = _cwd_mountpoint()
     if here is not None and not mounts.is_stale(here):
         return mounts.find_mount(here)
+    if os.environ.get("TIERFS_CONFIG"):
+        return None    # the caller named a config, as with --config
     running = [m for m in (mounts.find_mount(r.mountpoint) for r in runtime.published())
                if m is not None and not mounts.is_stale(m.mountpoint)]
     if len(running) > 1:
