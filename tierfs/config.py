@@ -91,22 +91,28 @@ def reread(cfg: Config) -> Config:
 def read(path: str | None, overrides: dict | None = None, home: str | None = None) -> Config:
     """Parse the config file `path` (None: the embedded default) with -o overrides; `home`: the
     TIERFS_HOME defaults derive from (default: ours; a mount's runtime file names its daemon's)."""
-    raw: dict = {}
+    raw = read_file(path) if path is not None else {}
     if path is not None:
-        try:
-            with open(path, "rb") as f:
-                raw = tomllib.load(f)
-        except FileNotFoundError:
-            raise errors.ConfigError(f"config file {path} does not exist") from None
-        except PermissionError:
-            raise errors.ConfigError(f"config file {path} is not readable") from None
-        except tomllib.TOMLDecodeError as e:
-            raise errors.ConfigError(f"config file {path}: invalid TOML: {e}") from None
         _warn_if_secrets_readable(path, raw)
     raw.update(overrides or {})
     cfg = parse(raw, path, home)
     cfg.overrides = dict(overrides or {})
     return cfg
+
+
+def read_file(path: str) -> dict:
+    """The tables of the TOML file `path`, unvalidated (ConfigError when it cannot be read or parsed)."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise errors.ConfigError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise errors.ConfigError(f"config file {path} is a directory") from None
+    except PermissionError:
+        raise errors.ConfigError(f"config file {path} is not readable") from None
+    except tomllib.TOMLDecodeError as e:
+        raise errors.ConfigError(f"config file {path}: invalid TOML: {e}") from None
 
 
 #: Words that mark a config key (or a config file's text) as holding a credential.
@@ -175,6 +181,32 @@ def parse(raw: dict, path: str | None = None, home: str | None = None) -> Config
     return Config.model_construct(**dict(
         settings, catalog=settings.catalog or f"sqlite:///{os.path.join(home, 'catalog.db')}",
         state_dir=state_dir, default_tier=default_tier, default_archive=default_archive, path=path))
+
+
+# ---- where each value came from (`tierfs config show`) -----------------------------------
+def provenance(cfg: Config, home: str) -> tuple[dict, dict[str, str]]:
+    """The settings `cfg` runs with as the tables of a config file (None:
+    unset), and where each came from, by dotted key (`tiers.NAME.KEY`;
+    `policy` for the [[policy]] tables): the file, an -o override, or a
+    default (one derived from TIERFS_HOME `home`, state_dir or the tiers
+    says so). The file is read again for this: its values as of now."""
+    raw = read_file(cfg.path) if cfg.path else {}
+    given = {**raw, **cfg.overrides}
+    here = lambda k: "-o" if k in cfg.overrides else f"file {cfg.path}"   # noqa: E731
+    under_home = f"default under TIERFS_HOME {home}"
+    derived = {"catalog": under_home, "state_dir": under_home, "default_tier": "default: the first online tier",
+               "default_archive": "default: the first archive tier"}
+    tables = cfg.model_dump(exclude={"tiers", "path", "overrides"})
+    sources = {k: here(k) if k in given else derived.get(k, "default") for k in tables}
+    tables["tiers"] = {}
+    for name, t in cfg.tiers.items():
+        tables["tiers"][name] = table = t.model_dump()
+        mine = (given.get("tiers") or {}).get(name, {})
+        for k in table:
+            sources[f"tiers.{name}.{k}"] = (
+                (under_home if k == "path" else "default") if "tiers" not in given else here("tiers") if k in mine
+                else "default under state_dir" if k == "staging" else "default")
+    return tables, sources
 
 
 # ---- reload (SIGHUP) -------------------------------------------------------------------

@@ -174,6 +174,27 @@ def _load(path: str) -> MountRecord:
         return MountRecord(**json.load(f))
 
 
+def published() -> list[MountRecord]:
+    """The records of the live daemons that publish where we would (our own
+    directory: the calling user's mounts, or all of $TIERFS_RUNTIME_DIR's),
+    unreadable or foreign files skipped."""
+    d = own_dir()
+    try:
+        names = sorted(os.listdir(d))
+    except OSError:
+        return []
+    out = []
+    for name in names:
+        if name.endswith(".json") and not name.startswith(".tmp-"):
+            try:
+                rec = _load(os.path.join(d, name))
+            except (OSError, ValueError, TypeError, KeyError):
+                continue
+            if mounts.pid_alive(rec.pid):
+                out.append(rec)
+    return out
+
+
 def find(mountpoint: str, uid: int | None) -> MountRecord | None:
     """The record of the live daemon serving `mountpoint`, mounted by `uid`
     (mountinfo's user_id; None: unknown); None when no daemon published one

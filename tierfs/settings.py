@@ -451,10 +451,26 @@ def validate(model: type[Table], raw: Any, label: str = "") -> Any:
     try:
         return model.model_validate(raw)
     except ValidationError as e:
-        err = min(e.errors(include_url=False), key=lambda x: x["type"] != "extra_forbidden")
+        raise errors.ConfigError(_lines(e, model, raw, label)[0]) from None
+
+
+def problems(model: type[Table], raw: Any) -> list[str]:
+    """Every error of `raw` against `model`, one line each, unknown keys
+    first (`tierfs config check`); [] when valid."""
+    try:
+        model.model_validate(raw)
+    except ValidationError as e:
+        return _lines(e, model, raw, "")
+    return []
+
+
+def _lines(e: ValidationError, model: type[Table], raw: Any, label: str) -> list[str]:
+    out = []
+    for err in sorted(e.errors(include_url=False), key=lambda x: x["type"] != "extra_forbidden"):
         loc, msg = _message(err, model, raw)
         where = ": ".join(x for x in (label, key_path(loc)) if x)
-        raise errors.ConfigError(f"{where}: {msg}" if where else msg) from None
+        out.append(f"{where}: {msg}" if where else msg)
+    return list(dict.fromkeys(out))
 
 
 def tier_table(name: str, raw: dict) -> TierTable:

@@ -8,7 +8,10 @@ backoff, for as long as it lasts, and the wait is not a failed attempt
 fails is recorded here and in the catalog (meta key `tier_health:NAME`, a
 JSON object read by `tierfs status`) with one log line, and probed every
 PROBE_S seconds until it answers (or has the space); then one log line says
-it is back and the jobs waiting for it become runnable at once.
+it is back and the jobs waiting for it become runnable at once, and the
+record says `ok` and keeps the problem it recovered from (`last_error`,
+when it began and ended), so `tierfs status` can say "ok, last error 5m
+ago" after the fact.
 """
 
 from __future__ import annotations
@@ -34,21 +37,25 @@ META_PREFIX = "tier_health:"
 
 @dataclass
 class Problem:
-    state: str           # "unavailable" | "full"
+    state: str           # "unavailable" | "full"; "ok" in a record of a recovery
     reason: str          # what the probe said
-    since_ns: int        # when it was first seen
+    since_ns: int        # when it was first seen (ok: when the tier came back)
     need: int = 0        # full: bytes the waiting jobs need
     host: str = ""       # the mount that saw it
     session: str = ""
+    last_error: str = ""     # ok: the problem it recovered from ("unavailable: ...")
+    last_error_ns: int = 0   # ok: when that problem was first seen
 
 
-def read_health(get_meta: Callable[[str], str | None], tier: str) -> dict | None:
-    """What the catalog says about a tier: None when healthy or never recorded."""
+def read_health(get_meta: Callable[[str], str | None], tier: str) -> Problem:
+    """What the catalog says about a tier: its problem, or state "ok" (with
+    the last problem, if one was ever recorded; since_ns 0: never any)."""
     raw = get_meta(META_PREFIX + tier)
-    if not raw:
-        return None
-    d = json.loads(raw)
-    return d if d.get("state") not in (None, "ok") else None
+    d = json.loads(raw) if raw else {}
+    if d.get("state") in (None, "ok"):
+        return Problem("ok", "", d.get("since_ns", 0), last_error=d.get("last_error", ""),
+                       last_error_ns=d.get("last_error_ns", 0))
+    return Problem(**{k: v for k, v in d.items() if k in Problem.__dataclass_fields__})
 
 
 class TierHealth:
@@ -94,8 +101,8 @@ class TierHealth:
                          else f"tier {name} is {p.state}: {p.reason}")
         return "; ".join(found) or None
 
-    async def _publish(self, name: str, p: Problem | None) -> None:
-        value = json.dumps(asdict(p) if p is not None else {"state": "ok", "since_ns": now_ns()})
+    async def _publish(self, name: str, p: Problem) -> None:
+        value = json.dumps(asdict(p))
         try:
             await self.call(self.set_meta, META_PREFIX + name, value)
         except errors.TierfsError as e:
@@ -111,5 +118,7 @@ class TierHealth:
                 del self.problems[name]
                 log.warning("tier %s is available again (%s for %.0fs); waiting jobs resume", name, p.state,
                             (now_ns() - p.since_ns) / 1e9)
-                await self._publish(name, None)
+                await self._publish(name, Problem("ok", "", now_ns(), host=socket.gethostname(),
+                                                  session=self.session, last_error=f"{p.state}: {p.reason}",
+                                                  last_error_ns=p.since_ns))
                 await on_recovered(name)

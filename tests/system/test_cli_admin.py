@@ -9,6 +9,7 @@ Measure `find --state archived` on a million entries:
 import json
 import os
 import random
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -143,8 +144,39 @@ def test_status_shows_tiers_states_jobs_and_policies(tree):
     assert s["policies"] == {"configured": False, "rules": []}
     assert "no policies configured" in text and f"mount     {m.mnt}" in text
     assert [ln.split()[:3] for ln in text.splitlines() if ln.startswith("vault")] == [["vault", "vault", "archive*"]]
+    # never a problem: healthy, nothing to recall (test_job_waits: a tier away and back)
+    assert {n: (t["health"]["state"], t["health"]["last_error"]) for n, t in s["tiers"].items()} == \
+        {"disk": ("ok", ""), "vault": ("ok", "")}
+    assert [ln.split()[-1] for ln in text.splitlines() if ln.startswith(("disk ", "vault "))] == ["ok", "ok"]
     assert any(ln.split()[:2] == ["archive", "1"] or ln.split()[:3] == ["archive", "0", "1"]
                for ln in text.splitlines())
+
+
+def test_queue_names_the_host_and_session_running_each_job(make_mount, tmp_path):
+    """A running job's claim: the session of the mount running it and that session's host; a
+    waiting job has none."""
+    for d in ("disk", "vault"):
+        os.makedirs(tmp_path / d)
+    # every archive write takes 4 s: a job stays running long enough to be seen
+    m = make_mount(config=f'[tiers.disk]\nkind = "disk"\npath = "{tmp_path}/disk"\n[tiers.vault]\nkind = "vault"\n'
+                          f'path = "{tmp_path}/vault"\narchive_delay = "4s"\n')
+    put(m, "slow", 1000)
+    with open(m.path("busy"), "wb") as busy:   # open for writing: its archive waits, unclaimed
+        os.setxattr(m.path("busy"), "user.tierfs.request", b"archive")
+        os.setxattr(m.path("slow"), "user.tierfs.request", b"archive")
+        rows = wait_for(lambda: (lambda r: r if any(j["state"] == "running" for j in r) else None)(
+            json.loads(m.cli("queue", "--json", m.mnt).stdout)), 10, what="a running job")
+        text = m.cli("queue", m.mnt).stdout
+        busy.write(b"x")
+    by_path = {r["path"]: r for r in rows}
+    session = m.stats()["session"]
+    assert (by_path["/slow"]["state"], by_path["/slow"]["session"], by_path["/slow"]["host"]) == \
+        ("running", session, socket.gethostname()), rows
+    assert by_path["/busy"]["state"] != "running" and by_path["/busy"]["session"] is None \
+        and by_path["/busy"]["host"] is None, rows
+    line = next(x for x in text.splitlines() if x.endswith(" /slow"))
+    assert f" {socket.gethostname()}/{session} " in line and "RUN BY" in text, text
+    assert next(x for x in text.splitlines() if "/busy" in x).split()[5] == "-", text
 
 
 def test_status_with_watermarks_and_a_policy(make_mount):

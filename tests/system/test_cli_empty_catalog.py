@@ -65,7 +65,8 @@ def test_queue_with_the_embedded_default(tmp_path):
     if os.path.exists(SYSTEM_CONFIG):
         pytest.skip(f"{SYSTEM_CONFIG} exists: the default lookup would use it")
     m = Mount(str(tmp_path), "unused")
-    r = m.cli("queue", check=False)
+    # no mount of ours running either (other tests' root mounts publish in /run/tierfs): nothing implied
+    r = m.cli("queue", check=False, env={"TIERFS_RUNTIME_DIR": str(tmp_path / "run")})
     db = os.path.join(m.home, "catalog.db")
     assert r.returncode == client.EXIT_CONFIG, (r.returncode, r.stderr)
     assert r.stderr == (f"tierfs: catalog sqlite:///{db} is empty: mount it once first "

@@ -17,7 +17,7 @@ import sys
 import pytest
 
 from tierfs import __version__, mounts, runtime
-from tests.conftest import Mount, wait_for
+from tests.conftest import ROOT, Mount, wait_for
 from tests.reliability_util import wait_dead
 from tests.mount.test_private_files import USER, _python_for, as_user, open_base, refused  # noqa: F401 - a fixture
 
@@ -93,9 +93,9 @@ def test_commands_use_the_mounts_config_not_the_callers_environment(make_mount, 
         f.write(b"x" * 100)
     elsewhere = {"TIERFS_HOME": str(tmp_path / "elsewhere"), "TIERFS_CONFIG": str(tmp_path / "nope.toml")}
 
-    def cli_in_mount(*args):
+    def cli_in_mount(*args):   # PYTHONPATH: from inside the mount, `-m` would import the installed tierfs
         return subprocess.run([sys.executable, "-m", "tierfs.cli", *args], capture_output=True, text=True,
-                              timeout=120, env=dict(m.env, **elsewhere), cwd=m.mnt)
+                              timeout=120, env=dict(m.env, PYTHONPATH=ROOT, **elsewhere), cwd=m.mnt)
     r = cli_in_mount("policy", "check", "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
@@ -113,6 +113,53 @@ def test_commands_use_the_mounts_config_not_the_callers_environment(make_mount, 
     # --config given explicitly still wins
     r = m.cli("queue", m.mnt, "--config", str(tmp_path / "missing.toml"), check=False, env=elsewhere)
     assert r.returncode == 6 and "does not exist" in r.stderr, r.stderr
+
+
+def test_commands_without_a_mount_use_the_only_running_one(make_mount, tmp_path):
+    """queue, find, du, fsck and policy given no MOUNT, run outside any mount while one mount runs: that
+    mount (they read the embedded default of the caller's $TIERFS_HOME: "directory ... does not exist");
+    policy check|run MOUNT (a usage error before); with a second mount running: name one, both listed."""
+    run = str(tmp_path / "run")   # our daemons' runtime files: other tests' mounts are not ours
+    m = make_mount(config=BIG, env={runtime.RUNTIME_ENV: run})
+    for name in ("f", "g"):
+        with open(m.path(name), "wb") as f:
+            f.write(b"x" * 100)
+    m.cli("archive", "--wait", m.path("f"))
+    env = dict(m.env, TIERFS_HOME=str(tmp_path / "empty"), TIERFS_CONFIG="", PYTHONPATH=ROOT)
+
+    def cli(*args, cwd=str(tmp_path)):
+        return subprocess.run([sys.executable, "-m", "tierfs.cli", *args], capture_output=True, text=True,
+                              timeout=120, env=env, cwd=cwd)
+
+    def ok(*args, cwd=str(tmp_path)):
+        r = cli(*args, cwd=cwd)
+        assert r.returncode == 0, (args, r.stderr)
+        return r.stdout
+    jobs = json.loads(ok("queue", "--all", "--json"))
+    assert [(j["kind"], j["state"], j["path"]) for j in jobs] == [("archive", "done", "/f")], jobs
+    assert sorted(x["path"] for x in json.loads(ok("find", "--json"))) == ["/f", "/g"]
+    assert json.loads(ok("du", "--json"))["files"] == 2
+    summary = json.loads(ok("fsck", "--json"))["summary"]
+    assert summary["live"] and summary["inodes"] == 3 and summary["remaining"] == 0, summary   # root, f, g
+    for args in (("policy", "check", "--json"), ("policy", "check", "--json", m.mnt)):
+        out = json.loads(ok(*args))
+        assert out["config"] == m.config_path and [r["name"] for r in out["rules"]] == ["big"], out
+    actions = json.loads(ok("policy", "run", "--dry-run", "--json", m.mnt))["actions"]
+    assert [a["path"] for a in actions] == ["/g"], actions
+    # the embedded default has no [[policy]]: what these said before
+    r = subprocess.run([sys.executable, "-m", "tierfs.cli", "policy", "check"], capture_output=True, text=True,
+                       env=dict(env, **{runtime.RUNTIME_ENV: str(tmp_path / "none")}), cwd=str(tmp_path))
+    assert "embedded default config: 0 rule(s)" in r.stdout, r.stdout
+    # a second mount: which one is meant is no longer clear
+    os.mkdir(tmp_path / "d2")
+    second = make_mount(name="second", catalog_url=f"sqlite:///{tmp_path}/second.db", env={runtime.RUNTIME_ENV: run},
+                        config=f'[tiers.d2]\nkind = "disk"\npath = "{tmp_path}/d2"\n')
+    for args in (("queue",), ("find",), ("du",), ("policy", "check"), ("fsck",)):
+        r = cli(*args)
+        assert r.returncode == 2 and "2 tierfs mounts are running" in r.stderr and m.mnt in r.stderr \
+            and second.mnt in r.stderr and "name one" in r.stderr, (args, r.stderr)
+    assert ok("queue", cwd=second.mnt) == "no jobs\n"              # inside one: that one
+    assert json.loads(ok("policy", "check", "--json", cwd=m.mnt))["rules"][0]["name"] == "big"
 
 
 def _allow_other_mount(base: str, made: list, catalog_url: str, config_mode: int) -> Mount:

@@ -44,7 +44,9 @@ def test_archive_waits_through_an_outage_longer_than_its_attempts(mk, bound_vaul
     assert "waiting" in text and "next attempt in" in text, text
     status = json.loads(m.cli("status", "--json", m.mnt).stdout)[0]
     assert status["tiers"]["vault"]["health"]["state"] == "unavailable", status["tiers"]["vault"]
-    assert "UNAVAILABLE" in m.cli("status", m.mnt).stdout
+    text = m.cli("status", m.mnt).stdout
+    row = next(x for x in text.splitlines() if x.startswith("vault "))
+    assert row.split()[-1] == "UNAVAILABLE" and "^ UNAVAILABLE since " in text and " ago, seen by " in text, text
     log = m.log().splitlines()
     assert len([x for x in log if "tier vault is unavailable" in x and "wait until it is back" in x]) == 1, log
     assert len([x for x in log if "WARNING" in x and "waits:" in x]) == 1, "one line per waiting job, not a flood"
@@ -54,8 +56,15 @@ def test_archive_waits_through_an_outage_longer_than_its_attempts(mk, bound_vaul
     wait_for(lambda: m.state("f") == "archived", 30, what="the archive once the vault is back")
     assert time.monotonic() - t_back < 15, "the waiting job runs when the tier is back, not at its backoff time"
     assert [r for r in _queue(m) if r["state"] in ("failed", "waiting")] == []
-    wait_for(lambda: json.loads(m.cli("status", "--json", m.mnt).stdout)[0]["tiers"]["vault"]["health"] is None,
-             10, what="status to show the vault healthy again")
+    health = wait_for(lambda: (lambda h: h if h["state"] == "ok" else None)(
+        json.loads(m.cli("status", "--json", m.mnt).stdout)[0]["tiers"]["vault"]["health"]),
+        10, what="status to show the vault healthy again")
+    # the problem it recovered from is kept: what it was, when it began, how long it lasted
+    assert health["last_error"].startswith("unavailable: ") and "vault" in health["last_error"], health
+    assert 5 <= (health["since_ns"] - health["last_error_ns"]) / 1e9 < 60, health
+    row, detail = [x for x in m.cli("status", m.mnt).stdout.splitlines() if x.startswith("vault ") or "last error" in x]
+    assert row.split()[-1] == "ok" and "UNAVAILABLE" not in row, row
+    assert "last error" in detail and " ago, for " in detail and "unavailable: " in detail, detail
     assert sha(m.path("f")) == digest
 
 

@@ -7,6 +7,7 @@ configuration that mount's daemon runs with (target.py), or --config.
 from __future__ import annotations
 
 import datetime
+from dataclasses import asdict
 import grp
 import json
 import os
@@ -24,7 +25,7 @@ from ..redact import redact_url
 from ..tierhealth import read_health
 from ..units import fmt_duration, fmt_size, parse_duration, parse_size
 from .common import CONTEXT, config_option
-from .target import Place, Target, config_target, mount_of, open_catalog, place_of, target_of
+from .target import Place, Target, config_target, mount_of, open_catalog, path_here, place_of, target_of
 
 _config_opt = config_option()
 
@@ -107,7 +108,7 @@ def _status_of(cfg, cat, targets: list[Target]) -> dict:
         tiers[name] = dict(kind=tc.kind, role="archive" if cls.archive else "online",
                            default=name in (cfg.default_tier, cfg.default_archive), files=files, bytes=nbytes,
                            usage=usage, high_watermark=tc.high_watermark, low_watermark=tc.low_watermark,
-                           health=read_health(cat.get_meta, name))
+                           health=asdict(read_health(cat.get_meta, name)))
         if archives_in_place(tc):   # its archived objects are in the bucket too, in the archive class
             n, b = st.by_archive.get(name, (0, 0))
             tiers[name]["archived_in_place"] = dict(files=n, bytes=b, storage_class=tc.archive_storage_class)
@@ -140,6 +141,21 @@ def _daemon_facts(mountpoint: str) -> dict:
     return {k: st[k] for k in ("pending_uploads", "pending_upload_bytes", "passthrough") if k in st}
 
 
+def _health_lines(h: dict) -> list[str]:
+    """The lines under a tier's row about its health (tierhealth.Problem as a dict): a problem, with
+    since when and who saw it; a tier back to ok, its last problem and how long ago it ended."""
+    now = time.time_ns()
+    if h["state"] != "ok":
+        return [f"          ^ {h['state'].upper()} since {_ts(h['since_ns'] / 1e9)} "
+                f"({fmt_duration((now - h['since_ns']) / 1e9)} ago, seen by {h.get('host') or '?'}): "
+                f"{h['reason']}; jobs that use it wait"]
+    if h["last_error"]:
+        return [f"          ^ ok since {_ts(h['since_ns'] / 1e9)}; last error "
+                f"{fmt_duration((now - h['last_error_ns']) / 1e9)} ago, for "
+                f"{fmt_duration((h['since_ns'] - h['last_error_ns']) / 1e9)}: {h['last_error']}"]
+    return []
+
+
 def _print_status(s: dict) -> None:
     out = echo
     out(f"catalog   {s['catalog']}")
@@ -158,7 +174,8 @@ def _print_status(s: dict) -> None:
         out(f"          also mounted on {x['host']}:{x['mountpoint']} (pid {x['pid']}, "
             f"heartbeat {x['heartbeat_age_s']:.0f}s ago)")
     out("")
-    out(f"{'TIER':12} {'KIND':10} {'ROLE':8} {'FILES':>9} {'BYTES':>9} {'CAPACITY':>9} {'USED':>6}  WATERMARKS")
+    out(f"{'TIER':12} {'KIND':10} {'ROLE':8} {'FILES':>9} {'BYTES':>9} {'CAPACITY':>9} {'USED':>6}  "
+        f"{'WATERMARKS':11} HEALTH")
     for name, t in s["tiers"].items():
         u = t["usage"] or {}
         cap = fmt_size(u["total"]) if "total" in u else "-"
@@ -166,16 +183,15 @@ def _print_status(s: dict) -> None:
         wm = (f"{t['high_watermark'] * 100:.0f}% / {t['low_watermark'] * 100:.0f}%"
               if t["high_watermark"] is not None else "-")
         role = t["role"] + ("*" if t["default"] else "")
-        out(f"{name:12} {t['kind']:10} {role:8} {t['files']:>9} {fmt_size(t['bytes']):>9} {cap:>9} {used:>6}  {wm}")
+        h = t["health"]
+        out(f"{name:12} {t['kind']:10} {role:8} {t['files']:>9} {fmt_size(t['bytes']):>9} {cap:>9} {used:>6}  "
+            f"{wm:11} {h['state'] if h['state'] == 'ok' else h['state'].upper()}")
         a = t.get("archived_in_place")
         if a is not None:
             out(f"{'':12} {'':10} {'archive':8} {a['files']:>9} {fmt_size(a['bytes']):>9}  "
                 f"(archived in place: {a['storage_class']} objects in the same bucket)")
-        h = t.get("health")
-        if h:
-            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(h["since_ns"] / 1e9))
-            out(f"          ^ {h['state'].upper()} since {since} (seen by {h.get('host') or '?'}): {h['reason']}; "
-                "jobs that use it wait")
+        for line in _health_lines(h):
+            out(line)
     out("          (* = default for new files / for archiving)")
     out("")
     out(f"{'STATE':12} {'FILES':>9} {'BYTES':>9}")
@@ -355,7 +371,7 @@ def _find_opts(f):
 
 
 @click.command(context_settings=CONTEXT)
-@click.argument("path", required=False, default=".", type=click.Path())
+@click.argument("path", required=False, type=click.Path())
 @_find_opts
 @click.option("--absolute", "-a", is_flag=True, help="Print absolute paths (mountpoint included).")
 @click.option("--print0", "-0", is_flag=True, help="End each path with NUL instead of newline (xargs -0).")
@@ -365,7 +381,8 @@ def find(path, states, tier, inactive, older, sizes, owner, group, name, ftype, 
          as_json, count):
     """Find files by state, tier, age, size, owner or name.
 
-    Answers from indexed catalog queries under PATH (default: .), without
+    Answers from indexed catalog queries under PATH (default: ., or outside
+    a mount the root of the only running one), without
     walking the mount: a million-file catalog answers in about a second.
 
     Paths are printed relative to the mount's root, starting with "/"
@@ -380,7 +397,7 @@ def find(path, states, tier, inactive, older, sizes, owner, group, name, ftype, 
       tierfs find -a -0 /mnt/lab --state dual | xargs -0 tierfs release
       tierfs find --json --state lost /mnt/lab
     """
-    p = place_of(path, config_path)
+    p = place_of(path_here(path), config_path)
     q = _query(p, states, tier, inactive, older, sizes, owner, group, name, ftype)
     mp = p.target.mountpoint
     only = None if p.is_dir else p.ino
@@ -449,7 +466,7 @@ def _find_json(cat, q, mp, absolute, only) -> None:
 
 # ---- du ----------------------------------------------------------------------------
 @click.command(context_settings=CONTEXT)
-@click.argument("path", required=False, default=".", type=click.Path())
+@click.argument("path", required=False, type=click.Path())
 @click.option("--by", "by", type=click.Choice(["tier", "state", "owner"]),
               help="One breakdown only (default: by state and by tier).")
 @_config_opt
@@ -458,9 +475,9 @@ def _find_json(cat, q, mp, absolute, only) -> None:
 def du(path, by, config_path, exact, as_json):
     """Files and bytes under a directory by state, tier or owner.
 
-    Counted in the catalog under PATH (default: .), without walking the
-    mount. Bytes are logical file sizes; a file with copies on two tiers
-    counts on both.
+    Counted in the catalog under PATH (default: ., or outside a mount the
+    root of the only running one), without walking the mount. Bytes are
+    logical file sizes; a file with copies on two tiers counts on both.
 
     \b
     Examples:
@@ -468,7 +485,7 @@ def du(path, by, config_path, exact, as_json):
       tierfs du --by owner /mnt/lab/projects
       tierfs du --by tier --json /mnt/lab
     """
-    p = place_of(path, config_path)
+    p = place_of(path_here(path), config_path)
     if not p.is_dir:
         raise CliError(f"{path}: not a directory", client.EXIT_FAILED)
     q = FileQuery(under=p.ino if p.rel else None)

@@ -12,6 +12,7 @@ the command groups, one module each:
     importing.py  import
     policy.py     policy check | run
     fsck.py       fsck
+    config.py     config show | check | example
 
 Which mount, config and catalog a command acts on: target.py (the mount's
 runtime file, tierfs/runtime.py). The root imports the command modules,
@@ -28,7 +29,7 @@ import click
 
 from .. import errors
 from ..client import CliError
-from . import admin, files, fsck, importing, listing, mount, policy, queue
+from . import admin, config, files, fsck, importing, listing, mount, policy, queue
 from .common import CONTEXT, fail, failure
 
 
@@ -57,7 +58,7 @@ def cli():
     """
 
 
-for _module in (mount, files, listing, queue, admin, importing, policy, fsck):
+for _module in (mount, files, listing, queue, admin, importing, policy, fsck, config):
     for _command in _module.COMMANDS:
         cli.add_command(_command)
 

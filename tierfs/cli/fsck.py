@@ -20,13 +20,17 @@ from ..client import CliError
 from ..display import echo
 from ..redact import redact_url
 from .common import CONTEXT
-from .target import mount_config
+from .target import implied_mount, mount_config
 
 
 def _load(config_path: str | None, mountpoint: str | None):
     """(config, absolute mountpoint or None): --config wins; else a running
-    MOUNT's own config; else the usual lookup."""
+    MOUNT's own config; else the implied mount's (target.implied_mount);
+    else the usual lookup."""
     if mountpoint is None:
+        m = None if config_path else implied_mount()
+        if m is not None:
+            return mount_config(m)[0], m.mountpoint
         return config_mod.load(config_path), None
     mp = os.path.abspath(os.path.expanduser(mountpoint))
     m = mounts.find_mount(mp)

@@ -1,7 +1,8 @@
 """`tierfs policy check|run`: validate, preview and run lifecycle policies.
 
 Both read the config and the catalog directly (no mount needed): --config,
-else, run inside a mount, that mount's config (target.config_here), else
+else MOUNT's config, else the implied mount's (the one containing the
+working directory, else the only one running: target.implied_mount), else
 the usual lookup. A real
 `run` queues jobs in the catalog, which the mounted daemons' workers pick
 up within a second, and buries files of delete rules at once. It does not
@@ -30,8 +31,10 @@ from ..tiers import tier_class
 from .common import CONTEXT, config_option
 from .target import config_here
 
-_config_opt = config_option("TOML config (default: inside a mount, the mount's; else $TIERFS_CONFIG, "
-                            "/etc/tierfs/tierfs.toml, the embedded default)")
+_config_opt = config_option("TOML config (default: MOUNT's, else the mount the working directory is in, else "
+                            "the only running mount's; else $TIERFS_CONFIG, /etc/tierfs/tierfs.toml, the embedded "
+                            "default)")
+_mount_arg = click.argument("mount_path", metavar="[MOUNT]", required=False, type=click.Path())
 
 
 @click.group(context_settings=CONTEXT)
@@ -41,20 +44,22 @@ def policy():
     \b
     Examples:
       tierfs policy check
+      tierfs policy check /mnt/lab
       tierfs policy run --dry-run
-      tierfs policy run --rule cold
+      tierfs policy run --rule cold /mnt/lab
     """
 
 
 @policy.command(context_settings=CONTEXT)
+@_mount_arg
 @_config_opt
 @click.option("--json", "as_json", is_flag=True, help="JSON output.")
-def check(config_path, as_json):
+def check(mount_path, config_path, as_json):
     """Validate the policies and watermarks; list what each rule does.
 
     Exits 6 with a message naming the rule and the key when something is wrong.
     """
-    cfg = config_here(config_path)
+    cfg = config_here(config_path, mount_path)
     rules = parse_rules(cfg)
     marks = parse_watermarks(cfg)
     usage = {}
@@ -84,11 +89,12 @@ def check(config_path, as_json):
 
 
 @policy.command(context_settings=CONTEXT)
+@_mount_arg
 @_config_opt
 @click.option("--dry-run", "-n", is_flag=True, help="Only list what would be done.")
 @click.option("--rule", "names", multiple=True, metavar="NAME", help="Run only this rule (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object: actions, per-rule counts, totals.")
-def run(config_path, dry_run, names, as_json):
+def run(mount_path, config_path, dry_run, names, as_json):
     """Run the policies now (every enabled rule, or --rule NAME).
 
     Lists each file acted on with the rule and the values that matched,
@@ -100,7 +106,7 @@ def run(config_path, dry_run, names, as_json):
       tierfs policy run --rule cold --json
     """
     from ..catalog import open_catalog
-    cfg = config_here(config_path)
+    cfg = config_here(config_path, mount_path)
     rules = parse_rules(cfg)
     if not rules:
         raise CliError(f"{cfg.path or 'the embedded default config'} has no [[policy]] tables", client.EXIT_USAGE)

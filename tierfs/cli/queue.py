@@ -29,8 +29,12 @@ from .target import catalog_for
 def queue(mount_path, config_path, failed, show_all, cancel, cancel_all, retry, limit, as_json):
     """List pending, running and failed jobs (from the catalog).
 
+    RUN BY names the mount running a job: HOST/SESSION, the session (and
+    its host) that claimed it; waiting and failed jobs show "-".
+
     MOUNT_PATH (a mount or a path in it) selects the catalog that mount
-    uses; without it, --config or the usual config lookup does.
+    uses; without it, --config; else the mount the working directory is
+    in, else the only running mount; else the usual config lookup.
 
     \b
     Examples:
@@ -66,6 +70,7 @@ def queue(mount_path, config_path, failed, show_all, cancel, cancel_all, retry, 
         more = len(jobs) > limit > 0
         jobs = jobs[:limit] if more else jobs
         now = time.time_ns()
+        hosts = {s.id: s.host for s in cat.sessions()}   # a running job's claim: which mount runs it
         rows = []
         for j in jobs:
             try:
@@ -76,6 +81,8 @@ def queue(mount_path, config_path, failed, show_all, cancel, cancel_all, retry, 
             rows.append(dict(id=j.id, kind=str(j.kind), state="waiting" if waiting else str(j.state), **path,
                              target=j.target_tier, age_s=round((now - j.created_ns) / 1e9, 1), attempts=j.attempts,
                              last_error=j.last_error, cause=j.cause,
+                             session=j.session if j.state == JobState.RUNNING else None,
+                             host=hosts.get(j.session) if j.state == JobState.RUNNING else None,
                              next_attempt_s=round(max(0, j.not_before_ns - now) / 1e9, 1)
                              if j.state == JobState.PENDING else None))
         if as_json:
@@ -83,13 +90,14 @@ def queue(mount_path, config_path, failed, show_all, cancel, cancel_all, retry, 
         elif not rows:
             click.echo("no jobs")
         else:
-            click.echo(f"{'ID':>6} {'KIND':8} {'STATE':9} {'AGE':>8} {'TRIES':>5}  PATH")
+            click.echo(f"{'ID':>6} {'KIND':8} {'STATE':9} {'AGE':>8} {'TRIES':>5}  {'RUN BY':24} PATH")
             for r in rows:
                 err = f"  ({r['last_error']})" if r["last_error"] else ""
                 if r["state"] == "waiting" or r["next_attempt_s"]:
                     err += f", next attempt in {r['next_attempt_s']:.0f}s"
+                by = f"{r['host'] or '?'}/{r['session']}" if r["session"] else "-"
                 echo(f"{r['id']:>6} {r['kind']:8} {r['state']:9} {r['age_s']:>7.0f}s {r['attempts']:>5}  "
-                     f"{r['path']}{err}")
+                     f"{by:24} {r['path']}{err}")
         if more:
             echo(f"tierfs: showing the first {limit} jobs; there are more (--limit N, or --limit 0 for all)",
                  err=True)

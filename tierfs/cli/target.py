@@ -11,6 +11,13 @@ the embedded default). Either way the catalog must list the mount's live
 session (its user.tierfs.stats attribute), or the command stops with exit
 code 6 instead of answering from the wrong catalog.
 
+A command whose MOUNT is optional (queue, policy, find, du, fsck) given
+none acts on the implied mount (implied_mount): the one containing the
+working directory, else ($TIERFS_CONFIG unset) the only running mount of
+this user, else, with no mount running, the usual lookup; with several it
+asks to name one.
+`status` without MOUNT shows every running mount.
+
 Exit codes (tierfs/client.py): 3 not in a running tierfs mount, 4 no such
 file, 5 the runtime file or catalog is not readable by the caller, 6
 configuration, 7 catalog unreachable.
@@ -26,6 +33,7 @@ from dataclasses import dataclass
 from .. import client, config as config_mod, mounts, runtime, xattrs
 from ..catalog.base import SCHEMA_VERSION
 from ..client import CliError
+from ..display import printable
 from ..redact import redact_url
 
 
@@ -113,24 +121,67 @@ def open_catalog(t: Target):
     return cat
 
 
+def implied_mount() -> mounts.MountInfo | None:
+    """The mount a command given no MOUNT acts on, the one rule for all:
+    the running mount containing the working directory, else (unless
+    $TIERFS_CONFIG names a config) the only running mount of this user (the
+    one live runtime file where our daemons publish), else None (no mount:
+    the usual config lookup). Several: a
+    usage error listing them, since picking one would answer about the wrong
+    catalog."""
+    here = _cwd_mountpoint()
+    if here is not None and not mounts.is_stale(here):
+        return mounts.find_mount(here)
+    if os.environ.get("TIERFS_CONFIG"):
+        return None    # the caller named a config, as with --config
+    running = [m for m in (mounts.find_mount(r.mountpoint) for r in runtime.published())
+               if m is not None and not mounts.is_stale(m.mountpoint)]
+    if len(running) > 1:
+        raise CliError(f"{len(running)} tierfs mounts are running ({', '.join(printable(m.mountpoint) for m in running)}"
+                       "): name one, or run this inside it", client.EXIT_USAGE)
+    return running[0] if running else None
+
+
+def target_for(mount_path: str | None, config_path: str | None) -> Target:
+    """The target of a command taking an optional MOUNT: that mount; else
+    --config alone; else the implied mount; else the usual config lookup."""
+    if mount_path:
+        return target_of(mount_of(mount_path), config_path)
+    m = None if config_path else implied_mount()
+    return target_of(m, None) if m is not None else config_target(config_path)
+
+
 def catalog_for(mount_path: str | None, config_path: str | None):
-    """The catalog of the mount containing mount_path, else of the config;
-    CliError (exit 6, one line) when no tierfs has initialised it yet."""
-    t = target_of(mount_of(mount_path), config_path) if mount_path else config_target(config_path)
-    return open_catalog(t)
+    """The catalog of target_for(); CliError (exit 6, one line) when no
+    tierfs has initialised it yet."""
+    return open_catalog(target_for(mount_path, config_path))
 
 
-def config_here(config_path: str | None) -> config_mod.Config:
-    """--config if given, else the config of the mount the working directory
-    is in (`tierfs policy check` run inside a mount), else the usual lookup."""
-    if not config_path:
-        try:
-            m = mounts.mount_of(os.getcwd())
-        except OSError:   # the working directory was deleted, or is in a mount whose daemon died
-            m = None
-        if m is not None and not mounts.is_stale(m.mountpoint):
-            return mount_config(m)[0]
-    return config_mod.load(config_path)
+def config_here(config_path: str | None, mount_path: str | None = None) -> config_mod.Config:
+    """The config target_for() would use (`tierfs policy check [MOUNT]`),
+    without opening a catalog."""
+    if config_path:
+        return config_mod.load(config_path)
+    m = mount_of(mount_path) if mount_path else implied_mount()
+    return mount_config(m)[0] if m is not None else config_mod.load(None)
+
+
+def path_here(path: str | None) -> str:
+    """The PATH of `find`/`du` when none is given: the working directory
+    inside a mount, else the root of the implied mount, else "." (whose
+    error says it is in no mount)."""
+    if path is not None:
+        return path
+    m = implied_mount()
+    return m.mountpoint if m is not None and m.mountpoint != _cwd_mountpoint() else "."
+
+
+def _cwd_mountpoint() -> str | None:
+    try:
+        m = mounts.mount_of(os.getcwd())
+    except OSError:
+        return None
+    return m.mountpoint if m is not None else None
 
 
 @dataclass
