@@ -5,6 +5,7 @@ stderr and an exit code (common.failure, the one mapping), and registers
 the command groups, one module each:
 
     mount.py      mount, umount
+    mount_helper.py  install-helper (and mount(8)'s /sbin/mount.fuse.tierfs)
     files.py      state, archive, restore, release, migrate, wait, place (through the mount's xattrs)
     queue.py      queue (the catalog's jobs)
     admin.py      status, find, du (catalog queries)
@@ -27,7 +28,7 @@ import click
 
 from .. import errors
 from ..client import CliError
-from . import admin, files, fsck, importing, mount, policy, queue
+from . import admin, files, fsck, importing, mount, mount_helper, policy, queue
 from .common import CONTEXT, fail, failure
 
 
@@ -56,7 +57,7 @@ def cli():
     """
 
 
-for _module in (mount, files, queue, admin, importing, policy, fsck):
+for _module in (mount, mount_helper, files, queue, admin, importing, policy, fsck):
     for _command in _module.COMMANDS:
         cli.add_command(_command)
 
