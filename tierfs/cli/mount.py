@@ -254,5 +254,39 @@ def umount(mountpoint, lazy, timeout):
     click.echo(f"tierfs unmounted {mp}")
 
 
+@click.command(context_settings=CONTEXT)
+@click.argument("mountpoints", nargs=-1, type=click.Path(file_okay=False))
+def reload(mountpoints):
+    """Make tierfs daemons reopen their log and reload their configuration (SIGHUP).
 
-COMMANDS = (mount, umount)
+    Without MOUNTPOINT: every tierfs mount whose daemon this user can signal
+    (root: all); what logrotate's postrotate runs (systemd/logrotate). Each
+    daemon logs what the reload changed, or why it refused it.
+
+    \b
+    Examples:
+      tierfs reload /mnt/lab
+      tierfs reload                 # all of them
+    """
+    import signal
+    named = [os.path.abspath(os.path.expanduser(p)) for p in mountpoints]
+    targets = [m for m in mounts.tierfs_mounts() if not named or m.mountpoint in named]
+    missing = sorted(set(named) - {m.mountpoint for m in targets})
+    if missing:
+        raise CliError(f"{missing[0]}: not a tierfs mount", client.EXIT_NOT_TIERFS)
+    problems = []
+    for m in targets:
+        try:
+            rec = runtime.find(m.mountpoint, m.owner_uid)
+            if rec is None:
+                raise OSError(f"no runtime file of a live daemon in {', '.join(runtime.dirs_of(m.owner_uid))}")
+            os.kill(rec.pid, signal.SIGHUP)
+        except (runtime.Unreadable, OSError) as e:
+            problems.append(f"{m.mountpoint}: {e.strerror if getattr(e, 'strerror', None) else e}")
+            continue
+        click.echo(f"tierfs reloading {m.mountpoint} (pid {rec.pid}): see its log")
+    if problems and (named or os.getuid() == 0):
+        raise CliError("; ".join(problems))
+
+
+COMMANDS = (mount, umount, reload)
