@@ -166,3 +166,27 @@ def test_execstart_runs_as_under_systemd(tmp_path):
             proc.wait(timeout=30)
         notify.close()
         log.close()
+
+
+def install_steps(tmp_path) -> list[str]:
+    """The `install` lines of systemd/README.md's Install section, into tmp_path instead of /opt/tierfs."""
+    with open(os.path.join(ROOT, "systemd", "README.md")) as f:
+        text = f.read()
+    section = text.split("## Install", 1)[1].split("\n## ", 1)[0]
+    return [line.strip().split("#")[0].replace("/opt/tierfs", str(tmp_path))
+            for line in section.splitlines() if line.startswith("    install ") and "/opt/tierfs" in line]
+
+
+def test_documentation_names_files_the_install_steps_install(tmp_path):
+    steps = install_steps(tmp_path)
+    assert steps, "systemd/README.md's Install section installs nothing under /opt/tierfs"
+    for step in steps:
+        r = subprocess.run(["bash", "-ec", step], cwd=ROOT, capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, f"{step}: {r.stderr}"
+    docs = [u for v in parse("tierfs@.service")["Unit"]["Documentation"] for u in v.split()]
+    assert docs
+    for url in docs:
+        assert url.startswith("file:///opt/tierfs/"), f"{url}: not a file the install steps put in place"
+        path = url[len("file://"):].replace("/opt/tierfs", str(tmp_path))
+        assert os.path.isfile(path), f"Documentation={url} is not installed by systemd/README.md's steps"
+        assert os.path.getsize(path) > 0
