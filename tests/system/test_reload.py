@@ -212,3 +212,11 @@ def test_reload_refuses_what_cannot_change_live(mount, tmp_path, change, named):
     m.cli("archive", "--wait", m.path("after"))       # jobs still run, on the old tiers
     assert m.state("after") == "archived" and os.listdir(f"{m.home}/vault")
     assert mounts.find_mount(m.mnt) is not None
+
+
+def test_reload_command_refuses_what_is_not_a_tierfs_mount(mount, tmp_path):
+    r = mount.cli("reload", str(tmp_path), check=False)
+    assert r.returncode == 3 and r.stderr == f"tierfs: {tmp_path}: not a tierfs mount\n"
+    r = mount.cli("reload", mount.mnt)
+    assert r.stdout == f"tierfs reloading {mount.mnt} (pid {mount.pid}): see its log\n"
+    wait_for(lambda: "reload of" in mount.log(), 10, what="the reload logged")

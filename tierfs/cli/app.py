@@ -4,7 +4,7 @@ It turns every CliError / TierfsError a command raises into one line on
 stderr and an exit code (common.failure, the one mapping), and registers
 the command groups, one module each:
 
-    mount.py      mount, umount
+    mount.py      mount, umount, reload
     mount_helper.py  install-helper (and mount(8)'s /sbin/mount.fuse.tierfs)
     files.py      state, archive, restore, release, migrate, wait, place (through the mount's xattrs)
     queue.py      queue (the catalog's jobs)

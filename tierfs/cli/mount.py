@@ -1,4 +1,5 @@
-"""`tierfs mount` and `tierfs umount`.
+"""`tierfs mount`, `tierfs umount` and `tierfs reload` (SIGHUP to a mount's daemon,
+found by its runtime file: logrotate's postrotate).
 
 `tierfs mount` (without -f) starts `python -m tierfs.cli mount -f` in a new
 session and waits on a pipe until it reports "ready" or the error that
