@@ -124,43 +124,41 @@ def parse_args(argv: list[str]) -> tuple[str, str, list[str], set[str]]:
     return positional[0], positional[1], opts, flags
 
 
-def mount_args(argv: list[str]) -> tuple[list[str], bool]:
-    """The `tierfs mount` arguments for mount(8)'s helper command line, and
-    whether it is a fake mount (-f)."""
-    source, mountpoint, opts, flags = parse_args(argv)
-    args = ["mount", os.path.abspath(mountpoint)]
-    if source not in NO_SOURCE:
-        args += ["--config", os.path.abspath(source)]
+def mount_options(opts: list[str], sloppy: bool) -> list[str]:
+    """The `tierfs mount -o` values of mount(8)'s options (classify); -s: unknown ones ignored."""
+    out = []
     for opt in opts:
         try:
             value = classify(opt)
         except Refused:
-            if "s" in flags:
+            if sloppy:
                 continue
             raise CliError(f"unknown mount option {opt!r} (not a mount(8), FUSE or tierfs option; "
                            "config keys go as KEY=VALUE)", EXIT_INVOCATION) from None
         if value is not None:
-            args += ["-o", value]
-    return args, "f" in flags
+            out.append(value)
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
     """/sbin/mount.fuse.tierfs (module doc)."""
-    from .. import config as config_mod
+    from .. import config as config_mod, errors
     from .app import cli
     from .common import fail, failure
     from .mount import split_options
-    argv = sys.argv[1:] if argv is None else argv
     try:
-        args, fake = mount_args(argv)
-        if fake:
-            opts = tuple(args[i + 1] for i, a in enumerate(args) if a == "-o")
-            config_mod.load(args[args.index("--config") + 1] if "--config" in args else None,
-                            split_options(opts)[1])
+        source, mountpoint, opts, flags = parse_args(sys.argv[1:] if argv is None else argv)
+        config = None if source in NO_SOURCE else os.path.abspath(source)
+        values = mount_options(opts, sloppy="s" in flags)
+        if "f" in flags:   # fake: everything but the mount
+            config_mod.load(config, split_options(values)[1])
             return
-    except Exception as e:  # noqa: BLE001 - CliError / ConfigError: one line, mount(8)'s codes
+    except (CliError, errors.TierfsError) as e:
         msg, code = failure(e)
         fail(msg, code if code == EXIT_INVOCATION else EXIT_MOUNT_FAILURE)
+    args = ["mount", os.path.abspath(mountpoint), *(["--config", config] if config else [])]
+    for value in values:
+        args += ["-o", value]
     os.chdir("/")   # the daemon must not hold the caller's directory (mount(8) may run anywhere)
     try:
         cli.main(args=args, prog_name="tierfs", standalone_mode=False)
