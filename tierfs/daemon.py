@@ -60,8 +60,10 @@ def sd_notify(msg: str) -> None:
 class Daemon:
     """Everything one mount runs."""
 
-    def __init__(self, cfg: Config, mountpoint: str, catalog: Catalog | None = None):
+    def __init__(self, cfg: Config, mountpoint: str, catalog: Catalog | None = None,
+                 kernel_flags: tuple[str, ...] = ()):
         self.cfg = cfg
+        self.kernel_flags = kernel_flags   # `-o ro`, `-o noexec`, ...: for the kernel's mount (cli/mount.py)
         self.mountpoint = os.path.abspath(mountpoint)
         self.catalog = catalog
         self.session_id = uuid.uuid4().hex[:16]
@@ -119,6 +121,7 @@ class Daemon:
             if self.cfg.on_unclean == "refuse" and s.mountpoint == self.mountpoint:
                 raise errors.ConfigError(msg.replace("running recovery", "run `tierfs fsck` (on_unclean = refuse)"))
             log.warning(msg)
+            self.warnings.append(msg)
             self.catalog.end_session(s.id, clean=True)
         live_other = [s for s in self.catalog.sessions() if not s.clean]
         if not live_other:
@@ -213,7 +216,7 @@ class Daemon:
                 log.info("read_ahead_kb = %d not applied (%s): reads come in 128 KiB requests", kb, why)
 
     def fuse_options(self) -> set[str]:
-        opts = {"fsname=tierfs", "subtype=tierfs", "default_permissions"}
+        opts = {"fsname=tierfs", "subtype=tierfs", "default_permissions", *self.kernel_flags}
         if self.cfg.allow_other:
             opts.add("allow_other")
         if os.environ.get("TIERFS_NO_AUTO_UNMOUNT") != "1":

@@ -10,12 +10,18 @@ reopening it after logrotate.
   indented under their record, so no file name can start a line of its own
   or drive the terminal of whoever reads the log.
 - SIGHUP reopens the file at its original path (`reopen`): logrotate
-  renames the log, sends `kill -HUP`, and the daemon goes on in a new file.
+  renames the log, sends `kill -HUP` (systemd/logrotate), and the daemon
+  goes on in a new file.
+- A daemon started in the background keeps its records in memory until its
+  mount is live (`setup_logging(defer=True)`, then `start_log_file`): a
+  refused mount says why on the terminal and leaves no log file (nor its
+  directory) behind.
 """
 
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import os
 import sys
 
@@ -57,10 +63,9 @@ def open_log(path: str) -> int:
 
 
 def log_path(state_dir: str, key: str) -> str:
-    """The log file of the mount whose runtime key is `key` (its directory made private)."""
-    logdir = os.path.join(state_dir, "logs")
-    own_dir(logdir)
-    return os.path.join(logdir, key + ".log")
+    """The log file of the mount whose runtime key is `key` (nothing is created:
+    `start_log_file` makes its directory when the daemon first writes)."""
+    return os.path.join(state_dir, "logs", key + ".log")
 
 
 class LogFile(logging.FileHandler):
@@ -93,14 +98,29 @@ class LogFile(logging.FileHandler):
             self.release()
 
 
-def setup_logging(level: str, log_file: str | None = None) -> None:
-    """Root logging of the daemon: to `log_file`, else to stderr (under
-    systemd without timestamps of our own: journald adds them)."""
+def _formatter() -> logging.Formatter:
+    """Under systemd without timestamps of our own: journald adds them."""
     under_systemd = bool(os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"))
-    fmt = "%(levelname)s %(name)s: %(message)s" if under_systemd else \
-        "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    handler = LogFile(log_file) if log_file else logging.StreamHandler(sys.stderr)
-    handler.setFormatter(OneLineFormatter(fmt))
+    return OneLineFormatter("%(levelname)s %(name)s: %(message)s" if under_systemd else
+                            "%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+class _Held(logging.handlers.MemoryHandler):
+    """Records kept until the log file exists (module doc); a daemon logs a few
+    dozen lines before its mount is live, so no bound is needed."""
+
+    def __init__(self):
+        super().__init__(capacity=1 << 30, flushLevel=logging.CRITICAL + 1)
+
+
+def setup_logging(level: str, log_file: str | None = None, defer: bool = False) -> None:
+    """Root logging of the daemon: to `log_file`, else to stderr; `defer`:
+    held in memory until `start_log_file`."""
+    if defer:
+        handler = _Held()
+    else:
+        handler = LogFile(log_file) if log_file else logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_formatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     set_level(level)
@@ -112,6 +132,25 @@ def setup_logging(level: str, log_file: str | None = None) -> None:
 def set_level(level: str) -> None:
     """The config's log_level (at start and on reload)."""
     logging.getLogger().setLevel(level.upper())
+
+
+def start_log_file(path: str) -> None:
+    """Log to `path` from now on (its directory made private), with the records
+    held since `setup_logging(defer=True)` first; stdout and stderr go there
+    too (a background daemon must not keep the terminal of `tierfs mount`)."""
+    own_dir(os.path.dirname(path))
+    handler = LogFile(path)
+    handler.setFormatter(_formatter())
+    root = logging.getLogger()
+    for held in [h for h in root.handlers if isinstance(h, _Held)]:
+        held.setTarget(handler)
+        held.flush()
+        held.close()
+    root.handlers[:] = [handler]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    for fd in (sys.stdout.fileno(), sys.stderr.fileno()):
+        os.dup2(handler.stream.fileno(), fd)
 
 
 def reopen() -> bool:

@@ -4,21 +4,26 @@ the log, then `kill -HUP`), and it reloads the config file the daemon was
 started with: live keys (policies, job limits, log_level) take effect with
 one log line each; a change that needs a remount (catalog, a tier's
 location) or a file that does not parse is refused with one log line, and
-the running configuration stays, entirely."""
+the running configuration stays, entirely. The shipped logrotate example
+(systemd/logrotate) is run by the real logrotate, its postrotate `tierfs
+reload` finding the daemon by its runtime file."""
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import stat
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 
 from tierfs import mounts
-from tests.conftest import wait_for
+from tests.conftest import ROOT, wait_for
 
 pytestmark = pytest.mark.mount
 
@@ -90,6 +95,34 @@ def test_sighup_after_rotation_logs_to_a_new_file(mount):
     assert "tierfs mounted on" in old and "received SIGHUP" in old
     assert "log file reopened" in new and "tierfs mounted on" not in new
     with open(m.path("f"), "w") as f:                  # something the daemon logs afterwards
+        f.write("x")
+    m.cli("archive", "--wait", m.path("f"))
+    wait_for(lambda: "archived /f" in open(path).read(), 10, what="the archive logged in the new file")
+    assert "archived /f" not in open(path + ".1").read()
+
+
+def test_logrotate_example_rotates_and_the_daemon_writes_the_new_file(mount, tmp_path):
+    if shutil.which("logrotate") is None:
+        pytest.fail("logrotate is missing (./dev/install --test installs it)")
+    m = mount
+    path = log_file(m)
+    with open(os.path.join(ROOT, "systemd", "logrotate")) as f:
+        conf = f.read()
+    # the shipped file, with this mount's state_dir and this checkout's tierfs (postrotate names
+    # the mount: `tierfs reload` alone would signal every tierfs daemon on the machine)
+    conf = (conf.replace("/root/.local/share/tierfs/state/logs/", os.path.dirname(path) + "/")
+            .replace("/opt/tierfs/bin/tierfs reload", f"{sys.executable} -m tierfs.cli reload {m.mnt}"))
+    assert conf.count(os.path.dirname(path)) == 1 and m.mnt in conf
+    (tmp_path / "logrotate.conf").write_text(conf)
+    r = subprocess.run(["logrotate", "--force", "--state", str(tmp_path / "status"), str(tmp_path / "logrotate.conf")],
+                       capture_output=True, text=True, timeout=60, cwd=ROOT,
+                       env=dict(m.env, PYTHONPATH=ROOT))
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: os.path.exists(path) and "log file reopened" in open(path).read(), 10,
+             what="the daemon's new log file")
+    with open(path + ".1") as f:        # delaycompress: the newest rotated file stays plain
+        assert "tierfs mounted on" in f.read()
+    with open(m.path("f"), "w") as f:
         f.write("x")
     m.cli("archive", "--wait", m.path("f"))
     wait_for(lambda: "archived /f" in open(path).read(), 10, what="the archive logged in the new file")
@@ -179,3 +212,11 @@ def test_reload_refuses_what_cannot_change_live(mount, tmp_path, change, named):
     m.cli("archive", "--wait", m.path("after"))       # jobs still run, on the old tiers
     assert m.state("after") == "archived" and os.listdir(f"{m.home}/vault")
     assert mounts.find_mount(m.mnt) is not None
+
+
+def test_reload_command_refuses_what_is_not_a_tierfs_mount(mount, tmp_path):
+    r = mount.cli("reload", str(tmp_path), check=False)
+    assert r.returncode == 3 and r.stderr == f"tierfs: {tmp_path}: not a tierfs mount\n"
+    r = mount.cli("reload", mount.mnt)
+    assert r.stdout == f"tierfs reloading {mount.mnt} (pid {mount.pid}): see its log\n"
+    wait_for(lambda: "reload of" in mount.log(), 10, what="the reload logged")

@@ -166,3 +166,53 @@ def test_execstart_runs_as_under_systemd(tmp_path):
             proc.wait(timeout=30)
         notify.close()
         log.close()
+
+
+def install_steps(tmp_path) -> list[str]:
+    """The `install` lines of systemd/README.md's Install section, into tmp_path instead of /opt/tierfs."""
+    with open(os.path.join(ROOT, "systemd", "README.md")) as f:
+        text = f.read()
+    section = text.split("## Install", 1)[1].split("\n## ", 1)[0]
+    return [line.strip().split("#")[0].replace("/opt/tierfs", str(tmp_path))
+            for line in section.splitlines() if line.startswith("    install ") and "/opt/tierfs" in line]
+
+
+def test_documentation_names_files_the_install_steps_install(tmp_path):
+    steps = install_steps(tmp_path)
+    assert steps, "systemd/README.md's Install section installs nothing under /opt/tierfs"
+    for step in steps:
+        r = subprocess.run(["bash", "-ec", step], cwd=ROOT, capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, f"{step}: {r.stderr}"
+    docs = [u for v in parse("tierfs@.service")["Unit"]["Documentation"] for u in v.split()]
+    assert docs
+    for url in docs:
+        assert url.startswith("file:///opt/tierfs/"), f"{url}: not a file the install steps put in place"
+        path = url[len("file://"):].replace("/opt/tierfs", str(tmp_path))
+        assert os.path.isfile(path), f"Documentation={url} is not installed by systemd/README.md's steps"
+        assert os.path.getsize(path) > 0
+
+
+def test_readme_fstab_line_is_a_network_mount_for_systemd(tmp_path):
+    """The fstab line systemd/README.md documents, through the real
+    systemd-fstab-generator: a mount unit of type fuse.tierfs that
+    remote-fs.target requires (so it waits for the network: _netdev)."""
+    generator = "/lib/systemd/system-generators/systemd-fstab-generator"
+    if not os.access(generator, os.X_OK):
+        pytest.fail(f"{generator} is missing (apt-get install systemd)")
+    with open(os.path.join(ROOT, "systemd", "README.md")) as f:
+        lines = [ln.strip() for ln in f if " fuse.tierfs " in ln and not ln.lstrip().startswith(("mount", "-"))]
+    assert len(lines) == 1, lines
+    what, where, fstype, options, *_ = lines[0].split()
+    (tmp_path / "fstab").write_text(lines[0] + "\n")
+    out = [tmp_path / d for d in ("normal", "early", "late")]
+    for d in out:
+        d.mkdir()
+    r = subprocess.run([generator, *map(str, out)], capture_output=True, text=True, timeout=30,
+                       env=dict(os.environ, SYSTEMD_FSTAB=str(tmp_path / "fstab"), SYSTEMD_LOG_LEVEL="err"))
+    assert r.returncode == 0, r.stderr
+    unit = subprocess.run(["systemd-escape", "--path", "--suffix=mount", where], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    text = (out[0] / unit).read_text()
+    assert f"What={what}\n" in text and f"Where={where}\n" in text and "Type=fuse.tierfs\n" in text
+    assert f"Options={options}\n" in text and "Before=remote-fs.target" in text
+    assert (out[0] / "remote-fs.target.requires" / unit).is_symlink()

@@ -4,7 +4,8 @@ It turns every CliError / TierfsError a command raises into one line on
 stderr and an exit code (common.failure, the one mapping), and registers
 the command groups, one module each:
 
-    mount.py      mount, umount
+    mount.py      mount, umount, reload
+    mount_helper.py  install-helper (and mount(8)'s /sbin/mount.fuse.tierfs)
     files.py      state, archive, restore, release, migrate, wait, place (through the mount's xattrs)
     queue.py      queue (the catalog's jobs)
     admin.py      status, find, du (catalog queries)
@@ -29,7 +30,7 @@ import click
 
 from .. import errors
 from ..client import CliError
-from . import admin, config, files, fsck, importing, listing, mount, policy, queue
+from . import admin, config, files, fsck, importing, listing, mount, mount_helper, policy, queue
 from .common import CONTEXT, fail, failure
 
 
@@ -58,7 +59,7 @@ def cli():
     """
 
 
-for _module in (mount, files, listing, queue, admin, importing, policy, fsck, config):
+for _module in (mount, mount_helper, files, listing, queue, admin, importing, policy, fsck, config):
     for _command in _module.COMMANDS:
         cli.add_command(_command)
 

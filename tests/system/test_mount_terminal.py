@@ -1,0 +1,53 @@
+"""What `tierfs mount` (in the background) says on its own terminal, and
+what a refused mount leaves behind: nothing.
+
+- the unclean-stop warning after a killed daemon is printed on the stderr
+  of the `tierfs mount` that recovers, not only written to the log;
+- a mount its daemon refuses (a bad [[policy]], found only when the daemon
+  opens) says why in one line and creates neither the state directory nor
+  a log file; the daemon's records before the mount went live reach the log
+  of a mount that succeeds."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tierfs import mounts
+
+pytestmark = pytest.mark.mount
+
+
+def test_unclean_stop_warning_on_the_terminal(mount):
+    m = mount
+    dead = m.pid
+    m.kill()
+    assert mounts.wait_mounted(m.mnt, 10, mounted=False)
+    r = m.cli("mount", m.mnt, "--config", m.config_path)
+    m.pid = int(r.stdout.split("(pid ")[1].split(",")[0])
+    line = f"tierfs: the previous tierfs daemon (pid {dead}, mounted on {m.mnt}) did not unmount cleanly; " \
+           "running recovery\n"
+    assert r.stderr == line
+    assert line[len("tierfs: "):].strip() in m.log()
+    m.stop()
+    r = m.cli("mount", m.mnt, "--config", m.config_path)   # a clean stop: nothing to say
+    m.pid = int(r.stdout.split("(pid ")[1].split(",")[0])
+    assert r.stderr == ""
+
+
+def test_refused_mount_creates_no_state_dir_or_log(make_mount):
+    m = make_mount(config='[[policy]]\nname = "x"\naction = "bogus"\n', start=False)
+    m.write_config()
+    state = os.path.join(m.home, "state")
+    r = m.cli("mount", m.mnt, "--config", m.config_path, check=False)
+    assert r.returncode == 6, r.stderr
+    assert r.stderr == "tierfs: configuration: policy 'x': action: expected one of archive, release, migrate, " \
+                       "delete, got 'bogus'\n"
+    assert not os.path.exists(state), os.listdir(state)
+    assert mounts.find_mount(m.mnt) is None
+
+
+def test_records_before_ready_reach_the_log(mount):
+    log = mount.log()
+    assert "tierfs mounted on" in log and log.index("catalog") < log.index("tierfs mounted on")
