@@ -232,7 +232,7 @@ class Daemon:
 
     def run(self, on_ready=lambda: None) -> None:
         ops = Operations(self.fs, attr_timeout=self.cfg.attr_timeout, entry_timeout=self.cfg.entry_timeout,
-                         xattrs=self.cfg.xattrs,
+                         xattrs=self.cfg.xattrs, metrics=self.engine.metrics and self.engine.metrics.requests,
                          after_init=lambda: trio.lowlevel.current_trio_token().run_sync_soon(self._after_init))
         try:
             pyfuse3.init(ops, self.mountpoint, self.fuse_options())
