@@ -22,18 +22,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tierfs.catalog import open_catalog
 from tests.conftest import wait_for
+from tests.mount.test_policy import COLD   # archive to vault what is 90 days idle and 1MB+, every 2s
 
 pytestmark = pytest.mark.mount
-
-COLD = """
-[[policy]]
-name = "cold"
-action = "archive"
-to = "vault"
-inactive_for = "90d"
-interval = "3s"
-"""
-
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -100,7 +91,7 @@ def test_metrics_count_what_the_mount_did(make_mount, catalog_url):
     m.sh("""
         head -c 300000 /dev/urandom > a
         head -c 200000 /dev/urandom > b
-        head -c 100000 /dev/urandom > old
+        head -c 1500000 /dev/urandom > old
         touch -d '100 days ago' old
     """)
     written = scrape(port)
@@ -136,7 +127,7 @@ def test_metrics_count_what_the_mount_did(make_mount, catalog_url):
     ran = wait_for(lambda: (s := scrape(port)) and value(s, "tierfs_policy_runs_total", rule="cold",
                                                          trigger="interval") >= 1 and s, what="a policy run counted")
     assert value(ran, "tierfs_policy_files_total", rule="cold", action="archive") == 1
-    assert value(ran, "tierfs_policy_bytes_total", rule="cold", action="archive") == 100000
+    assert value(ran, "tierfs_policy_bytes_total", rule="cold", action="archive") == 1500000
 
     # The catalog figures agree with `tierfs status` and the catalog's own counts (they may be a second old).
     def agree():
