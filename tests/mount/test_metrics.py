@@ -211,3 +211,5 @@ def test_a_port_in_use_stops_the_mount(make_mount):
     assert f"metrics_listen = '127.0.0.1:{port}': cannot listen there: Address already in use" in r.stderr
     assert not os.path.ismount(m.mnt)
     assert subprocess.run(["findmnt", m.mnt], capture_output=True).returncode == 1
+    m.start()   # the refused daemon ended its session: nothing to recover
+    assert "did not unmount cleanly" not in m.log() + m.cli("status", m.mnt).stdout
