@@ -124,6 +124,8 @@ class Offline:
         if self.waiters >= self.max_waiters:
             raise errors.TryAgain("too many opens waiting for restores")
         self.waiters += 1
+        t0 = time.monotonic()
+        outcome = "error"
         try:
             with trio.move_on_after(self.cfg.block_timeout):
                 while True:
@@ -133,6 +135,7 @@ class Offline:
                     self._raise_if_full(inode.ino)
                     fresh = await self.fs.fetch(self.fs.catalog.get, inode.ino)
                     if fresh.state in READABLE_STATES:
+                        outcome = "restored"
                         return fresh
                     if fresh.state == State.LOST:
                         raise errors.TierfsError(f"inode {inode.ino} is lost", err=errno.EIO)
@@ -144,9 +147,11 @@ class Offline:
                             raise errors.TierfsError(f"restore of inode {inode.ino} failed: {failed[-1].last_error}",
                                                      err=errno.EIO)
                         await self.requests.queue(fresh, "restore", {}, caller, cause="open (requeue)", check_perm=False)
+            outcome = "timeout"
             raise errors.TryAgain(f"restore of inode {inode.ino} did not finish within block_timeout")
         finally:
             self.waiters -= 1
+            self.fs.events.restore_waited(time.monotonic() - t0, outcome)
 
     def _raise_if_full(self, ino: int) -> None:
         """A restore that waits for space on its online tier fails its openers

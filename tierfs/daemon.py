@@ -95,10 +95,14 @@ class Daemon:
             id=self.session_id, host=socket.gethostname(), pid=os.getpid(), mountpoint=self.mountpoint,
             started_ns=now_ns(), heartbeat_ns=now_ns()))
         self._default_kernel_caches(self.cfg)
-        self.engine = build_engine(self.cfg, self.catalog, tiers, self.session_id,
-                                   staging_dir=os.path.join(self.cfg.state_dir, "staging",
-                                                            mounts.runtime_key(self.mountpoint)),
-                                   passthrough=Passthrough(self.cfg.passthrough), mountpoint=self.mountpoint)
+        try:
+            self.engine = build_engine(self.cfg, self.catalog, tiers, self.session_id,
+                                       staging_dir=os.path.join(self.cfg.state_dir, "staging",
+                                                                mounts.runtime_key(self.mountpoint)),
+                                       passthrough=Passthrough(self.cfg.passthrough), mountpoint=self.mountpoint)
+        except BaseException:   # refused (metrics port in use, unknown archivers group): nothing to recover
+            self.catalog.end_session(self.session_id, clean=True)
+            raise
         self.fs = self.engine.fs
 
     def _default_kernel_caches(self, cfg: Config) -> None:
@@ -235,7 +239,7 @@ class Daemon:
 
     def run(self, on_ready=lambda: None) -> None:
         ops = Operations(self.fs, attr_timeout=self.cfg.attr_timeout, entry_timeout=self.cfg.entry_timeout,
-                         xattrs=self.cfg.xattrs,
+                         xattrs=self.cfg.xattrs, metrics=self.engine.metrics and self.engine.metrics.requests,
                          after_init=lambda: trio.lowlevel.current_trio_token().run_sync_soon(self._after_init))
         try:
             pyfuse3.init(ops, self.mountpoint, self.fuse_options())

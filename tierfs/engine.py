@@ -27,6 +27,7 @@ from .fs import FileSystem
 from .gc import GarbageCollector
 from .heartbeat import Heartbeat
 from .jobs import JobRunner
+from .metrics import Metrics
 from .notify import Notifier
 from .passthrough import NoPassthrough
 from .policy.scheduler import PolicyScheduler
@@ -62,6 +63,7 @@ class Engine:
     policy: PolicyScheduler
     gc: GarbageCollector
     services: Services
+    metrics: Metrics | None = None   # metrics_listen set: served over HTTP (metrics.py)
 
     def start(self, nursery: trio.Nursery) -> None:
         for s in self.services.all:
@@ -87,16 +89,25 @@ def build_engine(cfg, catalog: Catalog, tiers: dict[str, Tier], session_id: str,
     requests, job runner, policy scheduler and every background service.
     `clock`: the policy scheduler's (default the system clock); `passthrough`:
     FUSE passthrough of the mount (default none: no kernel); `mountpoint`:
-    what notify_command is told (TIERFS_MOUNT). Raises
-    ConfigError for an unknown archivers group or an invalid [[policy]]."""
+    what notify_command is told (TIERFS_MOUNT). With `metrics_listen` set,
+    the catalog's and the tiers' calls are instrumented (metrics.py) and the
+    metrics server listens before this returns. Raises ConfigError for an
+    unknown archivers group, an invalid [[policy]] or a metrics address in use."""
     services = Services()
+    metrics = None
+    if cfg.metrics_listen:
+        metrics = Metrics(cfg.metrics_listen, catalog_url=cfg.catalog, session=session_id,
+                          tiers={name: t.archive for name, t in tiers.items()})
+        metrics.instrument_catalog(catalog)
+        for t in tiers.values():
+            metrics.instrument_tier(t)
     fs = FileSystem(cfg, catalog, tiers, session_id,
                     staging_dir=staging_dir or os.path.join(cfg.state_dir, "staging"),
                     events=services, offline=Offline, requests=Requests, passthrough=passthrough)
     gc = services.gc = GarbageCollector(catalog, fs.cat, tiers, fs.files)
     notifier = Notifier(fs, cfg, mountpoint)
     runner = JobRunner(fs, cfg, session_id, ended=notifier.job_ended)
-    policy = PolicyScheduler(fs, cfg, session_id, clock=clock)
+    policy = PolicyScheduler(fs, cfg, session_id, clock=clock, ran=metrics.policy_ran if metrics else None)
     services.add(gc)
     services.add(Task(fs.checksums.run))
     services.add(Heartbeat(catalog, fs.cat, session_id, cfg, fs.files, services))
@@ -106,5 +117,8 @@ def build_engine(cfg, catalog: Catalog, tiers: dict[str, Tier], session_id: str,
     services.add(policy)
     services.jobs = services.add(JobService(runner))
     services.add(notifier)   # stops after the jobs: what ended before the unmount is still told
+    if metrics is not None:
+        metrics.bind()   # last: nothing after it can fail and leave the port open
+        services.metrics = services.add(metrics)   # stops last: a scrape during the flush still answers
     return Engine(fs=fs, offline=fs.offline, requests=fs.requests, jobs=runner, policy=policy, gc=gc,
-                  services=services)
+                  services=services, metrics=metrics)

@@ -1,7 +1,8 @@
 """pyfuse3 Operations: a thin translation layer over tierfs.fs.FileSystem.
 
 Converts pyfuse3 arguments to domain calls and Inodes to EntryAttributes,
-counts nothing itself (the engine does), and maps exceptions to errno in one
+counts nothing itself (the engine does; with metrics on, `_guard` times each
+request and tells metrics.RequestMetrics), and maps exceptions to errno in one
 place (`_guard`): a TierfsError becomes its errno; any other exception is
 logged with its traceback and answered as EIO, so no handler can kill the
 mount (pyfuse3 would end its main loop on anything but FUSEError).
@@ -12,6 +13,8 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import time
+from typing import TYPE_CHECKING
 
 import pyfuse3
 import trio
@@ -19,6 +22,9 @@ import trio
 from . import errors, faults
 from .catalog.base import Inode, State
 from .fs import Caller, FileSystem
+
+if TYPE_CHECKING:
+    from .metrics import RequestMetrics
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +35,19 @@ def _guard(fn):
     @functools.wraps(fn)
     async def wrapper(self, *args):
         self.fs.count_request(name)
+        if self.metrics is None:
+            return await answer(self, args)
+        t0 = time.perf_counter()
+        err = 0
+        try:
+            return await answer(self, args)
+        except pyfuse3.FUSEError as e:
+            err = e.errno
+            raise
+        finally:
+            self.metrics.observe(name, time.perf_counter() - t0, err)
+
+    async def answer(self, args):
         try:
             if faults.ACTIVE:
                 faults.bug(fn.__name__)
@@ -69,9 +88,10 @@ class Operations(pyfuse3.Operations):
     enable_acl = False
 
     def __init__(self, fs: FileSystem, *, attr_timeout: float = 1.0, entry_timeout: float = 1.0,
-                 xattrs: bool = True, after_init=None):
+                 xattrs: bool = True, after_init=None, metrics: RequestMetrics | None = None):
         super().__init__()
         self.fs = fs
+        self.metrics = metrics  # times and counts each request (metrics.py); None: metrics off
         self.attr_timeout = attr_timeout
         self.entry_timeout = entry_timeout
         self.xattrs = xattrs
@@ -302,6 +322,8 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOSYS)
         if not name.startswith(b"user."):
             self.fs.count_request("getxattr")
+            if self.metrics is not None:   # counted with the others; its time is nothing worth a clock read
+                self.metrics.observe("getxattr", 0.0, errno.EOPNOTSUPP)
             raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         return await self._getxattr(inode, name, ctx)
 

@@ -32,6 +32,11 @@ class Collector(Service, Protocol):
         """Objects became garbage: collect them soon, in a batch (gc.GarbageCollector)."""
 
 
+class Observer(Service, Protocol):
+    def restore_waited(self, seconds: float, outcome: str) -> None:
+        """See Events.restore_waited (metrics.Metrics)."""
+
+
 class Events(Protocol):
     """What the engine tells the background services."""
 
@@ -45,6 +50,10 @@ class Events(Protocol):
     def queued(self) -> None:
         """A job was queued: the job runner should look."""
 
+    def restore_waited(self, seconds: float, outcome: str) -> None:
+        """An open or a read blocked `seconds` for a restore, which ended with
+        `outcome` ("restored", "timeout", "error"): for the metrics."""
+
 
 class NoEvents:
     """Events of an engine without background services."""
@@ -56,6 +65,9 @@ class NoEvents:
         pass
 
     def queued(self) -> None:
+        pass
+
+    def restore_waited(self, seconds: float, outcome: str) -> None:
         pass
 
 
@@ -93,16 +105,21 @@ class Idle:
     def deleted(self) -> None:
         pass
 
+    def restore_waited(self, seconds: float, outcome: str) -> None:
+        pass
+
 
 class Services:
     """The mount's services, and the Events implementation that wakes them.
-    The collector and the job runner have roles of their own: a deletion
-    wakes only the collector (batched), a queued job only the runner."""
+    The collector, the job runner and the metrics have roles of their own: a
+    deletion wakes only the collector (batched), a queued job only the runner,
+    and only the metrics hear of restore waits."""
 
     def __init__(self):
         self.all: list[Service] = []
         self.gc: Collector = Idle()
         self.jobs: Service = Idle()
+        self.metrics: Observer = Idle()
 
     def add(self, service: Service) -> Service:
         self.all.append(service)
@@ -125,3 +142,6 @@ class Services:
 
     def queued(self) -> None:
         self.jobs.wake()
+
+    def restore_waited(self, seconds: float, outcome: str) -> None:
+        self.metrics.restore_waited(seconds, outcome)

@@ -80,6 +80,23 @@ def _argv(v):
     return argv
 
 
+def split_listen(v: str) -> tuple[str, int]:
+    """"HOST:PORT" (an IPv6 host in brackets: "[::1]:9108") -> (host, port);
+    ValueError saying the expected form."""
+    host, colon, port = v.rpartition(":") if isinstance(v, str) else ("", "", "")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not colon or not host or not port.isdigit() or not 1 <= int(port) <= 65535 or any(c in host for c in "[]/ "):
+        raise ValueError(f"expected HOST:PORT like '127.0.0.1:9108' (port 1-65535), got {v!r}")
+    return host, int(port)
+
+
+def _listen(v):
+    split_listen(v)
+    return v
+
+
+#: an address to listen on: "127.0.0.1:9108", "[::1]:9108", "metrics.lab:9108"
+Listen = Annotated[str, BeforeValidator(_listen)]
 #: a command run without a shell: "notify-send 'restore done'" or ["mail", "-s", "done", "ops"]
 Argv = Annotated[list[str], BeforeValidator(_argv)]
 #: user or group names or ids, one or a list
@@ -337,6 +354,8 @@ class Settings(Table):
                                           "(0: one run per event)")
     on_unclean: Literal["warn", "refuse"] = Field("warn", description="previous daemon died without unmounting")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+    metrics_listen: Listen | None = Field(None, description="serve Prometheus metrics over HTTP on HOST:PORT "
+                                          "(no authentication: keep it on 127.0.0.1 or a trusted network)")
     track: Literal["open", "read"] = Field("open", description="what counts as an access")
     atime_flush: Duration = Field(60.0, description="access times reach the catalog this often")
     heartbeat_interval: Duration = Field(5.0, description="how often a mount records that it is alive")

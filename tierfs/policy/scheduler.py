@@ -90,9 +90,10 @@ def check_policies(cfg) -> None:
 class PolicyScheduler:
     """Runs the config's rules on intervals and watermarks (see module doc)."""
 
-    def __init__(self, fs, cfg, session_id: str, clock=None):
+    def __init__(self, fs, cfg, session_id: str, clock=None, ran=None):
         """fs: the FileSystem, or a function returning it (the daemon builds
-        it after the configuration, policies included, has been checked)."""
+        it after the configuration, policies included, has been checked);
+        ran(report, {rule name: action}): told of every run (metrics.Metrics.policy_ran)."""
         self._fs = fs
         self.cfg = cfg                              # the daemon's live Config (a reload changes it in place)
         self.session_id = session_id
@@ -110,6 +111,7 @@ class PolicyScheduler:
         self.runs: Counter = Counter()              # rule name or "watermark TIER" -> runs (for tests)
         self.reports: list[Report] = []             # the last few reports (for tests and debugging)
         self._wake = trio.Event()
+        self.ran = ran or (lambda report, actions: None)
 
     def check_config(self, cfg) -> None:
         """ConfigError naming the rule or tier unless `cfg`'s policies and watermarks are valid (reload)."""
@@ -245,6 +247,7 @@ class PolicyScheduler:
     def _remember(self, what: str, report: Report) -> None:
         self.runs[what] += 1
         self.reports = (self.reports + [report])[-20:]
+        self.ran(report, {r.name: r.action for r in self.rules})
 
     async def _busy(self, tier: str) -> bool:
         """True while jobs of the tier's previous watermark run are active (or settling)."""
