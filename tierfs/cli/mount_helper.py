@@ -142,10 +142,10 @@ def mount_options(opts: list[str], sloppy: bool) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     """/sbin/mount.fuse.tierfs (module doc)."""
+    # tierfs mount's own command, not the root group (app.py imports this module: no cycle)
     from .. import config as config_mod, errors
-    from .app import cli
     from .common import fail, failure
-    from .mount import split_options
+    from .mount import mount, split_options
     try:
         source, mountpoint, opts, flags = parse_args(sys.argv[1:] if argv is None else argv)
         config = None if source in NO_SOURCE else os.path.abspath(source)
@@ -156,12 +156,15 @@ def main(argv: list[str] | None = None) -> None:
     except (CliError, errors.TierfsError) as e:
         msg, code = failure(e)
         fail(msg, code if code == EXIT_INVOCATION else EXIT_MOUNT_FAILURE)
-    args = ["mount", os.path.abspath(mountpoint), *(["--config", config] if config else [])]
+    args = [os.path.abspath(mountpoint), *(["--config", config] if config else [])]
     for value in values:
         args += ["-o", value]
     os.chdir("/")   # the daemon must not hold the caller's directory (mount(8) may run anywhere)
     try:
-        cli.main(args=args, prog_name="tierfs", standalone_mode=False)
+        mount.main(args=args, prog_name="tierfs mount", standalone_mode=False)
+    except (CliError, errors.TierfsError) as e:   # what the root group turns into a line and an exit code
+        msg, code = failure(e)
+        fail(msg, EXIT_INVOCATION if code == client.EXIT_USAGE else EXIT_MOUNT_FAILURE)
     except SystemExit as e:
         if e.code:
             sys.exit(EXIT_INVOCATION if e.code == client.EXIT_USAGE else EXIT_MOUNT_FAILURE)
