@@ -72,7 +72,8 @@ def mount_config(m: mounts.MountInfo) -> tuple[config_mod.Config, str, runtime.M
                        f"{os.getuid()} (it may hold credentials); ask its owner, or run this as uid {rec.uid} or root",
                        client.EXIT_PERMISSION)
     cfg = config_mod.read(rec.config, rec.overrides, home=rec.home)
-    opts = "".join(f" -o {k}={v}" for k, v in rec.overrides.items())
+    # as they were typed: -o allow_other=true (the record holds parsed values, Python's True)
+    opts = "".join(f" -o {k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in rec.overrides.items())
     return cfg, f"daemon pid {rec.pid}: {rec.config or 'embedded default'}{opts}", rec
 
 
