@@ -15,6 +15,7 @@ was started with (`reload`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -75,11 +76,19 @@ class Daemon:
     def open(self) -> None:
         from .policy.scheduler import check_policies
         check_policies(self.cfg)   # [[policy]] errors stop the mount before it registers
-        prepare_embedded_dirs(self.cfg)
-        if self.catalog is None:
-            self.catalog = open_catalog(self.cfg.catalog)
-        self.catalog.hold_for_mount(self.mountpoint)   # before init(): a second daemon must not even migrate it
-        self.catalog.init(root_uid=os.getuid(), root_gid=os.getgid())
+        made_state_dir = not os.path.isdir(self.cfg.state_dir)
+        prepare_embedded_dirs(self.cfg)   # the state directory first: a config may keep its catalog there
+        try:
+            if self.catalog is None:
+                self.catalog = open_catalog(self.cfg.catalog)
+            self.catalog.hold_for_mount(self.mountpoint)   # before init(): a second daemon must not even migrate it
+            self.catalog.init(root_uid=os.getuid(), root_gid=os.getgid())
+        except BaseException:
+            # Refused (catalog unreachable, held by another daemon, newer): no empty state directory left behind.
+            if made_state_dir:
+                with contextlib.suppress(OSError):
+                    os.rmdir(self.cfg.state_dir)
+            raise
         tiers = self.cfg.make_tiers()
         for t in tiers.values():
             try:

@@ -48,6 +48,21 @@ def test_refused_mount_creates_no_state_dir_or_log(make_mount):
     assert mounts.find_mount(m.mnt) is None
 
 
+def test_mount_refused_for_an_unreachable_catalog_leaves_no_state_dir(make_mount):
+    """The catalog is opened after the state directory is made (a config may
+    keep an SQLite catalog there); a mount refused there removes the empty
+    directory it made, so a typo in a catalog URL leaves nothing behind."""
+    url = "mongodb://127.0.0.1:9/tierfs?serverSelectionTimeoutMS=500&connectTimeoutMS=500"
+    m = make_mount(catalog_url=url, start=False)
+    m.write_config()
+    state = os.path.join(m.home, "state")
+    r = m.cli("mount", m.mnt, "--config", m.config_path, check=False)
+    assert r.returncode == 7, r
+    assert len(r.stderr.splitlines()) == 1 and "127.0.0.1:9" in r.stderr, r.stderr
+    assert not os.path.exists(state), os.listdir(state)
+    assert mounts.find_mount(m.mnt) is None
+
+
 def test_records_before_ready_reach_the_log(mount):
     log = mount.log()
     assert "tierfs mounted on" in log and log.index("catalog") < log.index("tierfs mounted on")
