@@ -316,7 +316,7 @@ def test_in_place_import_of_a_tier_root_names_the_tiers_own_directories(make_mou
     r = m.cli("import", "--in-place", str(vol), m.path("vol"))
     assert f"  objects/ and tmp/ under {vol} are tier volume's own directories (its objects): skipped\n" \
         in r.stdout, r.stdout
-    assert "  1 entries ignored (sockets, FIFOs, devices, other file systems)\n" in r.stdout, r.stdout
+    assert "  1 entry ignored (sockets, FIFOs, devices, other file systems)\n" in r.stdout, r.stdout
     assert sorted(os.listdir(m.path("vol"))) == ["data"]
     s = json.loads(m.cli("import", "--in-place", "--json", str(vol), m.path("vol")).stdout)
     assert (s["ignored"], sorted(s["tier_dirs"])) == (1, [str(vol / "objects"), str(vol / "tmp")]), s

@@ -185,7 +185,7 @@ def _print_summary(s, src: str, dest: str, tier: str | None, as_json: bool) -> N
         echo(f"  {names} under {src} {'are' if len(s.tier_dirs) > 1 else 'is'} tier {tier}'s own "
              f"{'directories' if len(s.tier_dirs) > 1 else 'directory'} (its objects): skipped")
     if s.ignored:
-        echo(f"  {s.ignored} entries ignored (sockets, FIFOs, devices, other file systems)")
+        echo(f"  {s.ignored} {'entry' if s.ignored == 1 else 'entries'} ignored (sockets, FIFOs, devices, other file systems)")
     for e in s.errors[:20]:
         echo(f"tierfs: {e}", err=True)
     if len(s.errors) > 20:
