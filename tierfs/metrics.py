@@ -215,7 +215,7 @@ class CatalogFigures(Collector):
         up = GaugeMetricFamily("tierfs_tier_healthy", "1 unless a mount found the tier unreachable or full",
                                labels=["tier"])
         for name, health in snap["health"].items():
-            up.add_metric([name], 0.0 if health else 1.0)
+            up.add_metric([name], 1.0 if health.state == "ok" else 0.0)
         yield up
 
     def _families(self, st: CatalogStats):
