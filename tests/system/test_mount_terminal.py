@@ -23,12 +23,15 @@ def test_unclean_stop_warning_on_the_terminal(mount):
     m = mount
     dead = m.pid
     m.kill()
-    assert mounts.wait_mounted(m.mnt, 10, mounted=False)
+    # auto_unmount acts asynchronously, and not everywhere (a fresh Debian root left the mount): then
+    # `tierfs mount` says it cleaned the stale mount, in one more line
+    stale = not mounts.wait_mounted(m.mnt, 5, mounted=False)
     r = m.cli("mount", m.mnt, "--config", m.config_path)
     m.pid = int(r.stdout.split("(pid ")[1].split(",")[0])
     line = f"tierfs: the previous tierfs daemon (pid {dead}, mounted on {m.mnt}) did not unmount cleanly; " \
            "running recovery\n"
-    assert r.stderr == line
+    cleaned = f"tierfs: cleaned up a stale mount on {m.mnt} left by a daemon that died\n"
+    assert r.stderr == (cleaned if stale else "") + line
     assert line[len("tierfs: "):].strip() in m.log()
     m.stop()
     r = m.cli("mount", m.mnt, "--config", m.config_path)   # a clean stop: nothing to say
