@@ -255,6 +255,21 @@ def test_errors_have_one_line_and_distinct_codes(make_mount, tmp_path):
             and r.stderr.count("\n") == 1, r.stderr
 
 
+def test_status_with_config_reads_only_that_catalog(make_mount, tmp_path):
+    """`status --config FILE` answers about FILE's catalog alone, whatever
+    other mounts run or lie dead on the host (it used to list every mount,
+    and a dead one made it exit 3)."""
+    other = make_mount(name="other", catalog_url=f"sqlite:///{tmp_path}/other.db",
+                       env={"TIERFS_NO_AUTO_UNMOUNT": "1"})
+    mine = make_mount(name="mine", catalog_url=f"sqlite:///{tmp_path}/mine.db")
+    put(mine, "f", 10)
+    mine.stop()
+    for _ in ("running", "dead"):
+        s = json.loads(mine.cli("status", "--json", "--config", mine.config_path).stdout)
+        assert [c["catalog"] for c in s] == [f"sqlite:///{tmp_path}/mine.db"], s
+        other.kill()   # second round: a stale mount on the host
+
+
 # ---- a big catalog built by bulk inserts ----------------------------------------------------
 STATES = ["online"] * 60 + ["dual"] * 12 + ["archived"] * 25 + ["lost"] * 3
 

@@ -246,6 +246,8 @@ def status(mount, config_path, as_json):
     problems: list[str] = []   # mounts that cannot be shown (without MOUNT: the others still are)
     if mount is not None:
         targets = [target_of(mount_of(mount), config_path)]
+    elif config_path:   # that catalog only, as every command reads --config (another mount's state is not asked)
+        targets = [config_target(config_path)]
     else:
         targets = []
         for m in mounts.tierfs_mounts():
@@ -254,16 +256,14 @@ def status(mount, config_path, as_json):
                                 f"`tierfs mount {m.mountpoint}` recovers it")
                 continue
             try:
-                targets.append(target_of(m, config_path))
+                targets.append(target_of(m, None))
             except CliError as e:   # its runtime file or config is not ours to read: the others still are shown
                 problems.append(str(e))
             except errors.TierfsError as e:
                 problems.append(f"{m.mountpoint}: configuration: {e}")
         if not targets and not problems:
-            if not config_path:
-                raise CliError("no tierfs mount is running (name a config with --config to inspect its catalog)",
-                               client.EXIT_NOT_TIERFS)
-            targets = [config_target(config_path)]
+            raise CliError("no tierfs mount is running (name a config with --config to inspect its catalog)",
+                           client.EXIT_NOT_TIERFS)
     groups: dict[str, list[Target]] = {}
     for t in targets:
         groups.setdefault(t.cfg.catalog, []).append(t)
