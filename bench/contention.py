@@ -251,8 +251,12 @@ def _gang(args: list[dict], watch: dict[str, list[int]]) -> dict:
                 p.wait()
     files = sum(o["files"] for o in outs)
     span = max(o["span_s"] for o in outs)
+    ours = sum(o["cpu_s"] for o in outs) + sum(watched.values())
     return {"files": files, "span_s": span, "per_s": files / span,
             "cpu_util": (busy1 - busy0) / max(1, total1 - total0), "cores": os.cpu_count(),
+            # the share of the machine's CPU over the window that this case's processes used (the rest:
+            # other work on the machine, and the kernel's share of FUSE requests)
+            "own_cpu_util": ours / (args[0]["duration"] * (os.cpu_count() or 1)),
             "client_cpu_ms_per_file": 1000 * sum(o["cpu_s"] for o in outs) / max(1, files),
             **{f"{k}_cpu_ms_per_file": 1000 * v / max(1, files) for k, v in watched.items()}, "workers": outs}
 
@@ -262,30 +266,53 @@ def _gang(args: list[dict], watch: dict[str, list[int]]) -> dict:
 LEVELS = [("catalog", v) for v in VARIANTS] + [("engine", "ranges"), ("engine", "single")]
 
 
-def run(workdir: str, mounts: int, duration: float, runs: int, log, fuse: bool = True) -> dict:
-    """{"levels": {level: {variant: {n: [run, ...]}}}, "params": ...} (see the module doc)."""
+def _start_proxy(target_port: int, delay_ms: float) -> tuple[subprocess.Popen, int]:
+    from tests.mongod import free_port
+    port = free_port()
+    p = subprocess.Popen([sys.executable, "-m", "bench.delayproxy", str(port), str(target_port), str(delay_ms)],
+                         cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    if p.stdout.readline().strip() != "ready":
+        p.kill()
+        p.wait()
+        raise RuntimeError("bench/delayproxy.py did not start")
+    return p, port
+
+
+def run(workdir: str, mounts: int, duration: float, runs: int, log, fuse: bool = True,
+        delay_ms: float = 0.0) -> dict:
+    """{"levels": {level: {variant: {n: [run, ...]}}}, "params": ...} (see the module doc).
+    delay_ms > 0: the mounts reach the primary through bench/delayproxy.py, which delays each direction by
+    delay_ms (mounts on other hosts; a direct connection to the primary, so every command pays it)."""
     from .replset import ReplicaSet
     base = os.path.join(workdir, "contention")
     shutil.rmtree(base, ignore_errors=True)
     os.makedirs(base)
     out: dict = {"params": {"mounts": mounts, "duration_s": duration, "runs": runs, "members": 3,
+                            "cores": os.cpu_count(), "delay_ms": delay_ms,
                             "write_concern": "majority (transactions)", "file_bytes": FILE_BYTES,
                             "ranged": __import__("tierfs.catalog.mongo", fromlist=["RANGED"]).RANGED},
                  "levels": {}}
     rs = ReplicaSet(os.path.join(base, "rs"))
     rs.start()
     out["params"]["mongod_pids"] = list(rs.pids)
+    proxy = None
+    watch = {"mongod": rs.pids}
+    url = rs.url
     try:
+        if delay_ms > 0:
+            proxy, port = _start_proxy(rs.ports[0], delay_ms)   # member 0 is the primary (priority 2)
+            watch = {"mongod": rs.pids, "proxy": [proxy.pid]}
+            url = lambda db: f"mongodb://127.0.0.1:{port}/{db}?directConnection=true"  # noqa: E731
         for level, variant in LEVELS:
             block, one_dir = VARIANTS[variant]
             for n in (1, mounts):
                 for r in range(runs):
                     db = f"{level}_{variant.replace(' ', '_')}_{n}_{r}"
                     shared = os.path.join(base, "tiers", db)
-                    args = [dict(kind=level, url=rs.url(db), home=os.path.join(base, "w", db, str(i)),
+                    args = [dict(kind=level, url=url(db), home=os.path.join(base, "w", db, str(i)),
                                  shared=shared, name=f"w{i}", block=block, one_dir=one_dir, duration=duration)
                             for i in range(n)]
-                    res = _gang(args, {"mongod": rs.pids})
+                    res = _gang(args, watch)
                     out["levels"].setdefault(level, {}).setdefault(variant, {}).setdefault(str(n), []).append(res)
                     log(f"  contention {level} {variant} x{n}: {res['per_s']:.0f}/s, CPU {res['cpu_util']:.0%}, "
                         f"median {res['workers'][0]['lat_median_ms']:.1f} ms, "
@@ -293,14 +320,17 @@ def run(workdir: str, mounts: int, duration: float, runs: int, log, fuse: bool =
                     shutil.rmtree(os.path.join(base, "w", db), ignore_errors=True)
                     shutil.rmtree(shared, ignore_errors=True)
         if fuse:
-            out["levels"]["fuse"] = {"ranges": _run_fuse(base, rs, mounts, duration, runs, log)}
+            out["levels"]["fuse"] = {"ranges": _run_fuse(base, url("fuse"), watch, mounts, duration, runs, log)}
     finally:
+        if proxy is not None:
+            proxy.terminate()
+            proxy.wait()
         rs.stop()
         shutil.rmtree(base, ignore_errors=True)
     return out
 
 
-def _run_fuse(base: str, rs, mounts: int, duration: float, runs: int, log) -> dict:
+def _run_fuse(base: str, url: str, watch: dict, mounts: int, duration: float, runs: int, log) -> dict:
     """N tierfs mounts (CLI daemons) on one catalog; 1 and N load generators."""
     from .systems import Tierfs
     out: dict = {}
@@ -309,13 +339,13 @@ def _run_fuse(base: str, rs, mounts: int, duration: float, runs: int, log) -> di
     ms = []
     try:
         for i in range(mounts):
-            s = Tierfs(os.path.join(base, "fuse"), name=f"m{i}", catalog_url=rs.url("fuse"))
+            s = Tierfs(os.path.join(base, "fuse"), name=f"m{i}", catalog_url=url)
             s.__enter__()
             ms.append(s)
         for n in (1, mounts):
             for r in range(runs):
                 args = [dict(kind="fuse", mnt=ms[i].mnt, name=f"g{n}-{r}-{i}", duration=duration) for i in range(n)]
-                res = _gang(args, {"mongod": rs.pids, "daemon": [m.pid for m in ms]})
+                res = _gang(args, dict(watch, daemon=[m.pid for m in ms]))
                 out.setdefault(str(n), []).append(res)
                 log(f"  contention fuse x{n}: {res['per_s']:.0f} files/s, CPU {res['cpu_util']:.0%}")
     finally:
@@ -349,6 +379,7 @@ def summary(r: dict) -> list[dict]:
                 level=level, where=WHERE.get(level, level), variant=variant, one=f1, many=fn,
                 ratio=fn / f1 if f1 and fn else None,
                 cpu1=_med([x["cpu_util"] for x in one]), cpun=_med([x["cpu_util"] for x in many]),
+                own1=_med([x.get("own_cpu_util", 0) for x in one]), ownn=_med([x.get("own_cpu_util", 0) for x in many]),
                 lat1=_med([x["workers"][0]["lat_median_ms"] for x in one]),
                 latn=_med([_med([w["lat_median_ms"] for w in x["workers"]]) for x in many]),
                 cmds=_med([sum(w.get("commands", 0) for w in x["workers"]) / max(1, x["files"]) for x in one])
@@ -358,6 +389,10 @@ def summary(r: dict) -> list[dict]:
                 client=_med([x["client_cpu_ms_per_file"] for x in many]),
                 daemon=_med([x["daemon_cpu_ms_per_file"] for x in many if "daemon_cpu_ms_per_file" in x]),
                 server=_med([x["mongod_cpu_ms_per_file"] for x in many])))
+        for row in out:
+            # files/s if this case had every core to itself at the CPU cost per create it showed with N
+            cost = sum(x or 0 for x in (row["client"], row["daemon"], row["server"]))
+            row["ceiling"] = 1000 * (r["params"].get("cores") or os.cpu_count() or 1) / cost if cost else None
     return out
 
 
@@ -368,17 +403,24 @@ def table(results: dict) -> str:
     if isinstance(r, str):
         return f"Create contention (issue 20): {r}"
     n = r["params"]["mounts"]
-    lines = [f"| creates on a 3-member replica set (majority) | 1 mount | {n} mounts | {n} / 1 | "
-             f"CPU busy 1 / {n} | median latency 1 / {n} | commands per create | failed commands ({n}) | "
-             f"CPU ms per create ({n}): clients / daemons / mongods |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    delay = r["params"].get("delay_ms") or 0
+    where = f", mounts {delay:g} ms away each way" if delay else ", mounts on the same host"
+    lines = [f"| creates on a 3-member replica set (majority){where} | 1 mount | {n} mounts | {n} / 1 | "
+             f"machine CPU busy (this case's share) 1 / {n} | median latency 1 / {n} | commands per create | "
+             f"failed commands ({n}) | "
+             f"CPU ms per create ({n}): clients / daemons / mongods | CPU ceiling ({n}) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     f = lambda x, spec: "-" if x is None else format(x, spec)  # noqa: E731
     for s in summary(r):
+        up = s["ceiling"] / s["one"] if s["ceiling"] and s["one"] else None
         lines.append(f"| {s['where']}: {s['variant']} | {f(s['one'], ',.0f')}/s | {f(s['many'], ',.0f')}/s | "
-                     f"{f(s['ratio'], '.2f')}x | {f(s['cpu1'], '.0%')} / {f(s['cpun'], '.0%')} | "
+                     f"{f(s['ratio'], '.2f')}x | {f(s['cpu1'], '.0%')} ({f(s['own1'], '.0%')}) / "
+                     f"{f(s['cpun'], '.0%')} "
+                     f"({f(s['ownn'], '.0%')}) | "
                      f"{f(s['lat1'], '.1f')} / {f(s['latn'], '.1f')} ms | {f(s['cmds'], '.1f')} | "
                      f"{f(s['failed'], '.0f')} | "
-                     f"{f(s['client'], '.2f')} / {f(s['daemon'], '.2f')} / {f(s['server'], '.2f')} |")
+                     f"{f(s['client'], '.2f')} / {f(s['daemon'], '.2f')} / {f(s['server'], '.2f')} | "
+                     f"{f(s['ceiling'], ',.0f')}/s ({f(up, '.1f')}x) |")
     return "\n".join(lines)
 
 
@@ -388,8 +430,12 @@ def target(results: dict, add) -> None:
     if not isinstance(r, dict):
         add(name, None, r or "not run")
         return
+    if r["params"].get("delay_ms"):
+        name += f", mounts {r['params']['delay_ms']:g} ms from the primary each way"
     rows = {(s["level"], s["variant"]): s for s in summary(r)}
-    figs = "; ".join(f"{s['where']}: {s['one']:.0f} -> {s['many']:.0f}/s ({s['ratio']:.2f}x, CPU {s['cpun']:.0%})"
+    figs = "; ".join(f"{s['where']}: {s['one']:.0f} -> {s['many']:.0f}/s ({s['ratio']:.2f}x, machine CPU "
+                     f"{s['cpun']:.0%}, this case's {s['ownn']:.0%}; all cores at its CPU per create: "
+                     f"{s['ceiling'] or 0:.0f}/s)"
                      for k in (("catalog", "ranges"), ("engine", "ranges"), ("fuse", "ranges"))
                      if (s := rows.get(k)) and s["ratio"])
     cat = rows.get(("catalog", "ranges"))
