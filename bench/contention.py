@@ -2,34 +2,39 @@
 mounts on one MongoDB catalog, a three-member replica set (bench/replset.py)
 whose transactions commit with majority write concern.
 
-What makes one mount latency-bound is that every catalog transaction waits
-for a secondary to apply it; a create + 4 KiB write + close is about ten
-round trips and three such commits. N mounts are N times the outstanding
-requests: they scale until something is shared. Two things can be shared:
-  - the CPU: this machine has 2 cores for the mongods, the mounts and the
-    load generators. The catalog-level figure therefore drives the engine
-    without FUSE (each worker process builds the engine as a mount does,
-    daemon.Daemon.open, with its own catalog client and session, and calls
-    fs.create / write / flush / release as fuse_ops.py does, with the
-    background services not started): no kernel round trip, no separate
-    load-generator process, so the CPU each create costs is the catalog
-    client's and mongod's, and a create's time is mostly waiting for the
-    replica set. The machine's CPU utilisation over the timed window (from
-    /proc/stat) and each side's CPU seconds per create (the workers' own
-    rusage, the mongods' /proc/PID/stat) say how far the CPU limits it.
-  - a catalog document: "single" runs the same workload with the per-catalog
+N mounts are N times the outstanding requests: they scale until something
+is shared. Three things can be:
+  - a catalog document. "single" runs the workload with the per-catalog
     number blocks (mongo.RANGED) set to 1, so every inode number and dentry
     position is one $inc on the shared counter document, as before ranges;
     "one dir" has all workers create in the same directory, whose inode
     document every create's transaction updates (mtime/ctime): transactions
-    on it conflict and retry (failed commands are counted).
-Through FUSE: N real `tierfs mount`s (the CLI, one daemon each, every
-daemon its own catalog session) on the same catalog, one load-generator
-process per mount doing open(O_CREAT)/write 4 KiB/close in a directory of
-its own; there the daemons, generators and mongods all share the 2 cores.
+    on it conflict and retry (pymongo's failed commands are counted).
+  - the CPU: this machine has 2 cores for the three mongods, the mounts and
+    the load generators (and other people's work). The machine's CPU busy
+    over the timed window (/proc/stat), this case's share of it (the
+    workers', daemons', mongods' CPU seconds) and the "CPU ceiling" (files/s
+    if the case had every core at the CPU per create it showed) say how far
+    the CPU limits a figure: on one host a create on the localhost replica
+    set costs the client and three mongods ~13 ms of CPU, one mount already
+    uses half the machine, and N mounts cannot scale past the ceiling.
+  - the network: with `delay_ms` the workers and mounts reach the primary
+    through bench/delayproxy.py, which delays each direction by delay_ms
+    (mounts on other hosts; this kernel has no netem qdisc). Then a create
+    waits for its round trips, and more mounts overlap their waits: that is
+    the latency-bound case the issue describes.
+Levels, each with its own worker processes (one catalog client and session
+each): "catalog" = MongoCatalog.create of a file (one transaction, the call
+that takes inode numbers and dentry positions); "engine" = the engine's
+create + 4 KiB write + flush + release without FUSE (daemon.Daemon.open as a
+mount builds it, background services not started; no kernel round trip, no
+separate load generator); "fuse" = N real `tierfs mount`s (the CLI, one
+daemon each), one load-generator process per mount doing open(O_CREAT) /
+write 4 KiB / close in a directory of its own (each mount's disk tier is a
+directory of its own: the case reads nothing back).
 
 Each run has a fixed duration after all workers are ready (a barrier on
-their stdin), the throughput is files created in it / duration; the median
+their stdin); the throughput is files created in it / duration; the median
 of the runs is reported.
 """
 
