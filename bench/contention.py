@@ -46,6 +46,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -226,15 +227,21 @@ def _gang(args: list[dict], watch: dict[str, list[int]]) -> dict:
     """Start one worker per args, wait until all are ready, release them at
     once, and collect their figures with the machine's CPU over the window."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
+    # stderr to files: a worker logging into a pipe nobody reads until the end would block on a full pipe
+    errs = [tempfile.TemporaryFile("w+") for _ in args]
     procs = [subprocess.Popen([sys.executable, "-m", "bench.contention", "worker", json.dumps(a)], cwd=ROOT, env=env,
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for a in args]
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=e, text=True)
+             for a, e in zip(args, errs)]
+
+    def err_of(i: int) -> str:
+        errs[i].seek(0)
+        return errs[i].read()[-3000:]
     try:
-        for p in procs:
+        for i, p in enumerate(procs):
             line = p.stdout.readline()
             if line.strip() != "ready":
                 p.wait(timeout=60)
-                raise RuntimeError(f"worker failed before the start: {line}{p.stderr.read()[-3000:]}")
+                raise RuntimeError(f"worker failed before the start: {line}{err_of(i)}")
         busy0, total0 = _cpu_stat()
         watched0 = {k: sum(_proc_cpu_s(pid) for pid in pids) for k, pids in watch.items()}
         for p in procs:
@@ -244,16 +251,18 @@ def _gang(args: list[dict], watch: dict[str, list[int]]) -> dict:
         busy1, total1 = _cpu_stat()
         watched = {k: sum(_proc_cpu_s(pid) for pid in pids) - watched0[k] for k, pids in watch.items()}
         outs = []
-        for p in procs:
-            out, err = p.communicate(timeout=300)
+        for i, p in enumerate(procs):
+            out, _ = p.communicate(timeout=300)
             if p.returncode != 0:
-                raise RuntimeError(f"worker exited {p.returncode}: {err[-3000:]}")
+                raise RuntimeError(f"worker exited {p.returncode}: {err_of(i)}")
             outs.append(json.loads(out.strip().splitlines()[-1]))
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
                 p.wait()
+        for e in errs:
+            e.close()
     files = sum(o["files"] for o in outs)
     span = max(o["span_s"] for o in outs)
     ours = sum(o["cpu_s"] for o in outs) + sum(watched.values())
