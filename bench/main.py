@@ -14,7 +14,7 @@ import sys
 import time
 import traceback
 
-from . import cases_fs, cases_ops, cases_tierfs, catalog_scale, report, roundtrips, systems
+from . import cases_fs, cases_ops, cases_tierfs, catalog_scale, contention, report, roundtrips, systems
 from .util import MiB, disk_of, drop_caches, drop_error, loadavg, machine
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
@@ -23,17 +23,20 @@ PRESETS = {
     # full: the sizes issue 8 asks for
     "full": dict(runs=5, file_mib=1024, nfiles=10_000, tree_files=3000, catalog_entries=1_000_000,
                  catalog_lookups=10_000, access_reads=100_000, archive_files=1000, archive_bytes=1_000_000,
-                 ops_n=500, ops_big=10_000, dbench_s=30),
+                 ops_n=500, ops_big=10_000, dbench_s=30,
+                 contention_mounts=4, contention_s=20, contention_delay_ms=2),
     # quick: minutes, for iterating on a change
     "quick": dict(runs=3, file_mib=256, nfiles=2000, tree_files=600, catalog_entries=100_000,
                   catalog_lookups=2000, access_reads=10_000, archive_files=100, archive_bytes=1_000_000,
-                  ops_n=500, ops_big=10_000, dbench_s=10),
+                  ops_n=500, ops_big=10_000, dbench_s=10,
+                  contention_mounts=4, contention_s=8, contention_delay_ms=2),
     # tiny: seconds, for the smoke test
     "tiny": dict(runs=1, file_mib=4, nfiles=40, tree_files=30, catalog_entries=2000,
                  catalog_lookups=100, access_reads=200, archive_files=4, archive_bytes=65536,
-                 ops_n=20, ops_big=100, dbench_s=2),
+                 ops_n=20, ops_big=100, dbench_s=2,
+                 contention_mounts=2, contention_s=1, contention_delay_ms=1),
 }
-CASES = ["io", "meta", "ops", "dbench", "catalog", "roundtrips", "access", "archive"]
+CASES = ["io", "meta", "ops", "dbench", "catalog", "roundtrips", "access", "archive", "contention"]
 #: the cases run in a mount of each system of --systems ("archive" too, on tierfs systems: the read of a
 #: restored file against an online one, issue 17; the rest of it runs on one tierfs mount of its own)
 FS_CASES = ["io", "meta", "ops", "dbench"]
@@ -252,6 +255,25 @@ class Bench:
             self.results["meta"]["errors"].append(f"roundtrips: {e}")
             self.log(traceback.format_exc())
 
+    def run_contention(self) -> None:
+        why = catalog_scale.mongo_available()
+        if why:
+            self.results["cases"]["contention"] = why
+            self.log(f"create contention on MongoDB: {why}")
+            return
+        p = self.p
+        self.mark("contention")
+        self.log(f"create contention: 1 and {p['contention_mounts']} mounts on a 3-member replica set")
+        try:
+            self.results["cases"]["contention"] = contention.run(
+                self.workdir, p["contention_mounts"], p["contention_s"], p["runs"], self.log,
+                delay_ms=p["contention_delay_ms"])
+        except Exception as e:  # noqa: BLE001
+            self.results["cases"]["contention"] = f"failed: {e}"
+            self.results["meta"]["errors"].append(f"contention: {e}")
+            self.log(traceback.format_exc())
+        self.mark("contention done")
+
     def run_tierfs_cases(self) -> None:
         p = self.p
         s = systems.Tierfs(self.workdir, name="tierfs-jobs",
@@ -301,6 +323,8 @@ class Bench:
             self.run_roundtrips()
         if "access" in self.cases or "archive" in self.cases:
             self.run_tierfs_cases()
+        if "contention" in self.cases:
+            self.run_contention()
         m["load_end"] = loadavg()
         m["duration_s"] = round(time.monotonic() - t0, 1)
         self.results["targets"] = report.targets(self.results)

@@ -417,6 +417,8 @@ def targets(results: dict) -> list[dict]:
             f"(plan: {r.get('plan')})")
     ops_targets(results, add)
     roundtrips_target(results, add)
+    from .contention import target as contention_target
+    contention_target(results, add)
     a = results.get("cases", {}).get("access")
     add("access tracking < 1 catalog write per file per flush interval",
         None if not a else a["writes_per_file_per_interval"] < 1 or a["atime_writes"] <= 1,
@@ -477,6 +479,10 @@ def render(results: dict, systems: list[str]) -> str:
         out += [rt, ""]
     if results.get("cases", {}).get("access") or results.get("cases", {}).get("archive"):
         out += [tierfs_table(results), ""]
+    from .contention import table as contention_table
+    ct = contention_table(results)
+    if ct:
+        out += [ct, ""]
     out += ["Targets:", "", targets_table(results), ""]
     pt = passthrough_tables(results, systems)
     if pt:

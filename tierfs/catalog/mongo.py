@@ -363,7 +363,10 @@ class MongoCatalog(MongoJobs, MongoQueries, CatalogCore):
                 try:
                     self.db.create_collection("stubs")
                 except CollectionInvalid:
-                    pass   # another mount's init made it first
+                    pass   # another mount's init made it first (seen by the driver)
+                except OperationFailure as e:
+                    if e.code != 48:   # NamespaceExists: another mount's init made it between the check and here
+                        raise
             self.open_files.create_index([("ino", A), ("writing", A)], name="ino_writing")   # switch, purge
             self.open_files.create_index([("session", A)], name="session")                   # reaping
             self._drop_indexes(DROPPED_INDEXES)
