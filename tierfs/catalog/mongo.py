@@ -720,6 +720,10 @@ class _MongoTxn:
     def clear_dst_key(self, job_id: int, now: int) -> None:
         self.cat.jobs_c.update_one({"_id": job_id}, {"$set": {"dst_key": None, "updated_ns": now}}, session=self.s)
 
+    def job_owner(self, job_id: int) -> tuple[str, str | None] | None:
+        d = self.cat.jobs_c.find_one({"_id": job_id}, {"state": 1, "session": 1}, session=self.s)
+        return None if d is None else (d["state"], d.get("session"))
+
     def set_stub(self, ino: int, data: bytes) -> None:
         if data:
             self.cat.stubs.replace_one({"_id": ino}, {"_id": ino, "data": data}, upsert=True, session=self.s)
