@@ -11,15 +11,21 @@ removed when the test ends, passed or failed.
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import os
+import random
 import sys
+import threading
+import time
 import uuid
 
 import pytest
 
+from tierfs.catalog.base import JobKind, JobState
 from tierfs.catalog.mongo import MongoCatalog
 
-from tests.conftest import Mount
+from tests.conftest import Mount, wait_for
 from tests.mongod import MongoReplicaSet
 from tests.netns import Net, NetnsUnavailable
 
@@ -47,8 +53,8 @@ class Bed:
         self.mounts: list[Mount] = []
         self._cats: list[MongoCatalog] = []
 
-    def mount(self, name: str, host, top: str = "", archive_delay: float = 0) -> Mount:
-        m = Mount(str(self.tmp_path), self.url, config=top + tiers(self.home, archive_delay), name=name,
+    def mount(self, name: str, host, top: str = "", archive_delay: float = 0, **url_options) -> Mount:
+        m = Mount(str(self.tmp_path), self.rs.url(self.db, **url_options), config=top + tiers(self.home, archive_delay), name=name,
                   prefix=host.prefix)
         self.mounts.append(m)
         return m.start()
@@ -74,6 +80,7 @@ def bed(tmp_path, request):
         Net.check()
     except NetnsUnavailable as e:
         pytest.skip(f"multi-host test bed: {e}")
+    t0 = time.monotonic()
     net = Net()
     rs = None
     b = None
@@ -83,6 +90,7 @@ def bed(tmp_path, request):
         rs = MongoReplicaSet(str(tmp_path / "rs"), [(h.ip, 27017, h.prefix) for h in members])
         rs.start()
         b = Bed(tmp_path, net, rs, [net.add_host(f"mount{i}") for i in range(2)])
+        print(f"\ntest bed up in {time.monotonic() - t0:.1f}s: replica set {rs.url()}")
         yield b
     finally:
         failed = request.node.rep_call.failed if hasattr(request.node, "rep_call") else True
@@ -93,19 +101,167 @@ def bed(tmp_path, request):
                 b.close(failed)
         finally:
             if rs is not None:
-                rs.stop()
+                rs.stop(timeout=5)   # a primary's clean shutdown waits for its secondaries: no need here
             net.close()
 
 
-def test_bed_mounts_reach_the_catalog_only_over_the_network(bed):
-    a = bed.mount("a", bed.hosts[0], "heartbeat_interval = 1\nsession_timeout = 5\n")
-    b = bed.mount("b", bed.hosts[1], "heartbeat_interval = 1\nsession_timeout = 5\n")
-    a.sh("mkdir d && printf hello > d/f")
-    from tests.conftest import wait_for
-    wait_for(lambda: os.path.exists(b.path("d", "f")) and open(b.path("d", "f"), "rb").read() == b"hello",
-             timeout=10, what="B sees A's file")
+# ---- failover under load ----------------------------------------------------------------------------
+#: Required bound (issue 20): a syscall during an election returns or fails with EIO/EAGAIN within this,
+#: and each mount works again within it of the new primary.
+DEADLINE_S = 30.0
+REQUEST = "user.tierfs.request"
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class Load:
+    """Syscalls against one mount from a thread, each timed: new files written in (a tree copied
+    in), reads of closed files checked against the model, renames, archive and restore requests.
+    `model`: relative path -> sha256 of every file closed without error (renames follow it)."""
+
+    def __init__(self, m: Mount, tag: str, seed: int):
+        self.m, self.tag = m, tag
+        self.rng = random.Random(seed)
+        self.model: dict[str, str] = {}
+        self.unsure: dict[str, tuple[str, str]] = {}   # new name -> (old name, sha): a rename that failed
+        self.calls: list[tuple[float, float, str, int]] = []   # (start, seconds, op, errno or 0)
+        self.archived: set[int] = set()                # inodes whose archive request was taken
+        self.stop = threading.Event()
+        self.n = 0
+        self.thread = threading.Thread(target=self.run, daemon=True, name=f"load-{tag}")
+
+    def timed(self, op: str, fn):
+        t0 = time.monotonic()
+        try:
+            r = fn()
+            self.calls.append((t0, time.monotonic() - t0, op, 0))
+            return True, r
+        except OSError as e:
+            self.calls.append((t0, time.monotonic() - t0, op, e.errno or -1))
+            return False, None
+
+    def write(self, rel: str, data: bytes) -> None:
+        def fn():
+            with open(self.m.path(rel), "wb") as f:
+                f.write(data)
+        ok, _ = self.timed("write", fn)
+        if ok:
+            self.model[rel] = sha(data)
+
+    def step(self) -> None:
+        self.n += 1
+        k = self.n % 10
+        mine = [p for p in self.model if p.startswith(f"{self.tag}/")]
+        if k in (1, 2, 3, 4, 5) or not mine:
+            self.write(f"{self.tag}/t{self.n % 7}/f{self.n}", os.urandom(self.rng.randint(1000, 60000)))
+        elif k in (6, 7):
+            rel = self.rng.choice(mine)
+            ok, data = self.timed("read", lambda: open(self.m.path(rel), "rb").read())
+            if ok:
+                assert sha(data) == self.model[rel], f"{rel} read back different through {self.m.mnt}"
+        elif k == 8:
+            rel = self.rng.choice(mine)
+            new = f"{self.tag}/t{self.n % 7}/r{self.n}"
+            ok, _ = self.timed("rename", lambda: os.rename(self.m.path(rel), self.m.path(new)))
+            digest = self.model.pop(rel)
+            if ok:
+                self.model[new] = digest
+            else:
+                self.unsure[new] = (rel, digest)
+        else:
+            rel = self.rng.choice(mine)
+            verb = "restore" if self.n % 20 == 19 else "archive"
+            ok, ino = self.timed(verb, lambda: (os.setxattr(self.m.path(rel), REQUEST, verb.encode()),
+                                                os.stat(self.m.path(rel)).st_ino)[1])
+            if ok and verb == "archive":
+                self.archived.add(ino)
+
+    def run(self) -> None:
+        for d in range(7):
+            os.makedirs(self.m.path(self.tag, f"t{d}"), exist_ok=True)
+        while not self.stop.is_set():
+            self.step()
+            time.sleep(0.01)
+
+    def settle_unsure(self) -> None:
+        """A rename that failed (EIO) may have happened: exactly one of the names holds the file."""
+        for new, (old, digest) in self.unsure.items():
+            there = [r for r in (old, new) if os.path.exists(self.m.path(r))]
+            assert len(there) == 1, (old, new, there)
+            self.model[there[0]] = digest
+
+
+def check_bed(bed: Bed, mounts: list[Mount]) -> None:
+    """Each daemon lives in its own network namespace and has registered over the network."""
     cat = bed.catalog()
-    assert sorted(s.pid for s in cat.sessions() if not s.clean) == sorted([a.pid, b.pid])
-    # each daemon lives in its own network namespace
-    for m, h in ((a, bed.hosts[0]), (b, bed.hosts[1])):
+    assert sorted(s.pid for s in cat.sessions() if not s.clean) == sorted(m.pid for m in mounts)
+    for m, h in zip(mounts, bed.hosts):
         assert os.stat(f"/proc/{m.pid}/ns/net").st_ino == os.stat(f"/run/netns/{h.ns}").st_ino
+        assert os.stat(f"/proc/{m.pid}/ns/net").st_ino != os.stat("/proc/self/ns/net").st_ino
+
+
+def test_primary_failover_under_load(bed):
+    top = "heartbeat_interval = 1\nsession_timeout = 40\nworkers = 2\n"
+    # A on the default catalog URL (no timeoutMS: a call fails with EIO once server selection gives up,
+    # 5 s); B with timeoutMS=30000 (a call waits up to 30 s for the new primary, and so rides through).
+    a = bed.mount("a", bed.hosts[0], top, archive_delay=0.3)
+    b = bed.mount("b", bed.hosts[1], top, archive_delay=0.3, timeoutMS=int(DEADLINE_S * 1000))
+    check_bed(bed, [a, b])
+    loads = [Load(a, "a", 1), Load(b, "b", 2)]
+    for ld in loads:
+        ld.thread.start()
+    time.sleep(6)
+    old = bed.rs.primary()
+    t_kill = time.monotonic()
+    bed.rs.kill(old)
+    new = bed.rs.wait_primary(60)
+    t_primary = time.monotonic()
+    # load goes on until each mount has worked again after the new primary, and some more
+    def recovered(ld):
+        return [t0 + d for t0, d, op, err in list(ld.calls) if not err and t0 >= t_primary and op == "write"]
+    wait_for(lambda: all(recovered(ld) for ld in loads), timeout=DEADLINE_S + 10, interval=0.1,
+             what="both mounts writing again after the new primary")
+    time.sleep(5)
+    for ld in loads:
+        ld.stop.set()
+    for ld in loads:
+        ld.thread.join(DEADLINE_S + 10)
+        assert not ld.thread.is_alive(), f"load on {ld.m.mnt} hangs"
+    print(f"\nfailover: election {t_primary - t_kill:.1f}s (member {old} killed, member {new} primary)")
+    for ld, how in zip(loads, ("default URL", "timeoutMS=30000")):
+        during = [d for t0, d, op, err in ld.calls if t0 + d >= t_kill and t0 <= t_primary]
+        failed = [(op, errno.errorcode.get(err, err)) for t0, d, op, err in ld.calls if err]
+        rec = min(recovered(ld)) - t_primary
+        print(f"  mount {ld.tag} ({how}): max syscall stall {max(during, default=0):.1f}s over {len(during)} "
+              f"calls during the election; works again {rec:.1f}s after the new primary; failed calls "
+              f"{len(failed)} of {len(ld.calls)}: {sorted(set(failed))}")
+        assert max(during, default=0) < DEADLINE_S
+        assert {e for _, e in failed} <= {"EIO", "EAGAIN"}, failed
+        assert rec < DEADLINE_S
+
+    # Every job ends, each once; no closed file lost or changed (through either mount).
+    cat = bed.catalog()
+    wait_for(lambda: not cat.jobs([JobState.PENDING, JobState.RUNNING]), timeout=120, interval=0.5,
+             what="every job finished")
+    jobs = cat.jobs(limit=100000)
+    assert {j.state for j in jobs} <= {JobState.DONE, JobState.CANCELLED}, [j for j in jobs if j.state not in (
+        JobState.DONE, JobState.CANCELLED)]
+    lost = {ino for ld in loads for ino in ld.archived} - {j.ino for j in jobs if j.kind == JobKind.ARCHIVE}
+    assert not lost, f"archive requests taken but no job: inodes {sorted(lost)}"
+    for ino in {j.ino for j in jobs}:
+        events = cat.events(ino, limit=1000)
+        for kind, (frm, to) in ((JobKind.ARCHIVE, ("archiving", "archived")),
+                                (JobKind.RESTORE, ("restoring", "online"))):
+            done = [j for j in jobs if j.ino == ino and j.kind == kind and j.state == JobState.DONE]
+            moved = [e for e in events if (e.from_state, e.to_state) == (frm, to)]
+            assert len(moved) <= len(done), (ino, kind, done, moved)   # no job's move applied twice
+    for ld in loads:
+        ld.settle_unsure()
+        for rel, digest in ld.model.items():
+            for m in (a, b):
+                with open(m.path(rel), "rb") as f:
+                    assert sha(f.read()) == digest, f"{rel} through {m.mnt}"
+    print(f"files checked: {sum(len(ld.model) for ld in loads)}; jobs: {len(jobs)} "
+          f"({sum(j.attempts > 1 for j in jobs)} with more than one attempt)")
