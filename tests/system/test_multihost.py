@@ -53,9 +53,10 @@ class Bed:
         self.mounts: list[Mount] = []
         self._cats: list[MongoCatalog] = []
 
-    def mount(self, name: str, host, top: str = "", archive_delay: float = 0, **url_options) -> Mount:
-        m = Mount(str(self.tmp_path), self.rs.url(self.db, **url_options), config=top + tiers(self.home, archive_delay), name=name,
-                  prefix=host.prefix)
+    def mount(self, name: str, host, top: str = "", archive_delay: float = 0, tables: str = "",
+              **url_options) -> Mount:
+        m = Mount(str(self.tmp_path), self.rs.url(self.db, **url_options),
+                  config=top + tiers(self.home, archive_delay) + tables, name=name, prefix=host.prefix)
         self.mounts.append(m)
         return m.start()
 
@@ -265,3 +266,111 @@ def test_primary_failover_under_load(bed):
                     assert sha(f.read()) == digest, f"{rel} through {m.mnt}"
     print(f"files checked: {sum(len(ld.model) for ld in loads)}; jobs: {len(jobs)} "
           f"({sum(j.attempts > 1 for j in jobs)} with more than one attempt)")
+
+
+# ---- network partition -------------------------------------------------------------------------------
+SLOW = pytest.mark.skipif(not os.environ.get("TIERFS_SLOW"), reason="long variant: set TIERFS_SLOW=1 (marker slow)")
+
+
+IDLE_POLICY = """
+[[policy]]
+name = "idle"
+action = "archive"
+to = "vault"
+min_size = "1TB"
+interval = "2s"
+"""
+
+
+def lease_holder(cat: MongoCatalog) -> str | None:
+    doc = cat.leases.find_one({"_id": "policy"})
+    return doc["holder"] if doc else None
+
+
+@pytest.mark.parametrize("timeout_s,down_s", [
+    pytest.param(5, 15, id="short"),
+    pytest.param(30, 60, id="60s", marks=[pytest.mark.slow, SLOW]),   # the issue's: link down for 60 s
+])
+def test_partitioned_mount_is_reaped_and_fenced(bed, timeout_s, down_s):
+    top = f"heartbeat_interval = 1\nsession_timeout = {timeout_s}\n"
+    # A's vault is slow: A is in the middle of an archive when its cable is pulled. A policy that never
+    # matches makes each mount's scheduler contend for the policy lease; A, mounted first, takes it.
+    a = bed.mount("a", bed.hosts[0], top, archive_delay=down_s / 2 + 2, tables=IDLE_POLICY)
+    cat = bed.catalog()
+    sess_a = next(s.id for s in cat.sessions() if s.pid == a.pid and not s.clean)
+    wait_for(lambda: lease_holder(cat) == sess_a, timeout=20, what="A holding the policy lease")
+    b = bed.mount("b", bed.hosts[1], top, tables=IDLE_POLICY)
+    check_bed(bed, [a, b])
+    sess_b = next(s.id for s in cat.sessions() if s.pid == b.pid and not s.clean)
+    big = os.urandom(300000)
+    with open(a.path("big"), "wb") as f:
+        f.write(big)
+    ino = os.stat(a.path("big")).st_ino
+    # A file A holds open for writing across the partition: written before, during and after it.
+    parts = [os.urandom(50000) for _ in range(3)]
+    fd = os.open(a.path("keep"), os.O_WRONLY | os.O_CREAT, 0o644)
+    written = {}
+    try:
+        os.pwrite(fd, parts[0], 0)
+        written[0] = parts[0]
+        os.setxattr(a.path("big"), REQUEST, b"archive")
+        wait_for(lambda: any(j.state == JobState.RUNNING and j.session == sess_a for j in cat.jobs(ino=ino)),
+                 timeout=20, what="A running the archive")
+
+        t_cut = time.monotonic()
+        bed.hosts[0].link(False)
+        try:
+            for off, data in ((50000, parts[1]),):
+                try:
+                    os.pwrite(fd, data, off)
+                    written[off] = data
+                except OSError as e:
+                    print(f"write to the open file during the partition: {e}")
+            wait_for(lambda: next(s for s in cat.sessions() if s.id == sess_a).clean, timeout=timeout_s * 3 + 10,
+                     interval=0.2, what="B reaping A's session")
+            reaped_after = time.monotonic() - t_cut
+            wait_for(lambda: lease_holder(cat) == sess_b, timeout=20, what="the policy lease moving to B")
+            lease_after = time.monotonic() - t_cut
+            # B takes A's job and finishes it, while A is still cut off (its copy still running).
+            wait_for(lambda: cat.jobs(ino=ino)[0].state == JobState.DONE, timeout=60, interval=0.2,
+                     what="B finishing A's archive")
+            finished_after = time.monotonic() - t_cut
+            rest = down_s - (time.monotonic() - t_cut)
+            if rest > 0:
+                time.sleep(rest)
+        finally:
+            bed.hosts[0].link(True)
+        t_back = time.monotonic()
+        # A notices its session is gone, takes a new one, abandons the job it no longer owns.
+        wait_for(lambda: "was reaped by another mount" in a.log(), timeout=30, what="A noticing it was reaped")
+        noticed_after = time.monotonic() - t_back
+        job_id = cat.jobs(ino=ino)[0].id
+        gone = f"job {job_id} (archive inode {ino}) abandoned: job {job_id} is no longer run by session {sess_a}"
+        wait_for(lambda: gone in a.log(), timeout=down_s + 40, interval=0.5, what="A abandoning its old job")
+        abandoned_after = time.monotonic() - t_back
+        os.pwrite(fd, parts[2], 100000)
+        written[100000] = parts[2]
+    finally:
+        os.close(fd)
+    print(f"\npartition ({down_s}s, session_timeout {timeout_s}s): A reaped {reaped_after:.1f}s after the cut, "
+          f"the policy lease on B {lease_after:.1f}s, A's job finished by B {finished_after:.1f}s after it; "
+          f"A noticed {noticed_after:.1f}s after the link came back and abandoned the job after {abandoned_after:.1f}s:")
+    print("\n".join(line for line in a.log().splitlines() if sess_a in line))
+    assert lease_holder(cat) == sess_b   # A, back under a new session, does not take it from a live B
+    [job] = cat.jobs(ino=ino)
+    assert job.state == JobState.DONE and job.attempts == 2
+    assert len([e for e in cat.events(ino, limit=100) if e.to_state == "archived"]) == 1
+    logs = a.log()
+    assert logs.count("archived /big:") == 1, "only B's run committed"
+    live = [s for s in cat.sessions() if not s.clean]
+    assert sorted(s.pid for s in live) == sorted([a.pid, b.pid]) and sess_a not in {s.id for s in live}
+    # A works again under its new session; nothing it had open or wrote is corrupted.
+    for m in (a, b):
+        wait_for(lambda m=m: open(m.path("big"), "rb").read() == big, timeout=60, what=f"big through {m.mnt}")
+        with open(m.path("keep"), "rb") as f:
+            got = f.read()
+        for off, data in written.items():
+            assert got[off:off + len(data)] == data, (m.mnt, off)
+    a.sh("printf again > after && cat after")
+    assert open(b.path("after"), "rb").read() == b"again" or wait_for(
+        lambda: open(b.path("after"), "rb").read() == b"again", timeout=10, what="B sees A's new file")
