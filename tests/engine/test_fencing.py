@@ -45,6 +45,7 @@ async def test_reaped_mount_abandons_the_job_another_mount_took(eng, tmp_path):
     assert not any(files for _, _, files in os.walk(os.path.join(eng.home, "vault")))   # A's copy was deleted
     live = {s.id for s in cat.sessions() if not s.clean}
     assert eng.fs.session_id in live and old not in live and eng.fs.session_id != old
+    assert eng.daemon.session_id == eng.fs.session_id     # the session unmount ends
     # The mount works on under its new session: a new job is claimed and finished by it.
     await p.write_file("g", b"more")
     await p.request("g", "archive")
