@@ -100,8 +100,10 @@ class Mount:
     """A tierfs mounted through the real CLI, in the background."""
 
     def __init__(self, base: str, catalog_url: str, config: str = "", name: str = "mnt",
-                 env: dict | None = None):
+                 env: dict | None = None, prefix: list[str] | None = None):
         self.base = base
+        #: command prefix of every CLI run, e.g. ["nsenter", "--net=/run/netns/X"]: the daemon on another "host"
+        self.prefix = list(prefix or [])
         self.mnt = os.path.join(base, name)
         self.home = os.path.join(base, "home")
         self.catalog_url = catalog_url
@@ -145,7 +147,7 @@ class Mount:
 
     # lifecycle --------------------------------------------------------------
     def cli(self, *args, check=True, timeout=120, input=None, user=None, env=None) -> subprocess.CompletedProcess:
-        cmd = [sys.executable, "-m", "tierfs.cli", *args]
+        cmd = [*self.prefix, sys.executable, "-m", "tierfs.cli", *args]
         kw = {}
         if user is not None:
             kw.update(user=user, group=pwd.getpwnam(user).pw_gid, extra_groups=[])
@@ -261,9 +263,9 @@ def make_mount(tmp_path, request):
     made: list[Mount] = []
 
     def factory(config: str = "", catalog_url: str | None = None, name: str = "mnt", options=(),
-                start: bool = True, env: dict | None = None) -> Mount:
+                start: bool = True, env: dict | None = None, prefix: list[str] | None = None) -> Mount:
         url = catalog_url or f"sqlite:///{tmp_path}/catalog.db"
-        m = Mount(str(tmp_path), url, config=config, name=name, env=env)
+        m = Mount(str(tmp_path), url, config=config, name=name, env=env, prefix=prefix)
         made.append(m)
         if start:
             m.start(*options)

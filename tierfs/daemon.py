@@ -67,10 +67,16 @@ class Daemon:
         self.kernel_flags = kernel_flags   # `-o ro`, `-o noexec`, ...: for the kernel's mount (cli/mount.py)
         self.mountpoint = os.path.abspath(mountpoint)
         self.catalog = catalog
-        self.session_id = uuid.uuid4().hex[:16]
+        self._session_id = uuid.uuid4().hex[:16]
         self.engine: Engine | None = None
         self.fs: FileSystem | None = None
         self.warnings: list[str] = []  # said on the terminal of `tierfs mount` too (not only in the log)
+
+    @property
+    def session_id(self) -> str:
+        """This mount's session: the one registered at mount, or the new one its heartbeat registered
+        after another mount reaped it (heartbeat.py); the one unmount ends."""
+        return self.fs.session_id if self.fs is not None else self._session_id
 
     # ---- setup (synchronous: errors here are startup errors) -------------
     def open(self) -> None:

@@ -102,6 +102,15 @@ class VersionConflict(TierfsError):
     errno = errno.EAGAIN
 
 
+class Fenced(TierfsError):
+    """A job's bookkeeping or commit came from a session that no longer runs
+    it (fencing by session): the session was reaped while this mount could
+    not reach the catalog, and the job went back to the queue, maybe to
+    another mount. Nothing changed; the caller abandons the job."""
+
+    errno = errno.EAGAIN
+
+
 class Pending(TierfsError):
     """An archive tier accepted a request that completes later (an operator
     must act, a slow recall is running): keep the job queued and retry.

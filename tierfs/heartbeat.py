@@ -1,16 +1,28 @@
 """The session heartbeat: a background service that renews this mount's
-session in the catalog and reaps the sessions of mounts that died."""
+session in the catalog and reaps the sessions of mounts that died.
+
+A mount that could not reach the catalog for longer than session_timeout
+(a network partition) may have been reaped meanwhile: its running jobs went
+back to the queue, maybe on to another mount, and its open-file records
+were dropped. Its next heartbeat finds the session ended; it then registers
+a new session (a new id: the next generation) instead of bringing the old
+one back. Its jobs still in flight carry the old id (Job.session), so
+every commit and every record of them is refused (fencing, errors.Fenced)
+and the runner abandons them; the files it has open are recorded again
+under the new session."""
 
 from __future__ import annotations
 
 import logging
+import os
 import time
+import uuid
 from typing import Awaitable, Callable
 
 import trio
 
 from . import errors
-from .catalog.base import Catalog, now_ns
+from .catalog.base import Catalog, Session, now_ns
 from .openfiles import OpenFiles
 from .services import Events
 
@@ -19,16 +31,46 @@ log = logging.getLogger("tierfs")
 
 class Heartbeat:
     def __init__(self, catalog: Catalog, call: Callable[..., Awaitable], session_id: str, cfg, files: OpenFiles,
-                 events: Events):
+                 events: Events, fs=None):
         self.catalog = catalog
         self.call = call             # runs a blocking catalog call (FileSystem.cat)
-        self.session_id = session_id
+        self._session_id = session_id
+        self.fs = fs                 # FileSystem: its session_id is the mount's (renewed after a reap)
         self.cfg = cfg               # the daemon's live Config
         self.files = files           # unlinked files still in use here are not purged
         self.events = events         # a reaped session's jobs return to the queue
 
+    @property
+    def session_id(self) -> str:
+        return self.fs.session_id if self.fs is not None else self._session_id
+
     def wake(self) -> None:
         pass
+
+    async def renew(self) -> None:
+        """Our session was reaped: register a new one (same host, pid and
+        mountpoint, a new id) and record our open files under it."""
+        old = self.session_id
+        mine = [s for s in await self.call(self.catalog.sessions) if s.id == old]
+        new = uuid.uuid4().hex[:16]
+        t = now_ns()
+        base = mine[0] if mine else Session(id=old, host=os.uname().nodename, pid=os.getpid(), mountpoint="",
+                                            started_ns=t, heartbeat_ns=t)
+        await self.call(self.catalog.register_session, Session(
+            id=new, host=base.host, pid=base.pid, mountpoint=base.mountpoint, started_ns=t, heartbeat_ns=t))
+        if self.fs is not None:
+            self.fs.session_id = new
+        else:
+            self._session_id = new
+        log.warning("session %s was reaped by another mount (this one could not reach the catalog for "
+                    "session_timeout); its jobs in flight here are abandoned; new session %s", old, new)
+        if self.fs is not None and self.catalog.shared:
+            for ino in self.files.open_inodes():
+                try:
+                    await self.call(self.catalog.set_open, ino, new, True, self.files.writing(ino))
+                except errors.NotFound:
+                    pass
+        self.events.changed()
 
     async def stop(self) -> None:
         pass
@@ -44,7 +86,8 @@ class Heartbeat:
         while True:
             await trio.sleep(self.cfg.heartbeat_interval)
             try:
-                await self.call(self.catalog.heartbeat, self.session_id)
+                if not await self.call(self.catalog.heartbeat, self.session_id):
+                    await self.renew()
                 reachable_since = reachable_since or time.monotonic()
                 if time.monotonic() - reachable_since < dead_s:
                     continue

@@ -51,7 +51,6 @@ class JobRunner:
         #: told of every job that ended, done (error None) or failed (notify.Notifier.job_ended); never blocks
         self.ended = ended or (lambda job, error: None)
         self.cfg = cfg
-        self.session_id = session_id
         self.moves = Mover(fs, cfg)
         self.busy: dict[str, int] = {}      # destination tier -> running jobs
         self.running = 0
@@ -59,6 +58,11 @@ class JobRunner:
         self.health = TierHealth(fs.tiers, fs.cat, fs.catalog.set_meta, session_id)
         self.waits: dict[int, int] = {}      # job id -> consecutive waits (the backoff exponent)
         self.declined: dict[int, float] = {}  # job id -> monotonic time until which others may take it
+
+    @property
+    def session_id(self) -> str:
+        """This mount's session now (heartbeat.py registers a new one after a reap)."""
+        return self.fs.session_id
 
     def wake(self) -> None:
         self._wake.set()
@@ -131,6 +135,8 @@ class JobRunner:
         try:
             try:
                 await self.moves.run(job)
+            except errors.Fenced as e:
+                log.warning("job %d (%s inode %d) abandoned: %s", job.id, job.kind, job.ino, e)
             except self.TRANSIENT as e:
                 waited = e
                 await self._wait(job, e)
@@ -139,19 +145,19 @@ class JobRunner:
                     await self._fail(job, f"{r} (after {job.attempts} attempts)")
                 else:
                     log.info("job %d (%s inode %d): %s; retrying in %.0fs", job.id, job.kind, job.ino, r, r.delay)
-                    await self._record(self.fs.catalog.retry_job, job.id, str(r), r.delay, count=r.count)
+                    await self._record(self.fs.catalog.retry_job, job, str(r), r.delay, count=r.count)
             except self.COUNTED as e:
                 if job.attempts >= self.cfg.job_max_attempts:
                     await self._fail(job, f"{e} (after {job.attempts} attempts)")
                 else:
                     log.warning("job %d (%s inode %d): %s; attempt %d of %d, retrying in %.0fs", job.id, job.kind,
                                 job.ino, e, job.attempts, self.cfg.job_max_attempts, self.cfg.job_retry_delay)
-                    await self._record(self.fs.catalog.retry_job, job.id, str(e), self.cfg.job_retry_delay)
+                    await self._record(self.fs.catalog.retry_job, job, str(e), self.cfg.job_retry_delay)
             except errors.UnknownTier as e:
                 self.declined[job.id] = time.monotonic() + self.DECLINE_S
                 log.info("job %d (%s inode %d): %s; leaving it to a mount that has the tier", job.id, job.kind,
                          job.ino, e)
-                await self._record(self.fs.catalog.retry_job, job.id, f"waiting for a mount with the tier: {e}", 0,
+                await self._record(self.fs.catalog.retry_job, job, f"waiting for a mount with the tier: {e}", 0,
                                    count=False)
             except errors.TierfsError as e:
                 await self._fail(job, str(e))
@@ -159,8 +165,8 @@ class JobRunner:
                 log.exception("job %d (%s inode %d) crashed", job.id, job.kind, job.ino)
                 await self._fail(job, f"internal error: {e!r}")
             else:
-                await self._record(self.fs.catalog.finish_job, job.id, JobState.DONE)
-                self.ended(job, None)
+                if await self._record(self.fs.catalog.finish_job, job, JobState.DONE):
+                    self.ended(job, None)
         finally:
             self.running -= not parked
             self.busy[tier] -= 1
@@ -190,25 +196,31 @@ class JobRunner:
         # One line when the wait starts (a batch tier's "queued": info, the tier logs each batch); then debug.
         level = log.debug if n else log.info if hint is not None else log.warning
         level("job %d (%s inode %d) waits: %s; next attempt in %.0fs", job.id, job.kind, job.ino, reason, delay)
-        await self._record(self.fs.catalog.retry_job, job.id, f"{WAITING}{reason}", delay, count=False)
+        await self._record(self.fs.catalog.retry_job, job, f"{WAITING}{reason}", delay, count=False)
 
-    async def _record(self, fn, *args, **kw) -> None:
-        """Job bookkeeping in the catalog; while the catalog is unreachable, try
-        again (the job stays ours meanwhile, running) rather than end the runner."""
+    async def _record(self, fn, job: Job, *args, **kw) -> bool:
+        """Job bookkeeping in the catalog, fenced by the session that claimed
+        the job; while the catalog is unreachable, try again (the job stays
+        ours meanwhile, running) rather than end the runner. False: the job
+        is no longer ours (our session was reaped): nothing was recorded."""
         delay = 1.0
         while True:
             try:
-                await self.fs.cat(fn, *args, **kw)
-                return
+                await self.fs.cat(fn, job.id, *args, session=job.session, **kw)
+                return True
+            except errors.Fenced as e:
+                log.warning("job %d (%s inode %d) abandoned: %s", job.id, job.kind, job.ino, e)
+                return False
             except errors.CatalogUnavailable as e:
-                log.warning("recording job %s: %s; trying again in %.0fs", args[0], e, delay)
+                log.warning("recording job %s: %s; trying again in %.0fs", job.id, e, delay)
                 await trio.sleep(delay)
                 delay = min(delay * 2, 30.0)
 
     async def _fail(self, job: Job, msg: str) -> None:
         log.error("job %d (%s inode %d) failed: %s", job.id, job.kind, job.ino, msg)
         try:
-            await self._record(self.fs.catalog.finish_job, job.id, JobState.FAILED, msg)
+            if not await self._record(self.fs.catalog.finish_job, job, JobState.FAILED, msg):
+                return   # another mount runs it now: the file's state is its business
         except errors.TierfsError as e:
             log.error("recording failure of job %d: %s", job.id, e)
         await self.moves.failed(job, msg)

@@ -518,7 +518,8 @@ class Mover:
         dst_key = new_key()   # the same key on every destination: the job records it once for all of them
         if job.kind != JobKind.ARCHIVE:   # an archive's target_tier is its first target (targets_of), kept
             job.target_tier = mv.dst.name   # a restore picks its tier only now: the tier a wait for space is about
-        await fs.cat(fs.catalog.update_job, job.id, {"dst_key": dst_key, "target_tier": job.target_tier})
+        await fs.cat(fs.catalog.update_job, job.id, {"dst_key": dst_key, "target_tier": job.target_tier},
+                     session=job.session)
         try:
             sha, n, head = await self._copy(mv, dst_key, fault=f"{job.kind}.after_copy")
             for more in mv.more:
@@ -564,7 +565,7 @@ class Mover:
         garbage = mv.garbage + (((mv.dst.name, dst_key),) if key != dst_key else ())
         commit = Transition(ino, mv.inode.data_version, (mv.expect,), mv.changes(sha, n, key), job.cause,
                             f"{mv.src.name} -> {_names(mv.dsts)}, {n} bytes{mv.note}", garbage=garbage,
-                            garbage_reason=mv.garbage_reason, job_id=job.id,
+                            garbage_reason=mv.garbage_reason, job_id=job.id, job_session=job.session,
                             no_writers_except=fs.session_id if mv.exclusive else None,
                             stub=head if mv.stub else None)
         async with fs.lock(ino):
@@ -585,6 +586,10 @@ class Mover:
                 await self._take_back(mv, key, dst_key)
                 await self._discard(job, mv.dsts, dst_key)
                 return False
+            except errors.Fenced:   # our session was reaped meanwhile: the job is another mount's now
+                await self._take_back(mv, key, dst_key)
+                await self._discard(job, mv.dsts, dst_key)
+                raise
         return True
 
     async def _take_back(self, mv: Move, key: str, dst_key: str) -> None:
@@ -707,7 +712,9 @@ class Mover:
             try:
                 for dst in dsts:
                     await trio.to_thread.run_sync(dst.delete, dst_key)
-                await self.fs.cat(self.fs.catalog.update_job, job.id, {"dst_key": None})
+                await self.fs.cat(self.fs.catalog.update_job, job.id, {"dst_key": None}, session=job.session)
+            except errors.Fenced:
+                pass   # another mount runs the job now: its dst_key is that mount's (our copy is deleted)
             except errors.TierfsError as e:
                 log.warning("job %d: could not delete %s/%s (%s); fsck will find it", job.id, dst.name, dst_key, e)
 
@@ -725,7 +732,7 @@ class Mover:
                 # a restore put the copy back at the original's path and died before its switch
                 await trio.to_thread.run_sync(tier.take_back, inode.origin_location, job.dst_key)
             await trio.to_thread.run_sync(tier.delete, job.dst_key)  # raises: the tier is away, the job waits
-        await self.fs.cat(self.fs.catalog.update_job, job.id, {"dst_key": None})
+        await self.fs.cat(self.fs.catalog.update_job, job.id, {"dst_key": None}, session=job.session)
 
     async def _log_done(self, verb: str, mv: Move, nbytes: int, t0: float, cause: str) -> None:
         try:

@@ -338,6 +338,10 @@ class OpenFiles:
         """Open here or known to the kernel."""
         return self.is_open(ino) or self.known(ino)
 
+    def open_inodes(self) -> list[int]:
+        """Every inode a handle of this mount has open."""
+        return [ino for ino, n in self._opens.items() if n]
+
     def handle_count(self) -> int:
         return len(self._handles)
 

@@ -118,7 +118,7 @@ async def archive(fs, job: Job, inode: Inode, tier: Tier, busy: Callable[[], str
     commit = Transition(ino, inode.data_version, (inode.state,), Changes(
         state=State.ARCHIVED, tier=None, location=None, checksum=sha, **copies_changes([(tier.name, key)])),
         job.cause, f"in place on {tier.name} ({tier.storage_class} -> {tier.archive_storage_class}), {n} bytes",
-        garbage=garbage, job_id=job.id, no_writers_except=fs.session_id)
+        garbage=garbage, job_id=job.id, job_session=job.session, no_writers_except=fs.session_id)
     async with fs.lock(ino):
         why = busy()
         if why:
@@ -172,7 +172,7 @@ async def restore(fs, job: Job, inode: Inode, tier: Tier) -> None:
             ino, inode.data_version, (State.RESTORING,),
             Changes(state=State.ONLINE, tier=tier.name, location=key, atime_ns=now_ns(), **copies_changes(())),
             job.cause, f"in place on {tier.name} ({tier.archive_storage_class} -> {tier.storage_class}), "
-            f"{inode.size} bytes", garbage=tuple(copies_of(inode)[1:]), job_id=job.id))
+            f"{inode.size} bytes", garbage=tuple(copies_of(inode)[1:]), job_id=job.id, job_session=job.session))
     except (errors.VersionConflict, errors.NotFound):
         return   # truncated, rewritten or deleted meanwhile: nothing to bring back
     await fs.invalidate(ino)

@@ -52,6 +52,20 @@ def resolve_paths(inos: list[int], names: dict[int, tuple[int, bytes]], cache: d
     return out
 
 
+def check_owner(job_id: int, session: str, found: tuple[str, str | None] | None) -> None:
+    """Fencing by session: raise Fenced unless the job (its (state, session)
+    as `found` in the catalog, None: no such job) is running under
+    `session`. Every fenced change (a move's commit, a job's finish, retry
+    or update) checks this in the same transaction or atomic update as the
+    change itself, on every backend."""
+    if found is None:
+        raise errors.Fenced(f"job {job_id} does not exist")
+    state, owner = found
+    if JobState(state) != JobState.RUNNING or owner != session:
+        raise errors.Fenced(f"job {job_id} is no longer run by session {session} (it is {JobState(state)}"
+                            + (f" by session {owner})" if owner else ")"))
+
+
 def check_expected(inode: "Inode", expect_version: int | None, expect_states: Iterable["State"] | None) -> None:
     """The compare-and-swap of update/switch/bury: VersionConflict unless the
     inode still has `expect_version` and one of `expect_states` (None: any)."""
@@ -408,6 +422,10 @@ class Transition:
     garbage: tuple[tuple[str, str], ...] = ()   # (tier, key) objects no longer referenced after the commit
     garbage_reason: str = ""        # the garbage's reason, for the collector (default: the cause)
     job_id: int | None = None       # the job whose dst_key the commit clears (its copy is now referenced)
+    #: fencing: the session that claimed job_id (Job.session); the commit applies only while the job is
+    #: still running under it (check_owner), so a mount whose session was reaped cannot commit a job
+    #: that went back to the queue and on to another mount
+    job_session: str | None = None
     no_writers_except: str | None = None
     #: partial-state files: keep these first bytes online (stub_size = len; b"" drops the stub); None: the
     #: stub stays, unless the commit makes the file readable online again, which drops it (Catalog.switch)
@@ -712,17 +730,21 @@ class Catalog(abc.ABC):
         so are jobs whose target_tier is not one of them (a mount claims
         only jobs it can run); jobs whose id is in `skip` too."""
 
+    # Fencing: with `session` (the Job.session its claim returned), update_job, finish_job and retry_job
+    # change the job only while it is still running under that session, checked atomically with the
+    # change (check_owner); else Fenced and nothing changes. Without it (fsck, an operator) they apply.
     @abc.abstractmethod
-    def update_job(self, job_id: int, changes: dict) -> None: ...
+    def update_job(self, job_id: int, changes: dict, *, session: str | None = None) -> None: ...
 
     @abc.abstractmethod
-    def finish_job(self, job_id: int, state: JobState, error: str = "") -> None:
+    def finish_job(self, job_id: int, state: JobState, error: str = "", *, session: str | None = None) -> None:
         """End a job. DONE also ends, as cancelled ("superseded by job N"),
         the failed jobs of the same kind for the same file: once a later
         restore brought the file back, its failed restore is no news."""
 
     @abc.abstractmethod
-    def retry_job(self, job_id: int, error: str, delay_s: float, *, count: bool = True) -> None:
+    def retry_job(self, job_id: int, error: str, delay_s: float, *, count: bool = True,
+                  session: str | None = None) -> None:
         """Put a running job back to pending with last_error, not before
         now+delay. count=False: this run does not count as an attempt (the
         job waited for a tier to come back, or for space)."""
@@ -746,7 +768,11 @@ class Catalog(abc.ABC):
     def register_session(self, session: Session) -> None: ...
 
     @abc.abstractmethod
-    def heartbeat(self, session_id: str) -> None: ...
+    def heartbeat(self, session_id: str) -> bool:
+        """Renew a live session's heartbeat. False, changing nothing, when the
+        session has ended (reaped by another mount while this one could not
+        reach the catalog): its jobs and open-file records are gone, and the
+        mount registers a new session rather than bring the old one back."""
 
     @abc.abstractmethod
     def end_session(self, session_id: str, clean: bool = True) -> None: ...

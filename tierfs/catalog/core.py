@@ -17,7 +17,8 @@ import abc
 from typing import Callable, Iterable, Protocol, Sequence, TypeVar
 
 from .. import errors
-from .base import READABLE_STATES, ROOT_INO, Catalog, Inode, Tombstone, Transition, check_expected, copies_of, now_ns
+from .base import (READABLE_STATES, ROOT_INO, Catalog, Inode, Tombstone, Transition, check_expected, check_owner,
+                   copies_of, now_ns)
 
 T = TypeVar("T")
 
@@ -63,6 +64,8 @@ class Txn(Protocol):
     def add_garbage(self, items: Iterable[tuple[str | None, str | None]], reason: str) -> None:
         """Items with an empty tier or key are skipped."""
     def clear_dst_key(self, job_id: int, now: int) -> None: ...
+    def job_owner(self, job_id: int) -> tuple[str, str | None] | None:
+        """(state, session) of a job; None if there is none."""
     def add_tombstone(self, values: dict) -> int:
         """Store a tombstone (Tombstone's fields but id); returns its id."""
     def set_stub(self, ino: int, data: bytes) -> None:
@@ -331,6 +334,8 @@ class CatalogCore(Catalog):
         def fn(t: Txn) -> Inode:
             inode = self._inode_in(t, tr.ino)
             check_expected(inode, tr.expect_version, tr.expect_states)
+            if tr.job_id is not None and tr.job_session is not None:
+                check_owner(tr.job_id, tr.job_session, t.job_owner(tr.job_id))
             if tr.no_writers_except is not None:
                 w = t.other_writer(tr.ino, tr.no_writers_except)
                 if w is not None:

@@ -78,6 +78,13 @@ DEFAULTS = {
 #: not set by default: pymongo then waits that long for server selection
 #: too, so an outage would take the whole deadline to surface as EIO.
 TXN_DEADLINE_S = 10.0
+#: Failover (a replica set's primary dies): the election takes 10-11 s (measured on the multi-host test bed,
+#: tests/system/test_multihost.py: MongoDB's default electionTimeoutMillis of 10 s, then the vote). With
+#: these defaults a call made meanwhile fails with EIO once server selection gives up (5 s; a syscall that
+#: makes several calls stalled up to 10.4 s), and calls work again within a second of the new primary.
+#: With timeoutMS=30000 in the catalog URL every call waits up to 30 s for the new primary instead: a
+#: syscall during the election stalls for it (11.2 s measured) and succeeds; a catalog that is really
+#: down then takes 30 s to give EIO for the first call (UNREACHABLE_DEADLINE_S for the next ones).
 #: Deadline of each call while the last one found no server (see _errors).
 UNREACHABLE_DEADLINE_S = 1.0
 #: Indexes older catalogs have and this version no longer wants (collection -> names); init drops them.
@@ -722,6 +729,10 @@ class _MongoTxn:
 
     def clear_dst_key(self, job_id: int, now: int) -> None:
         self.cat.jobs_c.update_one({"_id": job_id}, {"$set": {"dst_key": None, "updated_ns": now}}, session=self.s)
+
+    def job_owner(self, job_id: int) -> tuple[str, str | None] | None:
+        d = self.cat.jobs_c.find_one({"_id": job_id}, {"state": 1, "session": 1}, session=self.s)
+        return None if d is None else (d["state"], d.get("session"))
 
     def set_stub(self, ino: int, data: bytes) -> None:
         if data:

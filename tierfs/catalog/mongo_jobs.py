@@ -10,7 +10,7 @@ from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from .. import errors
-from .base import ACTIVE_JOB_STATES, JOB_PRIORITY, Job, JobKind, JobState, Session, now_ns
+from .base import ACTIVE_JOB_STATES, JOB_PRIORITY, Job, JobKind, JobState, Session, check_owner, now_ns
 
 ACTIVE = [s.value for s in ACTIVE_JOB_STATES]
 
@@ -81,26 +81,41 @@ class MongoJobs:
                 sort=[("priority", 1), ("_id", 1)], return_document=ReturnDocument.AFTER)
         return job_of(doc) if doc else None
 
-    def update_job(self, job_id, changes) -> None:
+    def _job_filter(self, job_id, session) -> dict:
+        """The job, and with `session` only while it runs under it (fencing: base.check_owner)."""
+        if session is None:
+            return {"_id": job_id}
+        return {"_id": job_id, "state": JobState.RUNNING.value, "session": session}
+
+    def _fenced(self, job_id, session) -> None:
+        """A fenced update matched nothing: raise why (the job as it is now)."""
+        doc = self.jobs_c.find_one({"_id": job_id}, {"state": 1, "session": 1})
+        check_owner(job_id, session, None if doc is None else (doc["state"], doc.get("session")))
+
+    def update_job(self, job_id, changes, *, session=None) -> None:
         """Single-document update."""
         changes = {k: (v.value if isinstance(v, (JobKind, JobState)) else v) for k, v in changes.items()}
         with self._errors():
-            self.jobs_c.update_one({"_id": job_id}, {"$set": dict(changes, updated_ns=now_ns())})
+            r = self.jobs_c.update_one(self._job_filter(job_id, session), {"$set": dict(changes, updated_ns=now_ns())})
+            if session is not None and r.matched_count == 0:
+                self._fenced(job_id, session)
 
-    def finish_job(self, job_id, state, error="") -> None:
+    def finish_job(self, job_id, state, error="", *, session=None) -> None:
         """Single-document update; for DONE, one update_many of the file's
         older failed jobs of the kind (each changes atomically)."""
         t = now_ns()
         with self._errors():
-            doc = self.jobs_c.find_one_and_update({"_id": job_id}, {"$set": {
+            doc = self.jobs_c.find_one_and_update(self._job_filter(job_id, session), {"$set": {
                 "state": JobState(state).value, "session": None, "last_error": error, "updated_ns": t}})
+            if doc is None and session is not None:
+                self._fenced(job_id, session)
             if doc is not None and JobState(state) == JobState.DONE:
                 self.jobs_c.update_many(
                     {"ino": doc["ino"], "kind": doc["kind"], "state": JobState.FAILED.value, "_id": {"$lt": job_id}},
                     {"$set": {"state": JobState.CANCELLED.value, "last_error": f"superseded by job {job_id}",
                               "updated_ns": t}})
 
-    def retry_job(self, job_id, error, delay_s, *, count=True) -> None:
+    def retry_job(self, job_id, error, delay_s, *, count=True, session=None) -> None:
         """Single-document update (back to pending, not before now + delay)."""
         t = now_ns()
         upd: dict = {"$set": {"state": JobState.PENDING.value, "session": None, "last_error": error,
@@ -109,10 +124,12 @@ class MongoJobs:
             upd["$inc"] = {"attempts": -1}   # claim() counted this run; it was a wait, not an attempt
         with self._errors():
             try:
-                self.jobs_c.update_one({"_id": job_id}, upd)
+                r = self.jobs_c.update_one(self._job_filter(job_id, session), upd)
             except DuplicateKeyError:
                 # An operator retried a failed job while a new one is active: that one covers it.
                 raise errors.Exists(f"job {job_id}: another job for the same file is already queued") from None
+            if session is not None and r.matched_count == 0:
+                self._fenced(job_id, session)
 
     def get_job(self, job_id) -> Job:
         with self._errors():
@@ -150,10 +167,11 @@ class MongoJobs:
         with self._errors():
             self.sessions_c.insert_one(d)
 
-    def heartbeat(self, session_id: str) -> None:
-        """Single-document update."""
+    def heartbeat(self, session_id: str) -> bool:
+        """Single-document update, of a live session only."""
         with self._errors():
-            self.sessions_c.update_one({"_id": session_id}, {"$set": {"heartbeat_ns": now_ns()}})
+            r = self.sessions_c.update_one({"_id": session_id, "clean": False}, {"$set": {"heartbeat_ns": now_ns()}})
+        return r.matched_count == 1
 
     def _release_session(self, s, sid: str, error: str = "") -> None:
         """Its running jobs back to pending and its leases freed (in the caller's transaction)."""

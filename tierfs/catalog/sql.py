@@ -26,8 +26,8 @@ from .. import errors, private
 from . import schema as S
 from .base import (ACTIVE_JOB_STATES, INODE_FIELDS, JOB_PRIORITY, ROOT_INO, SCHEMA_VERSION, CatalogStats, DirEntry,
                    Event, FileQuery, Garbage, Inode, Job, JobKind, JobState, Listed, Session, State, Tombstone,
-                   check_count_by, check_expected, copy_pattern, count_further_copies, further_copies, further_targets,
-                   inode_from_values, now_ns, resolve_paths)
+                   check_count_by, check_expected, check_owner, copy_pattern, count_further_copies, further_copies,
+                   further_targets, inode_from_values, now_ns, resolve_paths)
 from .core import CatalogCore, Txn
 
 log = logging.getLogger(__name__)
@@ -224,6 +224,9 @@ class _SqliteTxn:
 
     def clear_dst_key(self, job_id: int, now: int) -> None:
         self.c.execute("UPDATE jobs SET dst_key = NULL, updated_ns = ? WHERE id = ?", (now, job_id))
+
+    def job_owner(self, job_id: int) -> tuple[str, str | None] | None:
+        return self.c.execute("SELECT state, session FROM jobs WHERE id = ?", (job_id,)).fetchone()
 
     def set_stub(self, ino: int, data: bytes) -> None:
         if data:
@@ -772,19 +775,28 @@ class SqlCatalog(CatalogCore):
             return Job(**{**job.__dict__, "state": JobState.RUNNING, "session": session,
                           "attempts": job.attempts + 1, "updated_ns": t})
 
-    def update_job(self, job_id, changes) -> None:
+    @staticmethod
+    def _fence(c: sqlite3.Connection, job_id: int, session: str | None) -> None:
+        """Fencing (base.check_owner), in the caller's transaction, before its change."""
+        if session is not None:
+            check_owner(job_id, session, c.execute("SELECT state, session FROM jobs WHERE id = ?",
+                                                   (job_id,)).fetchone())
+
+    def update_job(self, job_id, changes, *, session=None) -> None:
         cols = list(changes)
         if not set(cols) <= set(_JOB_COLS[1:]):
             raise errors.Invalid(f"cannot set job fields {sorted(set(cols) - set(_JOB_COLS))}")
         vals = [str(v) if isinstance(v, (JobKind, JobState)) else v for v in changes.values()]
         with self._tx() as c:
+            self._fence(c, job_id, session)
             c.execute(f"UPDATE jobs SET {''.join(k + ' = ?, ' for k in cols)}updated_ns = ? WHERE id = ?",
                       (*vals, now_ns(), job_id))
 
-    def finish_job(self, job_id, state, error="") -> None:
+    def finish_job(self, job_id, state, error="", *, session=None) -> None:
         t = now_ns()
         state = JobState(state)
         with self._tx() as c:
+            self._fence(c, job_id, session)
             c.execute("UPDATE jobs SET state = ?, session = NULL, last_error = ?, updated_ns = ? WHERE id = ?",
                       (state.value, error, t, job_id))
             if state == JobState.DONE:
@@ -795,10 +807,11 @@ class SqlCatalog(CatalogCore):
                               (JobState.CANCELLED.value, f"superseded by job {job_id}", t, row[0], row[1],
                                JobState.FAILED.value, job_id))
 
-    def retry_job(self, job_id, error, delay_s, *, count=True) -> None:
+    def retry_job(self, job_id, error, delay_s, *, count=True, session=None) -> None:
         t = now_ns()
         attempts = "" if count else ", attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END"
         with self._tx() as c:
+            self._fence(c, job_id, session)
             c.execute(f"UPDATE jobs SET state = ?, session = NULL, last_error = ?, not_before_ns = ?, "
                       f"updated_ns = ?{attempts} WHERE id = ?",
                       (JobState.PENDING.value, error, t + int(delay_s * 1e9), t, job_id))
@@ -843,9 +856,10 @@ class SqlCatalog(CatalogCore):
         with self._tx() as c:
             c.execute(f"INSERT INTO sessions ({', '.join(d)}) VALUES ({_marks(d)})", tuple(d.values()))
 
-    def heartbeat(self, session_id: str) -> None:
+    def heartbeat(self, session_id: str) -> bool:
         with self._tx() as c:
-            c.execute("UPDATE sessions SET heartbeat_ns = ? WHERE id = ?", (now_ns(), session_id))
+            return c.execute("UPDATE sessions SET heartbeat_ns = ? WHERE id = ? AND clean = 0",
+                             (now_ns(), session_id)).rowcount == 1
 
     @staticmethod
     def _release_session(c: sqlite3.Connection, sid: str, error: str) -> None:

@@ -96,7 +96,7 @@ class PolicyScheduler:
         ran(report, {rule name: action}): told of every run (metrics.Metrics.policy_ran)."""
         self._fs = fs
         self.cfg = cfg                              # the daemon's live Config (a reload changes it in place)
-        self.session_id = session_id
+        self._session_id = session_id
         self.clock = clock or SystemClock()
         self._engine: Engine | None = None
         self._reconfigured = trio.Event()
@@ -194,6 +194,11 @@ class PolicyScheduler:
                 n.start_soon(waiter, self._wake)
         if self.watermarks:
             self._wake = trio.Event()
+
+    @property
+    def session_id(self) -> str:
+        """The lease holder: this mount's session now (heartbeat.py registers a new one after a reap)."""
+        return getattr(self.fs, "session_id", None) or self._session_id
 
     async def renew(self) -> bool:
         """Take or keep the lease; False when another mount holds it."""
