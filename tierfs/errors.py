@@ -66,6 +66,12 @@ class CatalogUnavailable(TierfsError):
     errno = errno.EIO
 
 
+class CatalogFailover(CatalogUnavailable):
+    """The catalog's primary is gone but other members of its replica set
+    answer: an election is under way (10-11 s measured), so the call is worth
+    repeating until the catalog's failover_wait_s (FileSystem.cat does)."""
+
+
 class TierUnavailable(TierfsError):
     """A tier could not be reached within its deadline (a temporary failure)."""
 

@@ -41,6 +41,7 @@ import hashlib
 import logging
 import os
 import stat
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
@@ -153,6 +154,7 @@ class FileSystem:
         self._cache = AttrCache(self.cache_ttl)
         self._op_counts: collections.Counter[str] = collections.Counter()  # FUSE requests by operation (stats)
         self._statfs: tuple[float, tuple[int, int, int]] | None = None   # (valid until, answer)
+        self._failover_told = float("-inf")   # time.monotonic() the last failover wait was logged
         self._full_told: dict[str, float] = {}   # where -> trio time it was last said full (passthrough)
         self.placer = Placer(self)
         self.staging = Staging(self, self._cache, self.events, staging_dir or os.path.join(cfg.state_dir, "staging"))
@@ -166,10 +168,26 @@ class FileSystem:
     # ---- plumbing --------------------------------------------------------
     async def cat(self, fn, *args, **kwargs):
         """Run a blocking catalog call: on the event loop when the catalog
-        names it cheap and local (catalog.inline_calls), else in a worker thread."""
+        names it cheap and local (catalog.inline_calls), else in a worker thread.
+        During a failover of the catalog's primary (errors.CatalogFailover) the
+        call is repeated until catalog.failover_wait_s: the syscall waits for
+        the election (10-11 s) instead of failing with EIO."""
         if getattr(fn, "__self__", None) is self.catalog and fn.__name__ in self.catalog.inline_calls:
             return fn(*args, **kwargs)
-        return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=self.cat_limiter)
+        give_up: float | None = None
+        while True:
+            try:
+                return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=self.cat_limiter)
+            except errors.CatalogFailover as e:
+                now = time.monotonic()
+                if give_up is None:
+                    give_up = now + self.catalog.failover_wait_s
+                    if now - self._failover_told > 10:   # once per failover, not once per waiting call
+                        self._failover_told = now
+                        log.warning("%s; waiting up to %.0f s for a new primary", e, self.catalog.failover_wait_s)
+                if now >= give_up:
+                    raise
+                await trio.sleep(0.2)
 
     def lock(self, ino: int) -> InodeLock:
         return self.files.lock(ino)

@@ -211,8 +211,9 @@ def check_bed(bed: Bed, mounts: list[Mount]) -> None:
 
 def test_primary_failover_under_load(bed):
     top = "heartbeat_interval = 1\nsession_timeout = 40\nworkers = 2\n"
-    # A on the default catalog URL (no timeoutMS: a call fails with EIO once server selection gives up,
-    # 5 s); B with timeoutMS=30000 (a call waits up to 30 s for the new primary, and so rides through).
+    # A on the default catalog URL (the mount repeats a call while other members answer: errors.CatalogFailover,
+    # up to 30 s); B with timeoutMS=30000 (the driver itself waits up to 30 s for the new primary). Both ride
+    # through the election: no syscall fails.
     a = bed.mount("a", bed.hosts[0], top, archive_delay=0.3)
     b = bed.mount("b", bed.hosts[1], top, archive_delay=0.3, timeoutMS=int(DEADLINE_S * 1000))
     check_bed(bed, [a, b])
@@ -245,7 +246,7 @@ def test_primary_failover_under_load(bed):
               f"calls during the election; works again {rec:.1f}s after the new primary; failed calls "
               f"{len(failed)} of {len(ld.calls)}: {sorted(set(failed))}")
         assert max(during, default=0) < DEADLINE_S
-        assert {e for _, e in failed} <= {"EIO", "EAGAIN"}, failed
+        assert not failed, f"mount {ld.tag}: syscalls failed during a failover shorter than {DEADLINE_S}s"
         assert rec < DEADLINE_S
 
     # Every job ends, each once; no closed file lost or changed (through either mount).

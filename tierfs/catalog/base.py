@@ -498,6 +498,9 @@ class Catalog(abc.ABC):
     #: network, ~30-400 us) to call on the event loop instead of handing them
     #: to a worker thread, whose round trip costs ~115 us on 2 cores.
     inline_calls: frozenset[str] = frozenset()
+    #: How long a mount repeats a call that failed with errors.CatalogFailover
+    #: (seconds; 0: the catalog has no failover).
+    failover_wait_s: float = 0.0
     #: Statistic for tests and benchmarks: rows/documents read by candidate queries.
     rows_read: int = 0
     #: Statistic for tests and benchmarks: inode access times written.

@@ -50,8 +50,9 @@ from typing import Callable, Iterator, TypeVar
 import pymongo
 from pymongo import ReturnDocument, UpdateOne
 from pymongo.errors import (BulkWriteError, CollectionInvalid, ConfigurationError, ConnectionFailure,
-                            DuplicateKeyError, InvalidURI, OperationFailure, PyMongoError,
+                            DuplicateKeyError, InvalidURI, NetworkTimeout, OperationFailure, PyMongoError,
                             ServerSelectionTimeoutError)
+from pymongo.server_type import SERVER_TYPE
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
@@ -80,11 +81,17 @@ DEFAULTS = {
 TXN_DEADLINE_S = 10.0
 #: Failover (a replica set's primary dies): the election takes 10-11 s (measured on the multi-host test bed,
 #: tests/system/test_multihost.py: MongoDB's default electionTimeoutMillis of 10 s, then the vote). With
-#: these defaults a call made meanwhile fails with EIO once server selection gives up (5 s; a syscall that
-#: makes several calls stalled up to 10.4 s), and calls work again within a second of the new primary.
+#: these client deadlines alone a call made meanwhile fails once server selection gives up (5 s; a syscall
+#: that made several calls stalled up to 10.4 s and got EIO), and calls work again within a second of the
+#: new primary.
 #: With timeoutMS=30000 in the catalog URL every call waits up to 30 s for the new primary instead: a
 #: syscall during the election stalls for it (11.2 s measured) and succeeds; a catalog that is really
 #: down then takes 30 s to give EIO for the first call (UNREACHABLE_DEADLINE_S for the next ones).
+#: So a mount repeats a call that failed while members other than the lost primary answer (an election:
+#: errors.CatalogFailover) for up to FAILOVER_WAIT_S, by default: a syscall during a failover stalls for the
+#: election and then succeeds. A catalog none of whose members answers (down, or this host cut off) still
+#: gives EIO after the server selection timeout, then fails fast.
+FAILOVER_WAIT_S = 30.0
 #: Deadline of each call while the last one found no server (see _errors).
 UNREACHABLE_DEADLINE_S = 1.0
 #: Indexes older catalogs have and this version no longer wants (collection -> names); init drops them.
@@ -166,6 +173,7 @@ class MongoCatalog(MongoJobs, MongoQueries, CatalogCore):
 
     shared = True
     concurrency = 8
+    failover_wait_s = FAILOVER_WAIT_S
 
     def __init__(self, url: str):
         self.url = url
@@ -219,11 +227,24 @@ class MongoCatalog(MongoJobs, MongoQueries, CatalogCore):
             self._unreachable = False  # the server answered (NotFound, Exists...)
             raise
         except PyMongoError as e:
+            if isinstance(e, ConnectionFailure) and not isinstance(e, NetworkTimeout) and self._members_answer():
+                raise errors.CatalogFailover(f"catalog {redact_url(self.url)}: no primary (a replica set "
+                                             f"election?): {_short(e)}") from e
             if isinstance(e, ServerSelectionTimeoutError):
                 self._unreachable = True
             raise errors.CatalogUnavailable(f"catalog {redact_url(self.url)}: {_short(e)}") from e
         else:
             self._unreachable = False
+
+    def _members_answer(self) -> bool:
+        """After a lost connection or no server found: does some member of the
+        replica set answer the driver's monitor (a secondary, or the primary an
+        election just made)? Then the primary failed over, rather than this
+        host having lost the catalog. A slow answer (NetworkTimeout) is not
+        asked about: the server is there, and repeating would double the wait."""
+        answering = (SERVER_TYPE.RSPrimary, SERVER_TYPE.RSSecondary)
+        servers = self.client.topology_description.server_descriptions().values()
+        return any(sd.server_type in answering for sd in servers)
 
     def _txn(self, fn: Callable[[object], T]) -> T:
         """Run fn(session) in a transaction, retried on transient errors until
