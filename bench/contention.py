@@ -1,5 +1,5 @@
 """Case "contention" (issue 20, item 3): file-create throughput of 1 and N
-mounts on one MongoDB catalog, a three-member replica set (bench/replset.py)
+mounts on one MongoDB catalog, a three-member replica set (tests/mongod.py MongoReplicaSet, on 127.0.0.1)
 whose transactions commit with majority write concern.
 
 N mounts are N times the outstanding requests: they scale until something
@@ -297,7 +297,7 @@ def run(workdir: str, mounts: int, duration: float, runs: int, log, fuse: bool =
     """{"levels": {level: {variant: {n: [run, ...]}}}, "params": ...} (see the module doc).
     delay_ms > 0: the mounts reach the primary through bench/delayproxy.py, which delays each direction by
     delay_ms (mounts on other hosts; a direct connection to the primary, so every command pays it)."""
-    from .replset import ReplicaSet
+    from tests.mongod import MongoReplicaSet, free_port
     base = os.path.join(workdir, "contention")
     shutil.rmtree(base, ignore_errors=True)
     os.makedirs(base)
@@ -306,16 +306,24 @@ def run(workdir: str, mounts: int, duration: float, runs: int, log, fuse: bool =
                             "write_concern": "majority (transactions)", "file_bytes": FILE_BYTES,
                             "ranged": __import__("tierfs.catalog.mongo", fromlist=["RANGED"]).RANGED},
                  "levels": {}}
-    rs = ReplicaSet(os.path.join(base, "rs"))
-    rs.start()
-    out["params"]["mongod_pids"] = list(rs.pids)
+    ports: set[int] = set()
+    while len(ports) < 3:
+        ports.add(free_port())
+    rs = MongoReplicaSet(os.path.join(base, "rs"), [("127.0.0.1", p, []) for p in sorted(ports)], name="rs3")
+    try:
+        rs.start()
+    except BaseException:
+        rs.stop()
+        raise
+    pids = [pid for pid in rs.pids.values() if pid]
+    out["params"]["mongod_pids"] = pids
     proxy = None
-    watch = {"mongod": rs.pids}
+    watch = {"mongod": pids}
     url = rs.url
     try:
         if delay_ms > 0:
-            proxy, port = _start_proxy(rs.ports[0], delay_ms)   # member 0 is the primary (priority 2)
-            watch = {"mongod": rs.pids, "proxy": [proxy.pid]}
+            proxy, port = _start_proxy(rs.members[0][1], delay_ms)   # member 0 is the primary (highest priority)
+            watch = {"mongod": pids, "proxy": [proxy.pid]}
             url = lambda db: f"mongodb://127.0.0.1:{port}/{db}?directConnection=true"  # noqa: E731
         for level, variant in LEVELS:
             block, one_dir = VARIANTS[variant]
