@@ -25,7 +25,10 @@ from .. import errors
 
 ROOT_INO = 1
 #: 2: inodes carry last_access_ns (see Inode.last_access_ns); version 1 catalogs are migrated at init.
-SCHEMA_VERSION = 3
+#: 3: further archive copies, stubs, in-place origins (issue 18). 4: running totals of the live regular
+#: files per (state, tier, archive_tier) for `du` and `status` (Catalog.totals; issue 20), filled from a
+#: scan when a version 3 catalog is opened.
+SCHEMA_VERSION = 4
 
 
 def now_ns() -> int:
@@ -459,6 +462,32 @@ def check_count_by(by: str) -> None:
         raise errors.Invalid(f"cannot count by {by!r} (one of {', '.join(COUNT_BY_FIELDS)})")
 
 
+#: The FileQuery fields count_by() may answer from the running totals with: all others as in FileQuery().
+_TOTALS_IGNORED = ("order_by_last_access", "limit", "after_ino")
+#: The fields the running totals are kept per (Catalog.totals keys, in order).
+TOTALS_FIELDS = ("state", "tier", "archive_tier")
+
+
+def totals_answer(q: FileQuery, by: str) -> bool:
+    """True when count_by(q, by) is a sum of Catalog.totals(): every live
+    regular file (the root's `tierfs du`, `tierfs status`), grouped by a
+    field the totals are kept per."""
+    if by not in TOTALS_FIELDS:
+        return False
+    plain = FileQuery()
+    return all(getattr(q, f) == getattr(plain, f) for f in q.__dataclass_fields__ if f not in _TOTALS_IGNORED)
+
+
+def group_totals(totals: dict, by: str) -> dict:
+    """count_by's answer {value: (files, bytes)} summed from Catalog.totals() rows."""
+    k = TOTALS_FIELDS.index(by)
+    out: dict = {}
+    for key, (n, b) in totals.items():
+        m, c = out.get(key[k], (0, 0))
+        out[key[k]] = (m + n, c + b)
+    return out
+
+
 @dataclass
 class CatalogStats:
     """Counts for `tierfs status`."""
@@ -782,6 +811,21 @@ class Catalog(abc.ABC):
     def count_by(self, q: FileQuery, by: str) -> dict:
         """{value of field `by` (COUNT_BY_FIELDS): (files, bytes)} over the
         inodes matching q (each inode once; limit/paging ignored). `tierfs du`."""
+
+    @abc.abstractmethod
+    def totals(self) -> dict[tuple[str, str | None, str | None], tuple[int, int]]:
+        """{(state, tier, archive_tier): (files, bytes)} of the live regular
+        files, from the running totals every inode change keeps in its own
+        transaction (a few rows or documents: no scan). Keys with no file
+        are left out."""
+
+    @abc.abstractmethod
+    def scan_totals(self) -> dict[tuple[str, str | None, str | None], tuple[int, int]]:
+        """What totals() should be, computed by a scan of every inode (fsck, tests)."""
+
+    @abc.abstractmethod
+    def rebuild_totals(self) -> None:
+        """Replace the running totals with scan_totals() (fsck --repair; bulk loads that bypass the catalog)."""
 
     @abc.abstractmethod
     def stats(self) -> CatalogStats: ...
