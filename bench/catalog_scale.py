@@ -145,6 +145,10 @@ def load_mongo(cat, n: int, now: int) -> None:
         cat.dentries.insert_many(bd, ordered=False)
     cat.counters.update_one({"_id": "ino"}, {"$max": {"seq": first_file + n}}, upsert=True)
     cat.counters.update_one({"_id": "pos"}, {"$max": {"seq": pos0 + ndirs + n}}, upsert=True)
+    if hasattr(cat, "rebuild_totals"):   # the inserts bypassed the catalog, which keeps du's totals
+        with Timer() as t:
+            cat.rebuild_totals()
+        cat._bench_totals_s = t.s
 
 
 # ---- what the database examined -------------------------------------------------
@@ -264,6 +268,23 @@ class _Sink:
         pass
 
 
+def _server_reads(cat) -> tuple[int, int] | None:
+    """MongoDB: (documents, index keys) the server has examined so far (serverStatus), else None."""
+    if not hasattr(cat, "db"):
+        return None
+    m = cat.client.admin.command("serverStatus")["metrics"]["queryExecutor"]
+    return m["scannedObjects"], m["scanned"]
+
+
+def _with_server_reads(cat, fn) -> dict:
+    before = _server_reads(cat)
+    out = fn()
+    if before is not None:
+        after = _server_reads(cat)
+        out.update(docs_examined=after[0] - before[0], keys_examined=after[1] - before[1])
+    return out
+
+
 def time_find(cat, state: State) -> dict:
     """`tierfs find --state STATE` of the root, printed by the CLI's code
     into a counting sink: seconds to the first path and to the last, paths,
@@ -312,8 +333,8 @@ def measure_find_du(cat, drop_cold=True) -> dict:
                      ("find_online", lambda: time_find(cat, State.ONLINE)), ("du_root", lambda: time_du(cat))):
         if drop_cold:
             drop_caches()
-        out[name + "_cold"] = fn()
-        out[name + "_warm"] = fn()
+        out[name + "_cold"] = _with_server_reads(cat, fn)
+        out[name + "_warm"] = _with_server_reads(cat, fn)
     return out
 
 
@@ -323,6 +344,8 @@ def measure(cat, n: int, runs: int, lookups: int, examined, drop_cold=True) -> d
     q = candidate_query(now)
     out: dict = {"entries": n, "candidates_expected": n // 100}
     out.update(measure_find_du(cat, drop_cold))
+    if getattr(cat, "_bench_log", None):   # (long runs: these figures before the rest)
+        cat._bench_log(f"  find/du: {out}")
     warm, cold, rows = [], [], []
     for r in range(runs):
         if drop_cold:
@@ -369,6 +392,7 @@ def run_sqlite(workdir: str, n: int, runs: int, lookups: int, log) -> dict:
     cat = SqlCatalog(f"sqlite:///{path}")
     cat.init()
     cat._bench_now = time.time_ns()
+    cat._bench_log = log
     with Timer() as t:
         load_sql(cat, n, cat._bench_now)
     log(f"  sqlite: loaded {n} entries in {t.s:.1f} s")
@@ -416,12 +440,15 @@ def run_mongo(workdir: str, n: int, runs: int, lookups: int, log) -> dict:
         cat = open_catalog(server.url("bench"))
         cat.init()
         cat._bench_now = time.time_ns()
+        cat._bench_log = log
         with Timer() as t:
             load_mongo(cat, n, cat._bench_now)
         log(f"  mongo: loaded {n} entries in {t.s:.1f} s")
         try:
             out = measure(cat, n, runs, lookups, examined_mongo)
             out["load_s"] = t.s
+            out["totals_rebuild_s"] = getattr(cat, "_bench_totals_s", None)
+            out["db_bytes"] = cat.db.command("dbStats")["storageSize"] + cat.db.command("dbStats")["indexSize"]
             return out
         finally:
             cat.close()

@@ -462,6 +462,18 @@ def check_count_by(by: str) -> None:
         raise errors.Invalid(f"cannot count by {by!r} (one of {', '.join(COUNT_BY_FIELDS)})")
 
 
+#: FileQuery conditions besides states and regular_only.
+_BEYOND_STATES = ("tier", "archive_tier", "min_size", "max_size", "last_access_before_ns", "crtime_before_ns",
+                  "mtime_before_ns", "uid", "gid", "checksum_missing", "name_glob", "under")
+
+
+def states_only(q: FileQuery) -> bool:
+    """True when q selects by states (or nothing) alone: query_names then
+    walks an index of (state, ino, nlink, mode) on its own, in inode number
+    order (`tierfs find --state S`, `tierfs find`)."""
+    return not any(getattr(q, f) for f in _BEYOND_STATES) and q.under is None and q.name_glob is None
+
+
 #: The FileQuery fields count_by() may answer from the running totals with: all others as in FileQuery().
 _TOTALS_IGNORED = ("order_by_last_access", "limit", "after_ino")
 #: The fields the running totals are kept per (Catalog.totals keys, in order).

@@ -461,6 +461,9 @@ class MongoCatalog(MongoJobs, MongoQueries, CatalogCore):
                                      partialFilterExpression={"archive_copies": {"$type": "string"}})
             self.inodes.create_index([("state", A), ("_id", A)], name="no_checksum",       # checksum backlog
                                      partialFilterExpression={"checksum": {"$type": "null"}})
+            # `tierfs find` by state alone (or no condition): query_names pages through the matching inode
+            # numbers in order on this index alone (nlink and mode are tested on the key: no document read)
+            self.inodes.create_index([("state", A), ("_id", A), ("nlink", A), ("mode", A)], name="state_id")
             self.inodes.create_index([("nlink", A)], name="unlinked",                       # unlinked()
                                      partialFilterExpression={"nlink": 0})
             self.xattrs.create_index([("ino", A), ("name", A)], unique=True, name="ino_name")

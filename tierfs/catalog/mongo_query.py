@@ -12,7 +12,7 @@ from typing import Iterable, Iterator, Sequence
 
 from .base import (ACTIVE_JOB_STATES, INODE_FIELDS, ROOT_INO, CatalogStats, FileQuery, Inode, Listed, State, check_count_by,
                    count_further_copies, further_copies, further_targets, group_totals,
-                   inode_from_values, totals_answer)
+                   inode_from_values, states_only, totals_answer)
 
 #: S_IFMT bits of a regular file / a directory, and the other type bits that must be clear.
 REG_SET, REG_CLEAR = 0o100000, 0o070000
@@ -24,6 +24,8 @@ DIR_SET, DIR_CLEAR = 0o040000, 0o130000
 #: after one batch and each round trip stays far under the client's socket timeout (10 s) whatever
 #: the catalog's size (measured in bench/RESULTS.md, catalog scale).
 NAMES_BATCH = 5000  # (MongoQueries.names_batch)
+#: query_names' first batch when it pages by inode number (the first path after one short round trip).
+FIRST_NAMES = 500
 
 #: Values of fields a document may lack (made by an older tierfs, still mounted during a migration).
 _ABSENT = {"stub_size": 0}
@@ -55,7 +57,8 @@ class MongoQueries:
         if q.states is not None:
             f["state"] = {"$in": [State(x).value for x in q.states]}
         if q.regular_only:
-            f["mode"] = {"$bitsAllSet": REG_SET, "$bitsAllClear": REG_CLEAR}
+            # S_IFREG with the other type bits clear, as a range an index can bound (state_id covers it)
+            f["mode"] = {"$gte": REG_SET, "$lt": REG_SET + 0o10000}
         for field_, val, op in (("tier", q.tier, "$eq"), ("archive_tier", q.archive_tier, "$eq"),
                                 ("size", q.min_size, "$gte"), ("size", q.max_size, "$lte"),
                                 ("last_access_ns", q.last_access_before_ns, "$lt"),
@@ -115,22 +118,50 @@ class MongoQueries:
 
     def _inode_names(self, q: FileQuery) -> Iterator[list[tuple[int, bytes, int]]]:
         """Lists of (parent, name, ino) of the inodes matching q, one list per
-        NAMES_BATCH inodes: a cursor walks the matching inodes by an index
-        (only their numbers come back) and each batch's names are one
-        {ino: {$in: ...}} read on the dentries' ino index. Both reads cost in
-        proportion to the batch, never to the catalog."""
+        batch of inodes: each batch's names are one {ino: {$in: ...}} read on
+        the dentries' ino index. The inodes come from _inode_pages (states
+        alone) or a cursor on the index the planner picks (one getMore per
+        batch). Every read costs in proportion to its batch, never to the
+        catalog."""
+        pages = self._inode_pages(q) if states_only(q) else self._inode_cursor(q)
+        for inos in pages:
+            with self._errors():
+                names = self.dentries.find({"ino": {"$in": inos}}, {"_id": 0, "parent": 1, "name": 1, "ino": 1},
+                                           batch_size=len(inos) * 2)
+                rows = [(d["parent"], d["name"], d["ino"]) for d in names]
+            yield rows
+
+    def _inode_pages(self, q: FileQuery) -> Iterator[list[int]]:
+        """Numbers of the inodes in q's states (all, without), in increasing
+        order, page by page: each page one query on the state_id index
+        (state, _id, nlink, mode), which answers it alone (no inode document
+        is read), starting after the last number of the one before: FIRST_NAMES,
+        then names_batch. In number order the names that follow are read
+        mostly in their storage order, which keeps a cold cache's reads
+        sequential. No server cursor outlives a round trip."""
+        f = self._filter(q, paging=False)
+        f.setdefault("state", {"$in": [s.value for s in State]})
+        last, size = 0, min(FIRST_NAMES, self.names_batch)
+        while True:
+            with self._errors():
+                inos = [d["_id"] for d in self.inodes.find({**f, "_id": {"$gt": last}}, {"_id": 1})
+                        .sort("_id", 1).limit(size).hint("state_id")]
+            if not inos:
+                return
+            yield inos
+            last, size = inos[-1], self.names_batch
+
+    def _inode_cursor(self, q: FileQuery) -> Iterator[list[int]]:
+        """Numbers of the inodes matching q, names_batch per getMore of one cursor."""
         with self._errors():
             cur = self.inodes.find(self._filter(q, paging=False), {"_id": 1}, batch_size=self.names_batch)
         try:
             while True:
                 with self._errors():
                     inos = [d["_id"] for d in itertools.islice(cur, self.names_batch)]
-                    if not inos:
-                        return
-                    names = self.dentries.find({"ino": {"$in": inos}}, {"_id": 0, "parent": 1, "name": 1, "ino": 1},
-                                               batch_size=len(inos) * 2)
-                    rows = [(d["parent"], d["name"], d["ino"]) for d in names]
-                yield rows
+                if not inos:
+                    return
+                yield inos
         finally:
             cur.close()
 

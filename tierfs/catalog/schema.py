@@ -227,6 +227,11 @@ INDEXES: dict[str, str] = {
     # query()/query_names()/count_by() with states + min_size/max_size but no atime bound (rules on size
     # alone, `tierfs find --size`). Either state index serves _unselective()'s count of inodes in some states.
     "ix_inodes_state_size": "CREATE INDEX ix_inodes_state_size ON inodes (state, size)",
+    # query_names() by states alone (`tierfs find --state S`, `tierfs find`): walks the matches in inode
+    # number order on this index alone (nlink and mode are on it), so the dentries that follow (by
+    # ix_dentries_ino) are read in about their storage order too: sequential reads with a cold cache
+    # where (state, size) gave one random read per match.
+    "ix_inodes_state_ino": "CREATE INDEX ix_inodes_state_ino ON inodes (state, ino, nlink, mode)",
     # references() (is an online object still used?), FileQuery.tier, `tierfs status` bytes per tier.
     "ix_inodes_tier": "CREATE INDEX ix_inodes_tier ON inodes (tier, location)",
     # references() of archive copies, FileQuery.archive_tier, `tierfs status` bytes per archive tier.

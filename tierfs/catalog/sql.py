@@ -27,13 +27,16 @@ from . import schema as S
 from .base import (ACTIVE_JOB_STATES, INODE_FIELDS, JOB_PRIORITY, ROOT_INO, SCHEMA_VERSION, CatalogStats, DirEntry,
                    Event, FileQuery, Garbage, Inode, Job, JobKind, JobState, Listed, Session, State, Tombstone,
                    check_count_by, check_expected, copy_pattern, count_further_copies, further_copies, further_targets,
-                   group_totals, inode_from_values, now_ns, resolve_paths, totals_answer)
+                   group_totals, inode_from_values, now_ns, resolve_paths, states_only, totals_answer)
 from .core import CatalogCore, Txn
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: query_names' first batch: the first path comes after this many rows are read. With the page cache
+#: dropped each may be a random read of the inodes (1M entries, 5% matching: 5,000 rows took 1.3 s).
+FIRST_NAMES = 500
 #: How long a statement waits for another process's write lock before the catalog is unavailable.
 BUSY_TIMEOUT_S = 30
 
@@ -1016,7 +1019,7 @@ class SqlCatalog(CatalogCore):
         for r in rows:
             yield inode_from_values(r)
 
-    #: Rows query_names fetches at a time (the first path comes after this many rows are read).
+    #: Rows query_names fetches at a time, after a first batch of FIRST_NAMES.
     names_batch = 5000
 
     def query_names(self, q: FileQuery) -> Iterator[tuple[int, bytes, int]]:
@@ -1027,20 +1030,43 @@ class SqlCatalog(CatalogCore):
         try:
             with self._unavailable():
                 conn.execute("BEGIN")
-                conds, args = self._conds(conn, q)
-                with_, wargs, terms, targs = self._names(q)
-                cur = conn.execute(f"{with_}SELECT dentries.parent, dentries.name, dentries.ino FROM dentries "
-                                   f"JOIN inodes ON inodes.ino = dentries.ino WHERE {' AND '.join(conds + terms)}",
-                                   (*wargs, *args, *targs))
+                if states_only(q):
+                    cur = conn.execute(*self._names_by_state(q))
+                else:
+                    conds, args = self._conds(conn, q)
+                    with_, wargs, terms, targs = self._names(q)
+                    cur = conn.execute(f"{with_}SELECT dentries.parent, dentries.name, dentries.ino FROM dentries "
+                                       f"JOIN inodes ON inodes.ino = dentries.ino WHERE {' AND '.join(conds + terms)}",
+                                       (*wargs, *args, *targs))
+            size = min(FIRST_NAMES, self.names_batch)
             while True:
                 with self._unavailable():
-                    part = cur.fetchmany(self.names_batch)
+                    part = cur.fetchmany(size)
                 if not part:
                     break
                 self.rows_read += len(part)
                 yield from part
+                size = self.names_batch
         finally:
             conn.close()
+
+    @staticmethod
+    def _names_by_state(q: FileQuery) -> tuple[str, list]:
+        """query_names' statement for states alone (base.states_only): the
+        matches in ino order on ix_inodes_state_ino alone (covering), each
+        joined with its names by ix_dentries_ino. INDEXED BY and CROSS JOIN
+        fix that plan: without statistics SQLite would walk (state, size),
+        or scan the table when many match (SCAN_RATIO)."""
+        conds, args = ["inodes.nlink > 0"], []
+        if q.states is not None:
+            states = [State(s).value for s in q.states]
+            conds.append(f"inodes.state IN ({_marks(states)})")
+            args += states
+        if q.regular_only:
+            conds.append("(inodes.mode & ?) = ?")
+            args += [_TYPE_BITS, _REG]
+        return ("SELECT dentries.parent, dentries.name, dentries.ino FROM inodes INDEXED BY ix_inodes_state_ino "
+                f"CROSS JOIN dentries ON dentries.ino = inodes.ino WHERE {' AND '.join(conds)}", args)
 
     def paths_of(self, inos: Iterable[int], cache: dict[int, bytes] | None = None) -> dict[int, bytes]:
         """Level by level: one read of dentries per level and batch of 500."""
