@@ -231,6 +231,12 @@ class Fsck:
             check()
         return self.findings
 
+    def run_check(self, name: str) -> list[Finding]:
+        """The findings of one check (e.g. "check_totals"), run on its own."""
+        before = len(self.findings)
+        getattr(self, name)()
+        return self.findings[before:]
+
     def problems(self) -> list[Finding]:
         """Errors not repaired: what makes the exit status non-zero."""
         return [f for f in self.findings if f.severity == Severity.ERROR and not f.repaired]
