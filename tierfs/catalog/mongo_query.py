@@ -118,26 +118,19 @@ class MongoQueries:
 
     def _inode_names(self, q: FileQuery) -> Iterator[list[tuple[int, bytes, int]]]:
         """Lists of (parent, name, ino) of the inodes matching q, one list per
-        batch of inodes: each batch's names are one read on the dentries' ino
-        index, of the batch's range of numbers when they fill at least half
-        of it (one index range: the other names in it are dropped here), else
-        of the numbers themselves ({$in: [...]}, one seek each). The inodes
-        come from _inode_pages (states alone) or a cursor on the index the
-        planner picks (one getMore per batch). Every read costs in proportion
-        to its batch, never to the catalog."""
+        batch of inodes: each batch's names are one {ino: {$in: ...}} read on
+        the dentries' ino index. The inodes come from _inode_pages (states
+        alone) or a cursor on the index the planner picks (one getMore per
+        batch). Every read costs in proportion to its batch, never to the
+        catalog. (Reading a dense batch's names as one range of the ino index
+        instead of an $in measured no faster at 1M entries.)"""
         pages = self._inode_pages(q) if states_only(q) else self._inode_cursor(q)
-        proj = {"_id": 0, "parent": 1, "name": 1, "ino": 1}
         for inos in pages:
-            lo, hi = min(inos), max(inos)
-            dense = 2 * len(inos) >= hi - lo + 1
-            f = {"ino": {"$gte": lo, "$lte": hi}} if dense else {"ino": {"$in": inos}}
             with self._errors():
-                docs = list(self.dentries.find(f, proj, batch_size=2 * (hi - lo + 1 if dense else len(inos))))
-            if dense:
-                want = set(inos)
-                yield [(d["parent"], d["name"], d["ino"]) for d in docs if d["ino"] in want]
-            else:
-                yield [(d["parent"], d["name"], d["ino"]) for d in docs]
+                names = self.dentries.find({"ino": {"$in": inos}}, {"_id": 0, "parent": 1, "name": 1, "ino": 1},
+                                           batch_size=len(inos) * 2)
+                rows = [(d["parent"], d["name"], d["ino"]) for d in names]
+            yield rows
 
     def _inode_pages(self, q: FileQuery) -> Iterator[list[int]]:
         """Numbers of the inodes in q's states (all, without), in increasing
