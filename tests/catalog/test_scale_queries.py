@@ -45,6 +45,18 @@ def test_query_names_yields_the_first_rows_before_reading_the_rest(catalog, by_n
     assert catalog.rows_read - before == 1000  # each matching name read once: proportional to the result
 
 
+def test_query_names_by_state_keeps_every_other_condition(catalog):
+    """The walk by state alone is taken only when nothing else is asked: an
+    owner of uid 0 or a size bound of 0 still filters."""
+    d = catalog.create(ROOT_INO, b"d", new(DIR))
+    mine = catalog.create(d.ino, b"mine", new(size=0, state=State.ARCHIVED).copy(uid=0))
+    catalog.create(d.ino, b"theirs", new(size=5, state=State.ARCHIVED))
+    names = lambda **kw: sorted(n for _, n, _ in catalog.query_names(FileQuery(states=(State.ARCHIVED,), **kw)))  # noqa: E731
+    assert names() == [b"mine", b"theirs"]
+    assert names(uid=0) == [b"mine"] and names(max_size=0) == [b"mine"] and names(min_size=1) == [b"theirs"]
+    assert [r[2] for r in catalog.query_names(FileQuery(uid=0))] == [mine.ino]
+
+
 def test_find_prints_paths_while_the_catalog_is_still_being_read(catalog):
     """The CLI's printing loop writes (and flushes) the first paths before the
     query has read every row, and prints every match once."""

@@ -471,7 +471,7 @@ def states_only(q: FileQuery) -> bool:
     """True when q selects by states (or nothing) alone: query_names then
     walks an index of (state, ino, nlink, mode) on its own, in inode number
     order (`tierfs find --state S`, `tierfs find`)."""
-    return not any(getattr(q, f) for f in _BEYOND_STATES) and q.under is None and q.name_glob is None
+    return all(getattr(q, f) is None or getattr(q, f) is False for f in _BEYOND_STATES)   # (uid 0 is one)
 
 
 #: The FileQuery fields count_by() may answer from the running totals with: all others as in FileQuery().
