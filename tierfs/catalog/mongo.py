@@ -391,8 +391,17 @@ class MongoCatalog(MongoJobs, MongoQueries, CatalogCore):
         the totals depend on, in a transaction with their update (the inode's previous values come back
         from the same atomic update)."""
         upd = _update(values, inc)
-        if _TOTAL_FIELD_SET.isdisjoint(values):
+        counted = _TOTAL_FIELD_SET.intersection(values)
+        if not counted:
             return self.inodes.find_one_and_update(filt, upd, return_document=ReturnDocument.AFTER)
+        if counted == {"mode"}:
+            # chmod: the totals change only with the file type, so when the stored one is the new one's
+            # this is the single-document update it was (a mismatch, or no such inode: the transaction)
+            kind = values["mode"] & 0o170000
+            doc = self.inodes.find_one_and_update({**filt, "mode": {"$gte": kind, "$lt": kind + 0o10000}}, upd,
+                                                  return_document=ReturnDocument.AFTER)
+            if doc is not None:
+                return doc
 
         def fn(s):
             before = self.inodes.find_one_and_update(filt, upd, return_document=ReturnDocument.BEFORE, session=s)
