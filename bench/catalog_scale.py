@@ -11,7 +11,13 @@ catalog modules' own row builders), then we time:
   column, and the range of the index EXPLAIN QUERY PLAN names; MongoDB:
   explain executionStats totalDocsExamined / totalKeysExamined);
 - lookup latency: catalog.lookup(parent, name) of random entries, p50/p99,
-  warm (after one untimed pass over the same names).
+  warm (after one untimed pass over the same names);
+- `tierfs find --state archived` (5% of the entries) and `--state online`
+  (~90%) through the CLI's own printing code (cli/admin.py _find_print,
+  output counted, not written): time to the first and to the last path, and
+  the rows read; cold and warm;
+- `tierfs du` of the root through the CLI's counting code (admin.du_counts:
+  by state and by tier), cold and warm, with the rows read.
 
 The data: atime uniform over the last 100 days (mtime = atime, so the last
 access or modification is the atime), size log-uniform 1 KiB..1 GiB,
@@ -139,6 +145,10 @@ def load_mongo(cat, n: int, now: int) -> None:
         cat.dentries.insert_many(bd, ordered=False)
     cat.counters.update_one({"_id": "ino"}, {"$max": {"seq": first_file + n}}, upsert=True)
     cat.counters.update_one({"_id": "pos"}, {"$max": {"seq": pos0 + ndirs + n}}, upsert=True)
+    if hasattr(cat, "rebuild_totals"):   # the inserts bypassed the catalog, which keeps du's totals
+        with Timer() as t:
+            cat.rebuild_totals()
+        cat._bench_totals_s = t.s
 
 
 # ---- what the database examined -------------------------------------------------
@@ -240,11 +250,102 @@ def examined_mongo(cat, q: FileQuery) -> dict:
             "keys_examined": st.get("totalKeysExamined"), "sort": cmd.get("sort")}
 
 
+# ---- find and du as the CLI runs them ---------------------------------------------------
+class _Sink:
+    """A stand-in for sys.stdout: counts lines and notes when the first came."""
+
+    def __init__(self, t0: float):
+        self.t0, self.first, self.lines = t0, None, 0
+        self.buffer = self
+
+    def write(self, data) -> int:
+        if data and self.first is None:
+            self.first = time.perf_counter() - self.t0
+        self.lines += data.count(b"\n") if isinstance(data, bytes) else data.count("\n")
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+def _server_reads(cat) -> tuple[int, int] | None:
+    """MongoDB: (documents, index keys) the server has examined so far (serverStatus), else None."""
+    if not hasattr(cat, "db"):
+        return None
+    m = cat.client.admin.command("serverStatus")["metrics"]["queryExecutor"]
+    return m["scannedObjects"], m["scanned"]
+
+
+def _with_server_reads(cat, fn) -> dict:
+    before = _server_reads(cat)
+    out = fn()
+    if before is not None:
+        after = _server_reads(cat)
+        out.update(docs_examined=after[0] - before[0], keys_examined=after[1] - before[1])
+    return out
+
+
+def time_find(cat, state: State) -> dict:
+    """`tierfs find --state STATE` of the root, printed by the CLI's code
+    into a counting sink: seconds to the first path and to the last, paths,
+    rows read. An error (e.g. the client's socket timeout) is reported."""
+    import sys
+    from tierfs.cli import admin
+    q = FileQuery(states=(state,))
+    before = cat.rows_read
+    t0 = time.perf_counter()
+    sink = _Sink(t0)
+    saved = sys.stdout
+    sys.stdout = sink
+    try:
+        admin._find_print(cat, q, "/", False, False, None)
+    except Exception as e:  # noqa: BLE001 - the figure is the failure
+        return {"error": f"{type(e).__name__}: {e}"[:300], "after_s": time.perf_counter() - t0, "paths": sink.lines}
+    finally:
+        sys.stdout = saved
+    return {"first_s": sink.first, "last_s": time.perf_counter() - t0, "paths": sink.lines,
+            "rows_read": cat.rows_read - before}
+
+
+def time_du(cat) -> dict:
+    """`tierfs du` of the root (by state and by tier) as the CLI counts it."""
+    from tierfs.cli import admin
+    before = cat.rows_read
+    t0 = time.perf_counter()
+    try:
+        if hasattr(admin, "du_counts"):
+            total = admin.du_counts(cat, FileQuery(), None)[0]
+            files = sum(v[0] for v in total.values())
+        else:   # the code before du_counts: the CLI's count_by calls
+            q = FileQuery()
+            by_state = cat.count_by(q, "state")
+            for f in ("tier", "archive_tier"):
+                cat.count_by(q, f)
+            files = sum(v[0] for v in by_state.values())
+    except Exception as e:  # noqa: BLE001
+        return {"error": f"{type(e).__name__}: {e}"[:300], "after_s": time.perf_counter() - t0}
+    return {"s": time.perf_counter() - t0, "files": files, "rows_read": cat.rows_read - before}
+
+
+def measure_find_du(cat, drop_cold=True) -> dict:
+    out: dict = {}
+    for name, fn in (("find_archived", lambda: time_find(cat, State.ARCHIVED)),
+                     ("find_online", lambda: time_find(cat, State.ONLINE)), ("du_root", lambda: time_du(cat))):
+        if drop_cold:
+            drop_caches()
+        out[name + "_cold"] = _with_server_reads(cat, fn)
+        out[name + "_warm"] = _with_server_reads(cat, fn)
+    return out
+
+
 # ---- the case ---------------------------------------------------------------------
 def measure(cat, n: int, runs: int, lookups: int, examined, drop_cold=True) -> dict:
     now = cat._bench_now
     q = candidate_query(now)
     out: dict = {"entries": n, "candidates_expected": n // 100}
+    out.update(measure_find_du(cat, drop_cold))
+    if getattr(cat, "_bench_log", None):   # (long runs: these figures before the rest)
+        cat._bench_log(f"  find/du: {out}")
     warm, cold, rows = [], [], []
     for r in range(runs):
         if drop_cold:
@@ -291,6 +392,7 @@ def run_sqlite(workdir: str, n: int, runs: int, lookups: int, log) -> dict:
     cat = SqlCatalog(f"sqlite:///{path}")
     cat.init()
     cat._bench_now = time.time_ns()
+    cat._bench_log = log
     with Timer() as t:
         load_sql(cat, n, cat._bench_now)
     log(f"  sqlite: loaded {n} entries in {t.s:.1f} s")
@@ -338,15 +440,48 @@ def run_mongo(workdir: str, n: int, runs: int, lookups: int, log) -> dict:
         cat = open_catalog(server.url("bench"))
         cat.init()
         cat._bench_now = time.time_ns()
+        cat._bench_log = log
         with Timer() as t:
             load_mongo(cat, n, cat._bench_now)
         log(f"  mongo: loaded {n} entries in {t.s:.1f} s")
         try:
             out = measure(cat, n, runs, lookups, examined_mongo)
             out["load_s"] = t.s
+            out["totals_rebuild_s"] = getattr(cat, "_bench_totals_s", None)
+            out["db_bytes"] = cat.db.command("dbStats")["storageSize"] + cat.db.command("dbStats")["indexSize"]
             return out
         finally:
             cat.close()
     finally:
         server.stop()
         shutil.rmtree(d, ignore_errors=True)
+
+
+def main(argv=None) -> None:
+    """One backend at one size, outside ./bench/run (the 10M runs):
+    python -m bench.catalog_scale --backend sqlite --entries 10000000 --out r.json"""
+    import argparse
+    import json
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--backend", choices=["sqlite", "mongo"], required=True)
+    ap.add_argument("--entries", type=int, default=1_000_000)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--lookups", type=int, default=2000)
+    ap.add_argument("--workdir", default="/tmp/tierfs-scale")
+    ap.add_argument("--out")
+    a = ap.parse_args(argv)
+    os.makedirs(a.workdir, exist_ok=True)
+
+    def log(m):
+        print(m, flush=True)
+    run = run_sqlite if a.backend == "sqlite" else run_mongo
+    res = run(a.workdir, a.entries, a.runs, a.lookups, log)
+    text = json.dumps(res, indent=1, default=str)
+    if a.out:
+        with open(a.out, "w") as f:
+            f.write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

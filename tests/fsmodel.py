@@ -116,6 +116,8 @@ class Fsx:
         self.log: list[str] = []
         self.requests = 0
         self.truncate_eagain = 0
+        #: awaited with this Fsx once every file was checked, before they are removed (extra checks)
+        self.before_cleanup = None
 
     def p(self, name: str) -> str:
         return os.path.join(self.root, name)
@@ -153,6 +155,8 @@ class Fsx:
                 await getattr(self, op)()
         for name in sorted(self.files):
             await self.check_all(name)
+        if self.before_cleanup is not None:
+            await self.before_cleanup(self)
         listing = sorted(await self.fs.listdir(self.root))
         if listing != sorted(self.files):
             self.fail(f"directory lists {listing}, model has {sorted(self.files)}")

@@ -19,6 +19,8 @@ session or tier object) and, with repair=True, fixes what is safe to fix:
   check_orphan_objects  tier objects nothing refers to
   check_modes           objects, and the directories tierfs made for them, that other
                         users can open (they must be 0600/0700: tierfs/private.py)
+  check_totals          the running totals `du` and `status` read (Catalog.totals) equal a
+                        count of the files (repair: rebuilt from that count)
 
 Files imported in place (`tierfs import --in-place`) are objects of a disk
 tier keyed by their path: they are checked like any copy and named by that
@@ -223,10 +225,17 @@ class Fsck:
         self.check_tiers()
         for check in (self.check_sessions, self.check_dentries, self.check_links, self.check_jobs,
                       self.check_stuck_states, self.check_online_objects, self.check_archive_objects,
-                      self.check_lost, self.check_garbage, self.check_orphan_objects, self.check_modes):
+                      self.check_lost, self.check_garbage, self.check_orphan_objects, self.check_modes,
+                      self.check_totals):
             self.progress(check.__name__)
             check()
         return self.findings
+
+    def run_check(self, name: str) -> list[Finding]:
+        """The findings of one check (e.g. "check_totals"), run on its own."""
+        before = len(self.findings)
+        getattr(self, name)()
+        return self.findings[before:]
 
     def problems(self) -> list[Finding]:
         """Errors not repaired: what makes the exit status non-zero."""
@@ -686,6 +695,35 @@ class Fsck:
                 self.report("orphans", f"tier {name} object {k}", "no file refers to it",
                             fix=lambda t=tier, k=k: (t.delete(k), "deleted")[1])
 
+
+    # ---- totals ------------------------------------------------------------------------------
+    def check_totals(self) -> None:
+        """The running totals (files and bytes per state, tier and archive tier)
+        equal a scan of the inodes. They are kept in each change's transaction;
+        they drift only if something wrote the inodes without them (on MongoDB:
+        an older tierfs still mounted while this one upgraded the catalog, or a
+        bulk load). On a live mount files change while the scan runs: the
+        comparison counts only when the totals did not move during it (three
+        tries)."""
+        for _ in range(3):
+            before = self.catalog.totals()
+            scan = self.catalog.scan_totals()
+            if self.catalog.totals() == before:
+                break
+        else:
+            self.report("totals", "totals", "files changed during each comparison with a count: not checked",
+                        severity=Severity.INFO)
+            return
+        if scan == before:
+            return
+        keys = sorted(set(scan) | set(before), key=str)
+        diff = [f"{'/'.join(x or '-' for x in k)}: {before.get(k, (0, 0))[0]} files {before.get(k, (0, 0))[1]} bytes,"
+                f" counted {scan.get(k, (0, 0))[0]} files {scan.get(k, (0, 0))[1]} bytes"
+                for k in keys if scan.get(k) != before.get(k)]
+        more = f" (and {len(diff) - 5} more)" if len(diff) > 5 else ""
+        self.report("totals", "totals", f"the totals `du` and `status` read differ from a count of the files: "
+                    f"{'; '.join(diff[:5])}{more}",
+                    fix=lambda: (self.catalog.rebuild_totals(), "rebuilt from the count")[1])
 
     # ---- modes -------------------------------------------------------------------------------
     def check_modes(self) -> None:

@@ -43,8 +43,10 @@ def test_the_old_catalog_opens_reads_and_writes(old_url):
     cat = open_catalog(old_url)
     try:
         assert cat.initialised() and cat.schema_version() == 2
-        cat.init()   # what a mount does: version 3 adds columns (issue 18), nothing else changes
-        assert cat.schema_version() == SCHEMA_VERSION == 3
+        cat.init()   # what a mount does: version 3 adds columns (issue 18), 4 the running totals (issue 20)
+        assert cat.schema_version() == SCHEMA_VERSION == 4
+        assert cat.totals() == cat.scan_totals() == {("online", "disk", None): (1, 5),
+                                                     ("archived", None, "vault"): (1, 1000)}
         docs = cat.lookup(ROOT_INO, b"docs")
         a = cat.lookup(docs.ino, b"a.txt")
         assert (a.size, a.tier, a.location, a.nlink, a.checksum) == (5, "disk", "k-a", 2, "c" * 64)
@@ -77,6 +79,7 @@ def test_the_old_catalog_opens_reads_and_writes(old_url):
             cat.rmdir(ROOT_INO, b"docs", T0)
         cat.unlink(ROOT_INO, b"b.txt", T0)
         assert cat.get(a.ino).nlink == 1
+        assert cat.totals() == cat.scan_totals()
         claimed = cat.claim("s2")
         assert claimed.id == job.id and claimed.attempts == 1
     finally:

@@ -11,6 +11,7 @@ import time
 from tests.engine.harness import Posix, engine, run
 from tests.fsmodel import Fsx
 from tests.reliability_util import assert_no_orphans
+from tierfs.fsck import Fsck
 
 #: seeds per run; TIERFS_FSX_ENGINE_SEEDS overrides
 SEEDS = int(os.environ.get("TIERFS_FSX_ENGINE_SEEDS", "200"))
@@ -24,8 +25,17 @@ def test_fsx_in_process(tmp_path):
     async def main():
         async with engine(tmp_path, job_retry_delay=1, block_timeout=3) as eng:
             ops = Posix(eng.fs)
+
+            async def totals_match(f):
+                """`du`'s running totals equal a count of the files and the model's files and bytes."""
+                assert not [x for x in Fsck(eng.fs.catalog, {}).run_check("check_totals") if x.check == "totals"]
+                files = {id(data): len(data) for data in f.files.values()}   # hard links share their bytes
+                totals = eng.fs.catalog.totals()
+                assert (sum(n for n, _ in totals.values()), sum(b for _, b in totals.values())) == \
+                    (len(files), sum(files.values())), (f.seed, totals, f.log[-5:])
             for seed in range(SEEDS):
                 f = Fsx(ops, f"s{seed}", seed, OPS)
+                f.before_cleanup = totals_match
                 await f.run()
                 stats["requests"] += f.requests
                 stats["eagain"] += f.truncate_eagain

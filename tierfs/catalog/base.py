@@ -25,7 +25,10 @@ from .. import errors
 
 ROOT_INO = 1
 #: 2: inodes carry last_access_ns (see Inode.last_access_ns); version 1 catalogs are migrated at init.
-SCHEMA_VERSION = 3
+#: 3: further archive copies, stubs, in-place origins (issue 18). 4: running totals of the live regular
+#: files per (state, tier, archive_tier) for `du` and `status` (Catalog.totals; issue 20), filled from a
+#: scan when a version 3 catalog is opened.
+SCHEMA_VERSION = 4
 
 
 def now_ns() -> int:
@@ -477,6 +480,44 @@ def check_count_by(by: str) -> None:
         raise errors.Invalid(f"cannot count by {by!r} (one of {', '.join(COUNT_BY_FIELDS)})")
 
 
+#: FileQuery conditions besides states and regular_only.
+_BEYOND_STATES = ("tier", "archive_tier", "min_size", "max_size", "last_access_before_ns", "crtime_before_ns",
+                  "mtime_before_ns", "uid", "gid", "checksum_missing", "name_glob", "under")
+
+
+def states_only(q: FileQuery) -> bool:
+    """True when q selects by states (or nothing) alone: query_names then
+    walks an index of (state, ino, nlink, mode) on its own, in inode number
+    order (`tierfs find --state S`, `tierfs find`)."""
+    return all(getattr(q, f) is None or getattr(q, f) is False for f in _BEYOND_STATES)   # (uid 0 is one)
+
+
+#: The FileQuery fields count_by() may answer from the running totals with: all others as in FileQuery().
+_TOTALS_IGNORED = ("order_by_last_access", "limit", "after_ino")
+#: The fields the running totals are kept per (Catalog.totals keys, in order).
+TOTALS_FIELDS = ("state", "tier", "archive_tier")
+
+
+def totals_answer(q: FileQuery, by: str) -> bool:
+    """True when count_by(q, by) is a sum of Catalog.totals(): every live
+    regular file (the root's `tierfs du`, `tierfs status`), grouped by a
+    field the totals are kept per."""
+    if by not in TOTALS_FIELDS:
+        return False
+    plain = FileQuery()
+    return all(getattr(q, f) == getattr(plain, f) for f in q.__dataclass_fields__ if f not in _TOTALS_IGNORED)
+
+
+def group_totals(totals: dict, by: str) -> dict:
+    """count_by's answer {value: (files, bytes)} summed from Catalog.totals() rows."""
+    k = TOTALS_FIELDS.index(by)
+    out: dict = {}
+    for key, (n, b) in totals.items():
+        m, c = out.get(key[k], (0, 0))
+        out[key[k]] = (m + n, c + b)
+    return out
+
+
 @dataclass
 class CatalogStats:
     """Counts for `tierfs status`."""
@@ -811,6 +852,21 @@ class Catalog(abc.ABC):
     def count_by(self, q: FileQuery, by: str) -> dict:
         """{value of field `by` (COUNT_BY_FIELDS): (files, bytes)} over the
         inodes matching q (each inode once; limit/paging ignored). `tierfs du`."""
+
+    @abc.abstractmethod
+    def totals(self) -> dict[tuple[str, str | None, str | None], tuple[int, int]]:
+        """{(state, tier, archive_tier): (files, bytes)} of the live regular
+        files, from the running totals every inode change keeps in its own
+        transaction (a few rows or documents: no scan). Keys with no file
+        are left out."""
+
+    @abc.abstractmethod
+    def scan_totals(self) -> dict[tuple[str, str | None, str | None], tuple[int, int]]:
+        """What totals() should be, computed by a scan of every inode (fsck, tests)."""
+
+    @abc.abstractmethod
+    def rebuild_totals(self) -> None:
+        """Replace the running totals with scan_totals() (fsck --repair; bulk loads that bypass the catalog)."""
 
     @abc.abstractmethod
     def stats(self) -> CatalogStats: ...

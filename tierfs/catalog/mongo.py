@@ -129,8 +129,88 @@ def _add_stub_size(db) -> None:
     db.inodes.update_many({"stub_size": {"$exists": False}}, {"$set": {"stub_size": 0}})
 
 
+#: The running totals (Catalog.totals) are spread over this many documents per (state, tier,
+#: archive_tier), the inode number choosing one (ino % TOTALS_BUCKETS): mounts changing files at once
+#: seldom write the same document, so their transactions seldom conflict on it (one counter document
+#: would serialise every create of every mount); totals() sums them, a few hundred small documents.
+TOTALS_BUCKETS = 64
+#: The inode fields a totals document depends on: a change to none of them leaves the totals alone.
+TOTAL_FIELDS = ("state", "tier", "archive_tier", "size", "nlink", "mode")
+_TOTAL_FIELD_SET = frozenset(TOTAL_FIELDS)
+_COUNTED = {"nlink": {"$gt": 0}, "mode": {"$bitsAllSet": 0o100000, "$bitsAllClear": 0o070000}}
+
+
+def _counted_key(doc: dict | None) -> tuple[str, str, str] | None:
+    """The (state, tier, archive_tier) an inode document counts under ('' = none), or None when it is no
+    live regular file."""
+    if doc is None or doc.get("nlink", 0) <= 0 or doc.get("mode", 0) & 0o170000 != 0o100000:
+        return None
+    return doc["state"], doc.get("tier") or "", doc.get("archive_tier") or ""
+
+
+def _total_deltas(pairs) -> list[UpdateOne]:
+    """The $inc upserts of the totals documents for (ino, before, after) inode documents (None: absent)."""
+    acc: dict[tuple, list[int]] = {}
+    for ino, before, after in pairs:
+        for doc, sign in ((before, -1), (after, 1)):
+            key = _counted_key(doc)
+            if key is not None:
+                d = acc.setdefault((ino % TOTALS_BUCKETS, *key), [0, 0])
+                d[0] += sign
+                d[1] += sign * int(doc.get("size") or 0)
+    return [UpdateOne({"_id": {"b": b, "s": st, "t": t, "a": a}}, {"$inc": {"files": n, "bytes": nb}}, upsert=True)
+            for (b, st, t, a), (n, nb) in acc.items() if n or nb]
+
+
+def _applied(before: dict, values: dict, inc: dict | None) -> dict:
+    """The inode document `before` after _update(values, inc): what find_one_and_update(AFTER) returns
+    (of the fields `before` has)."""
+    after = dict(before)
+    after.update(values)
+    for k, n in (inc or {}).items():
+        after[k] = after.get(k, 0) + n
+    if not _LAST_ACCESS_FROM.isdisjoint(values) and "atime_ns" in after and "mtime_ns" in after:
+        after["last_access_ns"] = max(after["atime_ns"], after["mtime_ns"])
+    return after
+
+
+#: Inode numbers per $group of _scan_totals: one round trip each, ~1 s per 500,000 inodes, far under
+#: the client's 10 s socket timeout (one $group over 10M inodes would not be).
+SCAN_SLICE = 500_000
+
+
+def _scan_totals(db) -> dict:
+    """Catalog.totals() computed from every inode: a $group per SCAN_SLICE inode numbers (on _id)."""
+    out: dict = {}
+    top = db.inodes.find_one({}, {"_id": 1}, sort=[("_id", -1)])
+    for lo in range(0, (top["_id"] if top else 0) + 1, SCAN_SLICE):
+        for r in db.inodes.aggregate([{"$match": {"_id": {"$gte": lo, "$lt": lo + SCAN_SLICE}, **_COUNTED}},
+                                      {"$group": {"_id": {"s": "$state", "t": "$tier", "a": "$archive_tier"},
+                                                  "n": {"$sum": 1}, "b": {"$sum": "$size"}}}]):
+            k = (r["_id"]["s"], r["_id"].get("t") or None, r["_id"].get("a") or None)
+            n, b = out.get(k, (0, 0))
+            out[k] = (n + r["n"], b + int(r["b"]))
+    return out
+
+
+def _write_totals(db, totals: dict, s=None) -> None:
+    """Replace the totals documents with `totals` (all in bucket 0)."""
+    db.totals.delete_many({}, session=s)
+    if totals:
+        db.totals.insert_many([{"_id": {"b": 0, "s": st, "t": t or "", "a": a or ""}, "files": n, "bytes": b}
+                               for (st, t, a), (n, b) in totals.items()], session=s)
+
+
+def _add_totals(db) -> None:
+    """Version 4 (issue 20): the running totals for `du` and `status`, filled
+    from one scan. An older tierfs still mounted does not keep them: its
+    changes made after this scan are missing until `tierfs fsck --repair`
+    rebuilds them (fsck reports the difference)."""
+    _write_totals(db, _scan_totals(db))
+
+
 #: Migrations: version -> function(db) upgrading from version-1.
-MIGRATIONS: dict[int, Callable] = {2: _add_last_access, 3: _add_stub_size}
+MIGRATIONS: dict[int, Callable] = {2: _add_last_access, 3: _add_stub_size, 4: _add_totals}
 
 
 def _inode_doc(inode: Inode) -> dict:
@@ -204,6 +284,7 @@ class MongoCatalog(MongoJobs, MongoQueries, CatalogCore):
         self.garbage_c, self.leases = d.garbage, d.leases
         self.tombstones_c = d.tombstones
         self.stubs = d.stubs
+        self.totals_c = d.totals
         self.open_files = d.open_files
         self._ranges: dict[str, tuple[int, int]] = {}   # counter -> (next, last) of the block taken (_next)
         self._ranges_lock = threading.Lock()
@@ -320,9 +401,64 @@ class MongoCatalog(MongoJobs, MongoQueries, CatalogCore):
         return _inode(doc)
 
     def _set(self, ino: int, s, inc: dict | None = None, **values) -> None:
+        """Set fields the running totals do not depend on (times, ...)."""
+        if not _TOTAL_FIELD_SET.isdisjoint(values):
+            raise errors.Invalid(f"_set of {sorted(_TOTAL_FIELD_SET & set(values))}: use update() (totals)")
         upd = _update(_values(values), inc)
         if upd:
             self.inodes.update_one({"_id": ino}, upd, session=s)
+
+    def _add_totals(self, s, pairs) -> None:
+        """Apply the changes of (ino, before, after) inode documents to the totals, in transaction s."""
+        ops = _total_deltas(pairs)
+        if ops:
+            self.totals_c.bulk_write(ops, ordered=False, session=s)
+
+    def _update_counted(self, filt: dict, values: dict, inc: dict | None = None) -> dict | None:
+        """find_one_and_update(filt) returning the document after it; when the change touches a field
+        the totals depend on, in a transaction with their update (the inode's previous values come back
+        from the same atomic update)."""
+        upd = _update(values, inc)
+        counted = _TOTAL_FIELD_SET.intersection(values)
+        if not counted:
+            return self.inodes.find_one_and_update(filt, upd, return_document=ReturnDocument.AFTER)
+        if counted == {"mode"}:
+            # chmod: the totals change only with the file type, so when the stored one is the new one's
+            # this is the single-document update it was (a mismatch, or no such inode: the transaction)
+            kind = values["mode"] & 0o170000
+            doc = self.inodes.find_one_and_update({**filt, "mode": {"$gte": kind, "$lt": kind + 0o10000}}, upd,
+                                                  return_document=ReturnDocument.AFTER)
+            if doc is not None:
+                return doc
+
+        def fn(s):
+            before = self.inodes.find_one_and_update(filt, upd, return_document=ReturnDocument.BEFORE, session=s)
+            if before is None:
+                return None
+            after = _applied(before, values, inc)
+            self._add_totals(s, [(before["_id"], before, after)])
+            return after
+        return self._txn(fn)
+
+    def totals(self) -> dict:
+        out: dict = {}
+        with self._errors():
+            for r in self.totals_c.aggregate([{"$group": {"_id": {"s": "$_id.s", "t": "$_id.t", "a": "$_id.a"},
+                                                          "n": {"$sum": "$files"}, "b": {"$sum": "$bytes"}}}]):
+                if r["n"]:
+                    k = r["_id"]
+                    out[(k["s"], k["t"] or None, k["a"] or None)] = (r["n"], int(r["b"]))
+        return out
+
+    def scan_totals(self) -> dict:
+        with self._errors():
+            return _scan_totals(self.db)
+
+    def rebuild_totals(self) -> None:
+        """The scan, then the totals documents replaced in one transaction: exact when no mount changes
+        files meanwhile (a change between the scan and the replacement is lost until the next rebuild)."""
+        totals = self.scan_totals()
+        self._txn(lambda s: _write_totals(self.db, totals, s))
 
     def _event(self, s, ino: int, frm, to, cause: str, detail: str = "") -> None:
         self.events_c.insert_one(dict(_id=self._next("event"), ino=ino, time_ns=now_ns(), from_state=str(frm),
@@ -371,6 +507,9 @@ class MongoCatalog(MongoJobs, MongoQueries, CatalogCore):
                                      partialFilterExpression={"archive_copies": {"$type": "string"}})
             self.inodes.create_index([("state", A), ("_id", A)], name="no_checksum",       # checksum backlog
                                      partialFilterExpression={"checksum": {"$type": "null"}})
+            # `tierfs find` by state alone (or no condition): query_names pages through the matching inode
+            # numbers in order on this index alone (nlink and mode are tested on the key: no document read)
+            self.inodes.create_index([("state", A), ("_id", A), ("nlink", A), ("mode", A)], name="state_id")
             self.inodes.create_index([("nlink", A)], name="unlinked",                       # unlinked()
                                      partialFilterExpression={"nlink": 0})
             self.xattrs.create_index([("ino", A), ("name", A)], unique=True, name="ino_name")
@@ -387,14 +526,16 @@ class MongoCatalog(MongoJobs, MongoQueries, CatalogCore):
             # stubs (partial-state files: _id ino, data the first stub_size bytes): made here because its
             # first write is inside a switch() transaction, and a transaction creates no collection on a
             # sharded cluster (nor before MongoDB 4.4)
-            if "stubs" not in self.db.list_collection_names(filter={"name": "stubs"}):
-                try:
-                    self.db.create_collection("stubs")
-                except CollectionInvalid:
-                    pass   # another mount's init made it first (seen by the driver)
-                except OperationFailure as e:
-                    if e.code != 48:   # NamespaceExists: another mount's init made it between the check and here
-                        raise
+            # (totals likewise: its first upsert is inside a create's transaction)
+            for name in ("stubs", "totals"):
+                if name not in self.db.list_collection_names(filter={"name": name}):
+                    try:
+                        self.db.create_collection(name)
+                    except CollectionInvalid:
+                        pass   # another mount's init made it first (seen by the driver)
+                    except OperationFailure as e:
+                        if e.code != 48:   # NamespaceExists: another mount's init made it between the check and here
+                            raise
             self.open_files.create_index([("ino", A), ("writing", A)], name="ino_writing")   # switch, purge
             self.open_files.create_index([("session", A)], name="session")                   # reaping
             self._drop_indexes(DROPPED_INDEXES)
@@ -495,8 +636,7 @@ class MongoCatalog(MongoJobs, MongoQueries, CatalogCore):
             filt["state"] = {"$in": [State(x).value for x in expect_states]}
         with self._errors():
             if changes:
-                doc = self.inodes.find_one_and_update(filt, _update(_values(changes)),
-                                                      return_document=ReturnDocument.AFTER)
+                doc = self._update_counted(filt, _values(changes))
             else:
                 doc = self.inodes.find_one(filt)
             if doc is None:
@@ -509,8 +649,7 @@ class MongoCatalog(MongoJobs, MongoQueries, CatalogCore):
         values = _values({k: v for k, v in changes.items() if k not in ("data_version", "checksum")})
         values["checksum"] = None
         with self._errors():
-            doc = self.inodes.find_one_and_update({"_id": ino}, _update(values, {"data_version": 1}),
-                                                  return_document=ReturnDocument.AFTER)
+            doc = self._update_counted({"_id": ino}, values, {"data_version": 1})
         if doc is None:
             raise errors.NotFound(f"inode {ino}")
         return _inode(doc)
@@ -681,13 +820,16 @@ class _MongoTxn:
 
     def insert_inode(self, inode: Inode) -> int:
         ino = self.cat._next("ino")
-        self.cat.inodes.insert_one(_inode_doc(inode.copy(ino=ino)), session=self.s)
+        doc = _inode_doc(inode.copy(ino=ino))
+        self.cat.inodes.insert_one(doc, session=self.s)
+        self.cat._add_totals(self.s, [(ino, None, doc)])
         return ino
 
     def insert_inodes(self, inodes: list[Inode]) -> list[int]:
         first = self.cat._next("ino", len(inodes)) - len(inodes) + 1
-        self.cat.inodes.insert_many([_inode_doc(i.copy(ino=first + k)) for k, i in enumerate(inodes)],
-                                    session=self.s)
+        docs = [_inode_doc(i.copy(ino=first + k)) for k, i in enumerate(inodes)]
+        self.cat.inodes.insert_many(docs, session=self.s)
+        self.cat._add_totals(self.s, [(d["_id"], None, d) for d in docs])
         return [first + k for k in range(len(inodes))]
 
     def taken_name(self, parent: int, names: list[bytes]) -> bytes | None:
@@ -695,12 +837,21 @@ class _MongoTxn:
         return None if d is None else d["name"]
 
     def set_fields(self, ino: int, changes: dict) -> None:
-        upd = _update(_values(changes))
-        if upd:
+        values = _values(changes)
+        upd = _update(values)
+        if not upd:
+            return
+        if _TOTAL_FIELD_SET.isdisjoint(values):
             self.cat.inodes.update_one({"_id": ino}, upd, session=self.s)
+            return
+        before = self.cat.inodes.find_one_and_update({"_id": ino}, upd, dict.fromkeys(TOTAL_FIELDS, 1),
+                                                     return_document=ReturnDocument.BEFORE, session=self.s)
+        if before is not None:
+            self.cat._add_totals(self.s, [(ino, before, _applied(before, values, None))])
 
     def delete_inode(self, ino: int) -> None:
-        self.cat.inodes.delete_one({"_id": ino}, session=self.s)
+        before = self.cat.inodes.find_one_and_delete({"_id": ino}, dict.fromkeys(TOTAL_FIELDS, 1), session=self.s)
+        self.cat._add_totals(self.s, [(ino, before, None)])
         self.cat.xattrs.delete_many({"ino": ino}, session=self.s)
         self.cat.stubs.delete_one({"_id": ino}, session=self.s)
 

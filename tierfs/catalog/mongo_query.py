@@ -7,16 +7,25 @@ the namespace and its atomic changes.
 from __future__ import annotations
 
 import fnmatch
+import itertools
 from typing import Iterable, Iterator, Sequence
 
 from .base import (ACTIVE_JOB_STATES, INODE_FIELDS, ROOT_INO, CatalogStats, FileQuery, Inode, Listed, State, check_count_by,
-                   count_further_copies, further_copies, further_targets,
-                   inode_from_values)
+                   count_further_copies, further_copies, further_targets, group_totals,
+                   inode_from_values, states_only, totals_answer)
 
 #: S_IFMT bits of a regular file / a directory, and the other type bits that must be clear.
 REG_SET, REG_CLEAR = 0o100000, 0o070000
 DIR_SET, DIR_CLEAR = 0o040000, 0o130000
 
+
+#: Rows per server round trip of query_names: each getMore of its inode cursor and each read of
+#: those inodes' names ({ino: {$in: ...}} on the ino index) handles this many, so the first path comes
+#: after one batch and each round trip stays far under the client's socket timeout (10 s) whatever
+#: the catalog's size (measured in bench/RESULTS.md, catalog scale).
+NAMES_BATCH = 5000  # (MongoQueries.names_batch)
+#: query_names' first batch when it pages by inode number (the first path after one short round trip).
+FIRST_NAMES = 500
 
 #: Values of fields a document may lack (made by an older tierfs, still mounted during a migration).
 _ABSENT = {"stub_size": 0}
@@ -38,6 +47,8 @@ def _order(q: FileQuery):
 class MongoQueries:
     """query / query_names / paths_of / count_by / stats on the inodes and dentries collections."""
 
+    names_batch = NAMES_BATCH
+
     @staticmethod
     def _filter(q: FileQuery, paging: bool = True) -> dict:
         """The inode-field part of q as a MongoDB filter (`under` and
@@ -46,7 +57,8 @@ class MongoQueries:
         if q.states is not None:
             f["state"] = {"$in": [State(x).value for x in q.states]}
         if q.regular_only:
-            f["mode"] = {"$bitsAllSet": REG_SET, "$bitsAllClear": REG_CLEAR}
+            # S_IFREG with the other type bits clear, as a range an index can bound (state_id covers it)
+            f["mode"] = {"$gte": REG_SET, "$lt": REG_SET + 0o10000}
         for field_, val, op in (("tier", q.tier, "$eq"), ("archive_tier", q.archive_tier, "$eq"),
                                 ("size", q.min_size, "$gte"), ("size", q.max_size, "$lte"),
                                 ("last_access_ns", q.last_access_before_ns, "$lt"),
@@ -83,21 +95,14 @@ class MongoQueries:
         return dirs
 
     def _name_rows(self, q: FileQuery) -> Iterator[tuple[int, bytes, dict]]:
-        """(parent, name, inode document) of every name of every inode
-        matching q, `under` and `name_glob` included. Without them the scan
-        starts from the inodes (indexed filter) and joins their names; with
-        them it starts from the names below `under` (or all names) and joins
-        the inodes. Globs are matched here: names are binary."""
+        """(parent, name, inode document) of every name below `under` (or of
+        all names) matching `name_glob`, whose inode matches q: the names are
+        read and joined with their inodes in aggregations of NAMES_BATCH
+        documents per round trip, as the caller consumes them. Globs are
+        matched here: names are binary. (query_names without `under` or
+        `name_glob` starts from the inodes instead: _inode_names.)"""
         under, glob = getattr(q, "under", None), getattr(q, "name_glob", None)
         inode_match = {f"i.{k}": v for k, v in self._filter(q, paging=False).items()}
-        if under is None and glob is None:
-            pipe = [{"$match": self._filter(q, paging=False)},
-                    {"$lookup": {"from": "dentries", "localField": "_id", "foreignField": "ino", "as": "d"}},
-                    {"$unwind": "$d"}]
-            for r in self.inodes.aggregate(pipe):
-                d = r.pop("d")
-                yield d["parent"], d["name"], r
-            return
         join = [{"$lookup": {"from": "inodes", "localField": "ino", "foreignField": "_id", "as": "i"}},
                 {"$match": inode_match}, {"$unwind": "$i"}]
         if under is None:
@@ -106,10 +111,60 @@ class MongoQueries:
             parents = self._subtree_dirs(under)
             batches = [[{"$match": {"parent": {"$in": parents[i:i + 1000]}}}] for i in range(0, len(parents), 1000)]
         for first in batches:
-            for r in self.dentries.aggregate(first + join):
+            for r in self.dentries.aggregate(first + join, batchSize=self.names_batch):
                 if glob is not None and not fnmatch.fnmatchcase(r["name"], glob):
                     continue
                 yield r["parent"], r["name"], r["i"]
+
+    def _inode_names(self, q: FileQuery) -> Iterator[list[tuple[int, bytes, int]]]:
+        """Lists of (parent, name, ino) of the inodes matching q, one list per
+        batch of inodes: each batch's names are one {ino: {$in: ...}} read on
+        the dentries' ino index. The inodes come from _inode_pages (states
+        alone) or a cursor on the index the planner picks (one getMore per
+        batch). Every read costs in proportion to its batch, never to the
+        catalog. (Reading a dense batch's names as one range of the ino index
+        instead of an $in measured no faster at 1M entries.)"""
+        pages = self._inode_pages(q) if states_only(q) else self._inode_cursor(q)
+        for inos in pages:
+            with self._errors():
+                names = self.dentries.find({"ino": {"$in": inos}}, {"_id": 0, "parent": 1, "name": 1, "ino": 1},
+                                           batch_size=len(inos) * 2)
+                rows = [(d["parent"], d["name"], d["ino"]) for d in names]
+            yield rows
+
+    def _inode_pages(self, q: FileQuery) -> Iterator[list[int]]:
+        """Numbers of the inodes in q's states (all, without), in increasing
+        order, page by page: each page one query on the state_id index
+        (state, _id, nlink, mode), which answers it alone (no inode document
+        is read), starting after the last number of the one before: FIRST_NAMES,
+        then names_batch. In number order the names that follow are read
+        mostly in their storage order, which keeps a cold cache's reads
+        sequential. No server cursor outlives a round trip."""
+        f = self._filter(q, paging=False)
+        f.setdefault("state", {"$in": [s.value for s in State]})
+        last, size = 0, min(FIRST_NAMES, self.names_batch)
+        while True:
+            with self._errors():
+                inos = [d["_id"] for d in self.inodes.find({**f, "_id": {"$gt": last}}, {"_id": 1})
+                        .sort("_id", 1).limit(size).hint("state_id")]
+            if not inos:
+                return
+            yield inos
+            last, size = inos[-1], self.names_batch
+
+    def _inode_cursor(self, q: FileQuery) -> Iterator[list[int]]:
+        """Numbers of the inodes matching q, names_batch per getMore of one cursor."""
+        with self._errors():
+            cur = self.inodes.find(self._filter(q, paging=False), {"_id": 1}, batch_size=self.names_batch)
+        try:
+            while True:
+                with self._errors():
+                    inos = [d["_id"] for d in itertools.islice(cur, self.names_batch)]
+                if not inos:
+                    return
+                yield inos
+        finally:
+            cur.close()
 
     def query(self, q: FileQuery) -> Iterator[Inode]:
         """Indexed find (with `under`/`name_glob`: the names below, joined
@@ -157,11 +212,23 @@ class MongoQueries:
         return out
 
     def query_names(self, q: FileQuery) -> Iterator[tuple[int, bytes, int]]:
-        """(parent, name, ino) per name; one aggregation (see _name_rows)."""
-        with self._errors():
-            rows = [(p, n, d["_id"]) for p, n, d in self._name_rows(q)]
-        self.rows_read += len(rows)
-        yield from rows
+        """(parent, name, ino) per name, streamed: a batch of NAMES_BATCH rows
+        per round trip, each yielded before the next is read (rows_read counts
+        the rows as they come). From the inodes (_inode_names), or with
+        `under`/`name_glob` from the names (_name_rows)."""
+        if not self._by_name(q):
+            for rows in self._inode_names(q):
+                self.rows_read += len(rows)
+                yield from rows
+            return
+        it = self._name_rows(q)
+        while True:
+            with self._errors():
+                rows = [(p, n, d["_id"]) for p, n, d in itertools.islice(it, self.names_batch)]
+            if not rows:
+                return
+            self.rows_read += len(rows)
+            yield from rows
 
     def paths_of(self, inos: Iterable[int], cache: dict[int, bytes] | None = None) -> dict[int, bytes]:
         """Names fetched level by level ({ino: {$in: ...}} on the ino index),
@@ -202,8 +269,12 @@ class MongoQueries:
         return out
 
     def count_by(self, q: FileQuery, by: str) -> dict:
-        """One $group aggregation over the matching inodes (each once)."""
+        """From the running totals (totals()) when q is every live file and
+        `by` a field they are kept per; else one $group aggregation over the
+        matching inodes (each once)."""
         check_count_by(by)
+        if totals_answer(q, by):
+            return group_totals(self.totals(), by)
         out: dict = {}
         with self._errors():
             if self._by_name(q):
@@ -237,14 +308,10 @@ class MongoQueries:
     def stats(self) -> CatalogStats:
         st = CatalogStats()
         reg = {"nlink": {"$gt": 0}, "mode": {"$bitsAllSet": REG_SET, "$bitsAllClear": REG_CLEAR}}
-        grp = {"n": {"$sum": 1}, "b": {"$sum": "$size"}}
+        totals = self.totals()
+        for by, out in (("state", st.by_state), ("tier", st.by_tier), ("archive_tier", st.by_archive)):
+            out.update((k, v) for k, v in group_totals(totals, by).items() if k is not None)
         with self._errors():
-            for field_, out in (("state", st.by_state), ("tier", st.by_tier), ("archive_tier", st.by_archive)):
-                match = dict(reg)
-                if field_ != "state":
-                    match[field_] = {"$ne": None}
-                for r in self.inodes.aggregate([{"$match": match}, {"$group": {"_id": f"${field_}", **grp}}]):
-                    out[r["_id"]] = (r["n"], int(r["b"]))
             count_further_copies(st.by_archive, ((d.get("size"), d["archive_copies"]) for d in self.inodes.find(
                 {**reg, "archive_copies": {"$type": "string"}}, {"size": 1, "archive_copies": 1})))
             for r in self.jobs_c.aggregate([{"$group": {"_id": {"s": "$state", "k": "$kind"}, "n": {"$sum": 1}}}]):

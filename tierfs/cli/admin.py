@@ -438,16 +438,21 @@ def _find_print(cat, q, mp, absolute, print0: bool, only) -> None:
     end = b"\0" if print0 else b"\n"
     shown = (lambda path: path) if print0 else (lambda path: printable(path).encode())  # noqa: E731
 
+    # Printed as the catalog streams the rows: the first 1000 at once (the first path within a round
+    # trip or two), then batches growing to 50,000 rows, each with one bulk paths_of of its parents.
+    batch = [1000]
+
     def flush():
         out.write(b"".join(shown(prefix + path) + end for path, ino in _paths(cat, rows, cache)
                            if only is None or ino == only))
+        out.flush()
         rows.clear()
+        batch[0] = min(batch[0] * 2, 50000)
     for row in cat.query_names(q):
         rows.append(row)
-        if len(rows) >= 50000:
+        if len(rows) >= batch[0]:
             flush()
     flush()
-    out.flush()
 
 
 def _find_json(cat, q, mp, absolute, only) -> None:
@@ -465,6 +470,27 @@ def _find_json(cat, q, mp, absolute, only) -> None:
 
 
 # ---- du ----------------------------------------------------------------------------
+def du_counts(cat, q: FileQuery, by: str | None) -> tuple[dict, dict | None, dict | None, dict | None]:
+    """(totals {state: (files, bytes)}, by state, by tier, by owner) of `tierfs du`, the breakdowns
+    `by` asks for (None: state and tier). For the root (q = FileQuery()) the state and tier figures
+    are sums of the catalog's running totals (a few rows, whatever the number of files); for a
+    subdirectory, and by owner, count_by reads the matching inodes."""
+    by_state = cat.count_by(q, "state") if by in (None, "state") else None
+    by_tier = None
+    if by in (None, "tier"):
+        by_tier = {}
+        for field_, role in (("tier", "online"), ("archive_tier", "archive")):
+            for name, (n, b) in cat.count_by(q, field_).items():
+                if name is not None:   # (a tier archiving in place holds both: its archived files apart)
+                    by_tier[name if name not in by_tier else f"{name} in place"] = {"role": role, "files": n,
+                                                                                    "bytes": b}
+    by_owner = None
+    if by == "owner":
+        by_owner = {_user(uid): {"uid": uid, "files": n, "bytes": b} for uid, (n, b) in cat.count_by(q, "uid").items()}
+    total = by_state if by_state is not None else cat.count_by(q, "state")
+    return total, by_state, by_tier, by_owner
+
+
 @click.command(context_settings=CONTEXT)
 @click.argument("path", required=False, type=click.Path())
 @click.option("--by", "by", type=click.Choice(["tier", "state", "owner"]),
@@ -476,8 +502,10 @@ def du(path, by, config_path, exact, as_json):
     """Files and bytes under a directory by state, tier or owner.
 
     Counted in the catalog under PATH (default: ., or outside a mount the
-    root of the only running one), without walking the mount. Bytes are
-    logical file sizes; a file with copies on two tiers counts on both.
+    root of the only running one), without walking the mount: for the root
+    from running totals (instant at any size), for a subdirectory (and
+    --by owner) by reading its files. Bytes are logical file sizes; a file
+    with copies on two tiers counts on both.
 
     \b
     Examples:
@@ -491,18 +519,7 @@ def du(path, by, config_path, exact, as_json):
     q = FileQuery(under=p.ino if p.rel else None)
     cat = open_catalog(p.target)
     try:
-        by_state = cat.count_by(q, "state") if by in (None, "state") else None
-        by_tier = None
-        if by in (None, "tier"):
-            by_tier = {}
-            for field_, role in (("tier", "online"), ("archive_tier", "archive")):
-                for name, (n, b) in cat.count_by(q, field_).items():
-                    if name is not None:   # (a tier archiving in place holds both: its archived files apart)
-                        by_tier[name if name not in by_tier else f"{name} in place"] = {"role": role, "files": n,
-                                                                                        "bytes": b}
-        by_owner = ({_user(uid): {"uid": uid, "files": n, "bytes": b} for uid, (n, b) in cat.count_by(q, "uid").items()}
-                    if by == "owner" else None)
-        total = cat.count_by(q, "gid") if by_state is None else by_state
+        total, by_state, by_tier, by_owner = du_counts(cat, q, by)
     finally:
         cat.close()
     files = sum(v[0] for v in total.values())
