@@ -100,9 +100,13 @@ class Net:
         _ip("link", "add", h.veth, "type", "veth", "peer", "name", "eth0", "netns", h.ns)
         _ip("link", "set", h.veth, "master", self.bridge)
         _ip("link", "set", h.veth, "up")
-        _ip("-n", h.ns, "link", "set", "lo", "up")
-        _ip("-n", h.ns, "addr", "add", f"{h.ip}/24", "dev", "eth0")
-        _ip("-n", h.ns, "link", "set", "eth0", "up")
+        # nsenter, not `ip -n`: that one also makes a mount namespace ("mount --make-rslave /"), which
+        # fails where / is not a mount point (a chroot, as in a fresh-machine check)
+        for args in (("link", "set", "lo", "up"), ("addr", "add", f"{h.ip}/24", "dev", "eth0"),
+                     ("link", "set", "eth0", "up")):
+            r = subprocess.run([*h.prefix, "ip", *args], capture_output=True, text=True, timeout=30)
+            if r.returncode != 0:
+                raise RuntimeError(f"ip {' '.join(args)} in {h.ns}: {r.stderr.strip()}")
         return h
 
     def close(self) -> None:
