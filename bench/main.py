@@ -240,39 +240,34 @@ class Bench:
             out["mongo"] = f"failed: {e}"
             self.log(traceback.format_exc())
 
-    def run_roundtrips(self) -> None:
+    def _mongo_case(self, name: str, title: str, run) -> None:
+        """A case that needs the tests' mongod: skipped with the reason when it cannot start; a
+        failure is recorded in the results and the log, and the other cases still run."""
         why = catalog_scale.mongo_available()
         if why:
-            self.results["cases"]["roundtrips"] = why
-            self.log(f"round trips on MongoDB: {why}")
+            self.results["cases"][name] = why
+            self.log(f"{title}: {why}")
             return
-        self.mark("roundtrips")
-        self.log("round trips to mongod per FUSE request")
+        self.mark(name)
+        self.log(title)
         try:
-            self.results["cases"]["roundtrips"] = roundtrips.run(self.workdir, self.log)
+            self.results["cases"][name] = run()
         except Exception as e:  # noqa: BLE001
-            self.results["cases"]["roundtrips"] = f"failed: {e}"
-            self.results["meta"]["errors"].append(f"roundtrips: {e}")
+            self.results["cases"][name] = f"failed: {e}"
+            self.results["meta"]["errors"].append(f"{name}: {e}")
             self.log(traceback.format_exc())
+        self.mark(f"{name} done")
+
+    def run_roundtrips(self) -> None:
+        self._mongo_case("roundtrips", "round trips to mongod per FUSE request",
+                         lambda: roundtrips.run(self.workdir, self.log))
 
     def run_contention(self) -> None:
-        why = catalog_scale.mongo_available()
-        if why:
-            self.results["cases"]["contention"] = why
-            self.log(f"create contention on MongoDB: {why}")
-            return
         p = self.p
-        self.mark("contention")
-        self.log(f"create contention: 1 and {p['contention_mounts']} mounts on a 3-member replica set")
-        try:
-            self.results["cases"]["contention"] = contention.run(
-                self.workdir, p["contention_mounts"], p["contention_s"], p["runs"], self.log,
-                delay_ms=p["contention_delay_ms"])
-        except Exception as e:  # noqa: BLE001
-            self.results["cases"]["contention"] = f"failed: {e}"
-            self.results["meta"]["errors"].append(f"contention: {e}")
-            self.log(traceback.format_exc())
-        self.mark("contention done")
+        self._mongo_case("contention",
+                         f"create contention: 1 and {p['contention_mounts']} mounts on a 3-member replica set",
+                         lambda: contention.run(self.workdir, p["contention_mounts"], p["contention_s"], p["runs"],
+                                                self.log, delay_ms=p["contention_delay_ms"]))
 
     def run_tierfs_cases(self) -> None:
         p = self.p
