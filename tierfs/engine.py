@@ -110,7 +110,7 @@ def build_engine(cfg, catalog: Catalog, tiers: dict[str, Tier], session_id: str,
     policy = PolicyScheduler(fs, cfg, session_id, clock=clock, ran=metrics.policy_ran if metrics else None)
     services.add(gc)
     services.add(Task(fs.checksums.run))
-    services.add(Heartbeat(catalog, fs.cat, session_id, cfg, fs.files, services, fs=fs))
+    services.add(Heartbeat(fs, cfg, services))
     # stop order: staged copies are uploaded (and their sizes written) before the last access times
     services.add(Task(fs.staging.run, fs.staging.shutdown))
     services.add(AtimeFlusher(fs.offline, fs.flush_all, cfg))

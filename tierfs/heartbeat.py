@@ -17,32 +17,32 @@ import logging
 import os
 import time
 import uuid
-from typing import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import trio
 
 from . import errors
-from .catalog.base import Catalog, Session, now_ns
-from .openfiles import OpenFiles
+from .catalog.base import Session, now_ns
 from .services import Events
+
+if TYPE_CHECKING:
+    from .fs import FileSystem
 
 log = logging.getLogger("tierfs")
 
 
 class Heartbeat:
-    def __init__(self, catalog: Catalog, call: Callable[..., Awaitable], session_id: str, cfg, files: OpenFiles,
-                 events: Events, fs=None):
-        self.catalog = catalog
-        self.call = call             # runs a blocking catalog call (FileSystem.cat)
-        self._session_id = session_id
-        self.fs = fs                 # FileSystem: its session_id is the mount's (renewed after a reap)
+    def __init__(self, fs: "FileSystem", cfg, events: Events):
+        self.fs = fs                 # its session_id is the mount's (renewed here after a reap)
+        self.catalog = fs.catalog
+        self.call = fs.cat           # runs a blocking catalog call
         self.cfg = cfg               # the daemon's live Config
-        self.files = files           # unlinked files still in use here are not purged
+        self.files = fs.files        # unlinked files still in use here are not purged
         self.events = events         # a reaped session's jobs return to the queue
 
     @property
     def session_id(self) -> str:
-        return self.fs.session_id if self.fs is not None else self._session_id
+        return self.fs.session_id
 
     def wake(self) -> None:
         pass
@@ -58,13 +58,10 @@ class Heartbeat:
                                             started_ns=t, heartbeat_ns=t)
         await self.call(self.catalog.register_session, Session(
             id=new, host=base.host, pid=base.pid, mountpoint=base.mountpoint, started_ns=t, heartbeat_ns=t))
-        if self.fs is not None:
-            self.fs.session_id = new
-        else:
-            self._session_id = new
+        self.fs.session_id = new
         log.warning("session %s was reaped by another mount (this one could not reach the catalog for "
                     "session_timeout); its jobs in flight here are abandoned; new session %s", old, new)
-        if self.fs is not None and self.catalog.shared:
+        if self.catalog.shared:
             for ino in self.files.open_inodes():
                 try:
                     await self.call(self.catalog.set_open, ino, new, True, self.files.writing(ino))
