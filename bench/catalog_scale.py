@@ -4,7 +4,8 @@ A synthetic catalog of N files (in N/1000 directories of 1000) is bulk
 loaded straight into the schema (SQL tables / Mongo collections, with the
 catalog modules' own row builders), then we time:
 - policy candidate selection: catalog.query(FileQuery(states=(ONLINE,),
-  min_size=S, last_access_before_ns=T)) where exactly 1% of entries match, warm
+  min_size=S, last_access_before_ns=T)), the query the policy engine sends
+  for RULE (built by its Matcher), where exactly 1% of entries match, warm
   and after dropping the page cache; with catalog.rows_read (rows returned),
   the rows/documents the database fetched (`examined`) and the index entries
   it walked (`keys_examined`) (SQLite: a counting function on a table-only
@@ -29,9 +30,10 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import time
 
-from tierfs.catalog.base import ROOT_INO, FileQuery, Inode, State
+from tierfs.catalog.base import ROOT_INO, FileQuery, Inode, State, by_range_index
 
 from .util import MiB, Timer, drop_caches, percentile
 
@@ -70,8 +72,21 @@ def _entries(n: int, now: int, seed: int = 3):
             checksum="0" * 64, data_version=1, state_ns=atime, state_cause="bench")
 
 
+#: The policy rule whose candidates the case selects: its query is the one the policy engine sends.
+RULE = {"name": "cold", "action": "archive", "keep_online": True, "inactive_for": f"{OLD_DAYS}d", "min_size": "256MiB"}
+
+
 def candidate_query(now: int) -> FileQuery:
-    return FileQuery(states=(State.ONLINE,), min_size=BIG, last_access_before_ns=now - OLD_DAYS * DAY_NS)
+    """What the policy engine asks the catalog for RULE at `now` (policy
+    Matcher.query): online files, last used before now - 90 days, >= 256 MiB."""
+    from tierfs import config
+    from tierfs.policy.conditions import Matcher
+    from tierfs.policy.rules import parse_rules
+    raw = {"tiers": {"disk": {"kind": "disk", "path": "/nonexistent/disk"},
+                     "vault": {"kind": "vault", "path": "/nonexistent/vault"}}, "policy": [RULE]}
+    q = Matcher(parse_rules(config.parse(raw, "/nonexistent/bench.toml"))[0], now).query()
+    assert q == FileQuery(states=(State.ONLINE,), min_size=BIG, last_access_before_ns=now - OLD_DAYS * DAY_NS), q
+    return q
 
 
 def _dir_inode(now: int) -> Inode:
@@ -181,9 +196,11 @@ def sqlite_rows_fetched(conn, stmt: str, params) -> int:
 
 def examined_sql(cat, q: FileQuery) -> dict:
     """The plan SQLite picks for the candidate query (the statement the
-    catalog really ran), the index entries its range holds (what the search
-    walks: keys_examined) and the table rows it fetches (examined: those
-    whose index entry passes the index's terms)."""
+    catalog really selects with), the index entries its range holds (what
+    the search walks: keys_examined) and the table rows it fetches
+    (examined: those whose index entry passes the index's terms; for a
+    two-step query (catalog.base.by_range_index), the rows its first step
+    reads, none on a covering index, plus one per number it found)."""
     stmt, params = cat.query_statement(q)
     states = [s.value for s in q.states]
     marks = ",".join("?" * len(states))
@@ -199,23 +216,34 @@ def examined_sql(cat, q: FileQuery) -> dict:
                              (*states, q.min_size)).fetchone()[0]
         elif "SCAN" in detail or "PRIMARY KEY" in detail:
             keys = c.execute("SELECT count(*) FROM inodes").fetchone()[0]
-        fetched = sqlite_rows_fetched(c, stmt, params)
+        if by_range_index(q):
+            # The numbers' step reads no row when its index holds every column it tests (EXPLAIN says
+            # USING INDEX, not COVERING INDEX, because last_access_ns is a virtual column; the fetch
+            # probe would itself read the rows); then one rowid read per number found.
+            ix = re.search(r"USING (?:COVERING )?INDEX (\w+)", detail)
+            held = {r[2] for r in c.execute(f"PRAGMA index_info({ix[1]})")} if ix else set()
+            tested = {"state"} | ({"last_access_ns"} if q.last_access_before_ns is not None else set()) | \
+                ({"size"} if q.min_size is not None or q.max_size is not None else set())
+            fetched = 0 if tested <= held else sqlite_rows_fetched(c, stmt, params)
+            fetched += c.execute(f"SELECT count(*) FROM ({stmt})", params).fetchone()[0]
+        else:
+            fetched = sqlite_rows_fetched(c, stmt, params)
     finally:
         c.close()
     return {"plan": detail, "examined": fetched, "keys_examined": keys}
 
 
 def _find_capture():
-    """A pymongo command listener keeping the last find on `inodes`, so the
+    """A pymongo command listener keeping the finds on `inodes`, so the
     bench explains the query the catalog really sent."""
     import pymongo.monitoring
 
     class FindCapture(pymongo.monitoring.CommandListener):
-        last = None
+        finds: list = []
 
         def started(self, event):
             if event.command_name == "find" and event.command.get("find") == "inodes":
-                self.last = dict(event.command)
+                self.finds.append(dict(event.command))
 
         def succeeded(self, event):
             pass
@@ -229,14 +257,17 @@ _capture = None
 
 
 def examined_mongo(cat, q: FileQuery) -> dict:
-    _capture.last = None
-    sum(1 for _ in cat.query(q))
-    cmd = _capture.last
-    if cmd is None:
+    """The plan of the first find on `inodes` that cat.query(q) sends (a
+    two-step query's first step: catalog.base.by_range_index), and the
+    documents and index keys the server examined for the whole query
+    (serverStatus: every find of both steps)."""
+    _capture.finds = []
+    reads = _with_server_reads(cat, lambda: {"returned": sum(1 for _ in cat.query(q))})
+    if not _capture.finds:
         return {"plan": "no find on inodes captured", "examined": None}
+    cmd = _capture.finds[0]
     find = {k: v for k, v in cmd.items() if k in ("find", "filter", "sort", "limit", "projection", "hint")}
-    ex = cat.db.command("explain", find, verbosity="executionStats")
-    st = ex.get("executionStats", {})
+    ex = cat.db.command("explain", find, verbosity="queryPlanner")
     win = ex.get("queryPlanner", {}).get("winningPlan", {})
 
     def stages(p):
@@ -246,8 +277,8 @@ def examined_mongo(cat, q: FileQuery) -> dict:
         for s in p.get("inputStages", []):
             out += stages(s)
         return out
-    return {"plan": " <- ".join(stages(win.get("queryPlan", win))), "examined": st.get("totalDocsExamined"),
-            "keys_examined": st.get("totalKeysExamined"), "sort": cmd.get("sort")}
+    return {"plan": " <- ".join(stages(win.get("queryPlan", win))), "examined": reads["docs_examined"],
+            "keys_examined": reads["keys_examined"], "finds": len(_capture.finds), "sort": cmd.get("sort")}
 
 
 # ---- find and du as the CLI runs them ---------------------------------------------------

@@ -15,7 +15,9 @@ entirely or not at all, also against other processes sharing the catalog.
 from __future__ import annotations
 
 import abc
+import collections
 import enum
+import itertools
 import json
 import time
 from dataclasses import dataclass, field, fields
@@ -491,6 +493,59 @@ def states_only(q: FileQuery) -> bool:
     order (`tierfs find --state S`, `tierfs find`)."""
     return all(getattr(q, f) is None or getattr(q, f) is False for f in _BEYOND_STATES)   # (uid 0 is one)
 
+
+
+def by_range_index(q: FileQuery) -> bool:
+    """True when query(q) takes two steps (read_ahead): the inode numbers
+    from a (state, last access, size) or (state, size) index alone, then
+    their rows. That is q of a policy rule: states and a last-access or size
+    bound, everything wanted (no limit), in inode order, with no name or
+    subtree condition."""
+    return (q.states is not None and q.limit is None and not q.order_by_last_access and q.under is None
+            and q.name_glob is None and (q.last_access_before_ns is not None or q.min_size is not None
+                                         or q.max_size is not None))
+
+
+#: read_ahead: numbers per read, reads in flight while reads are slow, and what is slow. The rows of a
+#: policy's candidates are random reads (100,000 candidates of 10,000,000 entries on SQLite: 94,000
+#: pages of a 3 GB table). From a cold cache one reader waits for each in turn (78 us on this machine's
+#: disk; 8.3 s), four overlap them (4.1 s). From the page cache a page of 500 takes 2-4 ms and extra
+#: readers only contend for the GIL (sqlite3 drops and takes it per row): 0.75 s with one, 1.7 s with four.
+READ_PAGE = 500
+READERS = 4
+SLOW_READ_S = 0.015
+
+
+def read_ahead(inos: Sequence[int], fetch: Callable[[list[int]], list], *, page: int | None = None,
+               readers: int | None = None) -> Iterator:
+    """What `fetch` returns for `inos`, `page` numbers at a time, in order.
+    One read runs in a thread ahead of the consumer; while reads are slow
+    (SLOW_READ_S: from the disk, not the page cache) up to `readers` do, so
+    a cold cache's random reads overlap. The threads end with the iterator
+    (also when it is closed before the end: close() waits for the reads in
+    flight, one page each)."""
+    page, readers = page or READ_PAGE, readers or READERS
+    if len(inos) <= page:
+        yield from fetch(list(inos))
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    def timed(part: list[int]) -> tuple[float, list]:
+        t0 = time.monotonic()
+        rows = fetch(part)
+        return time.monotonic() - t0, rows
+    pages = (list(inos[i:i + page]) for i in range(0, len(inos), page))
+    with ThreadPoolExecutor(readers, thread_name_prefix="tierfs-read") as pool:
+        ahead = collections.deque([pool.submit(timed, next(pages))])
+        try:
+            while ahead:
+                took, rows = ahead.popleft().result()
+                for nxt in itertools.islice(pages, max(0, (readers if took > SLOW_READ_S else 1) - len(ahead))):
+                    ahead.append(pool.submit(timed, nxt))
+                yield from rows
+        finally:
+            for f in ahead:
+                f.cancel()
 
 #: The FileQuery fields count_by() may answer from the running totals with: all others as in FileQuery().
 _TOTALS_IGNORED = ("order_by_last_access", "limit", "after_ino")

@@ -96,10 +96,12 @@ FAILOVER_WAIT_S = 30.0
 UNREACHABLE_DEADLINE_S = 1.0
 #: Indexes older catalogs have and this version no longer wants (collection -> names); init drops them.
 #: inodes.state_atime (state, atime_ns) and state_atime_size (state, atime_ns, size): no query bounds or
-#: orders by atime alone any more (inactivity is last_access_ns, indexed by state_last_access_size); if
+#: orders by atime alone any more (inactivity is last_access_ns, indexed by state_last_access_size_id); if
 #: kept, each would cost an index write per atime flush, and the planner's trial may pick the first,
 #: fetching every document in its range to test the size (1M inodes: 91,046 fetched for 10,000 candidates).
-DROPPED_INDEXES: dict[str, tuple[str, ...]] = {"inodes": ("state_atime", "state_atime_size")}
+#: state_last_access_size and state_size: the same with the inode number after them (_id) now.
+DROPPED_INDEXES: dict[str, tuple[str, ...]] = {"inodes": ("state_atime", "state_atime_size", "state_last_access_size",
+                                                          "state_size")}
 #: An inode's last_access_ns computed from its stored fields (base.Inode.last_access_ns), for updates
 #: written as aggregation pipelines.
 LAST_ACCESS = {"$max": ["$atime_ns", "$mtime_ns"]}
@@ -498,9 +500,12 @@ class MongoCatalog(MongoJobs, MongoQueries, CatalogCore):
             # used first): state and last_access_ns bound the scan, the size bound is tested on the key, so
             # only documents matching all three are fetched (1M inodes, 1% candidates: 10,000 fetched
             # instead of 91,046).
-            self.inodes.create_index([("state", A), ("last_access_ns", A), ("size", A)],
-                                     name="state_last_access_size")
-            self.inodes.create_index([("state", A), ("size", A)], name="state_size")        # policy: big files
+            # The inode number ends both policy indexes: the first step of a rule's query (mongo_query
+            # _query_by_range) reads the candidates' numbers from the index alone (a covered query: no
+            # document is read there; the documents follow by _id, several finds in flight).
+            self.inodes.create_index([("state", A), ("last_access_ns", A), ("size", A), ("_id", A)],
+                                     name="state_last_access_size_id")
+            self.inodes.create_index([("state", A), ("size", A), ("_id", A)], name="state_size_id")  # big files
             self.inodes.create_index([("tier", A), ("location", A)], name="tier_location")  # references, per tier
             self.inodes.create_index([("archive_tier", A), ("archive_location", A)], name="archive_location")
             self.inodes.create_index([("archive_copies", A)], name="archive_copies",      # references()

@@ -6,13 +6,14 @@ the namespace and its atomic changes.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import itertools
 from typing import Iterable, Iterator, Sequence
 
-from .base import (ACTIVE_JOB_STATES, INODE_FIELDS, ROOT_INO, CatalogStats, FileQuery, Inode, Listed, State, check_count_by,
-                   count_further_copies, further_copies, further_targets, group_totals,
-                   inode_from_values, states_only, totals_answer)
+from .base import (ACTIVE_JOB_STATES, INODE_FIELDS, ROOT_INO, CatalogStats, FileQuery, Inode, Listed, State,
+                   by_range_index, check_count_by, count_further_copies, further_copies, further_targets,
+                   group_totals, inode_from_values, read_ahead, states_only, totals_answer)
 
 #: S_IFMT bits of a regular file / a directory, and the other type bits that must be clear.
 REG_SET, REG_CLEAR = 0o100000, 0o070000
@@ -168,7 +169,11 @@ class MongoQueries:
 
     def query(self, q: FileQuery) -> Iterator[Inode]:
         """Indexed find (with `under`/`name_glob`: the names below, joined
-        with their inodes); rows_read counts the documents returned."""
+        with their inodes; a policy rule's query in two steps:
+        _query_by_range); rows_read counts the documents returned."""
+        if by_range_index(q):
+            yield from self._query_by_range(q)
+            return
         with self._errors():
             if self._by_name(q):
                 seen = {}
@@ -180,10 +185,10 @@ class MongoQueries:
             else:
                 sort = [("last_access_ns", 1), ("_id", 1)] if q.order_by_last_access else [("_id", 1)]
                 if q.limit is None:
-                    # Everything is wanted: sorting here lets the planner pick the state_last_access_size
+                    # Everything is wanted: sorting here lets the planner pick the state_last_access_size_id
                     # or state_size index; a server-side sort by _id walks the whole _id index instead
                     # (1M documents examined for 10k candidates). With states, last access and size
-                    # bounds, state_last_access_size tests the size on the key: only candidates are
+                    # bounds, state_last_access_size_id tests the size on the key: only candidates are
                     # fetched. No hint: the planner's trial picks the index whose range holds the larger
                     # share of matches (a hint would walk the whole last-access range when a size bound
                     # is far narrower).
@@ -194,6 +199,32 @@ class MongoQueries:
         self.rows_read += len(docs)
         for d in docs:
             yield inode_of(d)
+
+    def _query_by_range(self, q: FileQuery) -> Iterator[Inode]:
+        """A policy rule's candidates in two steps, as on SQLite: first their
+        numbers (one cursor on the states and the last-access/size range,
+        covered: the planner picks (state, last_access_ns, size, _id) or
+        (state, size, _id), which hold every field it tests and returns, so
+        no document is read there), then
+        the documents of those numbers, sorted, READ_PAGE per find on _id
+        with all of q's conditions again (a document changed meanwhile drops
+        out), read ahead (base.read_ahead). Memory holds the numbers and a
+        few pages, not every candidate's document; no cursor lives longer
+        than its step (a policy run considers candidates for minutes)."""
+        f = self._filter(q, paging=False)
+        first = {k: f[k] for k in ("state", "last_access_ns", "size") if k in f}
+        with self._errors():
+            inos = sorted(d["_id"] for d in self.inodes.find(first, {"_id": 1}, batch_size=self.names_batch))
+
+        def fetch(part: list[int]) -> list[dict]:
+            with self._errors():
+                docs = list(self.inodes.find({**f, "_id": {"$in": part}}).hint("_id_"))
+            docs.sort(key=lambda d: d["_id"])
+            return docs
+        with contextlib.closing(read_ahead(inos, fetch)) as found:
+            for d in found:
+                self.rows_read += 1
+                yield inode_of(d)
 
     def list_dir(self, parent: int, xattr_names: Sequence[bytes] = ()) -> list[Listed]:
         """One aggregation: the directory's dentries joined with their inodes

@@ -17,6 +17,7 @@ import fcntl
 import logging
 import os
 import pwd
+import queue
 import socket
 import sqlite3
 import threading
@@ -27,8 +28,8 @@ from . import schema as S
 from .base import (ACTIVE_JOB_STATES, INODE_FIELDS, JOB_PRIORITY, ROOT_INO, SCHEMA_VERSION, CatalogStats, DirEntry,
                    Event, FileQuery, Garbage, Inode, Job, JobKind, JobState, Listed, Session, State, Tombstone,
                    check_count_by, check_expected, check_owner, copy_pattern, count_further_copies, further_copies,
-                   further_targets, group_totals, inode_from_values, now_ns, resolve_paths, states_only,
-                   totals_answer)
+                   further_targets, group_totals, inode_from_values, now_ns, read_ahead, resolve_paths, states_only,
+                   totals_answer, by_range_index)
 from .core import CatalogCore, Txn
 
 log = logging.getLogger(__name__)
@@ -1022,17 +1023,87 @@ class SqlCatalog(CatalogCore):
         return f"{with_}SELECT {_INODE_COLS_Q} FROM inodes WHERE {' AND '.join(conds)}{order}", tuple(args)
 
     def query_statement(self, q: FileQuery) -> tuple[str, tuple]:
-        """The SQL statement and parameters query(q) runs now (bench and
-        tests look at its plan and at the rows it fetches)."""
+        """The SQL statement and parameters query(q) selects with now (bench
+        and tests look at its plan and at the rows it fetches): with
+        by_range_index(q), the first step's (the rows of its numbers follow,
+        one rowid read each)."""
+        if by_range_index(q):
+            stmt, args = self._range_sql(q)
+            return stmt, tuple(args)
         with self._tx(write=False) as c:
             return self._query_sql(c, q)
 
     def query(self, q: FileQuery) -> Iterator[Inode]:
+        if by_range_index(q):
+            yield from self._query_by_range(q)
+            return
         with self._tx(write=False) as c:
             rows = c.execute(*self._query_sql(c, q)).fetchall()
         self.rows_read += len(rows)
         for r in rows:
             yield inode_from_values(r)
+
+    @staticmethod
+    def _range_sql(q: FileQuery) -> tuple[str, list]:
+        """The first step of _query_by_range: the inode numbers in q's states
+        and last-access/size range, from (state, last_access_ns, size) or
+        (state, size) alone (covering: it holds every column tested, and the
+        number is the rowid). `+size` keeps (state, size) out of the choice
+        when there is a last-access bound (SQLite, without statistics, rates
+        the two ranges alike; that index would read every row to test the
+        last access). No INDEXED BY: a catalog missing the index still answers."""
+        states = [State(s).value for s in q.states]
+        conds, args = [f"state IN ({_marks(states)})"], list(states)
+        size = "size"
+        if q.last_access_before_ns is not None:
+            conds.append("last_access_ns < ?")
+            args.append(q.last_access_before_ns)
+            size = "+size"
+        for op, val in ((">=", q.min_size), ("<=", q.max_size)):
+            if val is not None:
+                conds.append(f"{size} {op} ?")
+                args.append(val)
+        return f"SELECT ino FROM inodes WHERE {' AND '.join(conds)}", args
+
+    def _query_by_range(self, q: FileQuery) -> Iterator[Inode]:
+        """A policy rule's candidates in two steps. First their inode numbers
+        from one index alone (_range_sql: no row is read). Then the rows of
+        those numbers, in order, with all of q's conditions again (a row
+        changed meanwhile drops out), READ_PAGE per statement on connections
+        of their own (read_ahead; NOT INDEXED: by rowid, not by the state
+        index). 10M entries, 100,000 candidates: 4.0-4.2 s cold, 0.75 s warm,
+        against 10.7 s / 5.8 s for the policy engine's earlier pages by inode
+        number, which walked (state, ino) and read every row in the state
+        (bench/RESULTS.md)."""
+        with self._tx(write=False) as c:
+            inos = sorted(r[0] for r in c.execute(*self._range_sql(q)))
+            _, full, fargs = self._inode_where(c, q)
+        where = " AND ".join(full)
+        conns: list[sqlite3.Connection] = []
+        free: queue.SimpleQueue = queue.SimpleQueue()
+
+        def fetch(part: list[int]) -> list[tuple]:
+            try:
+                conn = free.get_nowait()
+            except queue.Empty:
+                with self._unavailable():
+                    conn = self.connect()
+                conns.append(conn)
+            try:
+                with self._unavailable():
+                    rows = conn.execute(f"SELECT {_INODE_COLS_Q} FROM inodes NOT INDEXED WHERE inodes.ino IN "
+                                        f"({_marks(part)}) AND {where} ORDER BY inodes.ino", (*part, *fargs)).fetchall()
+            finally:
+                free.put(conn)
+            return rows
+        try:
+            with contextlib.closing(read_ahead(inos, fetch)) as found:
+                for row in found:   # (Inodes made here: in the readers they would contend for the GIL)
+                    self.rows_read += 1
+                    yield inode_from_values(row)
+        finally:
+            for conn in conns:
+                conn.close()
 
     #: Rows query_names fetches at a time, after a first batch of FIRST_NAMES.
     names_batch = 5000

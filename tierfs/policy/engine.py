@@ -1,9 +1,12 @@
 """One policy run: candidates -> checks -> limits -> actions.
 
-A run walks each rule's indexed catalog query page by page (`after_ino`
-paging, PAGE rows at a time; watermark runs walk pages ordered by last
-access or modification), so memory holds one page, and the catalog reads grow with the
-number of candidates, not with the number of files. Each candidate goes
+A run reads each rule's indexed catalog query PAGE candidates at a time
+(one query per rule, consumed as the candidates are considered; watermark
+runs walk pages ordered by last access or modification), so memory holds
+a page (and, on SQLite, the candidates' inode numbers), and the catalog
+reads grow with the number of candidates, not with the number of files.
+A catalog error while reading them ends the rule's run early: the next
+run starts over. Each candidate goes
 through the rule's per-candidate checks (conditions.py); accepted ones
 become Actions until the rule's max_files / max_bytes are reached.
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import heapq
+import itertools
 import logging
 import socket
 from collections import Counter, deque
@@ -239,18 +243,25 @@ class Engine:
             st = RuleStats(rule.name)
             report.rules.append(st)
             m = Matcher(rule, report.now_ns)
-            after = 0
-            while not st.stopped:
-                batch = await self._query(m.query(limit=self.page, after_ino=after))
-                for inode in batch:
-                    st.candidates += 1
-                    if await self._consider(rule, m, inode, lk, st, report, dry_run, collect, on_action):
+            # One query for the whole rule, read `page` candidates at a time as they are considered (on
+            # SQLite: the candidates' numbers from one index, then their rows, read ahead: see
+            # catalog.base.read_ahead). Pages re-queried by inode number walked (state, ino) instead and
+            # read every row in the state: 10M entries, 100,000 candidates, 5.8 s warm, 10.7 s cold.
+            candidates = self.catalog.query(m.query())
+            try:
+                while not st.stopped:
+                    batch = await self.cat(lambda: list(itertools.islice(candidates, self.page)))
+                    for inode in batch:
+                        st.candidates += 1
+                        if await self._consider(rule, m, inode, lk, st, report, dry_run, collect, on_action):
+                            break
+                    if len(batch) < self.page:
                         break
-                if len(batch) < self.page:
-                    break
-                after = batch[-1].ino
-                if keep_going is not None and not await keep_going():
-                    st.stopped = "lost the policy lease"
+                    if keep_going is not None and not await keep_going():
+                        st.stopped = "lost the policy lease"
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self.cat(candidates.close)   # the readers and their connections end
         self._log(report)
         return report
 
