@@ -566,6 +566,7 @@ class Mover:
         commit = Transition(ino, mv.inode.data_version, (mv.expect,), mv.changes(sha, n, key), job.cause,
                             f"{mv.src.name} -> {_names(mv.dsts)}, {n} bytes{mv.note}", garbage=garbage,
                             garbage_reason=mv.garbage_reason, job_id=job.id, job_session=job.session,
+                            ends_job=job.session is not None,
                             no_writers_except=fs.session_id if mv.exclusive else None,
                             stub=head if mv.stub else None)
         async with fs.lock(ino):

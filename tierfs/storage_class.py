@@ -172,7 +172,8 @@ async def restore(fs, job: Job, inode: Inode, tier: Tier) -> None:
             ino, inode.data_version, (State.RESTORING,),
             Changes(state=State.ONLINE, tier=tier.name, location=key, atime_ns=now_ns(), **copies_changes(())),
             job.cause, f"in place on {tier.name} ({tier.archive_storage_class} -> {tier.storage_class}), "
-            f"{inode.size} bytes", garbage=tuple(copies_of(inode)[1:]), job_id=job.id, job_session=job.session))
+            f"{inode.size} bytes", garbage=tuple(copies_of(inode)[1:]), job_id=job.id, job_session=job.session,
+            ends_job=job.session is not None))
     except (errors.VersionConflict, errors.NotFound):
         return   # truncated, rewritten or deleted meanwhile: nothing to bring back
     await fs.invalidate(ino)

@@ -81,3 +81,43 @@ def test_fenced_retry_and_missing_job(catalog):
         catalog.retry_job(job.id, "again", 0, session="a")
     with pytest.raises(errors.Fenced):
         catalog.finish_job(10**9, JobState.DONE, session="a")
+
+
+def test_a_commit_that_ends_its_job_leaves_nothing_to_run_again(catalog):
+    """The window between a move's commit and the runner's finish_job: a
+    session reaped there used to have its job go back to the queue and run a
+    second time on another mount. A commit with ends_job marks the job done
+    in its own transaction, so the reaper finds nothing running; the
+    runner's finish_job(DONE) that follows is a no-op, a late FAILED is
+    refused, and the file's older failed job of the kind is superseded."""
+    _session(catalog, "a", age_s=100)      # about to be reaped
+    _session(catalog, "b")
+    f = catalog.create(ROOT_INO, b"f", new(size=3))
+    catalog.update(f.ino, {"tier": "disk", "location": "k0"})
+    old, _ = catalog.enqueue(f.ino, JobKind.ARCHIVE, target_tier="vault")
+    catalog.claim("b")
+    catalog.finish_job(old.id, JobState.FAILED, "vault full", session="b")
+    job, _ = catalog.enqueue(f.ino, JobKind.ARCHIVE, target_tier="vault")
+    mine = catalog.claim("a")
+    assert mine.id == job.id
+    catalog.update_job(job.id, {"dst_key": "a-copy"}, session="a")
+    inode = catalog.get(f.ino)
+    catalog.switch(Transition(f.ino, inode.data_version, (inode.state,),
+                              Changes(state=State.ARCHIVED, tier=None, location=None, archive_tier="vault",
+                                      archive_location="a-copy"), "test", job_id=job.id, job_session="a",
+                              ends_job=True))
+    ended = catalog.get_job(job.id)
+    assert (ended.state, ended.session, ended.dst_key, ended.last_error) == (JobState.DONE, "a", None, "")
+    assert catalog.get_job(old.id).state == JobState.CANCELLED
+    assert catalog.get_job(old.id).last_error == f"superseded by job {job.id}"
+    # A is reaped right after its commit: nothing of its goes back to the queue.
+    assert catalog.reap_sessions(now_ns() - 10 * 10**9) == ["a"] and catalog.claim("b") is None
+    catalog.finish_job(job.id, JobState.DONE, session="a")     # the runner's finish: already recorded
+    assert catalog.get_job(job.id).state == JobState.DONE
+    with pytest.raises(errors.Fenced):
+        catalog.finish_job(job.id, JobState.FAILED, "after the commit", session="a")
+    with pytest.raises(errors.Fenced):     # another session's DONE is no such no-op
+        catalog.finish_job(job.id, JobState.DONE, session="b")
+    with pytest.raises(ValueError):        # ending a job needs its fencing token
+        catalog.switch(Transition(f.ino, inode.data_version, (State.ARCHIVED,), Changes(), "test", job_id=job.id,
+                                  ends_job=True))

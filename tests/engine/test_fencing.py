@@ -56,3 +56,39 @@ async def test_reaped_mount_abandons_the_job_another_mount_took(eng, tmp_path):
     assert g_job.state == JobState.DONE
     assert await p.read_file("f") == data
     cat.finish_job(job.id, JobState.CANCELLED, "test over", session="other")
+
+
+@with_engine(heartbeat_interval=1, session_timeout=5)
+async def test_a_mount_reaped_right_after_its_commit_leaves_its_job_done(eng, tmp_path):
+    """The other window: the archive's commit has landed, and the session is
+    reaped before the runner records the job's end. The commit ended the job
+    (Transition.ends_job), so the reaper puts nothing back in the queue:
+    another mount finds nothing to claim, and the move is not made twice."""
+    p = Posix(eng.fs)
+    data = os.urandom(20000)
+    await p.write_file("f", data)
+    cat = eng.catalog
+    old = eng.fs.session_id
+    real = cat.finish_job
+    seen: list = []
+
+    def finish_after_a_reap(job_id, state, *args, session=None, **kw):
+        if not seen:   # between the commit and this call: this mount is reaped, another one looks for work
+            seen.append(cat.reap_sessions(now_ns() + 10**12))
+            t = now_ns()
+            cat.register_session(Session(id="other", host="h2", pid=2, mountpoint="/m2", started_ns=t,
+                                         heartbeat_ns=t))
+            seen.append(cat.claim("other"))
+        return real(job_id, state, *args, session=session, **kw)
+    cat.finish_job = finish_after_a_reap
+    await p.request("f", "archive")
+    with trio.fail_after(120):
+        while not seen or eng.jobs.running:
+            await trio.sleep(0.1)
+    assert seen == [[old], None]       # reaped, and nothing of its went back to the queue
+    [job] = cat.jobs(ino=(await p.stat("f")).ino)
+    assert (job.state, job.attempts) == (JobState.DONE, 1)
+    assert await p.state("f") == "archived"
+    assert len([e for e in cat.events(job.ino) if e.to_state == "archived"]) == 1
+    assert sum(len(files) for _, _, files in os.walk(os.path.join(eng.home, "vault"))) == 1
+    assert await p.read_file("f") == data

@@ -71,6 +71,13 @@ def check_owner(job_id: int, session: str, found: tuple[str, str | None] | None)
                             + (f" by session {owner})" if owner else ")"))
 
 
+def ended_by_commit(state: "JobState", session: str | None, found: tuple[str, str | None] | None) -> bool:
+    """finish_job(state) by `session` of a job `found` (state, session) done
+    by its own commit (Transition.ends_job): nothing left to record."""
+    return (session is not None and found is not None and JobState(state) == JobState.DONE
+            and JobState(found[0]) == JobState.DONE and found[1] == session)
+
+
 def check_expected(inode: "Inode", expect_version: int | None, expect_states: Iterable["State"] | None) -> None:
     """The compare-and-swap of update/switch/bury: VersionConflict unless the
     inode still has `expect_version` and one of `expect_states` (None: any)."""
@@ -321,7 +328,7 @@ class Job:
     target_tier: str | None = None   # destination tier (archive/migrate/restore)
     keep_online: bool = False        # archive only: leave the file dual instead of releasing
     cause: str = ""                  # who or what asked: "command by uid 1000", "policy rule 'cold'"
-    session: str | None = None       # session id of the mount running it (state running)
+    session: str | None = None       # session id of the mount running it (state running; kept if its commit ended it)
     attempts: int = 0                # times it has been started
     not_before_ns: int = 0           # do not start before this time (retry backoff)
     last_error: str = ""             # last failure, for `tierfs queue`
@@ -431,6 +438,10 @@ class Transition:
     #: still running under it (check_owner), so a mount whose session was reaped cannot commit a job
     #: that went back to the queue and on to another mount
     job_session: str | None = None
+    #: the commit is the job's end (job_id, job_session): it is marked done in the same transaction, so a
+    #: session reaped between the commit and the runner's finish_job cannot have its job run again
+    #: elsewhere. Its `session` stays (finish_job(DONE) by that session is then a no-op: ended_by_commit).
+    ends_job: bool = False
     no_writers_except: str | None = None
     #: partial-state files: keep these first bytes online (stub_size = len; b"" drops the stub); None: the
     #: stub stays, unless the commit makes the file readable online again, which drops it (Catalog.switch)

@@ -64,6 +64,10 @@ class Txn(Protocol):
     def add_garbage(self, items: Iterable[tuple[str | None, str | None]], reason: str) -> None:
         """Items with an empty tier or key are skipped."""
     def clear_dst_key(self, job_id: int, now: int) -> None: ...
+    def end_job(self, job_id: int, now: int, *, keep_session: bool = False) -> None:
+        """The job is done (last_error cleared; its session cleared unless
+        keep_session), and the file's older failed jobs of its kind are
+        cancelled, "superseded by job N": a later run brought it about."""
     def job_owner(self, job_id: int) -> tuple[str, str | None] | None:
         """(state, session) of a job; None if there is none."""
     def add_tombstone(self, values: dict) -> int:
@@ -334,6 +338,8 @@ class CatalogCore(Catalog):
         def fn(t: Txn) -> Inode:
             inode = self._inode_in(t, tr.ino)
             check_expected(inode, tr.expect_version, tr.expect_states)
+            if tr.ends_job and (tr.job_id is None or tr.job_session is None):
+                raise ValueError(f"Transition of inode {tr.ino}: ends_job needs job_id and job_session")
             if tr.job_id is not None and tr.job_session is not None:
                 check_owner(tr.job_id, tr.job_session, t.job_owner(tr.job_id))
             if tr.no_writers_except is not None:
@@ -355,5 +361,7 @@ class CatalogCore(Catalog):
             t.add_garbage(tr.garbage, tr.garbage_reason or tr.cause)
             if tr.job_id is not None:
                 t.clear_dst_key(tr.job_id, now)
+                if tr.ends_job:
+                    t.end_job(tr.job_id, now, keep_session=True)
             return inode.copy(**changes)
         return self.transaction(fn)

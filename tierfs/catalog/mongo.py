@@ -61,7 +61,7 @@ from ..redact import redact_url
 from .base import (INODE_FIELDS, ROOT_INO, SCHEMA_VERSION, DirEntry, Event, Garbage, Inode, JobState, State,
                    Tombstone, check_expected, copy_pattern, now_ns)
 from .core import CatalogCore, Txn
-from .mongo_jobs import ACTIVE, MongoJobs
+from .mongo_jobs import ACTIVE, MongoJobs, end_job
 from .mongo_query import MongoQueries, inode_of as _inode
 
 log = logging.getLogger(__name__)
@@ -906,6 +906,9 @@ class _MongoTxn:
 
     def clear_dst_key(self, job_id: int, now: int) -> None:
         self.cat.jobs_c.update_one({"_id": job_id}, {"$set": {"dst_key": None, "updated_ns": now}}, session=self.s)
+
+    def end_job(self, job_id: int, now: int, *, keep_session: bool = False) -> None:
+        end_job(self.cat.jobs_c, job_id, now, keep_session=keep_session, session=self.s)
 
     def job_owner(self, job_id: int) -> tuple[str, str | None] | None:
         d = self.cat.jobs_c.find_one({"_id": job_id}, {"state": 1, "session": 1}, session=self.s)

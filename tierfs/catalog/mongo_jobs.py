@@ -10,9 +10,28 @@ from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from .. import errors
-from .base import ACTIVE_JOB_STATES, JOB_PRIORITY, Job, JobKind, JobState, Session, check_owner, now_ns
+from .base import (ACTIVE_JOB_STATES, JOB_PRIORITY, Job, JobKind, JobState, Session, check_owner, ended_by_commit,
+                   now_ns)
 
 ACTIVE = [s.value for s in ACTIVE_JOB_STATES]
+
+
+def end_job(jobs_c, job_id: int, now: int, *, match: dict | None = None, keep_session: bool = False,
+            session=None) -> dict | None:
+    """core.Txn.end_job on the jobs collection (in the transaction of
+    `session`, else each update atomic alone); `match`: the job's filter
+    (fencing). The job's document as it was, None if `match` found none."""
+    done = {"state": JobState.DONE.value, "last_error": "", "updated_ns": now}
+    if not keep_session:
+        done["session"] = None
+    doc = jobs_c.find_one_and_update(match or {"_id": job_id}, {"$set": done}, session=session)
+    if doc is not None:
+        jobs_c.update_many(
+            {"ino": doc["ino"], "kind": doc["kind"], "state": JobState.FAILED.value, "_id": {"$lt": job_id}},
+            {"$set": {"state": JobState.CANCELLED.value, "last_error": f"superseded by job {job_id}",
+                      "updated_ns": now}},
+            session=session)
+    return doc
 
 
 def job_of(doc: dict) -> Job:
@@ -87,10 +106,14 @@ class MongoJobs:
             return {"_id": job_id}
         return {"_id": job_id, "state": JobState.RUNNING.value, "session": session}
 
-    def _fenced(self, job_id, session) -> None:
-        """A fenced update matched nothing: raise why (the job as it is now)."""
+    def _fenced(self, job_id, session, state: JobState | None = None) -> None:
+        """A fenced update matched nothing: raise why (the job as it is now),
+        unless it was finish_job(DONE) of a job its commit ended (ended_by_commit)."""
         doc = self.jobs_c.find_one({"_id": job_id}, {"state": 1, "session": 1})
-        check_owner(job_id, session, None if doc is None else (doc["state"], doc.get("session")))
+        found = None if doc is None else (doc["state"], doc.get("session"))
+        if state is not None and ended_by_commit(state, session, found):
+            return
+        check_owner(job_id, session, found)
 
     def update_job(self, job_id, changes, *, session=None) -> None:
         """Single-document update."""
@@ -104,16 +127,15 @@ class MongoJobs:
         """Single-document update; for DONE, one update_many of the file's
         older failed jobs of the kind (each changes atomically)."""
         t = now_ns()
+        state = JobState(state)
         with self._errors():
-            doc = self.jobs_c.find_one_and_update(self._job_filter(job_id, session), {"$set": {
-                "state": JobState(state).value, "session": None, "last_error": error, "updated_ns": t}})
+            if state == JobState.DONE:
+                doc = end_job(self.jobs_c, job_id, t, match=self._job_filter(job_id, session))
+            else:
+                doc = self.jobs_c.find_one_and_update(self._job_filter(job_id, session), {"$set": {
+                    "state": state.value, "session": None, "last_error": error, "updated_ns": t}})
             if doc is None and session is not None:
-                self._fenced(job_id, session)
-            if doc is not None and JobState(state) == JobState.DONE:
-                self.jobs_c.update_many(
-                    {"ino": doc["ino"], "kind": doc["kind"], "state": JobState.FAILED.value, "_id": {"$lt": job_id}},
-                    {"$set": {"state": JobState.CANCELLED.value, "last_error": f"superseded by job {job_id}",
-                              "updated_ns": t}})
+                self._fenced(job_id, session, state)
 
     def retry_job(self, job_id, error, delay_s, *, count=True, session=None) -> None:
         """Single-document update (back to pending, not before now + delay)."""

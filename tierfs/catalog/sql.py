@@ -27,9 +27,9 @@ from .. import errors, private
 from . import schema as S
 from .base import (ACTIVE_JOB_STATES, INODE_FIELDS, JOB_PRIORITY, ROOT_INO, SCHEMA_VERSION, CatalogStats, DirEntry,
                    Event, FileQuery, Garbage, Inode, Job, JobKind, JobState, Listed, Session, State, Tombstone,
-                   check_count_by, check_expected, check_owner, copy_pattern, count_further_copies, further_copies,
-                   further_targets, group_totals, inode_from_values, now_ns, read_ahead, resolve_paths, states_only,
-                   totals_answer, by_range_index)
+                   by_range_index, check_count_by, check_expected, check_owner, copy_pattern, count_further_copies,
+                   ended_by_commit, further_copies, further_targets, group_totals, inode_from_values, now_ns,
+                   read_ahead, resolve_paths, states_only, totals_answer)
 from .core import CatalogCore, Txn
 
 log = logging.getLogger(__name__)
@@ -255,6 +255,16 @@ class _SqliteTxn:
 
     def clear_dst_key(self, job_id: int, now: int) -> None:
         self.c.execute("UPDATE jobs SET dst_key = NULL, updated_ns = ? WHERE id = ?", (now, job_id))
+
+    def end_job(self, job_id: int, now: int, *, keep_session: bool = False) -> None:
+        self.c.execute(f"UPDATE jobs SET state = ?, last_error = '', updated_ns = ?"
+                       f"{'' if keep_session else ', session = NULL'} WHERE id = ?", (JobState.DONE.value, now, job_id))
+        row = self.c.execute("SELECT ino, kind FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is not None:
+            self.c.execute("UPDATE jobs SET state = ?, last_error = ?, updated_ns = ? "
+                           "WHERE ino = ? AND kind = ? AND state = ? AND id < ?",
+                           (JobState.CANCELLED.value, f"superseded by job {job_id}", now, row[0], row[1],
+                            JobState.FAILED.value, job_id))
 
     def job_owner(self, job_id: int) -> tuple[str, str | None] | None:
         return self.c.execute("SELECT state, session FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -828,16 +838,16 @@ class SqlCatalog(CatalogCore):
         t = now_ns()
         state = JobState(state)
         with self._tx() as c:
-            self._fence(c, job_id, session)
-            c.execute("UPDATE jobs SET state = ?, session = NULL, last_error = ?, updated_ns = ? WHERE id = ?",
-                      (state.value, error, t, job_id))
+            if session is not None:
+                found = c.execute("SELECT state, session FROM jobs WHERE id = ?", (job_id,)).fetchone()
+                if ended_by_commit(state, session, found):
+                    return
+                check_owner(job_id, session, found)
             if state == JobState.DONE:
-                row = c.execute("SELECT ino, kind FROM jobs WHERE id = ?", (job_id,)).fetchone()
-                if row is not None:
-                    c.execute("UPDATE jobs SET state = ?, last_error = ?, updated_ns = ? "
-                              "WHERE ino = ? AND kind = ? AND state = ? AND id < ?",
-                              (JobState.CANCELLED.value, f"superseded by job {job_id}", t, row[0], row[1],
-                               JobState.FAILED.value, job_id))
+                _SqliteTxn(c).end_job(job_id, t)
+            else:
+                c.execute("UPDATE jobs SET state = ?, session = NULL, last_error = ?, updated_ns = ? WHERE id = ?",
+                          (state.value, error, t, job_id))
 
     def retry_job(self, job_id, error, delay_s, *, count=True, session=None) -> None:
         t = now_ns()
