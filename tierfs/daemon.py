@@ -16,6 +16,7 @@ was started with (`reload`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -270,6 +271,8 @@ class Daemon:
                          redact_url(self.cfg.catalog), ", ".join(f"{n}:{t.kind}" for n, t in self.fs.tiers.items()),
                          self.session_id)
                 runtime.publish(record)   # before READY: `tierfs mount` returns with it in place
+                # (again with the new id when another mount reaps our session: `tierfs status` shows it)
+                self.fs.on_session_renewed(lambda new: runtime.publish(dataclasses.replace(record, session=new)))
                 sd_notify("READY=1")
                 on_ready()
             trio.run(self._main, ready)

@@ -104,6 +104,8 @@ def build_engine(cfg, catalog: Catalog, tiers: dict[str, Tier], session_id: str,
     fs = FileSystem(cfg, catalog, tiers, session_id,
                     staging_dir=staging_dir or os.path.join(cfg.state_dir, "staging"),
                     events=services, offline=Offline, requests=Requests, passthrough=passthrough)
+    if metrics is not None:
+        fs.on_session_renewed(metrics.set_session)
     gc = services.gc = GarbageCollector(catalog, fs.cat, tiers, fs.files)
     notifier = Notifier(fs, cfg, mountpoint)
     runner = JobRunner(fs, cfg, session_id, ended=notifier.job_ended)

@@ -147,7 +147,8 @@ class FileSystem:
         self.cfg = cfg
         self.catalog = catalog
         self.tiers = tiers
-        self.session_id = session_id
+        self.session_id = session_id   # renewed (renew_session) if another mount reaps it
+        self._renewed: list[Callable[[str], None]] = []
         self.events: Events = events or NoEvents()
         self.cat_limiter = trio.CapacityLimiter(catalog.concurrency)
         self.cache_ttl = cfg.attr_timeout if catalog.shared else float("inf")
@@ -188,6 +189,18 @@ class FileSystem:
                 if now >= give_up:
                     raise
                 await trio.sleep(0.2)
+
+    def on_session_renewed(self, fn: Callable[[str], None]) -> None:
+        """Call fn(new session id) when the session is renewed: for those who
+        show the id (the runtime record, the metrics, a policy run's "who");
+        the rest read session_id when they need it."""
+        self._renewed.append(fn)
+
+    def renew_session(self, new: str) -> None:
+        """Our session was reaped and `new` registered (heartbeat.Heartbeat.renew)."""
+        self.session_id = new
+        for fn in self._renewed:
+            fn(new)
 
     def lock(self, ino: int) -> InodeLock:
         return self.files.lock(ino)

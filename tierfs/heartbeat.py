@@ -58,7 +58,7 @@ class Heartbeat:
                                             started_ns=t, heartbeat_ns=t)
         await self.call(self.catalog.register_session, Session(
             id=new, host=base.host, pid=base.pid, mountpoint=base.mountpoint, started_ns=t, heartbeat_ns=t))
-        self.fs.session_id = new
+        self.fs.renew_session(new)
         log.warning("session %s was reaped by another mount (this one could not reach the catalog for "
                     "session_timeout); its jobs in flight here are abandoned; new session %s", old, new)
         if self.catalog.shared:

@@ -55,7 +55,7 @@ class JobRunner:
         self.busy: dict[str, int] = {}      # destination tier -> running jobs
         self.running = 0
         self._wake = trio.Event()
-        self.health = TierHealth(fs.tiers, fs.cat, fs.catalog.set_meta, session_id)
+        self.health = TierHealth(fs.tiers, fs.cat, fs.catalog.set_meta, lambda: fs.session_id)
         self.waits: dict[int, int] = {}      # job id -> consecutive waits (the backoff exponent)
         self.declined: dict[int, float] = {}  # job id -> monotonic time until which others may take it
 

@@ -247,8 +247,9 @@ class Metrics:
         self.listen = listen
         self.registry = CollectorRegistry(auto_describe=False)
         r = self.registry
-        Info("tierfs", "This mount's daemon", registry=r).info(dict(
-            version=__version__, catalog=catalog_url.split(":", 1)[0].split("+", 1)[0], session=session))
+        self._info = Info("tierfs", "This mount's daemon", registry=r)
+        self._facts = dict(version=__version__, catalog=catalog_url.split(":", 1)[0].split("+", 1)[0])
+        self.set_session(session)
         self.requests = RequestMetrics(r)
         self.catalog_latency = Histogram("tierfs_catalog_call_duration_seconds",
                                          "Catalog calls of the daemon, by call, and how long they took",
@@ -271,6 +272,10 @@ class Metrics:
         self._calls: dict[str, Histogram] = {}
 
     # ---- wiring (engine.build_engine) ---------------------------------------
+    def set_session(self, session: str) -> None:
+        """The session label of tierfs_info (again after a renewal: FileSystem.on_session_renewed)."""
+        self._info.info(dict(self._facts, session=session))
+
     def instrument_catalog(self, catalog: Catalog) -> None:
         instrument(catalog, catalog_calls(catalog), self._catalog_call)
 

@@ -60,11 +60,11 @@ def read_health(get_meta: Callable[[str], str | None], tier: str) -> Problem:
 
 class TierHealth:
     def __init__(self, tiers: dict[str, Tier], call: Callable[..., Awaitable], set_meta: Callable[[str, str], None],
-                 session: str):
+                 session: Callable[[], str]):
         self.tiers = tiers
         self.call = call                # runs a blocking catalog call (FileSystem.cat)
         self.set_meta = set_meta
-        self.session = session
+        self.session = session          # the mount's session id now (it is renewed after a reap)
         self.problems: dict[str, Problem] = {}
 
     def _probe(self, tier: Tier, need: int) -> Problem | None:
@@ -91,7 +91,7 @@ class TierHealth:
             if p is None:
                 continue
             if known is None:
-                p.host, p.session = socket.gethostname(), self.session
+                p.host, p.session = socket.gethostname(), self.session()
                 self.problems[name] = p
                 log.warning("tier %s is %s (%s): jobs that use it wait until it is back", name, p.state, p.reason)
                 await self._publish(name, p)
@@ -119,6 +119,6 @@ class TierHealth:
                 log.warning("tier %s is available again (%s for %.0fs); waiting jobs resume", name, p.state,
                             (now_ns() - p.since_ns) / 1e9)
                 await self._publish(name, Problem("ok", "", now_ns(), host=socket.gethostname(),
-                                                  session=self.session, last_error=f"{p.state}: {p.reason}",
+                                                  session=self.session(), last_error=f"{p.state}: {p.reason}",
                                                   last_error_ns=p.since_ns))
                 await on_recovered(name)

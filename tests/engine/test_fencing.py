@@ -25,6 +25,8 @@ async def test_reaped_mount_abandons_the_job_another_mount_took(eng, tmp_path):
     await p.request("f", "archive")
     cat = eng.catalog
     old = eng.fs.session_id
+    executor = eng.daemon.engine.policy.engine.executor    # made now, with the session of now
+    assert executor.who.startswith(f"session {old} on ")
     await gate.reached()   # the copy is written, held before put() returns
     assert [j.session for j in cat.jobs((JobState.RUNNING,))] == [old]
     # Another mount reaps this one (its heartbeat "stopped" for session_timeout) and takes the job.
@@ -46,6 +48,9 @@ async def test_reaped_mount_abandons_the_job_another_mount_took(eng, tmp_path):
     live = {s.id for s in cat.sessions() if not s.clean}
     assert eng.fs.session_id in live and old not in live and eng.fs.session_id != old
     assert eng.daemon.session_id == eng.fs.session_id     # the session unmount ends
+    # who shows the session id follows the renewal: tier health records, a policy run's deletions
+    assert eng.jobs.health.session() == eng.fs.session_id
+    assert executor.who.startswith(f"session {eng.fs.session_id} on ")
     # The mount works on under its new session: a new job is claimed and finished by it.
     await p.write_file("g", b"more")
     await p.request("g", "archive")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import random
 import sys
@@ -371,6 +372,10 @@ def test_partitioned_mount_is_reaped_and_fenced(bed, timeout_s, down_s):
     assert logs.count("archived /big:") == 1, "only B's run committed"
     live = [s for s in cat.sessions() if not s.clean]
     assert sorted(s.pid for s in live) == sorted([a.pid, b.pid]) and sess_a not in {s.id for s in live}
+    # What A shows of itself follows: `tierfs status` reads its runtime record (republished on renewal).
+    new_a = next(s.id for s in live if s.pid == a.pid)
+    shown = [m for c in json.loads(a.cli("status", "--json", a.mnt).stdout) for m in c["mounts"]]
+    assert [m["session"] for m in shown if m["pid"] == a.pid] == [new_a], shown
     # A works again under its new session; nothing it had open or wrote is corrupted.
     for m in (a, b):
         wait_for(lambda m=m: open(m.path("big"), "rb").read() == big, timeout=60, what=f"big through {m.mnt}")

@@ -51,9 +51,14 @@ class DaemonExecutor(JobExecutor):
     mount's cache, and its bytes go as soon as nothing holds it open."""
 
     def __init__(self, fs, session_id: str):
-        super().__init__(fs.catalog, fs.cat, who=f"session {session_id} on {socket.gethostname()}")
+        super().__init__(fs.catalog, fs.cat, who=self._who(session_id))
         self.fs = fs
+        fs.on_session_renewed(lambda new: setattr(self, "who", self._who(new)))
         self.recent: list[int] = []       # job ids queued since the caller last cleared it
+
+    @staticmethod
+    def _who(session_id: str) -> str:
+        return f"session {session_id} on {socket.gethostname()}"
 
     def queued(self, job) -> None:
         self.recent.append(job.id)
