@@ -733,11 +733,13 @@ class MongoCatalog(MongoJobs, MongoQueries, CatalogCore):
         def fn(s):
             inode = self._get(ino, s)
             key = f"{ino}:{session}"
+            # `ino` in the filters too: on a sharded cluster open_files is sharded by ino, and mongos
+            # refuses an upsert whose filter lacks the shard key (docs/SHARDING.md)
             if reading or writing:
-                self.open_files.replace_one({"_id": key}, {"_id": key, "ino": ino, "session": session,
-                                                           "writing": bool(writing)}, upsert=True, session=s)
+                self.open_files.replace_one({"_id": key, "ino": ino}, {"_id": key, "ino": ino, "session": session,
+                                                                      "writing": bool(writing)}, upsert=True, session=s)
             else:
-                self.open_files.delete_one({"_id": key}, session=s)
+                self.open_files.delete_one({"_id": key, "ino": ino}, session=s)
             self.inodes.update_one({"_id": ino}, {"$inc": {"open_gen": 1}}, session=s)
             return inode
         return self._txn(fn)

@@ -233,8 +233,10 @@ class MongoQueries:
         pipe: list[dict] = [{"$match": {"parent": parent}},
                             {"$lookup": {"from": "inodes", "localField": "ino", "foreignField": "_id", "as": "i"}}]
         if xattr_names:
-            pipe.append({"$lookup": {"from": "xattrs", "let": {"ino": "$ino"}, "as": "x", "pipeline": [
-                {"$match": {"$expr": {"$eq": ["$ino", "$$ino"]}, "name": {"$in": list(xattr_names)}}}]}})
+            # localField/foreignField with a pipeline (MongoDB 5.0+), not a $expr match on a variable: the
+            # join is an equality on xattrs' ino index, which a sharded cluster routes by its key
+            pipe.append({"$lookup": {"from": "xattrs", "localField": "ino", "foreignField": "ino", "as": "x",
+                                     "pipeline": [{"$match": {"name": {"$in": list(xattr_names)}}}]}})
         with self._errors():
             rows = list(self.dentries.aggregate(pipe))
         out = [Listed(bytes(r["name"]), inode_of(r["i"][0]), {bytes(x["name"]): bytes(x["value"]) for x in r.get("x", ())})
