@@ -5,6 +5,8 @@ Pure logic: `fetch` stands in for the catalog's read of one page."""
 import threading
 import time
 
+import pytest
+
 from tierfs.catalog import base
 
 
@@ -70,12 +72,8 @@ def test_a_failed_read_reaches_the_consumer_after_the_pages_before_it():
         return part
     it = base.read_ahead(list(range(100)), fetch, page=10)
     assert [next(it) for _ in range(50)] == list(range(50))
-    try:
+    with pytest.raises(RuntimeError, match="catalog gone"):
         next(it)
-    except RuntimeError as e:
-        assert "catalog gone" in str(e)
-    else:
-        raise AssertionError("the failed read was not raised")
     assert not reader_threads()
 
 
@@ -87,3 +85,57 @@ def test_one_page_or_less_is_read_in_the_callers_thread():
         return part
     assert list(base.read_ahead([3, 1, 2], fetch, page=10)) == [3, 1, 2]
     assert seen == [threading.current_thread().name]
+
+
+# ---- fetch_ahead: batches made in a thread ahead of the consumer --------------------------------
+def fetch_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name == "tierfs-fetch-ahead"]
+
+
+def test_fetch_ahead_gives_every_batch_in_order_and_works_while_the_consumer_does():
+    made = []
+
+    def batches():
+        for k in range(20):
+            time.sleep(0.01)      # a round trip
+            made.append(k)
+            yield [k] * 3
+    t0 = time.monotonic()
+    got = []
+    for b in base.fetch_ahead(batches()):
+        time.sleep(0.01)          # the consumer's work on it
+        got.append(b)
+    assert got == [[k] * 3 for k in range(20)]
+    assert time.monotonic() - t0 < 20 * 0.02 * 0.8   # overlapped, not one after the other
+    assert not fetch_threads()
+
+
+def test_fetch_ahead_stays_at_most_two_batches_ahead_and_stops_when_closed():
+    made = []
+    closed = []
+
+    def batches():
+        try:
+            for k in range(1000):
+                made.append(k)
+                yield [k]
+        finally:
+            closed.append(True)
+    it = base.fetch_ahead(batches(), ahead=2)
+    assert next(it) == [0]
+    time.sleep(0.1)
+    assert len(made) <= 1 + 2 + 1    # the one taken, two queued, one waiting to be queued
+    it.close()
+    assert not fetch_threads() and closed == [True]
+
+
+def test_fetch_ahead_hands_over_an_error_after_the_batches_before_it():
+    def batches():
+        yield [1]
+        yield [2]
+        raise ConnectionError("catalog gone")
+    it = base.fetch_ahead(batches())
+    assert next(it) == [1] and next(it) == [2]
+    with pytest.raises(ConnectionError, match="catalog gone"):
+        next(it)
+    assert not fetch_threads()

@@ -12,7 +12,7 @@ import itertools
 from typing import Iterable, Iterator, Sequence
 
 from .base import (ACTIVE_JOB_STATES, INODE_FIELDS, ROOT_INO, CatalogStats, FileQuery, Inode, Listed, State,
-                   by_range_index, check_count_by, count_further_copies, further_copies, further_targets,
+                   by_range_index, check_count_by, count_further_copies, fetch_ahead, further_copies, further_targets,
                    group_totals, inode_from_values, read_ahead, states_only, totals_answer)
 
 #: S_IFMT bits of a regular file / a directory, and the other type bits that must be clear.
@@ -250,9 +250,12 @@ class MongoQueries:
         the rows as they come). From the inodes (_inode_names), or with
         `under`/`name_glob` from the names (_name_rows)."""
         if not self._by_name(q):
-            for rows in self._inode_names(q):
-                self.rows_read += len(rows)
-                yield from rows
+            # (the next batches' round trips while the caller handles this one; with display.printable_lines,
+            # `tierfs find` of 5% of 10M entries: 2.94 s warm instead of 3.35 s, 0.25 GB cache)
+            with contextlib.closing(fetch_ahead(self._inode_names(q))) as batches:
+                for rows in batches:
+                    self.rows_read += len(rows)
+                    yield from rows
             return
         it = self._name_rows(q)
         while True:

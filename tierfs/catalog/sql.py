@@ -1085,12 +1085,21 @@ class SqlCatalog(CatalogCore):
         against 10.7 s / 5.8 s for the policy engine's earlier pages by inode
         number, which walked (state, ino) and read every row in the state
         (bench/RESULTS.md)."""
-        with self._tx(write=False) as c:
-            inos = sorted(r[0] for r in c.execute(*self._range_sql(q)))
-            _, full, fargs = self._inode_where(c, q)
-        where = " AND ".join(full)
-        conns: list[sqlite3.Connection] = []
+        # Every step on connections of its own: the catalog's (and its lock) stay free for the mount's
+        # other calls (the numbers' step reads 908,000 index entries at 10M: 0.1 s warm, 0.65 s cold).
+        with self._unavailable():
+            first = self.connect()
+        conns: list[sqlite3.Connection] = [first]
         free: queue.SimpleQueue = queue.SimpleQueue()
+        try:
+            with self._unavailable():
+                inos = sorted(r[0] for r in first.execute(*self._range_sql(q)))
+            _, full, fargs = self._inode_where(first, q)
+        except BaseException:
+            first.close()
+            raise
+        free.put(first)
+        where = " AND ".join(full)
 
         def fetch(part: list[int]) -> list[tuple]:
             try:

@@ -20,7 +20,7 @@ import click
 from .. import client, errors, mounts, xattrs
 from ..catalog.base import ROOT_INO, FileQuery, State
 from ..client import CliError
-from ..display import echo, name_fields, printable
+from ..display import echo, name_fields, printable_lines
 from ..redact import redact_url
 from ..tierhealth import read_health
 from ..units import fmt_duration, fmt_size, parse_duration, parse_size
@@ -435,16 +435,14 @@ def _find_print(cat, q, mp, absolute, print0: bool, only) -> None:
     out = sys.stdout.buffer
     cache: dict[int, bytes] = {}
     rows = []
-    end = b"\0" if print0 else b"\n"
-    shown = (lambda path: path) if print0 else (lambda path: printable(path).encode())  # noqa: E731
 
     # Printed as the catalog streams the rows: the first 1000 at once (the first path within a round
     # trip or two), then batches growing to 50,000 rows, each with one bulk paths_of of its parents.
     batch = [1000]
 
     def flush():
-        out.write(b"".join(shown(prefix + path) + end for path, ino in _paths(cat, rows, cache)
-                           if only is None or ino == only))
+        paths = [prefix + path for path, ino in _paths(cat, rows, cache) if only is None or ino == only]
+        out.write(b"".join(p + b"\0" for p in paths) if print0 else printable_lines(paths))
         out.flush()
         rows.clear()
         batch[0] = min(batch[0] * 2, 50000)
