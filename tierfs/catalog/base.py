@@ -505,7 +505,6 @@ def states_only(q: FileQuery) -> bool:
     return all(getattr(q, f) is None or getattr(q, f) is False for f in _BEYOND_STATES)   # (uid 0 is one)
 
 
-
 def by_range_index(q: FileQuery) -> bool:
     """True when query(q) takes two steps (read_ahead): the inode numbers
     from a (state, last access, size) or (state, size) index alone, then
@@ -610,6 +609,7 @@ def fetch_ahead(batches: Iterator[list], ahead: int = 2) -> Iterator[list]:
             except queue_mod.Empty:
                 pass
         t.join()
+
 
 #: The FileQuery fields count_by() may answer from the running totals with: all others as in FileQuery().
 _TOTALS_IGNORED = ("order_by_last_access", "limit", "after_ino")

@@ -201,16 +201,16 @@ class MongoQueries:
             yield inode_of(d)
 
     def _query_by_range(self, q: FileQuery) -> Iterator[Inode]:
-        """A policy rule's candidates in two steps, as on SQLite: first their
-        numbers (one cursor on the states and the last-access/size range,
-        covered: the planner picks (state, last_access_ns, size, _id) or
-        (state, size, _id), which hold every field it tests and returns, so
-        no document is read there), then
-        the documents of those numbers, sorted, READ_PAGE per find on _id
-        with all of q's conditions again (a document changed meanwhile drops
-        out), read ahead (base.read_ahead). Memory holds the numbers and a
-        few pages, not every candidate's document; no cursor lives longer
-        than its step (a policy run considers candidates for minutes)."""
+        """A policy rule's candidates in two steps, as on SQLite. First their
+        numbers: one cursor on the states and the last-access/size range,
+        covered (the planner picks (state, last_access_ns, size, _id) or
+        (state, size, _id), which hold every field it tests and returns: no
+        document is read). Then the documents of those numbers, sorted,
+        READ_PAGE per find on _id with all of q's conditions again (a document
+        changed meanwhile drops out), read ahead (base.read_ahead). Memory
+        holds the numbers and a few pages, not every candidate's document; no
+        cursor lives longer than its step (a policy run considers candidates
+        for minutes)."""
         f = self._filter(q, paging=False)
         first = {k: f[k] for k in ("state", "last_access_ns", "size") if k in f}
         with self._errors():
