@@ -192,8 +192,8 @@ class FileSystem:
 
     def on_session_renewed(self, fn: Callable[[str], None]) -> None:
         """Call fn(new session id) when the session is renewed: for those who
-        show the id (the runtime record, the metrics, a policy run's "who");
-        the rest read session_id when they need it."""
+        publish the id (the runtime record, the metrics); the rest read
+        session_id when they need it."""
         self._renewed.append(fn)
 
     def renew_session(self, new: str) -> None:

@@ -172,7 +172,12 @@ class JobExecutor:
     def __init__(self, catalog, cat=to_thread, who: str = ""):
         self.catalog = catalog
         self.cat = cat
-        self.who = who or f"tierfs policy run on {socket.gethostname()}"
+        self._who = who or f"tierfs policy run on {socket.gethostname()}"
+
+    @property
+    def who(self) -> str:
+        """Who a deletion's tombstone names as acting."""
+        return self._who
 
     async def apply(self, a: Action) -> str:
         if a.action == "delete":

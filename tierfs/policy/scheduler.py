@@ -50,15 +50,15 @@ class DaemonExecutor(JobExecutor):
     workers; a deleted file also leaves the kernel's caches and this
     mount's cache, and its bytes go as soon as nothing holds it open."""
 
-    def __init__(self, fs, session_id: str):
-        super().__init__(fs.catalog, fs.cat, who=self._who(session_id))
+    def __init__(self, fs):
+        super().__init__(fs.catalog, fs.cat)
         self.fs = fs
-        fs.on_session_renewed(lambda new: setattr(self, "who", self._who(new)))
         self.recent: list[int] = []       # job ids queued since the caller last cleared it
 
-    @staticmethod
-    def _who(session_id: str) -> str:
-        return f"session {session_id} on {socket.gethostname()}"
+    @property
+    def who(self) -> str:
+        """This mount's session as it is now (renewed after a reap)."""
+        return f"session {self.fs.session_id} on {socket.gethostname()}"
 
     def queued(self, job) -> None:
         self.recent.append(job.id)
@@ -145,7 +145,7 @@ class PolicyScheduler:
     def engine(self) -> Engine:
         if self._engine is None:
             fs = self.fs
-            self.executor = DaemonExecutor(fs, self.session_id)
+            self.executor = DaemonExecutor(fs)
             self._engine = Engine(fs.catalog, self.rules, cat=fs.cat, clock=self.clock, executor=self.executor)
         return self._engine
 
