@@ -27,6 +27,8 @@ import uuid
 import pymongo.monitoring
 import pytest
 
+from tierfs.catalog import base, mongo_query
+
 from . import test_conformance
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -175,9 +177,18 @@ def _conformance_tests():
             if n.startswith("test_") and list(inspect.signature(f).parameters) == ["catalog"]]
 
 
+def _read_ahead_inline(inos, fetch, **_):
+    """base.read_ahead without its threads: the same reads, in order."""
+    for i in range(0, len(inos), base.READ_PAGE):
+        yield from fetch(list(inos[i:i + base.READ_PAGE]))
+
+
 @pytest.fixture(scope="module")
 def recorded(mongod):
-    """Every catalog conformance test run once on MongoDB, recorded."""
+    """Every catalog conformance test run once on MongoDB, recorded. The
+    helpers that read ahead in threads (base.read_ahead, base.fetch_ahead)
+    run inline here: a command is filed under the catalog method on its
+    thread's stack, and the threads change when commands are sent, not which."""
     from tierfs.catalog.mongo import MongoCatalog
     keys, _ = load_plan()
     db = "shardplan_" + uuid.uuid4().hex[:8]
@@ -185,6 +196,9 @@ def recorded(mongod):
     rec.keys = keys
     pymongo.monitoring.register(rec)   # global, for clients made from now on; inactive after this fixture
     ran = []
+    inline = pytest.MonkeyPatch()
+    inline.setattr(mongo_query, "read_ahead", _read_ahead_inline)
+    inline.setattr(mongo_query, "fetch_ahead", lambda batches, ahead=2: batches)
     try:
         for name, fn in _conformance_tests():
             cat = MongoCatalog(mongod.url(db))
@@ -200,6 +214,7 @@ def recorded(mongod):
                 cat.close()
     finally:
         rec.active = False
+        inline.undo()
     rec.ran = ran
     return rec
 
