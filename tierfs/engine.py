@@ -108,7 +108,7 @@ def build_engine(cfg, catalog: Catalog, tiers: dict[str, Tier], session_id: str,
         fs.on_session_renewed(metrics.set_session)
     gc = services.gc = GarbageCollector(catalog, fs.cat, tiers, fs.files)
     notifier = Notifier(fs, cfg, mountpoint)
-    runner = JobRunner(fs, cfg, session_id, ended=notifier.job_ended)
+    runner = JobRunner(fs, cfg, ended=notifier.job_ended)
     policy = PolicyScheduler(fs, cfg, session_id, clock=clock, ran=metrics.policy_ran if metrics else None)
     services.add(gc)
     services.add(Task(fs.checksums.run))

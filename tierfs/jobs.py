@@ -46,7 +46,7 @@ class JobRunner:
     COUNTED = (errors.ObjectMissing, errors.ChecksumMismatch, errors.CopytoolFailed)
     DECLINE_S = 600.0   # how long a job needing a tier this mount lacks is left to others
 
-    def __init__(self, fs, cfg, session_id: str, ended=None):
+    def __init__(self, fs, cfg, ended=None):
         self.fs = fs
         #: told of every job that ended, done (error None) or failed (notify.Notifier.job_ended); never blocks
         self.ended = ended or (lambda job, error: None)
