@@ -22,6 +22,8 @@ import hashlib
 import json
 import os
 import random
+import socket
+import subprocess
 import sys
 import threading
 import time
@@ -31,6 +33,7 @@ import pytest
 
 from tierfs.catalog.base import JobKind, JobState
 from tierfs.catalog.mongo import MongoCatalog
+from tierfs.catalog.mongo_jobs import client_name
 
 from tests.conftest import Mount, wait_for
 from tests.mongod import MongoReplicaSet
@@ -290,6 +293,22 @@ interval = "2s"
 """
 
 
+#: A transaction on one inode, opened in a host's network by a client named as a mount's daemon and never
+#: ended: what that daemon leaves on the server when its cable is pulled in the middle of one (its archive's
+#: first switch, to 'archiving', in CI). It holds the inode until the server's transactionLifetimeLimitSeconds
+#: (60 s) unless the mount that reaps the session kills it.
+LEFT_OPEN = """
+import sys, time, pymongo
+url, db, app, ino = sys.argv[1:5]
+c = pymongo.MongoClient(url, appname=app)
+s = c.start_session()
+s.start_transaction()
+c[db].inodes.update_one({"_id": int(ino)}, {"$inc": {"open_gen": 1}}, session=s)
+print("open", flush=True)
+time.sleep(3600)
+"""
+
+
 def lease_holder(cat: MongoCatalog) -> str | None:
     doc = cat.leases.find_one({"_id": "policy"})
     return doc["holder"] if doc else None
@@ -318,6 +337,7 @@ def test_partitioned_mount_is_reaped_and_fenced(bed, timeout_s, down_s):
     parts = [os.urandom(50000) for _ in range(3)]
     fd = os.open(a.path("keep"), os.O_WRONLY | os.O_CREAT, 0o644)
     written = {}
+    left_open = None
     try:
         os.pwrite(fd, parts[0], 0)
         written[0] = parts[0]
@@ -325,6 +345,11 @@ def test_partitioned_mount_is_reaped_and_fenced(bed, timeout_s, down_s):
         wait_for(lambda: any(j.state == JobState.RUNNING and j.session == sess_a for j in cat.jobs(ino=ino)),
                  timeout=20, what="A running the archive")
 
+        # A was in the middle of a transaction on the file when its cable was pulled (CI met it by chance).
+        left_open = subprocess.Popen([*bed.hosts[0].prefix, sys.executable, "-c", LEFT_OPEN, bed.url, bed.db,
+                                      client_name(socket.gethostname(), a.pid), str(ino)],
+                                     stdout=subprocess.PIPE, text=True)
+        assert left_open.stdout.readline().strip() == "open"
         t_cut = time.monotonic()
         bed.hosts[0].link(False)
         try:
@@ -360,6 +385,9 @@ def test_partitioned_mount_is_reaped_and_fenced(bed, timeout_s, down_s):
         written[100000] = parts[2]
     finally:
         os.close(fd)
+        if left_open is not None:
+            left_open.kill()
+            left_open.wait()
     print(f"\npartition ({down_s}s, session_timeout {timeout_s}s): A reaped {reaped_after:.1f}s after the cut, "
           f"the policy lease on B {lease_after:.1f}s, A's job finished by B {finished_after:.1f}s after it; "
           f"A noticed {noticed_after:.1f}s after the link came back and abandoned the job after {abandoned_after:.1f}s:")

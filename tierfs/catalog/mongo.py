@@ -42,7 +42,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
+import socket
 import threading
 import time
 from typing import Callable, Iterator, TypeVar
@@ -61,7 +63,7 @@ from ..redact import redact_url
 from .base import (INODE_FIELDS, ROOT_INO, SCHEMA_VERSION, DirEntry, Event, Garbage, Inode, JobState, State,
                    Tombstone, check_expected, copy_pattern, now_ns)
 from .core import CatalogCore, Txn
-from .mongo_jobs import ACTIVE, MongoJobs, end_job
+from .mongo_jobs import ACTIVE, MongoJobs, client_name, end_job
 from .mongo_query import MongoQueries, inode_of as _inode
 
 log = logging.getLogger(__name__)
@@ -270,8 +272,10 @@ class MongoCatalog(MongoJobs, MongoQueries, CatalogCore):
         #: longest one call (a transaction with all its retries) may take, seconds
         #: (parse_uri already converts the URL's timeoutMS to seconds)
         self.deadline_s = float(url_timeout) if url_timeout else TXN_DEADLINE_S
+        #: the client's name, by host and pid as a session record has them (MongoJobs._kill_transactions_of)
+        self.app_name = client_name(socket.gethostname(), os.getpid())
         try:
-            self.client = pymongo.MongoClient(url, appname="tierfs", **opts)
+            self.client = pymongo.MongoClient(url, appname=self.app_name, **opts)
         except (ConfigurationError, ValueError) as e:
             raise errors.ConfigError(f"catalog: {redact_url(url)}: {e}") from None
         self.db = self.client[parsed["database"] or "tierfs"]
@@ -290,6 +294,9 @@ class MongoCatalog(MongoJobs, MongoQueries, CatalogCore):
         self.open_files = d.open_files
         self._ranges: dict[str, tuple[int, int]] = {}   # counter -> (next, last) of the block taken (_next)
         self._ranges_lock = threading.Lock()
+        self._left_open: list[dict] = []   # server session ids of transactions cut off (_remember_left_open)
+        self._left_lock = threading.Lock()
+        self._kill_denied = False          # the user may not kill a reaped mount's sessions: warned once
 
     # ---- plumbing ----------------------------------------------------------
     @contextlib.contextmanager
@@ -333,40 +340,52 @@ class MongoCatalog(MongoJobs, MongoQueries, CatalogCore):
         """Run fn(session) in a transaction, retried on transient errors until
         the deadline. A TierfsError raised by fn aborts it and propagates."""
         deadline = time.monotonic() + self.deadline_s
+        if self._left_open:
+            self._end_left_open()   # they may hold documents this one is about to write
+        with self._errors(), self.client.start_session() as s:
+            try:
+                return self._txn_attempts(s, fn, deadline)
+            except ConnectionFailure:
+                # Cut off in the middle: the server may keep the transaction open until its lifetime limit
+                # (a retry that reached it would have ended it: a new transaction number on the session).
+                self._remember_left_open(s.session_id)
+                raise
+
+    def _txn_attempts(self, s, fn: Callable[[object], T], deadline: float) -> T:
+        """_txn's attempts on server session s."""
         delay = 0.005
         net_failures = 0
-        with self._errors(), self.client.start_session() as s:
+        while True:
+            s.start_transaction(read_concern=ReadConcern("snapshot"),
+                                write_concern=WriteConcern("majority"))
+            try:
+                result = fn(s)
+            except PyMongoError as e:
+                _abort(s)
+                # A network error is "transient" too (a failover may end it), but
+                # one retry is enough: each costs a server selection timeout.
+                net_failures += isinstance(e, ConnectionFailure)
+                if (e.has_error_label("TransientTransactionError") and net_failures < 2
+                        and time.monotonic() + delay < deadline):
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.2)
+                    continue
+                raise
+            except BaseException:
+                _abort(s)
+                raise
             while True:
-                s.start_transaction(read_concern=ReadConcern("snapshot"),
-                                    write_concern=WriteConcern("majority"))
                 try:
-                    result = fn(s)
+                    s.commit_transaction()
+                    return result
                 except PyMongoError as e:
-                    _abort(s)
-                    # A network error is "transient" too (a failover may end it), but
-                    # one retry is enough: each costs a server selection timeout.
-                    net_failures += isinstance(e, ConnectionFailure)
-                    if (e.has_error_label("TransientTransactionError") and net_failures < 2
-                            and time.monotonic() + delay < deadline):
-                        time.sleep(delay)
-                        delay = min(delay * 2, 0.2)
+                    if e.has_error_label("UnknownTransactionCommitResult") and time.monotonic() < deadline:
                         continue
+                    if e.has_error_label("TransientTransactionError") and time.monotonic() + delay < deadline:
+                        break
                     raise
-                except BaseException:
-                    _abort(s)
-                    raise
-                while True:
-                    try:
-                        s.commit_transaction()
-                        return result
-                    except PyMongoError as e:
-                        if e.has_error_label("UnknownTransactionCommitResult") and time.monotonic() < deadline:
-                            continue
-                        if e.has_error_label("TransientTransactionError") and time.monotonic() + delay < deadline:
-                            break
-                        raise
-                time.sleep(delay)
-                delay = min(delay * 2, 0.2)
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
 
     def transaction(self, fn: Callable[[Txn], T]) -> T:
         """fn in a transaction (_txn), retried on transient errors."""

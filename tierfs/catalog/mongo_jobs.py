@@ -1,19 +1,39 @@
 """The job queue, mount sessions, settings and leases of the MongoDB
 catalog: a mixin of catalog/mongo.py's MongoCatalog, which supplies the
-collections, `_errors` and `_txn`. Each method's docstring says whether it
-is a single-document atomic update or a transaction.
+client and its `app_name`, the collections, `_errors`, `_txn` and the
+state of the transactions left open (`_left_open`, `_left_lock`,
+`_kill_denied`). Each method's docstring says whether it is a
+single-document atomic update or a transaction.
 """
 
 from __future__ import annotations
 
+import logging
+
+import pymongo
 from pymongo import ReturnDocument
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 
 from .. import errors
 from .base import (ACTIVE_JOB_STATES, JOB_PRIORITY, Job, JobKind, JobState, Session, check_owner, ended_by_commit,
                    now_ns)
 
 ACTIVE = [s.value for s in ACTIVE_JOB_STATES]
+log = logging.getLogger(__name__)
+
+#: A transaction idle this long belongs to a client that stopped in the middle of it (cut off, or
+#: killed): a live client sends its next operation within milliseconds (the slowest, a majority
+#: commit over three members, 20-60 ms in the multi-host test bed).
+ORPHAN_IDLE_S = 1.0
+#: Longest the reaper spends finding and killing a dead mount's transactions (seconds).
+KILL_DEADLINE_S = 3.0
+
+
+def client_name(host: str, pid: int) -> str:
+    """The application name of the MongoDB client of tierfs process `pid` on `host`: $currentOp shows
+    it with each transaction, so a mount that reaps a dead session finds the ones its daemon left open
+    (the session record has the same host and pid)."""
+    return f"tierfs {host} {pid}"
 
 
 def end_job(jobs_c, job_id: int, now: int, *, match: dict | None = None, keep_session: bool = False,
@@ -190,9 +210,12 @@ class MongoJobs:
             self.sessions_c.insert_one(d)
 
     def heartbeat(self, session_id: str) -> bool:
-        """Single-document update, of a live session only."""
+        """Single-document update, of a live session only; then, the catalog answering, the end of
+        transactions a network failure cut off (_end_left_open)."""
         with self._errors():
             r = self.sessions_c.update_one({"_id": session_id, "clean": False}, {"$set": {"heartbeat_ns": now_ns()}})
+        if self._left_open:
+            self._end_left_open()
         return r.matched_count == 1
 
     def _release_session(self, s, sid: str, error: str = "") -> None:
@@ -206,12 +229,20 @@ class MongoJobs:
         self.open_files.delete_many({"session": sid}, session=s)
 
     def end_session(self, session_id: str, clean: bool = True) -> None:
-        """Transaction: session marked + its jobs requeued + its leases freed."""
+        """Transaction: session marked + its jobs requeued + its leases freed. Then, when it was
+        another process's (a daemon that died without unmounting, ended by the next mount or fsck),
+        the transactions that process left open are killed (_kill_transactions_of)."""
         def fn(s):
-            self.sessions_c.update_one({"_id": session_id}, {"$set": {"clean": clean, "heartbeat_ns": now_ns()}},
-                                       session=s)
+            doc = self.sessions_c.find_one_and_update({"_id": session_id},
+                                                      {"$set": {"clean": clean, "heartbeat_ns": now_ns()}},
+                                                      {"host": 1, "pid": 1}, session=s)
             self._release_session(s, session_id)
-        self._txn(fn)
+            return doc
+        doc = self._txn(fn)
+        if doc is not None:
+            name = client_name(doc.get("host", ""), doc.get("pid", 0))
+            if name != self.app_name:
+                self._kill_transactions_of(session_id, name)
 
     def sessions(self) -> list[Session]:
         with self._errors():
@@ -221,10 +252,12 @@ class MongoJobs:
         """One transaction per stale session: marked clean (only one mount
         wins it), its running jobs back to pending, its leases freed."""
         with self._errors():
-            stale = [d["_id"] for d in self.sessions_c.find(
-                {"clean": False, "heartbeat_ns": {"$lt": older_than_ns}}, {"_id": 1})]
+            stale = list(self.sessions_c.find({"clean": False, "heartbeat_ns": {"$lt": older_than_ns}},
+                                              {"_id": 1, "host": 1, "pid": 1}))
         reaped = []
-        for sid in stale:
+        for d in stale:
+            sid = d["_id"]
+
             def fn(s, sid=sid):
                 r = self.sessions_c.update_one({"_id": sid, "clean": False, "heartbeat_ns": {"$lt": older_than_ns}},
                                                {"$set": {"clean": True}}, session=s)
@@ -234,7 +267,63 @@ class MongoJobs:
                 return True
             if self._txn(fn):
                 reaped.append(sid)
+                self._kill_transactions_of(sid, client_name(d.get("host", ""), d.get("pid", 0)))
         return reaped
+
+    def _kill_transactions_of(self, sid: str, appname: str) -> None:
+        """Abort the transactions the dead mount's client left open. A mount cut off in the middle of
+        one leaves it open on the server until transactionLifetimeLimitSeconds (60 s by default), and
+        it holds every document it wrote meanwhile: any other mount's transaction on one of them fails
+        with WriteConflict (CI: the mount that took over a reaped session's archive could not switch
+        the file for those 60 s, nor could anyone change a file counted in the same totals document).
+        Best effort, after the reap committed: without the privilege to see or kill them (another
+        database user's sessions), one warning, and they end at the server's limit."""
+        idle = [{"$currentOp": {"idleSessions": True}},
+                {"$match": {"type": "idleSession", "appName": appname,
+                            "transaction.timeInactiveMicros": {"$gte": int(ORPHAN_IDLE_S * 1e6)}}},
+                {"$project": {"lsid": 1}}]
+        try:
+            with pymongo.timeout(KILL_DEADLINE_S):
+                lsids = [d["lsid"] for d in self.client.admin.aggregate(idle)]
+                if lsids:
+                    self.client.admin.command("killSessions", lsids)
+        except PyMongoError as e:
+            denied = isinstance(e, OperationFailure) and e.code == 13   # Unauthorized
+            if not (denied and self._kill_denied):
+                log.warning("ended session %s: could not abort the transactions its mount left open (%s); "
+                            "they hold their documents until the server's transactionLifetimeLimitSeconds",
+                            sid, e)
+            self._kill_denied |= denied
+            return
+        if lsids:
+            log.warning("ended session %s: aborted %d transaction(s) its mount (%s) left open", sid, len(lsids),
+                        appname)
+
+    def _remember_left_open(self, lsid: dict) -> None:
+        """A transaction of this client that a network failure cut off (MongoCatalog._txn): the server
+        may hold it open, and every document it wrote, until its lifetime limit; killed when the
+        catalog answers again (_end_left_open). Its server session is not reused: the driver drops a
+        session that saw a network error."""
+        with self._left_lock:
+            self._left_open.append(lsid)
+
+    def _end_left_open(self) -> None:
+        """Kill the server sessions of the transactions this client was cut off in the middle of, so
+        that they stop holding their documents (this mount's next change to one of them would fail
+        with WriteConflict, as would another mount's). Kept for the next try while the catalog does
+        not answer."""
+        with self._left_lock:
+            lsids, self._left_open = self._left_open, []
+        if not lsids:
+            return
+        try:
+            with pymongo.timeout(KILL_DEADLINE_S):
+                self.client.admin.command("killSessions", lsids)
+        except PyMongoError:
+            with self._left_lock:
+                self._left_open[:0] = lsids
+            return
+        log.info("aborted %d catalog transaction(s) a network failure had cut off", len(lsids))
 
     # ---- meta / leases -----------------------------------------------------
     def get_meta(self, key: str) -> str | None:
