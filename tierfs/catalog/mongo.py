@@ -340,7 +340,7 @@ class MongoCatalog(MongoJobs, MongoQueries, CatalogCore):
         """Run fn(session) in a transaction, retried on transient errors until
         the deadline. A TierfsError raised by fn aborts it and propagates."""
         deadline = time.monotonic() + self.deadline_s
-        if self._left_open:
+        if self._left_open and not self._unreachable:
             self._end_left_open()   # they may hold documents this one is about to write
         with self._errors(), self.client.start_session() as s:
             try:
