@@ -41,6 +41,17 @@ def test_create_lookup_readdir(catalog):
     assert names == [b"a", b"d"]
 
 
+def test_get_many_reads_the_inodes_that_exist_in_batches(catalog):
+    made = [catalog.create(ROOT_INO, b"f%d" % i, new(size=i)) for i in range(1203)]   # more than one batch
+    gone = made.pop(7)
+    catalog.unlink(ROOT_INO, b"f7", now_ns())
+    catalog.purge(gone.ino)
+    got = catalog.get_many([i.ino for i in made] + [gone.ino, 10**9, made[0].ino])
+    assert sorted(got) == sorted(i.ino for i in made)
+    assert all(got[i.ino].size == i.size and got[i.ino] == catalog.get(i.ino) for i in made[::100])
+    assert catalog.get_many([]) == {}
+
+
 def test_readdir_paging_is_stable(catalog):
     for i in range(25):
         catalog.create(ROOT_INO, f"f{i:02d}".encode(), new())

@@ -695,6 +695,11 @@ class Catalog(abc.ABC):
         """The inode, or NotFound."""
 
     @abc.abstractmethod
+    def get_many(self, inos: Iterable[int]) -> dict[int, Inode]:
+        """{ino: inode} of those of `inos` that exist, read in batches (`tierfs find --json`: the
+        attributes of each batch of names it prints)."""
+
+    @abc.abstractmethod
     def lookup(self, parent: int, name: bytes) -> Inode:
         """The inode named `name` in directory `parent`, or NotFound."""
 

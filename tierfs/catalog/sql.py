@@ -579,6 +579,17 @@ class SqlCatalog(CatalogCore):
             raise errors.NotFound(f"inode {ino}")
         return inode_from_values(row)
 
+    def get_many(self, inos: Iterable[int]) -> dict[int, Inode]:
+        inos = list(dict.fromkeys(inos))
+        out: dict[int, Inode] = {}
+        with self._read() as c:
+            for k in range(0, len(inos), 500):
+                part = inos[k:k + 500]
+                for v in c.execute(f"SELECT {_INODE_COLS} FROM inodes WHERE ino IN ({_marks(part)})", part):
+                    i = inode_from_values(v)
+                    out[i.ino] = i
+        return out
+
     def lookup(self, parent: int, name: bytes) -> Inode:
         row = self._one(_LOOKUP_SQL, (parent, name))
         if row is None:

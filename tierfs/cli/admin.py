@@ -7,6 +7,7 @@ configuration that mount's daemon runs with (target.py), or --config.
 from __future__ import annotations
 
 import datetime
+import functools
 from dataclasses import asdict
 import grp
 import json
@@ -14,6 +15,7 @@ import os
 import pwd
 import sys
 import time
+from typing import Iterator
 
 import click
 
@@ -36,6 +38,7 @@ def _ts(t: float | None) -> str:
     return datetime.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
 
 
+@functools.lru_cache(maxsize=4096)   # find --json asks once per file, mostly for a few owners
 def _user(uid) -> str:
     try:
         return pwd.getpwuid(uid).pw_name
@@ -428,43 +431,57 @@ def _paths(cat, rows, cache) -> list[tuple[bytes, int]]:
             if parent in cache]
 
 
+def _find_batches(cat, q, mp, absolute, only) -> Iterator[list[tuple[bytes, int]]]:
+    """(path, ino) of every match, in batches as the catalog streams the rows: the first 1000 at once
+    (the first path within a round trip or two), then batches growing to 50,000 rows, each with one
+    bulk paths_of of its parents. Memory holds one batch, whatever the number of matches."""
+    prefix = os.fsencode(mp.rstrip("/")) + b"/" if absolute else b"/"
+    cache: dict[int, bytes] = {}
+    rows: list = []
+    size = 1000
+
+    def batch() -> list[tuple[bytes, int]]:
+        out = [(prefix + path, ino) for path, ino in _paths(cat, rows, cache) if only is None or ino == only]
+        rows.clear()
+        return out
+    for row in cat.query_names(q):
+        rows.append(row)
+        if len(rows) >= size:
+            yield batch()
+            size = min(size * 2, 50000)
+    yield batch()
+
+
 def _find_print(cat, q, mp, absolute, print0: bool, only) -> None:
     """One path a line, escaped (display.printable); with print0 the exact
     bytes, each ended by NUL, for xargs -0."""
-    prefix = os.fsencode(mp.rstrip("/")) + b"/" if absolute else b"/"
     out = sys.stdout.buffer
-    cache: dict[int, bytes] = {}
-    rows = []
-
-    # Printed as the catalog streams the rows: the first 1000 at once (the first path within a round
-    # trip or two), then batches growing to 50,000 rows, each with one bulk paths_of of its parents.
-    batch = [1000]
-
-    def flush():
-        paths = [prefix + path for path, ino in _paths(cat, rows, cache) if only is None or ino == only]
+    for found in _find_batches(cat, q, mp, absolute, only):
+        paths = [path for path, _ in found]
         out.write(b"".join(p + b"\0" for p in paths) if print0 else printable_lines(paths))
         out.flush()
-        rows.clear()
-        batch[0] = min(batch[0] * 2, 50000)
-    for row in cat.query_names(q):
-        rows.append(row)
-        if len(rows) >= batch[0]:
-            flush()
-    flush()
 
 
 def _find_json(cat, q, mp, absolute, only) -> None:
-    inodes = {i.ino: i for i in cat.query(q)}
-    rows = [r for r in cat.query_names(q) if r[2] in inodes and (only is None or r[2] == only)]
-    prefix = os.fsencode(mp.rstrip("/")) + b"/" if absolute else b"/"
-    out = []
-    for path, ino in _paths(cat, rows, {}):
-        i = inodes[ino]
-        out.append(dict(**name_fields("path", prefix + path), ino=ino, state=str(i.state), tier=i.tier,
+    """A JSON array, one object a line, written batch by batch (each batch's inodes read in bulk)."""
+    out = sys.stdout
+    first = True
+    out.write("[")
+    for found in _find_batches(cat, q, mp, absolute, only):
+        inodes = cat.get_many(ino for _, ino in found)
+        for path, ino in found:
+            i = inodes.get(ino)
+            if i is None:
+                continue   # deleted since its name was read
+            item = dict(**name_fields("path", path), ino=ino, state=str(i.state), tier=i.tier,
                         archive_tier=i.archive_tier, size=i.size, uid=i.uid, gid=i.gid, owner=_user(i.uid),
                         mode=oct(i.mode), atime_ns=i.atime_ns, mtime_ns=i.mtime_ns, crtime_ns=i.crtime_ns,
-                        checksum=i.checksum))
-    click.echo(json.dumps(out, indent=1))
+                        checksum=i.checksum)
+            out.write(("\n" if first else ",\n") + json.dumps(item))
+            first = False
+        out.flush()
+    out.write("]\n" if first else "\n]\n")
+    out.flush()
 
 
 # ---- du ----------------------------------------------------------------------------
