@@ -278,7 +278,7 @@ class MongoJobs:
         one leaves it open on the server until transactionLifetimeLimitSeconds (60 s by default), and
         it holds every document it wrote meanwhile: any other mount's transaction on one of them fails
         with WriteConflict (CI: the mount that took over a reaped session's archive could not switch
-        the file for those 60 s, nor could anyone change a file counted in the same totals document).
+        the file for those 60 s; a totals document it wrote blocks every file counted there likewise).
         Best effort, after the reap committed: without the privilege to see or kill them (another
         database user's sessions), one warning, and they end at the server's limit."""
         idle = [{"$currentOp": {"idleSessions": True}},
