@@ -39,6 +39,11 @@ def client_name(host: str, pid: int) -> str:
     return f"tierfs {host} {pid}"
 
 
+def client_of(session_doc: dict) -> str:
+    """client_name of the process a session document records."""
+    return client_name(session_doc.get("host", ""), session_doc.get("pid", 0))
+
+
 def end_job(jobs_c, job_id: int, now: int, *, match: dict | None = None, keep_session: bool = False,
             session=None) -> dict | None:
     """core.Txn.end_job on the jobs collection (in the transaction of
@@ -243,7 +248,7 @@ class MongoJobs:
             return doc
         doc = self._txn(fn)
         if doc is not None:
-            name = client_name(doc.get("host", ""), doc.get("pid", 0))
+            name = client_of(doc)
             if name != self.app_name:
                 self._kill_transactions_of(session_id, name)
 
@@ -270,7 +275,7 @@ class MongoJobs:
                 return True
             if self._txn(fn):
                 reaped.append(sid)
-                self._kill_transactions_of(sid, client_name(d.get("host", ""), d.get("pid", 0)))
+                self._kill_transactions_of(sid, client_of(d))
         return reaped
 
     def _kill_transactions_of(self, sid: str, appname: str) -> None:

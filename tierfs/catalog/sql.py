@@ -119,6 +119,16 @@ _TOMBSTONE_COLS = S.columns("tombstones")
 _TYPE_BITS, _REG, _DIR = 0o170000, 0o100000, 0o040000
 
 
+def _inode_rows(c, inos: list[int]) -> dict[int, tuple]:
+    """{ino: row of _INODE_COLS} of those of `inos` that exist, 500 per statement (readdir, get_many)."""
+    out = {}
+    for k in range(0, len(inos), 500):
+        part = inos[k:k + 500]
+        for v in c.execute(f"SELECT {_INODE_COLS} FROM inodes WHERE ino IN ({_marks(part)})", part):
+            out[v[0]] = v
+    return out
+
+
 def _marks(values) -> str:
     return ", ".join("?" * len(values))
 
@@ -580,15 +590,9 @@ class SqlCatalog(CatalogCore):
         return inode_from_values(row)
 
     def get_many(self, inos: Iterable[int]) -> dict[int, Inode]:
-        inos = list(dict.fromkeys(inos))
-        out: dict[int, Inode] = {}
         with self._read() as c:
-            for k in range(0, len(inos), 500):
-                part = inos[k:k + 500]
-                for v in c.execute(f"SELECT {_INODE_COLS} FROM inodes WHERE ino IN ({_marks(part)})", part):
-                    i = inode_from_values(v)
-                    out[i.ino] = i
-        return out
+            rows = _inode_rows(c, list(dict.fromkeys(inos)))
+        return {ino: inode_from_values(v) for ino, v in rows.items()}
 
     def lookup(self, parent: int, name: bytes) -> Inode:
         row = self._one(_LOOKUP_SQL, (parent, name))
@@ -604,12 +608,7 @@ class SqlCatalog(CatalogCore):
                              (parent, after_pos, limit)).fetchall()
             held = {r[2] for r in rows if r[2] in known}
             wanted = [r[2] for r in rows if r[2] not in held]
-            values = {}
-            for i in range(0, len(wanted), 500):
-                chunk = wanted[i:i + 500]
-                for v in c.execute(f"SELECT {_INODE_COLS} FROM inodes WHERE ino IN ({','.join('?' * len(chunk))})",
-                                   chunk):
-                    values[v[0]] = v
+            values = _inode_rows(c, wanted)
         return [DirEntry(pos, name, ino=ino) if ino in held else DirEntry(pos, name, values=values[ino])
                 for pos, name, ino in rows if ino in held or ino in values]
 
