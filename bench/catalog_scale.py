@@ -33,7 +33,7 @@ import random
 import re
 import time
 
-from tierfs.catalog.base import ROOT_INO, FileQuery, Inode, State, by_range_index
+from tierfs.catalog.base import ROOT_INO, FileQuery, Inode, State, by_range_index, size_classes
 
 from .util import MiB, Timer, drop_caches, percentile
 
@@ -208,7 +208,12 @@ def examined_sql(cat, q: FileQuery) -> dict:
     try:
         detail = " | ".join(str(r[-1]) for r in c.execute("EXPLAIN QUERY PLAN " + stmt, params).fetchall())
         keys = None
-        if "ix_inodes_state_last_access" in detail:  # (state, last_access_ns, size)
+        classes = size_classes(q)
+        if "ix_inodes_state_size_class" in detail:  # (state, size_class, last_access_ns, size)
+            keys = c.execute(f"SELECT count(*) FROM inodes WHERE state IN ({marks}) AND size_class IN "
+                             f"({','.join('?' * len(classes))}) AND last_access_ns < ?",
+                             (*states, *classes, q.last_access_before_ns)).fetchone()[0]
+        elif "ix_inodes_state_last_access" in detail:  # (state, last_access_ns, size)
             keys = c.execute(f"SELECT count(*) FROM inodes WHERE state IN ({marks}) AND last_access_ns < ?",
                              (*states, q.last_access_before_ns)).fetchone()[0]
         elif "ix_inodes_state_size" in detail:
@@ -223,7 +228,8 @@ def examined_sql(cat, q: FileQuery) -> dict:
             ix = re.search(r"USING (?:COVERING )?INDEX (\w+)", detail)
             held = {r[2] for r in c.execute(f"PRAGMA index_info({ix[1]})")} if ix else set()
             tested = {"state"} | ({"last_access_ns"} if q.last_access_before_ns is not None else set()) | \
-                ({"size"} if q.min_size is not None or q.max_size is not None else set())
+                ({"size"} if q.min_size is not None or q.max_size is not None else set()) | \
+                ({"size_class"} if classes is not None else set())
             fetched = 0 if tested <= held else sqlite_rows_fetched(c, stmt, params)
             fetched += c.execute(f"SELECT count(*) FROM ({stmt})", params).fetchone()[0]
         else:

@@ -5,7 +5,7 @@ import pytest
 
 from tierfs import errors
 from tierfs.catalog.base import (ROOT_INO, SCHEMA_VERSION, Changes, FileQuery, Inode, JobKind, JobState, Session, State,
-                                 Transition, now_ns)
+                                 Transition, now_ns, size_class)
 
 FILE = 0o100644
 DIR = 0o040755
@@ -371,13 +371,13 @@ def test_query_and_stats(catalog):
     assert st.by_tier["disk"] == (10, 45000)
 
 
-def stored_last_access(catalog, ino: int) -> int:
-    """last_access_ns as the catalog stores it: what its index holds."""
+def stored(catalog, ino: int, field: str) -> int:
+    """A derived inode field (last_access_ns, size_class) as the catalog stores it: what its index holds."""
     if hasattr(catalog, "db"):
-        return catalog.inodes.find_one({"_id": ino})["last_access_ns"]
+        return catalog.inodes.find_one({"_id": ino})[field]
     c = catalog.connect()
     try:
-        return c.execute("SELECT last_access_ns FROM inodes WHERE ino = ?", (ino,)).fetchone()[0]
+        return c.execute(f"SELECT {field} FROM inodes WHERE ino = ?", (ino,)).fetchone()[0]
     finally:
         c.close()
 
@@ -389,7 +389,7 @@ def test_last_access_stays_the_later_of_atime_and_mtime_through_every_write(cata
     def check(*inos):
         for ino in inos:
             i = catalog.get(ino)
-            assert stored_last_access(catalog, ino) == i.last_access_ns == max(i.atime_ns, i.mtime_ns), i
+            assert stored(catalog, ino, "last_access_ns") == i.last_access_ns == max(i.atime_ns, i.mtime_ns), i
 
     d = catalog.create(ROOT_INO, b"d", new(DIR, atime_ns=100, mtime_ns=200))
     f = catalog.create(d.ino, b"f", new(atime_ns=1000, mtime_ns=500))
@@ -431,6 +431,53 @@ def test_inactivity_queries_count_a_write_as_use(catalog):
     lru = [idle.ino, read.ino, written.ino]
     assert [i.ino for i in catalog.query(FileQuery(states=(State.ONLINE,), order_by_last_access=True))] == lru
     assert [i.ino for i in catalog.query(FileQuery(order_by_last_access=True, name_glob=b"*.log"))] == lru
+
+
+def test_size_class_stays_the_bit_length_of_the_size_through_every_write(catalog):
+    """The stored, indexed size_class (the policy queries with a size and an
+    inactivity bound walk one range per class) equals size_class(size) after
+    every write that sets the size."""
+    def check(*inos):
+        for ino in inos:
+            i = catalog.get(ino)
+            assert stored(catalog, ino, "size_class") == size_class(i.size) == i.size.bit_length(), i
+
+    f = catalog.create(ROOT_INO, b"f", new(size=1 << 28))
+    g, h = catalog.create_many([(ROOT_INO, b"g", new(size=0)), (ROOT_INO, b"h", new(size=(1 << 40) + 1))],
+                               ctime_ns=now_ns())
+    check(f.ino, g.ino, h.ino)
+    for changes in ({"size": (1 << 28) - 1}, {"size": 0}, {"size": 1}, {"size": (1 << 62) + 5}, {"mtime_ns": 9}):
+        catalog.update(f.ino, changes)
+        check(f.ino)
+    catalog.bump_version(g.ino, {"mtime_ns": 3000, "size": 4097})
+    check(g.ino)
+    catalog.switch(Transition(h.ino, catalog.get(h.ino).data_version, (State.ONLINE,), Changes(size=77), "test"))
+    check(h.ino)
+
+
+def test_size_and_inactivity_bounds_select_exactly_the_matching_files(catalog):
+    """Sizes at and around powers of two, every pair of bounds among them
+    (the boundaries of the size classes): the query returns exactly what a
+    filter over every file returns, also after sizes change."""
+    now, day = now_ns(), 86400 * 10**9
+    sizes = sorted({max(0, (1 << k) + d) for k in (0, 1, 9, 10, 28, 29, 40) for d in (-1, 0, 1)})
+    files = []
+    for i, size in enumerate(sizes):
+        old = i % 3 != 0
+        files.append(catalog.create(ROOT_INO, b"f%03d" % i, new(size=size, atime_ns=now - (200 if old else 1) * day,
+                                                               mtime_ns=now - 300 * day)))
+    for f in files[::4]:   # grown past a class, shrunk below one
+        catalog.update(f.ino, {"size": f.size * 2 + 1 if f.size % 2 else f.size // 3})
+    inodes = [catalog.get(f.ino) for f in files]
+    cutoff = now - 90 * day
+    bounds = [None, *sizes[::2]]
+    for lo in bounds:
+        for hi in bounds:
+            q = FileQuery(states=(State.ONLINE,), min_size=lo, max_size=hi, last_access_before_ns=cutoff)
+            want = sorted(i.ino for i in inodes if i.last_access_ns < cutoff and (lo is None or i.size >= lo)
+                          and (hi is None or i.size <= hi))
+            assert sorted(i.ino for i in catalog.query(q)) == want, (lo, hi)
+            assert sorted(r[2] for r in catalog.query_names(q)) == want, (lo, hi)
 
 
 def test_atime_batch_never_goes_back(catalog):

@@ -43,8 +43,8 @@ def test_the_old_catalog_opens_reads_and_writes(old_url):
     cat = open_catalog(old_url)
     try:
         assert cat.initialised() and cat.schema_version() == 2
-        cat.init()   # what a mount does: version 3 adds columns (issue 18), 4 the running totals (issue 20)
-        assert cat.schema_version() == SCHEMA_VERSION == 4
+        cat.init()   # what a mount does: version 3 adds columns (issue 18), 4 the running totals (issue 20),
+        assert cat.schema_version() == SCHEMA_VERSION == 5   # 5 the size class
         assert cat.totals() == cat.scan_totals() == {("online", "disk", None): (1, 5),
                                                      ("archived", None, "vault"): (1, 1000)}
         docs = cat.lookup(ROOT_INO, b"docs")
@@ -74,6 +74,9 @@ def test_the_old_catalog_opens_reads_and_writes(old_url):
         f = cat.create(docs.ino, b"new", Inode(ino=0, mode=0o100644, uid=1, gid=1, atime_ns=T0, mtime_ns=T0,
                                                 ctime_ns=T0, crtime_ns=T0))
         assert f.ino > cold.ino and cat.get(f.ino).last_access_ns == T0
+        with contextlib.closing(cat.connect()) as c:   # generated, for the old rows as for the new
+            assert dict(c.execute("SELECT ino, size_class FROM inodes WHERE ino IN (?, ?, ?)", (a.ino, cold.ino, f.ino))) \
+                == {a.ino: 3, cold.ino: 10, f.ino: 0}   # 5 bytes, 1000 bytes, empty
         cat.rename(docs.ino, b"new", ROOT_INO, b"moved")
         with pytest.raises(errors.NotEmpty):
             cat.rmdir(ROOT_INO, b"docs", T0)
@@ -96,7 +99,8 @@ def test_a_new_catalog_has_the_tables_and_indexes_of_the_old_one_migrated(tmp_pa
         cat.close()
     migrated = shape(str(tmp_path / "catalog.db"))
     assert shape(str(new)) == migrated
-    assert [c[0] for c in migrated["inodes"]][-4:] == ["archive_copies", "stub_size", "origin_tier", "origin_location"]
+    assert [c[0] for c in migrated["inodes"]][-5:] == ["archive_copies", "stub_size", "origin_tier", "origin_location",
+                                                       "size_class"]
     assert "stubs" in migrated and "stubs" not in shape(OLD)
 
 

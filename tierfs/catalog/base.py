@@ -29,8 +29,9 @@ ROOT_INO = 1
 #: 2: inodes carry last_access_ns (see Inode.last_access_ns); version 1 catalogs are migrated at init.
 #: 3: further archive copies, stubs, in-place origins (issue 18). 4: running totals of the live regular
 #: files per (state, tier, archive_tier) for `du` and `status` (Catalog.totals; issue 20), filled from a
-#: scan when a version 3 catalog is opened.
-SCHEMA_VERSION = 4
+#: scan when a version 3 catalog is opened. 5: inodes carry size_class (see size_class), indexed with the
+#: state and last access for policy rules that bound both the last access and the size.
+SCHEMA_VERSION = 5
 
 
 def now_ns() -> int:
@@ -172,6 +173,12 @@ class Inode:
         catalogs store it as the indexed last_access_ns (schema.py) and keep
         it equal to this on every write of atime_ns or mtime_ns."""
         return max(self.atime_ns, self.mtime_ns)
+
+    @property
+    def size_class(self) -> int:
+        """size_class(self.size): stored and indexed by the catalogs, which
+        keep it equal to this on every write of the size."""
+        return size_class(self.size)
 
     def is_dir(self) -> bool:
         return (self.mode & 0o170000) == 0o040000
@@ -503,6 +510,34 @@ def states_only(q: FileQuery) -> bool:
     walks an index of (state, ino, nlink, mode) on its own, in inode number
     order (`tierfs find --state S`, `tierfs find`)."""
     return all(getattr(q, f) is None or getattr(q, f) is False for f in _BEYOND_STATES)   # (uid 0 is one)
+
+
+#: The largest size class (sizes are below 2**63).
+MAX_SIZE_CLASS = 63
+
+
+def size_class(size: int) -> int:
+    """The power-of-two class of a size: its bit length (0 bytes: 0; 1: 1;
+    2-3: 2; ...; 256 MiB-512 MiB: 29). A policy rule bounds both the last
+    access and the size (inactive for 90 days and >= 256 MiB), two ranges
+    no single B-tree walk can bound together: on (state, last_access_ns,
+    size) the walk reads every entry in the last-access range and tests the
+    size on each (10M entries: 1.1M index entries for 100,000 candidates,
+    about 2 s on MongoDB). On (state, size_class, last_access_ns, size) it
+    reads one last-access range per class the size bounds allow: the
+    matches, plus those of the boundary class below a bound that is no
+    power of two."""
+    return size.bit_length() if size > 0 else 0
+
+
+def size_classes(q: FileQuery) -> list[int] | None:
+    """The size classes q's size bounds allow, when q bounds both the size
+    and the last access (the queries size_class serves); else None."""
+    if q.last_access_before_ns is None or (q.min_size is None and q.max_size is None):
+        return None
+    lo = size_class(q.min_size) if q.min_size is not None else 0
+    hi = size_class(q.max_size) if q.max_size is not None else MAX_SIZE_CLASS
+    return list(range(lo, min(hi, MAX_SIZE_CLASS) + 1))
 
 
 def by_range_index(q: FileQuery) -> bool:

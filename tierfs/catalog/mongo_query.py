@@ -9,11 +9,12 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import itertools
+import operator
 from typing import Iterable, Iterator, Sequence
 
 from .base import (ACTIVE_JOB_STATES, INODE_FIELDS, ROOT_INO, CatalogStats, FileQuery, Inode, Listed, State,
                    by_range_index, check_count_by, count_further_copies, fetch_ahead, further_copies, further_targets,
-                   group_totals, inode_from_values, read_ahead, states_only, totals_answer)
+                   group_totals, inode_from_values, read_ahead, size_classes, states_only, totals_answer)
 
 #: S_IFMT bits of a regular file / a directory, and the other type bits that must be clear.
 REG_SET, REG_CLEAR = 0o100000, 0o070000
@@ -32,9 +33,21 @@ FIRST_NAMES = 500
 _ABSENT = {"stub_size": 0}
 
 
+#: A stored inode document's values in INODE_FIELDS order (`_id` for ino), in one C call.
+assert INODE_FIELDS[0] == "ino"
+_VALUES = operator.itemgetter("_id", *INODE_FIELDS[1:])
+
+
 def inode_of(doc: dict) -> Inode:
-    """An Inode from its stored document (`_id` is the inode number)."""
-    return inode_from_values([doc["_id"] if k == "ino" else doc.get(k, _ABSENT.get(k)) for k in INODE_FIELDS])
+    """An Inode from its stored document (`_id` is the inode number). A
+    document that lacks a field (written by an older tierfs) takes the
+    field by field path (6.6 us a document against 2.6 us; a policy run
+    builds one per candidate)."""
+    try:
+        values = _VALUES(doc)
+    except KeyError:
+        values = [doc["_id"] if k == "ino" else doc.get(k, _ABSENT.get(k)) for k in INODE_FIELDS]
+    return inode_from_values(values)
 
 
 def _order(q: FileQuery):
@@ -68,6 +81,9 @@ class MongoQueries:
                                 ("gid", q.gid, "$eq")):
             if val is not None:
                 f.setdefault(field_, {})[op] = val
+        classes = size_classes(q)
+        if classes is not None:   # one last-access range per class on state_size_class_last_access_id
+            f["size_class"] = {"$in": classes}
         if q.checksum_missing:
             f["checksum"] = {"$type": "null"}   # what the partial index no_checksum holds (not a missing field)
         if paging and not q.order_by_last_access and q.after_ino:
@@ -203,7 +219,8 @@ class MongoQueries:
     def _query_by_range(self, q: FileQuery) -> Iterator[Inode]:
         """A policy rule's candidates in two steps, as on SQLite. First their
         numbers: one cursor on the states and the last-access/size range,
-        covered (the planner picks (state, last_access_ns, size, _id) or
+        covered (the planner picks (state, size_class, last_access_ns, size,
+        _id) with both bounds, else (state, last_access_ns, size, _id) or
         (state, size, _id), which hold every field it tests and returns: no
         document is read). Then the documents of those numbers, sorted,
         READ_PAGE per find on _id with all of q's conditions again (a document
@@ -212,7 +229,7 @@ class MongoQueries:
         cursor lives longer than its step (a policy run considers candidates
         for minutes)."""
         f = self._filter(q, paging=False)
-        first = {k: f[k] for k in ("state", "last_access_ns", "size") if k in f}
+        first = {k: f[k] for k in ("state", "size_class", "last_access_ns", "size") if k in f}
         with self._errors():
             inos = sorted(d["_id"] for d in self.inodes.find(first, {"_id": 1}, batch_size=self.names_batch))
 

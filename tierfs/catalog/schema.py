@@ -23,6 +23,21 @@ from __future__ import annotations
 #: because version 1 catalogs get it by ALTER TABLE ADD COLUMN, which appends.
 LAST_ACCESS = "INTEGER GENERATED ALWAYS AS (max(atime_ns, mtime_ns)) VIRTUAL"
 
+#: inodes.size_class: base.size_class(size), the bit length of the size, generated like last_access_ns
+#: (VIRTUAL; appended by version 5's ALTER TABLE, sql.py MIGRATIONS[5]). Arithmetic, because SQLite's
+#: log2() exists only in builds with its math functions and an index expression must evaluate alike in
+#: every build that opens the file: a binary search over the powers of two, 6 comparisons (an insert
+#: with its index: 3.7 us against 2.9 us without the column; a sum of 63 comparisons took 7.6 us).
+def _bit_length(lo: int, hi: int) -> str:
+    """SQL for the bit length of `size`, known to be in lo..hi."""
+    if lo == hi:
+        return str(lo)
+    mid = (lo + hi + 1) // 2   # size >= 2**(mid-1) exactly when its bit length is >= mid
+    return f"CASE WHEN size >= {1 << (mid - 1)} THEN {_bit_length(mid, hi)} ELSE {_bit_length(lo, mid - 1)} END"
+
+
+SIZE_CLASS = f"INTEGER GENERATED ALWAYS AS (CASE WHEN size < 1 THEN 0 ELSE {_bit_length(1, 63)} END) VIRTUAL"
+
 #: Columns schema version 3 added (issue 18); catalogs made before get them by ALTER TABLE ADD COLUMN
 #: (sql.py MIGRATIONS[3]), which appends: so they are last in their tables here too.
 V3_COLUMNS = {"inodes": ("archive_copies", "stub_size", "origin_tier", "origin_location"),
@@ -64,6 +79,7 @@ TABLES: dict[str, str] = {
 	stub_size INTEGER NOT NULL DEFAULT 0, -- first bytes kept online while archived (table stubs); 0 = none
 	origin_tier VARCHAR(64), -- released in-place original: the in-place tier a restore puts the bytes back on
 	origin_location VARCHAR(255), -- ... and its key there (the path relative to that tier's root)
+	size_class """ + SIZE_CLASS + """, -- bit length of size, generated (base.size_class)
 	PRIMARY KEY (ino)
 )""",
     # The namespace: (parent, name) -> inode; rename updates one row.
@@ -224,6 +240,12 @@ INDEXES: dict[str, str] = {
     # 1% candidates: 10,000 rows instead of 91,046).
     "ix_inodes_state_last_access_size": "CREATE INDEX ix_inodes_state_last_access_size ON inodes "
                                         "(state, last_access_ns, size)",
+    # Policy rules with both an inactivity and a size bound (inactive_for + min_size), `tierfs find
+    # --inactive --size`: one last-access range per size class the size bound allows (base.size_class),
+    # the size tested on the entry. 10M entries, 100,000 candidates: the first step of the rule's query
+    # walks about 100,000 index entries here instead of 1.1M in the index above.
+    "ix_inodes_state_size_class": "CREATE INDEX ix_inodes_state_size_class ON inodes "
+                                  "(state, size_class, last_access_ns, size)",
     # query()/query_names()/count_by() with states + min_size/max_size but no atime bound (rules on size
     # alone, `tierfs find --size`). Either state index serves _unselective()'s count of inodes in some states.
     "ix_inodes_state_size": "CREATE INDEX ix_inodes_state_size ON inodes (state, size)",
@@ -267,7 +289,7 @@ DROPPED_INDEXES = ("ix_inodes_state_atime", "ix_inodes_state_atime_size")
 
 
 #: Columns the database computes (an INSERT names every column but these).
-GENERATED = ("last_access_ns",)
+GENERATED = ("last_access_ns", "size_class")
 
 
 def columns(table: str) -> tuple[str, ...]:

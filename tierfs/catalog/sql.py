@@ -29,7 +29,7 @@ from .base import (ACTIVE_JOB_STATES, INODE_FIELDS, JOB_PRIORITY, ROOT_INO, SCHE
                    Event, FileQuery, Garbage, Inode, Job, JobKind, JobState, Listed, Session, State, Tombstone,
                    by_range_index, check_count_by, check_expected, check_owner, copy_pattern, count_further_copies,
                    ended_by_commit, further_copies, further_targets, group_totals, inode_from_values, now_ns,
-                   read_ahead, resolve_paths, states_only, totals_answer)
+                   read_ahead, resolve_paths, size_classes, states_only, totals_answer)
 from .core import CatalogCore, Txn
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,24 @@ def _add_totals(c: sqlite3.Connection) -> None:
     _fill_totals(c)
 
 
+def _add_size_class(c: sqlite3.Connection) -> None:
+    """Version 5: inodes.size_class, generated from the size as schema.py
+    defines it (VIRTUAL: no row is rewritten; its index comes with
+    _sync_indexes, one pass over the table)."""
+    c.execute(f"ALTER TABLE inodes ADD COLUMN size_class {S.SIZE_CLASS}")
+
+
+def _with_size_classes(q: FileQuery, conds: list[str], args: list) -> tuple[list[str], list]:
+    """conds and args, plus `size_class IN (...)` when q bounds both the last
+    access and the size (base.size_classes): the search then walks
+    (state, size_class, last_access_ns, size), one last-access range per
+    class, instead of the whole last-access range."""
+    classes = size_classes(q)
+    if classes is None:
+        return conds, args
+    return [*conds, f"inodes.size_class IN ({_marks(classes)})"], [*args, *classes]
+
+
 def _fill_totals(c: sqlite3.Connection) -> None:
     c.execute("DELETE FROM totals")
     c.execute(f"INSERT INTO totals (state, tier, archive_tier, files, bytes) {S.TOTALS_FROM_INODES}")
@@ -91,7 +109,7 @@ def _totals_rows(rows) -> dict:
 
 #: Migrations: version -> function(conn) upgrading from version-1.
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {2: _add_last_access, 3: _add_copies_stubs_origins,
-                                                               4: _add_totals}
+                                                               4: _add_totals, 5: _add_size_class}
 
 _ACTIVE = tuple(s.value for s in ACTIVE_JOB_STATES)
 _INODE_COLS = ", ".join(INODE_FIELDS)
@@ -948,9 +966,11 @@ class SqlCatalog(CatalogCore):
     #: one random table read each): 1.5 s -> 0.35 s for 250k of 1M on SQLite.
     SCAN_RATIO = 16
 
-    def _conds(self, c: sqlite3.Connection, q: FileQuery) -> tuple[list[str], list]:
+    def _conds(self, c: sqlite3.Connection, q: FileQuery, by_index: bool = True) -> tuple[list[str], list]:
         """WHERE terms (and their parameters) on inodes for q's attribute
-        filters (not names/subtree)."""
+        filters (not names/subtree). by_index=False: for rows read by number,
+        without the size-class term, which only leads a search to its index
+        (implied by the size bounds, and a row would compute it)."""
         conds, args = ["inodes.nlink > ?"], [0]
         if q.states is not None:
             states = [State(s).value for s in q.states]
@@ -978,6 +998,8 @@ class SqlCatalog(CatalogCore):
             # the last access). Worst case: a wide last-access range with a narrow size one walks the
             # range's index entries, sequential reads without a row fetch each.
             size = "+" + size
+        if by_index:
+            conds, args = _with_size_classes(q, conds, args)
         for col, val, op in (("inodes.tier", q.tier, "="), ("inodes.archive_tier", q.archive_tier, "="),
                              (size, q.min_size, ">="), (size, q.max_size, "<="),
                              ("inodes.last_access_ns", q.last_access_before_ns, "<"),
@@ -1014,9 +1036,9 @@ class SqlCatalog(CatalogCore):
             args.append(bytes(q.name_glob).replace(b"[!", b"[^"))
         return with_, wargs, terms, args
 
-    def _inode_where(self, c: sqlite3.Connection, q: FileQuery) -> tuple[str, list[str], list]:
-        """(WITH prefix, WHERE terms, parameters) selecting q's inodes."""
-        conds, args = self._conds(c, q)
+    def _inode_where(self, c: sqlite3.Connection, q: FileQuery, by_index: bool = True) -> tuple[str, list[str], list]:
+        """(WITH prefix, WHERE terms, parameters) selecting q's inodes (by_index: _conds)."""
+        conds, args = self._conds(c, q, by_index)
         with_, wargs, terms, targs = self._names(q)
         if terms:
             conds.append(f"inodes.ino IN (SELECT dentries.ino FROM dentries WHERE {' AND '.join(terms)})")
@@ -1066,8 +1088,9 @@ class SqlCatalog(CatalogCore):
     @staticmethod
     def _range_sql(q: FileQuery) -> tuple[str, list]:
         """The first step of _query_by_range: the inode numbers in q's states
-        and last-access/size range, from (state, last_access_ns, size) or
-        (state, size) alone (covering: it holds every column tested, and the
+        and last-access/size range, from (state, size_class, last_access_ns,
+        size) with both bounds, else (state, last_access_ns, size) or
+        (state, size), alone (covering: it holds every column tested, and the
         number is the rowid). `+size` keeps (state, size) out of the choice
         when there is a last-access bound (SQLite, without statistics, rates
         the two ranges alike; that index would read every row to test the
@@ -1083,6 +1106,7 @@ class SqlCatalog(CatalogCore):
             if val is not None:
                 conds.append(f"{size} {op} ?")
                 args.append(val)
+        conds, args = _with_size_classes(q, conds, args)
         return f"SELECT ino FROM inodes WHERE {' AND '.join(conds)}", args
 
     def _query_by_range(self, q: FileQuery) -> Iterator[Inode]:
@@ -1104,7 +1128,7 @@ class SqlCatalog(CatalogCore):
         try:
             with self._unavailable():
                 inos = sorted(r[0] for r in first.execute(*self._range_sql(q)))
-            _, full, fargs = self._inode_where(first, q)
+            _, full, fargs = self._inode_where(first, q, by_index=False)
         except BaseException:
             first.close()
             raise
