@@ -593,6 +593,28 @@ def read_ahead(inos: Sequence[int], fetch: Callable[[list[int]], list], *, page:
                 f.cancel()
 
 
+def map_ahead(fn: Callable, items: Iterator, workers: int = 2) -> Iterator:
+    """fn(item) for each of `items`, in order, up to `workers` calls in
+    flight on threads of their own while the caller takes the results: the
+    server reads of one overlap those of the next (with a cold cache, the
+    disk's; `tierfs find` on MongoDB: the names of consecutive inode pages).
+    `items` is iterated in the caller's thread. Closing the iterator early
+    waits for the calls in flight."""
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(workers, thread_name_prefix="tierfs-map") as pool:
+        ahead: collections.deque = collections.deque()
+        try:
+            for item in items:
+                ahead.append(pool.submit(fn, item))
+                if len(ahead) >= workers:
+                    yield ahead.popleft().result()
+            while ahead:
+                yield ahead.popleft().result()
+        finally:
+            for f in ahead:
+                f.cancel()
+
+
 def fetch_ahead(batches: Iterator[list], ahead: int = 2) -> Iterator[list]:
     """The lists `batches` yields, made in a thread up to `ahead` lists
     before the consumer takes them: the server's work and the reply's

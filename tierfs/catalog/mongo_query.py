@@ -14,7 +14,7 @@ from typing import Iterable, Iterator, Sequence
 
 from .base import (ACTIVE_JOB_STATES, INODE_FIELDS, ROOT_INO, CatalogStats, FileQuery, Inode, Listed, State,
                    by_range_index, check_count_by, count_further_copies, fetch_ahead, further_copies, further_targets,
-                   group_totals, inode_from_values, read_ahead, size_classes, states_only, totals_answer)
+                   group_totals, inode_from_values, map_ahead, read_ahead, size_classes, states_only, totals_answer)
 
 #: S_IFMT bits of a regular file / a directory, and the other type bits that must be clear.
 REG_SET, REG_CLEAR = 0o100000, 0o070000
@@ -26,6 +26,8 @@ DIR_SET, DIR_CLEAR = 0o040000, 0o130000
 #: after one batch and each round trip stays far under the client's socket timeout (10 s) whatever
 #: the catalog's size (measured in bench/RESULTS.md, catalog scale).
 NAMES_BATCH = 5000  # (MongoQueries.names_batch)
+#: Reads of names in flight in query_names (base.map_ahead).
+NAMES_READERS = 2
 #: query_names' first batch when it pages by inode number (the first path after one short round trip).
 FIRST_NAMES = 500
 
@@ -142,12 +144,16 @@ class MongoQueries:
         catalog. (Reading a dense batch's names as one range of the ino index
         instead of an $in measured no faster at 1M entries.)"""
         pages = self._inode_pages(q) if states_only(q) else self._inode_cursor(q)
-        for inos in pages:
+
+        def names_of(inos: list[int]) -> list[tuple[int, bytes, int]]:
             with self._errors():
                 names = self.dentries.find({"ino": {"$in": inos}}, {"_id": 0, "parent": 1, "name": 1, "ino": 1},
                                            batch_size=len(inos) * 2)
-                rows = [(d["parent"], d["name"], d["ino"]) for d in names]
-            yield rows
+                return [(d["parent"], d["name"], d["ino"]) for d in names]
+        # two pages' names read at once: with the OS cache dropped their reads overlap (10M entries, 25%
+        # archived: see names_ahead's figures in bench/RESULTS.md)
+        with contextlib.closing(map_ahead(names_of, pages, NAMES_READERS)) as rows:
+            yield from rows
 
     def _inode_pages(self, q: FileQuery) -> Iterator[list[int]]:
         """Numbers of the inodes in q's states (all, without), in increasing
