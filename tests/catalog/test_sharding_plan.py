@@ -186,8 +186,8 @@ def _read_ahead_inline(inos, fetch, **_):
 @pytest.fixture(scope="module")
 def recorded(mongod):
     """Every catalog conformance test run once on MongoDB, recorded. The
-    helpers that read ahead in threads (base.read_ahead, base.fetch_ahead)
-    run inline here: a command is filed under the catalog method on its
+    helpers that read ahead in threads (base.read_ahead, base.fetch_ahead,
+    base.map_ahead) run inline here: a command is filed under the catalog method on its
     thread's stack, and the threads change when commands are sent, not which."""
     from tierfs.catalog.mongo import MongoCatalog
     keys, _ = load_plan()
@@ -199,6 +199,7 @@ def recorded(mongod):
     inline = pytest.MonkeyPatch()
     inline.setattr(mongo_query, "read_ahead", _read_ahead_inline)
     inline.setattr(mongo_query, "fetch_ahead", lambda batches, ahead=2: batches)
+    inline.setattr(mongo_query, "map_ahead", lambda fn, items, workers=2: (fn(i) for i in items))
     try:
         for name, fn in _conformance_tests():
             cat = MongoCatalog(mongod.url(db))
