@@ -54,6 +54,15 @@ def test_slow_reads_overlap_up_to_the_readers():
     assert took < 40 * fetch.delay * 0.6, took
 
 
+def test_slow_s_zero_keeps_the_readers_busy_however_fast_the_reads():
+    # MongoDB's candidates: the page's work is mongod's, so reads overlap even from its cache
+    fetch = Pages(delay=base.SLOW_READ_S / 10)
+    got = list(base.read_ahead(list(range(300)), fetch, page=10, readers=3, slow_s=0))
+    assert got == [i * i for i in range(300)]
+    assert fetch.most == 3
+    assert not reader_threads()
+
+
 def test_closing_early_ends_the_threads_and_reads_no_further():
     fetch = Pages(delay=base.SLOW_READ_S * 2)
     it = base.read_ahead(list(range(10_000)), fetch, page=10, readers=4)

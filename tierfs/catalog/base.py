@@ -562,14 +562,16 @@ SLOW_READ_S = 0.015
 
 
 def read_ahead(inos: Sequence[int], fetch: Callable[[list[int]], list], *, page: int | None = None,
-               readers: int | None = None) -> Iterator:
+               readers: int | None = None, slow_s: float | None = None) -> Iterator:
     """What `fetch` returns for `inos`, `page` numbers at a time, in order.
     One read runs in a thread ahead of the consumer; while reads are slow
-    (SLOW_READ_S: from the disk, not the page cache) up to `readers` do, so
-    a cold cache's random reads overlap. The threads end with the iterator
-    (also when it is closed before the end: close() waits for the reads in
-    flight, one page each)."""
+    (slow_s, default SLOW_READ_S: from the disk, not the page cache) up to
+    `readers` do, so a cold cache's random reads overlap (slow_s=0: always
+    `readers`, for a fetch whose work is another process's). The threads end
+    with the iterator (also when it is closed before the end: close() waits
+    for the reads in flight, one page each)."""
     page, readers = page or READ_PAGE, readers or READERS
+    slow_s = SLOW_READ_S if slow_s is None else slow_s
     if len(inos) <= page:
         yield from fetch(list(inos))
         return
@@ -585,7 +587,7 @@ def read_ahead(inos: Sequence[int], fetch: Callable[[list[int]], list], *, page:
         try:
             while ahead:
                 took, rows = ahead.popleft().result()
-                for nxt in itertools.islice(pages, max(0, (readers if took > SLOW_READ_S else 1) - len(ahead))):
+                for nxt in itertools.islice(pages, max(0, (readers if took > slow_s else 1) - len(ahead))):
                     ahead.append(pool.submit(timed, nxt))
                 yield from rows
         finally:
