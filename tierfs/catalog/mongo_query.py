@@ -152,8 +152,9 @@ class MongoQueries:
                 names = self.dentries.find({"ino": {"$in": inos}}, {"_id": 0, "parent": 1, "name": 1, "ino": 1},
                                            batch_size=len(inos) * 2)
                 return [(d["parent"], d["name"], d["ino"]) for d in names]
-        # two pages' names read at once: with the OS cache dropped their reads overlap (10M entries, 25%
-        # archived: see names_ahead's figures in bench/RESULTS.md)
+        # two pages' names read at once: their server reads overlap (10M entries, 2.5M archived paths:
+        # 8.6 s warm / 9.6-10.4 s cold, against 10.3-11.4 / 9.7-10.9 s one at a time; bench/RESULTS.md,
+        # "Third pass")
         with contextlib.closing(map_ahead(names_of, pages, NAMES_READERS)) as rows:
             yield from rows
 
