@@ -249,7 +249,7 @@ class MongoQueries:
             return docs
         # mongod does a page's work (12-14 us a document, 500 by _id from its cache at 10M entries) in its
         # own process: FETCHERS pages in flight keep both it and this client busy whatever the page's
-        # speed (10M entries, 100,000 candidates: 1.8-2.2 s with one page in flight while pages are fast)
+        # speed (10M entries, 100,000 candidates, same window: 1.4-2.5 s with three, 2.5-4.1 s with one)
         with contextlib.closing(read_ahead(inos, fetch, readers=FETCHERS, slow_s=0)) as found:
             for d in found:
                 self.rows_read += 1
