@@ -185,6 +185,51 @@ def test_mongo_migration_waits_for_the_older_tierfs_to_unmount(mongod):
         cat.close()
 
 
+def test_mongo_upgrade_calls_outlast_the_socket_timeout(mongod):
+    """An upgrade's calls run over every inode (10M: minutes each), longer than the client's socket
+    timeout: they go through init's schema client (MIGRATION_DEADLINE_S). Here the URL's socket timeout
+    is 200 ms and the version 2 and 5 updates of 300,000 inodes take longer."""
+    from tierfs.catalog import mongo
+    url = mongod.url("v1big")
+    load_v1(url)
+    cat = open_catalog(url)
+    try:
+        tpl = {k: v for k, v in cat.inodes.find_one({"mode": {"$gte": 0o100000}}).items() if k != "_id"}
+        for lo in range(10_000, 160_000, 50_000):
+            cat.inodes.insert_many([{**tpl, "_id": i} for i in range(lo, lo + 50_000)])
+    finally:
+        cat.close()
+    slow = open_catalog(url + "&socketTimeoutMS=200")
+    try:
+        # the premise: one pass over the inodes outlasts the socket timeout of the catalog's own client
+        with pytest.raises(errors.CatalogUnavailable, match="timed out"), slow._errors():
+            list(slow.inodes.aggregate([{"$group": {"_id": None, "n": {"$sum": mongo.SIZE_CLASS}}}]))
+        t0 = time.monotonic()
+        slow.init()
+        took = time.monotonic() - t0
+        assert slow.schema_version() == SCHEMA_VERSION
+        assert slow.inodes.count_documents({"size_class": {"$exists": False}}) == 0
+        print(f"upgraded 150,000 inodes from version 1 in {took:.1f}s")
+    finally:
+        slow.close()
+
+
+def test_each_schema_version_has_its_own_set_of_indexes():
+    """init builds indexes under the long deadline only while it upgrades: an index added to
+    mongo.INDEXES without a SCHEMA_VERSION step would be built over an existing catalog's documents
+    under the 10 s socket timeout. Add the new version's names here when adding one."""
+    from tierfs.catalog import mongo
+    by_version = {5: {"dentries": {"parent_name", "parent_pos", "ino"},
+                      "inodes": {"state_last_access_size_id", "state_size_id", "state_size_class_last_access_id",
+                                 "tier_location", "archive_location", "archive_copies", "no_checksum", "state_id",
+                                 "unlinked"},
+                      "xattrs": {"ino_name"}, "jobs": {"runnable", "ino_kind_state", "one_active", "dst_key"},
+                      "events": {"ino_id"}, "garbage": {"tier_key"}, "sessions": {"live"}, "tombstones": {"ino_id"},
+                      "open_files": {"ino_writing", "session"}}}
+    have = {coll: {m.document["name"] for m in models} for coll, models in mongo.INDEXES.items()}
+    assert have == by_version.get(SCHEMA_VERSION), "an index changed: give it a SCHEMA_VERSION step"
+
+
 # ---- the policy query --------------------------------------------------------------
 def fill(cat, now: int) -> FileQuery:
     """N files, exactly CANDIDATES of them matching the returned query."""

@@ -51,7 +51,7 @@ from typing import Callable, Iterator, TypeVar
 
 import pymongo
 from bson.int64 import Int64
-from pymongo import ReturnDocument, UpdateOne
+from pymongo import IndexModel, ReturnDocument, UpdateOne
 from pymongo.errors import (BulkWriteError, CollectionInvalid, ConfigurationError, ConnectionFailure,
                             DuplicateKeyError, InvalidURI, NetworkTimeout, OperationFailure, PyMongoError,
                             ServerSelectionTimeoutError)
@@ -143,20 +143,23 @@ SIZE_CLASS = {"$size": {"$filter": {"input": [Int64(1 << i) for i in range(MAX_S
 #: instead of 1.1M on state_last_access_size_id.
 SIZE_CLASS_INDEX = ([("state", 1), ("size_class", 1), ("last_access_ns", 1), ("size", 1), ("_id", 1)],
                     "state_size_class_last_access_id")
-#: Deadline of a migration's calls over every inode (10M inodes: setting size_class and building its index
-#: take minutes, where the client's socket timeout is 10 s).
+#: Longest one round trip of init's schema work may take: a migration's update of every inode, an index
+#: build over them (10M inodes: setting size_class and building its index take minutes, where the client's
+#: socket timeout is 10 s; version 2's update_many over 10M inodes would not fit in it either). Through a
+#: client of its own (MongoCatalog._schema_db) with only the socket timeout raised: pymongo.timeout() would
+#: also wait that long for server selection, so a catalog that is down would hold a mount's start for an
+#: hour instead of failing after 5 s.
 MIGRATION_DEADLINE_S = 3600
 
 
 def _add_size_class(db) -> None:
     """Version 5: size_class on every inode (one pipeline update_many) and
-    its index, under MIGRATION_DEADLINE_S. Refused while an older tierfs is
-    mounted (it would write sizes without their class)."""
+    its index. Refused while an older tierfs is mounted (it would write
+    sizes without their class)."""
     _refuse_if_mounted(db, 5)
     keys, name = SIZE_CLASS_INDEX
-    with pymongo.timeout(MIGRATION_DEADLINE_S):
-        db.inodes.update_many({}, [{"$set": {"size_class": SIZE_CLASS}}])
-        db.inodes.create_index(keys, name=name)
+    db.inodes.update_many({}, [{"$set": {"size_class": SIZE_CLASS}}])
+    db.inodes.create_index(keys, name=name)
 
 
 def _add_stub_size(db) -> None:
@@ -249,7 +252,56 @@ def _add_totals(db) -> None:
     _write_totals(db, _scan_totals(db))
 
 
-#: Migrations: version -> function(db) upgrading from version-1.
+def _ix(name: str, *keys: str, **options) -> IndexModel:
+    return IndexModel([(k, pymongo.ASCENDING) for k in keys], name=name, **options)
+
+
+#: Every index, per collection: init creates the missing ones (idempotent; DROPPED_INDEXES goes). A new
+#: index comes with a SCHEMA_VERSION step (a migration, if only `lambda db: None`): init builds indexes
+#: under MIGRATION_DEADLINE_S only while upgrading, and a build over 10M documents outlasts the socket
+#: timeout (tests/catalog/test_index.py holds the names of each version).
+INDEXES: dict[str, list[IndexModel]] = {
+    "dentries": [_ix("parent_name", "parent", "name", unique=True),
+                 _ix("parent_pos", "parent", "_id"),                        # readdir
+                 _ix("ino", "ino")],                                        # parent_of, path_of
+    "inodes": [
+        # Policy rules on inactivity (+ size), `tierfs find --inactive`, watermark runs (least recently used
+        # first): state and last_access_ns bound the scan, the size bound is tested on the key, so only
+        # documents matching all three are fetched (1M inodes, 1% candidates: 10,000 fetched instead of
+        # 91,046). The inode number ends the policy indexes: the first step of a rule's query (mongo_query
+        # _query_by_range) reads the candidates' numbers from the index alone (a covered query: no document
+        # is read there; the documents follow by _id, several finds in flight).
+        _ix("state_last_access_size_id", "state", "last_access_ns", "size", "_id"),
+        _ix("state_size_id", "state", "size", "_id"),                      # big files
+        _ix(SIZE_CLASS_INDEX[1], *(k for k, _ in SIZE_CLASS_INDEX[0])),    # inactive and big
+        _ix("tier_location", "tier", "location"),                          # references, per tier
+        _ix("archive_location", "archive_tier", "archive_location"),
+        _ix("archive_copies", "archive_copies",                            # references()
+            partialFilterExpression={"archive_copies": {"$type": "string"}}),
+        _ix("no_checksum", "state", "_id",                                 # checksum backlog
+            partialFilterExpression={"checksum": {"$type": "null"}}),
+        # `tierfs find` by state alone (or no condition): query_names pages through the matching inode
+        # numbers in order on this index alone (nlink and mode are tested on the key: no document read)
+        _ix("state_id", "state", "_id", "nlink", "mode"),
+        _ix("unlinked", "nlink", partialFilterExpression={"nlink": 0}),   # unlinked()
+    ],
+    "xattrs": [_ix("ino_name", "ino", "name", unique=True)],
+    "jobs": [_ix("runnable", "state", "priority", "_id"),                  # claim
+             _ix("ino_kind_state", "ino", "kind", "state"),
+             # At most one active job per (file, kind): makes enqueue's coalescing atomic across mounts.
+             _ix("one_active", "ino", "kind", unique=True, partialFilterExpression={"state": {"$in": ACTIVE}}),
+             _ix("dst_key", "dst_key")],                                   # references()
+    "events": [_ix("ino_id", "ino", "_id")],
+    "garbage": [_ix("tier_key", "tier", "key")],
+    "sessions": [_ix("live", "clean", "heartbeat_ns")],
+    "tombstones": [_ix("ino_id", "ino", "_id")],
+    "open_files": [_ix("ino_writing", "ino", "writing"),                   # switch, purge
+                   _ix("session", "session")],                             # reaping
+}
+
+
+#: Migrations: version -> function(db) upgrading from version-1 (db: MongoCatalog._schema_db, whose round
+#: trips may take MIGRATION_DEADLINE_S).
 MIGRATIONS: dict[int, Callable] = {2: _add_last_access, 3: _add_stub_size, 4: _add_totals, 5: _add_size_class}
 
 
@@ -316,6 +368,7 @@ class MongoCatalog(MongoJobs, MongoQueries, CatalogCore):
         self.app_name = client_name(socket.gethostname(), os.getpid())
         try:
             self.client = pymongo.MongoClient(url, appname=self.app_name, **opts)
+            self._opts = opts
         except (ConfigurationError, ValueError) as e:
             raise errors.ConfigError(f"catalog: {redact_url(url)}: {e}") from None
         self.db = self.client[parsed["database"] or "tierfs"]
@@ -339,6 +392,19 @@ class MongoCatalog(MongoJobs, MongoQueries, CatalogCore):
         self._kill_denied = False          # the user may not kill a reaped mount's sessions: warned once
 
     # ---- plumbing ----------------------------------------------------------
+    @contextlib.contextmanager
+    def _schema_db(self) -> Iterator:
+        """The database through a client of its own for init's schema work
+        (migrations, index builds): its round trips may take
+        MIGRATION_DEADLINE_S; server selection and connecting keep their
+        deadlines (see MIGRATION_DEADLINE_S)."""
+        client = pymongo.MongoClient(self.url, appname=self.app_name,
+                                     **{**self._opts, "socketTimeoutMS": MIGRATION_DEADLINE_S * 1000})
+        try:
+            yield client[self.db.name]
+        finally:
+            client.close()
+
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
         """Driver failures (network, timeouts, server errors) -> CatalogUnavailable.
@@ -530,7 +596,6 @@ class MongoCatalog(MongoJobs, MongoQueries, CatalogCore):
         """Schema version (migrating an older one), indexes (idempotent), the
         root inode and the counters. Safe to run from several mounts at once
         (duplicate inserts are ignored; migrations are idempotent)."""
-        A = pymongo.ASCENDING
         with self._errors():
             hello = self.client.admin.command("hello")
             if not hello.get("setName") and hello.get("msg") != "isdbgrid":
@@ -538,90 +603,59 @@ class MongoCatalog(MongoJobs, MongoQueries, CatalogCore):
                     f"catalog {self.safe_url}: this MongoDB server is standalone; tierfs needs a replica set "
                     "(a single node is enough: start mongod with --replSet rs0, run rs.initiate(), and add "
                     "?replicaSet=rs0 to the URL) or a sharded cluster, for transactions")
-            # Migrations first: one that is refused leaves the catalog (indexes included) as it was.
             doc = self.meta.find_one({"_id": "schema_version"})
-            if doc is None:
-                _insert_ignoring_dup(self.meta, {"_id": "schema_version", "value": str(SCHEMA_VERSION)})
-            else:
-                version = int(doc["value"])
-                if version > SCHEMA_VERSION:
-                    raise errors.ConfigError(f"catalog schema version {version} is newer than this tierfs "
-                                             f"({SCHEMA_VERSION}); upgrade tierfs")
-                while version < SCHEMA_VERSION:
-                    version += 1
-                    log.info("migrating catalog schema to version %d", version)
-                    MIGRATIONS[version](self.db)
-                    self.meta.update_one({"_id": "schema_version"}, {"$set": {"value": str(version)}})
-            self.dentries.create_index([("parent", A), ("name", A)], unique=True, name="parent_name")
-            self.dentries.create_index([("parent", A), ("_id", A)], name="parent_pos")      # readdir
-            self.dentries.create_index([("ino", A)], name="ino")                             # parent_of, path_of
-            # Policy rules on inactivity (+ size), `tierfs find --inactive`, watermark runs (least recently
-            # used first): state and last_access_ns bound the scan, the size bound is tested on the key, so
-            # only documents matching all three are fetched (1M inodes, 1% candidates: 10,000 fetched
-            # instead of 91,046).
-            # The inode number ends both policy indexes: the first step of a rule's query (mongo_query
-            # _query_by_range) reads the candidates' numbers from the index alone (a covered query: no
-            # document is read there; the documents follow by _id, several finds in flight).
-            self.inodes.create_index([("state", A), ("last_access_ns", A), ("size", A), ("_id", A)],
-                                     name="state_last_access_size_id")
-            self.inodes.create_index([("state", A), ("size", A), ("_id", A)], name="state_size_id")  # big files
-            self.inodes.create_index(SIZE_CLASS_INDEX[0], name=SIZE_CLASS_INDEX[1])      # inactive and big
-            self.inodes.create_index([("tier", A), ("location", A)], name="tier_location")  # references, per tier
-            self.inodes.create_index([("archive_tier", A), ("archive_location", A)], name="archive_location")
-            self.inodes.create_index([("archive_copies", A)], name="archive_copies",      # references()
-                                     partialFilterExpression={"archive_copies": {"$type": "string"}})
-            self.inodes.create_index([("state", A), ("_id", A)], name="no_checksum",       # checksum backlog
-                                     partialFilterExpression={"checksum": {"$type": "null"}})
-            # `tierfs find` by state alone (or no condition): query_names pages through the matching inode
-            # numbers in order on this index alone (nlink and mode are tested on the key: no document read)
-            self.inodes.create_index([("state", A), ("_id", A), ("nlink", A), ("mode", A)], name="state_id")
-            self.inodes.create_index([("nlink", A)], name="unlinked",                       # unlinked()
-                                     partialFilterExpression={"nlink": 0})
-            self.xattrs.create_index([("ino", A), ("name", A)], unique=True, name="ino_name")
-            self.jobs_c.create_index([("state", A), ("priority", A), ("_id", A)], name="runnable")  # claim
-            self.jobs_c.create_index([("ino", A), ("kind", A), ("state", A)], name="ino_kind_state")
-            # At most one active job per (file, kind): makes enqueue's coalescing atomic across mounts.
-            self.jobs_c.create_index([("ino", A), ("kind", A)], unique=True, name="one_active",
-                                     partialFilterExpression={"state": {"$in": ACTIVE}})
-            self.jobs_c.create_index([("dst_key", A)], name="dst_key")                       # references()
-            self.events_c.create_index([("ino", A), ("_id", A)], name="ino_id")
-            self.garbage_c.create_index([("tier", A), ("key", A)], name="tier_key")
-            self.sessions_c.create_index([("clean", A), ("heartbeat_ns", A)], name="live")
-            self.tombstones_c.create_index([("ino", A), ("_id", A)], name="ino_id")
+        version = None if doc is None else int(doc["value"])
+        if version is not None and version > SCHEMA_VERSION:
+            raise errors.ConfigError(f"catalog schema version {version} is newer than this tierfs "
+                                     f"({SCHEMA_VERSION}); upgrade tierfs")
+        # An upgrade (migrations, then the indexes they bring) goes through a client whose round trips may
+        # take MIGRATION_DEADLINE_S: over 10M inodes each takes minutes. Otherwise the indexes are there
+        # (INDEXES changes only with SCHEMA_VERSION) and each create_indexes returns at once.
+        upgrading = version is not None and version < SCHEMA_VERSION
+        with self._errors(), (self._schema_db() if upgrading else contextlib.nullcontext(self.db)) as d:
+            # Migrations first: one that is refused leaves the catalog (indexes included) as it was.
+            if version is None:
+                _insert_ignoring_dup(d.meta, {"_id": "schema_version", "value": str(SCHEMA_VERSION)})
+            while version is not None and version < SCHEMA_VERSION:
+                version += 1
+                log.info("migrating catalog schema to version %d", version)
+                MIGRATIONS[version](d)
+                d.meta.update_one({"_id": "schema_version"}, {"$set": {"value": str(version)}})
+            for coll, models in INDEXES.items():   # one round trip per collection; a missing index is built
+                d[coll].create_indexes(models)
             # stubs (partial-state files: _id ino, data the first stub_size bytes): made here because its
             # first write is inside a switch() transaction, and a transaction creates no collection on a
             # sharded cluster (nor before MongoDB 4.4)
             # (totals likewise: its first upsert is inside a create's transaction)
             for name in ("stubs", "totals"):
-                if name not in self.db.list_collection_names(filter={"name": name}):
+                if name not in d.list_collection_names(filter={"name": name}):
                     try:
-                        self.db.create_collection(name)
+                        d.create_collection(name)
                     except CollectionInvalid:
                         pass   # another mount's init made it first (seen by the driver)
                     except OperationFailure as e:
                         if e.code != 48:   # NamespaceExists: another mount's init made it between the check and here
                             raise
-            self.open_files.create_index([("ino", A), ("writing", A)], name="ino_writing")   # switch, purge
-            self.open_files.create_index([("session", A)], name="session")                   # reaping
-            self._drop_indexes(DROPPED_INDEXES)
+            self._drop_indexes(d, DROPPED_INDEXES)
+        with self._errors():
             self.counters.update_one({"_id": "ino"}, {"$max": {"seq": ROOT_INO}}, upsert=True)
             t = now_ns()
             root = Inode(ino=ROOT_INO, mode=root_mode, uid=root_uid, gid=root_gid, nlink=2,
                          atime_ns=t, mtime_ns=t, ctime_ns=t, crtime_ns=t, state_ns=t, state_cause="mkfs")
             _insert_ignoring_dup(self.inodes, _inode_doc(root))
 
-    def _drop_indexes(self, dropped: dict[str, tuple[str, ...]]) -> None:
+    def _drop_indexes(self, d, dropped: dict[str, tuple[str, ...]]) -> None:
         """Drop the indexes an older tierfs created that this one no longer
         wants (after init created their replacements). Indexes are reconciled
         at every init, like their creation: no schema_version step, since they
         change no stored data and an older tierfs works with the new ones."""
         for coll, names in dropped.items():
-            have = set(self.db[coll].index_information())
+            have = set(d[coll].index_information())
             for name in names:
                 if name in have:
                     log.info("catalog: dropping index %s.%s (superseded)", coll, name)
                     try:
-                        self.db[coll].drop_index(name)
+                        d[coll].drop_index(name)
                     except OperationFailure as e:
                         if e.code != 27:  # IndexNotFound: another mount's init dropped it first
                             raise
