@@ -446,3 +446,77 @@ def test_files_queued_meanwhile_are_counted_apart_from_those_acted_on(tree, cata
     d = report.to_dict()
     assert (d["totals"]["files"], d["totals"]["already_queued"], d["rules"][0]["already_queued"]) == (1, 2, 2)
     assert len(catalog.jobs([JobState.PENDING])) == 3
+
+
+# ---- the catalog going away during a run ----------------------------------------------------------
+LOST = errors.CatalogUnavailable("catalog mongodb://db1/lab: connection refused")
+
+
+def failing_query(catalog, monkeypatch, after: int, calls=(1,)):
+    """catalog.query whose candidates (for the calls numbered in `calls`) raise LOST after `after` rows."""
+    real, n = catalog.query, [0]
+
+    def query(q):
+        n[0] += 1
+        rows = real(q)
+        if n[0] not in calls:
+            return rows
+
+        def cut():
+            for k, inode in enumerate(rows):
+                if k == after:
+                    raise LOST
+                yield inode
+        return cut()
+    monkeypatch.setattr(catalog, "query", query)
+
+
+def test_a_catalog_error_stops_that_rule_and_the_run_goes_on(catalog, tmp_path, monkeypatch, caplog):
+    """Reading a rule's candidates fails after its first page: that rule stops, naming the error (its
+    actions so far stand), and the next rule runs in full; the run's log has one warning naming it."""
+    t = Tree(catalog)
+    for i in range(7):
+        t.file(f"f{i}", idle=100)
+    failing_query(catalog, monkeypatch, after=3)
+    cfg = make_cfg(tmp_path, dict(name="a", action="archive"), dict(name="b", action="migrate", to="ssd"))
+    report = run(catalog, cfg, page=3)
+    a, b = report.rules
+    assert (a.candidates, a.actions, a.error, a.stopped) == (3, 3, str(LOST), str(LOST))
+    assert (b.candidates, b.actions, b.error, b.stopped) == (7, 7, "", "")
+    assert report.to_dict()["rules"][0]["error"] == str(LOST)
+    warned = [r for r in caplog.records if r.levelname == "WARNING" and "policy rule 'a'" in r.getMessage()]
+    assert len(warned) == 1 and "stopped: catalog mongodb://db1/lab: connection refused" in warned[0].getMessage()
+
+
+def test_a_catalog_error_while_queueing_counts_only_the_jobs_queued(catalog, tmp_path, monkeypatch):
+    t = Tree(catalog)
+    for i in range(5):
+        t.file(f"f{i}", idle=100)
+    real, n = catalog.enqueue, [0]
+
+    def enqueue(*args, **kwargs):
+        n[0] += 1
+        if n[0] == 3:
+            raise LOST
+        return real(*args, **kwargs)
+    monkeypatch.setattr(catalog, "enqueue", enqueue)
+    cfg = make_cfg(tmp_path, dict(name="a", action="archive"), dict(name="b", action="migrate", to="ssd"))
+    report = run(catalog, cfg, dry_run=False)
+    a, b = report.rules
+    assert (a.actions, dict(a.applied), a.error) == (2, {"queued": 2}, str(LOST))
+    assert [x.done for x in report.actions if x.rule == "a"] == ["queued", "queued"]
+    assert (b.actions, dict(b.applied), dict(b.skipped), b.error) == (3, {"queued": 3}, {"queued": 2}, "")
+    assert len(catalog.jobs([JobState.PENDING])) == 5
+
+
+def test_a_catalog_error_in_a_watermark_run_stops_only_that_rule(catalog, tmp_path, monkeypatch):
+    t = Tree(catalog)
+    for i, idle in enumerate([5, 50, 1, 30]):
+        t.file(f"f{i}", 10 * MB, idle=idle)
+    cfg = make_cfg(tmp_path, dict(name="arch", action="archive"), dict(name="arch2", action="archive"))
+    failing_query(catalog, monkeypatch, after=0, calls=(1,))   # arch's first query
+    engine = Engine(catalog, parse_rules(cfg), clock=FakeClock(), page=2)
+    report = trio.run(functools.partial(engine.run_watermark, "disk", 25 * MB, dry_run=True))
+    arch, arch2 = report.rules
+    assert arch.error == str(LOST) and arch.actions == 0
+    assert [(a.path, a.rule) for a in report.actions] == [("/f1", "arch2"), ("/f3", "arch2"), ("/f0", "arch2")]

@@ -141,3 +141,34 @@ def test_files_buried_by_the_cli_are_purged_by_the_mounted_scheduler(catalog, tm
     trio.run(sched.tick)
     assert [(g.tier, g.key) for g in catalog.garbage()] == [("disk", "obj-old")]
     assert catalog.tombstones(ino=f.ino)[0].who == "policy rule 'ret' (cli)"
+
+
+def test_a_rule_stopped_by_the_catalog_runs_again_within_a_minute_not_a_day(catalog, tmp_path, monkeypatch):
+    """A daily rule whose candidates could not be read (the catalog failed over mid-run) is due again
+    RULE_RETRY_S later, and its last run is not recorded until one completes."""
+    from tests.engine.test_policy_engine import LOST, failing_query
+    from tierfs.policy.scheduler import RULE_RETRY_S
+    cfg = make_cfg(tmp_path, COLD)
+    t = Tree(catalog)
+    old = t.file("old", idle=100)
+    clock = FakeClock()
+    sched = scheduler(cfg, catalog, clock=clock)
+    failing_query(catalog, monkeypatch, after=0, calls=(1,))   # the first run's candidates
+
+    async def main():
+        clock.advance(HOUR)
+        await sched.tick()
+        assert sched.runs["cold"] == 1 and sched.reports[-1].rules[0].error == str(LOST)
+        assert catalog.get_meta(META_LAST_RUN + "cold") is None and not catalog.jobs([JobState.PENDING])
+        clock.advance(RULE_RETRY_S - 1)
+        await sched.tick()
+        assert sched.runs["cold"] == 1                          # not yet
+        clock.advance(1)
+        await sched.tick()
+        assert sched.runs["cold"] == 2 and not sched.reports[-1].rules[0].error
+        assert float(catalog.get_meta(META_LAST_RUN + "cold")) == pytest.approx(clock.now(), abs=1)
+        clock.advance(DAY - 60)
+        await sched.tick()
+        assert sched.runs["cold"] == 2                          # then daily again
+    trio.run(main)
+    assert [j.ino for j in catalog.jobs([JobState.PENDING])] == [old.ino]

@@ -12,6 +12,7 @@ import pytest
 
 from tests.mongod import MongoServer
 from tierfs import client, mounts
+from tierfs.catalog.base import now_ns
 
 from tests.conftest import ROOT, wait_for
 
@@ -86,3 +87,91 @@ def test_catalog_outage_gives_eio_and_the_mount_recovers(make_mount, server, tmp
         cat.close()
     assert "reaped dead session" not in m.log()
     assert open(other.path("d", "new2")).read() == "after"
+
+
+def test_mongod_stopping_during_a_policy_run_stops_its_rules_and_the_next_run_completes(server, tmp_path):
+    """The policy engine (no FUSE) on its own mongod, stopped while the first rule considers its
+    candidates: each rule stops naming the catalog, within the deadlines (no hang, no exception out
+    of the run); once mongod is back, the next run takes every candidate."""
+    import functools
+    import trio
+    from tests.engine.test_policy_engine import Tree, make_cfg
+    from tierfs.catalog import open_catalog
+    from tierfs.policy.clock import FakeClock
+    from tierfs.policy.engine import Engine
+    from tierfs.policy.rules import parse_rules
+    url = server.url("policyrun")
+    cat = open_catalog(url)
+    try:
+        cat.init()
+        t = Tree(cat)
+        for i in range(600):
+            t.file(f"d{i % 6}/f{i}", idle=100)
+        cfg = make_cfg(tmp_path, dict(name="a", action="archive"), dict(name="b", action="migrate", to="ssd"))
+        calls = [0]
+
+        async def through(fn, *args):   # the engine's catalog calls; mongod stops after the tenth
+            calls[0] += 1
+            if calls[0] == 11:
+                server.stop()
+            return await trio.to_thread.run_sync(functools.partial(fn, *args))
+        engine = Engine(cat, parse_rules(cfg), cat=through, clock=FakeClock())
+        t0 = time.monotonic()
+        report = trio.run(functools.partial(engine.run, None, dry_run=True))
+        took = time.monotonic() - t0
+        a, b = report.rules
+        where = f"catalog mongodb://127.0.0.1:{server.port}/policyrun"
+        assert a.error.startswith(where) and b.error.startswith(where), (a, b)
+        assert 0 < a.actions < 600 and b.actions == 0
+        assert took < 2 * BOUND_S, took
+        print(f"both rules stopped {took:.1f}s after the run began; a acted on {a.actions}")
+
+        restarted = MongoServer(server.workdir, port=server.port)
+        restarted.start()
+        server.pid = restarted.pid   # the fixture stops it
+        engine = Engine(cat, parse_rules(cfg), clock=FakeClock())
+        report = trio.run(functools.partial(engine.run, None, dry_run=True))
+        assert [(r.actions, r.error) for r in report.rules] == [(600, ""), (600, "")]
+    finally:
+        cat.close()
+
+
+def test_policy_run_command_during_an_outage_exits_unavailable_naming_the_rule(server, tmp_path):
+    """`tierfs policy run` (no mount) while mongod stops mid-run: the lines printed so far stand, the
+    rule's line says it stopped and why, and the command ends with a line naming the catalog and exit 7."""
+    from tests.conftest import Mount
+    from tierfs.catalog import open_catalog
+    from tierfs.catalog.base import Inode
+    url = server.url("policycli")
+    m = Mount(str(tmp_path), url, config='[[policy]]\nname = "cold"\naction = "archive"\nto = "vault"\n'
+                                          'inactive_for = "30d"\n')
+    m.write_config()
+    cat = open_catalog(url)
+    try:
+        cat.init()
+        old = now_ns() - 100 * 86400 * 10**9
+        for k in range(0, 20_000, 2000):
+            cat.create_many([(1, b"f%05d" % i, Inode(ino=0, mode=0o100644, uid=0, gid=0, nlink=1, size=10, atime_ns=old,
+                                                    mtime_ns=old, ctime_ns=old, crtime_ns=old, state_ns=old,
+                                                    tier="disk", location=f"k{i}")) for i in range(k, k + 2000)], old)
+    finally:
+        cat.close()
+    p = subprocess.Popen([sys.executable, "-m", "tierfs.cli", "policy", "run", "--dry-run", "--config",
+                          m.config_path], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=m.env,
+                         cwd=ROOT)
+    try:
+        printed = [p.stdout.readline() for _ in range(100)]
+        assert all(line.startswith("archive -> vault /f") for line in printed), printed
+        server.stop()
+        out, err = p.communicate(timeout=2 * BOUND_S)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    where = f"catalog mongodb://127.0.0.1:{server.port}/policycli"
+    rule = [line for line in out.splitlines() if line.startswith("rule 'cold'")]
+    assert len(rule) == 1 and f"; stopped: {where}" in rule[0] and "6000 candidate" not in rule[0], (out[-300:], err)
+    assert p.returncode == client.EXIT_UNAVAILABLE, (p.returncode, err)
+    last = err.splitlines()[-1]   # (before it, the run's log line: the rule stopped, naming the catalog)
+    assert last.startswith(f"tierfs: rule 'cold' stopped: {where}"), err
+    assert last.endswith("run the policy again when the catalog answers"), err

@@ -21,14 +21,14 @@ import sys
 import click
 import trio
 
-from .. import client
+from .. import client, errors
 from ..client import CliError
 from ..display import echo, name_fields
 from ..policy.conditions import size_text
 from ..policy.engine import Action, Engine, JobExecutor
 from ..policy.rules import parse_rules, parse_watermarks
 from ..tiers import tier_class
-from .common import CONTEXT, config_option
+from .common import CONTEXT, config_option, fail
 from .target import config_here
 
 _config_opt = config_option("TOML config (default: MOUNT's, else the mount the working directory is in, else "
@@ -126,7 +126,10 @@ def run(mount_path, config_path, dry_run, names, as_json):
             echo(prefix + a.line())
         report = trio.run(functools.partial(engine.run, list(names) or None, dry_run=dry_run, collect=as_json,
                                             on_action=None if as_json else show))
-        live = any(not s.clean for s in cat.sessions())
+        try:
+            live = any(not s.clean for s in cat.sessions())
+        except errors.CatalogUnavailable:
+            live = True   # unknown: the catalog went away during the run (said below), no advice on mounts
     finally:
         cat.close()
     if as_json:
@@ -145,6 +148,10 @@ def run(mount_path, config_path, dry_run, names, as_json):
         queued = sum(st.applied.get("queued", 0) for st in report.rules)
         if queued and not live:
             click.echo(f"{queued} job(s) queued; no mount of this catalog is running: they run when one mounts it")
+    unreachable = [st for st in report.rules if st.error]
+    if unreachable:   # the run stopped these rules: the catalog went away meanwhile
+        fail(f"rule {', '.join(repr(st.rule) for st in unreachable)} stopped: {unreachable[0].error}; "
+             "run the policy again when the catalog answers", client.EXIT_UNAVAILABLE)
     errors_seen = sum(st.applied.get("error", 0) for st in report.rules)
     if errors_seen:
         click.echo(f"tierfs: {errors_seen} action(s) failed (see above)", err=True)

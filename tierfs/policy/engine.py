@@ -5,8 +5,10 @@ A run reads each rule's indexed catalog query PAGE candidates at a time
 runs walk pages ordered by last access or modification), so memory holds
 a page (and, on SQLite, the candidates' inode numbers), and the catalog
 reads grow with the number of candidates, not with the number of files.
-A catalog error while reading them ends the rule's run early: the next
-run starts over. Each candidate goes
+The catalog becoming unreachable during a rule (reading its candidates,
+a candidate's names and attributes, queueing its job) stops that rule
+with the error as its reason (RuleStats.error) and the run goes on with
+the next rule; the next run starts the rule over. Each candidate goes
 through the rule's per-candidate checks (conditions.py); accepted ones
 become Actions until the rule's max_files / max_bytes are reached.
 
@@ -97,6 +99,7 @@ class RuleStats:
     freed: int = 0
     skipped: Counter = field(default_factory=Counter)   # reason -> files (pinned, excluded, queued, ...)
     stopped: str = ""                   # why the rule stopped early ("max_files 100 reached")
+    error: str = ""                     # the catalog error that stopped it (the run is to be repeated)
     applied: Counter = field(default_factory=Counter)   # real runs: outcome -> files
 
 
@@ -126,7 +129,7 @@ class Report:
         return dict(dry_run=self.dry_run, trigger=self.trigger, now_ns=self.now_ns, totals=self.totals(),
                     rules=[dict(rule=r.rule, candidates=r.candidates, actions=r.actions, bytes=r.bytes,
                                 freed=r.freed, already_queued=r.already_queued, skipped=dict(r.skipped),
-                                stopped=r.stopped,
+                                stopped=r.stopped, error=r.error,
                                 applied=dict(r.applied)) for r in self.rules],
                     actions=[a.to_dict() for a in self.actions])
 
@@ -247,28 +250,38 @@ class Engine:
         for rule in rules:
             st = RuleStats(rule.name)
             report.rules.append(st)
-            m = Matcher(rule, report.now_ns)
-            # One query for the whole rule, read `page` candidates at a time as they are considered (on
-            # SQLite: the candidates' numbers from one index, then their rows, read ahead: see
-            # catalog.base.read_ahead). Pages re-queried by inode number walked (state, ino) instead and
-            # read every row in the state: 10M entries, 100,000 candidates, 5.8 s warm, 10.7 s cold.
-            candidates = self.catalog.query(m.query())
             try:
-                while not st.stopped:
-                    batch = await self.cat(lambda: list(itertools.islice(candidates, self.page)))
-                    for inode in batch:
-                        st.candidates += 1
-                        if await self._consider(rule, m, inode, lk, st, report, dry_run, collect, on_action):
-                            break
-                    if len(batch) < self.page:
-                        break
-                    if keep_going is not None and not await keep_going():
-                        st.stopped = "lost the policy lease"
-            finally:
-                with trio.CancelScope(shield=True):
-                    await self.cat(candidates.close)   # the readers and their connections end
+                await self._run_rule(rule, st, report, lk, dry_run, collect, on_action, keep_going)
+            except errors.CatalogUnavailable as e:
+                _catalog_failed(st, e)
         self._log(report)
         return report
+
+    async def _run_rule(self, rule, st, report, lk, dry_run, collect, on_action, keep_going) -> None:
+        """One rule of run(): its candidates, page by page, until they end or the rule stops."""
+        m = Matcher(rule, report.now_ns)
+        # One query for the whole rule, read `page` candidates at a time as they are considered (on
+        # SQLite: the candidates' numbers from one index, then their rows, read ahead: see
+        # catalog.base.read_ahead). Pages re-queried by inode number walked (state, ino) instead and
+        # read every row in the state: 10M entries, 100,000 candidates, 5.8 s warm, 10.7 s cold.
+        candidates = self.catalog.query(m.query())
+        try:
+            while not st.stopped:
+                batch = await self.cat(lambda: list(itertools.islice(candidates, self.page)))
+                for inode in batch:
+                    st.candidates += 1
+                    if await self._consider(rule, m, inode, lk, st, report, dry_run, collect, on_action):
+                        break
+                if len(batch) < self.page:
+                    break
+                if keep_going is not None and not await keep_going():
+                    st.stopped = "lost the policy lease"
+        finally:
+            with trio.CancelScope(shield=True):
+                try:
+                    await self.cat(candidates.close)   # the readers and their connections end
+                except errors.CatalogUnavailable:
+                    pass   # (the error that stopped the rule, if any, is the one to report)
 
     async def _consider(self, rule, m, inode, lk, st, report, dry_run, collect, on_action) -> bool:
         """Check one candidate and act on it. True when the rule must stop."""
@@ -294,6 +307,12 @@ class Engine:
             await self.limiter.take(rule, a.target if rule.action in ("archive", "migrate") else a.tier)
             try:
                 a.done = await self.executor.apply(a)
+            except errors.CatalogUnavailable:
+                # not applied (or not known to be: a job queued after all is "already queued" next run)
+                st.actions -= 1
+                st.bytes -= a.size
+                st.freed -= a.freed
+                raise
             except errors.TierfsError as e:
                 a.done = f"error: {e}"
                 log.warning("policy rule '%s': %s %s: %s", rule.name, rule.action, path, e)
@@ -325,9 +344,20 @@ class Engine:
             streams += [_LastAccessStream(self, m, state) for state in m.states()]
         stats = {r.name: RuleStats(r.name) for r in rules}
         report.rules = list(stats.values())
+
+        async def pull(i: int) -> Inode | None:
+            """Stream i's next candidate; None when it ends or its rule stopped on a catalog error."""
+            st = stats[streams[i].m.rule.name]
+            if st.error:
+                return None
+            try:
+                return await streams[i].next()
+            except errors.CatalogUnavailable as e:
+                _catalog_failed(st, e)
+                return None
         heap = []
-        for i, s in enumerate(streams):
-            inode = await s.next()
+        for i in range(len(streams)):
+            inode = await pull(i)
             if inode is not None:
                 heapq.heappush(heap, (inode.last_access_ns, inode.ino, i, inode))
         done: set[int] = set()
@@ -338,7 +368,7 @@ class Engine:
             st = stats[s.m.rule.name]
             if st.stopped:
                 continue   # this rule's stream is dropped
-            nxt = await s.next()
+            nxt = await pull(i)
             if nxt is not None:
                 heapq.heappush(heap, (nxt.last_access_ns, nxt.ino, i, nxt))
             st.candidates += 1
@@ -346,7 +376,10 @@ class Engine:
                 st.skipped["another rule"] += 1
                 continue
             before = st.actions
-            await self._consider(s.m.rule, s.m, inode, lk, st, report, dry_run, collect, on_action)
+            try:
+                await self._consider(s.m.rule, s.m, inode, lk, st, report, dry_run, collect, on_action)
+            except errors.CatalogUnavailable as e:
+                _catalog_failed(st, e)
             if st.actions > before:
                 done.add(inode.ino)
                 freed += inode.size   # every watermark action moves the bytes off this tier
@@ -358,10 +391,16 @@ class Engine:
     def _log(self, report: Report) -> None:
         for st in report.rules:
             skipped = ", ".join(f"{n} {k}" for k, n in sorted(st.skipped.items()))
-            level = logging.INFO if st.actions or st.stopped else logging.DEBUG
+            level = logging.WARNING if st.error else logging.INFO if st.actions or st.stopped else logging.DEBUG
             log.log(level, "policy rule '%s' (%s%s): %d candidate(s), %d action(s), %s%s%s", st.rule, report.trigger,
                      ", dry run" if report.dry_run else "", st.candidates, st.actions, size_text(st.bytes),
                      f"; skipped: {skipped}" if skipped else "", f"; stopped: {st.stopped}" if st.stopped else "")
+
+
+def _catalog_failed(st: RuleStats, e: errors.CatalogUnavailable) -> None:
+    """A catalog error stops the rule (the run's log line names it)."""
+    st.error = str(e)
+    st.stopped = str(e)
 
 
 class _LastAccessStream:

@@ -43,6 +43,9 @@ MIN_TICK_S = 0.5            # wakes closer together than this are merged
 WATERMARK_CHECK_S = 5.0
 WATERMARK_SETTLE_S = 5.0    # after a watermark run's jobs finish, let garbage collection catch up
 META_LAST_RUN = "policy.last_run."
+#: A rule the catalog stopped (engine.RuleStats.error) runs again this soon (its interval if shorter),
+#: not a whole interval later: a daily rule cut short by a failover need not wait a day.
+RULE_RETRY_S = 60.0
 
 
 class DaemonExecutor(JobExecutor):
@@ -109,6 +112,7 @@ class PolicyScheduler:
         self.leader = False
         self.started = 0.0
         self.last_run: dict[str, float] = {}
+        self.retry_at: dict[str, float] = {}    # rule -> when it is due again after a catalog error
         self.next_watermark = 0.0
         self.inflight: dict[str, list[int]] = {}    # tier -> job ids of its last watermark run
         self.settle_until: dict[str, float] = {}
@@ -222,7 +226,8 @@ class PolicyScheduler:
         return ok
 
     def due(self, rule) -> float:
-        return max(self.started + rule.initial_delay, self.last_run.get(rule.name, 0.0) + rule.interval)
+        return max(self.started + rule.initial_delay, self.retry_at.get(rule.name, 0.0),
+                   self.last_run.get(rule.name, 0.0) + rule.interval)
 
     async def tick(self) -> float:
         """One round: lease, due interval rules, watermarks. Returns the
@@ -249,9 +254,13 @@ class PolicyScheduler:
 
     async def run_rule(self, rule, now: float) -> Report:
         report = await self.engine.run([rule.name], trigger="interval", collect=False, keep_going=self.renew)
-        self.last_run[rule.name] = now
-        await self.fs.cat(self.fs.catalog.set_meta, META_LAST_RUN + rule.name, repr(now))
         self._remember(rule.name, report)
+        if any(st.error for st in report.rules):
+            self.retry_at[rule.name] = now + min(rule.interval, RULE_RETRY_S)
+        else:
+            self.retry_at.pop(rule.name, None)
+            self.last_run[rule.name] = now
+            await self.fs.cat(self.fs.catalog.set_meta, META_LAST_RUN + rule.name, repr(now))
         return report
 
     def _remember(self, what: str, report: Report) -> None:
