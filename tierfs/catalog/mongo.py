@@ -360,6 +360,7 @@ class MongoCatalog(MongoJobs, MongoQueries, CatalogCore):
             raise errors.ConfigError(f"catalog: invalid MongoDB URL {redact_url(url)}: {e}") from None
         given = {k.lower() for k in parsed["options"]}
         opts = {k: v for k, v in DEFAULTS.items() if k.lower() not in given}
+        self._opts = opts   # (also _schema_db's)
         url_timeout = next((v for k, v in parsed["options"].items() if k.lower() == "timeoutms"), None)
         #: longest one call (a transaction with all its retries) may take, seconds
         #: (parse_uri already converts the URL's timeoutMS to seconds)
@@ -368,7 +369,6 @@ class MongoCatalog(MongoJobs, MongoQueries, CatalogCore):
         self.app_name = client_name(socket.gethostname(), os.getpid())
         try:
             self.client = pymongo.MongoClient(url, appname=self.app_name, **opts)
-            self._opts = opts
         except (ConfigurationError, ValueError) as e:
             raise errors.ConfigError(f"catalog: {redact_url(url)}: {e}") from None
         self.db = self.client[parsed["database"] or "tierfs"]
@@ -646,9 +646,9 @@ class MongoCatalog(MongoJobs, MongoQueries, CatalogCore):
 
     def _drop_indexes(self, d, dropped: dict[str, tuple[str, ...]]) -> None:
         """Drop the indexes an older tierfs created that this one no longer
-        wants (after init created their replacements). Indexes are reconciled
-        at every init, like their creation: no schema_version step, since they
-        change no stored data and an older tierfs works with the new ones."""
+        wants (after init created their replacements), at every init: a drop
+        needs no schema_version step (unlike a new index, see INDEXES), since
+        it is quick, changes no stored data and an older tierfs works without."""
         for coll, names in dropped.items():
             have = set(d[coll].index_information())
             for name in names:
