@@ -397,9 +397,12 @@ class MongoCatalog(MongoJobs, MongoQueries, CatalogCore):
         """The database through a client of its own for init's schema work
         (migrations, index builds): its round trips may take
         MIGRATION_DEADLINE_S; server selection and connecting keep their
-        deadlines (see MIGRATION_DEADLINE_S)."""
+        deadlines (see MIGRATION_DEADLINE_S). A timeoutMS in the URL (the
+        whole-operation deadline of every call) is cleared on it: it would cut
+        a migration's update of every inode as the socket timeout would."""
         client = pymongo.MongoClient(self.url, appname=self.app_name,
-                                     **{**self._opts, "socketTimeoutMS": MIGRATION_DEADLINE_S * 1000})
+                                     **{**self._opts, "socketTimeoutMS": MIGRATION_DEADLINE_S * 1000,
+                                        "timeoutMS": None})
         try:
             yield client[self.db.name]
         finally:
