@@ -302,12 +302,13 @@ class Fsck:
             if ino not in kinds:
                 where = self.path(parent) if parent in kinds else f"inode {parent}"
                 self.report("dentries", f"{where.rstrip('/')}/{shown}", f"names inode {ino}, which does not exist",
-                            fix=lambda pos=pos: (self.catalog.remove_dentry(pos), "name removed")[1])
+                            fix=lambda pos=pos, parent=parent: (self.catalog.remove_dentry(parent, pos),
+                                                                "name removed")[1])
             elif parent not in kinds or not kinds[parent]:
                 why = "does not exist" if parent not in kinds else "is not a directory"
                 self.report("dentries", f"inode {parent}/{shown}", f"its directory (inode {parent}) {why}",
-                            fix=lambda pos=pos: (self.catalog.remove_dentry(pos),
-                                                 "name removed (the inode goes to /lost+found)")[1])
+                            fix=lambda pos=pos, parent=parent: (self.catalog.remove_dentry(parent, pos),
+                                                                "name removed (the inode goes to /lost+found)")[1])
 
     def _names(self) -> tuple[dict[int, int], dict[int, int]]:
         """(names per inode, subdirectories per directory) from a fresh scan."""

@@ -75,8 +75,8 @@ def test_seeded_corruption_found_and_repaired(populated, catalog_url, mk):
     # 3. a name pointing at an inode that does not exist
     cat.add_dentry(d_ino, b"ghost", 999_999)
     # 4. an inode with nlink 1 but no name
-    pos = next(p for p, parent, name, i in F.all_dentries(cat) if name == b"nameless")
-    cat.remove_dentry(pos)
+    pos, parent = next((p, parent) for p, parent, name, i in F.all_dentries(cat) if name == b"nameless")
+    cat.remove_dentry(parent, pos)
     # 5. an online object missing (no other copy): lost, reversibly
     os.rename(_obj(home, "disk", node["online1"].location), f"{home}/saved-online1")
     # 6. a dual file's online object missing: it becomes archived

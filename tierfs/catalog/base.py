@@ -1066,8 +1066,8 @@ class Catalog(abc.ABC):
         in pos order: every name, whatever it points at."""
 
     @abc.abstractmethod
-    def remove_dentry(self, pos: int) -> None:
-        """Delete the name at `pos` as is (a name whose inode or directory is gone)."""
+    def remove_dentry(self, parent: int, pos: int) -> None:
+        """Delete the name at `pos` in directory `parent` as is (a name whose inode or directory is gone)."""
 
     @abc.abstractmethod
     def add_dentry(self, parent: int, name: bytes, ino: int) -> None:

@@ -51,9 +51,12 @@ class Txn(Protocol):
         """Exists when the name is taken (a concurrent create)."""
     def add_dentries(self, rows: list[tuple[int, bytes, int]]) -> None:
         """add_dentry of each (parent, name, ino), in bulk; Exists when a name is taken."""
-    def move_dentry(self, pos: int, parent: int, name: bytes) -> None: ...
-    def point_dentry(self, pos: int, ino: int) -> None: ...
-    def del_dentry(self, pos: int) -> None: ...
+    # A name is changed by its directory and position (and a move by its old name too): every write of
+    # a name then names the directory, the dentries' shard key on a sharded catalog (docs/SHARDING.md),
+    # so it goes to one shard instead of every one.
+    def move_dentry(self, parent: int, name: bytes, pos: int, new_parent: int, new_name: bytes) -> None: ...
+    def point_dentry(self, parent: int, pos: int, ino: int) -> None: ...
+    def del_dentry(self, parent: int, pos: int) -> None: ...
     def cancel_pending_jobs(self, ino: int, now: int) -> None:
         """The file is deleted: its pending jobs are cancelled ("file deleted")."""
     def open_anywhere(self, ino: int) -> bool:
@@ -217,7 +220,7 @@ class CatalogCore(Catalog):
         inode = self._inode_in(t, ino)
         if inode.is_dir():
             raise errors.IsDir(f"{name!r} is a directory")
-        t.del_dentry(pos)
+        t.del_dentry(parent, pos)
         t.set_fields(ino, dict(nlink=inode.nlink - 1, ctime_ns=ctime_ns))
         self._touch_in(t, [parent], ctime_ns)
         return inode.copy(nlink=inode.nlink - 1, ctime_ns=ctime_ns)
@@ -232,7 +235,7 @@ class CatalogCore(Catalog):
                 raise errors.NotDir(f"{name!r} is not a directory")
             if t.has_children(ino):
                 raise errors.NotEmpty(f"{name!r} is not empty")
-            t.del_dentry(pos)
+            t.del_dentry(parent, pos)
             t.set_fields(ino, dict(nlink=0, ctime_ns=ctime_ns))
             self._subdirs_in(t, parent, -1)
             self._touch_in(t, [parent], ctime_ns)
@@ -257,8 +260,8 @@ class CatalogCore(Catalog):
                 other = self._inode_in(t, dst_ino)
                 if other.is_dir() and self._ancestor_in(t, dst_ino, old_parent):
                     raise errors.Invalid("cannot move a directory into itself")
-                t.point_dentry(src_pos, dst_ino)
-                t.point_dentry(dst_pos, src_ino)
+                t.point_dentry(old_parent, src_pos, dst_ino)
+                t.point_dentry(new_parent, dst_pos, src_ino)
                 if old_parent != new_parent and src.is_dir() != other.is_dir():
                     delta = 1 if src.is_dir() else -1
                     self._subdirs_in(t, old_parent, -delta)
@@ -287,8 +290,8 @@ class CatalogCore(Catalog):
                         raise errors.NotDir(f"{new_name!r} is not a directory")
                     replaced = victim.copy(nlink=victim.nlink - 1, ctime_ns=ctime_ns)
                 t.set_fields(dst_ino, dict(nlink=replaced.nlink, ctime_ns=ctime_ns))
-                t.del_dentry(dst_pos)
-            t.move_dentry(src_pos, new_parent, new_name)
+                t.del_dentry(new_parent, dst_pos)
+            t.move_dentry(old_parent, old_name, src_pos, new_parent, new_name)
             if src.is_dir() and old_parent != new_parent:
                 self._subdirs_in(t, old_parent, -1)
                 self._subdirs_in(t, new_parent, 1)
@@ -320,7 +323,7 @@ class CatalogCore(Catalog):
             path = self._path_in(t, ino)  # NotFound when it has no name any more
             now = now_ns()
             for pos, parent in t.names_of(ino):
-                t.del_dentry(pos)
+                t.del_dentry(parent, pos)
                 self._touch_in(t, [parent], now)
             t.set_fields(ino, dict(nlink=0, ctime_ns=now))
             t.cancel_pending_jobs(ino, now)

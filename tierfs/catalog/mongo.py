@@ -718,9 +718,9 @@ class MongoCatalog(MongoJobs, MongoQueries, CatalogCore):
             docs = list(self.dentries.find({"_id": {"$gt": after_pos}}).sort("_id", 1).limit(limit))
         return [(d["_id"], d["parent"], bytes(d["name"]), d["ino"]) for d in docs]
 
-    def remove_dentry(self, pos: int) -> None:
+    def remove_dentry(self, parent: int, pos: int) -> None:
         with self._errors():
-            self.dentries.delete_one({"_id": pos})
+            self.dentries.delete_one({"_id": pos, "parent": parent})
 
     def add_dentry(self, parent: int, name: bytes, ino: int) -> None:
         with self._errors():
@@ -987,14 +987,16 @@ class _MongoTxn:
                 raise errors.Exists("a name was created concurrently") from None
             raise
 
-    def move_dentry(self, pos: int, parent: int, name: bytes) -> None:
-        self.cat.dentries.update_one({"_id": pos}, {"$set": {"parent": parent, "name": name}}, session=self.s)
+    def move_dentry(self, parent: int, name: bytes, pos: int, new_parent: int, new_name: bytes) -> None:
+        # (the whole old shard key in the filter: mongos moves a document to another shard only so)
+        self.cat.dentries.update_one({"_id": pos, "parent": parent, "name": name},
+                                     {"$set": {"parent": new_parent, "name": new_name}}, session=self.s)
 
-    def point_dentry(self, pos: int, ino: int) -> None:
-        self.cat.dentries.update_one({"_id": pos}, {"$set": {"ino": ino}}, session=self.s)
+    def point_dentry(self, parent: int, pos: int, ino: int) -> None:
+        self.cat.dentries.update_one({"_id": pos, "parent": parent}, {"$set": {"ino": ino}}, session=self.s)
 
-    def del_dentry(self, pos: int) -> None:
-        self.cat.dentries.delete_one({"_id": pos}, session=self.s)
+    def del_dentry(self, parent: int, pos: int) -> None:
+        self.cat.dentries.delete_one({"_id": pos, "parent": parent}, session=self.s)
 
     def cancel_pending_jobs(self, ino: int, now: int) -> None:
         self.cat.jobs_c.update_many({"ino": ino, "state": JobState.PENDING.value},

@@ -254,14 +254,15 @@ class _SqliteTxn:
         except sqlite3.IntegrityError:
             raise errors.Exists("a name in the batch exists (created meanwhile)") from None
 
-    def move_dentry(self, pos: int, parent: int, name: bytes) -> None:
-        self.c.execute("UPDATE dentries SET parent = ?, name = ? WHERE pos = ?", (parent, name, pos))
+    def move_dentry(self, parent: int, name: bytes, pos: int, new_parent: int, new_name: bytes) -> None:
+        self.c.execute("UPDATE dentries SET parent = ?, name = ? WHERE pos = ? AND parent = ?",
+                       (new_parent, new_name, pos, parent))
 
-    def point_dentry(self, pos: int, ino: int) -> None:
-        self.c.execute("UPDATE dentries SET ino = ? WHERE pos = ?", (ino, pos))
+    def point_dentry(self, parent: int, pos: int, ino: int) -> None:
+        self.c.execute("UPDATE dentries SET ino = ? WHERE pos = ? AND parent = ?", (ino, pos, parent))
 
-    def del_dentry(self, pos: int) -> None:
-        self.c.execute("DELETE FROM dentries WHERE pos = ?", (pos,))
+    def del_dentry(self, parent: int, pos: int) -> None:
+        self.c.execute("DELETE FROM dentries WHERE pos = ? AND parent = ?", (pos, parent))
 
     def cancel_pending_jobs(self, ino: int, now: int) -> None:
         self.c.execute("UPDATE jobs SET state = ?, last_error = ?, updated_ns = ? WHERE ino = ? AND state = ?",
@@ -657,9 +658,9 @@ class SqlCatalog(CatalogCore):
                              (after_pos, limit)).fetchall()
         return [(pos, parent, bytes(name), ino) for pos, parent, name, ino in rows]
 
-    def remove_dentry(self, pos: int) -> None:
+    def remove_dentry(self, parent: int, pos: int) -> None:
         with self._tx() as c:
-            c.execute("DELETE FROM dentries WHERE pos = ?", (pos,))
+            c.execute("DELETE FROM dentries WHERE pos = ? AND parent = ?", (pos, parent))
 
     def add_dentry(self, parent: int, name: bytes, ino: int) -> None:
         with self._tx() as c:
