@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import socket
 import sys
@@ -124,8 +125,16 @@ def run(mount_path, config_path, dry_run, names, as_json):
         def show(a: Action) -> None:
             prefix = f"{a.done}: " if a.done else ""
             echo(prefix + a.line())
-        report = trio.run(functools.partial(engine.run, list(names) or None, dry_run=dry_run, collect=as_json,
-                                            on_action=None if as_json else show))
+        # The engine's warnings (a rule stopped, an action failed) are the daemon's log lines; here the lines
+        # below say the same once each (the action's "error: ..." line, the rule's line, the last line).
+        engine_log = logging.getLogger(Engine.__module__)
+        level = engine_log.level
+        engine_log.setLevel(logging.ERROR)
+        try:
+            report = trio.run(functools.partial(engine.run, list(names) or None, dry_run=dry_run, collect=as_json,
+                                                on_action=None if as_json else show))
+        finally:
+            engine_log.setLevel(level)
         try:
             live = any(not s.clean for s in cat.sessions())
         except errors.CatalogUnavailable:
