@@ -442,9 +442,9 @@ def _find_batches(cat, q, mp, absolute, only) -> Iterator[tuple[list[bytes], lis
     """(paths, inode numbers) of every match, in batches as the catalog streams the rows: the first
     1000 at once (the first path within a round trip or two), then batches growing to 50,000 rows,
     each with one bulk paths_of of its parents. Memory holds one batch, whatever the number of
-    matches. One concatenation per path (its directory's head, then the name): at 10M entries `find`
-    makes 2.5M paths, and the three passes per row before (path, prefix, the list printed) took about
-    60% of the client's CPU (py-spy, 1M entries)."""
+    matches. One concatenation per path (its directory's head, then the name): three passes per row
+    before (path, prefix, the list printed) took 0.33 us a path, now 0.09 us (of the client's ~2.2 us
+    a path in all; at 10M entries `find --state archived` makes 2.5M paths: 0.6 s of CPU less)."""
     prefix = os.fsencode(mp.rstrip("/")) + b"/" if absolute else b"/"
     cache: dict[int, bytes] = {}
     found = cat.query_names(q)
