@@ -102,6 +102,12 @@ class RuleStats:
     error: str = ""                     # the catalog error that stopped it (the run is to be repeated)
     applied: Counter = field(default_factory=Counter)   # real runs: outcome -> files
 
+    def count(self, a: "Action", n: int = 1) -> None:
+        """Count action `a` as the rule's (n=-1: take it back, it was not the rule's to count)."""
+        self.actions += n
+        self.bytes += n * a.size
+        self.freed += n * a.freed
+
 
 @dataclass
 class Report:
@@ -300,27 +306,21 @@ class Engine:
                    keep_online=rule.keep_online, reasons=reasons, data_version=inode.data_version,
                    last_access_ns=inode.last_access_ns, freed=freed_bytes(rule, inode), parent=parent,
                    more_targets=rule.more_to)
-        st.actions += 1
-        st.bytes += a.size
-        st.freed += a.freed
+        st.count(a)
         if not dry_run:
             await self.limiter.take(rule, a.target if rule.action in ("archive", "migrate") else a.tier)
             try:
                 a.done = await self.executor.apply(a)
             except errors.CatalogUnavailable:
                 # not applied (or not known to be: a job queued after all is "already queued" next run)
-                st.actions -= 1
-                st.bytes -= a.size
-                st.freed -= a.freed
+                st.count(a, -1)
                 raise
             except errors.TierfsError as e:
                 a.done = f"error: {e}"
                 log.warning("policy rule '%s': %s %s: %s", rule.name, rule.action, path, e)
             st.applied[a.done.split(":")[0]] += 1
             if a.done == "already queued":   # a request (a user, another mount's run) got there first: not ours
-                st.actions -= 1
-                st.bytes -= a.size
-                st.freed -= a.freed
+                st.count(a, -1)
                 st.already_queued += 1
         if collect:
             report.actions.append(a)
