@@ -3,8 +3,8 @@
 A synthetic catalog of N files (in N/1000 directories of 1000) is bulk
 loaded straight into the schema (SQL tables / Mongo collections, with the
 catalog modules' own row builders), then we time:
-- policy candidate selection: catalog.query(FileQuery(states=(ONLINE,),
-  min_size=S, last_access_before_ns=T)), the query the policy engine sends
+- policy candidate selection: catalog.candidates(FileQuery(states=(ONLINE,),
+  min_size=S, last_access_before_ns=T)), what the policy engine reads
   for RULE (built by its Matcher), where exactly 1% of entries match, warm
   and after dropping the page cache; with catalog.rows_read (rows returned),
   the rows/documents the database fetched (`examined`) and the index entries
@@ -30,10 +30,9 @@ from __future__ import annotations
 
 import os
 import random
-import re
 import time
 
-from tierfs.catalog.base import ROOT_INO, FileQuery, Inode, State, by_range_index, size_classes
+from tierfs.catalog.base import ROOT_INO, FileQuery, Inode, State, by_range_index, candidate_classes
 
 from .util import MiB, Timer, drop_caches, percentile
 
@@ -184,7 +183,7 @@ def sqlite_rows_fetched(conn, stmt: str, params) -> int:
     head, sep, tail = stmt.partition("WHERE ")
     if not sep:
         raise ValueError(f"no WHERE clause in {stmt!r}")
-    probed = f"{head}WHERE tierfs_fetch_probe(inodes.mode) AND {tail}"
+    probed = f"{head}WHERE tierfs_fetch_probe(inodes.state_cause) AND {tail}"   # (in no index)
 
     def plan(sql):
         return [str(r[-1]) for r in conn.execute("EXPLAIN QUERY PLAN " + sql, params).fetchall()]
@@ -194,13 +193,25 @@ def sqlite_rows_fetched(conn, stmt: str, params) -> int:
     return calls[0]
 
 
+def sqlite_reads_rows(conn, stmt: str, params) -> bool:
+    """Whether `stmt` reads any column of an inodes row (its bytecode: a
+    Column of a cursor opened on the table). EXPLAIN QUERY PLAN says USING
+    INDEX rather than COVERING INDEX for an index holding a virtual column
+    (last_access_ns, size_class), though the table cursor is only seeked
+    lazily (DeferredSeek) and never read when the index answers everything."""
+    root = conn.execute("SELECT rootpage FROM sqlite_master WHERE type = 'table' AND name = 'inodes'").fetchone()[0]
+    ops = conn.execute("EXPLAIN " + stmt, params).fetchall()
+    table = {r[2] for r in ops if r[1] == "OpenRead" and r[3] == root}
+    return any(r[1] == "Column" and r[2] in table for r in ops)
+
+
 def examined_sql(cat, q: FileQuery) -> dict:
     """The plan SQLite picks for the candidate query (the statement the
-    catalog really selects with), the index entries its range holds (what
-    the search walks: keys_examined) and the table rows it fetches
-    (examined: those whose index entry passes the index's terms; for a
-    two-step query (catalog.base.by_range_index), the rows its first step
-    reads, none on a covering index, plus one per number it found)."""
+    catalog really selects with: Catalog.candidates' for a rule's query),
+    the index entries its range holds (what the search walks:
+    keys_examined) and the table rows it fetches (examined: none when the
+    index answers the statement, else those whose index entry passes the
+    index's terms)."""
     stmt, params = cat.query_statement(q)
     states = [s.value for s in q.states]
     marks = ",".join("?" * len(states))
@@ -208,11 +219,12 @@ def examined_sql(cat, q: FileQuery) -> dict:
     try:
         detail = " | ".join(str(r[-1]) for r in c.execute("EXPLAIN QUERY PLAN " + stmt, params).fetchall())
         keys = None
-        classes = size_classes(q)
-        if "ix_inodes_state_size_class" in detail:  # (state, size_class, last_access_ns, size)
+        if "ix_inodes_candidates" in detail:  # (state, size_class, last_access_ns, size, ...)
+            classes = candidate_classes(q)
+            bound = "" if q.last_access_before_ns is None else " AND last_access_ns < ?"
             keys = c.execute(f"SELECT count(*) FROM inodes WHERE state IN ({marks}) AND size_class IN "
-                             f"({','.join('?' * len(classes))}) AND last_access_ns < ?",
-                             (*states, *classes, q.last_access_before_ns)).fetchone()[0]
+                             f"({','.join('?' * len(classes))}){bound}",
+                             (*states, *classes, *([q.last_access_before_ns] if bound else []))).fetchone()[0]
         elif "ix_inodes_state_last_access" in detail:  # (state, last_access_ns, size)
             keys = c.execute(f"SELECT count(*) FROM inodes WHERE state IN ({marks}) AND last_access_ns < ?",
                              (*states, q.last_access_before_ns)).fetchone()[0]
@@ -221,19 +233,7 @@ def examined_sql(cat, q: FileQuery) -> dict:
                              (*states, q.min_size)).fetchone()[0]
         elif "SCAN" in detail or "PRIMARY KEY" in detail:
             keys = c.execute("SELECT count(*) FROM inodes").fetchone()[0]
-        if by_range_index(q):
-            # The numbers' step reads no row when its index holds every column it tests (EXPLAIN says
-            # USING INDEX, not COVERING INDEX, because last_access_ns is a virtual column; the fetch
-            # probe would itself read the rows); then one rowid read per number found.
-            ix = re.search(r"USING (?:COVERING )?INDEX (\w+)", detail)
-            held = {r[2] for r in c.execute(f"PRAGMA index_info({ix[1]})")} if ix else set()
-            tested = {"state"} | ({"last_access_ns"} if q.last_access_before_ns is not None else set()) | \
-                ({"size"} if q.min_size is not None or q.max_size is not None else set()) | \
-                ({"size_class"} if classes is not None else set())
-            fetched = 0 if tested <= held else sqlite_rows_fetched(c, stmt, params)
-            fetched += c.execute(f"SELECT count(*) FROM ({stmt})", params).fetchone()[0]
-        else:
-            fetched = sqlite_rows_fetched(c, stmt, params)
+        fetched = sqlite_rows_fetched(c, stmt, params) if sqlite_reads_rows(c, stmt, params) else 0
     finally:
         c.close()
     return {"plan": detail, "examined": fetched, "keys_examined": keys}
@@ -263,12 +263,13 @@ _capture = None
 
 
 def examined_mongo(cat, q: FileQuery) -> dict:
-    """The plan of the first find on `inodes` that cat.query(q) sends (a
-    two-step query's first step: catalog.base.by_range_index), and the
+    """The plan of the first find on `inodes` that the query sends
+    (cat.candidates for a rule's query: catalog.base.by_range_index), and the
     documents and index keys the server examined for the whole query
-    (serverStatus: every find of both steps)."""
+    (serverStatus: every find it sent)."""
     _capture.finds = []
-    reads = _with_server_reads(cat, lambda: {"returned": sum(1 for _ in cat.query(q))})
+    read = cat.candidates if by_range_index(q) else cat.query
+    reads = _with_server_reads(cat, lambda: {"returned": sum(1 for _ in read(q))})
     if not _capture.finds:
         return {"plan": "no find on inodes captured", "examined": None}
     cmd = _capture.finds[0]
@@ -389,13 +390,13 @@ def measure(cat, n: int, runs: int, lookups: int, examined, drop_cold=True) -> d
             drop_caches()
         before = cat.rows_read
         with Timer() as t:
-            got = sum(1 for _ in cat.query(q))
+            got = sum(1 for _ in cat.candidates(q))   # what the policy engine reads for RULE
         cold.append(t.s)
         rows.append(cat.rows_read - before)
         out["candidates"] = got
     for r in range(runs):
         with Timer() as t:
-            sum(1 for _ in cat.query(q))
+            sum(1 for _ in cat.candidates(q))
         warm.append(t.s)
     out.update(select_cold=cold, select_warm=warm, rows_read=rows)
     out.update(examined(cat, q))

@@ -361,6 +361,10 @@ def test_query_and_stats(catalog):
     got = list(catalog.query(FileQuery(states=(State.ONLINE,), min_size=5000, last_access_before_ns=now_ns())))
     assert sorted(i.size for i in got) == [5000, 6000, 7000, 8000, 9000]
     assert catalog.rows_read == 5
+    # a policy rule's candidates: the same files, as Candidates (the candidates index alone)
+    cands = list(catalog.candidates(FileQuery(states=(State.ONLINE,), min_size=5000, last_access_before_ns=now_ns())))
+    assert sorted((c.ino, c.size, c.tier, c.last_access_ns) for c in cands) == \
+        sorted((i.ino, i.size, i.tier, i.last_access_ns) for i in got) and catalog.rows_read == 10
     ordered = list(catalog.query(FileQuery(order_by_last_access=True, limit=3)))
     assert [i.size for i in ordered] == [0, 1000, 2000]
     page = list(catalog.query(FileQuery(limit=4)))

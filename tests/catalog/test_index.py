@@ -24,7 +24,7 @@ import time
 import pytest
 from bson import json_util
 
-from bench.catalog_scale import examined_sql
+from bench.catalog_scale import examined_sql, sqlite_reads_rows, sqlite_rows_fetched
 from tierfs import errors
 from tierfs.catalog import open_catalog
 from tierfs.catalog import base
@@ -33,9 +33,12 @@ from tierfs.catalog.base import ROOT_INO, SCHEMA_VERSION, FileQuery, Inode, Sess
 NEW_SQL, V1_SQL = "ix_inodes_state_last_access_size", "ix_inodes_state_atime_size"
 NEW_MONGO, V1_MONGO = "state_last_access_size_id", "state_atime_size"
 NEW_FIELDS = ["state", "last_access_ns", "size"]
-#: (state, size_class, last_access_ns, size): policy rules with both an inactivity and a size bound (version 5)
-CLASS_SQL, CLASS_MONGO = "ix_inodes_state_size_class", "state_size_class_last_access_id"
+#: A policy rule's candidates (version 6): one last-access range per size class, then every field a policy
+#: decision reads (base.Candidate); MongoDB's with the inode number after the size, SQLite's rowid ends it
+CLASS_SQL, CLASS_MONGO = "ix_inodes_candidates", "candidates"
 CLASS_FIELDS = ["state", "size_class", "last_access_ns", "size"]
+CANDIDATE_REST = ["mode", "nlink", "uid", "gid", "mtime_ns", "crtime_ns", "tier", "archive_tier", "archive_location",
+                  "archive_copies", "data_version"]
 DAY_NS = 86400 * 10**9
 BIG = 256 << 20
 N, CANDIDATES = 4000, 40
@@ -70,7 +73,8 @@ def test_a_fresh_catalog_has_the_index_and_not_the_previous_ones(catalog):
     # query_names by state alone walks (state, ino, nlink, mode) (issue 20)
     by_state = [["state", "_id" if backend(catalog) == "mongo" else "ino", "nlink", "mode"]]
     assert sorted(f for f in ix.values() if f[0] == "state") == sorted([with_number(catalog, NEW_FIELDS),
-                                                                        with_number(catalog, CLASS_FIELDS),
+                                                                        with_number(catalog, CLASS_FIELDS)
+                                                                        + CANDIDATE_REST,
                                                                         with_number(catalog, ["state", "size"]), backlog,
                                                                         *by_state]), ix
 
@@ -124,7 +128,7 @@ def test_a_catalog_of_schema_version_1_is_migrated_when_opened(catalog_url):
         new, v1 = (NEW_MONGO, V1_MONGO) if backend(cat) == "mongo" else (NEW_SQL, V1_SQL)
         assert ix.get(v1) == ["state", "atime_ns", "size"] and new not in ix, ix
         cat.init()  # what a mount, fsck, a policy run or a catalog-reading command does
-        assert cat.schema_version() == SCHEMA_VERSION == 5
+        assert cat.schema_version() == SCHEMA_VERSION == 6
         # version 4: the running totals, filled from the files the old catalog has
         assert cat.totals() == cat.scan_totals() and sum(n for n, _ in cat.totals().values()) >= 3
         ix = inode_indexes(cat)
@@ -143,14 +147,16 @@ def test_a_catalog_of_schema_version_1_is_migrated_when_opened(catalog_url):
         cat.update(app.ino, {"mtime_ns": T0 - 100 * DAY_NS})
         assert stored_last_access(cat)[b"app.log"] == T0 - 100 * DAY_NS
         assert {i.ino for i in cat.query(inactive)} == {app.ino, cat.lookup(logs.ino, b"old.log").ino}
-        # version 5: every inode's size class, kept with its size, and the index of both bounds
-        assert ix.get(CLASS_MONGO if backend(cat) == "mongo" else CLASS_SQL) == with_number(cat, CLASS_FIELDS), ix
+        # version 5: every inode's size class, kept with its size; version 6: the candidates index
+        assert ix.get(CLASS_MONGO if backend(cat) == "mongo" else CLASS_SQL) == \
+            with_number(cat, CLASS_FIELDS) + CANDIDATE_REST, ix
+        assert not {"ix_inodes_state_size_class", "state_size_class_last_access_id"} & set(ix), ix
         stored = stored_size_classes(cat)
         assert stored == {ino: (size, base.size_class(size)) for ino, (size, _) in stored.items()} and len(stored) >= 4
         cat.update(app.ino, {"size": 300 << 20})
         assert stored_size_classes(cat)[app.ino] == (300 << 20, 29)
         big_old = FileQuery(states=(State.ONLINE,), min_size=BIG, last_access_before_ns=T0 - 90 * DAY_NS)
-        assert [i.ino for i in cat.query(big_old)] == [app.ino]
+        assert [i.ino for i in cat.query(big_old)] == [app.ino] == [c.ino for c in cat.candidates(big_old)]
         cat.init()  # again: nothing left to do, nothing breaks
         assert inode_indexes(cat) == ix and cat.schema_version() == SCHEMA_VERSION
     finally:
@@ -221,8 +227,8 @@ def test_each_schema_version_has_its_own_set_of_indexes():
     mongo.INDEXES without a SCHEMA_VERSION step would be built over an existing catalog's documents
     under the 10 s socket timeout. Add the new version's names here when adding one."""
     from tierfs.catalog import mongo
-    by_version = {5: {"dentries": {"parent_name", "parent_pos", "ino"},
-                      "inodes": {"state_last_access_size_id", "state_size_id", "state_size_class_last_access_id",
+    by_version = {6: {"dentries": {"parent_name", "parent_pos", "ino"},
+                      "inodes": {"state_last_access_size_id", "state_size_id", "candidates",
                                  "tier_location", "archive_location", "archive_copies", "no_checksum", "state_id",
                                  "unlinked"},
                       "xattrs": {"ino_name"}, "jobs": {"runnable", "ino_kind_state", "one_active", "dst_key"},
@@ -276,16 +282,19 @@ class FindSpy:
 
 
 def examined(cat, q: FileQuery) -> dict:
-    """Plan, rows/documents fetched and index entries walked for cat.query(q)."""
+    """Plan, rows/documents fetched and index entries walked for what the
+    catalog reads for q: cat.candidates(q) for a rule's query
+    (base.by_range_index), else cat.query(q)."""
     if backend(cat) == "sqlite":
         return examined_sql(cat, q)
+    read = cat.candidates if base.by_range_index(q) else cat.query
     spy = cat.inodes = FindSpy(cat.inodes)
     try:
-        sum(1 for _ in cat.query(q))
+        sum(1 for _ in read(q))
     finally:
         cat.inodes = spy.coll
-    # Every find the query sent (a two-step query: the numbers', then one per page of documents),
-    # explained again: the same filter, sort, hint and limit. The plan is the first's.
+    # Every find the query sent, explained again: the same filter, projection, sort, hint and limit.
+    # The plan is the first's.
     exs = [c.clone().explain() for c in spy.cursors]
 
     def stages(p):
@@ -306,7 +315,7 @@ def make_newest(cat, name: str) -> None:
         c.execute(sql)
 
 
-def test_policy_query_fetches_only_the_candidates(catalog):
+def test_policy_query_reads_the_candidates_from_the_index_alone(catalog):
     cat = catalog
     q = fill(cat, time.time_ns())
     # SQLite: whichever of the state indexes was created last
@@ -314,16 +323,38 @@ def test_policy_query_fetches_only_the_candidates(catalog):
         if newest:
             make_newest(cat, newest)
         before = cat.rows_read
-        got = list(cat.query(q))
+        got = list(cat.candidates(q))
         assert len(got) == CANDIDATES and cat.rows_read - before == CANDIDATES
         assert all(i.state == State.ONLINE and i.size >= BIG and i.last_access_ns < q.last_access_before_ns
                    for i in got)
         e = examined(cat, q)
         assert (CLASS_MONGO if backend(cat) == "mongo" else CLASS_SQL) in e["plan"], (newest, e)
-        assert e["examined"] == CANDIDATES, e           # rows/documents fetched == candidates
+        if backend(cat) == "mongo":
+            assert e["plan"].startswith("PROJECTION_COVERED"), e
+        assert e["examined"] == 0, e           # no row / document read: the index holds every field
         # one last-access range per size class >= 256 MiB: the index entries walked are the candidates
         # (the whole last-access range holds ~10x; MongoDB counts a seek per class as a key too)
         assert CANDIDATES <= e["keys_examined"] <= CANDIDATES + 2 * 64, e
+
+
+def test_the_rows_measure_sees_a_statement_that_reads_rows(catalog):
+    """What the test above would catch: query(q), which returns whole
+    inodes, reads a row / document per match, and the measure counts them."""
+    cat = catalog
+    q = fill(cat, time.time_ns())
+    if backend(cat) == "sqlite":
+        stmt, params = cat._query_sql(cat.connect(), q)
+        with contextlib.closing(cat.connect()) as c:
+            assert sqlite_rows_fetched(c, stmt, params) == CANDIDATES
+            assert sqlite_reads_rows(c, stmt, params)
+            assert not sqlite_reads_rows(c, *cat.query_statement(q))
+    else:
+        spy = cat.inodes = FindSpy(cat.inodes)
+        try:
+            assert len(list(cat.query(q))) == CANDIDATES
+        finally:
+            cat.inodes = spy.coll
+        assert sum(c.clone().explain()["executionStats"]["totalDocsExamined"] for c in spy.cursors) == CANDIDATES
 
 
 def without_size_in_the_index(cat) -> None:
@@ -340,13 +371,13 @@ def without_size_in_the_index(cat) -> None:
 
 
 def test_the_measure_sees_fetches_without_the_size_in_the_index(catalog):
-    """The same measure with an index that lacks the size fetches every
-    entry of the index range it walks: what the test above would catch."""
+    """The same measure over whole inodes (query) with an index that lacks
+    the size fetches every entry of the index range it walks."""
     cat = catalog
     q = fill(cat, time.time_ns())
     without_size_in_the_index(cat)
     assert len(list(cat.query(q))) == CANDIDATES
-    e = examined(cat, q)
+    e = examined(cat, dataclasses.replace(q, limit=10 * CANDIDATES))   # (a limit: query's, not candidates')
     assert not {NEW_SQL, NEW_MONGO, CLASS_SQL, CLASS_MONGO} & set(re.findall(r"\w+", e["plan"])), e
     # the numbers' step reads the row or document of every entry in the last-access range to test its
     # size (5-10x the candidates), then the candidates' are read again
@@ -354,8 +385,9 @@ def test_the_measure_sees_fetches_without_the_size_in_the_index(catalog):
 
 
 def test_watermark_and_size_only_queries_still_use_an_index(catalog):
-    """Oldest-first (watermark runs) streams from the new index; a size-only
-    rule keeps (state, size)."""
+    """Oldest-first (watermark runs) streams from the last-access index; a
+    rule on size alone reads the candidates index alone (the size classes
+    of its bound), not (state, size) and a row per entry."""
     cat = catalog
     now = time.time_ns()
     q = fill(cat, now)
@@ -366,41 +398,55 @@ def test_watermark_and_size_only_queries_still_use_an_index(catalog):
     assert [i.ino for i in oldest] == [i.ino for i in everything[:10]]
     big = FileQuery(states=(State.ONLINE,), min_size=(1 << 30) - (1 << 20))
     n_big = len(list(cat.query(big)))
+    assert sorted(c.ino for c in cat.candidates(big)) == sorted(i.ino for i in cat.query(big)) and n_big > 0
     if backend(cat) == "sqlite":
-        for fq, index in ((lru, NEW_SQL),
-                          (big, "ix_inodes_state_size"), (q, CLASS_SQL)):
+        for fq, index in ((lru, NEW_SQL), (big, CLASS_SQL), (q, CLASS_SQL)):
             stmt, params = cat.query_statement(fq)
             with contextlib.closing(cat.connect()) as c:
                 plan = " | ".join(r[-1] for r in c.execute("EXPLAIN QUERY PLAN " + stmt, params))
             assert f"USING INDEX {index} " in plan or f"USING COVERING INDEX {index} " in plan, (fq, plan)
-    else:
-        e = examined(cat, big)
-        assert "IXSCAN(state_size_id)" in e["plan"] and e["examined"] == n_big, e
+    e = examined(cat, big)
+    assert (CLASS_MONGO if backend(cat) == "mongo" else CLASS_SQL) in e["plan"] and e["examined"] == 0, e
 
 
-def test_a_rule_query_reads_its_candidates_in_pages_and_checks_each_row_again(catalog, monkeypatch):
-    """A policy rule's query (base.by_range_index) takes two steps: the
-    candidates' numbers from the index, then their rows a page at a time.
-    With pages of 7 (40 candidates: 6 pages): the same inodes, in number
-    order, as the query with a limit (one statement, no two steps); a
-    candidate changed after the numbers were read (no longer matching) is
-    not returned, and one deleted meanwhile neither."""
+def test_candidates_are_the_queried_inodes_streamed_in_batches(catalog, monkeypatch):
+    """candidates(q) of a rule's query is query(q)'s inodes, each field of
+    a Candidate equal to the Inode's, read candidates_batch at a time as
+    the caller goes (rows_read grows with them), and may be closed early.
+    A rule with only an inactivity bound, or only a size bound, reads the
+    index alone too (every size class / the classes of its bound)."""
     cat = catalog
     q = fill(cat, time.time_ns())
-    monkeypatch.setattr(base, "READ_PAGE", 7)
-    assert base.by_range_index(q)
-    one_statement = [i.ino for i in cat.query(dataclasses.replace(q, limit=10 * CANDIDATES))]
-    assert len(one_statement) == CANDIDATES == len(set(one_statement))
-    got = [i.ino for i in cat.query(q)]
-    assert got == one_statement == sorted(got)
-    it = cat.query(q)
-    first = next(it)   # the numbers are read, and the first page's rows
-    late = one_statement[-5:]
-    cat.update(late[0], dict(size=1))
-    cat.update(late[1], dict(state=State.ARCHIVED))
-    cat.unlink(ROOT_INO, [n for n, ino in names(cat) if ino == late[2]][0], now_ns())
-    rest = [i.ino for i in it]
-    assert [first.ino] + rest == [i for i in one_statement if i not in late[:3]]
+    monkeypatch.setattr(type(cat), "candidates_batch", 7)
+    for rule_q in (q, dataclasses.replace(q, min_size=None),
+                   dataclasses.replace(q, last_access_before_ns=None, min_size=(1 << 30) - (1 << 24))):
+        assert base.by_range_index(rule_q)
+        whole = {i.ino: i for i in cat.query(rule_q)}
+        got = list(cat.candidates(rule_q))
+        assert sorted(c.ino for c in got) == sorted(whole) and len(got) == len(whole) > 0, rule_q
+        for c in got:
+            assert {f: getattr(c, f) for f in base.CANDIDATE_FIELDS} == \
+                {f: getattr(whole[c.ino], f) for f in base.CANDIDATE_FIELDS}
+        e = examined(cat, rule_q)
+        assert e["examined"] == 0 and (CLASS_MONGO if backend(cat) == "mongo" else CLASS_SQL) in e["plan"], e
+    it = cat.candidates(q)
+    before = cat.rows_read
+    next(it)
+    read = cat.rows_read - before
+    assert 1 <= read <= 7   # at most one batch read, not every candidate
+    it.close()
+    assert cat.rows_read - before == read
+
+
+def test_candidates_of_other_queries_come_from_whole_inodes(catalog):
+    """A rule without a last-access or size bound (here: a tier) has no
+    candidates index range: candidates(q) are query(q)'s inodes."""
+    cat = catalog
+    fill(cat, time.time_ns())
+    q = FileQuery(states=(State.ONLINE,), uid=0)
+    assert not base.by_range_index(q)
+    assert sorted(c.ino for c in cat.candidates(q)) == sorted(i.ino for i in cat.query(q))
+    assert all(isinstance(c, base.Candidate) for c in cat.candidates(q))
 
 
 def names(cat) -> list[tuple[bytes, int]]:

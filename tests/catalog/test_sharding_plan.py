@@ -27,7 +27,7 @@ import uuid
 import pymongo.monitoring
 import pytest
 
-from tierfs.catalog import base, mongo_query
+from tierfs.catalog import mongo_query
 
 from . import test_conformance
 
@@ -179,17 +179,11 @@ def _conformance_tests():
             if n.startswith("test_") and list(inspect.signature(f).parameters) == ["catalog"]]
 
 
-def _read_ahead_inline(inos, fetch, **_):
-    """base.read_ahead without its threads: the same reads, in order."""
-    for i in range(0, len(inos), base.READ_PAGE):
-        yield from fetch(list(inos[i:i + base.READ_PAGE]))
-
-
 @pytest.fixture(scope="module")
 def recorded(mongod):
     """Every catalog conformance test run once on MongoDB, recorded. The
-    helpers that read ahead in threads (base.read_ahead, base.fetch_ahead,
-    base.map_ahead) run inline here: a command is filed under the catalog method on its
+    helpers that read ahead in threads (base.fetch_ahead, base.map_ahead)
+    run inline here: a command is filed under the catalog method on its
     thread's stack, and the threads change when commands are sent, not which."""
     from tierfs.catalog.mongo import MongoCatalog
     keys, _ = load_plan()
@@ -199,7 +193,6 @@ def recorded(mongod):
     pymongo.monitoring.register(rec)   # global, for clients made from now on; inactive after this fixture
     ran = []
     inline = pytest.MonkeyPatch()
-    inline.setattr(mongo_query, "read_ahead", _read_ahead_inline)
     inline.setattr(mongo_query, "fetch_ahead", lambda batches, ahead=2: batches)
     inline.setattr(mongo_query, "map_ahead", lambda fn, items, workers=2: (fn(i) for i in items))
     try:

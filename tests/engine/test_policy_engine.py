@@ -452,11 +452,12 @@ def test_files_queued_meanwhile_are_counted_apart_from_those_acted_on(tree, cata
 LOST = errors.CatalogUnavailable("catalog mongodb://db1/lab: connection refused")
 
 
-def failing_query(catalog, monkeypatch, after: int, calls=(1,)):
-    """catalog.query whose candidates (for the calls numbered in `calls`) raise LOST after `after` rows."""
-    real, n = catalog.query, [0]
+def failing_query(catalog, monkeypatch, after: int, calls=(1,), method: str = "candidates"):
+    """catalog.candidates (a rule's candidates; `query` for a watermark run's) whose results, for the
+    calls numbered in `calls`, raise LOST after `after` rows."""
+    real, n = getattr(catalog, method), [0]
 
-    def query(q):
+    def candidates(q):
         n[0] += 1
         rows = real(q)
         if n[0] not in calls:
@@ -468,7 +469,7 @@ def failing_query(catalog, monkeypatch, after: int, calls=(1,)):
                     raise LOST
                 yield inode
         return cut()
-    monkeypatch.setattr(catalog, "query", query)
+    monkeypatch.setattr(catalog, method, candidates)
 
 
 def test_a_catalog_error_stops_that_rule_and_the_run_goes_on(catalog, tmp_path, monkeypatch, caplog):
@@ -514,7 +515,7 @@ def test_a_catalog_error_in_a_watermark_run_stops_only_that_rule(catalog, tmp_pa
     for i, idle in enumerate([5, 50, 1, 30]):
         t.file(f"f{i}", 10 * MB, idle=idle)
     cfg = make_cfg(tmp_path, dict(name="arch", action="archive"), dict(name="arch2", action="archive"))
-    failing_query(catalog, monkeypatch, after=0, calls=(1,))   # arch's first query
+    failing_query(catalog, monkeypatch, after=0, calls=(1,), method="query")   # arch's first query
     engine = Engine(catalog, parse_rules(cfg), clock=FakeClock(), page=2)
     report = trio.run(functools.partial(engine.run_watermark, "disk", 25 * MB, dry_run=True))
     arch, arch2 = report.rules

@@ -17,7 +17,6 @@ from __future__ import annotations
 import abc
 import collections
 import enum
-import itertools
 import json
 import time
 from dataclasses import dataclass, field, fields
@@ -30,8 +29,9 @@ ROOT_INO = 1
 #: 3: further archive copies, stubs, in-place origins (issue 18). 4: running totals of the live regular
 #: files per (state, tier, archive_tier) for `du` and `status` (Catalog.totals; issue 20), filled from a
 #: scan when a version 3 catalog is opened. 5: inodes carry size_class (see size_class), indexed with the
-#: state and last access for policy rules that bound both the last access and the size.
-SCHEMA_VERSION = 5
+#: state and last access for policy rules that bound both the last access and the size. 6: the candidates
+#: index (base.Candidate), which a rule's selection reads alone (MongoDB builds it in the upgrade step).
+SCHEMA_VERSION = 6
 
 
 def now_ns() -> int:
@@ -541,58 +541,65 @@ def size_classes(q: FileQuery) -> list[int] | None:
 
 
 def by_range_index(q: FileQuery) -> bool:
-    """True when query(q) takes two steps (read_ahead): the inode numbers
-    from a (state, last access, size) or (state, size) index alone, then
-    their rows. That is q of a policy rule: states and a last-access or size
-    bound, everything wanted (no limit), in inode order, with no name or
-    subtree condition."""
+    """True when q is a policy rule's (Catalog.candidates reads it from the
+    candidates index alone): states and a last-access or size bound,
+    everything wanted (no limit, no paging), with no name, subtree or
+    checksum condition."""
     return (q.states is not None and q.limit is None and not q.order_by_last_access and q.under is None
-            and q.name_glob is None and (q.last_access_before_ns is not None or q.min_size is not None
-                                         or q.max_size is not None))
+            and q.name_glob is None and not q.checksum_missing and not q.after_ino
+            and (q.last_access_before_ns is not None or q.min_size is not None or q.max_size is not None))
 
 
-#: read_ahead: numbers per read, reads in flight while reads are slow, and what is slow. The rows of a
-#: policy's candidates are random reads (100,000 candidates of 10,000,000 entries on SQLite: 94,000
-#: pages of a 3 GB table). From a cold cache one reader waits for each in turn (78 us on this machine's
-#: disk; 8.3 s), four overlap them (4.1 s). From the page cache a page of 500 takes 2-4 ms and extra
-#: readers only contend for the GIL (sqlite3 drops and takes it per row): 0.75 s with one, 1.7 s with four.
-READ_PAGE = 500
-READERS = 4
-SLOW_READ_S = 0.015
+def candidate_classes(q: FileQuery) -> list[int]:
+    """The size classes a candidates query walks: those q's size bounds
+    allow (all of them without one), so every rule's query bounds the
+    candidates index's second column, whichever of the last access and the
+    size it bounds."""
+    lo = size_class(q.min_size) if q.min_size is not None else 0
+    hi = size_class(q.max_size) if q.max_size is not None else MAX_SIZE_CLASS
+    return list(range(lo, min(hi, MAX_SIZE_CLASS) + 1))
 
 
-def read_ahead(inos: Sequence[int], fetch: Callable[[list[int]], list], *, page: int | None = None,
-               readers: int | None = None, slow_s: float | None = None) -> Iterator:
-    """What `fetch` returns for `inos`, `page` numbers at a time, in order.
-    One read runs in a thread ahead of the consumer; while reads are slow
-    (slow_s, default SLOW_READ_S: from the disk, not the page cache) up to
-    `readers` do, so a cold cache's random reads overlap (slow_s=0: always
-    `readers`, for a fetch whose work is another process's). The threads end
-    with the iterator (also when it is closed before the end: close() waits
-    for the reads in flight, one page each)."""
-    page, readers = page or READ_PAGE, readers or READERS
-    slow_s = SLOW_READ_S if slow_s is None else slow_s
-    if len(inos) <= page:
-        yield from fetch(list(inos))
-        return
-    from concurrent.futures import ThreadPoolExecutor
+@dataclass(slots=True)
+class Candidate:
+    """What a policy rule decides on for one file (policy.criteria's checks,
+    the engine's Action, missing_targets): every field here is a column of
+    the candidates index (schema.py ix_inodes_candidates, mongo.py
+    CANDIDATES_INDEX), so selecting a rule's candidates reads index entries
+    only, no row. 10M entries, 100,000 candidates with the page cache
+    dropped: the rows alone were 100,000 random reads, 2.4-3.0 s on this
+    machine's disk (bench/RESULTS.md). The attribute names are Inode's: what
+    reads one reads the other."""
 
-    def timed(part: list[int]) -> tuple[float, list]:
-        t0 = time.monotonic()
-        rows = fetch(part)
-        return time.monotonic() - t0, rows
-    pages = (list(inos[i:i + page]) for i in range(0, len(inos), page))
-    with ThreadPoolExecutor(readers, thread_name_prefix="tierfs-read") as pool:
-        ahead = collections.deque([pool.submit(timed, next(pages))])
-        try:
-            while ahead:
-                took, rows = ahead.popleft().result()
-                for nxt in itertools.islice(pages, max(0, (readers if took > slow_s else 1) - len(ahead))):
-                    ahead.append(pool.submit(timed, nxt))
-                yield from rows
-        finally:
-            for f in ahead:
-                f.cancel()
+    ino: int
+    state: State
+    size: int
+    last_access_ns: int
+    mtime_ns: int
+    crtime_ns: int
+    mode: int
+    nlink: int
+    uid: int
+    gid: int
+    tier: str | None
+    archive_tier: str | None
+    archive_location: str | None
+    archive_copies: str | None
+    data_version: int
+
+
+#: What the policy engine decides on: a rule's Candidate, or an Inode (watermark runs read whole rows).
+Decidable = Candidate | Inode
+
+#: Candidate's fields in order: the covered columns a candidates query returns.
+CANDIDATE_FIELDS = tuple(f.name for f in fields(Candidate))
+
+
+def candidate_from_values(values: Sequence) -> Candidate:
+    """A Candidate from its values in CANDIDATE_FIELDS order, the state as stored."""
+    c = Candidate(*values)
+    c.state = _STATE_OF[c.state]
+    return c
 
 
 def map_ahead(fn: Callable, items: Iterator, workers: int = 2) -> Iterator:
@@ -1016,6 +1023,27 @@ class Catalog(abc.ABC):
     @abc.abstractmethod
     def query(self, q: FileQuery) -> Iterator[Inode]:
         """Inodes matching q, served by indexes; increments rows_read."""
+
+    #: Candidates read per round trip / fetch of _covered_candidates (the engine considers 500 at a time).
+    candidates_batch = 5000
+
+    def candidates(self, q: FileQuery) -> Iterator[Candidate]:
+        """A policy rule's candidates: the files matching q as the Candidates
+        the engine decides on, in no particular order; increments rows_read.
+        A rule's query (by_range_index) is read from the candidates index
+        alone, in that index's order (_covered_candidates); any other from
+        query(q)."""
+        if by_range_index(q):
+            yield from self._covered_candidates(q)
+            return
+        for i in self.query(q):
+            yield Candidate(*(getattr(i, f) for f in CANDIDATE_FIELDS))
+
+    @abc.abstractmethod
+    def _covered_candidates(self, q: FileQuery) -> Iterator[Candidate]:
+        """candidates(q) for by_range_index(q): one walk of the candidates
+        index, size class by size class (candidate_classes), testing every
+        condition of q on the index entry; no row or document is read."""
 
     @abc.abstractmethod
     def query_names(self, q: FileQuery) -> Iterator[tuple[int, bytes, int]]:

@@ -65,7 +65,7 @@ from .base import (INODE_FIELDS, MAX_SIZE_CLASS, ROOT_INO, SCHEMA_VERSION, DirEn
                    State, Tombstone, check_expected, copy_pattern, now_ns, size_class)
 from .core import CatalogCore, Txn
 from .mongo_jobs import ACTIVE, MongoJobs, client_name, end_job
-from .mongo_query import MongoQueries, inode_of as _inode
+from .mongo_query import CANDIDATES_INDEX, MongoQueries, inode_of as _inode
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +103,9 @@ UNREACHABLE_DEADLINE_S = 1.0
 #: kept, each would cost an index write per atime flush, and the planner's trial may pick the first,
 #: fetching every document in its range to test the size (1M inodes: 91,046 fetched for 10,000 candidates).
 #: state_last_access_size and state_size: the same with the inode number after them (_id) now.
+#: state_size_class_last_access_id (version 5): the first five fields of `candidates`, which serves its queries.
 DROPPED_INDEXES: dict[str, tuple[str, ...]] = {"inodes": ("state_atime", "state_atime_size", "state_last_access_size",
-                                                          "state_size")}
+                                                          "state_size", "state_size_class_last_access_id")}
 #: An inode's last_access_ns computed from its stored fields (base.Inode.last_access_ns), for updates
 #: written as aggregation pipelines.
 LAST_ACCESS = {"$max": ["$atime_ns", "$mtime_ns"]}
@@ -137,12 +138,6 @@ def _add_last_access(db) -> None:
 #: of 1, 2, 4, ..., 2**62 are <= size. Exact, where a $log would round (log2(2**28) may come out 27.99...).
 SIZE_CLASS = {"$size": {"$filter": {"input": [Int64(1 << i) for i in range(MAX_SIZE_CLASS)],
                                     "cond": {"$lte": ["$$this", "$size"]}}}}
-#: The index of policy rules with both an inactivity and a size bound (base.size_class): one last-access
-#: range per size class, the size tested on the key, the inode number last so the first step of a rule's
-#: query reads the numbers from the index alone. 10M inodes, 100,000 candidates: 100,000 keys examined
-#: instead of 1.1M on state_last_access_size_id.
-SIZE_CLASS_INDEX = ([("state", 1), ("size_class", 1), ("last_access_ns", 1), ("size", 1), ("_id", 1)],
-                    "state_size_class_last_access_id")
 #: Longest one round trip of init's schema work may take: a migration's update of every inode, an index
 #: build over them (10M inodes: setting size_class and building its index take minutes, where the client's
 #: socket timeout is 10 s; version 2's update_many over 10M inodes would not fit in it either). Through a
@@ -153,13 +148,11 @@ MIGRATION_DEADLINE_S = 3600
 
 
 def _add_size_class(db) -> None:
-    """Version 5: size_class on every inode (one pipeline update_many) and
-    its index. Refused while an older tierfs is mounted (it would write
+    """Version 5: size_class on every inode (one pipeline update_many; its
+    index is version 6's, built by init after the migrations). Refused while an older tierfs is mounted (it would write
     sizes without their class)."""
     _refuse_if_mounted(db, 5)
-    keys, name = SIZE_CLASS_INDEX
     db.inodes.update_many({}, [{"$set": {"size_class": SIZE_CLASS}}])
-    db.inodes.create_index(keys, name=name)
 
 
 def _add_stub_size(db) -> None:
@@ -273,7 +266,7 @@ INDEXES: dict[str, list[IndexModel]] = {
         # is read there; the documents follow by _id, several finds in flight).
         _ix("state_last_access_size_id", "state", "last_access_ns", "size", "_id"),
         _ix("state_size_id", "state", "size", "_id"),                      # big files
-        _ix(SIZE_CLASS_INDEX[1], *(k for k, _ in SIZE_CLASS_INDEX[0])),    # inactive and big
+        _ix(CANDIDATES_INDEX[1], *(k for k, _ in CANDIDATES_INDEX[0])),    # policy rules' candidates
         _ix("tier_location", "tier", "location"),                          # references, per tier
         _ix("archive_location", "archive_tier", "archive_location"),
         _ix("archive_copies", "archive_copies",                            # references()
@@ -302,7 +295,15 @@ INDEXES: dict[str, list[IndexModel]] = {
 
 #: Migrations: version -> function(db) upgrading from version-1 (db: MongoCatalog._schema_db, whose round
 #: trips may take MIGRATION_DEADLINE_S).
-MIGRATIONS: dict[int, Callable] = {2: _add_last_access, 3: _add_stub_size, 4: _add_totals, 5: _add_size_class}
+def _add_candidates_index(db) -> None:
+    """Version 6: no stored field changes; the step is there so that init
+    builds the candidates index under MIGRATION_DEADLINE_S (10M inodes: a
+    few minutes). An older tierfs still mounted keeps working meanwhile
+    (it reads and writes the same fields)."""
+
+
+MIGRATIONS: dict[int, Callable] = {2: _add_last_access, 3: _add_stub_size, 4: _add_totals, 5: _add_size_class,
+                                   6: _add_candidates_index}
 
 
 def _inode_doc(inode: Inode) -> dict:

@@ -12,9 +12,10 @@ import itertools
 import operator
 from typing import Iterable, Iterator, Sequence
 
-from .base import (ACTIVE_JOB_STATES, INODE_FIELDS, ROOT_INO, CatalogStats, FileQuery, Inode, Listed, State,
-                   by_range_index, check_count_by, count_further_copies, fetch_ahead, further_copies, further_targets,
-                   group_totals, inode_from_values, map_ahead, read_ahead, size_classes, states_only, totals_answer)
+from .base import (ACTIVE_JOB_STATES, CANDIDATE_FIELDS, INODE_FIELDS, ROOT_INO, Candidate, CatalogStats, FileQuery,
+                   Inode, Listed, State, candidate_classes, candidate_from_values, check_count_by, count_further_copies,
+                   fetch_ahead, further_copies, further_targets, group_totals, inode_from_values, map_ahead,
+                   size_classes, states_only, totals_answer)
 
 #: S_IFMT bits of a regular file / a directory, and the other type bits that must be clear.
 REG_SET, REG_CLEAR = 0o100000, 0o070000
@@ -28,10 +29,18 @@ DIR_SET, DIR_CLEAR = 0o040000, 0o130000
 NAMES_BATCH = 5000  # (MongoQueries.names_batch)
 #: Reads of names in flight in query_names (base.map_ahead).
 NAMES_READERS = 2
-#: _query_by_range: pages of a rule's candidates read at once (see there)
-FETCHERS = 3
 #: query_names' first batch when it pages by inode number (the first path after one short round trip).
 FIRST_NAMES = 500
+
+#: A policy rule's candidates (Catalog.candidates, base.Candidate): one last-access range per size class
+#: the rule's size bounds allow (base.candidate_classes), the size tested on the key, then the inode number
+#: and every other field a policy decision reads, so the rule's find is covered: its keys are what it
+#: returns and no document is read (the documents were the selection's cost at 10M: 12-14 us each in
+#: mongod, 8 us in the client, and disk reads when the WiredTiger cache did not hold them). Its first four
+#: fields serve `tierfs find --inactive --size` and count_by with both bounds.
+CANDIDATES_INDEX = ([(k, 1) for k in ("state", "size_class", "last_access_ns", "size", "_id", "mode", "nlink", "uid",
+                                      "gid", "mtime_ns", "crtime_ns", "tier", "archive_tier", "archive_location",
+                                      "archive_copies", "data_version")], "candidates")
 
 #: Values of fields a document may lack (made by an older tierfs, still mounted during a migration).
 _ABSENT = {"stub_size": 0}
@@ -40,6 +49,9 @@ _ABSENT = {"stub_size": 0}
 #: A stored inode document's values in INODE_FIELDS order (`_id` for ino), in one C call.
 assert INODE_FIELDS[0] == "ino"
 _VALUES = operator.itemgetter("_id", *INODE_FIELDS[1:])
+#: A covered candidate's values in CANDIDATE_FIELDS order.
+assert CANDIDATE_FIELDS[0] == "ino"
+_CANDIDATE_VALUES = operator.itemgetter("_id", *CANDIDATE_FIELDS[1:])
 
 
 def inode_of(doc: dict) -> Inode:
@@ -86,7 +98,7 @@ class MongoQueries:
             if val is not None:
                 f.setdefault(field_, {})[op] = val
         classes = size_classes(q)
-        if classes is not None:   # one last-access range per class on state_size_class_last_access_id
+        if classes is not None:   # one last-access range per class on the candidates index
             f["size_class"] = {"$in": classes}
         if q.checksum_missing:
             f["checksum"] = {"$type": "null"}   # what the partial index no_checksum holds (not a missing field)
@@ -194,11 +206,7 @@ class MongoQueries:
 
     def query(self, q: FileQuery) -> Iterator[Inode]:
         """Indexed find (with `under`/`name_glob`: the names below, joined
-        with their inodes; a policy rule's query in two steps:
-        _query_by_range); rows_read counts the documents returned."""
-        if by_range_index(q):
-            yield from self._query_by_range(q)
-            return
+        with their inodes); rows_read counts the documents returned."""
         with self._errors():
             if self._by_name(q):
                 seen = {}
@@ -225,35 +233,32 @@ class MongoQueries:
         for d in docs:
             yield inode_of(d)
 
-    def _query_by_range(self, q: FileQuery) -> Iterator[Inode]:
-        """A policy rule's candidates in two steps, as on SQLite. First their
-        numbers: one cursor on the states and the last-access/size range,
-        covered (the planner picks (state, size_class, last_access_ns, size,
-        _id) with both bounds, else (state, last_access_ns, size, _id) or
-        (state, size, _id), which hold every field it tests and returns: no
-        document is read). Then the documents of those numbers, sorted,
-        READ_PAGE per find on _id with all of q's conditions again (a document
-        changed meanwhile drops out), read ahead (base.read_ahead). Memory
-        holds the numbers and a few pages, not every candidate's document; no
-        cursor lives longer than its step (a policy run considers candidates
-        for minutes)."""
+    def _covered_candidates(self, q: FileQuery) -> Iterator[Candidate]:
+        """One find on the candidates index (hinted: its covered plan is the
+        point), size class by size class (base.candidate_classes), returning
+        the index's fields only (PROJECTION_COVERED: no document is read).
+        Streams in batches of candidates_batch as the engine considers them;
+        a failover mid-run ends the rule with CatalogUnavailable (the next
+        run starts over)."""
         f = self._filter(q, paging=False)
-        first = {k: f[k] for k in ("state", "size_class", "last_access_ns", "size") if k in f}
+        f["size_class"] = {"$in": candidate_classes(q)}
+        projection = {"_id": 1, **{k: 1 for k in CANDIDATE_FIELDS if k != "ino"}}
         with self._errors():
-            inos = sorted(d["_id"] for d in self.inodes.find(first, {"_id": 1}, batch_size=self.names_batch))
-
-        def fetch(part: list[int]) -> list[dict]:
-            with self._errors():
-                docs = list(self.inodes.find({**f, "_id": {"$in": part}}).hint("_id_"))
-            docs.sort(key=lambda d: d["_id"])
-            return docs
-        # mongod does a page's work (12-14 us a document, 500 by _id from its cache at 10M entries) in its
-        # own process: FETCHERS pages in flight keep both it and this client busy whatever the page's
-        # speed (10M entries, 100,000 candidates, same window: 1.4-2.5 s with three, 2.5-4.1 s with one)
-        with contextlib.closing(read_ahead(inos, fetch, readers=FETCHERS, slow_s=0)) as found:
-            for d in found:
+            cur = self.inodes.find(f, projection, batch_size=self.candidates_batch).hint(CANDIDATES_INDEX[1])
+        try:
+            while True:
+                with self._errors():
+                    d = next(cur, None)
+                if d is None:
+                    break
                 self.rows_read += 1
-                yield inode_of(d)
+                try:
+                    values = _CANDIDATE_VALUES(d)
+                except KeyError:   # a field an older tierfs never wrote (archive_copies before version 3)
+                    values = [d["_id"] if k == "ino" else d.get(k) for k in CANDIDATE_FIELDS]
+                yield candidate_from_values(values)
+        finally:
+            cur.close()
 
     def list_dir(self, parent: int, xattr_names: Sequence[bytes] = ()) -> list[Listed]:
         """One aggregation: the directory's dentries joined with their inodes

@@ -240,12 +240,17 @@ INDEXES: dict[str, str] = {
     # 1% candidates: 10,000 rows instead of 91,046).
     "ix_inodes_state_last_access_size": "CREATE INDEX ix_inodes_state_last_access_size ON inodes "
                                         "(state, last_access_ns, size)",
-    # Policy rules with both an inactivity and a size bound (inactive_for + min_size), `tierfs find
-    # --inactive --size`: one last-access range per size class the size bound allows (base.size_class),
-    # the size tested on the entry. 10M entries, 100,000 candidates: the first step of the rule's query
-    # walks about 100,000 index entries here instead of 1.1M in the index above.
-    "ix_inodes_state_size_class": "CREATE INDEX ix_inodes_state_size_class ON inodes "
-                                  "(state, size_class, last_access_ns, size)",
+    # A policy rule's candidates (Catalog.candidates, base.by_range_index): one last-access range per size
+    # class the rule's size bounds allow (base.size_class; all 64 without one), the size tested on the
+    # entry, and after them every other field a policy decision reads (base.Candidate), so the rule's
+    # selection reads this index alone and no row: 10M entries, 100,000 candidates, page cache dropped:
+    # the rows were 100,000 random reads (2.4-3.0 s), the index range is about 7 MB read in order. Also
+    # `tierfs find --inactive --size` and count_by with both bounds (its first four columns). It is
+    # written whenever one of its columns changes: besides the last access, size and state (which the
+    # other policy indexes already follow) that is chmod, chown, link/unlink and moves between tiers.
+    "ix_inodes_candidates": "CREATE INDEX ix_inodes_candidates ON inodes "
+                            "(state, size_class, last_access_ns, size, mode, nlink, uid, gid, mtime_ns, crtime_ns, "
+                            "tier, archive_tier, archive_location, archive_copies, data_version)",
     # query()/query_names()/count_by() with states + min_size/max_size but no atime bound (rules on size
     # alone, `tierfs find --size`). Either state index serves _unselective()'s count of inodes in some states.
     "ix_inodes_state_size": "CREATE INDEX ix_inodes_state_size ON inodes (state, size)",
@@ -285,7 +290,9 @@ INDEXES: dict[str, str] = {
 #: ix_inodes_state_atime (state, atime_ns) and ix_inodes_state_atime_size (state, atime_ns, size): no
 #: query bounds or orders by atime alone any more (inactivity is last_access_ns, indexed above); if kept,
 #: each would cost an index write per atime flush for nothing.
-DROPPED_INDEXES = ("ix_inodes_state_atime", "ix_inodes_state_atime_size")
+#: ix_inodes_state_size_class (state, size_class, last_access_ns, size), version 5: the first four columns
+#: of ix_inodes_candidates, which serves its queries.
+DROPPED_INDEXES = ("ix_inodes_state_atime", "ix_inodes_state_atime_size", "ix_inodes_state_size_class")
 
 
 #: Columns the database computes (an INSERT names every column but these).

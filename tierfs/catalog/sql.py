@@ -17,7 +17,6 @@ import fcntl
 import logging
 import os
 import pwd
-import queue
 import socket
 import sqlite3
 import threading
@@ -25,11 +24,11 @@ from typing import Callable, Container, Iterable, Iterator, Sequence, TypeVar
 
 from .. import errors, private
 from . import schema as S
-from .base import (ACTIVE_JOB_STATES, INODE_FIELDS, JOB_PRIORITY, ROOT_INO, SCHEMA_VERSION, CatalogStats, DirEntry,
-                   Event, FileQuery, Garbage, Inode, Job, JobKind, JobState, Listed, Session, State, Tombstone,
-                   by_range_index, check_count_by, check_expected, check_owner, copy_pattern, count_further_copies,
+from .base import (ACTIVE_JOB_STATES, CANDIDATE_FIELDS, INODE_FIELDS, JOB_PRIORITY, ROOT_INO, SCHEMA_VERSION,
+                   Candidate, CatalogStats, DirEntry, Event, FileQuery, Garbage, Inode, Job, JobKind, JobState, Listed, Session, State, Tombstone,
+                   by_range_index, candidate_classes, candidate_from_values, check_count_by, check_expected, check_owner, copy_pattern, count_further_copies,
                    ended_by_commit, further_copies, further_targets, group_totals, inode_from_values, now_ns,
-                   read_ahead, resolve_paths, size_classes, states_only, totals_answer)
+                   resolve_paths, size_classes, states_only, totals_answer)
 from .core import CatalogCore, Txn
 
 log = logging.getLogger(__name__)
@@ -107,9 +106,16 @@ def _totals_rows(rows) -> dict:
     return {(st, t or None, a or None): (n, int(b)) for st, t, a, n, b in rows if n}
 
 
+def _add_candidates_index(c: sqlite3.Connection) -> None:
+    """Version 6: nothing stored changes. The version is shared with MongoDB,
+    whose step builds its candidates index; here _sync_indexes builds
+    ix_inodes_candidates (10M inodes: about a minute, the catalog locked)."""
+
+
 #: Migrations: version -> function(conn) upgrading from version-1.
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {2: _add_last_access, 3: _add_copies_stubs_origins,
-                                                               4: _add_totals, 5: _add_size_class}
+                                                               4: _add_totals, 5: _add_size_class,
+                                                               6: _add_candidates_index}
 
 _ACTIVE = tuple(s.value for s in ACTIVE_JOB_STATES)
 _INODE_COLS = ", ".join(INODE_FIELDS)
@@ -1067,97 +1073,56 @@ class SqlCatalog(CatalogCore):
 
     def query_statement(self, q: FileQuery) -> tuple[str, tuple]:
         """The SQL statement and parameters query(q) selects with now (bench
-        and tests look at its plan and at the rows it fetches): with
-        by_range_index(q), the first step's (the rows of its numbers follow,
-        one rowid read each)."""
-        if by_range_index(q):
-            stmt, args = self._range_sql(q)
-            return stmt, tuple(args)
+        and tests look at its plan and at the rows it fetches); with
+        by_range_index(q), candidates(q)'s (_candidates_sql)."""
         with self._tx(write=False) as c:
+            if by_range_index(q):
+                return self._candidates_sql(c, q)
             return self._query_sql(c, q)
 
     def query(self, q: FileQuery) -> Iterator[Inode]:
-        if by_range_index(q):
-            yield from self._query_by_range(q)
-            return
         with self._tx(write=False) as c:
             rows = c.execute(*self._query_sql(c, q)).fetchall()
         self.rows_read += len(rows)
         for r in rows:
             yield inode_from_values(r)
 
-    @staticmethod
-    def _range_sql(q: FileQuery) -> tuple[str, list]:
-        """The first step of _query_by_range: the inode numbers in q's states
-        and last-access/size range, from (state, size_class, last_access_ns,
-        size) with both bounds, else (state, last_access_ns, size) or
-        (state, size), alone (covering: it holds every column tested, and the
-        number is the rowid). `+size` keeps (state, size) out of the choice
-        when there is a last-access bound (SQLite, without statistics, rates
-        the two ranges alike; that index would read every row to test the
-        last access). No INDEXED BY: a catalog missing the index still answers."""
-        states = [State(s).value for s in q.states]
-        conds, args = [f"state IN ({_marks(states)})"], list(states)
-        size = "size"
-        if q.last_access_before_ns is not None:
-            conds.append("last_access_ns < ?")
-            args.append(q.last_access_before_ns)
-            size = "+size"
-        for op, val in ((">=", q.min_size), ("<=", q.max_size)):
-            if val is not None:
-                conds.append(f"{size} {op} ?")
-                args.append(val)
-        conds, args = _with_size_classes(q, conds, args)
-        return f"SELECT ino FROM inodes WHERE {' AND '.join(conds)}", args
+    def _candidates_sql(self, c: sqlite3.Connection, q: FileQuery) -> tuple[str, tuple]:
+        """A rule's candidates from ix_inodes_candidates alone: it holds every
+        column tested and returned (EXPLAIN: USING COVERING INDEX). The size
+        class bounds its second column (base.candidate_classes), so the walk
+        is one last-access range per class even for a rule without a size
+        bound. No INDEXED BY: a catalog missing the index still answers."""
+        conds, args = self._conds(c, q, by_index=False)
+        # `+size`: the same test, but (state, size) out of the choice for a rule on size alone (SQLite,
+        # without statistics, rated it alike and read a row per entry of its range)
+        conds = ["+" + t if t.startswith("inodes.size ") else t for t in conds]
+        classes = candidate_classes(q)
+        conds.append(f"inodes.size_class IN ({_marks(classes)})")
+        return (f"SELECT {', '.join('inodes.' + f for f in CANDIDATE_FIELDS)} FROM inodes "
+                f"WHERE {' AND '.join(conds)}", (*args, *classes))
 
-    def _query_by_range(self, q: FileQuery) -> Iterator[Inode]:
-        """A policy rule's candidates in two steps. First their inode numbers
-        from one index alone (_range_sql: no row is read). Then the rows of
-        those numbers, in order, with all of q's conditions again (a row
-        changed meanwhile drops out), READ_PAGE per statement on connections
-        of their own (read_ahead; NOT INDEXED: by rowid, not by the state
-        index). 10M entries, 100,000 candidates: 4.0-4.2 s cold, 0.75 s warm,
-        against 10.7 s / 5.8 s for the policy engine's earlier pages by inode
-        number, which walked (state, ino) and read every row in the state
-        (bench/RESULTS.md)."""
-        # Every step on connections of its own: the catalog's (and its lock) stay free for the mount's
-        # other calls (the numbers' step reads 908,000 index entries at 10M: 0.1 s warm, 0.65 s cold).
+    def _covered_candidates(self, q: FileQuery) -> Iterator[Candidate]:
+        """Streams on a connection of its own, like query_names: the rule's
+        read transaction stays open while the engine works through its
+        candidates (the catalog serves the mount's other calls meanwhile;
+        the log is checkpointed past it when it ends)."""
         with self._unavailable():
-            first = self.connect()
-        conns: list[sqlite3.Connection] = [first]
-        free: queue.SimpleQueue = queue.SimpleQueue()
+            conn = self.connect()
         try:
             with self._unavailable():
-                inos = sorted(r[0] for r in first.execute(*self._range_sql(q)))
-            _, full, fargs = self._inode_where(first, q, by_index=False)
-        except BaseException:
-            first.close()
-            raise
-        free.put(first)
-        where = " AND ".join(full)
-
-        def fetch(part: list[int]) -> list[tuple]:
-            try:
-                conn = free.get_nowait()
-            except queue.Empty:
+                conn.execute("BEGIN")
+                cur = conn.execute(*self._candidates_sql(conn, q))
+            while True:
                 with self._unavailable():
-                    conn = self.connect()
-                conns.append(conn)
-            try:
-                with self._unavailable():
-                    rows = conn.execute(f"SELECT {_INODE_COLS_Q} FROM inodes NOT INDEXED WHERE inodes.ino IN "
-                                        f"({_marks(part)}) AND {where} ORDER BY inodes.ino", (*part, *fargs)).fetchall()
-            finally:
-                free.put(conn)
-            return rows
-        try:
-            with contextlib.closing(read_ahead(inos, fetch)) as found:
-                for row in found:   # (Inodes made here: in the readers they would contend for the GIL)
-                    self.rows_read += 1
-                    yield inode_from_values(row)
+                    part = cur.fetchmany(self.candidates_batch)
+                if not part:
+                    break
+                self.rows_read += len(part)
+                for row in part:
+                    yield candidate_from_values(row)
         finally:
-            for conn in conns:
-                conn.close()
+            conn.close()
 
     #: Rows query_names fetches at a time, after a first batch of FIRST_NAMES.
     names_batch = 5000

@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass, field
 
 from .. import errors, xattrs
-from ..catalog.base import ACTIVE_JOB_STATES, ROOT_INO, FileQuery, Inode, State, missing_targets
+from ..catalog.base import ACTIVE_JOB_STATES, ROOT_INO, Decidable, FileQuery, State, missing_targets
 from ..pins import is_pinned
 from ..units import duration_value
 from .criteria import CRITERIA, FIELD_CHECKS, Inactivity, size_text  # noqa: F401 - size_text: for the CLI
@@ -238,11 +238,11 @@ class Matcher:
         by: its last access or modification must be before it."""
         return self.now_ns - int(inactive_for * NS)
 
-    def is_inactive(self, inode: Inode, inactive_for: float) -> bool:
+    def is_inactive(self, inode: Decidable, inactive_for: float) -> bool:
         """Neither read nor written for `inactive_for` seconds."""
         return inode.last_access_ns < self.inactive_since(inactive_for)
 
-    def _field_checks(self, inode: Inode) -> str | None:
+    def _field_checks(self, inode: Decidable) -> str | None:
         r = self.rule
         for c in FIELD_CHECKS:
             if c.active(r) and not c.check(inode, self):
@@ -256,7 +256,7 @@ class Matcher:
             return "already there"
         return None
 
-    def _reasons(self, inode: Inode, why: Inactivity) -> list[str]:
+    def _reasons(self, inode: Decidable, why: Inactivity) -> list[str]:
         return [text for c in CRITERIA if c.reason is not None and c.active(self.rule)
                 for text in c.reason(inode, self, why)]
 
@@ -266,7 +266,7 @@ class Matcher:
                 return c.skip
         return None
 
-    async def evaluate(self, inode: Inode, lk: Lookups) -> tuple[str | None, list[str], str, int]:
+    async def evaluate(self, inode: Decidable, lk: Lookups) -> tuple[str | None, list[str], str, int]:
         """(skip reason or None, matched values, path, parent directory). Cheapest checks first."""
         r = self.rule
         skip = self._field_checks(inode)

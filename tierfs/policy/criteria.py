@@ -38,7 +38,7 @@ from .. import errors, xattrs
 from ..units import duration_value, fmt_duration, fmt_size
 
 if TYPE_CHECKING:
-    from ..catalog.base import FileQuery, Inode
+    from ..catalog.base import Decidable, FileQuery
     from ..settings import PolicyTable
     from .conditions import Facts, Matcher
     from .rules import Rule
@@ -81,12 +81,12 @@ class Criterion:
     active: Callable[["Rule"], bool]
     query: Callable[["FileQuery", "Matcher"], None] | None = None
     indexed: bool = False
-    check: Callable[["Inode", "Matcher"], bool] | None = None
+    check: Callable[["Decidable", "Matcher"], bool] | None = None
     cost: int = 0
     skip: str = ""
     path_check: Callable[[str, "Matcher"], bool] | None = None
     facts_check: Callable[["Facts", "Matcher"], list[str] | None] | None = None
-    reason: Callable[["Inode", "Matcher", Inactivity], list[str]] | None = None
+    reason: Callable[["Decidable", "Matcher", Inactivity], list[str]] | None = None
 
 
 # ---- parsing helpers --------------------------------------------------------------------
@@ -247,7 +247,7 @@ def _xattrs_match(f: "Facts", m: "Matcher") -> list[str] | None:
     return matched
 
 
-def _inactive_reason(inode: "Inode", m: "Matcher", why: Inactivity) -> list[str]:
+def _inactive_reason(inode: "Decidable", m: "Matcher", why: Inactivity) -> list[str]:
     note = f" (user.tierfs.inactive_for on {why.override_from})" if why.override_from else ""
     shown = fmt_duration(why.seconds) if why.override_from else m.rule.text["inactive_for"]
     return [f"not accessed or modified for {fmt_duration((m.now_ns - inode.last_access_ns) / NS)} "
@@ -276,14 +276,14 @@ def _set_mtime(q: "FileQuery", m: "Matcher") -> None:
     q.mtime_before_ns = m.now_ns - int(r.modified_age * NS) if r.modified_age is not None else r.modified_date_ns
 
 
-def _modified_reason(inode: "Inode", m: "Matcher", why: Inactivity) -> list[str]:
+def _modified_reason(inode: "Decidable", m: "Matcher", why: Inactivity) -> list[str]:
     r = m.rule
     if r.modified_age is not None:
         return [f"modified {fmt_duration((m.now_ns - inode.mtime_ns) / NS)} ago > {r.text['modified_before']}"]
     return [f"modified {day_text(inode.mtime_ns)} < {r.text['modified_before']}"]
 
 
-def _size_reason(inode: "Inode", m: "Matcher", why: Inactivity) -> list[str]:
+def _size_reason(inode: "Decidable", m: "Matcher", why: Inactivity) -> list[str]:
     r = m.rule
     return ([f"size {size_text(inode.size)} >= {r.text['min_size']}"] if r.min_size is not None else []) + \
         ([f"size {size_text(inode.size)} <= {r.text['max_size']}"] if r.max_size is not None else [])
@@ -293,7 +293,7 @@ def _set_size(q: "FileQuery", m: "Matcher") -> None:
     q.min_size, q.max_size = m.rule.min_size, m.rule.max_size
 
 
-def _size_ok(inode: "Inode", m: "Matcher") -> bool:
+def _size_ok(inode: "Decidable", m: "Matcher") -> bool:
     r = m.rule
     return not (r.min_size is not None and inode.size < r.min_size or r.max_size is not None and inode.size > r.max_size)
 
