@@ -258,12 +258,11 @@ INDEXES: dict[str, list[IndexModel]] = {
                  _ix("parent_pos", "parent", "_id"),                        # readdir
                  _ix("ino", "ino")],                                        # parent_of, path_of
     "inodes": [
-        # Policy rules on inactivity (+ size), `tierfs find --inactive`, watermark runs (least recently used
-        # first): state and last_access_ns bound the scan, the size bound is tested on the key, so only
+        # Watermark runs (least recently used first), `tierfs find --inactive`, query() on inactivity (+
+        # size): state and last_access_ns bound the scan, the size bound is tested on the key, so only
         # documents matching all three are fetched (1M inodes, 1% candidates: 10,000 fetched instead of
-        # 91,046). The inode number ends the policy indexes: the first step of a rule's query (mongo_query
-        # _query_by_range) reads the candidates' numbers from the index alone (a covered query: no document
-        # is read there; the documents follow by _id, several finds in flight).
+        # 91,046); with the inode number last, `find` reads the matching numbers from the index alone. A
+        # policy rule's candidates come from the candidates index (mongo_query.CANDIDATES_INDEX).
         _ix("state_last_access_size_id", "state", "last_access_ns", "size", "_id"),
         _ix("state_size_id", "state", "size", "_id"),                      # big files
         _ix(CANDIDATES_INDEX[1], *(k for k, _ in CANDIDATES_INDEX[0])),    # policy rules' candidates

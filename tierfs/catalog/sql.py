@@ -975,9 +975,9 @@ class SqlCatalog(CatalogCore):
 
     def _conds(self, c: sqlite3.Connection, q: FileQuery, by_index: bool = True) -> tuple[list[str], list]:
         """WHERE terms (and their parameters) on inodes for q's attribute
-        filters (not names/subtree). by_index=False: for rows read by number,
-        without the size-class term, which only leads a search to its index
-        (implied by the size bounds, and a row would compute it)."""
+        filters (not names/subtree). by_index=False: without the size-class
+        term of both bounds (base.size_classes), for a caller that bounds the
+        size class itself (_candidates_sql)."""
         conds, args = ["inodes.nlink > ?"], [0]
         if q.states is not None:
             states = [State(s).value for s in q.states]
