@@ -521,3 +521,45 @@ def test_a_catalog_error_in_a_watermark_run_stops_only_that_rule(catalog, tmp_pa
     arch, arch2 = report.rules
     assert arch.error == str(LOST) and arch.actions == 0
     assert [(a.path, a.rule) for a in report.actions] == [("/f1", "arch2"), ("/f3", "arch2"), ("/f0", "arch2")]
+
+
+def test_a_page_of_candidates_is_looked_at_in_one_worker_thread_call(catalog, tmp_path):
+    """A rule's candidates are looked at (path, pins, overrides, queued jobs) a page at a time in one
+    worker-thread call: the thread hop, not the catalog's indexed reads, was a dry run's cost (10M
+    entries, 100,000 candidates: 17.9 s warm with one hop per candidate)."""
+    t = Tree(catalog)
+    for i in range(40):
+        t.file(f"d{i % 3}/f{i}", idle=100)
+    calls = [0]
+
+    async def counting(fn, *args):
+        calls[0] += 1
+        return await trio.to_thread.run_sync(functools.partial(fn, *args))
+    engine = Engine(catalog, parse_rules(make_cfg(tmp_path, dict(name="a", action="archive"))), cat=counting,
+                    clock=FakeClock(), page=10)
+    report = trio.run(functools.partial(engine.run, None, dry_run=True))
+    assert report.rules[0].actions == 40 and len(paths(report)) == 40
+    assert calls[0] <= 4 * 3 + 3, calls   # per page of 10: its candidates, their facts (and a close, a spare)
+
+
+@pytest.mark.parametrize("fresh_s, acted", [(3600.0, ["f0", "f1"]), (0.0, ["f0"])])
+def test_a_pin_set_after_the_page_was_read_counts_once_the_facts_are_stale(catalog, tmp_path, monkeypatch,
+                                                                            fresh_s, acted):
+    """Facts read ahead with the page are used only while FRESH_S old: a run whose actions are slow
+    (a rate limit) reads them again, so a pin set meanwhile is honoured. The executor pins f1 while
+    acting on f0: with stale facts (FRESH_S 0) f1 is skipped as pinned; within FRESH_S it is not."""
+    from tierfs.policy import conditions
+    monkeypatch.setattr(conditions, "FRESH_S", fresh_s)
+    t = Tree(catalog)
+    f0, f1 = t.file("f0", idle=100), t.file("f1", idle=100)
+
+    class Pinning(JobExecutor):
+        async def apply(self, a):
+            if a.ino == f0.ino:
+                catalog.setxattr(f1.ino, b"user.tierfs.pin", b"1")
+            return await super().apply(a)
+    engine = Engine(catalog, parse_rules(make_cfg(tmp_path, dict(name="a", action="archive"))), clock=FakeClock(),
+                    executor=Pinning(catalog))
+    report = trio.run(functools.partial(engine.run, None, dry_run=False))
+    assert sorted(a.path.lstrip("/") for a in report.actions) == acted
+    assert report.rules[0].skipped.get("pinned", 0) == 2 - len(acted)

@@ -274,6 +274,7 @@ class Engine:
         try:
             while not st.stopped:
                 batch = await self.cat(lambda: list(itertools.islice(candidates, self.page)))
+                await m.prefetch(batch, lk)
                 for inode in batch:
                     st.candidates += 1
                     if await self._consider(rule, m, inode, lk, st, report, dry_run, collect, on_action):
