@@ -1024,26 +1024,52 @@ class Catalog(abc.ABC):
     def query(self, q: FileQuery) -> Iterator[Inode]:
         """Inodes matching q, served by indexes; increments rows_read."""
 
-    #: Candidates read per round trip / fetch of _covered_candidates (the engine considers 500 at a time).
+    #: Candidates per page of candidates(): one short statement / find each.
     candidates_batch = 5000
 
     def candidates(self, q: FileQuery) -> Iterator[Candidate]:
         """A policy rule's candidates: the files matching q as the Candidates
-        the engine decides on, in no particular order; increments rows_read.
-        A rule's query (by_range_index) is read from the candidates index
-        alone, in that index's order (_covered_candidates); any other from
-        query(q)."""
-        if by_range_index(q):
-            yield from self._covered_candidates(q)
+        the engine decides on; increments rows_read. A rule's query
+        (by_range_index) is read from the candidates index alone, by state
+        and size class (candidate_classes), least recently used first within
+        each, in pages of candidates_batch: each page is one short query
+        (_candidate_rows), so no cursor or read transaction lives while the
+        engine works (a rate-limited rule runs for hours: a MongoDB cursor
+        idle for 10 minutes is killed, and an SQLite reader that old keeps
+        the log from being checkpointed), and each page is as of its read.
+        A page ends where the last access changes: the files sharing its
+        last value are read with it (one query for exactly that value), so
+        the next page starts after it and none is missed or read twice.
+        Any other query comes from query(q)."""
+        if not by_range_index(q):
+            for i in self.query(q):
+                yield Candidate(*(getattr(i, f) for f in CANDIDATE_FIELDS))
             return
-        for i in self.query(q):
-            yield Candidate(*(getattr(i, f) for f in CANDIDATE_FIELDS))
+        n = self.candidates_batch
+        for state in q.states:
+            for cls in candidate_classes(q):
+                after = None
+                while True:
+                    rows = self._candidate_rows(q, State(state), cls, after=after, limit=n)
+                    full = len(rows) == n
+                    if full:   # complete the last value's files, whatever their number
+                        last = rows[-1].last_access_ns
+                        rows = [r for r in rows if r.last_access_ns != last] + \
+                            self._candidate_rows(q, State(state), cls, equal=last)
+                        after = last
+                    self.rows_read += len(rows)
+                    yield from rows
+                    if not full:
+                        break
 
     @abc.abstractmethod
-    def _covered_candidates(self, q: FileQuery) -> Iterator[Candidate]:
-        """candidates(q) for by_range_index(q): one walk of the candidates
-        index, size class by size class (candidate_classes), testing every
-        condition of q on the index entry; no row or document is read."""
+    def _candidate_rows(self, q: FileQuery, state: State, cls: int, *, after: int | None = None,
+                        equal: int | None = None, limit: int | None = None) -> list[Candidate]:
+        """One page of candidates(q): those in `state` and size class `cls`
+        with a last access after `after` (or exactly `equal`), least
+        recently used first, at most `limit`, read from the candidates index
+        alone (every condition of q tested on the index entry; no row or
+        document read)."""
 
     @abc.abstractmethod
     def query_names(self, q: FileQuery) -> Iterator[tuple[int, bytes, int]]:

@@ -7,13 +7,14 @@ the namespace and its atomic changes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fnmatch
 import itertools
 import operator
 from typing import Iterable, Iterator, Sequence
 
 from .base import (ACTIVE_JOB_STATES, CANDIDATE_FIELDS, INODE_FIELDS, ROOT_INO, Candidate, CatalogStats, FileQuery,
-                   Inode, Listed, State, candidate_classes, candidate_from_values, check_count_by, count_further_copies,
+                   Inode, Listed, State, candidate_from_values, check_count_by, count_further_copies,
                    fetch_ahead, further_copies, further_targets, group_totals, inode_from_values, map_ahead,
                    size_classes, states_only, totals_answer)
 
@@ -52,6 +53,7 @@ _VALUES = operator.itemgetter("_id", *INODE_FIELDS[1:])
 #: A covered candidate's values in CANDIDATE_FIELDS order.
 assert CANDIDATE_FIELDS[0] == "ino"
 _CANDIDATE_VALUES = operator.itemgetter("_id", *CANDIDATE_FIELDS[1:])
+_CANDIDATE_PROJECTION = {"_id": 1, **{k: 1 for k in CANDIDATE_FIELDS if k != "ino"}}
 
 
 def inode_of(doc: dict) -> Inode:
@@ -233,32 +235,33 @@ class MongoQueries:
         for d in docs:
             yield inode_of(d)
 
-    def _covered_candidates(self, q: FileQuery) -> Iterator[Candidate]:
+    def _candidate_rows(self, q: FileQuery, state: State, cls: int, *, after: int | None = None,
+                        equal: int | None = None, limit: int | None = None) -> list[Candidate]:
         """One find on the candidates index (hinted: its covered plan is the
-        point), size class by size class (base.candidate_classes), returning
-        the index's fields only (PROJECTION_COVERED: no document is read).
-        Streams in batches of candidates_batch as the engine considers them;
-        a failover mid-run ends the rule with CatalogUnavailable (the next
-        run starts over)."""
-        f = self._filter(q, paging=False)
-        f["size_class"] = {"$in": candidate_classes(q)}
-        projection = {"_id": 1, **{k: 1 for k in CANDIDATE_FIELDS if k != "ino"}}
+        point): state and size class fixed, the last-access range in the
+        index's order (no blocking sort), the index's fields only returned
+        (PROJECTION_COVERED: no document read), exhausted in one reply."""
+        f = self._filter(dataclasses.replace(q, states=(state,)), paging=False)
+        f["size_class"] = cls
+        la = f.setdefault("last_access_ns", {})
+        if after is not None:
+            la["$gt"] = after
+        if equal is not None:
+            la["$eq"] = equal
+        if not la:
+            del f["last_access_ns"]
         with self._errors():
-            cur = self.inodes.find(f, projection, batch_size=self.candidates_batch).hint(CANDIDATES_INDEX[1])
-        try:
-            while True:
-                with self._errors():
-                    d = next(cur, None)
-                if d is None:
-                    break
-                self.rows_read += 1
-                try:
-                    values = _CANDIDATE_VALUES(d)
-                except KeyError:   # a field an older tierfs never wrote (archive_copies before version 3)
-                    values = [d["_id"] if k == "ino" else d.get(k) for k in CANDIDATE_FIELDS]
-                yield candidate_from_values(values)
-        finally:
-            cur.close()
+            cur = self.inodes.find(f, _CANDIDATE_PROJECTION, sort=[("last_access_ns", 1)],
+                                   limit=limit or 0, batch_size=limit or 0).hint(CANDIDATES_INDEX[1])
+            docs = list(cur)
+        out = []
+        for d in docs:
+            try:
+                values = _CANDIDATE_VALUES(d)
+            except KeyError:   # a field an older tierfs never wrote (archive_copies before version 3)
+                values = [d["_id"] if k == "ino" else d.get(k) for k in CANDIDATE_FIELDS]
+            out.append(candidate_from_values(values))
+        return out
 
     def list_dir(self, parent: int, xattr_names: Sequence[bytes] = ()) -> list[Listed]:
         """One aggregation: the directory's dentries joined with their inodes

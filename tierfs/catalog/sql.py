@@ -13,6 +13,7 @@ and a busy database is waited for up to 30 s (busy_timeout).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import logging
 import os
@@ -386,6 +387,10 @@ class SqlCatalog(CatalogCore):
         self._commits = 0               # write transactions committed (sync)
         self._synced = 0                # of which the log holds on disk (sync)
         self._sync_lock = threading.Lock()
+        # candidates()' pages: a connection of their own, so a page (5,000 index entries: 7 ms warm, more
+        # from disk) never holds the catalog's lock a FUSE request waits for
+        self._side: sqlite3.Connection | None = None
+        self._side_lock = threading.Lock()
         if self._path is not None:
             # Calls a FUSE request makes that are one short local transaction: a worker-thread
             # hand-off costs ~115 µs here, more than any of them (issue 16: rename 378 -> ? µs).
@@ -571,6 +576,10 @@ class SqlCatalog(CatalogCore):
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+        with self._side_lock:
+            if self._side is not None:
+                self._side.close()
+                self._side = None
         if self._hold is not None:
             os.close(self._hold)    # releases the lock
             self._hold = None
@@ -1074,10 +1083,11 @@ class SqlCatalog(CatalogCore):
     def query_statement(self, q: FileQuery) -> tuple[str, tuple]:
         """The SQL statement and parameters query(q) selects with now (bench
         and tests look at its plan and at the rows it fetches); with
-        by_range_index(q), candidates(q)'s (_candidates_sql)."""
+        by_range_index(q), the first page's of candidates(q) (_candidates_sql)."""
         with self._tx(write=False) as c:
             if by_range_index(q):
-                return self._candidates_sql(c, q)
+                return self._candidates_sql(c, q, State(q.states[0]), candidate_classes(q)[0],
+                                            after=None, equal=None, limit=self.candidates_batch)
             return self._query_sql(c, q)
 
     def query(self, q: FileQuery) -> Iterator[Inode]:
@@ -1087,42 +1097,46 @@ class SqlCatalog(CatalogCore):
         for r in rows:
             yield inode_from_values(r)
 
-    def _candidates_sql(self, c: sqlite3.Connection, q: FileQuery) -> tuple[str, tuple]:
-        """A rule's candidates from ix_inodes_candidates alone: it holds every
-        column tested and returned (EXPLAIN: USING COVERING INDEX). The size
-        class bounds its second column (base.candidate_classes), so the walk
-        is one last-access range per class even for a rule without a size
-        bound. No INDEXED BY: a catalog missing the index still answers."""
-        conds, args = self._conds(c, q, by_index=False)
+    def _candidates_sql(self, c: sqlite3.Connection, q: FileQuery, state: State, cls: int, *, after: int | None,
+                        equal: int | None, limit: int | None) -> tuple[str, tuple]:
+        """A page of candidates from ix_inodes_candidates alone: state and
+        size class fixed, then the last-access range, in the index's order
+        (no sort), every other column tested and returned from the entry
+        (the bytecode reads no table row; EXPLAIN QUERY PLAN says USING INDEX,
+        not COVERING, because two columns are virtual). No INDEXED BY: a
+        catalog missing the index still answers."""
+        conds, args = self._conds(c, dataclasses.replace(q, states=(state,)), by_index=False)
         # `+size`: the same test, but (state, size) out of the choice for a rule on size alone (SQLite,
         # without statistics, rated it alike and read a row per entry of its range)
         conds = ["+" + t if t.startswith("inodes.size ") else t for t in conds]
-        classes = candidate_classes(q)
-        conds.append(f"inodes.size_class IN ({_marks(classes)})")
+        conds.append("inodes.size_class = ?")
+        args.append(cls)
+        if after is not None:
+            conds.append("inodes.last_access_ns > ?")
+            args.append(after)
+        if equal is not None:
+            conds.append("inodes.last_access_ns = ?")
+            args.append(equal)
+        tail = ""
+        if limit is not None:
+            tail = " LIMIT ?"
+            args.append(limit)
         return (f"SELECT {', '.join('inodes.' + f for f in CANDIDATE_FIELDS)} FROM inodes "
-                f"WHERE {' AND '.join(conds)}", (*args, *classes))
+                f"WHERE {' AND '.join(conds)} ORDER BY inodes.last_access_ns{tail}", tuple(args))
 
-    def _covered_candidates(self, q: FileQuery) -> Iterator[Candidate]:
-        """Streams on a connection of its own, like query_names: the rule's
-        read transaction stays open while the engine works through its
-        candidates (the catalog serves the mount's other calls meanwhile;
-        the log is checkpointed past it when it ends)."""
-        with self._unavailable():
-            conn = self.connect()
-        try:
-            with self._unavailable():
-                conn.execute("BEGIN")
-                cur = conn.execute(*self._candidates_sql(conn, q))
-            while True:
-                with self._unavailable():
-                    part = cur.fetchmany(self.candidates_batch)
-                if not part:
-                    break
-                self.rows_read += len(part)
-                for row in part:
-                    yield candidate_from_values(row)
-        finally:
-            conn.close()
+    def _candidate_rows(self, q: FileQuery, state: State, cls: int, *, after: int | None = None,
+                        equal: int | None = None, limit: int | None = None) -> list[Candidate]:
+        if self._path is None:   # in memory: only the catalog's own connection sees the tables
+            with self._read() as c:
+                rows = c.execute(*self._candidates_sql(c, q, state, cls, after=after, equal=equal,
+                                                       limit=limit)).fetchall()
+            return [candidate_from_values(r) for r in rows]
+        with self._side_lock, self._unavailable():
+            if self._side is None:
+                self._side = self.connect()
+            c = self._side
+            rows = c.execute(*self._candidates_sql(c, q, state, cls, after=after, equal=equal, limit=limit)).fetchall()
+        return [candidate_from_values(r) for r in rows]
 
     #: Rows query_names fetches at a time, after a first batch of FIRST_NAMES.
     names_batch = 5000
