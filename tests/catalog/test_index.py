@@ -473,6 +473,11 @@ def test_candidates_come_page_by_page_with_no_reader_open_between_pages(catalog,
     assert sorted(got) == everything and len(everything) == 30
     order = [c.last_access_ns for c in cat.candidates(q)]
     assert order == sorted(order)   # least recently used first (one size class here)
+    if backend(cat) == "sqlite":   # the files of a page's last value: a seek to it, not a walk of the range
+        with contextlib.closing(cat.connect()) as c:
+            stmt, params = cat._candidates_sql(c, q, State.ONLINE, 29, after=None, equal=order[4], limit=None)
+            plan = " | ".join(r[-1] for r in c.execute("EXPLAIN QUERY PLAN " + stmt, params))
+        assert "last_access_ns=?)" in plan, plan
 
     def open_readers() -> int:
         if backend(cat) == "mongo":

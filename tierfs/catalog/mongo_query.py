@@ -247,6 +247,7 @@ class MongoQueries:
         if after is not None:
             la["$gt"] = after
         if equal is not None:
+            la.clear()   # (the value came from a candidate: it is within the query's own bound)
             la["$eq"] = equal
         if not la:
             del f["last_access_ns"]

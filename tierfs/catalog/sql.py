@@ -1105,7 +1105,10 @@ class SqlCatalog(CatalogCore):
         (the bytecode reads no table row; EXPLAIN QUERY PLAN says USING INDEX,
         not COVERING, because two columns are virtual). No INDEXED BY: a
         catalog missing the index still answers."""
-        conds, args = self._conds(c, dataclasses.replace(q, states=(state,)), by_index=False)
+        # (with `equal`, the query's own last-access bound goes: SQLite would walk that range testing
+        # equality on each entry, 7 ms a query at 10M, instead of seeking the value)
+        page_q = dataclasses.replace(q, states=(state,), **({} if equal is None else {"last_access_before_ns": None}))
+        conds, args = self._conds(c, page_q, by_index=False)
         # `+size`: the same test, but (state, size) out of the choice for a rule on size alone (SQLite,
         # without statistics, rated it alike and read a row per entry of its range)
         conds = ["+" + t if t.startswith("inodes.size ") else t for t in conds]
