@@ -110,9 +110,11 @@ def test_mongod_stopping_during_a_policy_run_stops_its_rules_and_the_next_run_co
         cfg = make_cfg(tmp_path, dict(name="a", action="archive"), dict(name="b", action="migrate", to="ssd"))
         calls = [0]
 
-        async def through(fn, *args):   # the engine's catalog calls; mongod stops after the tenth
+        # The engine's catalog calls; mongod stops after the second: rule a's first page of candidates
+        # (500 of 600) and their facts are read, the next page's facts are not.
+        async def through(fn, *args):
             calls[0] += 1
-            if calls[0] == 11:
+            if calls[0] == 3:
                 server.stop()
             return await trio.to_thread.run_sync(functools.partial(fn, *args))
         engine = Engine(cat, parse_rules(cfg), cat=through, clock=FakeClock())
