@@ -535,9 +535,7 @@ def size_classes(q: FileQuery) -> list[int] | None:
     and the last access (the queries size_class serves); else None."""
     if q.last_access_before_ns is None or (q.min_size is None and q.max_size is None):
         return None
-    lo = size_class(q.min_size) if q.min_size is not None else 0
-    hi = size_class(q.max_size) if q.max_size is not None else MAX_SIZE_CLASS
-    return list(range(lo, min(hi, MAX_SIZE_CLASS) + 1))
+    return candidate_classes(q)
 
 
 def by_range_index(q: FileQuery) -> bool:

@@ -1129,17 +1129,22 @@ class SqlCatalog(CatalogCore):
 
     def _candidate_rows(self, q: FileQuery, state: State, cls: int, *, after: int | None = None,
                         equal: int | None = None, limit: int | None = None) -> list[Candidate]:
-        if self._path is None:   # in memory: only the catalog's own connection sees the tables
+        with self._side_read() as c:
+            rows = c.execute(*self._candidates_sql(c, q, state, cls, after=after, equal=equal, limit=limit)).fetchall()
+        return [candidate_from_values(r) for r in rows]
+
+    @contextlib.contextmanager
+    def _side_read(self) -> Iterator[sqlite3.Connection]:
+        """The side connection for single-statement reads (autocommit), made
+        at first use; in memory the catalog's own (only it sees the tables)."""
+        if self._path is None:
             with self._read() as c:
-                rows = c.execute(*self._candidates_sql(c, q, state, cls, after=after, equal=equal,
-                                                       limit=limit)).fetchall()
-            return [candidate_from_values(r) for r in rows]
+                yield c
+            return
         with self._side_lock, self._unavailable():
             if self._side is None:
                 self._side = self.connect()
-            c = self._side
-            rows = c.execute(*self._candidates_sql(c, q, state, cls, after=after, equal=equal, limit=limit)).fetchall()
-        return [candidate_from_values(r) for r in rows]
+            yield self._side
 
     #: Rows query_names fetches at a time, after a first batch of FIRST_NAMES.
     names_batch = 5000
