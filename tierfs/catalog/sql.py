@@ -26,10 +26,11 @@ from typing import Callable, Container, Iterable, Iterator, Sequence, TypeVar
 from .. import errors, private
 from . import schema as S
 from .base import (ACTIVE_JOB_STATES, CANDIDATE_FIELDS, INODE_FIELDS, JOB_PRIORITY, ROOT_INO, SCHEMA_VERSION,
-                   Candidate, CatalogStats, DirEntry, Event, FileQuery, Garbage, Inode, Job, JobKind, JobState, Listed, Session, State, Tombstone,
-                   by_range_index, candidate_classes, candidate_from_values, check_count_by, check_expected, check_owner, copy_pattern, count_further_copies,
-                   ended_by_commit, further_copies, further_targets, group_totals, inode_from_values, now_ns,
-                   resolve_paths, size_classes, states_only, totals_answer)
+                   Candidate, CatalogStats, DirEntry, Event, FileQuery, Garbage, Inode, Job, JobKind, JobState,
+                   Listed, Session, State, Tombstone, by_range_index, candidate_classes, candidate_from_values,
+                   check_count_by, check_expected, check_owner, copy_pattern, count_further_copies, ended_by_commit,
+                   further_copies, further_targets, group_totals, inode_from_values, now_ns, resolve_paths,
+                   size_classes, states_only, totals_answer)
 from .core import CatalogCore, Txn
 
 log = logging.getLogger(__name__)
@@ -1006,13 +1007,14 @@ class SqlCatalog(CatalogCore):
         if q.checksum_missing:
             conds.append("inodes.checksum IS NULL")   # ix_inodes_no_checksum (partial) holds just these rows
         size = "inodes.size"
-        if q.states is not None and q.last_access_before_ns is not None:
+        if q.states is not None and q.last_access_before_ns is not None or not by_index:
             # States + last access (+ size): walk (state, last_access_ns, size) and test the size on its
             # entries, so only matching rows are fetched. SQLite has no statistics on value ranges: it
             # rates that range and the (state, size) one alike and picks by index creation order, so
             # `+size` takes (state, size) out of the choice (it fetches every row of its range to test
             # the last access). Worst case: a wide last-access range with a narrow size one walks the
-            # range's index entries, sequential reads without a row fetch each.
+            # range's index entries, sequential reads without a row fetch each. Without by_index (the
+            # caller bounds the size class: a candidates page) the same, also for a rule on size alone.
             size = "+" + size
         if by_index:
             conds, args = _with_size_classes(q, conds, args)
@@ -1052,9 +1054,9 @@ class SqlCatalog(CatalogCore):
             args.append(bytes(q.name_glob).replace(b"[!", b"[^"))
         return with_, wargs, terms, args
 
-    def _inode_where(self, c: sqlite3.Connection, q: FileQuery, by_index: bool = True) -> tuple[str, list[str], list]:
-        """(WITH prefix, WHERE terms, parameters) selecting q's inodes (by_index: _conds)."""
-        conds, args = self._conds(c, q, by_index)
+    def _inode_where(self, c: sqlite3.Connection, q: FileQuery) -> tuple[str, list[str], list]:
+        """(WITH prefix, WHERE terms, parameters) selecting q's inodes."""
+        conds, args = self._conds(c, q)
         with_, wargs, terms, targs = self._names(q)
         if terms:
             conds.append(f"inodes.ino IN (SELECT dentries.ino FROM dentries WHERE {' AND '.join(terms)})")
@@ -1108,10 +1110,7 @@ class SqlCatalog(CatalogCore):
         # (with `equal`, the query's own last-access bound goes: SQLite would walk that range testing
         # equality on each entry, 7 ms a query at 10M, instead of seeking the value)
         page_q = dataclasses.replace(q, states=(state,), **({} if equal is None else {"last_access_before_ns": None}))
-        conds, args = self._conds(c, page_q, by_index=False)
-        # `+size`: the same test, but (state, size) out of the choice for a rule on size alone (SQLite,
-        # without statistics, rated it alike and read a row per entry of its range)
-        conds = ["+" + t if t.startswith("inodes.size ") else t for t in conds]
+        conds, args = self._conds(c, page_q, by_index=False)   # (`+size`: see _conds)
         conds.append("inodes.size_class = ?")
         args.append(cls)
         if after is not None:
