@@ -118,6 +118,128 @@ def test_renames_racing_keep_the_namespace_consistent(cats):
     assert cats[0].get(a.ino).nlink == 1 and cats[0].readdir(ROOT_INO, 0, 10)[0].name == b"d"
 
 
+def pause_in(monkeypatch, method: str, *, after: bool = False):
+    """Make _MongoTxn.<method> stop, in the thread that calls arm() only,
+    until go() (before or after the call itself): a transaction held open
+    at that point while another client commits. Returns (arm, reached, go)."""
+    from tierfs.catalog import mongo
+    orig = getattr(mongo._MongoTxn, method)
+    who, reached, release = [], threading.Event(), threading.Event()
+
+    def paused(self, *args):
+        if threading.get_ident() in who and not release.is_set():
+            out = orig(self, *args) if after else None
+            reached.set()
+            assert release.wait(20)
+            return out if after else orig(self, *args)
+        return orig(self, *args)
+    monkeypatch.setattr(mongo._MongoTxn, method, paused)
+    return (lambda: who.append(threading.get_ident())), reached, release.set
+
+
+def in_thread(fn):
+    result = {}
+
+    def run():
+        try:
+            result["value"] = fn()
+        except errors.TierfsError as e:
+            result["error"] = e
+    t = threading.Thread(target=run)
+    t.start()
+    return t, result
+
+
+MODES = ["in place", "stripes"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_create_racing_rmdir_of_its_directory_is_retried_and_finds_it_gone(cats, monkeypatch, mode):
+    """The create's transaction has read the directory when another mount's
+    rmdir commits: its write of the directory (its inode, or its stripe when
+    the directory is contended: rmdir wrote both) conflicts, and the retry
+    finds no directory. No name is left in a removed directory (snapshot
+    isolation has no range lock that would catch it otherwise: rmdir's
+    has_children saw none)."""
+    a, b = cats[0], cats[1]
+    d = a.create(ROOT_INO, b"d", new(DIR))
+    if mode == "stripes":
+        a.contend([d.ino])
+    arm, reached, go = pause_in(monkeypatch, "add_dentry")
+    t, result = in_thread(lambda: (arm(), a.create(d.ino, b"f", new()))[1])
+    assert reached.wait(20)
+    b.rmdir(ROOT_INO, b"d", now_ns())
+    go()
+    t.join(30)
+    assert isinstance(result.get("error"), errors.NotFound), result
+    assert a.dentries.count_documents({"parent": d.ino}) == 0
+    assert a.dir_stripes.count_documents({"_id.dir": d.ino}) == 0   # rmdir leaves none behind
+    assert [e.name for e in a.readdir(ROOT_INO, 0, 10)] == []
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_rmdir_racing_a_create_in_the_directory_is_not_empty_or_wins(cats, monkeypatch, mode):
+    """rmdir has seen the directory empty when another mount creates a file
+    in it: one of them wins, the other sees it (in place the create commits
+    first and the rmdir's retry finds the file; with stripes the rmdir holds
+    them, so the create waits for it, retrying its conflict, and then finds
+    no directory); never both, which would orphan the file."""
+    a, b = cats[0], cats[1]
+    d = a.create(ROOT_INO, b"d", new(DIR))
+    if mode == "stripes":
+        a.contend([d.ino])
+    arm, reached, go = pause_in(monkeypatch, "has_children", after=True)
+    t, result = in_thread(lambda: (arm(), b.rmdir(ROOT_INO, b"d", now_ns()))[1])
+    assert reached.wait(20)
+    t2, created = in_thread(lambda: a.create(d.ino, b"f", new()))
+    time.sleep(0.5)                     # the create meets the rmdir's writes meanwhile
+    go()
+    t.join(30)
+    t2.join(30)
+    if "error" in result:   # the create won
+        assert isinstance(result["error"], errors.NotEmpty) and "value" in created, (result, created)
+        assert [e.name for e in a.readdir(d.ino, 0, 10)] == [b"f"] and a.get(d.ino).nlink == 2
+    else:
+        assert isinstance(created.get("error"), errors.NotFound), created
+        assert a.dentries.count_documents({"parent": d.ino}) == 0
+
+
+def test_creates_in_a_contended_directory_keep_its_times(cats):
+    """Each mount writes its own stripe of a contended directory; the
+    directory's mtime and ctime follow each commit ($max), and nothing else
+    of it changes."""
+    d = cats[0].create(ROOT_INO, b"d", new(DIR))
+    for c in cats:
+        c.contend([d.ino])
+    stamps = [now_ns() + k for k in range(4)]
+    out, errs = run_threads(4, lambda i: cats[i].create(d.ino, b"f%d" % i, new(ctime_ns=stamps[i])))
+    assert not errs
+    got = cats[0].get(d.ino)
+    assert got.mtime_ns == got.ctime_ns == got.last_access_ns == max(stamps) and got.nlink == 2
+    assert {s["_id"]["k"] for s in cats[0].dir_stripes.find({"_id.dir": d.ino})} == {c.stripe() for c in cats}
+    assert len({c.stripe() for c in cats}) == 4
+
+
+def test_a_directory_becomes_contended_when_a_change_of_its_names_is_retried(cats, monkeypatch):
+    """Mount A's create in d has read the directory when B's create in d
+    commits: A's write of d's inode conflicts, its retry goes through d's
+    stripe (and A's next ones, for CONTENDED_S); B, which met no conflict,
+    keeps writing d's inode."""
+    a, b = cats[0], cats[1]
+    d = a.create(ROOT_INO, b"d", new(DIR))
+    arm, reached, go = pause_in(monkeypatch, "add_dentry")
+    t, result = in_thread(lambda: (arm(), a.create(d.ino, b"from-a", new()))[1])
+    assert reached.wait(20)
+    b.create(d.ino, b"from-b", new())
+    go()
+    t.join(30)
+    assert "value" in result, result
+    assert sorted(e.name for e in a.readdir(d.ino, 0, 10)) == [b"from-a", b"from-b"]
+    assert a.contended(d.ino) and not b.contended(d.ino)
+    assert [s["_id"]["k"] for s in a.dir_stripes.find({"_id.dir": d.ino})] == [a.stripe()]
+    assert a.get(d.ino).mtime_ns >= result["value"].ctime_ns
+
+
 def test_reap_is_won_by_one_client(cats):
     t = now_ns()
     cats[0].register_session(Session(id="dead", host="h", pid=1, mountpoint="/m", started_ns=t,
@@ -233,7 +355,8 @@ def test_bulk_create_paths_and_counts(cats):
     """create_many / paths_of / count_by (tierfs import, find, du)."""
     c = cats[0]
     t, d1, d2, sub, files = _tree(c)
-    assert c.get(ROOT_INO).nlink == 4 and c.get(d1.ino).mtime_ns == t
+    # (d1's times went forward to sub's creation, after t: create_many at t leaves them)
+    assert c.get(ROOT_INO).nlink == 4 and c.get(d1.ino).mtime_ns == sub.ctime_ns > t
     with pytest.raises(errors.Exists):  # all or nothing
         c.create_many([(d2.ino, b"new", new()), (d1.ino, b"a.txt", new())], t)
     with pytest.raises(errors.NotFound):

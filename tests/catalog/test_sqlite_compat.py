@@ -44,7 +44,7 @@ def test_the_old_catalog_opens_reads_and_writes(old_url):
     try:
         assert cat.initialised() and cat.schema_version() == 2
         cat.init()   # what a mount does: version 3 adds columns (issue 18), 4 the running totals (issue 20),
-        assert cat.schema_version() == SCHEMA_VERSION == 6   # 5 the size class, 6 the candidates index
+        assert cat.schema_version() == SCHEMA_VERSION == 7   # 5 the size class, 6 the candidates index, 7 nothing (stripes: MongoDB)
         assert cat.totals() == cat.scan_totals() == {("online", "disk", None): (1, 5),
                                                      ("archived", None, "vault"): (1, 1000)}
         docs = cat.lookup(ROOT_INO, b"docs")

@@ -177,7 +177,7 @@ def test_a_catalog_of_schema_version_1_is_upgraded_by_the_first_command_then_mou
     m.write_config()
     assert m.cli("queue", "--config", m.config_path).stdout == "no jobs\n"
     cat = open_catalog(catalog_url)
-    assert cat.schema_version() == SCHEMA_VERSION == 6
+    assert cat.schema_version() == SCHEMA_VERSION == 7
     cat.close()
     m.start()
     assert m.cli("find", m.mnt, "--inactive", "400d").stdout.split() == ["/logs/old.log"]

@@ -65,12 +65,12 @@ def test_bench_contention_case_on_tiny_sizes(tmp_path):
     ct = res["cases"]["contention"]
     n = str(ct["params"]["mounts"])
     for level, variants in (("catalog", ("ranges", "single", "one dir")), ("engine", ("ranges", "single")),
-                            ("fuse", ("ranges",))):
+                            ("fuse", ("ranges", "one dir"))):
         for v in variants:
             runs = ct["levels"][level][v]
             assert set(runs) == {"1", n}, (level, v, runs)
             assert all(x["files"] > 0 and 0 < x["cpu_util"] <= 1 for xs in runs.values() for x in xs), (level, v)
-    assert "| catalog.create: ranges |" in r.stdout and "| through FUSE: ranges |" in r.stdout
+    assert "| catalog.create: ranges |" in r.stdout and "| through FUSE: one dir |" in r.stdout
     assert any(t["target"].startswith("create throughput of 4 mounts") and "1 ms from the primary" in t["target"]
                and t["figures"].startswith("run with 2")
                for t in res["targets"])

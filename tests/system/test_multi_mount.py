@@ -100,6 +100,39 @@ def test_changes_through_one_mount_are_seen_through_the_other(make_mount, url, t
     print("cross-mount visibility (s):", {k: round(v, 2) for k, v in lat.items()})
 
 
+def test_two_mounts_creating_in_one_directory_at_once(make_mount, url, cat, tmp_path):
+    """Both mounts create files in one directory at the same time (their
+    transactions conflict on it, and it becomes contended: catalog/mongo.py
+    STRIPES): every file is there with its bytes, seen through both mounts,
+    the directory's times are those of its last change, and it can be
+    emptied and removed."""
+    import subprocess
+    home = f"{tmp_path}/home"
+    a = make_mount(config=TOP + tiers(home), catalog_url=url, name="a")
+    b = make_mount(config=TOP + tiers(home), catalog_url=url, name="b")
+    a.sh("mkdir shared")
+    seen_within(lambda: os.path.isdir(b.path("shared")), "B sees the directory")
+    n = 150
+    loops = [subprocess.Popen(["bash", "-ec", f'for i in $(seq 1 {n}); do printf "{k}-$i" > shared/{k}-$i; done'],
+                              cwd=m.mnt) for k, m in (("a", a), ("b", b))]
+    for p in loops:
+        assert p.wait(timeout=300) == 0
+    names = {f"{m}-{i}" for m in ("a", "b") for i in range(1, n + 1)}
+    for k, m in (("A", a), ("B", b)):
+        seen_within(lambda: set(os.listdir(m.path("shared"))) == names, f"{k} lists every file")
+    for name in sorted(names)[::25]:
+        assert read(b.path("shared", name)) == name.encode() == read(a.path("shared", name))
+    d = os.stat(a.path("shared")).st_ino
+    last = max(cat.lookup(d, name.encode()).crtime_ns for name in names)   # (the writes changed their ctime)
+    got = cat.get(d)
+    assert got.mtime_ns == got.ctime_ns == last and got.nlink == 2
+    print("stripes written:", cat.dir_stripes.count_documents({"_id.dir": d}))
+    b.sh("rm shared/*")
+    a.sh("sleep 1.5; rmdir shared")   # (A's cached listing expires)
+    seen_within(lambda: not os.path.exists(b.path("shared")), "B sees the rmdir")
+    assert cat.dir_stripes.count_documents({"_id.dir": d}) == 0
+
+
 def test_job_queued_through_one_mount_runs_exactly_once(make_mount, url, cat, tmp_path):
     home = f"{tmp_path}/home"
     a = make_mount(config=TOP + "workers = 3\n" + tiers(home), catalog_url=url, name="a")

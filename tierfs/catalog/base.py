@@ -31,7 +31,9 @@ ROOT_INO = 1
 #: scan when a version 3 catalog is opened. 5: inodes carry size_class (see size_class), indexed with the
 #: state and last access for policy rules that bound both the last access and the size. 6: the candidates
 #: index (base.Candidate), which a rule's selection reads alone (MongoDB builds it in the upgrade step).
-SCHEMA_VERSION = 6
+#: 7: MongoDB's directory stripes (mongo.STRIPES: creates in one directory write no shared document);
+#: nothing changes in SQLite.
+SCHEMA_VERSION = 7
 
 
 def now_ns() -> int:

@@ -57,6 +57,15 @@ class Txn(Protocol):
     def move_dentry(self, parent: int, name: bytes, pos: int, new_parent: int, new_name: bytes) -> None: ...
     def point_dentry(self, parent: int, pos: int, ino: int) -> None: ...
     def del_dentry(self, parent: int, pos: int) -> None: ...
+    def touch_dirs(self, parents: Iterable[int], ctime_ns: int, nlinks: dict[int, int] | None = None) -> None:
+        """The directories' entries changed: their mtime and ctime move forward to ctime_ns, never back
+        (and the link count of those in `nlinks` becomes the one given: new subdirectories, in the same write)
+        (MongoDB applies them after the commit, where mounts' changes may land out of order; an older
+        ctime_ns, as from a host whose clock is behind, leaves them). Also a write that conflicts with a
+        concurrent seal_dir of any of them (rmdir's guard)."""
+    def seal_dir(self, ino: int) -> None:
+        """The directory is about to go, empty: a concurrent touch_dirs of it (another mount adding a
+        name) conflicts with this transaction, so one of them is retried and sees the other."""
     def cancel_pending_jobs(self, ino: int, now: int) -> None:
         """The file is deleted: its pending jobs are cancelled ("file deleted")."""
     def open_anywhere(self, ino: int) -> bool:
@@ -98,9 +107,14 @@ class CatalogCore(Catalog):
 
     @classmethod
     def _dir_in(cls, t: Txn, ino: int) -> Inode:
+        """A directory names may be added to: ENOENT once removed (rmdir leaves
+        its inode, nlink 0, until the last mount forgets it; another mount's
+        kernel does not know it is gone)."""
         inode = cls._inode_in(t, ino)
         if not inode.is_dir():
             raise errors.NotDir(f"inode {ino} is not a directory")
+        if inode.nlink == 0:
+            raise errors.NotFound(f"directory {ino} was removed")
         return inode
 
     @staticmethod
@@ -142,12 +156,6 @@ class CatalogCore(Catalog):
                 raise errors.TierfsError(f"directory loop above inode {ino}")
         return b"/".join(reversed(parts))
 
-    @staticmethod
-    def _touch_in(t: Txn, parents: Iterable[int], ctime_ns: int) -> None:
-        """A directory's entries changed: its mtime and ctime."""
-        for p in set(parents):
-            t.set_fields(p, dict(mtime_ns=ctime_ns, ctime_ns=ctime_ns))
-
     @classmethod
     def _subdirs_in(cls, t: Txn, parent: int, n: int) -> None:
         """A directory's nlink counts its subdirectories ('..' of each)."""
@@ -161,10 +169,7 @@ class CatalogCore(Catalog):
             self._free_in(t, parent, name)
             ino = t.insert_inode(inode)
             t.add_dentry(parent, name, ino)
-            changes = dict(mtime_ns=inode.ctime_ns, ctime_ns=inode.ctime_ns)
-            if inode.is_dir():
-                changes["nlink"] = p.nlink + 1
-            t.set_fields(parent, changes)
+            t.touch_dirs([parent], inode.ctime_ns, {parent: p.nlink + 1} if inode.is_dir() else None)
             return inode.copy(ino=ino)
         return self.transaction(fn)
 
@@ -184,9 +189,12 @@ class CatalogCore(Catalog):
                     raise errors.Exists(f"{taken!r} exists in directory {parent}")
             inos = t.insert_inodes([inode for _, _, inode in entries])
             t.add_dentries([(parent, name, ino) for (parent, name, _), ino in zip(entries, inos)])
+            nlinks = {}
             for parent, p in parents.items():
                 subdirs = sum(1 for e in entries if e[0] == parent and e[2].is_dir())
-                t.set_fields(parent, dict(nlink=p.nlink + subdirs, mtime_ns=ctime_ns, ctime_ns=ctime_ns))
+                if subdirs:
+                    nlinks[parent] = p.nlink + subdirs
+            t.touch_dirs(parents, ctime_ns, nlinks)
             return [inode.copy(ino=ino) for (_, _, inode), ino in zip(entries, inos)]
         return self.transaction(fn) if entries else []
 
@@ -199,7 +207,7 @@ class CatalogCore(Catalog):
             self._free_in(t, parent, name)
             t.add_dentry(parent, name, ino)
             t.set_fields(ino, dict(nlink=inode.nlink + 1, ctime_ns=ctime_ns))
-            self._touch_in(t, [parent], ctime_ns)
+            t.touch_dirs([parent], ctime_ns)
             return inode.copy(nlink=inode.nlink + 1, ctime_ns=ctime_ns)
         return self.transaction(fn)
 
@@ -222,23 +230,24 @@ class CatalogCore(Catalog):
             raise errors.IsDir(f"{name!r} is a directory")
         t.del_dentry(parent, pos)
         t.set_fields(ino, dict(nlink=inode.nlink - 1, ctime_ns=ctime_ns))
-        self._touch_in(t, [parent], ctime_ns)
+        t.touch_dirs([parent], ctime_ns)
         return inode.copy(nlink=inode.nlink - 1, ctime_ns=ctime_ns)
 
     def rmdir(self, parent: int, name: bytes, ctime_ns: int) -> Inode:
-        """A file created in the directory meanwhile by another mount conflicts
-        (its create writes the directory), so the retry sees NotEmpty."""
+        """A name added to the directory meanwhile by another mount conflicts
+        (its touch_dirs with seal_dir), so the retry sees NotEmpty."""
         def fn(t: Txn) -> Inode:
             pos, ino = self._name_in(t, parent, name)
             inode = self._inode_in(t, ino)
             if not inode.is_dir():
                 raise errors.NotDir(f"{name!r} is not a directory")
+            t.seal_dir(ino)
             if t.has_children(ino):
                 raise errors.NotEmpty(f"{name!r} is not empty")
             t.del_dentry(parent, pos)
             t.set_fields(ino, dict(nlink=0, ctime_ns=ctime_ns))
             self._subdirs_in(t, parent, -1)
-            self._touch_in(t, [parent], ctime_ns)
+            t.touch_dirs([parent], ctime_ns)
             return inode.copy(nlink=0, ctime_ns=ctime_ns)
         return self.transaction(fn)
 
@@ -268,7 +277,7 @@ class CatalogCore(Catalog):
                     self._subdirs_in(t, new_parent, delta)
                 for ino in {src_ino, dst_ino}:
                     t.set_fields(ino, dict(ctime_ns=ctime_ns))
-                self._touch_in(t, [old_parent, new_parent], ctime_ns)
+                t.touch_dirs([old_parent, new_parent], ctime_ns)
                 return None
             replaced = None
             if dst is not None:
@@ -281,6 +290,7 @@ class CatalogCore(Catalog):
                 if victim.is_dir():
                     if not src.is_dir():
                         raise errors.IsDir(f"{new_name!r} is a directory")
+                    t.seal_dir(dst_ino)
                     if t.has_children(dst_ino):
                         raise errors.NotEmpty(f"{new_name!r} is not empty")
                     replaced = victim.copy(nlink=0, ctime_ns=ctime_ns)
@@ -296,7 +306,7 @@ class CatalogCore(Catalog):
                 self._subdirs_in(t, old_parent, -1)
                 self._subdirs_in(t, new_parent, 1)
             t.set_fields(src_ino, dict(ctime_ns=ctime_ns))
-            self._touch_in(t, [old_parent, new_parent], ctime_ns)
+            t.touch_dirs([old_parent, new_parent], ctime_ns)
             return replaced
         return self.transaction(fn)
 
@@ -324,7 +334,7 @@ class CatalogCore(Catalog):
             now = now_ns()
             for pos, parent in t.names_of(ino):
                 t.del_dentry(parent, pos)
-                self._touch_in(t, [parent], now)
+                t.touch_dirs([parent], now)
             t.set_fields(ino, dict(nlink=0, ctime_ns=now))
             t.cancel_pending_jobs(ino, now)
             values = dict(ino=ino, path=path, size=inode.size, uid=inode.uid, gid=inode.gid,

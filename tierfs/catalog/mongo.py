@@ -14,7 +14,7 @@ Where the documents differ from the tables:
             xattrs have an ObjectId, open_files the string "ino:session",
             stubs the inode number.
   counters  (no table) _id: counter name ("ino", "pos", "job", "event",
-            "garbage", "tombstone"); seq: last number handed out (ino
+            "garbage", "tombstone", "stripe"); seq: last number handed out (ino
             starts at 1 = the root, so the first file is 2). Numbers are
             allocated outside transactions ($inc on one document), so
             concurrent creates never conflict on the counter; an aborted
@@ -22,7 +22,11 @@ Where the documents differ from the tables:
   inodes    last_access_ns is stored, not generated: every write of atime_ns
             or mtime_ns sets it (_update, set_atimes). open_gen: bumped by
             set_open only so that it conflicts with a concurrent switch()
-            transaction (not part of the Inode record).
+            transaction; names_gen: bumped by each change of a directory's
+            names written in place, so that the change always writes it
+            (STRIPES). Neither is part of the Inode record.
+  dir_stripes (no table) _id {dir, k}: a contended directory's stripe k,
+            n: a count that every change through it increments (STRIPES).
 
 Code: this module holds the client, the namespace and every atomic change;
 catalog/mongo_jobs.py (jobs, sessions, leases) and catalog/mongo_query.py
@@ -301,8 +305,17 @@ def _add_candidates_index(db) -> None:
     (it reads and writes the same fields)."""
 
 
+def _use_dir_stripes(db) -> None:
+    """Version 7: a name added to a directory writes one of its stripes
+    (dir_stripes) in place of the directory's inode, and rmdir writes them
+    all. An older tierfs still mounted would add names without writing a
+    stripe, so its creates would not conflict with this tierfs's rmdir (a
+    name left in a removed directory): refused while one is mounted."""
+    _refuse_if_mounted(db, 7)
+
+
 MIGRATIONS: dict[int, Callable] = {2: _add_last_access, 3: _add_stub_size, 4: _add_totals, 5: _add_size_class,
-                                   6: _add_candidates_index}
+                                   6: _add_candidates_index, 7: _use_dir_stripes}
 
 
 def _inode_doc(inode: Inode) -> dict:
@@ -342,6 +355,21 @@ def _update(values: dict, inc: dict | None = None) -> dict | list:
 
 #: Counters handed out in blocks per catalog object (MongoCatalog._next): name -> block size.
 RANGED = {"ino": 1000, "pos": 1000, "garbage": 1000}
+#: A change of a directory's names (create, link, rename, unlink) writes the directory's inode in its
+#: transaction (times, names_gen), which is also what makes rmdir (which writes it too) conflict with a
+#: concurrent create on another mount: snapshot isolation has no range lock, so has_children alone would
+#: let the create slip in. When mounts change names in one directory at once, those writes conflict and
+#: retry: 4 mounts creating in one directory made no more creates than one (21 -> 19/s, 500-770 aborted
+#: transactions per 10 s; bench/RESULTS.md, create contention). So a directory whose write was in a
+#: transaction that had to be retried is *contended* for CONTENDED_S on this catalog object: its changes
+#: write one of the directory's STRIPES documents (dir_stripes, _id {dir, k}) instead, and the directory's
+#: times follow the commit as a $max (MongoCatalog._touch_after: one more round trip, which is why an
+#: uncontended directory keeps the single write). rmdir writes the inode and all the stripes, so it
+#: conflicts with either kind of change. Each catalog object (a mount) writes one stripe, numbered by a
+#: counter, so up to 16 mounts share none; within a mount, names in one directory change one at a time
+#: anyway (the directory's lock, fs.py _create_entry).
+STRIPES = 16
+CONTENDED_S = 60.0
 
 
 class MongoCatalog(MongoJobs, MongoQueries, CatalogCore):
@@ -385,6 +413,9 @@ class MongoCatalog(MongoJobs, MongoQueries, CatalogCore):
         self.stubs = d.stubs
         self.totals_c = d.totals
         self.open_files = d.open_files
+        self.dir_stripes = d.dir_stripes
+        self._stripe: int | None = None   # this object's (STRIPES), taken at its first use
+        self._contended: dict[int, float] = {}   # directory -> monotonic time until which it is (CONTENDED_S)
         self._ranges: dict[str, tuple[int, int]] = {}   # counter -> (next, last) of the block taken (_next)
         self._ranges_lock = threading.Lock()
         self._left_open: list[dict] = []   # server session ids of transactions cut off (_remember_left_open)
@@ -497,8 +528,56 @@ class MongoCatalog(MongoJobs, MongoQueries, CatalogCore):
             delay = min(delay * 2, 0.2)
 
     def transaction(self, fn: Callable[[Txn], T]) -> T:
-        """fn in a transaction (_txn), retried on transient errors."""
-        return self._txn(lambda s: fn(_MongoTxn(self, s)))
+        """fn in a transaction (_txn), retried on transient errors; then the
+        times of the contended directories it touched (_touch_after)."""
+        touched: dict[int, int] = {}   # contended directory -> its new times, for after the commit
+        in_place: set[int] = set()     # directories whose inode the attempt wrote
+
+        def attempt(s):
+            if in_place:   # the attempt before was retried: a write conflict, most likely on these
+                self.contend(in_place)
+            touched.clear()
+            in_place.clear()
+            return fn(_MongoTxn(self, s, touched, in_place))
+        result = self._txn(attempt)
+        if touched:
+            self._touch_after(touched)
+        return result
+
+    def contend(self, dirs, seconds: float = CONTENDED_S) -> None:
+        """Changes of these directories' names go through their stripes for
+        `seconds` (STRIPES; what a retried transaction does, and tests)."""
+        until = time.monotonic() + seconds
+        if len(self._contended) > 10000:
+            now = time.monotonic()
+            self._contended = {d: t for d, t in self._contended.items() if t > now}
+        for d in dirs:
+            self._contended[d] = until
+
+    def contended(self, d: int) -> bool:
+        until = self._contended.get(d)
+        return until is not None and until > time.monotonic()
+
+    def _touch_after(self, touched: dict[int, int]) -> None:
+        """Directories' mtime and ctime after the transaction that added or
+        removed their names committed: a $max each, outside it, so creates in
+        one directory write no shared document (STRIPES). The name is there
+        already; if this write fails (the catalog lost meanwhile) the call
+        still succeeded, and the directory keeps its older times: logged."""
+        ops = [UpdateOne({"_id": d}, {"$max": {"mtime_ns": t, "ctime_ns": t, "last_access_ns": t}})
+               for d, t in touched.items()]
+        try:
+            with self._errors():
+                self.inodes.bulk_write(ops, ordered=False)
+        except errors.CatalogUnavailable as e:
+            log.warning("catalog: the times of directories %s were not updated after a change of their "
+                        "entries: %s", sorted(touched), e)
+
+    def stripe(self) -> int:
+        """This catalog object's stripe of every directory (STRIPES)."""
+        if self._stripe is None:
+            self._stripe = self._take("stripe", 1) % STRIPES
+        return self._stripe
 
     def _next(self, name: str, n: int = 1) -> int:
         """Allocate n numbers from a counter (single-document $inc); returns the
@@ -630,7 +709,8 @@ class MongoCatalog(MongoJobs, MongoQueries, CatalogCore):
             # first write is inside a switch() transaction, and a transaction creates no collection on a
             # sharded cluster (nor before MongoDB 4.4)
             # (totals likewise: its first upsert is inside a create's transaction)
-            for name in ("stubs", "totals"):
+            # (dir_stripes likewise: its first upsert is inside a create's or rmdir's)
+            for name in ("stubs", "totals", "dir_stripes"):
                 if name not in d.list_collection_names(filter={"name": name}):
                     try:
                         d.create_collection(name)
@@ -910,10 +990,13 @@ class _MongoTxn:
     Numbers (inodes, dentries, events, tombstones) come from the counters
     outside the transaction: a retried or aborted one leaves a gap, never a reuse."""
 
-    __slots__ = ("cat", "s")
+    __slots__ = ("cat", "s", "touched", "in_place")
 
-    def __init__(self, cat: "MongoCatalog", s):
+    def __init__(self, cat: "MongoCatalog", s, touched: dict[int, int] | None = None,
+                 in_place: set[int] | None = None):
         self.cat, self.s = cat, s
+        self.touched = {} if touched is None else touched      # see MongoCatalog.transaction
+        self.in_place = set() if in_place is None else in_place
 
     def find_inode(self, ino: int) -> Inode | None:
         doc = self.cat.inodes.find_one({"_id": ino}, session=self.s)
@@ -963,6 +1046,36 @@ class _MongoTxn:
                                                      return_document=ReturnDocument.BEFORE, session=self.s)
         if before is not None:
             self.cat._add_totals(self.s, [(ino, before, _applied(before, values, None))])
+
+    def touch_dirs(self, parents, ctime_ns: int, nlinks: dict[int, int] | None = None) -> None:
+        nlinks = nlinks or {}
+        for p in set(parents):
+            # (a plain $set: the running totals count live regular files only, _counted_key)
+            nlink = {"$set": {"nlink": nlinks[p]}} if p in nlinks else {}
+            if self.cat.contended(p):
+                if nlink:
+                    self.cat.inodes.update_one({"_id": p}, nlink, session=self.s)
+                # $inc: the document always changes (an update that changes nothing writes nothing, and
+                # conflicts with nothing)
+                self.cat.dir_stripes.update_one({"_id": {"dir": p, "k": self.cat.stripe()}}, {"$inc": {"n": 1}},
+                                                upsert=True, session=self.s)
+                self.touched[p] = max(self.touched.get(p, 0), ctime_ns)
+            else:
+                self.in_place.add(p)   # (before the write: its conflict raises here)
+                # names_gen likewise: with a $max of older times alone (a host whose clock is behind) this
+                # would write nothing
+                self.cat.inodes.update_one({"_id": p}, {"$max": {"mtime_ns": ctime_ns, "ctime_ns": ctime_ns,
+                                                                 "last_access_ns": ctime_ns},
+                                                        "$inc": {"names_gen": 1}, **nlink}, session=self.s)
+
+    def seal_dir(self, ino: int) -> None:
+        # Every stripe written (a create that already wrote one conflicts, or it conflicts with this), then
+        # removed: a removal is a write too, and the directory leaves no documents behind.
+        ids = [{"dir": ino, "k": k} for k in range(STRIPES)]
+        self.cat.dir_stripes.bulk_write([UpdateOne({"_id": i}, {"$inc": {"n": 1}}, upsert=True) for i in ids],
+                                        ordered=False, session=self.s)
+        self.cat.dir_stripes.delete_many({"_id": {"$in": ids}}, session=self.s)
+        self.touched.pop(ino, None)
 
     def delete_inode(self, ino: int) -> None:
         before = self.cat.inodes.find_one_and_delete({"_id": ino}, dict.fromkeys(TOTAL_FIELDS, 1), session=self.s)

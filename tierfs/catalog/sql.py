@@ -108,6 +108,11 @@ def _totals_rows(rows) -> dict:
     return {(st, t or None, a or None): (n, int(b)) for st, t, a, n, b in rows if n}
 
 
+def _no_change(c: sqlite3.Connection) -> None:
+    """Version 7: nothing changes here (MongoDB's directory stripes: one
+    transaction writes at a time in SQLite, so rmdir needs no guard)."""
+
+
 def _add_candidates_index(c: sqlite3.Connection) -> None:
     """Version 6: nothing stored changes. The version is shared with MongoDB,
     whose step builds its candidates index; here _sync_indexes builds
@@ -117,7 +122,7 @@ def _add_candidates_index(c: sqlite3.Connection) -> None:
 #: Migrations: version -> function(conn) upgrading from version-1.
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {2: _add_last_access, 3: _add_copies_stubs_origins,
                                                                4: _add_totals, 5: _add_size_class,
-                                                               6: _add_candidates_index}
+                                                               6: _add_candidates_index, 7: _no_change}
 
 _ACTIVE = tuple(s.value for s in ACTIVE_JOB_STATES)
 _INODE_COLS = ", ".join(INODE_FIELDS)
@@ -243,6 +248,16 @@ class _SqliteTxn:
 
     def set_fields(self, ino: int, changes: dict) -> None:
         _set(self.c, ino, changes)
+
+    def touch_dirs(self, parents, ctime_ns: int, nlinks: dict[int, int] | None = None) -> None:
+        nlinks = nlinks or {}
+        self.c.executemany("UPDATE inodes SET mtime_ns = max(mtime_ns, ?1), ctime_ns = max(ctime_ns, ?1), "
+                           "nlink = coalesce(?3, nlink) WHERE ino = ?2",
+                           [(ctime_ns, p, nlinks.get(p)) for p in set(parents)])
+
+    def seal_dir(self, ino: int) -> None:
+        """Nothing to write: every transaction holds the one write lock (BEGIN IMMEDIATE), so none
+        runs beside an rmdir."""
 
     def delete_inode(self, ino: int) -> None:
         self.c.execute("DELETE FROM inodes WHERE ino = ?", (ino,))
