@@ -704,3 +704,33 @@ def test_stub_is_removed_with_the_inode(catalog):
     assert catalog.stub(a.ino) == b""
     catalog.bury(b.ino, "policy rule 'r'", "old")
     assert catalog.purge(b.ino) is not None and catalog.stub(b.ino) == b""
+
+
+def test_bulk_names_attributes_and_active_jobs(catalog):
+    """names_of / xattrs_of / with_active_jobs: a page of a policy rule's candidates read in bulk, the
+    same answers as parent_of, path_of, getxattr and jobs give one file at a time."""
+    d = catalog.create(ROOT_INO, b"d", new(DIR))
+    a = catalog.create(d.ino, b"a", new())
+    b = catalog.create(ROOT_INO, b"b", new())
+    c = catalog.create(d.ino, b"c", new())
+    catalog.link(a.ino, ROOT_INO, b"a2", now_ns())
+    catalog.unlink(d.ino, b"c", now_ns())
+    names = catalog.names_of([a.ino, b.ino, c.ino, d.ino, 99999, a.ino])
+    assert set(names) == {a.ino, b.ino, d.ino}
+    for ino, (parent, name) in names.items():
+        assert parent == catalog.parent_of(ino) and catalog.path_of(ino).endswith(name)
+    assert names[b.ino] == (ROOT_INO, b"b") and names[d.ino] == (ROOT_INO, b"d")
+    catalog.setxattr(a.ino, b"user.x", b"1")
+    catalog.setxattr(a.ino, b"user.y", b"\xff2")
+    catalog.setxattr(b.ino, b"user.z", b"3")
+    assert catalog.xattrs_of([a.ino, b.ino, d.ino], [b"user.x", b"user.y"]) == {a.ino: {b"user.x": b"1",
+                                                                                       b"user.y": b"\xff2"}}
+    assert catalog.xattrs_of([a.ino, b.ino], []) == {}
+    job, _ = catalog.enqueue(a.ino, JobKind.ARCHIVE, target_tier="vault")
+    catalog.enqueue(b.ino, JobKind.ARCHIVE, target_tier="vault")
+    catalog.cancel_jobs([j.id for j in catalog.jobs(ino=b.ino)])
+    assert catalog.with_active_jobs([a.ino, b.ino, d.ino]) == {a.ino}
+    assert catalog.with_active_jobs([]) == set()
+    many = [catalog.create(ROOT_INO, b"m%d" % i, new()).ino for i in range(1203)]   # past a batch of 500 / 1,000
+    got = catalog.names_of(many)
+    assert len(got) == 1203 and got[many[-1]] == (ROOT_INO, b"m1202")

@@ -1079,6 +1079,20 @@ class Catalog(abc.ABC):
         Lean on purpose: `tierfs find` prints a million of these."""
 
     @abc.abstractmethod
+    def names_of(self, inos: Iterable[int]) -> dict[int, tuple[int, bytes]]:
+        """(parent, name) of each inode that has a name, in bulk: the name
+        path_of and parent_of give (of a file with several, the same one)."""
+
+    @abc.abstractmethod
+    def xattrs_of(self, inos: Iterable[int], names: Iterable[bytes]) -> dict[int, dict[bytes, bytes]]:
+        """The attributes among `names` set on each inode, in bulk (inodes
+        with none of them are left out)."""
+
+    @abc.abstractmethod
+    def with_active_jobs(self, inos: Iterable[int]) -> set[int]:
+        """Those of `inos` that have a job in ACTIVE_JOB_STATES, in bulk."""
+
+    @abc.abstractmethod
     def paths_of(self, inos: Iterable[int], cache: dict[int, bytes] | None = None) -> dict[int, bytes]:
         """One path (relative to the root, b"" for the root) of each inode,
         resolved in bulk; inodes without a name are left out. `cache` maps

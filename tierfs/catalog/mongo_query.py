@@ -21,6 +21,8 @@ from .base import (ACTIVE_JOB_STATES, CANDIDATE_FIELDS, INODE_FIELDS, ROOT_INO, 
 #: S_IFMT bits of a regular file / a directory, and the other type bits that must be clear.
 REG_SET, REG_CLEAR = 0o100000, 0o070000
 DIR_SET, DIR_CLEAR = 0o040000, 0o130000
+#: ACTIVE_JOB_STATES as stored
+_ACTIVE = [s.value for s in ACTIVE_JOB_STATES]
 
 
 #: Rows per server round trip of query_names: each getMore of its inode cursor and each read of
@@ -303,6 +305,37 @@ class MongoQueries:
                 return
             self.rows_read += len(rows)
             yield from rows
+
+    def names_of(self, inos: Iterable[int]) -> dict[int, tuple[int, bytes]]:
+        """On the dentries' ino index, 1,000 inodes a query (find_one({ino})
+        of parent_of takes the first in that index's order: so does this)."""
+        inos = list(dict.fromkeys(inos))
+        out: dict[int, tuple[int, bytes]] = {}
+        with self._errors():
+            for k in range(0, len(inos), 1000):
+                for d in self.dentries.find({"ino": {"$in": inos[k:k + 1000]}}, {"_id": 0, "ino": 1, "parent": 1,
+                                                                                  "name": 1}):
+                    out.setdefault(d["ino"], (d["parent"], d["name"]))
+        return out
+
+    def xattrs_of(self, inos: Iterable[int], names: Iterable[bytes]) -> dict[int, dict[bytes, bytes]]:
+        inos, names = list(dict.fromkeys(inos)), list(names)
+        out: dict[int, dict[bytes, bytes]] = {}
+        with self._errors():
+            for k in range(0, len(inos), 1000):
+                for d in self.xattrs.find({"ino": {"$in": inos[k:k + 1000]}, "name": {"$in": names}},
+                                          {"_id": 0, "ino": 1, "name": 1, "value": 1}):
+                    out.setdefault(d["ino"], {})[d["name"]] = d["value"]
+        return out
+
+    def with_active_jobs(self, inos: Iterable[int]) -> set[int]:
+        inos = list(dict.fromkeys(inos))
+        out: set[int] = set()
+        with self._errors():
+            for k in range(0, len(inos), 1000):
+                out.update(d["ino"] for d in self.jobs_c.find({"ino": {"$in": inos[k:k + 1000]},
+                                                               "state": {"$in": _ACTIVE}}, {"_id": 0, "ino": 1}))
+        return out
 
     def paths_of(self, inos: Iterable[int], cache: dict[int, bytes] | None = None) -> dict[int, bytes]:
         """Names fetched level by level ({ino: {$in: ...}} on the ino index),

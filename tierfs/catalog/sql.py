@@ -1209,6 +1209,38 @@ class SqlCatalog(CatalogCore):
         return ("SELECT dentries.parent, dentries.name, dentries.ino FROM inodes INDEXED BY ix_inodes_state_ino "
                 f"CROSS JOIN dentries ON dentries.ino = inodes.ino WHERE {' AND '.join(conds)}", args)
 
+    def _in_batches(self, sql: str, values: list, *extra) -> list[tuple]:
+        """Rows of `sql` (with one "{in}" for 500 placeholders at a time, then `extra` parameters) over
+        `values`, in one read transaction."""
+        rows = []
+        with self._tx(write=False) as c:
+            for k in range(0, len(values), 500):
+                part = values[k:k + 500]
+                rows += c.execute(sql.format(ins=_marks(part)), (*part, *extra)).fetchall()
+        return rows
+
+    def names_of(self, inos: Iterable[int]) -> dict[int, tuple[int, bytes]]:
+        out: dict[int, tuple[int, bytes]] = {}
+        for ino, parent, name in self._in_batches("SELECT ino, parent, name FROM dentries WHERE ino IN ({ins})",
+                                                  list(dict.fromkeys(inos))):
+            out.setdefault(ino, (parent, name))
+        return out
+
+    def xattrs_of(self, inos: Iterable[int], names: Iterable[bytes]) -> dict[int, dict[bytes, bytes]]:
+        names = list(names)
+        out: dict[int, dict[bytes, bytes]] = {}
+        if names:
+            for ino, name, value in self._in_batches(f"SELECT ino, name, value FROM xattrs WHERE ino IN ({{ins}}) "
+                                                     f"AND name IN ({_marks(names)})", list(dict.fromkeys(inos)),
+                                                     *names):
+                out.setdefault(ino, {})[name] = value
+        return out
+
+    def with_active_jobs(self, inos: Iterable[int]) -> set[int]:
+        return {r[0] for r in self._in_batches(f"SELECT DISTINCT ino FROM jobs WHERE ino IN ({{ins}}) "
+                                               f"AND state IN ({_marks(_ACTIVE)})", list(dict.fromkeys(inos)),
+                                               *_ACTIVE)}
+
     def paths_of(self, inos: Iterable[int], cache: dict[int, bytes] | None = None) -> dict[int, bytes]:
         """Level by level: one read of dentries per level and batch of 500."""
         inos = list(inos)

@@ -154,7 +154,7 @@ class Lookups:
         the previous page's that were not asked for are dropped."""
         self.ready = (0.0, None, {})
         if inos:
-            got = await self.cat(lambda: {ino: self._facts(ino, path_check) for ino in inos})
+            got = await self.cat(self._facts_page, inos, path_check)
             self.ready = (time.monotonic(), path_check, got)
 
     async def facts(self, ino: int, path_check) -> Facts | None:
@@ -165,6 +165,37 @@ class Lookups:
             if time.monotonic() - at < FRESH_S:
                 return f
         return await self.cat(self._facts, ino, path_check)
+
+    def _facts_page(self, inos: list[int], path_check) -> dict[int, Facts | None]:
+        """_facts of each of `inos`, the catalog read in bulk: their names, their directories' paths
+        (level by level), their attributes and their queued jobs, a few queries for the page instead of
+        five or more round trips per file (MongoDB: parent_of, path_of per level, listxattr, jobs).
+        Directories' paths are resolved again for each page, so a directory renamed during a run is
+        seen under its new name from the next page on, as _facts would."""
+        c = self.catalog
+        names = c.names_of(inos)
+        dirs = c.paths_of({parent for parent, _ in names.values()}, {})
+        out: dict[int, Facts | None] = {}
+        live: dict[int, Facts] = {}   # those the path does not exclude
+        for ino in inos:
+            parent, name = names.get(ino, (None, b""))
+            head = dirs.get(parent)
+            if head is None:
+                out[ino] = None   # no name any more (or its directory has none)
+                continue
+            path = "/" + os.fsdecode(head + b"/" + name if head else name)
+            f = out[ino] = Facts(path=path, parent=parent, skip=path_check(path))
+            if not f.skip:
+                live[ino] = f
+        if live:
+            own = c.xattrs_of(live, self.names)
+            queued = c.with_active_jobs(live)
+            self._prefetch_dirs({f.parent: _dirname(f.path) for f in live.values()})
+            for ino, f in live.items():
+                f.dir = self._dir(f.parent, _dirname(f.path))
+                f.own = own.get(ino, {})
+                f.queued = ino in queued
+        return out
 
     def _facts(self, ino: int, path_check) -> Facts | None:
         c = self.catalog
@@ -190,6 +221,32 @@ class Lookups:
                 except errors.NoAttr:
                     pass
         return out
+
+    def _prefetch_dirs(self, wanted: dict[int, str]) -> None:
+        """The DirFacts of these directories (ino -> path) and of their ancestors, into the run's cache,
+        read in bulk: their parents and attributes, two queries per level of the tree instead of two or
+        three round trips per directory (10,000 candidates in 1,000 directories, MongoDB 2 ms away: most
+        of a dry run's time). What cannot be resolved so is left to _dir."""
+        if len(self.dirs) + len(wanted) > DIR_CACHE_MAX:
+            self.dirs.clear()
+        levels = []
+        todo = {d: p for d, p in wanted.items() if d not in self.dirs}
+        seen = set(todo)
+        while todo:
+            up = self.catalog.names_of(d for d in todo if d != ROOT_INO)
+            own = self.catalog.xattrs_of(todo, self.names)
+            levels.append((todo, up, own))
+            todo = {}
+            for d, p in levels[-1][0].items():
+                parent = up.get(d, (None,))[0]
+                if parent is not None and parent not in self.dirs and parent not in seen:
+                    todo[parent] = _dirname(p)
+                    seen.add(parent)
+        for todo, up, own in reversed(levels):   # from the top down: each parent's facts before its children's
+            for d, p in todo.items():
+                parent = None if d == ROOT_INO else self.dirs.get(up.get(d, (None,))[0])
+                if d == ROOT_INO or parent is not None:
+                    self.dirs[d] = DirFacts(ino=d, path=p, parent=parent, own=own.get(d, {}))
 
     def _dir(self, ino: int, path: str) -> DirFacts:
         d = self.dirs.get(ino)
