@@ -306,11 +306,12 @@ def _add_candidates_index(db) -> None:
 
 
 def _use_dir_stripes(db) -> None:
-    """Version 7: a name added to a directory writes one of its stripes
-    (dir_stripes) in place of the directory's inode, and rmdir writes them
-    all. An older tierfs still mounted would add names without writing a
-    stripe, so its creates would not conflict with this tierfs's rmdir (a
-    name left in a removed directory): refused while one is mounted."""
+    """Version 7: a name added to a contended directory writes one of its
+    stripes (dir_stripes) in place of the directory's inode, and rmdir
+    writes them all. An older tierfs still mounted removes directories
+    without writing the stripes, so its rmdir would not conflict with this
+    tierfs's creates there (a name left in a removed directory): refused
+    while one is mounted."""
     _refuse_if_mounted(db, 7)
 
 
